@@ -1,0 +1,68 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// readiness answers /readyz: Postgres answers and both migration sets are
+// current. Once migrations were seen current they are not re-read (they
+// only move forward), so later checks cost one ping.
+type readiness struct {
+	store           *store.Store
+	migrationsReady atomic.Bool
+}
+
+func newReadiness(st *store.Store) *readiness { return &readiness{store: st} }
+
+// Check returns "" when ready, else the reason.
+func (rd *readiness) Check(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := rd.store.Ping(ctx); err != nil {
+		return "database unavailable"
+	}
+	if rd.migrationsReady.Load() {
+		return ""
+	}
+	st, err := store.Status(ctx, rd.store.Pool())
+	if err != nil {
+		return "cannot read migration status"
+	}
+	if !st.Current() {
+		return "migrations not current: " + st.Problem()
+	}
+	rd.migrationsReady.Store(true)
+	return ""
+}
+
+// Healthz answers 200 while the process runs.
+func Healthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+}
+
+// Readyz answers 200 when st is ready to serve, else 503 with the reason.
+func Readyz(st *store.Store) http.Handler {
+	return readyzHandler(newReadiness(st))
+}
+
+func readyzHandler(rd *readiness) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if reason := rd.Check(r.Context()); reason != "" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + reason + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+}

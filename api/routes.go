@@ -1,0 +1,149 @@
+package api
+
+import (
+	"net/http"
+	"net/url"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// routes lists every route QuickScale serves.
+func (s *server) routes() http.Handler {
+	site := s.site
+	r := chi.NewRouter()
+	r.Use(requestID, s.accessLog, s.metrics.InstrumentHTTP, s.recoverer, limitBody(s.cfg.MaxBodyBytes))
+
+	// Operations.
+	r.Get("/healthz", Healthz().ServeHTTP)
+	r.Get("/readyz", readyzHandler(s.ready).ServeHTTP)
+	if s.cfg.Dev {
+		r.Get("/metrics", s.metrics.Handler().ServeHTTP)
+	}
+
+	// Stripe webhooks: raw body, signature checked, stored, enqueued.
+	r.With(timeout(s.cfg.RequestTimeout)).Post("/webhooks/stripe", s.handleStripeWebhook().ServeHTTP)
+
+	// JSON API (bearer API keys; no cookies, so no CSRF exposure).
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Use(timeout(s.cfg.RequestTimeout), s.requireAPIKey)
+		r.Get("/balance", s.handleAPIBalance().ServeHTTP)
+		r.Get("/services", s.handleAPIServices().ServeHTTP)
+		r.Post("/usage", s.handleAPIConsume().ServeHTTP)
+		r.Get("/usage", s.handleAPIUsageList().ServeHTTP)
+		r.NotFound(apiNotFound)
+		r.MethodNotAllowed(apiMethodNotAllowed)
+	})
+
+	// The web dashboard: sessions, cross-origin protection on every
+	// state-changing request, security headers.
+	cop := http.NewCrossOriginProtection()
+	if u, err := url.Parse(s.cfg.BaseURL); err == nil && u.Host != "" {
+		_ = cop.AddTrustedOrigin(u.Scheme + "://" + u.Host)
+	}
+	cop.SetDenyHandler(site.WithSession(site.CrossOriginDenied()))
+	r.Group(func(r chi.Router) {
+		r.Use(securityHeaders, timeout(s.cfg.RequestTimeout), cop.Handler, site.WithSession)
+
+		r.Get("/static/*", site.Static().ServeHTTP)
+		r.Get("/", site.Home().ServeHTTP)
+		r.Get("/about", site.About().ServeHTTP)
+		r.Get("/contact", site.Contact().ServeHTTP)
+		r.Post("/contact", site.Contact().ServeHTTP)
+
+		// Accounts.
+		r.Get("/signup", site.Signup().ServeHTTP)
+		r.Post("/signup", site.Signup().ServeHTTP)
+		r.Get("/login", site.Login().ServeHTTP)
+		r.Post("/login", site.Login().ServeHTTP)
+		r.Post("/logout", site.Logout().ServeHTTP)
+		r.Get("/verify", site.Verify().ServeHTTP)
+		r.Post("/verify", site.Verify().ServeHTTP)
+		r.Get("/password/forgot", site.ForgotPassword().ServeHTTP)
+		r.Post("/password/forgot", site.ForgotPassword().ServeHTTP)
+		r.Get("/password/reset", site.ResetPassword().ServeHTTP)
+		r.Post("/password/reset", site.ResetPassword().ServeHTTP)
+
+		// Signed-in people.
+		r.Group(func(r chi.Router) {
+			r.Use(site.RequireUser)
+			r.Post("/verify/resend", site.ResendVerification().ServeHTTP)
+			r.Get("/dashboard", site.Dashboard().ServeHTTP)
+			r.Get("/dashboard/credits", site.Credits().ServeHTTP)
+			r.Get("/services", site.Services().ServeHTTP)
+			r.Get("/dashboard/buy-credits", site.BuyCredits().ServeHTTP)
+			r.Get("/dashboard/buy-credits/success", site.CheckoutSuccess().ServeHTTP)
+			r.Get("/dashboard/buy-credits/status", site.CheckoutStatus().ServeHTTP)
+			r.Get("/dashboard/buy-credits/cancel", site.CheckoutCancel().ServeHTTP)
+			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
+			r.Get("/settings", site.Settings().ServeHTTP)
+			r.Post("/settings/password", site.ChangePassword().ServeHTTP)
+			r.Post("/settings/email", site.ChangeEmail().ServeHTTP)
+			r.Post("/settings/delete", site.DeleteAccount().ServeHTTP)
+			r.Get("/settings/api-keys", site.APIKeys().ServeHTTP)
+			r.Post("/settings/api-keys", site.CreateAPIKey().ServeHTTP)
+			r.Post("/settings/api-keys/{id}/revoke", site.RevokeAPIKey().ServeHTTP)
+		})
+
+		// Buying and spending: verified email required.
+		r.Group(func(r chi.Router) {
+			r.Use(site.RequireVerified)
+			r.Post("/services/{slug}/use", site.UseService().ServeHTTP)
+			r.Post("/dashboard/buy-credits", site.StartCheckout().ServeHTTP)
+		})
+
+		// The payments simulator's hosted checkout (only without a Stripe key).
+		if s.gateway.Simulated() {
+			r.Group(func(r chi.Router) {
+				r.Use(site.RequireUser)
+				r.Get("/simulator/checkout/{id}", site.SimulatorCheckout().ServeHTTP)
+				r.Post("/simulator/checkout/{id}", site.SimulatorCheckout().ServeHTTP)
+			})
+		}
+
+		// Administration.
+		r.Group(func(r chi.Router) {
+			r.Use(site.RequireAdmin)
+			r.Get("/admin", site.AdminHome().ServeHTTP)
+			r.Get("/admin/users", site.AdminUsers().ServeHTTP)
+			r.Get("/admin/users/{id}", site.AdminUser().ServeHTTP)
+			r.Get("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
+			r.Post("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
+			r.Get("/admin/webhooks", site.AdminWebhooks().ServeHTTP)
+			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)
+			r.Post("/admin/webhooks/{id}/reprocess", site.AdminReprocessWebhook().ServeHTTP)
+			if s.riverUI != nil {
+				r.Handle("/admin/river", s.riverUI)
+				r.Handle("/admin/river/*", s.riverUI)
+			}
+		})
+
+		if s.cfg.Dev {
+			r.Get("/dev/mailbox", site.Mailbox().ServeHTTP)
+			r.Get("/dev/mailbox.json", site.MailboxJSON().ServeHTTP)
+		}
+	})
+
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		if wantsJSON(r) {
+			apiNotFound(w, r)
+			return
+		}
+		securityHeaders(site.WithSession(site.NotFound())).ServeHTTP(w, r)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		if wantsJSON(r) {
+			apiMethodNotAllowed(w, r)
+			return
+		}
+		securityHeaders(site.WithSession(site.MethodNotAllowed())).ServeHTTP(w, r)
+	})
+	return r
+}
+
+func apiNotFound(w http.ResponseWriter, r *http.Request) {
+	writeProblem(w, r, http.StatusNotFound, "not_found", "No such endpoint.")
+}
+
+func apiMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	writeProblem(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "This endpoint does not accept "+r.Method+".")
+}

@@ -1,0 +1,209 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/web"
+)
+
+type apiCtxKey int
+
+const (
+	apiUserKey apiCtxKey = iota
+	apiKeyKey
+)
+
+func apiUser(ctx context.Context) store.User {
+	u, _ := ctx.Value(apiUserKey).(store.User)
+	return u
+}
+
+func apiKeyOf(ctx context.Context) store.APIKey {
+	k, _ := ctx.Value(apiKeyKey).(store.APIKey)
+	return k
+}
+
+// requireAPIKey authenticates `Authorization: Bearer <key>`.
+func (s *server) requireAPIKey(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		scheme, token, ok := strings.Cut(auth, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="quickscale"`)
+			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "Send your API key as `Authorization: Bearer <key>`.")
+			return
+		}
+		key, user, err := s.store.AuthenticateAPIKey(r.Context(), strings.TrimSpace(token))
+		if store.ErrorKind(err) == store.KindUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="quickscale", error="invalid_token"`)
+			writeProblem(w, r, http.StatusUnauthorized, "invalid_api_key", "This API key is not valid or has been revoked.")
+			return
+		}
+		if err != nil {
+			s.apiError(w, r, err)
+			return
+		}
+		ctx := context.WithValue(r.Context(), apiUserKey, user)
+		ctx = context.WithValue(ctx, apiKeyKey, key)
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// apiError turns an unexpected error into a 500 problem; the detail is
+// logged, never sent.
+func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
+		return
+	}
+	s.logger.ErrorContext(r.Context(), "api request failed", "err", err, "path", r.URL.Path, "request_id", RequestIDFrom(r.Context()))
+	writeProblem(w, r, http.StatusInternalServerError, "internal_error", "Something went wrong on our side. Please try again.")
+}
+
+// handleAPIBalance serves GET /api/v1/balance.
+func (s *server) handleAPIBalance() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bal, err := s.store.Balance(r.Context(), apiUser(r.Context()).ID)
+		if err != nil {
+			s.apiError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, bal)
+	})
+}
+
+// handleAPIServices serves GET /api/v1/services.
+func (s *server) handleAPIServices() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		services, err := s.store.ActiveServices(r.Context())
+		if err != nil {
+			s.apiError(w, r, err)
+			return
+		}
+		if services == nil {
+			services = []store.Service{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"data": services})
+	})
+}
+
+// handleAPIConsume serves POST /api/v1/usage: {"service": "<slug>"} with a
+// required Idempotency-Key header. 201 on a new usage, 200 with the same
+// body on a replay, 402 when credits are short, 409 when the key was used
+// for a different request.
+func (s *server) handleAPIConsume() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		user, key := apiUser(ctx), apiKeyOf(ctx)
+		idem := strings.TrimSpace(r.Header.Get("Idempotency-Key"))
+		switch {
+		case idem == "":
+			writeProblem(w, r, http.StatusBadRequest, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID) so a retried request is not charged twice.")
+			return
+		case len(idem) > store.MaxIdempotencyKeyLen || !utf8.ValidString(idem):
+			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "The Idempotency-Key must be 1 to 255 bytes of text.")
+			return
+		}
+		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")
+			return
+		}
+		var body struct {
+			Service *string `json:"service"`
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil {
+			if isMaxBytesError(err) {
+				writeProblem(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "The request body is too large.")
+				return
+			}
+			writeProblem(w, r, http.StatusBadRequest, "invalid_json", "The body must be a JSON object like {\"service\": \"<slug>\"}.")
+			return
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			writeProblem(w, r, http.StatusBadRequest, "invalid_json", "The body must hold exactly one JSON object.")
+			return
+		}
+		if body.Service == nil || strings.TrimSpace(*body.Service) == "" {
+			writeProblem(w, r, http.StatusUnprocessableEntity, "service_required", "Name the service to use: {\"service\": \"<slug>\"}.")
+			return
+		}
+		slug := strings.TrimSpace(*body.Service)
+		if !store.ValidSlug(slug) {
+			writeProblem(w, r, http.StatusUnprocessableEntity, "invalid_service", "A service slug is 1-63 lowercase letters, digits and dashes.")
+			return
+		}
+		if !user.Verified() {
+			writeProblem(w, r, http.StatusForbidden, "email_not_verified", "Confirm your email address before spending credits.")
+			return
+		}
+		keyID := key.ID
+		usage, replayed, err := s.store.Consume(ctx, store.ConsumeRequest{UserID: user.ID, Service: slug, IdempotencyKey: idem, APIKeyID: &keyID})
+		var short *store.InsufficientCreditsError
+		switch {
+		case err == nil:
+		case errors.As(err, &short):
+			bal, req := short.Balance, short.Required
+			writeJSON(w, http.StatusPaymentRequired, problem{Error: "insufficient_credits", Message: "Not enough credits for this service.",
+				RequestID: RequestIDFrom(ctx), Balance: &bal, Required: &req})
+			return
+		case store.ErrorKind(err) == store.KindConflict:
+			writeProblem(w, r, http.StatusConflict, "idempotency_key_reused", "This Idempotency-Key was already used for a different request.")
+			return
+		case store.ErrorKind(err) == store.KindNotFound:
+			writeProblem(w, r, http.StatusNotFound, "service_not_found", "No active service "+strconv.Quote(slug)+".")
+			return
+		case store.ErrorKind(err) == store.KindInvalid:
+			writeProblem(w, r, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		default:
+			s.apiError(w, r, err)
+			return
+		}
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+			writeJSON(w, http.StatusOK, usage)
+			return
+		}
+		web.RecordConsumption(s.metrics, usage)
+		writeJSON(w, http.StatusCreated, usage)
+	})
+}
+
+// usagePageSize is how many usages one API page holds.
+const usagePageSize = 50
+
+// handleAPIUsageList serves GET /api/v1/usage?cursor=…, newest first.
+func (s *server) handleAPIUsageList() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var cursor int64
+		if c := r.URL.Query().Get("cursor"); c != "" {
+			v, err := strconv.ParseInt(c, 10, 64)
+			if err != nil || v <= 0 {
+				writeProblem(w, r, http.StatusBadRequest, "invalid_cursor", "Pass back the next_cursor of a previous page.")
+				return
+			}
+			cursor = v
+		}
+		usages, next, err := s.store.Usages(r.Context(), apiUser(r.Context()).ID, cursor, usagePageSize)
+		if err != nil {
+			s.apiError(w, r, err)
+			return
+		}
+		var nextCursor *string
+		if next != 0 {
+			c := strconv.FormatInt(next, 10)
+			nextCursor = &c
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"data": usages, "next_cursor": nextCursor})
+	})
+}

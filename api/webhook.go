@@ -1,0 +1,131 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// maxWebhookBody caps a Stripe event; Stripe's are far smaller.
+const maxWebhookBody = 512 << 10
+
+// webhookTolerance is how old a signature may be.
+const webhookTolerance = 5 * time.Minute
+
+// handleStripeWebhook verifies, stores and enqueues one Stripe event:
+// raw body (capped) → signature check → one transaction that inserts the
+// event (id primary key, duplicates ignored) and, if new, enqueues
+// jobs.StripeEvent → 200. Bad input is a 4xx; only an unavailable database
+// is a 5xx (503, so Stripe retries).
+func (s *server) handleStripeWebhook() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
+		if err != nil {
+			if isMaxBytesError(err) {
+				writeProblem(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "The event is larger than we accept.")
+				return
+			}
+			writeProblem(w, r, http.StatusBadRequest, "unreadable_body", "The request body could not be read.")
+			return
+		}
+		if err := webhook.ValidatePayloadWithTolerance(body, r.Header.Get("Stripe-Signature"), s.cfg.WebhookSecret, webhookTolerance); err != nil {
+			s.metrics.WebhookSignatureFailures.Inc()
+			s.logger.WarnContext(r.Context(), "webhook signature refused", "err", err, "request_id", RequestIDFrom(r.Context()))
+			writeProblem(w, r, http.StatusBadRequest, "invalid_signature", "The Stripe-Signature header is missing, malformed, stale or does not match.")
+			return
+		}
+		ev, ok := parseEvent(body)
+		if !ok {
+			writeProblem(w, r, http.StatusBadRequest, "invalid_event", "The body is not a Stripe event.")
+			return
+		}
+		if ev.APIVersion != stripe.APIVersion && !s.cfg.IgnoreAPIVersion {
+			s.logger.WarnContext(r.Context(), "webhook of another API version refused", "api_version", ev.APIVersion, "want", stripe.APIVersion, "event", ev.ID)
+			writeProblem(w, r, http.StatusBadRequest, "api_version_mismatch", "Events must use API version "+stripe.APIVersion+"; set the webhook endpoint's API version.")
+			return
+		}
+		typeLabel := observability.EventTypeLabel(ev.Type)
+		s.metrics.WebhooksReceived.WithLabelValues(typeLabel).Inc()
+		ctx := r.Context()
+		var inserted bool
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			var err error
+			inserted, err = store.InsertStripeEvent(ctx, tx, ev)
+			if err != nil || !inserted {
+				return err
+			}
+			_, err = s.jobs.InsertTx(ctx, tx, jobs.StripeEvent{EventID: ev.ID}, nil)
+			return err
+		})
+		if isDataException(err) {
+			// Postgres refused the content (e.g. a \u0000 in a string):
+			// the event is malformed, retrying cannot help.
+			s.logger.WarnContext(ctx, "webhook event refused by the database", "err", err, "event", ev.ID)
+			writeProblem(w, r, http.StatusBadRequest, "invalid_event", "The event contains data we cannot store.")
+			return
+		}
+		if err != nil {
+			s.logger.ErrorContext(ctx, "store webhook event", "err", err, "event", ev.ID, "type", ev.Type)
+			writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The event could not be stored; please retry.")
+			return
+		}
+		if !inserted {
+			s.metrics.WebhookDuplicates.Inc()
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"received": true, "duplicate": !inserted})
+	})
+}
+
+// parseEvent reads the envelope of a verified event. The object itself is
+// kept raw for the worker.
+func parseEvent(body []byte) (store.StripeEvent, bool) {
+	var env struct {
+		ID         string          `json:"id"`
+		Object     string          `json:"object"`
+		Type       string          `json:"type"`
+		APIVersion string          `json:"api_version"`
+		Created    int64           `json:"created"`
+		Livemode   bool            `json:"livemode"`
+		Data       json.RawMessage `json:"data"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&env); err != nil {
+		return store.StripeEvent{}, false
+	}
+	// Nothing but whitespace may follow the object.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return store.StripeEvent{}, false
+	}
+	if env.ID == "" || len(env.ID) > 255 || env.Type == "" || len(env.Type) > 255 || len(env.Data) == 0 ||
+		(env.Object != "" && env.Object != "event") || !strings.Contains(string(env.Data), `"object"`) {
+		return store.StripeEvent{}, false
+	}
+	if !json.Valid(body) || bytes.IndexByte(body, 0) >= 0 {
+		return store.StripeEvent{}, false
+	}
+	created := time.Unix(env.Created, 0)
+	if env.Created <= 0 {
+		created = time.Now()
+	}
+	return store.StripeEvent{ID: env.ID, Type: env.Type, APIVersion: env.APIVersion, Livemode: env.Livemode, Created: created, Payload: body}, true
+}
+
+// isDataException reports a Postgres data exception (class 22): the input,
+// not the database, is at fault.
+func isDataException(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
+}

@@ -1,0 +1,54 @@
+// Package billing talks to Stripe: the Gateway interface, its stripe-go v76
+// implementation, the local payments simulator, and the credit-pack
+// catalog sync.
+package billing
+
+import (
+	"context"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// Gateway is the payment provider as QuickScale uses it. Two
+// implementations exist: Stripe (stripe-go v76) and the local Simulator.
+type Gateway interface {
+	// Simulated reports whether payments are simulated locally.
+	Simulated() bool
+	// CreateCustomer makes a customer for a user.
+	CreateCustomer(ctx context.Context, c CustomerParams) (string, error)
+	// CreateCheckoutSession opens a hosted checkout for one pack.
+	CreateCheckoutSession(ctx context.Context, p CheckoutParams) (CheckoutSession, error)
+	// SyncCatalog creates or updates the products and prices of the packs,
+	// idempotently, and returns each pack's price id by pack code.
+	SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error)
+}
+
+// CustomerParams describes a new customer.
+type CustomerParams struct {
+	UserID int64
+	Email  string
+}
+
+// CheckoutParams describes a checkout for one credit pack.
+type CheckoutParams struct {
+	UserID     int64
+	CustomerID string
+	Pack       store.Pack
+	SuccessURL string // may contain {CHECKOUT_SESSION_ID}
+	CancelURL  string
+	// IdempotencyKey makes a retried request return the same session.
+	IdempotencyKey string
+}
+
+// CheckoutSession is an opened hosted checkout.
+type CheckoutSession struct {
+	ID  string
+	URL string
+}
+
+// Metadata keys put on Stripe objects. Fulfilment trusts our own payments
+// row, found by session id; metadata only helps people reading Stripe.
+const (
+	MetaUserID   = "quickscale_user_id"
+	MetaPackCode = "quickscale_pack"
+)

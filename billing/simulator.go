@@ -1,0 +1,226 @@
+package billing
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// Simulator is the Gateway used without a Stripe key: a local hosted
+// checkout page with Pay and Decline, which emits events in Stripe's own
+// JSON shapes (API version 2023-10-16, built from stripe-go's types),
+// signed with the webhook secret and POSTed to our own /webhooks/stripe, so
+// the whole real pipeline runs offline.
+//
+// It is built around Emit, so later products (invoices, a subscription
+// clock) add event builders without changing how events are delivered.
+type Simulator struct {
+	store         *store.Store
+	baseURL       string
+	webhookSecret string
+	http          *http.Client
+	logger        *slog.Logger
+}
+
+// NewSimulator returns a simulator that delivers events to baseURL.
+func NewSimulator(st *store.Store, baseURL, webhookSecret string, logger *slog.Logger) *Simulator {
+	return &Simulator{
+		store: st, baseURL: strings.TrimRight(baseURL, "/"), webhookSecret: webhookSecret,
+		http: &http.Client{Timeout: 15 * time.Second}, logger: logger,
+	}
+}
+
+// Simulated implements Gateway.
+func (s *Simulator) Simulated() bool { return true }
+
+func simID(prefix string) string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return prefix + "_sim_" + hex.EncodeToString(b)
+}
+
+// CreateCustomer implements Gateway.
+func (s *Simulator) CreateCustomer(ctx context.Context, c CustomerParams) (string, error) {
+	return simID("cus"), nil
+}
+
+// CreateCheckoutSession implements Gateway: the session lives in our
+// database and its URL is the local checkout page.
+func (s *Simulator) CreateCheckoutSession(ctx context.Context, p CheckoutParams) (CheckoutSession, error) {
+	id := simID("cs")
+	ss := store.SimSession{
+		ID: id, UserID: p.UserID, CustomerID: p.CustomerID,
+		AmountMinor: p.Pack.PriceMinor, Currency: p.Pack.Currency, Description: "QuickScale " + p.Pack.Name,
+		Metadata:   map[string]string{MetaUserID: strconv.FormatInt(p.UserID, 10), MetaPackCode: p.Pack.Code},
+		SuccessURL: p.SuccessURL, CancelURL: p.CancelURL, PaymentIntentID: simID("pi"),
+	}
+	if err := s.store.CreateSimSession(ctx, ss); err != nil {
+		return CheckoutSession{}, fmt.Errorf("simulator: create session: %w", err)
+	}
+	return CheckoutSession{ID: id, URL: s.baseURL + "/simulator/checkout/" + id}, nil
+}
+
+// SyncCatalog implements Gateway: there is no remote catalog to update.
+func (s *Simulator) SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error) {
+	out := make(map[string]string, len(packs))
+	for _, p := range packs {
+		out[p.Code] = "price_sim_" + p.Code
+	}
+	return out, nil
+}
+
+// Session returns a user's simulator session for the checkout page.
+func (s *Simulator) Session(ctx context.Context, id string, userID int64) (store.SimSession, error) {
+	return s.store.SimSessionOfUser(ctx, id, userID)
+}
+
+// Pay completes the session as paid and delivers checkout.session.completed.
+// It returns where the buyer goes next (the success URL).
+func (s *Simulator) Pay(ctx context.Context, id string, userID int64) (string, error) {
+	return s.finish(ctx, id, userID, true)
+}
+
+// Decline completes the session unpaid, as an asynchronous payment method
+// (e.g. a bank debit) that then fails: checkout.session.completed with
+// payment_status unpaid, then checkout.session.async_payment_failed.
+func (s *Simulator) Decline(ctx context.Context, id string, userID int64) (string, error) {
+	return s.finish(ctx, id, userID, false)
+}
+
+func (s *Simulator) finish(ctx context.Context, id string, userID int64, paid bool) (string, error) {
+	ss, err := s.store.SimSessionOfUser(ctx, id, userID)
+	if err != nil {
+		return "", err
+	}
+	status := "unpaid"
+	if paid {
+		status = "paid"
+	}
+	done, err := s.store.CompleteSimSession(ctx, id, userID, status)
+	if err != nil {
+		return "", err
+	}
+	next := strings.ReplaceAll(ss.SuccessURL, "{CHECKOUT_SESSION_ID}", ss.ID)
+	if !done {
+		// Already finished (a double click): nothing more to send.
+		return next, nil
+	}
+	ss.Status, ss.PaymentStatus = "complete", status
+	if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionCompleted, CheckoutSessionObject(ss)); err != nil {
+		return "", err
+	}
+	if !paid {
+		if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, CheckoutSessionObject(ss)); err != nil {
+			return "", err
+		}
+	}
+	return next, nil
+}
+
+// CheckoutSessionObject renders a simulator session as Stripe's
+// checkout.session object.
+func CheckoutSessionObject(ss store.SimSession) *stripe.CheckoutSession {
+	return &stripe.CheckoutSession{
+		ID: ss.ID, Object: "checkout.session",
+		AmountSubtotal: ss.AmountMinor, AmountTotal: ss.AmountMinor,
+		Currency:           stripe.Currency(ss.Currency),
+		Customer:           &stripe.Customer{ID: ss.CustomerID},
+		ClientReferenceID:  ss.Metadata[MetaUserID],
+		Created:            ss.CreatedAt.Unix(),
+		ExpiresAt:          ss.CreatedAt.Add(24 * time.Hour).Unix(),
+		Metadata:           ss.Metadata,
+		Mode:               stripe.CheckoutSessionModePayment,
+		PaymentIntent:      &stripe.PaymentIntent{ID: ss.PaymentIntentID},
+		PaymentStatus:      stripe.CheckoutSessionPaymentStatus(ss.PaymentStatus),
+		PaymentMethodTypes: []string{"card"},
+		Status:             stripe.CheckoutSessionStatus(ss.Status),
+		SuccessURL:         ss.SuccessURL,
+		CancelURL:          ss.CancelURL,
+		UIMode:             stripe.CheckoutSessionUIModeHosted,
+	}
+}
+
+// expandableFields lists fields that Stripe sends as an id unless
+// expanded; Go's encoder would write stripe-go's structs as whole objects.
+func expandableFields() []string {
+	return []string{"customer", "payment_intent", "invoice", "subscription", "setup_intent", "payment_link", "charge", "balance_transaction"}
+}
+
+// ObjectJSON marshals a stripe-go object the way Stripe sends it in an
+// event: expandable references collapsed to their ids.
+func ObjectJSON(obj any) (json.RawMessage, error) {
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	for _, k := range expandableFields() {
+		if sub, ok := m[k].(map[string]any); ok {
+			if id, _ := sub["id"].(string); id != "" {
+				m[k] = id
+			} else {
+				m[k] = nil
+			}
+		}
+	}
+	return json.Marshal(m)
+}
+
+// NewEvent wraps an object in a stripe.Event envelope of the pinned API version.
+func NewEvent(eventType stripe.EventType, obj any) ([]byte, error) {
+	raw, err := ObjectJSON(obj)
+	if err != nil {
+		return nil, err
+	}
+	ev := stripe.Event{
+		ID: simID("evt"), Object: "event", APIVersion: stripe.APIVersion,
+		Created: time.Now().Unix(), Type: eventType, Data: &stripe.EventData{Raw: raw},
+		Request: &stripe.EventRequest{},
+	}
+	return json.Marshal(ev)
+}
+
+// Emit builds an event around obj, signs it with the webhook secret and
+// POSTs it to our own webhook endpoint, as Stripe would.
+func (s *Simulator) Emit(ctx context.Context, eventType stripe.EventType, obj any) error {
+	payload, err := NewEvent(eventType, obj)
+	if err != nil {
+		return fmt.Errorf("simulator: build %s: %w", eventType, err)
+	}
+	signed := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: s.webhookSecret, Timestamp: time.Now()})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.baseURL+"/webhooks/stripe", bytes.NewReader(payload))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Stripe-Signature", signed.Header)
+	req.Header.Set("User-Agent", "QuickScale-Simulator/1.0 (+https://stripe.com/docs/webhooks)")
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("simulator: deliver %s: %w", eventType, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("simulator: deliver %s: webhook answered %d: %s", eventType, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	s.logger.DebugContext(ctx, "simulator delivered event", "type", eventType)
+	return nil
+}

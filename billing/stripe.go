@@ -1,0 +1,180 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// Stripe is the Gateway backed by Stripe's API through a per-instance
+// stripe-go client (no global key or backend).
+type Stripe struct {
+	api *client.API
+}
+
+// StripeConfig configures the real gateway.
+type StripeConfig struct {
+	SecretKey string
+	// APIURL overrides Stripe's API address (e.g. stripe-mock).
+	APIURL     string
+	HTTPClient *http.Client
+}
+
+// NewStripe returns a Stripe gateway.
+func NewStripe(cfg StripeConfig) *Stripe {
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	bc := &stripe.BackendConfig{HTTPClient: hc, LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelError}}
+	if cfg.APIURL != "" {
+		bc.URL = stripe.String(cfg.APIURL)
+	}
+	backends := &stripe.Backends{
+		API:     stripe.GetBackendWithConfig(stripe.APIBackend, bc),
+		Connect: stripe.GetBackendWithConfig(stripe.ConnectBackend, bc),
+		Uploads: stripe.GetBackendWithConfig(stripe.UploadsBackend, bc),
+	}
+	return &Stripe{api: client.New(cfg.SecretKey, backends)}
+}
+
+// Simulated implements Gateway.
+func (s *Stripe) Simulated() bool { return false }
+
+// CreateCustomer implements Gateway. The idempotency key makes a retry
+// after a lost response return the same customer.
+func (s *Stripe) CreateCustomer(ctx context.Context, c CustomerParams) (string, error) {
+	p := &stripe.CustomerParams{Email: stripe.String(c.Email)}
+	p.Context = ctx
+	p.AddMetadata(MetaUserID, strconv.FormatInt(c.UserID, 10))
+	p.SetIdempotencyKey("quickscale-customer-" + strconv.FormatInt(c.UserID, 10))
+	cust, err := s.api.Customers.New(p)
+	if err != nil {
+		return "", fmt.Errorf("stripe: create customer: %w", err)
+	}
+	return cust.ID, nil
+}
+
+// CreateCheckoutSession implements Gateway: a one-off payment for a pack,
+// by its synced price when known, else with inline price data.
+func (s *Stripe) CreateCheckoutSession(ctx context.Context, cp CheckoutParams) (CheckoutSession, error) {
+	item := &stripe.CheckoutSessionLineItemParams{Quantity: stripe.Int64(1)}
+	if cp.Pack.StripePriceID != nil && *cp.Pack.StripePriceID != "" {
+		item.Price = cp.Pack.StripePriceID
+	} else {
+		item.PriceData = &stripe.CheckoutSessionLineItemPriceDataParams{
+			Currency:    stripe.String(cp.Pack.Currency),
+			UnitAmount:  stripe.Int64(cp.Pack.PriceMinor),
+			ProductData: &stripe.CheckoutSessionLineItemPriceDataProductDataParams{Name: stripe.String("QuickScale " + cp.Pack.Name)},
+		}
+	}
+	userID := strconv.FormatInt(cp.UserID, 10)
+	p := &stripe.CheckoutSessionParams{
+		Mode:              stripe.String(string(stripe.CheckoutSessionModePayment)),
+		Customer:          stripe.String(cp.CustomerID),
+		LineItems:         []*stripe.CheckoutSessionLineItemParams{item},
+		SuccessURL:        stripe.String(cp.SuccessURL),
+		CancelURL:         stripe.String(cp.CancelURL),
+		ClientReferenceID: stripe.String(userID),
+		PaymentIntentData: &stripe.CheckoutSessionPaymentIntentDataParams{
+			Metadata: map[string]string{MetaUserID: userID, MetaPackCode: cp.Pack.Code},
+		},
+	}
+	p.Context = ctx
+	p.AddMetadata(MetaUserID, userID)
+	p.AddMetadata(MetaPackCode, cp.Pack.Code)
+	if cp.IdempotencyKey != "" {
+		p.SetIdempotencyKey(cp.IdempotencyKey)
+	}
+	sess, err := s.api.CheckoutSessions.New(p)
+	if err != nil {
+		return CheckoutSession{}, fmt.Errorf("stripe: create checkout session: %w", err)
+	}
+	if sess.ID == "" || sess.URL == "" {
+		return CheckoutSession{}, errors.New("stripe: checkout session without id or url")
+	}
+	return CheckoutSession{ID: sess.ID, URL: sess.URL}, nil
+}
+
+// productID is the fixed Stripe product id of a pack.
+func productID(p store.Pack) string { return "quickscale_" + p.Code }
+
+// SyncCatalog implements Gateway. Products have fixed ids; prices are found
+// by lookup key and replaced (moving the lookup key) only when the amount or
+// currency changed, since Stripe prices are immutable.
+func (s *Stripe) SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error) {
+	out := make(map[string]string, len(packs))
+	for _, pk := range packs {
+		if err := s.upsertProduct(ctx, pk); err != nil {
+			return out, err
+		}
+		lp := &stripe.PriceListParams{LookupKeys: []*string{stripe.String(pk.LookupKey)}, Active: stripe.Bool(true)}
+		lp.Context = ctx
+		var existing *stripe.Price
+		it := s.api.Prices.List(lp)
+		for it.Next() {
+			existing = it.Price()
+			break
+		}
+		if err := it.Err(); err != nil {
+			return out, fmt.Errorf("stripe: list prices of %s: %w", pk.Code, err)
+		}
+		if existing != nil && existing.UnitAmount == pk.PriceMinor && string(existing.Currency) == pk.Currency &&
+			existing.Product != nil && existing.Product.ID == productID(pk) {
+			out[pk.Code] = existing.ID
+			continue
+		}
+		pp := &stripe.PriceParams{
+			Product:           stripe.String(productID(pk)),
+			Currency:          stripe.String(pk.Currency),
+			UnitAmount:        stripe.Int64(pk.PriceMinor),
+			LookupKey:         stripe.String(pk.LookupKey),
+			TransferLookupKey: stripe.Bool(true),
+		}
+		pp.Context = ctx
+		pp.AddMetadata(MetaPackCode, pk.Code)
+		pp.AddMetadata("credits", strconv.FormatInt(pk.Credits, 10))
+		pp.SetIdempotencyKey(fmt.Sprintf("quickscale-price-%s-%s-%d", pk.Code, pk.Currency, pk.PriceMinor))
+		price, err := s.api.Prices.New(pp)
+		if err != nil {
+			return out, fmt.Errorf("stripe: create price of %s: %w", pk.Code, err)
+		}
+		out[pk.Code] = price.ID
+	}
+	return out, nil
+}
+
+func (s *Stripe) upsertProduct(ctx context.Context, pk store.Pack) error {
+	gp := &stripe.ProductParams{}
+	gp.Context = ctx
+	_, err := s.api.Products.Get(productID(pk), gp)
+	var se *stripe.Error
+	switch {
+	case err == nil:
+		up := &stripe.ProductParams{Name: stripe.String("QuickScale " + pk.Name), Active: stripe.Bool(true)}
+		up.Context = ctx
+		up.AddMetadata(MetaPackCode, pk.Code)
+		if _, err := s.api.Products.Update(productID(pk), up); err != nil {
+			return fmt.Errorf("stripe: update product %s: %w", productID(pk), err)
+		}
+		return nil
+	case errors.As(err, &se) && se.HTTPStatusCode == http.StatusNotFound:
+		np := &stripe.ProductParams{ID: stripe.String(productID(pk)), Name: stripe.String("QuickScale " + pk.Name)}
+		np.Context = ctx
+		np.AddMetadata(MetaPackCode, pk.Code)
+		if _, err := s.api.Products.New(np); err != nil {
+			return fmt.Errorf("stripe: create product %s: %w", productID(pk), err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("stripe: get product %s: %w", productID(pk), err)
+	}
+}

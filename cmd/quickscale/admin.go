@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
+)
+
+// cliEnv is what an operator command needs: config, logger and a store.
+type cliEnv struct {
+	cfg    Config
+	logger *slog.Logger
+	pool   *pgxpool.Pool
+	store  *store.Store
+}
+
+func (e *cliEnv) close() { e.pool.Close() }
+
+func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, name string) (*cliEnv, error) {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	logger := newLogger(cfg, stderr)
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 4, AppName: "quickscale-" + name})
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return &cliEnv{cfg: cfg, logger: logger, pool: pool, store: store.New(pool, logger)}, nil
+}
+
+// userByEmail resolves --email for operator commands.
+func (e *cliEnv) userByEmail(ctx context.Context, email string) (store.User, error) {
+	if email == "" {
+		return store.User{}, usageError{"--email is required"}
+	}
+	u, err := e.store.UserByEmail(ctx, email)
+	if store.ErrorKind(err) == store.KindNotFound {
+		return u, fmt.Errorf("no user with email %q", email)
+	}
+	return u, err
+}
+
+func runUsers(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand("users", args, map[string]string{
+		"create":  "create a user; the password is read from stdin, or generated and printed",
+		"promote": "give a user the admin role",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	switch sub {
+	case "create":
+		fs := newFlags("users create", "users create --email E [--admin] [--verified] < password", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		admin := fs.Bool("admin", false, "give the admin role")
+		verified := fs.Bool("verified", false, "mark the email as confirmed")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		addr, err := store.NormalizeEmail(*email)
+		if err != nil {
+			return usageError{"--email: " + err.Error()}
+		}
+		password, generated, err := readPassword(stdin)
+		if err != nil {
+			return err
+		}
+		if err := store.CheckPasswordRules(password); err != nil {
+			return fmt.Errorf("password: %w", err)
+		}
+		env, err := openEnv(ctx, getenv, stderr, "cli")
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		hash, err := store.HashPassword(password)
+		if err != nil {
+			return err
+		}
+		role := store.RoleUser
+		if *admin {
+			role = store.RoleAdmin
+		}
+		u, err := env.store.CreateUser(ctx, addr, hash, role, *verified)
+		if err != nil {
+			return err
+		}
+		if err := env.store.InTx(ctx, func(tx pgx.Tx) error {
+			return store.Audit(ctx, tx, nil, "user.create", &u.ID, map[string]any{"role": role, "verified": *verified, "via": "cli"})
+		}); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "created user %d %s (role %s, verified %v)\n", u.ID, u.Email, u.Role, *verified)
+		if generated {
+			fmt.Fprintf(stdout, "password: %s\n", password)
+		}
+		return nil
+	default:
+		fs := newFlags("users promote", "users promote --email E", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		env, err := openEnv(ctx, getenv, stderr, "cli")
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		u, err := env.userByEmail(ctx, *email)
+		if err != nil {
+			return err
+		}
+		err = env.store.InTx(ctx, func(tx pgx.Tx) error {
+			if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
+				return err
+			}
+			return store.Audit(ctx, tx, nil, "user.promote", &u.ID, map[string]any{"role": store.RoleAdmin, "via": "cli"})
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s is now an admin\n", u.Email)
+		return nil
+	}
+}
+
+// readPassword takes the first line of stdin; a terminal or empty input
+// gets a generated password instead.
+func readPassword(stdin io.Reader) (string, bool, error) {
+	if f, ok := stdin.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return store.NewSecret()[:20], true, nil
+		}
+	}
+	if stdin == nil {
+		return store.NewSecret()[:20], true, nil
+	}
+	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", false, fmt.Errorf("read password from stdin: %w", err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return store.NewSecret()[:20], true, nil
+	}
+	return line, false, nil
+}
+
+func runCredits(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand("credits", args, map[string]string{
+		"grant":   "add credits to a user (written to the ledger and the audit log)",
+		"balance": "show a user's balance",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	switch sub {
+	case "grant":
+		fs := newFlags("credits grant", "credits grant --email E --amount N --kind subscription|pack|admin|promo [--expires RFC3339] --reason TEXT", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		amount := fs.Int64("amount", 0, "credits to add, a positive whole number (required)")
+		kind := fs.String("kind", store.GrantAdmin, "subscription, pack, admin or promo")
+		expires := fs.String("expires", "", "expiry as RFC 3339, e.g. 2026-12-31T23:59:59Z (required for subscription, not allowed for pack)")
+		reason := fs.String("reason", "", "why, kept in the ledger and the audit log (required)")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		if *amount <= 0 {
+			return usageError{"--amount must be a positive whole number"}
+		}
+		if !store.ValidGrantKind(*kind) {
+			return usageError{fmt.Sprintf("--kind %q: want subscription, pack, admin or promo", *kind)}
+		}
+		if strings.TrimSpace(*reason) == "" {
+			return usageError{"--reason is required"}
+		}
+		var exp *time.Time
+		if *expires != "" {
+			t, err := time.Parse(time.RFC3339, *expires)
+			if err != nil {
+				return usageError{fmt.Sprintf("--expires %q: want RFC 3339, e.g. 2026-12-31T23:59:59Z", *expires)}
+			}
+			exp = &t
+		}
+		env, err := openEnv(ctx, getenv, stderr, "cli")
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		u, err := env.userByEmail(ctx, *email)
+		if err != nil {
+			return err
+		}
+		res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "granted %d %s credits to %s (grant %d); balance %d\n", *amount, *kind, u.Email, res.GrantID, res.Balance)
+		return nil
+	default:
+		fs := newFlags("credits balance", "credits balance --email E", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		env, err := openEnv(ctx, getenv, stderr, "cli")
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		u, err := env.userByEmail(ctx, *email)
+		if err != nil {
+			return err
+		}
+		b, err := env.store.Balance(ctx, u.ID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d credits\n", u.Email, b.Total)
+		for _, k := range store.GrantKinds() {
+			fmt.Fprintf(stdout, "  %-13s %d\n", k, b.ByKind[k])
+		}
+		if b.NextExpiry != nil {
+			fmt.Fprintf(stdout, "  next expiry   %d credits at %s\n", b.ExpiringNext, b.NextExpiry.UTC().Format(time.RFC3339))
+		}
+		return nil
+	}
+}
+
+func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand("apikeys", args, map[string]string{
+		"create": "issue an API key for a user and print it (it is shown only once)",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	_ = sub
+	fs := newFlags("apikeys create", "apikeys create --email E --name N", stderr)
+	email := fs.String("email", "", "the user's email address (required)")
+	name := fs.String("name", "", "a name for the key (required)")
+	if err := parseFlags(fs, rest, stdout); err != nil {
+		return helpOK(err)
+	}
+	if strings.TrimSpace(*name) == "" {
+		return usageError{"--name is required"}
+	}
+	env, err := openEnv(ctx, getenv, stderr, "cli")
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	u, err := env.userByEmail(ctx, *email)
+	if err != nil {
+		return err
+	}
+	raw, key, err := env.store.CreateAPIKey(ctx, u.ID, *name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "created key %d %q for %s; it is printed once, on stdout:\n", key.ID, key.Name, u.Email)
+	fmt.Fprintln(stdout, raw)
+	return nil
+}
+
+func runStripe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	_, rest, err := subcommand("stripe", args, map[string]string{
+		"sync": "create or update the Stripe products and prices of the credit packs (idempotent)",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	fs := newFlags("stripe sync", "stripe sync", stderr)
+	if err := parseFlags(fs, rest, stdout); err != nil {
+		return helpOK(err)
+	}
+	env, err := openEnv(ctx, getenv, stderr, "cli")
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	if env.cfg.Simulated() {
+		fmt.Fprintln(stdout, "STRIPE_SECRET_KEY is not set: payments are simulated and there is no Stripe catalog to sync.")
+		return nil
+	}
+	gw := billing.NewStripe(billing.StripeConfig{SecretKey: env.cfg.StripeSecretKey, APIURL: env.cfg.StripeAPIURL})
+	packs, err := env.store.Packs(ctx)
+	if err != nil {
+		return err
+	}
+	prices, err := gw.SyncCatalog(ctx, packs)
+	if err != nil {
+		return err
+	}
+	for _, p := range packs {
+		if err := env.store.SetPackPriceID(ctx, p.Code, prices[p.Code]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%-10s %-14s lookup_key=%s price=%s\n", p.Code, billing.FormatMoney(p.PriceMinor, p.Currency), p.LookupKey, prices[p.Code])
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+	"riverqueue.com/riverui"
+
+	"github.com/quickscale/quickscale/api"
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/web"
+	"github.com/quickscale/quickscale/workers"
+)
+
+// app is one wired process: the only place where the packages meet.
+type app struct {
+	mode    string // dev, api or worker
+	cfg     Config
+	logger  *slog.Logger
+	pool    *pgxpool.Pool
+	store   *store.Store
+	metrics *observability.Metrics
+	river   *river.Client[pgx.Tx]
+	gateway billing.Gateway
+	handler http.Handler // nil for worker
+	riverUI *riverui.Handler
+	gauges  *workers.Gauges
+}
+
+// runsWorkers reports whether this process works jobs.
+func (a *app) runsWorkers() bool { return a.mode == "dev" || a.mode == "worker" }
+
+// newApp wires a process on an open pool.
+func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, pool *pgxpool.Pool) (*app, error) {
+	a := &app{mode: mode, cfg: cfg, logger: logger, pool: pool}
+	a.store = store.New(pool, logger)
+	a.metrics = observability.NewMetrics()
+	a.metrics.RegisterPool(pool.Stat)
+
+	if cfg.Simulated() {
+		a.gateway = billing.NewSimulator(a.store, cfg.BaseURL, cfg.StripeWebhookSecret, logger)
+	} else {
+		a.gateway = billing.NewStripe(billing.StripeConfig{SecretKey: cfg.StripeSecretKey, APIURL: cfg.StripeAPIURL})
+	}
+
+	riverCfg := &river.Config{Logger: riverLogger(cfg, logger)}
+	if a.runsWorkers() {
+		ws := river.NewWorkers()
+		mailer, err := newMailer(cfg, a.store)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.SMTPURL == "" && mode == "worker" {
+			logger.Warn("SMTP_URL is not set: mail is kept in the database's dev mailbox, not delivered")
+		}
+		wcfg := workers.Config{BaseURL: cfg.BaseURL, MailFrom: cfg.MailFrom, ExpireSchedule: cfg.ExpireCreditsSchedule}
+		// The workers enqueue follow-up jobs (emails) through the client
+		// being built; the indirection breaks the construction cycle.
+		inserter := &lateInserter{}
+		if err := workers.Register(ws, logger, wcfg, a.store, inserter, mailer, a.metrics); err != nil {
+			return nil, err
+		}
+		periodic, err := workers.PeriodicJobs(wcfg)
+		if err != nil {
+			return nil, err
+		}
+		queues := map[string]river.QueueConfig{}
+		for q, n := range jobs.Queues() {
+			queues[q] = river.QueueConfig{MaxWorkers: n}
+		}
+		riverCfg.Workers = ws
+		riverCfg.Queues = queues
+		riverCfg.PeriodicJobs = periodic
+		riverCfg.Middleware = []rivertype.Middleware{observability.NewRiverMiddleware(a.metrics)}
+		client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
+		if err != nil {
+			return nil, fmt.Errorf("river client: %w", err)
+		}
+		inserter.client = client
+		a.river = client
+		a.gauges = workers.NewGauges(logger, a.store, a.metrics, client.ID, cfg.LiabilityRefreshInterval)
+	} else {
+		client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
+		if err != nil {
+			return nil, fmt.Errorf("river client: %w", err)
+		}
+		a.river = client
+	}
+
+	if mode == "worker" {
+		return a, nil
+	}
+
+	uiHandler, err := riverui.NewHandler(&riverui.HandlerOpts{
+		Endpoints:                riverui.NewEndpoints(a.river, nil),
+		JobListHideArgsByDefault: true,
+		Logger:                   logger.With("component", "riverui"),
+		Prefix:                   "/admin/river",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("river ui: %w", err)
+	}
+	a.riverUI = uiHandler
+
+	webCfg := web.Config{
+		BaseURL: cfg.BaseURL, Dev: mode == "dev", ContactEmail: cfg.ContactEmail,
+		SessionIdleTimeout: cfg.SessionIdleTimeout, SessionLifetime: cfg.SessionLifetime, TrustProxy: cfg.TrustProxy,
+	}
+	if mode == "dev" {
+		if fi, err := os.Stat("web/templates"); err == nil && fi.IsDir() {
+			webCfg.TemplateDir = "web/templates"
+		}
+	}
+	site, err := web.NewSite(logger, webCfg, a.store, a.river, a.gateway, a.metrics)
+	if err != nil {
+		return nil, err
+	}
+	a.handler = api.NewServer(logger, api.Config{
+		Dev: mode == "dev", BaseURL: cfg.BaseURL, WebhookSecret: cfg.StripeWebhookSecret,
+		IgnoreAPIVersion: mode == "dev" && cfg.StripeIgnoreAPIVersion, TrustProxy: cfg.TrustProxy,
+	}, a.store, a.river, a.gateway, site, a.metrics, uiHandler)
+	return a, nil
+}
+
+// lateInserter forwards to the River client once it exists.
+type lateInserter struct {
+	client *river.Client[pgx.Tx]
+}
+
+func (l *lateInserter) InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error) {
+	if l.client == nil {
+		return nil, errors.New("river client not ready")
+	}
+	return l.client.InsertTx(ctx, tx, args, opts)
+}
+
+func newMailer(cfg Config, st *store.Store) (workers.Mailer, error) {
+	if cfg.SMTPURL == "" {
+		return workers.NewMailboxMailer(st), nil
+	}
+	return workers.NewSMTPMailer(cfg.SMTPURL)
+}
+
+// riverLogger quiets River's periodic info lines unless LOG_LEVEL=debug.
+func riverLogger(cfg Config, base *slog.Logger) *slog.Logger {
+	if cfg.LogLevel <= slog.LevelDebug {
+		return base.With("component", "river")
+	}
+	return slog.New(minLevel{base.Handler(), slog.LevelWarn}).With("component", "river")
+}
+
+// minLevel drops records below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(attrs), h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.min}
+}
+
+// newLogger builds the process logger from the config.
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	return observability.NewLogger(w, cfg.LogLevel, cfg.LogFormat)
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/robfig/cron/v3"
+)
+
+// Config is every setting of the process, read once from the environment by
+// loadConfig and passed down explicitly. Nothing else reads the environment.
+type Config struct {
+	DatabaseURL      string // DATABASE_URL
+	databaseURLSet   bool   // whether DATABASE_URL was given (dev falls back to embedded Postgres only when it was not)
+	DatabaseMaxConns int32  // DATABASE_MAX_CONNS
+
+	Addr        string // ADDR
+	BaseURL     string // BASE_URL
+	MetricsAddr string // METRICS_ADDR ("off" disables the separate metrics listener)
+
+	LogLevel  slog.Level // LOG_LEVEL
+	LogFormat string     // LOG_FORMAT: text or json
+
+	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT
+
+	SessionIdleTimeout time.Duration // SESSION_IDLE_TIMEOUT
+	SessionLifetime    time.Duration // SESSION_LIFETIME
+	TrustProxy         bool          // TRUST_PROXY: take the client IP from X-Forwarded-For
+
+	SMTPURL      string // SMTP_URL ("" keeps mail in the dev mailbox)
+	MailFrom     string // MAIL_FROM
+	ContactEmail string // CONTACT_EMAIL
+
+	StripeSecretKey          string // STRIPE_SECRET_KEY ("" selects the payments simulator)
+	StripeWebhookSecret      string // STRIPE_WEBHOOK_SECRET
+	StripeAPIURL             string // STRIPE_API_URL (e.g. stripe-mock)
+	StripeIgnoreAPIVersion   bool   // STRIPE_WEBHOOK_IGNORE_API_VERSION (dev only)
+	ExpireCreditsSchedule    string // EXPIRE_CREDITS_SCHEDULE (cron spec, UTC)
+	LiabilityRefreshInterval time.Duration
+
+	DevDataDir string // DEV_DATA_DIR: where `dev` keeps an embedded Postgres
+}
+
+// simulatorWebhookSecret signs the simulator's events when no
+// STRIPE_WEBHOOK_SECRET is set. It guards nothing of value: the simulator
+// only runs without a Stripe key, so no real money can move.
+const simulatorWebhookSecret = "whsec_quickscale_simulator"
+
+// envVar documents one environment variable; the README table is checked
+// against this list by a test.
+type envVar struct {
+	Name, Default, Doc string
+}
+
+// envVars lists every variable loadConfig reads, with its default.
+var envVars = []envVar{
+	{"DATABASE_URL", "postgres://127.0.0.1:5432/quickscale?sslmode=disable", "PostgreSQL connection string."},
+	{"DATABASE_MAX_CONNS", "20", "Upper bound of the connection pool per process."},
+	{"ADDR", "127.0.0.1:8080", "Listen address of the HTTP server (api, dev)."},
+	{"BASE_URL", "http://ADDR", "Public URL of the site, used in emails, redirects and Stripe return URLs."},
+	{"METRICS_ADDR", "127.0.0.1:9464", "Listen address of the separate /metrics server (api, worker); `off` disables it."},
+	{"LOG_LEVEL", "info", "debug, info, warn or error."},
+	{"LOG_FORMAT", "text", "text or json."},
+	{"SHUTDOWN_TIMEOUT", "10s", "How long graceful shutdown waits for requests and jobs."},
+	{"SESSION_IDLE_TIMEOUT", "12h", "Sign out after this long without a request."},
+	{"SESSION_LIFETIME", "72h", "Sign out this long after sign-in, whatever the activity."},
+	{"TRUST_PROXY", "false", "Take the client IP from X-Forwarded-For (only behind a proxy you control)."},
+	{"SMTP_URL", "", "smtp://user:pass@host:port (STARTTLS when offered) or smtps://…; empty keeps mail in the dev mailbox."},
+	{"MAIL_FROM", "QuickScale <no-reply@quickscale.localhost>", "Sender of every email."},
+	{"CONTACT_EMAIL", "operator@quickscale.localhost", "Where the contact form is delivered."},
+	{"STRIPE_SECRET_KEY", "", "Stripe secret key; empty selects the local payments simulator."},
+	{"STRIPE_WEBHOOK_SECRET", "(simulator secret)", "Signing secret of the webhook endpoint; required with STRIPE_SECRET_KEY."},
+	{"STRIPE_API_URL", "", "Override Stripe's API URL (e.g. http://127.0.0.1:12111 for stripe-mock)."},
+	{"STRIPE_WEBHOOK_IGNORE_API_VERSION", "false", "dev only: accept events of another API version (for `stripe listen`)."},
+	{"EXPIRE_CREDITS_SCHEDULE", "* * * * *", "Cron spec (UTC) of the expired-credit sweep."},
+	{"LIABILITY_REFRESH_INTERVAL", "30s", "How often the credit-liability gauges are recomputed."},
+	{"DEV_DATA_DIR", ".data", "dev only: data directory of the embedded PostgreSQL."},
+}
+
+// loadConfig reads and validates the environment. Errors name the variable.
+func loadConfig(getenv func(string) string) (Config, error) {
+	get := func(name string) string {
+		v := strings.TrimSpace(getenv(name))
+		if v != "" {
+			return v
+		}
+		for _, e := range envVars {
+			if e.Name == name {
+				return e.Default
+			}
+		}
+		return ""
+	}
+	var errs []error
+	bad := func(name, value string, why string) {
+		errs = append(errs, fmt.Errorf("invalid %s %q: %s", name, value, why))
+	}
+
+	c := Config{
+		DatabaseURL:    get("DATABASE_URL"),
+		databaseURLSet: strings.TrimSpace(getenv("DATABASE_URL")) != "",
+		Addr:           get("ADDR"),
+		MetricsAddr:    get("METRICS_ADDR"),
+		LogFormat:      get("LOG_FORMAT"),
+		SMTPURL:        get("SMTP_URL"),
+		MailFrom:       get("MAIL_FROM"),
+		ContactEmail:   get("CONTACT_EMAIL"),
+
+		StripeSecretKey:       get("STRIPE_SECRET_KEY"),
+		StripeWebhookSecret:   strings.TrimSpace(getenv("STRIPE_WEBHOOK_SECRET")),
+		StripeAPIURL:          get("STRIPE_API_URL"),
+		ExpireCreditsSchedule: get("EXPIRE_CREDITS_SCHEDULE"),
+		DevDataDir:            get("DEV_DATA_DIR"),
+	}
+	if c.MetricsAddr == "off" {
+		c.MetricsAddr = ""
+	}
+
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		bad("DATABASE_URL", redactURL(c.DatabaseURL), "not a PostgreSQL connection string")
+	}
+	if n, err := strconv.Atoi(get("DATABASE_MAX_CONNS")); err != nil || n < 2 || n > 1000 {
+		bad("DATABASE_MAX_CONNS", get("DATABASE_MAX_CONNS"), "want a whole number from 2 to 1000")
+	} else {
+		c.DatabaseMaxConns = int32(n)
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("ADDR", c.Addr, "want host:port")
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("METRICS_ADDR", c.MetricsAddr, "want host:port or off")
+		}
+	}
+	c.BaseURL = strings.TrimRight(strings.TrimSpace(getenv("BASE_URL")), "/")
+	if c.BaseURL == "" {
+		c.BaseURL = "http://" + c.Addr
+	} else if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("BASE_URL", c.BaseURL, "want an absolute http(s) URL")
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL"))); err != nil {
+		bad("LOG_LEVEL", get("LOG_LEVEL"), "want debug, info, warn or error")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("LOG_FORMAT", c.LogFormat, "want text or json")
+	}
+	durations := []struct {
+		name string
+		dst  *time.Duration
+		min  time.Duration
+	}{
+		{"SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, 0},
+		{"SESSION_IDLE_TIMEOUT", &c.SessionIdleTimeout, time.Minute},
+		{"SESSION_LIFETIME", &c.SessionLifetime, time.Minute},
+		{"LIABILITY_REFRESH_INTERVAL", &c.LiabilityRefreshInterval, time.Second},
+	}
+	for _, d := range durations {
+		v, err := time.ParseDuration(get(d.name))
+		if err != nil || v < d.min {
+			bad(d.name, get(d.name), fmt.Sprintf("want a duration of at least %s such as 30s or 5m", d.min))
+			continue
+		}
+		*d.dst = v
+	}
+	for _, b := range []struct {
+		name string
+		dst  *bool
+	}{{"TRUST_PROXY", &c.TrustProxy}, {"STRIPE_WEBHOOK_IGNORE_API_VERSION", &c.StripeIgnoreAPIVersion}} {
+		v, err := strconv.ParseBool(get(b.name))
+		if err != nil {
+			bad(b.name, get(b.name), "want true or false")
+			continue
+		}
+		*b.dst = v
+	}
+	if c.SMTPURL != "" {
+		if u, err := url.Parse(c.SMTPURL); err != nil || (u.Scheme != "smtp" && u.Scheme != "smtps") || u.Hostname() == "" {
+			bad("SMTP_URL", redactURL(c.SMTPURL), "want smtp://[user:pass@]host[:port] or smtps://…")
+		}
+	}
+	if !strings.Contains(c.MailFrom, "@") {
+		bad("MAIL_FROM", c.MailFrom, "want an email address")
+	}
+	if !strings.Contains(c.ContactEmail, "@") {
+		bad("CONTACT_EMAIL", c.ContactEmail, "want an email address")
+	}
+	if c.StripeSecretKey != "" && c.StripeWebhookSecret == "" {
+		errs = append(errs, errors.New("STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set"))
+	}
+	if c.StripeWebhookSecret == "" {
+		c.StripeWebhookSecret = simulatorWebhookSecret
+	}
+	if c.StripeAPIURL != "" {
+		if u, err := url.Parse(c.StripeAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("STRIPE_API_URL", c.StripeAPIURL, "want an absolute http(s) URL")
+		}
+	}
+	if _, err := cron.ParseStandard("CRON_TZ=UTC " + c.ExpireCreditsSchedule); err != nil {
+		bad("EXPIRE_CREDITS_SCHEDULE", c.ExpireCreditsSchedule, "want a five-field cron spec such as '* * * * *'")
+	}
+	return c, errors.Join(errs...)
+}
+
+// Simulated reports whether payments go through the local simulator.
+func (c Config) Simulated() bool { return c.StripeSecretKey == "" }
+
+// redactURL hides a password in a URL so that errors can quote it.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}

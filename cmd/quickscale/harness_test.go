@@ -1,0 +1,412 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/PuerkitoBio/goquery"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// testApp is the real program wired by newApp (the production wiring) on
+// an isolated database, served over real HTTP by httptest.
+type testApp struct {
+	t      *testing.T
+	app    *app
+	store  *store.Store
+	server *httptest.Server
+	URL    string
+	logs   *syncBuffer
+	// done receives every finished River job (when workers run).
+	jobEvents chan *river.Event
+}
+
+type testAppOpts struct {
+	// Env overrides environment variables (defaults are the dev ones).
+	Env map[string]string
+	// Mode is dev (default: site + workers + simulator + mailbox) or api.
+	Mode string
+	// NoWorkers keeps River from working jobs even in dev mode.
+	NoWorkers bool
+}
+
+// syncBuffer collects log output across goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTestApp(t *testing.T, opts testAppOpts) *testApp {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	dbURL := storetest.NewDatabase(t)
+	srv := httptest.NewUnstartedServer(nil)
+	base := "http://" + srv.Listener.Addr().String()
+	env := map[string]string{
+		"DATABASE_URL": dbURL, "BASE_URL": base, "ADDR": srv.Listener.Addr().String(),
+		"LOG_LEVEL": "debug", "SHUTDOWN_TIMEOUT": "5s", "LIABILITY_REFRESH_INTERVAL": "1s",
+	}
+	for k, v := range opts.Env {
+		env[k] = v
+	}
+	cfg, err := loadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 20, AppName: "quickscale-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	mode := opts.Mode
+	if mode == "" {
+		mode = "dev"
+	}
+	a, err := newApp(ctx, mode, cfg, logger, pool)
+	if err != nil {
+		t.Fatalf("newApp: %v", err)
+	}
+	ta := &testApp{t: t, app: a, store: a.store, server: srv, URL: base, logs: logs}
+	if a.riverUI != nil {
+		if err := a.riverUI.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.handler != nil {
+		srv.Config.Handler = a.handler
+		srv.Start()
+		t.Cleanup(srv.Close)
+	}
+	if a.runsWorkers() && !opts.NoWorkers {
+		events, cancelEvents := a.river.Subscribe(river.EventKindJobCompleted, river.EventKindJobFailed, river.EventKindJobCancelled, river.EventKindJobSnoozed)
+		t.Cleanup(cancelEvents)
+		ta.jobEvents = make(chan *river.Event, 10000)
+		go func() {
+			for ev := range events {
+				a.metrics.ObserveRiverEvent(ev)
+				select {
+				case ta.jobEvents <- ev:
+				default:
+				}
+			}
+		}()
+		if err := a.river.Start(context.WithoutCancel(ctx)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+			defer c()
+			_ = a.river.Stop(sctx)
+		})
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("application log:\n%s", tail(logs.String(), 60))
+		}
+	})
+	return ta
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(s, "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// eventually polls cond until it is true or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitJob waits for a finished job of kind matching pred.
+func (ta *testApp) waitJob(kind string, within time.Duration) *river.Event {
+	ta.t.Helper()
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		select {
+		case ev := <-ta.jobEvents:
+			if ev.Job.Kind == kind {
+				return ev
+			}
+		case <-timer.C:
+			ta.t.Fatalf("no %s job finished within %s", kind, within)
+			return nil
+		}
+	}
+}
+
+// browser is a person with a cookie jar.
+type browser struct {
+	t      *testing.T
+	app    *testApp
+	client *http.Client
+	// last is the most recent response body.
+	lastBody string
+}
+
+func (ta *testApp) browser() *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: ta.t, app: ta, client: &http.Client{
+		Jar:     jar,
+		Timeout: 30 * time.Second,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}}
+}
+
+// response is a read HTTP response.
+type response struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Doc parses the body as HTML.
+func (r response) Doc(t *testing.T) *goquery.Document {
+	t.Helper()
+	doc, err := goquery.NewDocumentFromReader(strings.NewReader(r.Body))
+	if err != nil {
+		t.Fatalf("parse HTML: %v", err)
+	}
+	return doc
+}
+
+func (b *browser) do(req *http.Request) response {
+	b.t.Helper()
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.t.Fatalf("read %s: %v", req.URL, err)
+	}
+	b.lastBody = string(body)
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: string(body)}
+}
+
+func (b *browser) url(path string) string {
+	if strings.HasPrefix(path, "http") {
+		return path
+	}
+	return b.app.URL + path
+}
+
+// get fetches a page without following redirects.
+func (b *browser) get(path string, header ...string) response {
+	b.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, b.url(path), nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return b.do(req)
+}
+
+// post submits a form (as a same-origin browser would) without following redirects.
+func (b *browser) post(path string, form url.Values, header ...string) response {
+	b.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, b.url(path), strings.NewReader(form.Encode()))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", b.app.URL)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return b.do(req)
+}
+
+// mustRedirect checks a 303 and returns where it points.
+func mustRedirect(t *testing.T, r response, wantPrefix string) string {
+	t.Helper()
+	if r.Status != http.StatusSeeOther && r.Status != http.StatusFound {
+		t.Fatalf("status %d, want a redirect to %s; body:\n%s", r.Status, wantPrefix, tail(r.Body, 30))
+	}
+	loc := r.Header.Get("Location")
+	if !strings.HasPrefix(loc, wantPrefix) {
+		t.Fatalf("redirect to %q, want %q…", loc, wantPrefix)
+	}
+	return loc
+}
+
+// mailbox returns the dev mailbox, newest first.
+func (ta *testApp) mailbox() []store.Mail {
+	ta.t.Helper()
+	resp, err := http.Get(ta.URL + "/dev/mailbox.json")
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var mails []store.Mail
+	if err := json.NewDecoder(resp.Body).Decode(&mails); err != nil {
+		ta.t.Fatalf("decode mailbox: %v", err)
+	}
+	return mails
+}
+
+// waitMail waits for a message to the address whose subject contains subject.
+func (ta *testApp) waitMail(to, subject string) store.Mail {
+	ta.t.Helper()
+	var found store.Mail
+	eventually(ta.t, 15*time.Second, fmt.Sprintf("mail %q to %s", subject, to), func() bool {
+		for _, m := range ta.mailbox() {
+			if strings.EqualFold(m.To, to) && strings.Contains(m.Subject, subject) {
+				found = m
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+var linkRE = regexp.MustCompile(`https?://[^\s"<>]+`)
+
+// linkIn returns the first link in text that contains part.
+func linkIn(t *testing.T, text, part string) string {
+	t.Helper()
+	for _, l := range linkRE.FindAllString(text, -1) {
+		if strings.Contains(l, part) {
+			return l
+		}
+	}
+	t.Fatalf("no link containing %q in:\n%s", part, text)
+	return ""
+}
+
+// signUpVerified signs a new user up through the site, follows the emailed
+// link and signs in; it returns the signed-in browser.
+func (ta *testApp) signUpVerified(email string) *browser {
+	ta.t.Helper()
+	b := ta.browser()
+	r := b.post("/signup", url.Values{"email": {email}, "password": {storetest.DefaultPassword}})
+	if r.Status != http.StatusOK {
+		ta.t.Fatalf("signup: status %d", r.Status)
+	}
+	mail := ta.waitMail(email, "Confirm your email")
+	link := linkIn(ta.t, mail.Text, "/verify?token=")
+	u, _ := url.Parse(link)
+	mustRedirect(ta.t, b.post("/verify", url.Values{"token": {u.Query().Get("token")}}), "/login")
+	mustRedirect(ta.t, b.post("/login", url.Values{"email": {email}, "password": {storetest.DefaultPassword}}), "/dashboard")
+	return b
+}
+
+// userWithKey makes a verified user directly in the store with an API key.
+func (ta *testApp) userWithKey(opts storetest.UserOpts) (store.User, string) {
+	ta.t.Helper()
+	u := storetest.NewUser(ta.t, ta.store, opts)
+	raw, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, "test")
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	return u, raw
+}
+
+// metric reads one sample from the app's registry ("" labels match all).
+func (ta *testApp) metric(name string, labels map[string]string) float64 {
+	ta.t.Helper()
+	return metricValue(ta.t, ta.app.metrics, name, labels)
+}
+
+func metricValue(t *testing.T, m *observability.Metrics, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, mm := range f.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range mm.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			switch {
+			case mm.Counter != nil:
+				sum += mm.Counter.GetValue()
+			case mm.Gauge != nil:
+				sum += mm.Gauge.GetValue()
+			case mm.Histogram != nil:
+				sum += float64(mm.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+// jobRows returns River jobs of a kind in any state.
+func (ta *testApp) jobRows(kind string) []*rivertype.JobRow {
+	ta.t.Helper()
+	res, err := ta.app.river.JobList(context.Background(), river.NewJobListParams().Kinds(kind).First(1000))
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	return res.Jobs
+}
+
+// envOr returns an environment variable or a default.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand("migrate", args, map[string]string{
+		"up":     "apply pending app and River migrations (safe to run from several processes at once)",
+		"status": "show applied and pending migrations of both sets",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	fs := newFlags("migrate "+sub, "migrate "+sub, stderr)
+	if err := parseFlags(fs, rest, stdout); err != nil {
+		return helpOK(err)
+	}
+	env, err := openEnv(ctx, getenv, stderr, "migrate")
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	switch sub {
+	case "up":
+		res, err := store.Migrate(ctx, env.pool, env.logger)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "app migrations applied: %d %s\n", len(res.App), strings.Join(res.App, " "))
+		fmt.Fprintf(stdout, "river migrations applied: %d %v\n", len(res.River), res.River)
+		return nil
+	default:
+		st, err := store.Status(ctx, env.pool)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "app migrations:   %d applied, %d pending (target version %d)\n", len(st.AppApplied), len(st.AppPending), st.AppTarget)
+		for _, p := range st.AppPending {
+			fmt.Fprintf(stdout, "  pending: %s\n", p)
+		}
+		fmt.Fprintf(stdout, "river migrations: version %d of %d\n", st.RiverCurrent, st.RiverTarget)
+		if st.Current() {
+			fmt.Fprintln(stdout, "status: current")
+		} else {
+			fmt.Fprintln(stdout, "status: NOT current:", st.Problem())
+		}
+		return nil
+	}
+}

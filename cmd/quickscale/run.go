@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// usageError is a command-line mistake: usage is printed and the exit code is 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+const usageText = `QuickScale: a credit-billing backend for SaaS products.
+
+Usage:
+  quickscale <command> [flags]
+
+Processes:
+  dev                     everything in one process on local defaults (site, workers, simulator, dev mailbox)
+  api                     the HTTP server (insert-only River client)
+  worker                  River workers and periodic jobs; /metrics, /healthz, /readyz on METRICS_ADDR
+  migrate up|status       apply or show app (goose) and River migrations
+
+Operators:
+  users create|promote    manage accounts
+  credits grant|balance   adjust and inspect credit balances
+  apikeys create          issue an API key for a user
+  stripe sync             create or update the Stripe products and prices of the credit packs
+  version                 print the version
+
+Configuration is read from environment variables only; see README.md.
+Run "quickscale <command> --help" for a command's flags.
+`
+
+// run is the whole program: main only calls it. Tests call it in-process.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) < 2 {
+		fmt.Fprint(stderr, usageText)
+		return usageError{"no command given"}
+	}
+	cmd, rest := args[1], args[2:]
+	switch cmd {
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usageText)
+		return nil
+	case "version", "--version":
+		return runVersion(rest, stdout, stderr)
+	case "dev", "api", "worker":
+		return runServe(ctx, cmd, rest, getenv, stdout, stderr)
+	case "migrate":
+		return runMigrate(ctx, rest, getenv, stdout, stderr)
+	case "users":
+		return runUsers(ctx, rest, getenv, stdin, stdout, stderr)
+	case "credits":
+		return runCredits(ctx, rest, getenv, stdout, stderr)
+	case "apikeys":
+		return runAPIKeys(ctx, rest, getenv, stdout, stderr)
+	case "stripe":
+		return runStripe(ctx, rest, getenv, stdout, stderr)
+	}
+	fmt.Fprint(stderr, usageText)
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+// exitCode prints err for people and maps it to the process exit code:
+// 0 on success, 2 for usage mistakes, 1 for everything else.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "quickscale:", ue.msg)
+		return 2
+	}
+	fmt.Fprintln(stderr, "quickscale: error:", err)
+	return 1
+}
+
+// newFlags makes a flag set that reports mistakes as usage errors and
+// prints its help on --help.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: quickscale %s\n", synopsis)
+		var b strings.Builder
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+		if b.Len() > 0 {
+			fmt.Fprintf(fs.Output(), "\nFlags:\n%s", b.String())
+		}
+	}
+	return fs
+}
+
+// parseFlags parses args; --help prints usage to stdout and ends the
+// command successfully (errHelp), mistakes are usage errors.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			out := fs.Output()
+			fs.SetOutput(stdout)
+			fs.Usage()
+			fs.SetOutput(out)
+			return errHelp
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+// errHelp ends a command after printing its help.
+var errHelp = errors.New("help requested")
+
+// helpOK turns errHelp into success.
+func helpOK(err error) error {
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	return err
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", "version", stderr)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return helpOK(err)
+	}
+	fmt.Fprintln(stdout, "quickscale", version)
+	return nil
+}
+
+// subcommand splits "migrate up" style commands.
+func subcommand(group string, args []string, subs map[string]string, stdout, stderr io.Writer) (string, []string, error) {
+	help := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: quickscale %s <%s> [flags]\n\n", group, strings.Join(sortedKeys(subs), "|"))
+		for _, n := range sortedKeys(subs) {
+			fmt.Fprintf(w, "  %-10s %s\n", n, subs[n])
+		}
+	}
+	if len(args) == 0 {
+		help(stderr)
+		return "", nil, usageError{fmt.Sprintf("%s needs a subcommand", group)}
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		help(stdout)
+		return "", nil, errHelp
+	}
+	if _, ok := subs[args[0]]; !ok {
+		help(stderr)
+		return "", nil, usageError{fmt.Sprintf("unknown %s subcommand %q", group, args[0])}
+	}
+	return args[0], args[1:], nil
+}
+
+func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/quickscale/quickscale/api"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+func serveSynopsis(mode string) string {
+	switch mode {
+	case "dev":
+		return "dev\n\nRuns the site, the workers and the periodic jobs in one process on local defaults:\nlocal PostgreSQL (embedded if none answers), simulated payments, dev mailbox."
+	case "api":
+		return "api\n\nServes HTTP on ADDR (and /metrics on METRICS_ADDR) with an insert-only River client."
+	}
+	return "worker\n\nWorks River jobs and periodic jobs; serves /metrics, /healthz and /readyz on METRICS_ADDR.\nRun as many as needed: River's leader election makes periodic jobs fire once."
+}
+
+func runServe(ctx context.Context, mode string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlags(mode, serveSynopsis(mode), stderr)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return helpOK(err)
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	logger := newLogger(cfg, stderr)
+
+	var seeded *devSeed
+	if mode == "dev" {
+		stop, err := prepareDevDatabase(ctx, &cfg, logger, stdout)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: cfg.DatabaseMaxConns, AppName: "quickscale-" + mode})
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer pool.Close()
+	if mode == "dev" {
+		if _, err := store.Migrate(ctx, pool, logger); err != nil {
+			return err
+		}
+		if seeded, err = seedDev(ctx, store.New(pool, logger)); err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
+	}
+	a, err := newApp(ctx, mode, cfg, logger, pool)
+	if err != nil {
+		return err
+	}
+	return a.serve(ctx, stdout, seeded)
+}
+
+// serve runs the process until ctx ends (SIGINT/SIGTERM), then shuts down
+// gracefully: HTTP stops taking requests and finishes the ones in flight,
+// River finishes running jobs, both within SHUTDOWN_TIMEOUT.
+func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) error {
+	// River and background loops get a context that a signal does not
+	// cancel: they are stopped gracefully below instead.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+
+	var servers []*http.Server
+	errCh := make(chan error, 3)
+	listen := func(addr string, h http.Handler) (net.Addr, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      60 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			ErrorLog:          nil,
+		}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errCh <- fmt.Errorf("http server on %s: %w", addr, err)
+			}
+		}()
+		return ln.Addr(), nil
+	}
+
+	if a.riverUI != nil {
+		if err := a.riverUI.Start(bg); err != nil {
+			return fmt.Errorf("river ui: %w", err)
+		}
+	}
+	if a.runsWorkers() {
+		events, cancelEvents := a.river.Subscribe(observability.RiverEventKinds()...)
+		defer cancelEvents()
+		go a.metrics.ObserveRiverEvents(bg, events)
+		if err := a.river.Start(bg); err != nil {
+			return fmt.Errorf("start river: %w", err)
+		}
+		go a.gauges.Run(bg)
+	}
+
+	var mainAddr net.Addr
+	if a.handler != nil {
+		addr, err := listen(a.cfg.Addr, a.handler)
+		if err != nil {
+			a.stopRiver()
+			return err
+		}
+		mainAddr = addr
+	}
+	if a.mode != "dev" && a.cfg.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metrics.Handler())
+		mux.Handle("GET /healthz", api.Healthz())
+		mux.Handle("GET /readyz", api.Readyz(a.store))
+		if _, err := listen(a.cfg.MetricsAddr, mux); err != nil {
+			a.stopRiver()
+			return err
+		}
+	}
+	a.printBanner(stdout, mainAddr, seeded)
+	a.logger.Info("started", "mode", a.mode, "addr", mainAddr, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		a.logger.Info("shutting down", "mode", a.mode)
+	case runErr = <-errCh:
+		a.logger.Error("server failed, shutting down", "err", runErr)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			a.logger.Warn("http shutdown", "err", err)
+			_ = srv.Close()
+		}
+	}
+	a.stopRiverWithin(shutdownCtx)
+	stopBG()
+	a.logger.Info("stopped", "mode", a.mode)
+	return runErr
+}
+
+func (a *app) stopRiver() {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	a.stopRiverWithin(ctx)
+}
+
+// stopRiverWithin lets running jobs finish; past the deadline they are
+// cancelled (River retries them later: every worker is idempotent).
+func (a *app) stopRiverWithin(ctx context.Context) {
+	if !a.runsWorkers() {
+		return
+	}
+	if err := a.river.Stop(ctx); err != nil {
+		a.logger.Warn("river did not stop in time, cancelling running jobs", "err", err)
+		hard, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.river.StopAndCancel(hard)
+	}
+}
+
+func (a *app) printBanner(w io.Writer, addr net.Addr, seeded *devSeed) {
+	switch a.mode {
+	case "dev":
+		fmt.Fprintf(w, "\nQuickScale is running: %s\n", a.cfg.BaseURL)
+		fmt.Fprintf(w, "  listening on   %s\n", addr)
+		if a.cfg.Simulated() {
+			fmt.Fprintf(w, "  payments       simulated (set STRIPE_SECRET_KEY for Stripe)\n")
+		} else {
+			fmt.Fprintf(w, "  payments       Stripe\n")
+		}
+		if a.cfg.SMTPURL == "" {
+			fmt.Fprintf(w, "  mail           dev mailbox: %s/dev/mailbox\n", a.cfg.BaseURL)
+		} else {
+			fmt.Fprintf(w, "  mail           %s\n", redactURL(a.cfg.SMTPURL))
+		}
+		if seeded != nil {
+			fmt.Fprintf(w, "  demo admin     %s / %s\n", seeded.AdminEmail, seeded.AdminPassword)
+		}
+		fmt.Fprintf(w, "  queues         %s/admin/river (River UI)\n", a.cfg.BaseURL)
+		fmt.Fprintf(w, "  metrics        %s/metrics\n\n", a.cfg.BaseURL)
+	case "api":
+		fmt.Fprintf(w, "QuickScale api listening on %s (%s)\n", addr, a.cfg.BaseURL)
+	case "worker":
+		fmt.Fprintf(w, "QuickScale worker running; metrics on %s\n", a.cfg.MetricsAddr)
+	}
+}

@@ -1,0 +1,121 @@
+// Package jobs holds the River job arguments: the contract between the code
+// that enqueues work (api, web) and the workers that do it. It imports
+// nothing from the project.
+package jobs
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+)
+
+// Queues, named by latency class.
+const (
+	QueueWebhooks    = "webhooks"    // Stripe events: money lands here, keep it short
+	QueueEmail       = "email"       // outgoing mail, may wait on a slow SMTP server
+	QueueDefault     = "default"     // everything else users wait for
+	QueueMaintenance = "maintenance" // periodic sweeps and rollups
+)
+
+// Queues lists every queue with the number of jobs one worker process runs
+// at once on it.
+func Queues() map[string]int {
+	return map[string]int{
+		QueueWebhooks:    20,
+		QueueEmail:       10,
+		QueueDefault:     10,
+		QueueMaintenance: 2,
+	}
+}
+
+// activeStates makes a job unique while one like it is waiting or running,
+// but lets it be enqueued again once the earlier one finished.
+var activeStates = []rivertype.JobState{
+	rivertype.JobStateAvailable,
+	rivertype.JobStatePending,
+	rivertype.JobStateRetryable,
+	rivertype.JobStateRunning,
+	rivertype.JobStateScheduled,
+}
+
+func uniqueWhileActive() river.UniqueOpts {
+	return river.UniqueOpts{ByArgs: true, ByState: activeStates}
+}
+
+// SendEmail renders one templated email and sends it.
+type SendEmail struct {
+	// Template names the message: see workers/templates/email.
+	Template string `json:"template"`
+	To       string `json:"to"`
+	// Data fills the template. One-time links travel here, so River UI
+	// hides job arguments by default.
+	Data map[string]string `json:"data,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (SendEmail) Kind() string { return "send_email" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (SendEmail) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueEmail, MaxAttempts: 12}
+}
+
+// Email templates.
+const (
+	EmailVerify          = "verify_email"
+	EmailSignupExisting  = "signup_existing"
+	EmailResetPassword   = "reset_password"
+	EmailChangeEmail     = "change_email"
+	EmailWelcome         = "welcome"
+	EmailContact         = "contact"
+	EmailPasswordChanged = "password_changed"
+	EmailPurchase        = "purchase_confirmation"
+)
+
+// StripeEvent applies one stored Stripe event.
+type StripeEvent struct {
+	EventID string `json:"event_id"`
+}
+
+// Kind implements river.JobArgs.
+func (StripeEvent) Kind() string { return "stripe_event" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (StripeEvent) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueWebhooks, MaxAttempts: 25, UniqueOpts: uniqueWhileActive()}
+}
+
+// ExpireCredits sweeps grants whose expiry has passed.
+type ExpireCredits struct{}
+
+// Kind implements river.JobArgs.
+func (ExpireCredits) Kind() string { return "expire_credits" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (ExpireCredits) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: uniqueWhileActive()}
+}
+
+// PruneExpired deletes expired sessions, tokens and rate-limit windows.
+type PruneExpired struct{}
+
+// Kind implements river.JobArgs.
+func (PruneExpired) Kind() string { return "prune_expired" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (PruneExpired) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: uniqueWhileActive()}
+}
+
+// PruneInterval is how often PruneExpired runs.
+const PruneInterval = time.Hour
+
+// Inserter enqueues jobs inside the caller's transaction, so that a job
+// exists exactly when the writes that caused it commit. *river.Client[pgx.Tx]
+// satisfies it.
+type Inserter interface {
+	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
+}

@@ -1,0 +1,156 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// APIKey is a user's credential for the JSON API.
+type APIKey struct {
+	ID         int64      `db:"id"`
+	UserID     int64      `db:"user_id"`
+	Name       string     `db:"name"`
+	Prefix     string     `db:"prefix"`
+	CreatedAt  time.Time  `db:"created_at"`
+	LastUsedAt *time.Time `db:"last_used_at"`
+	RevokedAt  *time.Time `db:"revoked_at"`
+}
+
+// APIKeyPrefix starts every key, so leaked keys are easy to recognise.
+const APIKeyPrefix = "qs_"
+
+// maxAPIKeysPerUser bounds how many live keys a user may hold.
+const maxAPIKeysPerUser = 25
+
+const apiKeyColumns = `id, user_id, name, prefix, created_at, last_used_at, revoked_at`
+
+// CreateAPIKey issues a key and returns it in clear: the only time it is
+// ever available. Only its SHA-256 is stored.
+func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (string, APIKey, error) {
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 100 {
+		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters), e.g. after the app that uses it.")
+	}
+	raw := APIKeyPrefix + NewSecret()
+	var key APIKey
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var live int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL`, userID).Scan(&live); err != nil {
+			return err
+		}
+		if live >= maxAPIKeysPerUser {
+			return Errorf(KindConflict, "You have %d active keys, the most allowed. Revoke one first.", live)
+		}
+		rows, err := tx.Query(ctx, `INSERT INTO api_keys (user_id, name, prefix, hash) VALUES ($1, $2, $3, $4) RETURNING `+apiKeyColumns,
+			userID, name, raw[:len(APIKeyPrefix)+6], hashSecret(raw))
+		if err != nil {
+			return err
+		}
+		key, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[APIKey])
+		return err
+	})
+	if err != nil {
+		return "", APIKey{}, err
+	}
+	return raw, key, nil
+}
+
+// APIKeys lists a user's keys, newest first, revoked ones included.
+func (s *Store) APIKeys(ctx context.Context, userID int64) ([]APIKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE user_id = $1 ORDER BY id DESC LIMIT 100`, userID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[APIKey])
+}
+
+// RevokeAPIKey revokes one of the user's keys. Another user's key is not found.
+func (s *Store) RevokeAPIKey(ctx context.Context, userID, keyID int64) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND user_id = $2`, keyID, userID)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// AuthenticateAPIKey finds the live key and its live user. Its last-used
+// time is refreshed at most once a minute, so busy keys do not turn every
+// read into a write.
+func (s *Store) AuthenticateAPIKey(ctx context.Context, raw string) (APIKey, User, error) {
+	if !strings.HasPrefix(raw, APIKeyPrefix) || len(raw) > 100 {
+		return APIKey{}, User{}, Errorf(KindUnauthorized, "invalid API key")
+	}
+	var k APIKey
+	var u User
+	err := s.pool.QueryRow(ctx, `
+SELECT k.id, k.user_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at,
+       u.id, u.email, u.password_hash, u.role, u.email_verified_at, u.session_epoch, u.created_at
+  FROM api_keys k JOIN users u ON u.id = k.user_id
+ WHERE k.hash = $1 AND k.revoked_at IS NULL AND u.deleted_at IS NULL`, hashSecret(raw)).Scan(
+		&k.ID, &k.UserID, &k.Name, &k.Prefix, &k.CreatedAt, &k.LastUsedAt, &k.RevokedAt,
+		&u.ID, &u.Email, &u.PasswordHash, &u.Role, &u.EmailVerifiedAt, &u.SessionEpoch, &u.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, User{}, Errorf(KindUnauthorized, "invalid API key")
+	}
+	if err != nil {
+		return APIKey{}, User{}, err
+	}
+	if k.LastUsedAt == nil || time.Since(*k.LastUsedAt) > time.Minute {
+		if _, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now() WHERE id = $1`, k.ID); err != nil {
+			return APIKey{}, User{}, err
+		}
+	}
+	return k, u, nil
+}
+
+// UsageRecord is a past usage as the API lists it.
+type UsageRecord struct {
+	ID           int64     `json:"usage_id"`
+	Service      string    `json:"service"`
+	Credits      int64     `json:"credits"`
+	BalanceAfter int64     `json:"balance_after"`
+	Drawn        []Drawn   `json:"drawn"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// Usages lists a user's usages older than cursor (0: newest), newest first.
+func (s *Store) Usages(ctx context.Context, userID, cursor int64, limit int) ([]UsageRecord, int64, error) {
+	if cursor <= 0 {
+		cursor = 1<<63 - 1
+	}
+	rows, err := s.pool.Query(ctx, `
+SELECT u.id, s.slug, u.credits, u.balance_after, u.created_at,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', e.grant_id, 'kind', g.kind, 'credits', -e.amount) ORDER BY e.id)
+                   FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE e.usage_id = u.id), '[]'::jsonb)
+  FROM usages u JOIN services s ON s.id = u.service_id
+ WHERE u.user_id = $1 AND u.id < $2
+ ORDER BY u.id DESC LIMIT $3`, userID, cursor, limit+1)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	out := []UsageRecord{}
+	for rows.Next() {
+		var r UsageRecord
+		if err := rows.Scan(&r.ID, &r.Service, &r.Credits, &r.BalanceAfter, &r.CreatedAt, &r.Drawn); err != nil {
+			return nil, 0, err
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	var next int64
+	if len(out) > limit {
+		out = out[:limit]
+		next = out[len(out)-1].ID
+	}
+	return out, next, nil
+}

@@ -1,0 +1,144 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// StripeEvent is a stored webhook event.
+type StripeEvent struct {
+	ID            string          `db:"id"`
+	Type          string          `db:"type"`
+	APIVersion    string          `db:"api_version"`
+	Livemode      bool            `db:"livemode"`
+	Created       time.Time       `db:"created"`
+	Payload       json.RawMessage `db:"payload"`
+	ReceivedAt    time.Time       `db:"received_at"`
+	Outcome       *string         `db:"outcome"`
+	OutcomeDetail *string         `db:"outcome_detail"`
+	ProcessedAt   *time.Time      `db:"processed_at"`
+	Attempts      int             `db:"attempts"`
+}
+
+// Event outcomes.
+const (
+	OutcomeApplied = "applied"
+	OutcomeIgnored = "ignored"
+	OutcomeFailed  = "failed"
+)
+
+const eventColumns = `id, type, api_version, livemode, created, payload, received_at, outcome, outcome_detail, processed_at, attempts`
+
+// InsertStripeEvent stores a verified event in tx and reports whether it
+// is new (false: a duplicate delivery, stored before).
+func InsertStripeEvent(ctx context.Context, tx pgx.Tx, ev StripeEvent) (bool, error) {
+	tag, err := tx.Exec(ctx, `INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
+		ev.ID, ev.Type, ev.APIVersion, ev.Livemode, ev.Created, ev.Payload)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// LockStripeEvent loads an event for update and counts the attempt, so
+// that concurrent processing of one event is serialised.
+func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, error) {
+	rows, err := tx.Query(ctx, `UPDATE stripe_events SET attempts = attempts + 1 WHERE id = $1 RETURNING `+eventColumns, id)
+	if err != nil {
+		return StripeEvent{}, err
+	}
+	ev, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[StripeEvent])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return StripeEvent{}, ErrNotFound
+	}
+	return ev, err
+}
+
+// SetEventOutcome records how processing ended.
+func SetEventOutcome(ctx context.Context, tx pgx.Tx, id, outcome, detail string) error {
+	var d *string
+	if detail != "" {
+		d = &detail
+	}
+	_, err := tx.Exec(ctx, `UPDATE stripe_events SET outcome = $2, outcome_detail = $3, processed_at = now() WHERE id = $1`, id, outcome, d)
+	return err
+}
+
+// StripeEventByID loads one stored event.
+func (s *Store) StripeEventByID(ctx context.Context, id string) (StripeEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM stripe_events WHERE id = $1`, id)
+	if err != nil {
+		return StripeEvent{}, err
+	}
+	ev, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[StripeEvent])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return StripeEvent{}, ErrNotFound
+	}
+	return ev, err
+}
+
+// EventFilter narrows the admin list of events.
+type EventFilter struct {
+	Type    string
+	Outcome string // applied, ignored, failed, pending or ""
+	// Cursor continues after the event received at CursorTime with CursorID.
+	CursorTime time.Time
+	CursorID   string
+}
+
+// EventPage is one page of events, newest first.
+type EventPage struct {
+	Events     []StripeEvent
+	NextTime   time.Time
+	NextID     string
+	HasMore    bool
+	EventTypes []string
+}
+
+// ListStripeEvents lists stored events, newest first, keyset-paginated.
+func (s *Store) ListStripeEvents(ctx context.Context, f EventFilter, limit int) (EventPage, error) {
+	var page EventPage
+	args := []any{strings.TrimSpace(f.Type), f.Outcome, limit + 1}
+	cursor := ""
+	if !f.CursorTime.IsZero() {
+		args = append(args, f.CursorTime, f.CursorID)
+		cursor = ` AND (received_at, id) < ($4, $5)`
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM stripe_events
+ WHERE ($1 = '' OR type = $1)
+   AND ($2 = '' OR ($2 = 'pending' AND outcome IS NULL) OR outcome = $2)`+cursor+`
+ ORDER BY received_at DESC, id DESC LIMIT $3`, args...)
+	if err != nil {
+		return page, err
+	}
+	evs, err := pgx.CollectRows(rows, pgx.RowToStructByName[StripeEvent])
+	if err != nil {
+		return page, err
+	}
+	if len(evs) > limit {
+		evs = evs[:limit]
+		last := evs[len(evs)-1]
+		page.HasMore, page.NextTime, page.NextID = true, last.ReceivedAt, last.ID
+	}
+	page.Events = evs
+	// A skip scan over the type index: cost grows with the number of types,
+	// not of events.
+	rows, err = s.pool.Query(ctx, `
+WITH RECURSIVE t AS (
+    (SELECT type FROM stripe_events ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.type FROM stripe_events e WHERE e.type > t.type ORDER BY e.type LIMIT 1) FROM t WHERE t.type IS NOT NULL
+)
+SELECT type FROM t WHERE type IS NOT NULL LIMIT 200`)
+	if err != nil {
+		return page, err
+	}
+	page.EventTypes, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	return page, err
+}

@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// HistoryItem is one line of a user's credit history: a grant, an expiry,
+// a clawback, an adjustment, or a usage with the grants that paid for it.
+type HistoryItem struct {
+	Kind      string // an entry kind
+	Credits   int64  // signed: positive adds, negative takes
+	CreatedAt time.Time
+	Reason    string
+	// For single-grant items.
+	GrantID        int64
+	GrantKind      string
+	GrantExpiresAt *time.Time
+	// For usages.
+	UsageID int64
+	Service string
+	Drawn   []Drawn
+}
+
+// HistoryPage is one page of history, newest first.
+type HistoryPage struct {
+	Items []HistoryItem
+	// NextCursor continues with older items (0: no more).
+	NextCursor int64
+}
+
+type historyRow struct {
+	ID             int64      `db:"id"`
+	Kind           string     `db:"kind"`
+	Amount         int64      `db:"amount"`
+	CreatedAt      time.Time  `db:"created_at"`
+	Reason         *string    `db:"reason"`
+	GrantID        int64      `db:"grant_id"`
+	GrantKind      string     `db:"grant_kind"`
+	GrantExpiresAt *time.Time `db:"grant_expires_at"`
+	UsageID        *int64     `db:"usage_id"`
+	Service        *string    `db:"service"`
+}
+
+const historySelect = `
+SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
+       g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service
+  FROM ledger_entries e
+  JOIN grants g ON g.id = e.grant_id
+  LEFT JOIN usages u ON u.id = e.usage_id
+  LEFT JOIN services s ON s.id = u.service_id`
+
+// History returns up to about limit items older than cursor (0: newest),
+// reading only the entries shown: its cost does not grow with the length of
+// the history. The entries of one usage are never split across pages.
+func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (HistoryPage, error) {
+	if cursor <= 0 {
+		cursor = 1<<63 - 1
+	}
+	rows, err := s.pool.Query(ctx, historySelect+`
+ WHERE e.user_id = $1 AND e.id < $2 ORDER BY e.id DESC LIMIT $3`, userID, cursor, limit)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	entries, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+	if err != nil || len(entries) == 0 {
+		return HistoryPage{}, err
+	}
+	// Complete the last usage if the page cut through it.
+	last := entries[len(entries)-1]
+	if last.UsageID != nil {
+		rows, err := s.pool.Query(ctx, historySelect+`
+ WHERE e.user_id = $1 AND e.usage_id = $2 AND e.id < $3 ORDER BY e.id DESC`, userID, *last.UsageID, last.ID)
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		entries = append(entries, rest...)
+	}
+	var page HistoryPage
+	for _, e := range entries {
+		if e.UsageID != nil {
+			if n := len(page.Items); n > 0 && page.Items[n-1].UsageID == *e.UsageID {
+				it := &page.Items[n-1]
+				it.Credits += e.Amount
+				// Entries come newest first; keep drawn in the order drawn.
+				it.Drawn = append([]Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}, it.Drawn...)
+				continue
+			}
+		}
+		it := HistoryItem{Kind: e.Kind, Credits: e.Amount, CreatedAt: e.CreatedAt, GrantID: e.GrantID,
+			GrantKind: e.GrantKind, GrantExpiresAt: e.GrantExpiresAt}
+		if e.Reason != nil {
+			it.Reason = *e.Reason
+		}
+		if e.UsageID != nil {
+			it.UsageID = *e.UsageID
+			it.Drawn = []Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}
+			if e.Service != nil {
+				it.Service = *e.Service
+			}
+		}
+		page.Items = append(page.Items, it)
+	}
+	oldest := entries[len(entries)-1].ID
+	var more bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE user_id = $1 AND id < $2)`, userID, oldest).Scan(&more); err != nil {
+		return HistoryPage{}, err
+	}
+	if more {
+		page.NextCursor = oldest
+	}
+	return page, nil
+}

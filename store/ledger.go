@@ -1,0 +1,380 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Grant kinds.
+const (
+	GrantSubscription = "subscription"
+	GrantPack         = "pack"
+	GrantAdmin        = "admin"
+	GrantPromo        = "promo"
+)
+
+// GrantKinds lists every grant kind in the order they are shown: the order
+// in which they are spent.
+func GrantKinds() []string {
+	return []string{GrantSubscription, GrantPack, GrantAdmin, GrantPromo}
+}
+
+// ValidGrantKind reports whether k is a grant kind.
+func ValidGrantKind(k string) bool {
+	for _, g := range GrantKinds() {
+		if g == k {
+			return true
+		}
+	}
+	return false
+}
+
+// Ledger entry kinds.
+const (
+	EntryGrant    = "grant"
+	EntryConsume  = "consume"
+	EntryExpire   = "expire"
+	EntryClawback = "clawback"
+	EntryAdjust   = "adjust"
+)
+
+// InsufficientCreditsError is returned when a spend exceeds the live
+// balance. Nothing was written.
+type InsufficientCreditsError struct {
+	Balance  int64
+	Required int64
+}
+
+func (e *InsufficientCreditsError) Error() string {
+	return fmt.Sprintf("insufficient credits: balance %d, required %d", e.Balance, e.Required)
+}
+
+// NewGrant describes credits to add.
+type NewGrant struct {
+	UserID     int64
+	Kind       string
+	Amount     int64
+	ExpiresAt  *time.Time
+	SourceKind string
+	SourceID   string
+	// Actor and Reason are recorded on the entry (admin and CLI grants).
+	Actor  *int64
+	Reason string
+}
+
+func (g NewGrant) validate() error {
+	switch {
+	case !ValidGrantKind(g.Kind):
+		return Errorf(KindInvalid, "Unknown credit kind %q.", g.Kind)
+	case g.Amount <= 0:
+		return Errorf(KindInvalid, "The amount must be a positive whole number.")
+	case g.Kind == GrantSubscription && g.ExpiresAt == nil:
+		return Errorf(KindInvalid, "Subscription credits need an expiry.")
+	case g.Kind == GrantPack && g.ExpiresAt != nil:
+		return Errorf(KindInvalid, "Pack credits never expire.")
+	case g.ExpiresAt != nil && !g.ExpiresAt.After(time.Now()):
+		return Errorf(KindInvalid, "The expiry must be in the future.")
+	case g.SourceKind == "" || g.SourceID == "":
+		return Errorf(KindInvalid, "A grant needs a source.")
+	}
+	return nil
+}
+
+// GrantResult reports the grant a NewGrant produced or found.
+type GrantResult struct {
+	GrantID int64
+	Created bool // false when the source had been granted already
+}
+
+// Grant adds credits idempotently: a second grant from the same source
+// returns the first one with Created false. db may be a transaction (a
+// worker completing its job in the same transaction).
+func Grant(ctx context.Context, db DBTX, g NewGrant) (GrantResult, error) {
+	if err := g.validate(); err != nil {
+		return GrantResult{}, err
+	}
+	entryKind := EntryGrant
+	if g.Actor != nil || g.Reason != "" {
+		entryKind = EntryAdjust
+	}
+	var reason *string
+	if g.Reason != "" {
+		reason = &g.Reason
+	}
+	var r GrantResult
+	err := db.QueryRow(ctx, `SELECT grant_id, created FROM ledger_grant($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		g.UserID, g.Kind, g.Amount, g.ExpiresAt, g.SourceKind, g.SourceID, entryKind, g.Actor, reason).Scan(&r.GrantID, &r.Created)
+	if err != nil {
+		return r, fmt.Errorf("grant: %w", err)
+	}
+	return r, nil
+}
+
+// Grant adds credits in their own transaction.
+func (s *Store) Grant(ctx context.Context, g NewGrant) (GrantResult, error) {
+	return Grant(ctx, s.pool, g)
+}
+
+// Drawn is the part of a spend taken from one grant.
+type Drawn struct {
+	GrantID int64  `json:"grant_id"`
+	Kind    string `json:"kind"`
+	Credits int64  `json:"credits"`
+}
+
+// Usage is one spend on a service.
+type Usage struct {
+	ID        int64     `json:"usage_id"`
+	Service   string    `json:"service"`
+	Credits   int64     `json:"credits"`
+	Balance   int64     `json:"balance"`
+	Drawn     []Drawn   `json:"drawn"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ConsumeRequest asks to spend a service's cost once per idempotency key.
+type ConsumeRequest struct {
+	UserID         int64
+	Service        string // slug
+	IdempotencyKey string
+	APIKeyID       *int64
+}
+
+// Fingerprint identifies what was asked, so that a reused key with a
+// different request is told apart from a replay.
+func (r ConsumeRequest) Fingerprint() string {
+	h := sha256.Sum256([]byte("service\x00" + r.Service))
+	return hex.EncodeToString(h[:16])
+}
+
+// MaxIdempotencyKeyLen bounds idempotency keys.
+const MaxIdempotencyKeyLen = 255
+
+// Consume spends a service's cost in one round trip to Postgres. It returns
+// the usage and replayed=true when the key was used before for the same
+// request. Errors: *InsufficientCreditsError (nothing written), KindConflict
+// (key reused with another request), KindNotFound (no such active service).
+func Consume(ctx context.Context, db DBTX, req ConsumeRequest) (u Usage, replayed bool, err error) {
+	key := strings.TrimSpace(req.IdempotencyKey)
+	if key == "" || len(key) > MaxIdempotencyKeyLen {
+		return u, false, Errorf(KindInvalid, "The idempotency key must be 1 to %d characters.", MaxIdempotencyKeyLen)
+	}
+	var (
+		status  string
+		usageID *int64
+		drawn   []byte
+	)
+	err = db.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
+  FROM ledger_consume($1, $2, $3, $4, $5)`,
+		req.UserID, req.Service, key, req.Fingerprint(), req.APIKeyID).
+		Scan(&status, &usageID, &u.Service, &u.Credits, &u.Balance, &drawn, &u.CreatedAt)
+	if err != nil {
+		return u, false, fmt.Errorf("consume: %w", err)
+	}
+	switch status {
+	case "created", "replayed":
+		u.ID = *usageID
+		if err := json.Unmarshal(drawn, &u.Drawn); err != nil {
+			return u, false, fmt.Errorf("consume: decode drawn: %w", err)
+		}
+		return u, status == "replayed", nil
+	case "insufficient":
+		return Usage{}, false, &InsufficientCreditsError{Balance: u.Balance, Required: u.Credits}
+	case "conflict":
+		return Usage{}, false, Errorf(KindConflict, "This idempotency key was already used for a different request.")
+	case "no_service":
+		return Usage{}, false, Errorf(KindNotFound, "No active service %q.", req.Service)
+	case "no_account":
+		return Usage{}, false, Errorf(KindNotFound, "No credit account for this user.")
+	}
+	return Usage{}, false, fmt.Errorf("consume: unexpected status %q", status)
+}
+
+// Consume spends credits on the pool (autocommit: one round trip).
+func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, error) {
+	return Consume(ctx, s.pool, req)
+}
+
+// Adjustment is an admin's change to a user's credits.
+type Adjustment struct {
+	UserID int64
+	// Delta > 0 adds an admin grant; Delta < 0 removes credits the way a
+	// spend would, never below zero.
+	Delta     int64
+	Kind      string // for additions: admin (default) or promo
+	ExpiresAt *time.Time
+	Actor     *int64 // nil for the CLI
+	Reason    string
+}
+
+// AdjustResult reports an adjustment.
+type AdjustResult struct {
+	Balance int64
+	GrantID int64   // for additions
+	Drawn   []Drawn // for removals
+}
+
+// Adjust applies an admin adjustment and writes it to the audit log in the
+// same transaction.
+func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) {
+	var res AdjustResult
+	a.Reason = strings.TrimSpace(a.Reason)
+	switch {
+	case a.Reason == "":
+		return res, Errorf(KindInvalid, "Give a reason for the adjustment.")
+	case len(a.Reason) > 500:
+		return res, Errorf(KindInvalid, "Keep the reason under 500 characters.")
+	case a.Delta == 0:
+		return res, Errorf(KindInvalid, "The amount must not be zero.")
+	}
+	if a.Kind == "" {
+		a.Kind = GrantAdmin
+	}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		if a.Delta > 0 {
+			g, err := Grant(ctx, tx, NewGrant{
+				UserID: a.UserID, Kind: a.Kind, Amount: a.Delta, ExpiresAt: a.ExpiresAt,
+				SourceKind: "adjustment", SourceID: NewSecret(), Actor: a.Actor, Reason: a.Reason,
+			})
+			if err != nil {
+				return err
+			}
+			res.GrantID = g.GrantID
+		} else {
+			var ok bool
+			var drawn []byte
+			err := tx.QueryRow(ctx, `SELECT ok, balance, drawn FROM ledger_debit($1, $2, 'adjust', $3, $4)`,
+				a.UserID, -a.Delta, a.Actor, a.Reason).Scan(&ok, &res.Balance, &drawn)
+			if err != nil {
+				return fmt.Errorf("debit: %w", err)
+			}
+			if !ok {
+				return &InsufficientCreditsError{Balance: res.Balance, Required: -a.Delta}
+			}
+			if err := json.Unmarshal(drawn, &res.Drawn); err != nil {
+				return err
+			}
+		}
+		b, err := BalanceOf(ctx, tx, a.UserID)
+		if err != nil {
+			return err
+		}
+		res.Balance = b.Total
+		return Audit(ctx, tx, a.Actor, "credits.adjust", &a.UserID, map[string]any{
+			"delta": a.Delta, "kind": a.Kind, "reason": a.Reason, "balance_after": res.Balance,
+		})
+	})
+	return res, err
+}
+
+// Balance is a user's spendable credits.
+type Balance struct {
+	Total  int64            `json:"balance"`
+	ByKind map[string]int64 `json:"by_kind"`
+	// NextExpiry is the soonest expiry among live expiring grants.
+	NextExpiry *time.Time `json:"next_expiry"`
+	// ExpiringNext is how many credits expire at NextExpiry.
+	ExpiringNext int64 `json:"-"`
+}
+
+// BalanceOf sums the live grants of a user. Grants past their expiry count
+// for nothing from that instant on, swept or not.
+func BalanceOf(ctx context.Context, db DBTX, userID int64) (Balance, error) {
+	b := Balance{ByKind: map[string]int64{}}
+	for _, k := range GrantKinds() {
+		b.ByKind[k] = 0
+	}
+	rows, err := db.Query(ctx, `
+SELECT kind, sum(remaining)::bigint, min(expires_at)
+  FROM grants
+ WHERE user_id = $1 AND remaining > 0 AND (expires_at IS NULL OR expires_at > now())
+ GROUP BY kind`, userID)
+	if err != nil {
+		return b, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var kind string
+		var sum int64
+		var exp *time.Time
+		if err := rows.Scan(&kind, &sum, &exp); err != nil {
+			return b, err
+		}
+		b.ByKind[kind] = sum
+		b.Total += sum
+		if exp != nil && (b.NextExpiry == nil || exp.Before(*b.NextExpiry)) {
+			b.NextExpiry = exp
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return b, err
+	}
+	if b.NextExpiry != nil {
+		err = db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants
+ WHERE user_id = $1 AND remaining > 0 AND expires_at = $2`, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
+	}
+	return b, err
+}
+
+// Balance returns a user's live balance.
+func (s *Store) Balance(ctx context.Context, userID int64) (Balance, error) {
+	return BalanceOf(ctx, s.pool, userID)
+}
+
+// ExpireResult sums one or more sweep batches.
+type ExpireResult struct {
+	Users, Grants int64
+	Credits       int64
+	ByKind        map[string]int64 // credits expired per grant kind
+}
+
+// ExpireOverdueBatch expires up to maxGrants overdue grants (and the other
+// overdue grants of the same users) in one short transaction. Its commit
+// does not wait for the WAL flush: a sweep lost in a crash is simply redone,
+// and balances exclude overdue grants whether or not they were swept.
+func (s *Store) ExpireOverdueBatch(ctx context.Context, maxGrants int) (ExpireResult, error) {
+	res := ExpireResult{ByKind: map[string]int64{}}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		res = ExpireResult{ByKind: map[string]int64{}}
+		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT kind, users, grants, credits FROM ledger_expire_due($1)`, maxGrants)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var kind string
+			var users, grants, credits int64
+			if err := rows.Scan(&kind, &users, &grants, &credits); err != nil {
+				return err
+			}
+			res.Users += users // users with grants of several kinds count once per kind
+			res.Grants += grants
+			res.Credits += credits
+			res.ByKind[kind] += credits
+		}
+		return rows.Err()
+	})
+	return res, err
+}
+
+// Clawback takes back up to amount from one grant (never more than it has
+// left) and returns what it took.
+func Clawback(ctx context.Context, db DBTX, grantID, amount int64, reason string) (int64, error) {
+	var taken int64
+	err := db.QueryRow(ctx, `SELECT taken FROM ledger_clawback($1, $2, $3)`, grantID, amount, reason).Scan(&taken)
+	return taken, err
+}
+
+// ErrNoRows reports whether err means a query found nothing.
+func ErrNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

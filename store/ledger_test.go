@@ -1,0 +1,409 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+type ledgerBundle struct {
+	st   *store.Store
+	user store.User
+	ctx  context.Context
+}
+
+func setupLedger(t *testing.T) *ledgerBundle {
+	t.Helper()
+	st := storetest.NewStore(t)
+	b := &ledgerBundle{st: st, user: storetest.NewUser(t, st, storetest.UserOpts{}), ctx: context.Background()}
+	t.Cleanup(func() {
+		if v := storetest.Violations(t, st); len(v) > 0 {
+			t.Errorf("ledger invariants violated: %v", v)
+		}
+	})
+	return b
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (b *ledgerBundle) consume(t *testing.T, service, key string) (store.Usage, bool, error) {
+	t.Helper()
+	return b.st.Consume(b.ctx, store.ConsumeRequest{UserID: b.user.ID, Service: service, IdempotencyKey: key})
+}
+
+func TestConsumeDrawsSubscriptionBeforePackAndSoonestExpiryFirst(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	pack1 := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 5})
+	pack2 := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 50})
+	later := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 3, ExpiresAt: ptr(time.Now().Add(48 * time.Hour))})
+	sooner := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 4, ExpiresAt: ptr(time.Now().Add(24 * time.Hour))})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 10})
+
+	u, replayed, err := b.consume(t, svc, "k1")
+	require.NoError(t, err)
+	require.False(t, replayed)
+	want := []store.Drawn{
+		{GrantID: sooner.GrantID, Kind: store.GrantPromo, Credits: 4},
+		{GrantID: later.GrantID, Kind: store.GrantSubscription, Credits: 3},
+		{GrantID: pack1.GrantID, Kind: store.GrantPack, Credits: 3},
+	}
+	if diff := cmp.Diff(want, u.Drawn); diff != "" {
+		t.Fatalf("drawn (-want +got):\n%s", diff)
+	}
+	if u.Balance != 62-10 || u.Credits != 10 {
+		t.Fatalf("balance %d credits %d, want 52 and 10", u.Balance, u.Credits)
+	}
+	u2, _, err := b.consume(t, svc, "k2")
+	require.NoError(t, err)
+	want2 := []store.Drawn{
+		{GrantID: pack1.GrantID, Kind: store.GrantPack, Credits: 2},
+		{GrantID: pack2.GrantID, Kind: store.GrantPack, Credits: 8},
+	}
+	if diff := cmp.Diff(want2, u2.Drawn); diff != "" {
+		t.Fatalf("second draw (-want +got):\n%s", diff)
+	}
+}
+
+func TestConsumeInsufficientWritesNothingAndCarriesBalance(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 7})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 8})
+	_, _, err := b.consume(t, svc, "k")
+	var ie *store.InsufficientCreditsError
+	require.ErrorAs(t, err, &ie)
+	if ie.Balance != 7 || ie.Required != 8 {
+		t.Fatalf("error carries balance %d required %d, want 7 and 8", ie.Balance, ie.Required)
+	}
+	var usages, entries int
+	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT (SELECT count(*) FROM usages), (SELECT count(*) FROM ledger_entries WHERE kind = 'consume')`).Scan(&usages, &entries))
+	if usages != 0 || entries != 0 {
+		t.Fatalf("insufficient consume wrote %d usages and %d entries", usages, entries)
+	}
+	// The key was not burnt: after a top-up the same key succeeds.
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
+	u, replayed, err := b.consume(t, svc, "k")
+	require.NoError(t, err)
+	if replayed || u.Balance != 0 {
+		t.Fatalf("after top-up: replayed=%v balance=%d", replayed, u.Balance)
+	}
+}
+
+func TestConsumeSameKeySameRequestReplaysOriginal(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 100})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 10})
+	first, replayed, err := b.consume(t, svc, "same")
+	require.NoError(t, err)
+	require.False(t, replayed)
+	// A later spend changes the balance; the replay must still show the original.
+	_, _, err = b.consume(t, svc, "other")
+	require.NoError(t, err)
+	again, replayed, err := b.consume(t, svc, "same")
+	require.NoError(t, err)
+	require.True(t, replayed)
+	if diff := cmp.Diff(first, again, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+		t.Fatalf("replay differs (-first +replay):\n%s", diff)
+	}
+	bal, err := b.st.Balance(b.ctx, b.user.ID)
+	require.NoError(t, err)
+	if bal.Total != 80 {
+		t.Fatalf("balance %d after two spends of 10 and a replay, want 80", bal.Total)
+	}
+}
+
+func TestConsumeSameKeyDifferentRequestConflicts(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 100})
+	a := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 10})
+	c := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 20})
+	_, _, err := b.consume(t, a, "k")
+	require.NoError(t, err)
+	_, _, err = b.consume(t, c, "k")
+	if store.ErrorKind(err) != store.KindConflict {
+		t.Fatalf("reused key with another service: got %v, want a conflict", err)
+	}
+}
+
+func TestConsumeUnknownOrInactiveServiceIsNotFound(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 100})
+	inactive := storetest.NewService(t, b.st, storetest.ServiceOpts{Inactive: true})
+	for _, slug := range []string{"no-such-service", inactive} {
+		_, _, err := b.consume(t, slug, "k-"+slug)
+		if store.ErrorKind(err) != store.KindNotFound {
+			t.Errorf("service %q: got %v, want not found", slug, err)
+		}
+	}
+}
+
+func TestConsumeFreeServiceRecordsUsageWithoutEntries(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: storetest.NoCost})
+	u, _, err := b.consume(t, svc, "free")
+	require.NoError(t, err)
+	if u.Credits != 0 || len(u.Drawn) != 0 || u.Balance != 0 {
+		t.Fatalf("free usage = %+v", u)
+	}
+}
+
+func TestExpiredGrantIsUnspendableFromItsExpiryInstant(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 1})
+	tx, err := b.st.Pool().Begin(b.ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(b.ctx) //nolint:errcheck
+	// Inside one transaction now() is fixed, which pins "the instant".
+	var now time.Time
+	require.NoError(t, tx.QueryRow(b.ctx, `SELECT now()`).Scan(&now))
+	// Grants born an hour ago: one expires exactly now, one a microsecond later.
+	insert := func(src string, exp time.Time, amount int64) int64 {
+		var id int64
+		require.NoError(t, tx.QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+ VALUES ($1, 'subscription', $2, 0, $3, 'test', $4, $5) RETURNING id`, b.user.ID, amount, exp, src, now.Add(-time.Hour)).Scan(&id))
+		_, err := tx.Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', $3)`, b.user.ID, id, amount)
+		require.NoError(t, err)
+		return id
+	}
+	insert("at-now", now, 5)
+	later := insert("after-now", now.Add(time.Microsecond), 2)
+
+	bal, err := store.BalanceOf(b.ctx, tx, b.user.ID)
+	require.NoError(t, err)
+	if bal.Total != 2 || bal.ByKind[store.GrantSubscription] != 2 {
+		t.Fatalf("balance at the expiry instant = %+v, want only the 2 credits expiring later", bal)
+	}
+	u, _, err := store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
+	require.NoError(t, err)
+	if len(u.Drawn) != 1 || u.Drawn[0].GrantID != later {
+		t.Fatalf("drew %+v, want only the grant expiring after now", u.Drawn)
+	}
+	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k2"})
+	require.NoError(t, err)
+	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k3"})
+	var ie *store.InsufficientCreditsError
+	require.ErrorAs(t, err, &ie, "the grant expiring exactly now must not be spendable")
+}
+
+func TestExpireOverdueWritesExpireEntriesOnlyForOverdueGrants(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	other := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	live := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 10, ExpiresAt: ptr(time.Now().Add(time.Hour))})
+	pack := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 10})
+	// Overdue grants: created in the past through SQL, as the sweep would find them.
+	overdue := func(userID int64, src string, amount int64) {
+		var id int64
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+ VALUES ($1, 'subscription', $2, 0, now() - interval '1 minute', 'test', $3, now() - interval '31 days') RETURNING id`, userID, amount, src).Scan(&id))
+		_, err := b.st.Pool().Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', $3)`, userID, id, amount)
+		require.NoError(t, err)
+	}
+	overdue(b.user.ID, "o1", 30)
+	overdue(b.user.ID, "o2", 20)
+	overdue(other.ID, "o3", 7)
+
+	res, err := b.st.ExpireOverdueBatch(b.ctx, 1000)
+	require.NoError(t, err)
+	if res.Grants != 3 || res.Credits != 57 || res.ByKind[store.GrantSubscription] != 57 {
+		t.Fatalf("sweep = %+v, want 3 grants and 57 credits", res)
+	}
+	again, err := b.st.ExpireOverdueBatch(b.ctx, 1000)
+	require.NoError(t, err)
+	if again.Grants != 0 {
+		t.Fatalf("second sweep expired %d grants, want 0", again.Grants)
+	}
+	var remaining int64
+	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT sum(remaining) FROM grants WHERE id IN ($1, $2)`, live.GrantID, pack.GrantID).Scan(&remaining))
+	if remaining != 20 {
+		t.Fatalf("live grants changed by the sweep: remaining %d, want 20", remaining)
+	}
+}
+
+func TestExpireOverdueBatchIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for i := range 5 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		var id int64
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+ VALUES ($1, 'promo', 3, 0, now() - interval '1 second', 'test', $2::int::text, now() - interval '1 day') RETURNING id`, u.ID, i).Scan(&id))
+		_, err := b.st.Pool().Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', 3)`, u.ID, id)
+		require.NoError(t, err)
+	}
+	res, err := b.st.ExpireOverdueBatch(b.ctx, 2)
+	require.NoError(t, err)
+	if res.Grants != 2 {
+		t.Fatalf("batch of 2 expired %d grants", res.Grants)
+	}
+}
+
+func TestGrantFromSameSourceIsIdempotent(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	g := store.NewGrant{UserID: b.user.ID, Kind: store.GrantPack, Amount: 500, SourceKind: "checkout_session", SourceID: "cs_test_1"}
+	first, err := b.st.Grant(b.ctx, g)
+	require.NoError(t, err)
+	require.True(t, first.Created)
+	second, err := b.st.Grant(b.ctx, g)
+	require.NoError(t, err)
+	if second.Created || second.GrantID != first.GrantID {
+		t.Fatalf("second grant = %+v, want the first (%d) not created", second, first.GrantID)
+	}
+	bal, err := b.st.Balance(b.ctx, b.user.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 500, bal.Total)
+}
+
+func TestGrantRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	past := time.Now().Add(-time.Hour)
+	future := time.Now().Add(time.Hour)
+	cases := map[string]store.NewGrant{
+		"zero amount":             {Kind: store.GrantPack, Amount: 0},
+		"negative amount":         {Kind: store.GrantPack, Amount: -5},
+		"unknown kind":            {Kind: "gift", Amount: 5},
+		"subscription w/o expiry": {Kind: store.GrantSubscription, Amount: 5},
+		"pack with expiry":        {Kind: store.GrantPack, Amount: 5, ExpiresAt: &future},
+		"expiry in the past":      {Kind: store.GrantPromo, Amount: 5, ExpiresAt: &past},
+		"missing source":          {Kind: store.GrantPack, Amount: 5, SourceKind: "-"},
+	}
+	for name, g := range cases {
+		g.UserID = b.user.ID
+		if g.SourceKind == "" {
+			g.SourceKind, g.SourceID = "test", name
+		} else {
+			g.SourceKind = ""
+		}
+		_, err := b.st.Grant(b.ctx, g)
+		if store.ErrorKind(err) != store.KindInvalid {
+			t.Errorf("%s: got %v, want invalid", name, err)
+		}
+	}
+}
+
+func TestLedgerConstraintsRefuseDirectTampering(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	g := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 3})
+	_, _, err := b.consume(t, svc, "k")
+	require.NoError(t, err)
+	for name, sql := range map[string]string{
+		"update remaining":      `UPDATE grants SET remaining = 1000 WHERE id = $1`,
+		"change amount":         `UPDATE grants SET amount = 1000, remaining = remaining WHERE id = $1`,
+		"delete grant":          `DELETE FROM grants WHERE id = $1`,
+		"update entry":          `UPDATE ledger_entries SET amount = 1 WHERE grant_id = $1`,
+		"delete entry":          `DELETE FROM ledger_entries WHERE grant_id = $1`,
+		"overdraw by entry":     `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'adjust', -100 FROM grants WHERE id = $1`,
+		"grant born non-empty":  `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) SELECT user_id, 'pack', 5, 5, 'x', 'y' FROM grants WHERE id = $1`,
+		"adjust without reason": `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'adjust', 1 FROM grants WHERE id = $1`,
+		"consume without usage": `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'consume', -1 FROM grants WHERE id = $1`,
+	} {
+		_, err := b.st.Pool().Exec(b.ctx, sql, g.GrantID)
+		if err == nil {
+			t.Errorf("%s: succeeded, want the database to refuse it", name)
+		}
+	}
+}
+
+func TestAdjustAddsAndRemovesWithReasonAndAudit(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+
+	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 5, Actor: &admin.ID, Reason: "  "})
+	require.Equal(t, store.KindInvalid, store.ErrorKind(err), "a blank reason must be refused")
+
+	add, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 5, Actor: &admin.ID, Reason: "goodwill"})
+	require.NoError(t, err)
+	require.EqualValues(t, 15, add.Balance)
+
+	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -16, Actor: &admin.ID, Reason: "too much"})
+	var ie *store.InsufficientCreditsError
+	require.ErrorAs(t, err, &ie)
+	require.EqualValues(t, 15, ie.Balance)
+
+	rm, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -12, Actor: &admin.ID, Reason: "abuse"})
+	require.NoError(t, err)
+	require.EqualValues(t, 3, rm.Balance)
+
+	entries, err := b.st.AuditFor(b.ctx, b.user.ID, 10)
+	require.NoError(t, err)
+	if len(entries) != 2 || entries[0].Details["reason"] != "abuse" || entries[1].Details["reason"] != "goodwill" {
+		t.Fatalf("audit log = %+v, want the two successful adjustments newest first", entries)
+	}
+	if *entries[0].ActorUserID != admin.ID {
+		t.Fatalf("audit actor = %d, want %d", *entries[0].ActorUserID, admin.ID)
+	}
+}
+
+func TestClawbackNeverTakesMoreThanLeft(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	g := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 7})
+	_, _, err := b.consume(t, svc, "k")
+	require.NoError(t, err)
+	var taken int64
+	err = b.st.InTx(b.ctx, func(tx pgx.Tx) error {
+		var err error
+		taken, err = store.Clawback(b.ctx, tx, g.GrantID, 10, "refund")
+		return err
+	})
+	require.NoError(t, err)
+	if taken != 3 {
+		t.Fatalf("clawback took %d, want the 3 left", taken)
+	}
+	bal, err := b.st.Balance(b.ctx, b.user.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total)
+}
+
+func TestInTxRetriesSerializationFailures(t *testing.T) {
+	t.Parallel()
+	st := storetest.NewStore(t)
+	calls := 0
+	err := st.InTx(context.Background(), func(tx pgx.Tx) error {
+		calls++
+		if calls < 3 {
+			// Raise a real 40001 from Postgres.
+			_, err := tx.Exec(context.Background(), `DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40001'; END $$`)
+			return err
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, 3, calls)
+
+	calls = 0
+	boom := errors.New("boom")
+	err = st.InTx(context.Background(), func(tx pgx.Tx) error { calls++; return boom })
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, 1, calls, "other errors must not be retried")
+
+	calls = 0
+	err = st.InTx(context.Background(), func(tx pgx.Tx) error {
+		calls++
+		_, err := tx.Exec(context.Background(), `DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40P01'; END $$`)
+		return err
+	})
+	require.True(t, store.IsRetryable(err))
+	require.Equal(t, 5, calls, "retries must be bounded")
+}

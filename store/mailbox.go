@@ -1,0 +1,34 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Mail is a message kept in the dev mailbox.
+type Mail struct {
+	ID      int64     `db:"id" json:"id"`
+	To      string    `db:"to_addr" json:"to"`
+	Subject string    `db:"subject" json:"subject"`
+	Text    string    `db:"text_body" json:"text"`
+	HTML    string    `db:"html_body" json:"html"`
+	SentAt  time.Time `db:"sent_at" json:"sent_at"`
+}
+
+// DeliverToMailbox stores a message in the dev mailbox.
+func (s *Store) DeliverToMailbox(ctx context.Context, m Mail) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO dev_mailbox (to_addr, subject, text_body, html_body) VALUES ($1, $2, $3, $4)`,
+		m.To, m.Subject, m.Text, m.HTML)
+	return err
+}
+
+// Mailbox lists the newest messages first.
+func (s *Store) Mailbox(ctx context.Context, limit int) ([]Mail, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, to_addr, subject, text_body, html_body, sent_at FROM dev_mailbox ORDER BY id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Mail])
+}

@@ -1,0 +1,245 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Pack is a credit pack for sale.
+type Pack struct {
+	Code          string  `db:"code"`
+	Name          string  `db:"name"`
+	Credits       int64   `db:"credits"`
+	PriceMinor    int64   `db:"price_minor"`
+	Currency      string  `db:"currency"`
+	LookupKey     string  `db:"lookup_key"`
+	StripePriceID *string `db:"stripe_price_id"`
+	Active        bool    `db:"active"`
+	Sort          int     `db:"sort"`
+}
+
+const packColumns = `code, name, credits, price_minor, currency, lookup_key, stripe_price_id, active, sort`
+
+// Packs lists the active packs in display order.
+func (s *Store) Packs(ctx context.Context) ([]Pack, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+packColumns+` FROM credit_packs WHERE active ORDER BY sort, credits`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Pack])
+}
+
+// PackByCode finds an active pack.
+func (s *Store) PackByCode(ctx context.Context, code string) (Pack, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+packColumns+` FROM credit_packs WHERE code = $1 AND active`, code)
+	if err != nil {
+		return Pack{}, err
+	}
+	p, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Pack])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Pack{}, Errorf(KindNotFound, "No such credit pack.")
+	}
+	return p, err
+}
+
+// SetPackPriceID records the Stripe price of a pack after a catalog sync.
+func (s *Store) SetPackPriceID(ctx context.Context, code, priceID string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE credit_packs SET stripe_price_id = $2 WHERE code = $1`, code, priceID)
+	return err
+}
+
+// CustomerID returns the user's Stripe customer id ("" when none yet).
+func (s *Store) CustomerID(ctx context.Context, userID int64) (string, error) {
+	var id string
+	err := s.pool.QueryRow(ctx, `SELECT customer_id FROM stripe_customers WHERE user_id = $1`, userID).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return id, err
+}
+
+// SaveCustomerID remembers the user's Stripe customer; the first one saved
+// wins and is returned.
+func (s *Store) SaveCustomerID(ctx context.Context, userID int64, customerID string) (string, error) {
+	var id string
+	err := s.pool.QueryRow(ctx, `
+WITH ins AS (
+    INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, $2)
+    ON CONFLICT (user_id) DO NOTHING RETURNING customer_id
+)
+SELECT customer_id FROM ins UNION ALL SELECT customer_id FROM stripe_customers WHERE user_id = $1
+LIMIT 1`, userID, customerID).Scan(&id)
+	return id, err
+}
+
+// Payment statuses.
+const (
+	PaymentPending           = "pending"
+	PaymentSucceeded         = "succeeded"
+	PaymentFailed            = "failed"
+	PaymentExpired           = "expired"
+	PaymentPartiallyRefunded = "partially_refunded"
+	PaymentRefunded          = "refunded"
+)
+
+// Payment is one purchase.
+type Payment struct {
+	ID                  int64      `db:"id"`
+	UserID              int64      `db:"user_id"`
+	Product             string     `db:"product"`
+	PackCode            *string    `db:"pack_code"`
+	Credits             int64      `db:"credits"`
+	AmountMinor         int64      `db:"amount_minor"`
+	Currency            string     `db:"currency"`
+	Status              string     `db:"status"`
+	CheckoutSessionID   string     `db:"checkout_session_id"`
+	CheckoutURL         *string    `db:"checkout_url"`
+	CustomerID          *string    `db:"customer_id"`
+	PaymentIntentID     *string    `db:"payment_intent_id"`
+	GrantID             *int64     `db:"grant_id"`
+	AmountRefundedMinor int64      `db:"amount_refunded_minor"`
+	CreditsClawedBack   int64      `db:"credits_clawed_back"`
+	ClawbackShortfall   int64      `db:"clawback_shortfall"`
+	FailureReason       *string    `db:"failure_reason"`
+	CreatedAt           time.Time  `db:"created_at"`
+	UpdatedAt           time.Time  `db:"updated_at"`
+	PaidAt              *time.Time `db:"paid_at"`
+}
+
+const paymentColumns = `id, user_id, product, pack_code, credits, amount_minor, currency, status, checkout_session_id,
+       checkout_url, customer_id, payment_intent_id, grant_id, amount_refunded_minor, credits_clawed_back,
+       clawback_shortfall, failure_reason, created_at, updated_at, paid_at`
+
+func onePayment(rows pgx.Rows, err error) (Payment, error) {
+	if err != nil {
+		return Payment{}, err
+	}
+	p, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Payment])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Payment{}, ErrNotFound
+	}
+	return p, err
+}
+
+// NewPayment records a checkout session at creation: who buys what for how much.
+type NewPayment struct {
+	UserID            int64
+	Pack              Pack
+	CheckoutSessionID string
+	CheckoutURL       string
+	CustomerID        string
+}
+
+// CreatePayment records a pending purchase. A session recorded before (a
+// retried request answered from Stripe's idempotency) is a KindConflict.
+func (s *Store) CreatePayment(ctx context.Context, p NewPayment) (Payment, error) {
+	pay, err := onePayment(s.pool.Query(ctx, `
+INSERT INTO payments (user_id, product, pack_code, credits, amount_minor, currency, checkout_session_id, checkout_url, customer_id)
+VALUES ($1, 'pack', $2, $3, $4, $5, $6, $7, $8) RETURNING `+paymentColumns,
+		p.UserID, p.Pack.Code, p.Pack.Credits, p.Pack.PriceMinor, p.Pack.Currency, p.CheckoutSessionID, p.CheckoutURL, p.CustomerID))
+	if isUniqueViolation(err, "payments_checkout_session_id_key") {
+		return Payment{}, Errorf(KindConflict, "This checkout session is recorded already.")
+	}
+	return pay, err
+}
+
+// UserPaymentBySession finds a checkout of the user; another user's session
+// is simply not found.
+func (s *Store) UserPaymentBySession(ctx context.Context, userID int64, sessionID string) (Payment, error) {
+	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND checkout_session_id = $2`, userID, sessionID))
+}
+
+// PaymentsOfUser lists a user's payments older than cursor, newest first.
+func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor int64, limit int) ([]Payment, int64, error) {
+	if cursor <= 0 {
+		cursor = 1<<63 - 1
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, userID, cursor, limit+1)
+	if err != nil {
+		return nil, 0, err
+	}
+	ps, err := pgx.CollectRows(rows, pgx.RowToStructByName[Payment])
+	if err != nil {
+		return nil, 0, err
+	}
+	var next int64
+	if len(ps) > limit {
+		ps = ps[:limit]
+		next = ps[len(ps)-1].ID
+	}
+	return ps, next, nil
+}
+
+// LockPaymentBySession loads a payment for update in tx.
+func LockPaymentBySession(ctx context.Context, tx pgx.Tx, sessionID string) (Payment, error) {
+	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE checkout_session_id = $1 FOR UPDATE`, sessionID))
+}
+
+// LockPaymentByIntent loads a payment by its PaymentIntent for update in tx.
+func LockPaymentByIntent(ctx context.Context, tx pgx.Tx, intentID string) (Payment, error) {
+	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 FOR UPDATE`, intentID))
+}
+
+// MarkPaymentPaid records a successful payment and the grant it produced.
+func MarkPaymentPaid(ctx context.Context, tx pgx.Tx, id int64, intentID string, grantID int64) error {
+	var pi *string
+	if intentID != "" {
+		pi = &intentID
+	}
+	_, err := tx.Exec(ctx, `UPDATE payments SET status = 'succeeded', grant_id = $2, payment_intent_id = coalesce(payment_intent_id, $3),
+       paid_at = coalesce(paid_at, now()), failure_reason = NULL, updated_at = now()
+ WHERE id = $1 AND status IN ('pending', 'failed', 'expired')`, id, grantID, pi)
+	return err
+}
+
+// SetPaymentIntent remembers the PaymentIntent of a checkout (known once
+// the session completes, paid or not).
+func SetPaymentIntent(ctx context.Context, tx pgx.Tx, id int64, intentID string) error {
+	if intentID == "" {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `UPDATE payments SET payment_intent_id = coalesce(payment_intent_id, $2), updated_at = now() WHERE id = $1`, id, intentID)
+	return err
+}
+
+// MarkPaymentUnsuccessful moves a pending payment to failed or expired;
+// a payment that already succeeded is never moved back.
+func MarkPaymentUnsuccessful(ctx context.Context, tx pgx.Tx, id int64, status, reason string) (bool, error) {
+	if status != PaymentFailed && status != PaymentExpired {
+		return false, fmt.Errorf("not an unsuccessful status: %q", status)
+	}
+	tag, err := tx.Exec(ctx, `UPDATE payments SET status = $2, failure_reason = $3, updated_at = now() WHERE id = $1 AND status = 'pending'`, id, status, reason)
+	return tag.RowsAffected() == 1, err
+}
+
+// RecordRefund stores the cumulative refunded amount and clawback of a payment.
+func RecordRefund(ctx context.Context, tx pgx.Tx, id, amountRefunded, clawedBack, shortfall int64) error {
+	_, err := tx.Exec(ctx, `UPDATE payments SET amount_refunded_minor = $2, credits_clawed_back = $3, clawback_shortfall = $4,
+       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now()
+ WHERE id = $1`, id, amountRefunded, clawedBack, shortfall)
+	return err
+}
+
+// PaymentTotals sums payments for the admin landing page.
+type PaymentTotals struct {
+	Succeeded     int64
+	RevenueMinor  int64
+	RefundedMinor int64
+	Pending       int64
+}
+
+// PaymentTotalsSince sums payments created since t (USD only, the catalog's currency).
+func (s *Store) PaymentTotalsSince(ctx context.Context, t time.Time) (PaymentTotals, error) {
+	var pt PaymentTotals
+	err := s.pool.QueryRow(ctx, `
+SELECT count(*) FILTER (WHERE status IN ('succeeded', 'partially_refunded', 'refunded')),
+       coalesce(sum(amount_minor) FILTER (WHERE status IN ('succeeded', 'partially_refunded', 'refunded')), 0),
+       coalesce(sum(amount_refunded_minor), 0),
+       count(*) FILTER (WHERE status = 'pending')
+  FROM payments WHERE created_at >= $1 AND currency = 'usd'`, t).Scan(&pt.Succeeded, &pt.RevenueMinor, &pt.RefundedMinor, &pt.Pending)
+	return pt, err
+}

@@ -1,0 +1,142 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+var seq atomic.Int64
+
+// UserOpts overrides fields of a test user.
+type UserOpts struct {
+	Email      string
+	Password   string // default "correct horse battery"
+	Admin      bool
+	Unverified bool
+}
+
+// DefaultPassword is the password of users made by NewUser.
+const DefaultPassword = "correct horse battery"
+
+// NewUser creates a verified user (and its credit account) with a unique
+// address unless opts say otherwise.
+func NewUser(t testing.TB, st *store.Store, opts UserOpts) store.User {
+	t.Helper()
+	if opts.Email == "" {
+		opts.Email = fmt.Sprintf("user%d-%d@example.com", time.Now().UnixNano()%1e6, seq.Add(1))
+	}
+	if opts.Password == "" {
+		opts.Password = DefaultPassword
+	}
+	hash, err := store.HashPassword(opts.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := store.RoleUser
+	if opts.Admin {
+		role = store.RoleAdmin
+	}
+	u, err := st.CreateUser(context.Background(), opts.Email, hash, role, !opts.Unverified)
+	if err != nil {
+		t.Fatalf("storetest: create user: %v", err)
+	}
+	return u
+}
+
+// GrantOpts overrides fields of a test grant.
+type GrantOpts struct {
+	Kind      string // default pack
+	Amount    int64  // default 100
+	ExpiresAt *time.Time
+}
+
+// NewGrant gives a user credits from a unique source.
+func NewGrant(t testing.TB, st *store.Store, userID int64, opts GrantOpts) store.GrantResult {
+	t.Helper()
+	if opts.Kind == "" {
+		opts.Kind = store.GrantPack
+	}
+	if opts.Amount == 0 {
+		opts.Amount = 100
+	}
+	if opts.Kind == store.GrantSubscription && opts.ExpiresAt == nil {
+		exp := time.Now().Add(30 * 24 * time.Hour)
+		opts.ExpiresAt = &exp
+	}
+	r, err := st.Grant(context.Background(), store.NewGrant{
+		UserID: userID, Kind: opts.Kind, Amount: opts.Amount, ExpiresAt: opts.ExpiresAt,
+		SourceKind: "test", SourceID: fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), seq.Add(1)),
+	})
+	if err != nil {
+		t.Fatalf("storetest: grant: %v", err)
+	}
+	return r
+}
+
+// ServiceOpts overrides fields of a test service.
+type ServiceOpts struct {
+	Slug     string
+	Cost     int64 // default 10; use NoCost for a free service
+	Inactive bool
+}
+
+// NoCost asks NewService for a free service.
+const NoCost = -1
+
+// NewService adds a service and returns its slug.
+func NewService(t testing.TB, st *store.Store, opts ServiceOpts) string {
+	t.Helper()
+	if opts.Slug == "" {
+		opts.Slug = fmt.Sprintf("svc-%d", seq.Add(1))
+	}
+	switch opts.Cost {
+	case 0:
+		opts.Cost = 10
+	case NoCost:
+		opts.Cost = 0
+	}
+	_, err := st.UpsertService(context.Background(), store.Service{
+		Slug: opts.Slug, Name: "Service " + opts.Slug, Description: "A test service.",
+		CreditCost: opts.Cost, Active: !opts.Inactive,
+	})
+	if err != nil {
+		t.Fatalf("storetest: service: %v", err)
+	}
+	return opts.Slug
+}
+
+// Violations runs the ledger's invariant queries and returns a description
+// of every violation found (empty when the ledger is consistent).
+func Violations(t testing.TB, st *store.Store) []string {
+	t.Helper()
+	checks := []struct{ name, sql string }{
+		{"grant remaining differs from the sum of its entries", `
+SELECT count(*) FROM grants g
+  LEFT JOIN (SELECT grant_id, sum(amount) s FROM ledger_entries GROUP BY grant_id) e ON e.grant_id = g.id
+ WHERE g.remaining <> coalesce(e.s, 0)`},
+		{"usage entries do not sum to minus its cost", `
+SELECT count(*) FROM usages u
+  LEFT JOIN (SELECT usage_id, sum(amount) s FROM ledger_entries WHERE usage_id IS NOT NULL GROUP BY usage_id) e ON e.usage_id = u.id
+ WHERE coalesce(e.s, 0) <> -u.credits`},
+		{"grant below zero or above its amount", `SELECT count(*) FROM grants WHERE remaining < 0 OR remaining > amount`},
+		{"usage balance_after negative", `SELECT count(*) FROM usages WHERE balance_after < 0`},
+		{"entry of another user's grant", `
+SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE g.user_id <> e.user_id`},
+	}
+	var out []string
+	for _, c := range checks {
+		var n int64
+		if err := st.Pool().QueryRow(context.Background(), c.sql).Scan(&n); err != nil {
+			t.Fatalf("storetest: invariant %q: %v", c.name, err)
+		}
+		if n > 0 {
+			out = append(out, fmt.Sprintf("%s: %d rows", c.name, n))
+		}
+	}
+	return out
+}

@@ -1,0 +1,74 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// maxTxAttempts bounds how often InTx runs fn when Postgres reports a
+// serialization failure or a deadlock.
+const maxTxAttempts = 5
+
+// InTx runs fn in a READ COMMITTED transaction and commits it. Serialization
+// failures (40001) and deadlocks (40P01) roll back and run fn again, up to
+// maxTxAttempts times with a short jittered backoff; fn must therefore be
+// safe to repeat. Any other error rolls back and is returned as is.
+func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return inTx(ctx, s.pool, fn)
+}
+
+type txBeginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+func inTx(ctx context.Context, db txBeginner, fn func(tx pgx.Tx) error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = runTx(ctx, db, fn)
+		if err == nil || !IsRetryable(err) || attempt >= maxTxAttempts {
+			return err
+		}
+		backoff := time.Duration(attempt*attempt)*5*time.Millisecond + rand.N(5*time.Millisecond)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func runTx(ctx context.Context, db txBeginner, fn func(tx pgx.Tx) error) (err error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			// The rollback must run even when ctx is already cancelled.
+			rbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = tx.Rollback(rbCtx)
+			cancel()
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// IsRetryable reports whether err is a serialization failure or deadlock
+// that a fresh transaction may not hit again.
+func IsRetryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return false
+}

@@ -1,0 +1,296 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Roles.
+const (
+	RoleUser  = "user"
+	RoleAdmin = "admin"
+)
+
+// User is a person who signs in with an email and a password.
+type User struct {
+	ID              int64      `db:"id"`
+	Email           string     `db:"email"`
+	PasswordHash    string     `db:"password_hash"`
+	Role            string     `db:"role"`
+	EmailVerifiedAt *time.Time `db:"email_verified_at"`
+	SessionEpoch    int        `db:"session_epoch"`
+	CreatedAt       time.Time  `db:"created_at"`
+}
+
+// Verified reports whether the user confirmed their email address.
+func (u *User) Verified() bool { return u != nil && u.EmailVerifiedAt != nil }
+
+// IsAdmin reports whether the user has the admin role.
+func (u *User) IsAdmin() bool { return u != nil && u.Role == RoleAdmin }
+
+const userColumns = `id, email, password_hash, role, email_verified_at, session_epoch, created_at`
+
+// NormalizeEmail trims an address and checks its shape. Case is kept as
+// typed; uniqueness and lookups are case-insensitive in the database.
+func NormalizeEmail(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", Errorf(KindInvalid, "Enter your email address.")
+	}
+	if len(s) > 254 {
+		return "", Errorf(KindInvalid, "That email address is too long.")
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || a.Name != "" || !strings.Contains(s[strings.LastIndexByte(s, '@')+1:], ".") {
+		return "", Errorf(KindInvalid, "Enter an email address like name@example.com.")
+	}
+	return s, nil
+}
+
+// CreateUser inserts a live user and its credit account. A taken address is a
+// KindConflict error.
+func CreateUser(ctx context.Context, db DBTX, email, passwordHash, role string, verified bool) (User, error) {
+	const q = `
+WITH u AS (
+    INSERT INTO users (email, password_hash, role, email_verified_at)
+    VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END)
+    RETURNING ` + userColumns + `
+), a AS (
+    INSERT INTO accounts (user_id) SELECT id FROM u
+)
+SELECT * FROM u`
+	rows, _ := db.Query(ctx, q, email, passwordHash, role, verified)
+	u, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[User])
+	if isUniqueViolation(err, "users_email_key") {
+		return User{}, Errorf(KindConflict, "An account with that email already exists.")
+	}
+	if err != nil {
+		return User{}, fmt.Errorf("create user: %w", err)
+	}
+	return u, nil
+}
+
+// CreateUser inserts a user in its own transaction.
+func (s *Store) CreateUser(ctx context.Context, email, passwordHash, role string, verified bool) (User, error) {
+	return CreateUser(ctx, s.pool, email, passwordHash, role, verified)
+}
+
+func oneUser(rows pgx.Rows, err error) (User, error) {
+	if err != nil {
+		return User{}, err
+	}
+	u, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[User])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return User{}, ErrNotFound
+	}
+	return u, err
+}
+
+// UserByEmail finds a live user by address, ignoring case.
+func (s *Store) UserByEmail(ctx context.Context, email string) (User, error) {
+	return oneUser(s.pool.Query(ctx, `SELECT `+userColumns+` FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL`, email))
+}
+
+// UserByID finds a live user.
+func (s *Store) UserByID(ctx context.Context, id int64) (User, error) {
+	return oneUser(s.pool.Query(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1 AND deleted_at IS NULL`, id))
+}
+
+// SetPasswordHash replaces a user's password hash. With endSessions, the
+// session epoch is bumped so that every existing session ends; the new epoch
+// is returned so the caller can keep its own session.
+func SetPasswordHash(ctx context.Context, db DBTX, userID int64, hash string, endSessions bool) (int, error) {
+	var epoch int
+	err := db.QueryRow(ctx, `
+UPDATE users SET password_hash = $2,
+       session_epoch = session_epoch + CASE WHEN $3 THEN 1 ELSE 0 END
+ WHERE id = $1 AND deleted_at IS NULL
+RETURNING session_epoch`, userID, hash, endSessions).Scan(&epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrNotFound
+	}
+	return epoch, err
+}
+
+// SetPasswordHash replaces a password hash in its own transaction.
+func (s *Store) SetPasswordHash(ctx context.Context, userID int64, hash string, endSessions bool) (int, error) {
+	return SetPasswordHash(ctx, s.pool, userID, hash, endSessions)
+}
+
+// SetRole changes a user's role.
+func SetRole(ctx context.Context, db DBTX, userID int64, role string) error {
+	tag, err := db.Exec(ctx, `UPDATE users SET role = $2 WHERE id = $1 AND deleted_at IS NULL`, userID, role)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// DeleteUser anonymises a user: the address and password go, sessions end,
+// and the row stays because payments and ledger entries refer to it.
+func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
+	tag, err := db.Exec(ctx, `
+UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
+       session_epoch = session_epoch + 1
+ WHERE id = $1 AND deleted_at IS NULL`, userID)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	_, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID)
+	return err
+}
+
+// Token purposes and lifetimes.
+const (
+	TokenVerifyEmail   = "verify_email"
+	TokenResetPassword = "reset_password"
+	TokenChangeEmail   = "change_email"
+)
+
+// TokenTTL is how long a token of each purpose stays valid.
+func TokenTTL(purpose string) (time.Duration, bool) {
+	switch purpose {
+	case TokenVerifyEmail, TokenChangeEmail:
+		return 48 * time.Hour, true
+	case TokenResetPassword:
+		return time.Hour, true
+	}
+	return 0, false
+}
+
+// NewSecret returns 256 random bits, URL-safe.
+func NewSecret() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashSecret(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// CreateToken issues a one-time token for the user and returns it in clear;
+// only its hash is stored. Earlier unused tokens of the same purpose are
+// revoked so that only the newest link works.
+func CreateToken(ctx context.Context, db DBTX, userID int64, purpose, email string) (string, error) {
+	ttl, ok := TokenTTL(purpose)
+	if !ok {
+		return "", fmt.Errorf("unknown token purpose %q", purpose)
+	}
+	if _, err := db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL`, userID, purpose); err != nil {
+		return "", err
+	}
+	raw := NewSecret()
+	_, err := db.Exec(ctx, `INSERT INTO user_tokens (hash, user_id, purpose, email, expires_at) VALUES ($1, $2, $3, $4, now() + $5::interval)`,
+		hashSecret(raw), userID, purpose, email, ttl)
+	if err != nil {
+		return "", fmt.Errorf("create token: %w", err)
+	}
+	return raw, nil
+}
+
+// Token is a redeemed one-time token.
+type Token struct {
+	UserID int64
+	Email  string
+}
+
+// UseToken redeems a token once: it must exist, match the purpose, be
+// unused and unexpired. Anything else is KindInvalid with one message, so a
+// guesser learns nothing.
+func UseToken(ctx context.Context, db DBTX, raw, purpose string) (Token, error) {
+	var t Token
+	if raw == "" || len(raw) > 200 {
+		return t, Errorf(KindInvalid, "This link is invalid or has expired.")
+	}
+	err := db.QueryRow(ctx, `
+UPDATE user_tokens t SET used_at = now()
+  FROM users u
+ WHERE t.hash = $1 AND t.purpose = $2 AND t.used_at IS NULL AND t.expires_at > now()
+   AND u.id = t.user_id AND u.deleted_at IS NULL
+RETURNING t.user_id, t.email`, hashSecret(raw), purpose).Scan(&t.UserID, &t.Email)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return t, Errorf(KindInvalid, "This link is invalid or has expired.")
+	}
+	return t, err
+}
+
+// MarkVerified records that the user confirmed email.
+func MarkVerified(ctx context.Context, db DBTX, userID int64, email string) error {
+	_, err := db.Exec(ctx, `UPDATE users SET email_verified_at = COALESCE(email_verified_at, now())
+ WHERE id = $1 AND lower(email) = lower($2) AND deleted_at IS NULL`, userID, email)
+	return err
+}
+
+// ChangeEmail moves the user to a confirmed new address.
+func ChangeEmail(ctx context.Context, db DBTX, userID int64, email string) error {
+	_, err := db.Exec(ctx, `UPDATE users SET email = $2, email_verified_at = now() WHERE id = $1 AND deleted_at IS NULL`, userID, email)
+	if isUniqueViolation(err, "users_email_key") {
+		return Errorf(KindConflict, "That address is now used by another account.")
+	}
+	return err
+}
+
+// EmailTaken reports whether a live account uses the address.
+func (s *Store) EmailTaken(ctx context.Context, email string) (bool, error) {
+	var taken bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL)`, email).Scan(&taken)
+	return taken, err
+}
+
+// UserPage is one page of the admin user list.
+type UserPage struct {
+	Users      []User
+	NextCursor int64 // 0 when there is no next page
+}
+
+// SearchUsers lists live users whose address contains q (all when q is
+// empty), newest first, keyset-paginated by id.
+func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit int) (UserPage, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	pattern := "%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(strings.ToLower(strings.TrimSpace(q))) + "%"
+	rows, err := s.pool.Query(ctx, `SELECT `+userColumns+` FROM users
+ WHERE deleted_at IS NULL AND id < $1 AND lower(email) LIKE $2
+ ORDER BY id DESC LIMIT $3`, before, pattern, limit+1)
+	if err != nil {
+		return UserPage{}, err
+	}
+	users, err := pgx.CollectRows(rows, pgx.RowToStructByName[User])
+	if err != nil {
+		return UserPage{}, err
+	}
+	var p UserPage
+	if len(users) > limit {
+		users = users[:limit]
+		p.NextCursor = users[len(users)-1].ID
+	}
+	p.Users = users
+	return p, nil
+}
+
+// EmailOf returns a user's address ("" once the account is deleted).
+func EmailOf(ctx context.Context, db DBTX, userID int64) (string, error) {
+	var email string
+	err := db.QueryRow(ctx, `SELECT coalesce(email, '') FROM users WHERE id = $1`, userID).Scan(&email)
+	return email, err
+}

@@ -1,0 +1,74 @@
+package web
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/quickscale/quickscale/billing"
+)
+
+// formatInt writes n with thousands separators.
+func formatInt(n int64) string { return billing.FormatCredits(n) }
+
+// formatMoney shows integer minor units as money.
+func formatMoney(minor int64, currency string) string { return billing.FormatMoney(minor, currency) }
+
+// perCredit shows a price per credit with enough precision to compare
+// packs: (2000 cents, 500 credits) → "4.0¢".
+func perCredit(minor, credits int64) string {
+	if credits <= 0 {
+		return "–"
+	}
+	tenths := (minor*10 + credits/2) / credits
+	return fmt.Sprintf("%d.%d¢", tenths/10, tenths%10)
+}
+
+// relativeTime says how long ago (or until) t is, for people.
+func relativeTime(t time.Time) string {
+	d := time.Since(t)
+	future := d < 0
+	if future {
+		d = -d
+	}
+	var s string
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		s = plural(int64(d/time.Minute), "minute")
+	case d < 48*time.Hour:
+		s = plural(int64(d/time.Hour), "hour")
+	default:
+		s = plural(int64(d/(24*time.Hour)), "day")
+	}
+	if future {
+		return "in " + s
+	}
+	return s + " ago"
+}
+
+func plural(n int64, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+func titleCase(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// prettyJSON indents a JSON document for display; invalid JSON is shown as is.
+func prettyJSON(b []byte) string {
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return string(b)
+	}
+	return out.String()
+}

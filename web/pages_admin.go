@@ -1,0 +1,251 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+)
+
+// AdminHome serves GET /admin.
+func (s *Site) AdminHome() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		totals, err := s.store.PaymentTotalsSince(r.Context(), time.Now().Add(-30*24*time.Hour))
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "admin", "Admin", map[string]any{"Totals": totals})
+	})
+}
+
+// AdminUsers serves GET /admin/users?q=…&cursor=…
+func (s *Site) AdminUsers() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query().Get("q")
+		if len(q) > 254 {
+			q = q[:254]
+		}
+		page, err := s.store.SearchUsers(r.Context(), q, cursorParam(r), 50)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "admin_users", "Users", map[string]any{
+			"Q": q, "Page": page, "QEscaped": url.QueryEscape(q), "Paged": cursorParam(r) != 0,
+		})
+	})
+}
+
+func (s *Site) adminTarget(w http.ResponseWriter, r *http.Request) (store.User, bool) {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		s.NotFound().ServeHTTP(w, r)
+		return store.User{}, false
+	}
+	u, err := s.store.UserByID(r.Context(), id)
+	if err != nil {
+		s.handleError(w, r, err)
+		return store.User{}, false
+	}
+	return u, true
+}
+
+type adminUserPage struct {
+	Target   store.User
+	Balance  store.Balance
+	Audit    []store.AuditEntry
+	Payments []store.Payment
+	Form     *form
+	Kinds    []string
+}
+
+func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
+	ctx := r.Context()
+	p := adminUserPage{Target: target, Form: f, Kinds: []string{store.GrantAdmin, store.GrantPromo}}
+	if p.Form == nil {
+		p.Form = newForm()
+		p.Form.Values["direction"] = "add"
+	}
+	var err error
+	if p.Balance, err = s.store.Balance(ctx, target.ID); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if p.Audit, err = s.store.AuditFor(ctx, target.ID, 20); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if p.Payments, _, err = s.store.PaymentsOfUser(ctx, target.ID, 0, 10); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.render(w, r, status, page, target.Email, p)
+}
+
+// AdminUser serves GET /admin/users/{id}.
+func (s *Site) AdminUser() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if target, ok := s.adminTarget(w, r); ok {
+			s.renderAdminUser(w, r, http.StatusOK, "admin_user", target, nil)
+		}
+	})
+}
+
+// AdminCredits serves GET and POST /admin/users/{id}/credits: add or
+// remove credits with a mandatory reason, written to the ledger and the
+// audit log in one transaction.
+func (s *Site) AdminCredits() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target, ok := s.adminTarget(w, r)
+		if !ok {
+			return
+		}
+		if r.Method != http.MethodPost {
+			s.renderAdminUser(w, r, http.StatusOK, "admin_credits", target, nil)
+			return
+		}
+		admin := CurrentUser(r.Context())
+		f, _ := parseForm(r, "direction", "amount", "kind", "expires", "reason")
+		amount, err := strconv.ParseInt(f.raw("amount"), 10, 64)
+		if err != nil || amount <= 0 || amount > 1_000_000_000 {
+			f.fail("amount", "Enter a whole number of credits from 1 to 1,000,000,000.")
+		}
+		if f.raw("direction") != "add" && f.raw("direction") != "remove" {
+			f.fail("direction", "Choose add or remove.")
+		}
+		kind := f.raw("kind")
+		if kind == "" {
+			kind = store.GrantAdmin
+		}
+		if kind != store.GrantAdmin && kind != store.GrantPromo {
+			f.fail("kind", "Choose admin or promo credits.")
+		}
+		var expires *time.Time
+		if v := f.raw("expires"); v != "" && f.raw("direction") == "add" {
+			t, err := time.Parse("2006-01-02", v)
+			if err != nil || !t.After(time.Now()) {
+				f.fail("expires", "Give a future date (YYYY-MM-DD), or leave it empty for credits that never expire.")
+			} else {
+				expires = &t
+			}
+		}
+		if f.raw("reason") == "" {
+			f.fail("reason", "Say why: the reason is kept in the ledger and the audit log.")
+		}
+		if !f.ok() {
+			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)
+			return
+		}
+		delta := amount
+		if f.raw("direction") == "remove" {
+			delta = -amount
+		}
+		res, err := s.store.Adjust(r.Context(), store.Adjustment{
+			UserID: target.ID, Delta: delta, Kind: kind, ExpiresAt: expires, Actor: &admin.ID, Reason: f.raw("reason"),
+		})
+		var short *store.InsufficientCreditsError
+		switch {
+		case errors.As(err, &short):
+			f.fail("amount", "The user has only "+formatInt(short.Balance)+" credits; you cannot remove more than that.")
+			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)
+			return
+		case store.ErrorKind(err) == store.KindInvalid:
+			f.Message = err.Error()
+			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)
+			return
+		case err != nil:
+			s.serverError(w, r, err)
+			return
+		}
+		if delta > 0 && s.metrics != nil {
+			s.metrics.CreditsGranted.WithLabelValues(kind).Add(float64(delta))
+		}
+		verb := "Added "
+		if delta < 0 {
+			verb = "Removed "
+		}
+		s.flash(r.Context(), verb+formatInt(amount)+" credits. Balance now "+formatInt(res.Balance)+".")
+		redirect(w, r, "/admin/users/"+strconv.FormatInt(target.ID, 10))
+	})
+}
+
+// eventsPageSize is how many webhook events a page lists.
+const eventsPageSize = 50
+
+// AdminWebhooks serves GET /admin/webhooks?type=…&outcome=…
+func (s *Site) AdminWebhooks() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := store.EventFilter{Type: q.Get("type"), Outcome: q.Get("outcome")}
+		switch f.Outcome {
+		case "", "pending", store.OutcomeApplied, store.OutcomeIgnored, store.OutcomeFailed:
+		default:
+			f.Outcome = ""
+		}
+		if len(f.Type) > 100 {
+			f.Type = ""
+		}
+		if ts, err := strconv.ParseInt(q.Get("before_ts"), 10, 64); err == nil && q.Get("before_id") != "" {
+			f.CursorTime, f.CursorID = time.Unix(0, ts), q.Get("before_id")
+		}
+		page, err := s.store.ListStripeEvents(r.Context(), f, eventsPageSize)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		next := ""
+		if page.HasMore {
+			v := url.Values{"type": {f.Type}, "outcome": {f.Outcome}, "before_ts": {strconv.FormatInt(page.NextTime.UnixNano(), 10)}, "before_id": {page.NextID}}
+			next = "/admin/webhooks?" + v.Encode()
+		}
+		s.render(w, r, http.StatusOK, "admin_webhooks", "Webhook events", map[string]any{
+			"Filter": f, "Page": page, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
+		})
+	})
+}
+
+// AdminWebhook serves GET /admin/webhooks/{id}: one event and its payload.
+func (s *Site) AdminWebhook() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := s.store.StripeEventByID(r.Context(), chi.URLParam(r, "id"))
+		if err != nil {
+			s.handleError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "admin_webhook", ev.ID, map[string]any{"Event": ev, "Payload": prettyJSON(ev.Payload)})
+	})
+}
+
+// AdminReprocessWebhook serves POST /admin/webhooks/{id}/reprocess: the
+// event is enqueued again (processing is idempotent) and the action audited.
+func (s *Site) AdminReprocessWebhook() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		admin := CurrentUser(ctx)
+		ev, err := s.store.StripeEventByID(ctx, chi.URLParam(r, "id"))
+		if err != nil {
+			s.handleError(w, r, err)
+			return
+		}
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			if _, err := s.jobs.InsertTx(ctx, tx, jobs.StripeEvent{EventID: ev.ID}, nil); err != nil {
+				return err
+			}
+			return store.Audit(ctx, tx, &admin.ID, "webhook.reprocess", nil, map[string]any{"event_id": ev.ID, "type": ev.Type})
+		})
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.flash(ctx, "Event "+ev.ID+" is queued for processing again.")
+		redirect(w, r, "/admin/webhooks/"+url.PathEscape(ev.ID))
+	})
+}

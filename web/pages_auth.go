@@ -1,0 +1,358 @@
+package web
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+)
+
+// limited counts a hit against each key and renders the 429 page when any
+// limit is exceeded. It runs before any password is hashed.
+func (s *Site) limited(w http.ResponseWriter, r *http.Request, checks ...limitCheck) bool {
+	for _, c := range checks {
+		ok, retry, err := s.store.Hit(r.Context(), c.key, c.limit)
+		if err != nil {
+			s.serverError(w, r, err)
+			return true
+		}
+		if !ok {
+			s.tooManyRequests(w, r, retry)
+			return true
+		}
+	}
+	return false
+}
+
+type limitCheck struct {
+	key   string
+	limit store.Limit
+}
+
+func accountKey(prefix, email string) string {
+	return prefix + ":acct:" + strings.ToLower(strings.TrimSpace(email))
+}
+
+// sendEmail enqueues a templated email in tx.
+func (s *Site) sendEmail(ctx context.Context, tx pgx.Tx, template, to string, data map[string]string) error {
+	_, err := s.jobs.InsertTx(ctx, tx, jobs.SendEmail{Template: template, To: to, Data: data}, nil)
+	return err
+}
+
+// sendEmailNow enqueues an email in its own transaction.
+func (s *Site) sendEmailNow(ctx context.Context, template, to string, data map[string]string) error {
+	return s.store.InTx(ctx, func(tx pgx.Tx) error { return s.sendEmail(ctx, tx, template, to, data) })
+}
+
+type authPage struct {
+	Form *form
+	Next string
+	// Sent is set once a "check your email" step is done.
+	Sent  bool
+	Email string
+	Token string
+}
+
+// Signup serves GET and POST /signup.
+func (s *Site) Signup() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			s.render(w, r, http.StatusOK, "signup", "Create your account", authPage{Form: newForm()})
+			return
+		}
+		if s.limited(w, r, limitCheck{"signup:ip:" + s.clientIP(r), s.limits.SignupPerIP}) {
+			return
+		}
+		f, ok := parseForm(r, "email", "password")
+		if !ok {
+			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request", Message: "We could not read that form."})
+			return
+		}
+		email, err := store.NormalizeEmail(f.raw("email"))
+		if err != nil {
+			f.fail("email", err.Error())
+		}
+		if err := store.CheckPasswordRules(f.raw("password")); err != nil {
+			f.fail("password", err.Error())
+		}
+		if !f.ok() {
+			s.render(w, r, http.StatusUnprocessableEntity, "signup", "Create your account", authPage{Form: f})
+			return
+		}
+		// Hash first in every case, so a taken address costs the same time.
+		hash, err := store.HashPassword(f.raw("password"))
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		ctx := r.Context()
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			u, err := store.CreateUser(ctx, tx, email, hash, store.RoleUser, false)
+			if err != nil {
+				return err
+			}
+			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenVerifyEmail, u.Email)
+			if err != nil {
+				return err
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailVerify, u.Email, map[string]string{"Link": s.absURL("/verify?token=" + url.QueryEscape(token))})
+		})
+		if store.ErrorKind(err) == store.KindConflict {
+			// The address has an account: tell its owner, and answer exactly
+			// as for a new address so the page reveals nothing.
+			err = s.sendEmailNow(ctx, jobs.EmailSignupExisting, email, map[string]string{
+				"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
+			})
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "signup", "Check your email", authPage{Form: newForm(), Sent: true, Email: email})
+	})
+}
+
+// Login serves GET and POST /login.
+func (s *Site) Login() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next := safeNext(r.URL.Query().Get("next"))
+		if r.Method != http.MethodPost {
+			if CurrentUser(r.Context()) != nil {
+				redirect(w, r, next)
+				return
+			}
+			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next})
+			return
+		}
+		f, ok := parseForm(r, "email", "password", "next")
+		if !ok {
+			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request", Message: "We could not read that form."})
+			return
+		}
+		next = safeNext(f.raw("next"))
+		if s.limited(w, r,
+			limitCheck{"login:ip:" + s.clientIP(r), s.limits.LoginPerIP},
+			limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
+			return
+		}
+		ctx := r.Context()
+		u, err := s.store.UserByEmail(ctx, strings.TrimSpace(f.raw("email")))
+		if err != nil && store.ErrorKind(err) != store.KindNotFound {
+			s.serverError(w, r, err)
+			return
+		}
+		// VerifyPassword spends the same time when there is no such user.
+		match, rehash := store.VerifyPassword(f.raw("password"), u.PasswordHash)
+		if !match {
+			f.Message = "That email and password do not match an account."
+			s.render(w, r, http.StatusUnprocessableEntity, "login", "Sign in", authPage{Form: f, Next: next})
+			return
+		}
+		if rehash {
+			if h, err := store.HashPassword(f.raw("password")); err == nil {
+				if _, err := s.store.SetPasswordHash(ctx, u.ID, h, false); err != nil {
+					s.logger.WarnContext(ctx, "rehash password", "err", err)
+				}
+			}
+		}
+		_ = s.store.ResetLimit(ctx, accountKey("login", u.Email))
+		if err := s.signIn(ctx, u); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		redirect(w, r, next)
+	})
+}
+
+// Logout serves POST /logout.
+func (s *Site) Logout() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.sessions.Destroy(r.Context()); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		redirect(w, r, "/")
+	})
+}
+
+// Verify serves GET /verify (a confirm button: links are not acted on by a
+// GET, which mail scanners fetch) and POST /verify (redeems the token, for
+// a new account or a changed address).
+func (s *Site) Verify() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			token := r.URL.Query().Get("token")
+			if token == "" {
+				s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Link incomplete", Message: "This verification link is missing its code. Copy the whole link from the email."})
+				return
+			}
+			s.render(w, r, http.StatusOK, "verify", "Confirm your email", authPage{Token: token})
+			return
+		}
+		f, _ := parseForm(r, "token")
+		ctx := r.Context()
+		var email string
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
+			t, err := store.UseToken(ctx, tx, f.raw("token"), store.TokenVerifyEmail)
+			if err == nil {
+				email = t.Email
+				if err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
+					return err
+				}
+				return s.sendEmail(ctx, tx, jobs.EmailWelcome, t.Email, map[string]string{"DashboardLink": s.absURL("/dashboard")})
+			}
+			if store.ErrorKind(err) != store.KindInvalid {
+				return err
+			}
+			t, err = store.UseToken(ctx, tx, f.raw("token"), store.TokenChangeEmail)
+			if err != nil {
+				return err
+			}
+			email = t.Email
+			return store.ChangeEmail(ctx, tx, t.UserID, t.Email)
+		})
+		if err != nil {
+			if k := store.ErrorKind(err); k == store.KindInvalid || k == store.KindConflict {
+				s.render(w, r, http.StatusBadRequest, "verify", "Confirm your email", authPage{Form: &form{Message: err.Error()}})
+				return
+			}
+			s.serverError(w, r, err)
+			return
+		}
+		if CurrentUser(ctx) != nil {
+			s.flash(ctx, "Thanks, "+email+" is confirmed.")
+			redirect(w, r, "/dashboard")
+			return
+		}
+		s.flash(ctx, "Thanks, "+email+" is confirmed. Sign in to continue.")
+		redirect(w, r, "/login")
+	})
+}
+
+// ResendVerification serves POST /verify/resend for a signed-in user.
+func (s *Site) ResendVerification() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := CurrentUser(r.Context())
+		if u.Verified() {
+			redirect(w, r, "/dashboard")
+			return
+		}
+		if s.limited(w, r, limitCheck{"resend:user:" + formatInt(u.ID), s.limits.ResendPerUser}) {
+			return
+		}
+		ctx := r.Context()
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
+			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenVerifyEmail, u.Email)
+			if err != nil {
+				return err
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailVerify, u.Email, map[string]string{"Link": s.absURL("/verify?token=" + url.QueryEscape(token))})
+		})
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.flash(ctx, "We sent a new confirmation link to "+u.Email+".")
+		redirect(w, r, "/dashboard")
+	})
+}
+
+// ForgotPassword serves GET and POST /password/forgot. The answer is the
+// same whether or not the address has an account.
+func (s *Site) ForgotPassword() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			s.render(w, r, http.StatusOK, "forgot", "Reset your password", authPage{Form: newForm()})
+			return
+		}
+		if s.limited(w, r, limitCheck{"reset:ip:" + s.clientIP(r), s.limits.ResetPerIP}) {
+			return
+		}
+		f, _ := parseForm(r, "email")
+		email, err := store.NormalizeEmail(f.raw("email"))
+		if err != nil {
+			f.fail("email", err.Error())
+			s.render(w, r, http.StatusUnprocessableEntity, "forgot", "Reset your password", authPage{Form: f})
+			return
+		}
+		ctx := r.Context()
+		u, err := s.store.UserByEmail(ctx, email)
+		switch {
+		case err == nil:
+			err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+				token, err := store.CreateToken(ctx, tx, u.ID, store.TokenResetPassword, u.Email)
+				if err != nil {
+					return err
+				}
+				return s.sendEmail(ctx, tx, jobs.EmailResetPassword, u.Email, map[string]string{"Link": s.absURL("/password/reset?token=" + url.QueryEscape(token))})
+			})
+		case store.ErrorKind(err) == store.KindNotFound:
+			err = nil
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "forgot", "Check your email", authPage{Form: newForm(), Sent: true, Email: email})
+	})
+}
+
+// ResetPassword serves GET and POST /password/reset.
+func (s *Site) ResetPassword() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			token := r.URL.Query().Get("token")
+			if token == "" {
+				s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Link incomplete", Message: "This reset link is missing its code. Copy the whole link from the email, or ask for a new one.", ActionURL: "/password/forgot", ActionLabel: "Ask for a new link"})
+				return
+			}
+			s.render(w, r, http.StatusOK, "reset", "Choose a new password", authPage{Form: newForm(), Token: token})
+			return
+		}
+		if s.limited(w, r, limitCheck{"reset:ip:" + s.clientIP(r), s.limits.ResetPerIP}) {
+			return
+		}
+		f, _ := parseForm(r, "token", "new_password")
+		if err := store.CheckPasswordRules(f.raw("new_password")); err != nil {
+			f.fail("new_password", err.Error())
+			s.render(w, r, http.StatusUnprocessableEntity, "reset", "Choose a new password", authPage{Form: f, Token: f.raw("token")})
+			return
+		}
+		hash, err := store.HashPassword(f.raw("new_password"))
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		ctx := r.Context()
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			t, err := store.UseToken(ctx, tx, f.raw("token"), store.TokenResetPassword)
+			if err != nil {
+				return err
+			}
+			if _, err := store.SetPasswordHash(ctx, tx, t.UserID, hash, true); err != nil {
+				return err
+			}
+			// Following the emailed link proved the address.
+			if err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
+				return err
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, t.Email, map[string]string{"ResetLink": s.absURL("/password/forgot")})
+		})
+		if store.ErrorKind(err) == store.KindInvalid {
+			f.Message = err.Error()
+			s.render(w, r, http.StatusBadRequest, "reset", "Choose a new password", authPage{Form: f})
+			return
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		_ = s.sessions.Destroy(ctx)
+		redirect(w, r, "/login?reset=1")
+	})
+}

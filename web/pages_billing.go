@@ -1,0 +1,227 @@
+package web
+
+import (
+	"net/http"
+	"net/url"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
+)
+
+// paymentsPageSize is how many payments a page lists.
+const paymentsPageSize = 20
+
+// BuyCredits serves GET /dashboard/buy-credits.
+func (s *Site) BuyCredits() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		packs, err := s.store.Packs(r.Context())
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		bal, err := s.store.Balance(r.Context(), CurrentUser(r.Context()).ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "buy", "Buy credits", map[string]any{
+			"Packs": packs, "Balance": bal, "Nonce": store.NewSecret()[:16],
+		})
+	})
+}
+
+// StartCheckout serves POST /dashboard/buy-credits: it makes sure the user
+// has a Stripe customer, opens a checkout session, records it as a pending
+// payment (who, which pack, how much) and redirects to the checkout page.
+// Nothing is granted here: only the webhook worker grants.
+func (s *Site) StartCheckout() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		f, _ := parseForm(r, "pack", "nonce")
+		pack, err := s.store.PackByCode(ctx, f.raw("pack"))
+		if err != nil {
+			if store.ErrorKind(err) == store.KindNotFound {
+				s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Choose a pack",
+					Message: "That credit pack does not exist. Pick one of the packs on offer.", ActionURL: "/dashboard/buy-credits", ActionLabel: "See the packs"})
+				return
+			}
+			s.serverError(w, r, err)
+			return
+		}
+		customer, err := s.store.CustomerID(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if customer == "" {
+			created, err := s.gateway.CreateCustomer(ctx, billing.CustomerParams{UserID: u.ID, Email: u.Email})
+			if err != nil {
+				s.paymentProviderError(w, r, err)
+				return
+			}
+			if customer, err = s.store.SaveCustomerID(ctx, u.ID, created); err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+		}
+		params := billing.CheckoutParams{
+			UserID: u.ID, CustomerID: customer, Pack: pack,
+			SuccessURL: s.absURL("/dashboard/buy-credits/success?session_id={CHECKOUT_SESSION_ID}"),
+			CancelURL:  s.absURL("/dashboard/buy-credits/cancel"),
+		}
+		if n := f.raw("nonce"); n != "" && len(n) <= 64 {
+			params.IdempotencyKey = "quickscale-checkout-" + formatInt(u.ID) + "-" + pack.Code + "-" + n
+		}
+		sess, err := s.gateway.CreateCheckoutSession(ctx, params)
+		if err != nil {
+			s.paymentProviderError(w, r, err)
+			return
+		}
+		_, err = s.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: sess.ID, CheckoutURL: sess.URL, CustomerID: customer})
+		if err != nil && store.ErrorKind(err) != store.KindConflict {
+			s.serverError(w, r, err)
+			return
+		}
+		// A full navigation: the checkout page is on another origin.
+		if r.Header.Get("HX-Request") == "true" {
+			w.Header().Set("HX-Redirect", sess.URL)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		http.Redirect(w, r, sess.URL, http.StatusSeeOther)
+	})
+}
+
+func (s *Site) paymentProviderError(w http.ResponseWriter, r *http.Request, err error) {
+	s.logger.ErrorContext(r.Context(), "payment provider", "err", err)
+	s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "Payments are unavailable",
+		Message:   "We could not reach our payment provider. Nothing was charged. Please try again in a few minutes.",
+		ActionURL: "/dashboard/buy-credits", ActionLabel: "Back to the packs"})
+}
+
+type checkoutView struct {
+	Payment store.Payment
+	Balance store.Balance
+	Found   bool
+}
+
+func (s *Site) loadCheckout(r *http.Request) (checkoutView, error) {
+	ctx := r.Context()
+	u := CurrentUser(ctx)
+	var v checkoutView
+	id := r.URL.Query().Get("session_id")
+	if id == "" || len(id) > 255 {
+		return v, nil
+	}
+	p, err := s.store.UserPaymentBySession(ctx, u.ID, id)
+	if store.ErrorKind(err) == store.KindNotFound {
+		return v, nil
+	}
+	if err != nil {
+		return v, err
+	}
+	v.Payment, v.Found = p, true
+	if p.Status == store.PaymentSucceeded {
+		if v.Balance, err = s.store.Balance(ctx, u.ID); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
+}
+
+// CheckoutSuccess serves GET /dashboard/buy-credits/success. It grants
+// nothing: it shows the payment's state and polls until the worker has
+// added the credits. A session that is not the viewer's shows nothing.
+func (s *Site) CheckoutSuccess() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.loadCheckout(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		status := http.StatusOK
+		if !v.Found {
+			status = http.StatusNotFound
+		}
+		s.render(w, r, status, "checkout", "Your purchase", v)
+	})
+}
+
+// CheckoutStatus serves the polled fragment of the success page.
+func (s *Site) CheckoutStatus() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.loadCheckout(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.renderBlock(w, r, http.StatusOK, "checkout", "checkout-status", "Your purchase", v)
+	})
+}
+
+// CheckoutCancel serves GET /dashboard/buy-credits/cancel.
+func (s *Site) CheckoutCancel() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.render(w, r, http.StatusOK, "checkout_cancel", "Checkout cancelled", nil)
+	})
+}
+
+// Payments serves GET /dashboard/payments, newest first.
+func (s *Site) Payments() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cursor := cursorParam(r)
+		ps, next, err := s.store.PaymentsOfUser(r.Context(), CurrentUser(r.Context()).ID, cursor, paymentsPageSize)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "payments", "Payments", map[string]any{"Payments": ps, "Next": next, "Paged": cursor != 0})
+	})
+}
+
+// SimulatorCheckout serves the simulator's hosted checkout page (GET) and
+// its Pay / Decline buttons (POST action=pay|decline).
+func (s *Site) SimulatorCheckout() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sim, ok := s.gateway.(*billing.Simulator)
+		if !ok {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		id := chi.URLParam(r, "id")
+		ss, err := sim.Session(ctx, id, u.ID)
+		if err != nil {
+			s.handleError(w, r, err)
+			return
+		}
+		if r.Method != http.MethodPost {
+			s.render(w, r, http.StatusOK, "simulator", "Simulated checkout", ss)
+			return
+		}
+		f, _ := parseForm(r, "action")
+		var next string
+		switch f.raw("action") {
+		case "pay":
+			next, err = sim.Pay(ctx, id, u.ID)
+		case "decline":
+			next, err = sim.Decline(ctx, id, u.ID)
+		default:
+			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Choose Pay or Decline", Message: "Use one of the buttons on the checkout page."})
+			return
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if u, err := url.Parse(next); err == nil && u.Host != "" {
+			// Success URLs are absolute (BASE_URL); stay on this site.
+			next = u.RequestURI()
+		}
+		http.Redirect(w, r, next, http.StatusSeeOther)
+	})
+}

@@ -1,0 +1,56 @@
+package web
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// historyPageSize is how many history items a page shows.
+const historyPageSize = 25
+
+// cursorParam reads a keyset cursor from the query; bad values mean "first page".
+func cursorParam(r *http.Request) int64 {
+	c, err := strconv.ParseInt(r.URL.Query().Get("cursor"), 10, 64)
+	if err != nil || c < 0 {
+		return 0
+	}
+	return c
+}
+
+// Dashboard serves GET /dashboard.
+func (s *Site) Dashboard() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u := CurrentUser(r.Context())
+		bal, err := s.store.Balance(r.Context(), u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "dashboard", "Dashboard", map[string]any{"Balance": bal})
+	})
+}
+
+// Credits serves GET /dashboard/credits: the balance by kind and a
+// keyset-paginated history.
+func (s *Site) Credits() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		bal, err := s.store.Balance(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		cursor := cursorParam(r)
+		hist, err := s.store.History(ctx, u.ID, cursor, historyPageSize)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "credits", "Your credits", map[string]any{
+			"Balance": bal, "History": hist, "Kinds": store.GrantKinds(), "Paged": cursor != 0,
+		})
+	})
+}

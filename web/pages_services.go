@@ -1,0 +1,187 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// serviceCard is one service with a fresh idempotency key for its Use
+// button, so a double click or a resubmitted form never charges twice.
+type serviceCard struct {
+	Service store.Service
+	Key     string
+}
+
+type servicesPage struct {
+	Cards   []serviceCard
+	Balance store.Balance
+	// Result of the last Use, when the page answers one.
+	Result *useResult
+}
+
+type useResult struct {
+	Service  store.Service
+	Usage    store.Usage
+	Replayed bool
+	// Short is set when the balance did not cover the cost.
+	Short    bool
+	Balance  int64
+	Required int64
+}
+
+func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
+	var p servicesPage
+	services, err := s.store.ActiveServices(r.Context())
+	if err != nil {
+		return p, err
+	}
+	for _, sv := range services {
+		p.Cards = append(p.Cards, serviceCard{Service: sv, Key: store.NewSecret()[:24]})
+	}
+	if u := CurrentUser(r.Context()); u != nil {
+		if p.Balance, err = s.store.Balance(r.Context(), u.ID); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// Services serves GET /services.
+func (s *Site) Services() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.servicesPage(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "services", "Services", p)
+	})
+}
+
+// UseService serves POST /services/{slug}/use. htmx gets the result and
+// the new balance in place; a plain form post gets the whole page.
+func (s *Site) UseService() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		slug := chi.URLParam(r, "slug")
+		f, _ := parseForm(r, "idempotency_key")
+		key := f.raw("idempotency_key")
+		if key == "" {
+			key = store.NewSecret()[:24]
+		}
+		usage, replayed, err := s.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key})
+		res := &useResult{Usage: usage, Replayed: replayed}
+		status := http.StatusOK
+		var short *store.InsufficientCreditsError
+		switch {
+		case err == nil:
+			if !replayed {
+				RecordConsumption(s.metrics, usage)
+			}
+		case errors.As(err, &short):
+			res.Short, res.Balance, res.Required = true, short.Balance, short.Required
+			status = http.StatusPaymentRequired
+		default:
+			s.handleError(w, r, err)
+			return
+		}
+		p, err := s.servicesPage(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		for _, c := range p.Cards {
+			if c.Service.Slug == slug {
+				res.Service = c.Service
+			}
+		}
+		p.Result = res
+		if isPartialRequest(r) {
+			s.renderBlock(w, r, status, "services", "use-response", "Services", p)
+			return
+		}
+		s.render(w, r, status, "services", "Services", p)
+	})
+}
+
+// RecordConsumption counts spent credits by the kind of grant that paid
+// and the service.
+func RecordConsumption(m *observability.Metrics, u store.Usage) {
+	if m == nil {
+		return
+	}
+	for _, d := range u.Drawn {
+		m.CreditsConsumed.WithLabelValues(d.Kind, observability.LabelSafe(u.Service)).Add(float64(d.Credits))
+	}
+}
+
+type apiKeysPage struct {
+	Keys    []store.APIKey
+	Form    *form
+	NewKey  string
+	NewName string
+}
+
+func (s *Site) renderAPIKeys(w http.ResponseWriter, r *http.Request, status int, p apiKeysPage) {
+	keys, err := s.store.APIKeys(r.Context(), CurrentUser(r.Context()).ID)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	p.Keys = keys
+	if p.Form == nil {
+		p.Form = newForm()
+	}
+	s.render(w, r, status, "apikeys", "API keys", p)
+}
+
+// APIKeys serves GET /settings/api-keys.
+func (s *Site) APIKeys() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{})
+	})
+}
+
+// CreateAPIKey serves POST /settings/api-keys. The key is shown once, in
+// this response, and never again.
+func (s *Site) CreateAPIKey() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, _ := parseForm(r, "name")
+		raw, key, err := s.store.CreateAPIKey(r.Context(), CurrentUser(r.Context()).ID, f.raw("name"))
+		if err != nil {
+			if k := store.ErrorKind(err); k == store.KindInvalid || k == store.KindConflict {
+				f.fail("name", err.Error())
+				s.renderAPIKeys(w, r, http.StatusUnprocessableEntity, apiKeysPage{Form: f})
+				return
+			}
+			s.serverError(w, r, err)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{NewKey: raw, NewName: key.Name})
+	})
+}
+
+// RevokeAPIKey serves POST /settings/api-keys/{id}/revoke.
+func (s *Site) RevokeAPIKey() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		if err := s.store.RevokeAPIKey(r.Context(), CurrentUser(r.Context()).ID, id); err != nil {
+			s.handleError(w, r, err)
+			return
+		}
+		s.flash(r.Context(), "The key is revoked. Programs using it can no longer call the API.")
+		redirect(w, r, "/settings/api-keys")
+	})
+}

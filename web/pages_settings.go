@@ -1,0 +1,174 @@
+package web
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+)
+
+type settingsPage struct {
+	PasswordForm *form
+	EmailForm    *form
+	DeleteForm   *form
+	Deleted      bool
+}
+
+func newSettingsPage() settingsPage {
+	return settingsPage{PasswordForm: newForm(), EmailForm: newForm(), DeleteForm: newForm()}
+}
+
+// Settings serves GET /settings.
+func (s *Site) Settings() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.render(w, r, http.StatusOK, "settings", "Settings", newSettingsPage())
+	})
+}
+
+// reauth checks the current password of the signed-in user, rate limited
+// like a sign-in. It reports false after writing a response.
+func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page settingsPage) bool {
+	u := CurrentUser(r.Context())
+	if s.limited(w, r, limitCheck{accountKey("login", u.Email), s.limits.LoginPerAccount}) {
+		return false
+	}
+	if ok, _ := store.VerifyPassword(f.raw("current_password"), u.PasswordHash); !ok {
+		f.fail("current_password", "That is not your current password.")
+		s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+		return false
+	}
+	return true
+}
+
+// ChangePassword serves POST /settings/password. Other sessions end; this
+// one continues with a new token.
+func (s *Site) ChangePassword() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		f, _ := parseForm(r, "current_password", "new_password")
+		page := newSettingsPage()
+		page.PasswordForm = f
+		if !s.reauth(w, r, f, page) {
+			return
+		}
+		if err := store.CheckPasswordRules(f.raw("new_password")); err != nil {
+			f.fail("new_password", err.Error())
+		} else if f.raw("new_password") == f.raw("current_password") {
+			f.fail("new_password", "Choose a password different from the current one.")
+		}
+		if !f.ok() {
+			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			return
+		}
+		hash, err := store.HashPassword(f.raw("new_password"))
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		var epoch int
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			var err error
+			if epoch, err = store.SetPasswordHash(ctx, tx, u.ID, hash, true); err != nil {
+				return err
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, u.Email, map[string]string{"ResetLink": s.absURL("/password/forgot")})
+		})
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		u.SessionEpoch = epoch
+		if err := s.signIn(ctx, *u); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.flash(ctx, "Your password is changed. Other devices have been signed out.")
+		redirect(w, r, "/settings")
+	})
+}
+
+// ChangeEmail serves POST /settings/email: the new address gets a link and
+// becomes the sign-in address only once it is confirmed.
+func (s *Site) ChangeEmail() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		f, _ := parseForm(r, "current_password", "email")
+		page := newSettingsPage()
+		page.EmailForm = f
+		if !s.reauth(w, r, f, page) {
+			return
+		}
+		email, err := store.NormalizeEmail(f.raw("email"))
+		if err != nil {
+			f.fail("email", err.Error())
+		} else if strings.EqualFold(email, u.Email) {
+			f.fail("email", "That is already your address.")
+		}
+		if !f.ok() {
+			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			return
+		}
+		taken, err := s.store.EmailTaken(ctx, email)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+			if taken {
+				// Answer as if it worked; tell the address's owner instead.
+				return s.sendEmail(ctx, tx, jobs.EmailSignupExisting, email, map[string]string{
+					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
+				})
+			}
+			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenChangeEmail, email)
+			if err != nil {
+				return err
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailChangeEmail, email, map[string]string{
+				"Link": s.absURL("/verify?token=" + url.QueryEscape(token)), "OldEmail": u.Email,
+			})
+		})
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.flash(ctx, "We sent a confirmation link to "+email+". Your address changes once you follow it.")
+		redirect(w, r, "/settings")
+	})
+}
+
+// DeleteAccount serves POST /settings/delete. It needs the password and
+// the word DELETE typed; the account is anonymised and every session ends.
+func (s *Site) DeleteAccount() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		f, _ := parseForm(r, "current_password", "confirm")
+		page := newSettingsPage()
+		page.DeleteForm = f
+		if !s.reauth(w, r, f, page) {
+			return
+		}
+		if f.raw("confirm") != "DELETE" {
+			f.fail("confirm", "Type DELETE in capitals to confirm.")
+			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			return
+		}
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) })
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if err := s.sessions.Destroy(ctx); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		redirect(w, r, "/?deleted=1")
+	})
+}

@@ -1,0 +1,243 @@
+package web
+
+import (
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"text/template/parse"
+	"time"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+//go:embed templates
+var templateFS embed.FS
+
+// templates holds one parsed set per page: the layouts and partials plus
+// the page itself, so pages can each define "content" and "title".
+type templates struct {
+	pages  map[string]*template.Template
+	dir    string // re-parse from here on each render when set (dev)
+	static *staticFiles
+}
+
+func loadTemplates(dir string) (*templates, error) {
+	t := &templates{dir: dir}
+	pages, err := t.parse()
+	if err != nil {
+		return nil, err
+	}
+	t.pages = pages
+	return t, nil
+}
+
+func (t *templates) fsys() fs.FS {
+	if t.dir != "" {
+		return os.DirFS(t.dir)
+	}
+	sub, _ := fs.Sub(templateFS, "templates")
+	return sub
+}
+
+func (t *templates) parse() (map[string]*template.Template, error) {
+	fsys := t.fsys()
+	shared, err := fs.Glob(fsys, "layouts/*.html")
+	if err != nil {
+		return nil, err
+	}
+	partials, err := fs.Glob(fsys, "partials/*.html")
+	if err != nil {
+		return nil, err
+	}
+	shared = append(shared, partials...)
+	pageFiles, err := fs.Glob(fsys, "pages/*.html")
+	if err != nil {
+		return nil, err
+	}
+	if len(pageFiles) == 0 {
+		return nil, errors.New("no page templates found")
+	}
+	pages := make(map[string]*template.Template, len(pageFiles))
+	for _, pf := range pageFiles {
+		name := strings.TrimSuffix(path.Base(pf), ".html")
+		tmpl, err := template.New(name).Funcs(t.funcs()).ParseFS(fsys, append(append([]string{}, shared...), pf)...)
+		if err != nil {
+			return nil, fmt.Errorf("page %s: %w", name, err)
+		}
+		if err := checkReferences(tmpl); err != nil {
+			return nil, fmt.Errorf("page %s: %w", name, err)
+		}
+		if tmpl.Lookup("content") == nil {
+			return nil, fmt.Errorf("page %s: defines no \"content\" block", name)
+		}
+		pages[name] = tmpl
+	}
+	return pages, nil
+}
+
+// checkReferences fails when a template calls {{template "x"}} for an x
+// that is not defined, which html/template would only notice at run time.
+func checkReferences(t *template.Template) error {
+	var missing []string
+	var walk func(n parse.Node)
+	walk = func(n parse.Node) {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return
+			}
+			for _, c := range n.Nodes {
+				walk(c)
+			}
+		case *parse.TemplateNode:
+			if t.Lookup(n.Name) == nil {
+				missing = append(missing, n.Name)
+			}
+		case *parse.IfNode:
+			walk(n.List)
+			walk(n.ElseList)
+		case *parse.RangeNode:
+			walk(n.List)
+			walk(n.ElseList)
+		case *parse.WithNode:
+			walk(n.List)
+			walk(n.ElseList)
+		}
+	}
+	for _, tt := range t.Templates() {
+		if tt.Tree != nil {
+			walk(tt.Tree.Root)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("refers to undefined template(s) %q", missing)
+	}
+	return nil
+}
+
+func (t *templates) lookup(page string) (*template.Template, error) {
+	pages := t.pages
+	if t.dir != "" {
+		p, err := t.parse()
+		if err != nil {
+			return nil, err
+		}
+		pages = p
+	}
+	tmpl, ok := pages[page]
+	if !ok {
+		return nil, fmt.Errorf("no page template %q", page)
+	}
+	return tmpl, nil
+}
+
+func (t *templates) funcs() template.FuncMap {
+	return template.FuncMap{
+		"static":    func(name string) string { return t.static.url(name) },
+		"credits":   formatInt,
+		"money":     formatMoney,
+		"date":      func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006") },
+		"datetime":  func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04 UTC") },
+		"isotime":   func(tm time.Time) string { return tm.UTC().Format(time.RFC3339) },
+		"ago":       relativeTime,
+		"deref":     func(t *time.Time) time.Time { return *t },
+		"neg":       func(n int64) int64 { return -n },
+		"title":     titleCase,
+		"perCredit": perCredit,
+		"add":       func(a, b int) int { return a + b },
+		"dict": func(kv ...any) (map[string]any, error) {
+			if len(kv)%2 != 0 {
+				return nil, errors.New("dict needs key/value pairs")
+			}
+			m := make(map[string]any, len(kv)/2)
+			for i := 0; i < len(kv); i += 2 {
+				k, ok := kv[i].(string)
+				if !ok {
+					return nil, errors.New("dict keys must be strings")
+				}
+				m[k] = kv[i+1]
+			}
+			return m, nil
+		},
+	}
+}
+
+// view is what every template gets: the common frame and the page's data.
+type view struct {
+	Title     string
+	User      *store.User
+	Flash     string
+	Simulated bool
+	Dev       bool
+	Path      string
+	Data      any
+}
+
+func (s *Site) newView(r *http.Request, title string, data any) view {
+	v := view{
+		Title:     title,
+		User:      CurrentUser(r.Context()),
+		Simulated: s.Simulated(),
+		Dev:       s.cfg.Dev,
+		Path:      r.URL.Path,
+		Data:      data,
+	}
+	if hasSession(r) && !isPartialRequest(r) {
+		v.Flash = s.popFlash(r)
+	}
+	return v
+}
+
+// isPartialRequest reports whether htmx asked for a fragment (not a boosted
+// navigation, which wants the whole page).
+func isPartialRequest(r *http.Request) bool {
+	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") != "true"
+}
+
+// render writes a page: the whole layout, or only its "content" block for
+// htmx fragment requests. Output is rendered into a buffer first so that a
+// template error becomes a clean 500, never half a page.
+func (s *Site) render(w http.ResponseWriter, r *http.Request, status int, page, title string, data any) {
+	block := "base"
+	if isPartialRequest(r) {
+		block = "content"
+	}
+	s.renderBlock(w, r, status, page, block, title, data)
+}
+
+// renderBlock writes one named block of a page template.
+func (s *Site) renderBlock(w http.ResponseWriter, r *http.Request, status int, page, block, title string, data any) {
+	tmpl, err := s.tmpl.lookup(page)
+	if err != nil {
+		s.renderFailure(w, r, err)
+		return
+	}
+	var buf bytes.Buffer
+	if err := tmpl.ExecuteTemplate(&buf, block, s.newView(r, title, data)); err != nil {
+		s.renderFailure(w, r, fmt.Errorf("render %s/%s: %w", page, block, err))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	h.Set("Cache-Control", "no-store")
+	h.Set("Vary", "HX-Request")
+	w.WriteHeader(status)
+	_, _ = buf.WriteTo(w)
+}
+
+// renderFailure is the last resort when the error page itself cannot render.
+func (s *Site) renderFailure(w http.ResponseWriter, r *http.Request, err error) {
+	s.logger.ErrorContext(r.Context(), "render failed", "err", err, "path", r.URL.Path)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = w.Write([]byte("Something went wrong on our side. Please try again in a moment.\n"))
+}

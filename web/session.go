@@ -1,0 +1,122 @@
+package web
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// Session keys.
+const (
+	sessUserID = "user_id"
+	sessEpoch  = "epoch"
+	sessFlash  = "flash"
+)
+
+const sessionLoadedKey ctxKey = 100
+
+func hasSession(r *http.Request) bool {
+	return r.Context().Value(sessionLoadedKey) != nil
+}
+
+// Sessions wraps next with session loading and saving, then resolves the
+// signed-in user. A session whose user is gone, or whose epoch is older
+// than the user's (password changed elsewhere), is signed out.
+func (s *Site) WithSession(next http.Handler) http.Handler {
+	return s.sessions.LoadAndSave(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := context.WithValue(r.Context(), sessionLoadedKey, true)
+		if id := s.sessions.GetInt64(ctx, sessUserID); id != 0 {
+			u, err := s.store.UserByID(ctx, id)
+			switch {
+			case err == nil && u.SessionEpoch == s.sessions.GetInt(ctx, sessEpoch):
+				ctx = context.WithValue(ctx, userKey, &u)
+			case err == nil || store.ErrorKind(err) == store.KindNotFound:
+				_ = s.sessions.Destroy(ctx)
+			default:
+				s.serverError(w, r.WithContext(ctx), err)
+				return
+			}
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
+	}))
+}
+
+// signIn starts a fresh session for u (a new token defeats fixation).
+func (s *Site) signIn(ctx context.Context, u store.User) error {
+	if err := s.sessions.RenewToken(ctx); err != nil {
+		return err
+	}
+	s.sessions.Put(ctx, sessUserID, u.ID)
+	s.sessions.Put(ctx, sessEpoch, u.SessionEpoch)
+	return nil
+}
+
+func (s *Site) flash(ctx context.Context, msg string) { s.sessions.Put(ctx, sessFlash, msg) }
+
+func (s *Site) popFlash(r *http.Request) string { return s.sessions.PopString(r.Context(), sessFlash) }
+
+// redirect sends a plain 303, or an HX-Redirect for htmx requests (which
+// would otherwise follow the redirect inside the swapped fragment).
+func redirect(w http.ResponseWriter, r *http.Request, to string) {
+	if r.Header.Get("HX-Request") == "true" {
+		w.Header().Set("HX-Redirect", to)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	http.Redirect(w, r, to, http.StatusSeeOther)
+}
+
+// safeNext keeps a post-login destination on this site.
+func safeNext(next string) string {
+	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+		return "/dashboard"
+	}
+	if u, err := url.Parse(next); err != nil || u.Host != "" || u.Scheme != "" {
+		return "/dashboard"
+	}
+	return next
+}
+
+// RequireUser sends anonymous visitors to the sign-in page.
+func (s *Site) RequireUser(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if CurrentUser(r.Context()) == nil {
+			to := "/login"
+			if r.Method == http.MethodGet {
+				to += "?next=" + url.QueryEscape(r.URL.RequestURI())
+			}
+			redirect(w, r, to)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// RequireVerified lets only users with a confirmed email through: the one
+// guard in front of every way to buy or spend.
+func (s *Site) RequireVerified(next http.Handler) http.Handler {
+	return s.RequireUser(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !CurrentUser(r.Context()).Verified() {
+			s.errorPage(w, r, errorPage{Status: http.StatusForbidden, Heading: "Please verify your email first",
+				Message:   "Buying and spending credits needs a confirmed email address. Follow the link we emailed you, or send a new one from your dashboard.",
+				ActionURL: "/dashboard", ActionLabel: "Go to your dashboard"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	}))
+}
+
+// RequireAdmin lets only admins through: anonymous visitors go to sign in,
+// signed-in non-admins get a 403.
+func (s *Site) RequireAdmin(next http.Handler) http.Handler {
+	return s.RequireUser(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !CurrentUser(r.Context()).IsAdmin() {
+			s.forbidden(w, r, "This area is for administrators.")
+			return
+		}
+		next.ServeHTTP(w, r)
+	}))
+}

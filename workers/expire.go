@@ -1,0 +1,76 @@
+package workers
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/riverqueue/river"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// expireBatch is how many overdue grants one sweep transaction takes: small
+// enough that the account locks it holds are brief.
+const expireBatch = 500
+
+// ExpireCreditsWorker sweeps overdue grants in small transactions until
+// none is left, writing an expire entry (breakage) for each. Its cost grows
+// with what expired, not with all grants.
+type ExpireCreditsWorker struct {
+	river.WorkerDefaults[jobs.ExpireCredits]
+	logger  *slog.Logger
+	store   *store.Store
+	metrics *observability.Metrics
+}
+
+// Timeout implements river.Worker: a large backlog is swept over several runs.
+func (w *ExpireCreditsWorker) Timeout(*river.Job[jobs.ExpireCredits]) time.Duration {
+	return 10 * time.Minute
+}
+
+// Work implements river.Worker.
+func (w *ExpireCreditsWorker) Work(ctx context.Context, job *river.Job[jobs.ExpireCredits]) error {
+	total := store.ExpireResult{ByKind: map[string]int64{}}
+	for ctx.Err() == nil {
+		res, err := w.store.ExpireOverdueBatch(ctx, expireBatch)
+		if err != nil {
+			return err
+		}
+		for kind, n := range res.ByKind {
+			total.ByKind[kind] += n
+			if w.metrics != nil {
+				w.metrics.CreditsExpired.WithLabelValues(kind).Add(float64(n))
+			}
+		}
+		total.Grants += res.Grants
+		total.Credits += res.Credits
+		if res.Grants == 0 {
+			break
+		}
+	}
+	if total.Grants > 0 {
+		w.logger.InfoContext(ctx, "expired credits", "grants", total.Grants, "credits", total.Credits)
+	}
+	return ctx.Err()
+}
+
+// PruneExpiredWorker deletes expired sessions, used or expired one-time
+// tokens and finished rate-limit windows.
+type PruneExpiredWorker struct {
+	river.WorkerDefaults[jobs.PruneExpired]
+	logger *slog.Logger
+	store  *store.Store
+}
+
+// Work implements river.Worker.
+func (w *PruneExpiredWorker) Work(ctx context.Context, job *river.Job[jobs.PruneExpired]) error {
+	n, err := w.store.PruneExpired(ctx)
+	if err != nil {
+		return err
+	}
+	w.logger.DebugContext(ctx, "pruned expired rows", "rows", n)
+	return nil
+}

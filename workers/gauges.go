@@ -1,0 +1,105 @@
+package workers
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// Gauges keeps the leader-only gauges fresh: queue depth and oldest job age
+// (a bounded, time-limited query) and the credit liability. Only the River
+// leader queries, so N workers cost one query, not N; the others clear
+// their gauges so dashboards never add stale copies.
+type Gauges struct {
+	logger            *slog.Logger
+	store             *store.Store
+	metrics           *observability.Metrics
+	clientID          func() string
+	queueInterval     time.Duration
+	liabilityInterval time.Duration
+}
+
+// NewGauges builds the gauge loop; clientID is the River client's ID.
+func NewGauges(logger *slog.Logger, st *store.Store, m *observability.Metrics, clientID func() string, liabilityInterval time.Duration) *Gauges {
+	return &Gauges{logger: logger, store: st, metrics: m, clientID: clientID, queueInterval: 15 * time.Second, liabilityInterval: liabilityInterval}
+}
+
+// Run refreshes the gauges until ctx ends.
+func (g *Gauges) Run(ctx context.Context) {
+	queueTick := time.NewTicker(g.queueInterval)
+	defer queueTick.Stop()
+	liabilityTick := time.NewTicker(g.liabilityInterval)
+	defer liabilityTick.Stop()
+	g.RefreshQueues(ctx)
+	g.RefreshLiability(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-queueTick.C:
+			g.RefreshQueues(ctx)
+		case <-liabilityTick.C:
+			g.RefreshLiability(ctx)
+		}
+	}
+}
+
+func (g *Gauges) leader(ctx context.Context) bool {
+	id, err := g.store.RiverLeaderID(ctx)
+	if err != nil {
+		g.logger.WarnContext(ctx, "read river leader", "err", err)
+		return false
+	}
+	return id != "" && id == g.clientID()
+}
+
+// RefreshQueues updates queue depth and oldest-job age when leader.
+func (g *Gauges) RefreshQueues(ctx context.Context) {
+	if !g.leader(ctx) {
+		g.metrics.QueueJobs.Reset()
+		g.metrics.QueueOldestAge.Reset()
+		return
+	}
+	stats, oldest, err := g.store.QueueStats(ctx, 100_000, 2*time.Second)
+	if err != nil {
+		g.logger.WarnContext(ctx, "queue stats", "err", err)
+		return
+	}
+	g.metrics.QueueJobs.Reset()
+	// Known queues always have a series, so "no backlog" reads as 0, not absent.
+	for q := range jobs.Queues() {
+		for _, st := range []string{"available", "scheduled", "retryable", "running"} {
+			g.metrics.QueueJobs.WithLabelValues(q, st).Set(0)
+		}
+		g.metrics.QueueOldestAge.WithLabelValues(q).Set(0)
+	}
+	for _, s := range stats {
+		g.metrics.QueueJobs.WithLabelValues(s.Queue, s.State).Set(float64(s.Jobs))
+	}
+	for q, age := range oldest {
+		g.metrics.QueueOldestAge.WithLabelValues(q).Set(age)
+	}
+	g.metrics.MetricsRefreshAge.WithLabelValues("queues").SetToCurrentTime()
+}
+
+// RefreshLiability updates the outstanding-credit gauges when leader.
+func (g *Gauges) RefreshLiability(ctx context.Context) {
+	if !g.leader(ctx) {
+		g.metrics.CreditsOutstanding.Reset()
+		return
+	}
+	l, err := g.store.CreditLiability(ctx)
+	if err != nil {
+		g.logger.WarnContext(ctx, "credit liability", "err", err)
+		return
+	}
+	for kind, n := range l.ByKind {
+		g.metrics.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
+	}
+	g.metrics.CreditsExpiring7d.Set(float64(l.Expiring7d))
+	g.metrics.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
+}

@@ -1,0 +1,306 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// StripeEventWorker applies one stored Stripe event. The event's effects,
+// its recorded outcome and the job's completion commit in one transaction,
+// so a crash at any point leaves either everything or nothing, and a retry
+// finds the work either done or not started. Grants are keyed by the
+// checkout session, so no replay, retry or race grants twice.
+type StripeEventWorker struct {
+	river.WorkerDefaults[jobs.StripeEvent]
+	logger   *slog.Logger
+	store    *store.Store
+	inserter jobs.Inserter
+	metrics  *observability.Metrics
+	baseURL  string
+	// beforeCommit, when set (tests), runs after the writes and before the
+	// commit, to simulate a worker dying mid-job.
+	beforeCommit func(ctx context.Context)
+}
+
+// refundWaitWindow is how long a refund for a payment we do not know yet
+// (its checkout.session.completed still in flight) is retried before it is
+// recorded as failed.
+const refundWaitWindow = time.Hour
+
+// effects are what to count once the transaction committed.
+type effects struct {
+	granted       int64
+	clawedBack    int64
+	paymentStatus string
+	revenueMinor  int64
+	refundMinor   int64
+	currency      string
+}
+
+// Work implements river.Worker.
+func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.StripeEvent]) error {
+	var (
+		evType, outcome, detail string
+		fx                      effects
+	)
+	err := w.store.InTx(ctx, func(tx pgx.Tx) error {
+		ev, err := store.LockStripeEvent(ctx, tx, job.Args.EventID)
+		if store.ErrorKind(err) == store.KindNotFound {
+			return river.JobCancel(fmt.Errorf("stripe event %s is not stored", job.Args.EventID))
+		}
+		if err != nil {
+			return err
+		}
+		evType = ev.Type
+		outcome, detail, fx, err = w.apply(ctx, tx, ev)
+		if err != nil {
+			return err
+		}
+		if err := store.SetEventOutcome(ctx, tx, ev.ID, outcome, detail); err != nil {
+			return err
+		}
+		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
+			return err
+		}
+		if w.beforeCommit != nil {
+			w.beforeCommit(ctx)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	w.record(evType, outcome, fx)
+	if outcome == store.OutcomeFailed {
+		w.logger.WarnContext(ctx, "stripe event failed", "event", job.Args.EventID, "type", evType, "reason", detail)
+	}
+	return nil
+}
+
+func (w *StripeEventWorker) record(evType, outcome string, fx effects) {
+	m := w.metrics
+	if m == nil {
+		return
+	}
+	m.WebhookOutcomes.WithLabelValues(observability.EventTypeLabel(evType), outcome).Inc()
+	if fx.granted > 0 {
+		m.CreditsGranted.WithLabelValues(store.GrantPack).Add(float64(fx.granted))
+	}
+	if fx.clawedBack > 0 {
+		m.CreditsClawedBack.WithLabelValues(store.GrantPack).Add(float64(fx.clawedBack))
+	}
+	if fx.paymentStatus != "" {
+		m.Payments.WithLabelValues("pack", fx.paymentStatus, fx.currency).Inc()
+	}
+	if fx.revenueMinor > 0 {
+		m.RevenueMinor.WithLabelValues("pack", fx.currency).Add(float64(fx.revenueMinor))
+	}
+	if fx.refundMinor > 0 {
+		m.RefundsMinor.WithLabelValues(fx.currency).Add(float64(fx.refundMinor))
+	}
+}
+
+// eventObject decodes the event's data.object into v.
+func eventObject(ev store.StripeEvent, v any) error {
+	var env struct {
+		Data struct {
+			Object json.RawMessage `json:"object"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(ev.Payload, &env); err != nil {
+		return err
+	}
+	if len(env.Data.Object) == 0 {
+		return fmt.Errorf("event has no data.object")
+	}
+	return json.Unmarshal(env.Data.Object, v)
+}
+
+// apply performs an event's effects in tx and says how it ended. A returned
+// error rolls everything back and lets River retry; outcome "failed" is a
+// permanent, recorded failure that completes the job.
+func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	switch stripe.EventType(ev.Type) {
+	case stripe.EventTypeCheckoutSessionCompleted, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded:
+		return w.applyCheckoutPaid(ctx, tx, ev)
+	case stripe.EventTypeCheckoutSessionAsyncPaymentFailed:
+		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentFailed, "The payment was declined by the bank.")
+	case stripe.EventTypeCheckoutSessionExpired:
+		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentExpired, "The checkout expired before it was paid.")
+	case stripe.EventTypeChargeRefunded:
+		return w.applyRefund(ctx, tx, ev)
+	}
+	return store.OutcomeIgnored, "event type not handled", effects{}, nil
+}
+
+func (w *StripeEventWorker) checkoutPayment(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (stripe.CheckoutSession, store.Payment, string, error) {
+	var sess stripe.CheckoutSession
+	if err := eventObject(ev, &sess); err != nil || sess.ID == "" {
+		return sess, store.Payment{}, "malformed checkout session object", nil
+	}
+	pay, err := store.LockPaymentBySession(ctx, tx, sess.ID)
+	if store.ErrorKind(err) == store.KindNotFound {
+		return sess, store.Payment{}, "checkout session " + sess.ID + " was not created by QuickScale", nil
+	}
+	return sess, pay, "", err
+}
+
+func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	sess, pay, problem, err := w.checkoutPayment(ctx, tx, ev)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if problem != "" {
+		if pay.ID == 0 && sess.ID != "" {
+			return store.OutcomeIgnored, problem, fx, nil
+		}
+		return store.OutcomeFailed, problem, fx, nil
+	}
+	intent := ""
+	if sess.PaymentIntent != nil {
+		intent = sess.PaymentIntent.ID
+	}
+	if err := store.SetPaymentIntent(ctx, tx, pay.ID, intent); err != nil {
+		return "", "", fx, err
+	}
+	if sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid {
+		return store.OutcomeIgnored, "payment_status is " + string(sess.PaymentStatus) + ": credits wait for the payment", fx, nil
+	}
+	// Fulfilment trusts our own record; the event must agree with it.
+	if sess.AmountTotal != pay.AmountMinor || string(sess.Currency) != pay.Currency {
+		return store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency), fx, nil
+	}
+	switch pay.Status {
+	case store.PaymentSucceeded, store.PaymentPartiallyRefunded, store.PaymentRefunded:
+		return store.OutcomeApplied, "already fulfilled", fx, nil
+	}
+	g, err := store.Grant(ctx, tx, store.NewGrant{
+		UserID: pay.UserID, Kind: store.GrantPack, Amount: pay.Credits,
+		SourceKind: "checkout_session", SourceID: sess.ID,
+	})
+	if err != nil {
+		return "", "", fx, err
+	}
+	if err := store.MarkPaymentPaid(ctx, tx, pay.ID, intent, g.GrantID); err != nil {
+		return "", "", fx, err
+	}
+	if !g.Created {
+		return store.OutcomeApplied, "already granted", fx, nil
+	}
+	bal, err := store.BalanceOf(ctx, tx, pay.UserID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if err := w.enqueuePurchaseEmail(ctx, tx, pay, bal.Total); err != nil {
+		return "", "", fx, err
+	}
+	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
+	return store.OutcomeApplied, fmt.Sprintf("granted %d credits to user %d", pay.Credits, pay.UserID), fx, nil
+}
+
+func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx, pay store.Payment, balance int64) error {
+	email, err := store.EmailOf(ctx, tx, pay.UserID)
+	if err != nil {
+		return err
+	}
+	if email == "" {
+		return nil // the account was deleted meanwhile
+	}
+	_, err = w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailPurchase, To: email, Data: map[string]string{
+		"Credits":      billing.FormatCredits(pay.Credits),
+		"Amount":       billing.FormatMoney(pay.AmountMinor, pay.Currency),
+		"Balance":      billing.FormatCredits(balance),
+		"PaymentsLink": w.baseURL + "/dashboard/payments",
+	}}, nil)
+	return err
+}
+
+func (w *StripeEventWorker) applyCheckoutUnsuccessful(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, status, reason string) (string, string, effects, error) {
+	var fx effects
+	sess, pay, problem, err := w.checkoutPayment(ctx, tx, ev)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if problem != "" {
+		if pay.ID == 0 && sess.ID != "" {
+			return store.OutcomeIgnored, problem, fx, nil
+		}
+		return store.OutcomeFailed, problem, fx, nil
+	}
+	changed, err := store.MarkPaymentUnsuccessful(ctx, tx, pay.ID, status, reason)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if !changed {
+		// Never move a payment backwards (e.g. an old event after success).
+		return store.OutcomeIgnored, "payment is already " + pay.Status, fx, nil
+	}
+	return store.OutcomeApplied, "payment " + status, effects{paymentStatus: status, currency: pay.Currency}, nil
+}
+
+func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	var ch stripe.Charge
+	if err := eventObject(ev, &ch); err != nil || ch.ID == "" {
+		return store.OutcomeFailed, "malformed charge object", fx, nil
+	}
+	if ch.PaymentIntent == nil || ch.PaymentIntent.ID == "" {
+		return store.OutcomeIgnored, "charge has no payment intent", fx, nil
+	}
+	pay, err := store.LockPaymentByIntent(ctx, tx, ch.PaymentIntent.ID)
+	notYet := store.ErrorKind(err) == store.KindNotFound || (err == nil && pay.GrantID == nil)
+	if notYet {
+		// The refund may overtake the checkout completion it refunds.
+		if time.Since(ev.Created) < refundWaitWindow {
+			return "", "", fx, river.JobSnooze(30 * time.Second)
+		}
+		return store.OutcomeFailed, "no fulfilled payment for payment intent " + ch.PaymentIntent.ID, fx, nil
+	}
+	if err != nil {
+		return "", "", fx, err
+	}
+	if string(ch.Currency) != pay.Currency {
+		return store.OutcomeFailed, "refund currency " + string(ch.Currency) + " differs from the payment's " + pay.Currency, fx, nil
+	}
+	refunded := min(ch.AmountRefunded, pay.AmountMinor)
+	if refunded <= pay.AmountRefundedMinor {
+		// Refund amounts only grow; an older or repeated event changes nothing.
+		return store.OutcomeApplied, "refund already recorded", fx, nil
+	}
+	// Proportional clawback of the pack's credits, floored, minus what
+	// earlier refunds of this payment already accounted for.
+	owed := pay.Credits*refunded/pay.AmountMinor - pay.CreditsClawedBack - pay.ClawbackShortfall
+	taken, err := store.Clawback(ctx, tx, *pay.GrantID, owed, "refund of payment "+strconv.FormatInt(pay.ID, 10))
+	if err != nil {
+		return "", "", fx, err
+	}
+	shortfall := owed - taken
+	if err := store.RecordRefund(ctx, tx, pay.ID, refunded, pay.CreditsClawedBack+taken, pay.ClawbackShortfall+shortfall); err != nil {
+		return "", "", fx, err
+	}
+	status := store.PaymentPartiallyRefunded
+	if refunded == pay.AmountMinor {
+		status = store.PaymentRefunded
+	}
+	fx = effects{clawedBack: taken, refundMinor: refunded - pay.AmountRefundedMinor, paymentStatus: status, currency: pay.Currency}
+	detail := fmt.Sprintf("refunded %d of %d; took back %d credits", refunded, pay.AmountMinor, taken)
+	if shortfall > 0 {
+		detail += fmt.Sprintf(", %d already spent (shortfall)", shortfall)
+	}
+	return store.OutcomeApplied, detail, fx, nil
+}

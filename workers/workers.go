@@ -1,0 +1,58 @@
+// Package workers does QuickScale's background work, one file per job kind:
+// applying Stripe events, sending email, sweeping expired credits and
+// pruning expired rows; plus the periodic schedules and the leader-only
+// gauges. Only workers send email and render receipts.
+package workers
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/riverqueue/river"
+	"github.com/robfig/cron/v3"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+)
+
+// Config is what the workers need to know.
+type Config struct {
+	BaseURL  string
+	MailFrom string
+	// ExpireSchedule is a five-field cron spec, evaluated in UTC.
+	ExpireSchedule string
+}
+
+// Register adds every worker to ws.
+func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Store, inserter jobs.Inserter, mailer Mailer, metrics *observability.Metrics) error {
+	tmpl, err := loadEmailTemplates()
+	if err != nil {
+		return err
+	}
+	if err := river.AddWorkerSafely(ws, &SendEmailWorker{logger: logger, mailer: mailer, from: cfg.MailFrom, templates: tmpl}); err != nil {
+		return err
+	}
+	if err := river.AddWorkerSafely(ws, &StripeEventWorker{logger: logger, store: st, inserter: inserter, metrics: metrics, baseURL: cfg.BaseURL}); err != nil {
+		return err
+	}
+	if err := river.AddWorkerSafely(ws, &ExpireCreditsWorker{logger: logger, store: st, metrics: metrics}); err != nil {
+		return err
+	}
+	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
+}
+
+// PeriodicJobs are the schedules the River leader enqueues (once across all
+// worker processes).
+func PeriodicJobs(cfg Config) ([]*river.PeriodicJob, error) {
+	expire, err := cron.ParseStandard("CRON_TZ=UTC " + cfg.ExpireSchedule)
+	if err != nil {
+		return nil, fmt.Errorf("expire schedule: %w", err)
+	}
+	return []*river.PeriodicJob{
+		river.NewPeriodicJob(expire, func() (river.JobArgs, *river.InsertOpts) { return jobs.ExpireCredits{}, nil },
+			&river.PeriodicJobOpts{ID: "expire_credits", RunOnStart: true}),
+		river.NewPeriodicJob(river.PeriodicInterval(jobs.PruneInterval), func() (river.JobArgs, *river.InsertOpts) { return jobs.PruneExpired{}, nil },
+			&river.PeriodicJobOpts{ID: "prune_expired", RunOnStart: true}),
+	}, nil
+}
