@@ -38,8 +38,11 @@ type Metrics struct {
 	RevenueMinor       *prometheus.CounterVec // type, currency
 	RefundsMinor       *prometheus.CounterVec // currency
 	CreditsOutstanding *prometheus.GaugeVec   // kind
-	CreditsExpiring7d  prometheus.Gauge
-	MetricsRefreshAge  *prometheus.GaugeVec // what
+	// CreditsExpiring7d has no labels but is a vector so that a worker that
+	// loses River leadership can remove its series instead of exporting a
+	// stale value forever (max across instances would pick it up).
+	CreditsExpiring7d *prometheus.GaugeVec
+	MetricsRefreshAge *prometheus.GaugeVec // what
 }
 
 // latencyBuckets suit requests and jobs that should take milliseconds.
@@ -116,9 +119,9 @@ func NewMetrics() *Metrics {
 		CreditsOutstanding: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_credits_outstanding", Help: "Live unspent credits by grant kind: the credit liability (River leader only).",
 		}, []string{"kind"}),
-		CreditsExpiring7d: prometheus.NewGauge(prometheus.GaugeOpts{
+		CreditsExpiring7d: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_credits_expiring_7d", Help: "Live credits that expire within the next 7 days (River leader only).",
-		}),
+		}, nil),
 		MetricsRefreshAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_metrics_refreshed_timestamp_seconds", Help: "When the leader-only gauges were last refreshed, by group.",
 		}, []string{"what"}),

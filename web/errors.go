@@ -62,8 +62,9 @@ func (s *Site) tooManyRequests(w http.ResponseWriter, r *http.Request, retryAfte
 		secs = 1
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	wait := (retryAfter + time.Minute - 1).Round(time.Minute)
-	msg := "You have tried this too many times. Please wait " + plural(int64(wait/time.Minute), "minute") + " and try again."
+	// Whole minutes rounded up, from the same seconds as Retry-After.
+	minutes := (secs + 59) / 60
+	msg := "You have tried this too many times. Please wait " + plural(int64(minutes), "minute") + " and try again."
 	s.errorPage(w, r, errorPage{Status: http.StatusTooManyRequests, Heading: "Too many attempts", Message: msg})
 }
 

@@ -206,10 +206,24 @@ func (s *Site) AdminWebhooks() http.Handler {
 			v := url.Values{"type": {f.Type}, "outcome": {f.Outcome}, "before_ts": {strconv.FormatInt(page.NextTime.UnixNano(), 10)}, "before_id": {page.NextID}}
 			next = "/admin/webhooks?" + v.Encode()
 		}
+		rows := make([]eventRow, len(page.Events))
+		for i, ev := range page.Events {
+			rows[i] = eventRow{StripeEvent: ev, State: "pending"}
+			if ev.Outcome != nil {
+				rows[i].State = *ev.Outcome
+			}
+		}
 		s.render(w, r, http.StatusOK, "admin_webhooks", "Webhook events", map[string]any{
-			"Filter": f, "Page": page, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
+			"Filter": f, "Page": page, "Rows": rows, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
 		})
 	})
+}
+
+// eventRow is a listed event with its outcome as text ("pending" until
+// processed): templates cannot compare a *string.
+type eventRow struct {
+	store.StripeEvent
+	State string
 }
 
 // AdminWebhook serves GET /admin/webhooks/{id}: one event and its payload.

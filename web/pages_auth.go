@@ -56,6 +56,8 @@ type authPage struct {
 	Sent  bool
 	Email string
 	Token string
+	// Reset is set on the sign-in page reached after a password reset.
+	Reset bool
 }
 
 // Signup serves GET and POST /signup.
@@ -126,7 +128,7 @@ func (s *Site) Login() http.Handler {
 				redirect(w, r, next)
 				return
 			}
-			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next})
+			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: r.URL.Query().Get("reset") == "1"})
 			return
 		}
 		f, ok := parseForm(r, "email", "password", "next")

@@ -16,7 +16,9 @@ func (s *Site) Home() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "home", "Credits for your SaaS", map[string]any{"Services": services})
+		s.render(w, r, http.StatusOK, "home", "Credits for your SaaS", map[string]any{
+			"Services": services, "Deleted": r.URL.Query().Get("deleted") == "1",
+		})
 	})
 }
 

@@ -90,6 +90,7 @@ func (g *Gauges) RefreshQueues(ctx context.Context) {
 func (g *Gauges) RefreshLiability(ctx context.Context) {
 	if !g.leader(ctx) {
 		g.metrics.CreditsOutstanding.Reset()
+		g.metrics.CreditsExpiring7d.Reset()
 		return
 	}
 	l, err := g.store.CreditLiability(ctx)
@@ -100,6 +101,6 @@ func (g *Gauges) RefreshLiability(ctx context.Context) {
 	for kind, n := range l.ByKind {
 		g.metrics.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
 	}
-	g.metrics.CreditsExpiring7d.Set(float64(l.Expiring7d))
+	g.metrics.CreditsExpiring7d.WithLabelValues().Set(float64(l.Expiring7d))
 	g.metrics.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
 }

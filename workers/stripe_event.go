@@ -150,7 +150,9 @@ func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.Strip
 func (w *StripeEventWorker) checkoutPayment(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (stripe.CheckoutSession, store.Payment, string, error) {
 	var sess stripe.CheckoutSession
 	if err := eventObject(ev, &sess); err != nil || sess.ID == "" {
-		return sess, store.Payment{}, "malformed checkout session object", nil
+		// A partly decoded session keeps its id; drop it, or the caller
+		// would take the failure for a session that is not ours.
+		return stripe.CheckoutSession{}, store.Payment{}, "malformed checkout session object", nil
 	}
 	pay, err := store.LockPaymentBySession(ctx, tx, sess.ID)
 	if store.ErrorKind(err) == store.KindNotFound {

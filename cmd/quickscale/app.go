@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -56,7 +57,13 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		a.gateway = billing.NewStripe(billing.StripeConfig{SecretKey: cfg.StripeSecretKey, APIURL: cfg.StripeAPIURL})
 	}
 
-	riverCfg := &river.Config{Logger: riverLogger(cfg, logger)}
+	riverCfg := &river.Config{
+		Logger: riverLogger(cfg, logger),
+		// Also the minimum gap between insert notifications per queue:
+		// River's 100ms default would add up to 100ms to every webhook's
+		// way to credits.
+		FetchCooldown: 10 * time.Millisecond,
+	}
 	if a.runsWorkers() {
 		ws := river.NewWorkers()
 		mailer, err := newMailer(cfg, a.store)
@@ -79,7 +86,11 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		}
 		queues := map[string]river.QueueConfig{}
 		for q, n := range jobs.Queues() {
-			queues[q] = river.QueueConfig{MaxWorkers: n}
+			qc := river.QueueConfig{MaxWorkers: n}
+			if q == jobs.QueueWebhooks {
+				qc.FetchCooldown = 10 * time.Millisecond
+			}
+			queues[q] = qc
 		}
 		riverCfg.Workers = ws
 		riverCfg.Queues = queues

@@ -106,6 +106,9 @@ func startEmbedded(cfg *Config, euid int, binaries string, stdout io.Writer) (fu
 		RuntimePath(filepath.Join(dataDir, "postgres-runtime")).
 		CachePath(filepath.Join(dataDir, "cache")).
 		StartTimeout(60 * time.Second).
+		// TCP only: a distribution build's default socket directory (e.g.
+		// /var/run/postgresql) is not writable by ordinary users.
+		StartParameters(map[string]string{"unix_socket_directories": "", "listen_addresses": "127.0.0.1"}).
 		Logger(io.Discard)
 	if binaries != "" {
 		conf = conf.BinariesPath(binaries)

@@ -29,7 +29,8 @@ import (
 // testApp is the real program wired by newApp (the production wiring) on
 // an isolated database, served over real HTTP by httptest.
 type testApp struct {
-	t      *testing.T
+	t      *testing.T // nil in benchmarks; harness code uses tb
+	tb     testing.TB
 	app    *app
 	store  *store.Store
 	server *httptest.Server
@@ -66,7 +67,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newTestApp(t *testing.T, opts testAppOpts) *testApp {
+func newTestApp(t testing.TB, opts testAppOpts) *testApp {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -99,7 +100,8 @@ func newTestApp(t *testing.T, opts testAppOpts) *testApp {
 	if err != nil {
 		t.Fatalf("newApp: %v", err)
 	}
-	ta := &testApp{t: t, app: a, store: a.store, server: srv, URL: base, logs: logs}
+	tt, _ := t.(*testing.T)
+	ta := &testApp{t: tt, tb: t, app: a, store: a.store, server: srv, URL: base, logs: logs}
 	if a.riverUI != nil {
 		if err := a.riverUI.Start(ctx); err != nil {
 			t.Fatal(err)
@@ -149,7 +151,7 @@ func tail(s string, lines int) string {
 }
 
 // eventually polls cond until it is true or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -162,7 +164,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 
 // waitJob waits for a finished job of kind matching pred.
 func (ta *testApp) waitJob(kind string, within time.Duration) *river.Event {
-	ta.t.Helper()
+	ta.tb.Helper()
 	timer := time.NewTimer(within)
 	defer timer.Stop()
 	for {
@@ -172,7 +174,7 @@ func (ta *testApp) waitJob(kind string, within time.Duration) *river.Event {
 				return ev
 			}
 		case <-timer.C:
-			ta.t.Fatalf("no %s job finished within %s", kind, within)
+			ta.tb.Fatalf("no %s job finished within %s", kind, within)
 			return nil
 		}
 	}
@@ -180,7 +182,7 @@ func (ta *testApp) waitJob(kind string, within time.Duration) *river.Event {
 
 // browser is a person with a cookie jar.
 type browser struct {
-	t      *testing.T
+	t      testing.TB
 	app    *testApp
 	client *http.Client
 	// last is the most recent response body.
@@ -189,7 +191,7 @@ type browser struct {
 
 func (ta *testApp) browser() *browser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{t: ta.t, app: ta, client: &http.Client{
+	return &browser{t: ta.tb, app: ta, client: &http.Client{
 		Jar:     jar,
 		Timeout: 30 * time.Second,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
@@ -206,7 +208,7 @@ type response struct {
 }
 
 // Doc parses the body as HTML.
-func (r response) Doc(t *testing.T) *goquery.Document {
+func (r response) Doc(t testing.TB) *goquery.Document {
 	t.Helper()
 	doc, err := goquery.NewDocumentFromReader(strings.NewReader(r.Body))
 	if err != nil {
@@ -267,7 +269,7 @@ func (b *browser) post(path string, form url.Values, header ...string) response 
 }
 
 // mustRedirect checks a 303 and returns where it points.
-func mustRedirect(t *testing.T, r response, wantPrefix string) string {
+func mustRedirect(t testing.TB, r response, wantPrefix string) string {
 	t.Helper()
 	if r.Status != http.StatusSeeOther && r.Status != http.StatusFound {
 		t.Fatalf("status %d, want a redirect to %s; body:\n%s", r.Status, wantPrefix, tail(r.Body, 30))
@@ -281,24 +283,24 @@ func mustRedirect(t *testing.T, r response, wantPrefix string) string {
 
 // mailbox returns the dev mailbox, newest first.
 func (ta *testApp) mailbox() []store.Mail {
-	ta.t.Helper()
+	ta.tb.Helper()
 	resp, err := http.Get(ta.URL + "/dev/mailbox.json")
 	if err != nil {
-		ta.t.Fatal(err)
+		ta.tb.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var mails []store.Mail
 	if err := json.NewDecoder(resp.Body).Decode(&mails); err != nil {
-		ta.t.Fatalf("decode mailbox: %v", err)
+		ta.tb.Fatalf("decode mailbox: %v", err)
 	}
 	return mails
 }
 
 // waitMail waits for a message to the address whose subject contains subject.
 func (ta *testApp) waitMail(to, subject string) store.Mail {
-	ta.t.Helper()
+	ta.tb.Helper()
 	var found store.Mail
-	eventually(ta.t, 15*time.Second, fmt.Sprintf("mail %q to %s", subject, to), func() bool {
+	eventually(ta.tb, 15*time.Second, fmt.Sprintf("mail %q to %s", subject, to), func() bool {
 		for _, m := range ta.mailbox() {
 			if strings.EqualFold(m.To, to) && strings.Contains(m.Subject, subject) {
 				found = m
@@ -313,7 +315,7 @@ func (ta *testApp) waitMail(to, subject string) store.Mail {
 var linkRE = regexp.MustCompile(`https?://[^\s"<>]+`)
 
 // linkIn returns the first link in text that contains part.
-func linkIn(t *testing.T, text, part string) string {
+func linkIn(t testing.TB, text, part string) string {
 	t.Helper()
 	for _, l := range linkRE.FindAllString(text, -1) {
 		if strings.Contains(l, part) {
@@ -327,38 +329,38 @@ func linkIn(t *testing.T, text, part string) string {
 // signUpVerified signs a new user up through the site, follows the emailed
 // link and signs in; it returns the signed-in browser.
 func (ta *testApp) signUpVerified(email string) *browser {
-	ta.t.Helper()
+	ta.tb.Helper()
 	b := ta.browser()
 	r := b.post("/signup", url.Values{"email": {email}, "password": {storetest.DefaultPassword}})
 	if r.Status != http.StatusOK {
-		ta.t.Fatalf("signup: status %d", r.Status)
+		ta.tb.Fatalf("signup: status %d", r.Status)
 	}
 	mail := ta.waitMail(email, "Confirm your email")
-	link := linkIn(ta.t, mail.Text, "/verify?token=")
+	link := linkIn(ta.tb, mail.Text, "/verify?token=")
 	u, _ := url.Parse(link)
-	mustRedirect(ta.t, b.post("/verify", url.Values{"token": {u.Query().Get("token")}}), "/login")
-	mustRedirect(ta.t, b.post("/login", url.Values{"email": {email}, "password": {storetest.DefaultPassword}}), "/dashboard")
+	mustRedirect(ta.tb, b.post("/verify", url.Values{"token": {u.Query().Get("token")}}), "/login")
+	mustRedirect(ta.tb, b.post("/login", url.Values{"email": {email}, "password": {storetest.DefaultPassword}}), "/dashboard")
 	return b
 }
 
 // userWithKey makes a verified user directly in the store with an API key.
 func (ta *testApp) userWithKey(opts storetest.UserOpts) (store.User, string) {
-	ta.t.Helper()
-	u := storetest.NewUser(ta.t, ta.store, opts)
+	ta.tb.Helper()
+	u := storetest.NewUser(ta.tb, ta.store, opts)
 	raw, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, "test")
 	if err != nil {
-		ta.t.Fatal(err)
+		ta.tb.Fatal(err)
 	}
 	return u, raw
 }
 
 // metric reads one sample from the app's registry ("" labels match all).
 func (ta *testApp) metric(name string, labels map[string]string) float64 {
-	ta.t.Helper()
-	return metricValue(ta.t, ta.app.metrics, name, labels)
+	ta.tb.Helper()
+	return metricValue(ta.tb, ta.app.metrics, name, labels)
 }
 
-func metricValue(t *testing.T, m *observability.Metrics, name string, labels map[string]string) float64 {
+func metricValue(t testing.TB, m *observability.Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
 	families, err := m.Registry.Gather()
 	if err != nil {
@@ -395,10 +397,10 @@ func metricValue(t *testing.T, m *observability.Metrics, name string, labels map
 
 // jobRows returns River jobs of a kind in any state.
 func (ta *testApp) jobRows(kind string) []*rivertype.JobRow {
-	ta.t.Helper()
+	ta.tb.Helper()
 	res, err := ta.app.river.JobList(context.Background(), river.NewJobListParams().Kinds(kind).First(1000))
 	if err != nil {
-		ta.t.Fatal(err)
+		ta.tb.Fatal(err)
 	}
 	return res.Jobs
 }

@@ -1,0 +1,80 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func newTestServerShell(logs *bytes.Buffer) *server {
+	return &server{logger: slog.New(slog.NewJSONHandler(logs, nil)), cfg: Config{MaxBodyBytes: 16}}
+}
+
+func TestRecovererTurnsAPanicIntoAGeneric500AndLogsIt(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	s := newTestServerShell(&logs)
+	h := requestID(s.recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("secret internal detail")
+	})))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/balance", nil))
+	if rec.Code != http.StatusInternalServerError {
+		t.Fatalf("status %d, want 500", rec.Code)
+	}
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatalf("body is not a JSON problem: %q", rec.Body.String())
+	}
+	if p.Error != "internal_error" || strings.Contains(rec.Body.String(), "secret") || p.RequestID == "" {
+		t.Fatalf("problem %+v leaks or lacks the request id", p)
+	}
+	if !strings.Contains(logs.String(), "secret internal detail") || !strings.Contains(logs.String(), "stack") {
+		t.Fatalf("panic not logged with its stack: %s", logs.String())
+	}
+}
+
+func TestLimitBodyRefusesOversizedRequests(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	s := newTestServerShell(&logs)
+	var readErr error
+	h := limitBody(s.cfg.MaxBodyBytes)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 64)
+		_, readErr = r.Body.Read(buf)
+		for readErr == nil {
+			_, readErr = r.Body.Read(buf)
+		}
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/usage", strings.NewReader(strings.Repeat("x", 100))))
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("declared length over the cap: %d, want 413", rec.Code)
+	}
+	// A body without a declared length is cut off while reading.
+	req := httptest.NewRequest(http.MethodPost, "/contact", strings.NewReader(strings.Repeat("x", 100)))
+	req.ContentLength = -1
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if !isMaxBytesError(readErr) {
+		t.Fatalf("reading past the cap gave %v, want a MaxBytesError", readErr)
+	}
+}
+
+func TestRequestIDIsKeptWhenSaneAndMadeOtherwise(t *testing.T) {
+	t.Parallel()
+	var seen string
+	h := requestID(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = RequestIDFrom(r.Context()) }))
+	for in, keep := range map[string]bool{"abc-123_X": true, "bad id with spaces": false, "": false, strings.Repeat("a", 65): false} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Header.Set("X-Request-Id", in)
+		h.ServeHTTP(rec, req)
+		if got := rec.Header().Get("X-Request-Id"); got != seen || got == "" || (got == in) != keep {
+			t.Errorf("incoming %q: response id %q, context id %q", in, got, seen)
+		}
+	}
+}

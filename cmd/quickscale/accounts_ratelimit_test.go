@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/alexedwards/argon2id"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store/storetest"
+	"github.com/quickscale/quickscale/web"
+)
+
+// acctFrom is the header that makes a request come from ip (TRUST_PROXY=true).
+func acctFrom(ip string) []string { return []string{"X-Forwarded-For", ip} }
+
+// acctRequireTooMany checks the polite 429 page and its Retry-After.
+func acctRequireTooMany(t *testing.T, r response, maxWait int) {
+	t.Helper()
+	doc := acctErrorPage(t, r, http.StatusTooManyRequests)
+	require.Equal(t, "Too many attempts", acctText(doc, "#error-page h1"))
+	secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	require.NoError(t, err, "Retry-After %q", r.Header.Get("Retry-After"))
+	require.Greater(t, secs, 0)
+	require.LessOrEqual(t, secs, maxWait)
+	// The page tells people the same wait, in whole minutes rounded up.
+	m := regexp.MustCompile(`Please wait (\d+) minutes?`).FindStringSubmatch(acctText(doc, "#error-message"))
+	require.NotNil(t, m, "no wait in %q", acctText(doc, "#error-message"))
+	require.Equal(t, strconv.Itoa((secs+59)/60), m[1], "the page says %s minutes, Retry-After %d seconds", m[1], secs)
+}
+
+func TestLoginIsLimitedPerAccountAcrossIPs(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "target@example.com"})
+	limit := web.DefaultLimits().LoginPerAccount
+	for i := range limit.Max {
+		r := acctLogin(ta.browser(), "target@example.com", "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.0.0.%d", i+1))...)
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	}
+
+	r := acctLogin(ta.browser(), "TARGET@example.com", "one more guess", acctFrom("10.0.1.1")...)
+
+	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
+}
+
+func TestLoginLimitIsCheckedBeforeThePassword(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "locked@example.com"})
+	// A hash with other parameters is rewritten by any sign-in that gets as
+	// far as checking the password.
+	weak := argon2id.Params{Memory: 8 * 1024, Iterations: 1, Parallelism: 1, SaltLength: 16, KeyLength: 32}
+	old, err := argon2id.CreateHash(storetest.DefaultPassword, &weak)
+	require.NoError(t, err)
+	_, err = ta.store.SetPasswordHash(context.Background(), u.ID, old, false)
+	require.NoError(t, err)
+	for range web.DefaultLimits().LoginPerAccount.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), "locked@example.com", "wrong password"), http.StatusUnprocessableEntity)
+	}
+
+	r := acctLogin(ta.browser(), "locked@example.com", storetest.DefaultPassword)
+
+	acctRequireTooMany(t, r, 900)
+	require.Nil(t, acctSessionCookie(t, r), "a rate-limited sign-in started a session")
+	require.Equal(t, old, acctUserByEmail(ta, "locked@example.com").PasswordHash, "the password was checked despite the limit")
+}
+
+func TestLoginIsLimitedPerIPAcrossAccounts(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	limit := web.DefaultLimits().LoginPerIP
+	for i := range limit.Max {
+		r := acctLogin(ta.browser(), fmt.Sprintf("spray%d@example.com", i), "password1", acctFrom("192.0.2.7")...)
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	}
+
+	r := acctLogin(ta.browser(), "another@example.com", "password1", acctFrom("192.0.2.7")...)
+
+	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
+	other := acctLogin(ta.browser(), "another@example.com", "password1", acctFrom("192.0.2.8")...)
+	acctRequireStatus(t, other, http.StatusUnprocessableEntity)
+}
+
+func TestSignupIsLimitedPerIP(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	limit := web.DefaultLimits().SignupPerIP
+	for i := range limit.Max {
+		r := ta.browser().post("/signup", url.Values{"email": {fmt.Sprintf("bot%d@example.com", i)}, "password": {"short"}}, acctFrom("198.51.100.1")...)
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	}
+
+	r := ta.browser().post("/signup", url.Values{"email": {"bot@example.com"}, "password": {storetest.DefaultPassword}}, acctFrom("198.51.100.1")...)
+
+	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM users`), "a rate-limited sign-up made an account")
+	require.Zero(t, len(ta.jobRows("send_email")), "a rate-limited sign-up sent mail")
+	other := ta.browser().post("/signup", url.Values{"email": {"person@example.com"}, "password": {storetest.DefaultPassword}}, acctFrom("198.51.100.2")...)
+	acctRequireStatus(t, other, http.StatusOK)
+}
+
+func TestPasswordResetIsLimitedPerIP(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}, NoWorkers: true})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "forgetful@example.com"})
+	limit := web.DefaultLimits().ResetPerIP
+	for range limit.Max {
+		r := ta.browser().post("/password/forgot", url.Values{"email": {"forgetful@example.com"}}, acctFrom("203.0.113.9")...)
+		acctRequireStatus(t, r, http.StatusOK)
+	}
+
+	forgot := ta.browser().post("/password/forgot", url.Values{"email": {"forgetful@example.com"}}, acctFrom("203.0.113.9")...)
+	reset := ta.browser().post("/password/reset", url.Values{"token": {"guess"}, "new_password": {acctNewPassword}}, acctFrom("203.0.113.9")...)
+
+	acctRequireTooMany(t, forgot, int(limit.Window.Seconds()))
+	acctRequireTooMany(t, reset, int(limit.Window.Seconds()))
+	require.Len(t, ta.jobRows("send_email"), limit.Max, "reset emails beyond the limit")
+}
+
+func TestRateLimitsHoldAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "replicas@example.com"})
+	// A second api process on the same database.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	second, err := newApp(ctx, "api", ta.app.cfg, slog.New(slog.DiscardHandler), ta.app.pool)
+	require.NoError(t, err)
+	srv := httptest.NewServer(second.handler)
+	t.Cleanup(srv.Close)
+	for range web.DefaultLimits().LoginPerAccount.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), "replicas@example.com", "wrong password"), http.StatusUnprocessableEntity)
+	}
+
+	r := ta.browser().post(srv.URL+"/login", url.Values{"email": {"replicas@example.com"}, "password": {"wrong password"}})
+
+	acctRequireTooMany(t, r, 900)
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/PuerkitoBio/goquery"
+	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// /admin/webhooks: what happened to each Stripe event, seen by an admin.
+
+// whAdmin signs a new admin in.
+func whAdmin(t *testing.T, ta *testApp) (store.User, *browser) {
+	t.Helper()
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	return admin, whLogin(t, ta, admin.Email)
+}
+
+// whEvents are one applied, one ignored and one failed event, processed.
+type whEvents struct {
+	purchase                  whPurchase
+	applied, ignored, failed  string
+	appliedType               string
+	failedDetailContains      string
+	appliedBody, ignoredBody  []byte
+	failedBody                []byte
+	appliedEvent, failedEvent store.StripeEvent
+}
+
+func whThreeOutcomes(t *testing.T, ta *testApp) whEvents {
+	t.Helper()
+	var e whEvents
+	e.purchase = whBuy(t, ta)
+	e.failed, e.failedBody = whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, e.purchase.SessionID, "paid", 1, e.purchase.Intent), time.Now())
+	e.applied, e.appliedBody = e.purchase.completed(t, "paid")
+	e.ignored, e.ignoredBody = whUnknownEvent(t)
+	e.appliedType, e.failedDetailContains = "checkout.session.completed", "does not match"
+	for _, b := range [][]byte{e.failedBody, e.appliedBody, e.ignoredBody} {
+		whMustDeliver(t, ta, b)
+	}
+	e.failedEvent = whRequireOutcome(t, ta, e.failed, store.OutcomeFailed)
+	e.appliedEvent = whRequireOutcome(t, ta, e.applied, store.OutcomeApplied)
+	whRequireOutcome(t, ta, e.ignored, store.OutcomeIgnored)
+	return e
+}
+
+// whListed returns the events listed on a page: id → outcome.
+func whListed(t *testing.T, b *browser, path string) (map[string]string, *goquery.Document) {
+	t.Helper()
+	r := b.get(path)
+	require.Equal(t, http.StatusOK, r.Status, tail(r.Body, 20))
+	doc := r.Doc(t)
+	got := map[string]string{}
+	doc.Find("#events tr.event").Each(func(_ int, s *goquery.Selection) {
+		got[s.AttrOr("data-id", "")] = s.AttrOr("data-outcome", "")
+	})
+	return got, doc
+}
+
+func TestAdminWebhooksListsEveryEventWithItsOutcome(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	e := whThreeOutcomes(t, ta)
+	_, b := whAdmin(t, ta)
+
+	got, doc := whListed(t, b, "/admin/webhooks")
+
+	want := map[string]string{e.applied: "applied", e.ignored: "ignored", e.failed: "failed"}
+	require.Equal(t, want, got)
+	failedRow := doc.Find(`#events tr.event[data-id="` + e.failed + `"]`)
+	require.Contains(t, failedRow.Text(), e.failedDetailContains, "the failure reason is shown")
+	require.Equal(t, "/admin/webhooks/"+e.failed, failedRow.Find("a").AttrOr("href", ""))
+}
+
+func TestAdminWebhooksFilterByType(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	e := whThreeOutcomes(t, ta)
+	_, b := whAdmin(t, ta)
+
+	got, doc := whListed(t, b, "/admin/webhooks?type="+url.QueryEscape(e.appliedType))
+
+	require.Equal(t, map[string]string{e.applied: "applied", e.failed: "failed"}, got)
+	require.Equal(t, e.appliedType, doc.Find(`#webhook-filter select[name="type"] option[selected]`).AttrOr("value", ""))
+}
+
+func TestAdminWebhooksFilterByOutcome(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	e := whThreeOutcomes(t, ta)
+	_, b := whAdmin(t, ta)
+
+	for outcome, id := range map[string]string{"applied": e.applied, "ignored": e.ignored, "failed": e.failed} {
+		got, _ := whListed(t, b, "/admin/webhooks?outcome="+outcome)
+		require.Equal(t, map[string]string{id: outcome}, got, "outcome filter %s", outcome)
+	}
+	_, doc := whListed(t, b, "/admin/webhooks?outcome=pending")
+	require.Equal(t, 1, doc.Find("#no-events").Length(), "no event is pending")
+}
+
+func TestAdminWebhookShowsOutcomeAndPayload(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	e := whThreeOutcomes(t, ta)
+	_, b := whAdmin(t, ta)
+
+	r := b.get("/admin/webhooks/" + e.failed)
+
+	require.Equal(t, http.StatusOK, r.Status)
+	doc := r.Doc(t)
+	require.Equal(t, "failed", doc.Find("#event").AttrOr("data-outcome", ""))
+	require.Contains(t, doc.Find("#event").Text(), e.failedDetailContains)
+	var shown, sent map[string]any
+	require.NoError(t, json.Unmarshal([]byte(doc.Find("#payload").Text()), &shown), "the payload is shown as JSON")
+	require.NoError(t, json.Unmarshal(e.failedBody, &sent))
+	require.Equal(t, sent, shown)
+}
+
+func TestAdminWebhookOfUnknownEventIsNotFound(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, b := whAdmin(t, ta)
+	require.Equal(t, http.StatusNotFound, b.get("/admin/webhooks/evt_nothing").Status)
+}
+
+func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	e := whThreeOutcomes(t, ta)
+	admin, b := whAdmin(t, ta)
+	page := b.get("/admin/webhooks/" + e.applied).Doc(t)
+	form := page.Find("#reprocess").Closest("form")
+	action, ok := form.Attr("action")
+	require.True(t, ok, "the event page has a re-process form")
+	require.Equal(t, "post", strings.ToLower(form.AttrOr("method", "")))
+
+	r := b.post(action, url.Values{})
+
+	mustRedirect(t, r, "/admin/webhooks/"+e.applied)
+	require.Equal(t, 2, whEventJobs(t, ta, e.applied), "a second job for the event")
+	whPoll(t, 20*time.Second, "the event to be processed again", func() bool {
+		ev, err := ta.store.StripeEventByID(context.Background(), e.applied)
+		require.NoError(t, err)
+		return ev.Attempts == e.appliedEvent.Attempts+1 && ev.ProcessedAt != nil && ev.ProcessedAt.After(*e.appliedEvent.ProcessedAt)
+	})
+	var actor int64
+	var details map[string]any
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(),
+		`SELECT actor_user_id, details FROM audit_log WHERE action = 'webhook.reprocess'`).Scan(&actor, &details))
+	require.Equal(t, admin.ID, actor)
+	require.Equal(t, e.applied, details["event_id"])
+	// Processing is idempotent: nothing was granted twice.
+	require.Equal(t, e.purchase.Credits, whBalance(t, ta, e.purchase.User.ID))
+	require.Equal(t, 1, whGrantsOf(t, ta, e.purchase.SessionID))
+	whNoViolations(t, ta)
+}
+
+func TestAdminWebhooksAreForbiddenToOtherUsers(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	id, body := whUnknownEvent(t)
+	whMustDeliver(t, ta, body)
+	whWaitOutcome(t, ta, id)
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := whLogin(t, ta, u.Email)
+
+	require.Equal(t, http.StatusForbidden, b.get("/admin/webhooks").Status)
+	require.Equal(t, http.StatusForbidden, b.get("/admin/webhooks/"+id).Status)
+	require.Equal(t, http.StatusForbidden, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}).Status)
+	require.Equal(t, 1, whEventJobs(t, ta, id), "nothing was enqueued")
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'webhook.reprocess'`))
+}
+
+func TestAdminWebhooksPagesOlderEventsWithoutGapsOrDuplicates(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	want := map[string]string{}
+	for i := 0; i < 57; i++ {
+		id, body := whUnknownEvent(t)
+		whMustDeliver(t, ta, body)
+		want[id] = "pending"
+	}
+	_, b := whAdmin(t, ta)
+
+	got := map[string]string{}
+	path, pages := "/admin/webhooks", 0
+	for path != "" {
+		pages++
+		require.LessOrEqual(t, pages, 3, "pagination does not end")
+		listed, doc := whListed(t, b, path)
+		for id, outcome := range listed {
+			_, dup := got[id]
+			require.False(t, dup, "event %s listed twice", id)
+			got[id] = outcome
+		}
+		path = doc.Find("#events-next").AttrOr("href", "")
+	}
+	require.Equal(t, 2, pages)
+	require.Equal(t, want, got)
+}

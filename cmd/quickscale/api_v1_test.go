@@ -1,0 +1,555 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// The JSON API under /api/v1, through the real router with real API keys
+// (helpers prefixed v1).
+
+type v1Balance struct {
+	Balance    int64            `json:"balance"`
+	ByKind     map[string]int64 `json:"by_kind"`
+	NextExpiry *time.Time       `json:"next_expiry"`
+}
+
+type v1Drawn struct {
+	GrantID int64  `json:"grant_id"`
+	Kind    string `json:"kind"`
+	Credits int64  `json:"credits"`
+}
+
+type v1Usage struct {
+	UsageID   int64     `json:"usage_id"`
+	Service   string    `json:"service"`
+	Credits   int64     `json:"credits"`
+	Balance   int64     `json:"balance"`
+	Drawn     []v1Drawn `json:"drawn"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type v1UsageRecord struct {
+	UsageID      int64     `json:"usage_id"`
+	Service      string    `json:"service"`
+	Credits      int64     `json:"credits"`
+	BalanceAfter int64     `json:"balance_after"`
+	Drawn        []v1Drawn `json:"drawn"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+type v1UsagePage struct {
+	Data       []v1UsageRecord `json:"data"`
+	NextCursor *string         `json:"next_cursor"`
+}
+
+type v1Service struct {
+	Slug        string `json:"slug"`
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	CreditCost  int64  `json:"credit_cost"`
+}
+
+type v1Services struct {
+	Data []v1Service `json:"data"`
+}
+
+type v1Problem struct {
+	Error     string `json:"error"`
+	Message   string `json:"message"`
+	RequestID string `json:"request_id"`
+	Balance   *int64 `json:"balance"`
+	Required  *int64 `json:"required"`
+}
+
+// v1Do sends an API request. key "" sends no Authorization header; a body
+// is sent as application/json unless header says otherwise.
+func v1Do(t testing.TB, ta *testApp, method, path, key, body string, header ...string) response {
+	t.Helper()
+	r, err := v1Send(ta, method, path, key, body, header...)
+	require.NoError(t, err)
+	return r
+}
+
+// v1Send is v1Do without t, for goroutines.
+func v1Send(ta *testApp, method, path, key, body string, header ...string) (response, error) {
+	req, err := http.NewRequest(method, ta.URL+path, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return response{}, err
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: buf.String()}, nil
+}
+
+// v1Decode decodes a JSON body strictly: a field the API does not document
+// fails the test.
+func v1Decode[T any](t testing.TB, r response) T {
+	t.Helper()
+	require.True(t, strings.HasPrefix(r.Header.Get("Content-Type"), "application/json"), "content type %q of %s", r.Header.Get("Content-Type"), r.Body)
+	var v T
+	dec := json.NewDecoder(strings.NewReader(r.Body))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&v), "body %s", r.Body)
+	return v
+}
+
+// v1Spend posts a usage of service under an idempotency key.
+func v1Spend(t testing.TB, ta *testApp, key, service, idem string) response {
+	t.Helper()
+	return v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, `{"service":"`+service+`"}`, "Idempotency-Key", idem)
+}
+
+func v1Balanceof(t testing.TB, ta *testApp, key string) v1Balance {
+	t.Helper()
+	r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "")
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	return v1Decode[v1Balance](t, r)
+}
+
+// v1UserWithKey is testApp.userWithKey for subtests (it fails t, not the
+// app's test).
+func v1UserWithKey(t testing.TB, ta *testApp, opts storetest.UserOpts) (store.User, string) {
+	t.Helper()
+	u := storetest.NewUser(t, ta.store, opts)
+	raw, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, "test")
+	require.NoError(t, err)
+	return u, raw
+}
+
+func v1Ptr[T any](v T) *T { return &v }
+
+func TestAPIBalanceReportsTotalByKindAndNextExpiry(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	soon := time.Now().Add(72 * time.Hour).Truncate(time.Second)
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 100, ExpiresAt: v1Ptr(time.Now().Add(240 * time.Hour))})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 30, ExpiresAt: &soon})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 500})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 7})
+
+	r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "")
+
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	var raw map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(r.Body), &raw))
+	var expiry string
+	require.NoError(t, json.Unmarshal(raw["next_expiry"], &expiry), "next_expiry is a string")
+	at, err := time.Parse(time.RFC3339, expiry)
+	require.NoError(t, err, "next_expiry is RFC 3339")
+	if !at.Equal(soon) {
+		t.Fatalf("next_expiry %s, want %s", at, soon)
+	}
+	got := v1Decode[v1Balance](t, r)
+	want := map[string]int64{store.GrantSubscription: 130, store.GrantPack: 500, store.GrantAdmin: 0, store.GrantPromo: 7}
+	if got.Balance != 637 || !cmp.Equal(want, got.ByKind) {
+		t.Fatalf("balance %d by kind %v, want 637 and %v", got.Balance, got.ByKind, want)
+	}
+}
+
+func TestAPIBalanceNextExpiryIsNullWithoutExpiringCredits(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 40})
+
+	r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "")
+
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	var raw map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(r.Body), &raw))
+	got, ok := raw["next_expiry"]
+	require.True(t, ok, "next_expiry is present: %s", r.Body)
+	require.Equal(t, "null", string(got))
+	require.Equal(t, int64(40), v1Decode[v1Balance](t, r).Balance)
+}
+
+func TestAPIServicesListsOnlyActiveServices(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, key := ta.userWithKey(storetest.UserOpts{})
+	a := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "resize-image", Cost: 3})
+	b := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "free-ping", Cost: storetest.NoCost})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "retired", Inactive: true})
+
+	r := v1Do(t, ta, http.MethodGet, "/api/v1/services", key, "")
+
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	got := v1Decode[v1Services](t, r).Data
+	costs := map[string]int64{}
+	for _, s := range got {
+		costs[s.Slug] = s.CreditCost
+		require.NotEmpty(t, s.Name)
+	}
+	if want := map[string]int64{a: 3, b: 0}; !cmp.Equal(want, costs) {
+		t.Fatalf("services %v, want %v", costs, want)
+	}
+}
+
+func TestAPIUsageCreatesUsageAndReportsWhatWasDrawn(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	g := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 30})
+
+	r := v1Spend(t, ta, key, svc, "first-call")
+
+	require.Equal(t, http.StatusCreated, r.Status, r.Body)
+	got := v1Decode[v1Usage](t, r)
+	want := v1Usage{UsageID: got.UsageID, Service: svc, Credits: 30, Balance: 70,
+		Drawn: []v1Drawn{{GrantID: g.GrantID, Kind: store.GrantPack, Credits: 30}}, CreatedAt: got.CreatedAt}
+	if diff := cmp.Diff(want, got); diff != "" || got.UsageID == 0 || got.CreatedAt.IsZero() {
+		t.Fatalf("usage (-want +got):\n%s", diff)
+	}
+	require.Equal(t, int64(70), v1Balanceof(t, ta, key).Balance)
+}
+
+func TestAPIUsageReplayReturnsTheSameBodyAndChargesOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 30})
+	first := v1Spend(t, ta, key, svc, "retry-me")
+	require.Equal(t, http.StatusCreated, first.Status, first.Body)
+
+	again := v1Spend(t, ta, key, svc, "retry-me")
+
+	require.Equal(t, http.StatusOK, again.Status, again.Body)
+	require.Equal(t, "true", again.Header.Get("Idempotent-Replayed"))
+	if diff := cmp.Diff(v1Decode[v1Usage](t, first), v1Decode[v1Usage](t, again)); diff != "" {
+		t.Fatalf("replay differs (-first +replay):\n%s", diff)
+	}
+	require.Equal(t, int64(70), v1Balanceof(t, ta, key).Balance)
+}
+
+func TestAPIUsageConcurrentRetriesOfOneKeyChargeOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1000})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 10})
+
+	const n = 16
+	results := make([]response, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := v1Send(ta, http.MethodPost, "/api/v1/usage", key, `{"service":"`+svc+`"}`, "Idempotency-Key", "same-key")
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+			}
+			results[i] = r
+		}()
+	}
+	close(start)
+	wg.Wait()
+
+	created, ids := 0, map[int64]bool{}
+	for _, r := range results {
+		switch r.Status {
+		case http.StatusCreated:
+			created++
+		case http.StatusOK:
+		default:
+			t.Fatalf("status %d %s", r.Status, r.Body)
+		}
+		ids[v1Decode[v1Usage](t, r).UsageID] = true
+	}
+	if created != 1 || len(ids) != 1 {
+		t.Fatalf("%d created and %d distinct usages, want 1 and 1", created, len(ids))
+	}
+	require.Equal(t, int64(990), v1Balanceof(t, ta, key).Balance)
+	if v := storetest.Violations(t, ta.store); len(v) > 0 {
+		t.Fatalf("ledger invariants violated: %v", v)
+	}
+}
+
+func TestAPIUsageWithoutEnoughCreditsIs402AndChargesNothing(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 25})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 30})
+
+	r := v1Spend(t, ta, key, svc, "too-dear")
+
+	require.Equal(t, http.StatusPaymentRequired, r.Status, r.Body)
+	p := v1Decode[v1Problem](t, r)
+	if p.Error != "insufficient_credits" || p.Balance == nil || *p.Balance != 25 || p.Message == "" {
+		t.Fatalf("problem %+v, want insufficient_credits with balance 25", p)
+	}
+	require.Equal(t, int64(25), v1Balanceof(t, ta, key).Balance)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM usages`))
+}
+
+func TestAPIUsageKeyReusedForAnotherServiceIs409(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	one := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 10})
+	other := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 10})
+	require.Equal(t, http.StatusCreated, v1Spend(t, ta, key, one, "k-1").Status)
+
+	r := v1Spend(t, ta, key, other, "k-1")
+
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	require.Equal(t, "idempotency_key_reused", v1Decode[v1Problem](t, r).Error)
+	require.Equal(t, int64(90), v1Balanceof(t, ta, key).Balance)
+}
+
+func TestAPIUsageDrawsSubscriptionCreditsBeforePackCredits(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	// The pack is older, yet the expiring subscription credits go first.
+	pack := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	sub := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 100})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 150})
+
+	r := v1Spend(t, ta, key, svc, "big")
+
+	require.Equal(t, http.StatusCreated, r.Status, r.Body)
+	want := []v1Drawn{
+		{GrantID: sub.GrantID, Kind: store.GrantSubscription, Credits: 100},
+		{GrantID: pack.GrantID, Kind: store.GrantPack, Credits: 50},
+	}
+	if diff := cmp.Diff(want, v1Decode[v1Usage](t, r).Drawn); diff != "" {
+		t.Fatalf("drawn (-want +got):\n%s", diff)
+	}
+	bal := v1Balanceof(t, ta, key)
+	if bal.ByKind[store.GrantSubscription] != 0 || bal.ByKind[store.GrantPack] != 50 || bal.NextExpiry != nil {
+		t.Fatalf("balance after: %+v", bal)
+	}
+}
+
+func TestAPIUsageListPagesNewestFirstWithoutGapsOrDuplicates(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1000})
+	someoneElse, otherKey := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, someoneElse.ID, storetest.GrantOpts{Amount: 1000})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 1})
+
+	const total = 123
+	var (
+		mu      sync.Mutex
+		created []int64
+		wg      sync.WaitGroup
+	)
+	sem := make(chan struct{}, 8)
+	for i := 0; i < total+10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			k := key
+			if i >= total {
+				k = otherKey // interleaved usages of another user
+			}
+			r, err := v1Send(ta, http.MethodPost, "/api/v1/usage", k, `{"service":"`+svc+`"}`, "Idempotency-Key", fmt.Sprintf("page-%d", i))
+			if err != nil || r.Status != http.StatusCreated {
+				t.Errorf("usage %d: %v %d %s", i, err, r.Status, r.Body)
+				return
+			}
+			var got v1Usage
+			if err := json.Unmarshal([]byte(r.Body), &got); err != nil {
+				t.Errorf("usage %d: %v", i, err)
+				return
+			}
+			if i < total {
+				mu.Lock()
+				created = append(created, got.UsageID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Len(t, created, total)
+
+	var (
+		seen  []int64
+		sizes []int
+	)
+	path := "/api/v1/usage"
+	for pages := 0; ; pages++ {
+		require.Less(t, pages, 10, "pagination does not end")
+		r := v1Do(t, ta, http.MethodGet, path, key, "")
+		require.Equal(t, http.StatusOK, r.Status, r.Body)
+		page := v1Decode[v1UsagePage](t, r)
+		sizes = append(sizes, len(page.Data))
+		for _, rec := range page.Data {
+			seen = append(seen, rec.UsageID)
+			if rec.Service != svc || rec.Credits != 1 || len(rec.Drawn) != 1 {
+				t.Fatalf("record %+v", rec)
+			}
+		}
+		if page.NextCursor == nil {
+			break
+		}
+		path = "/api/v1/usage?cursor=" + *page.NextCursor
+	}
+
+	want := slices.Clone(created)
+	slices.Sort(want)
+	slices.Reverse(want)
+	if diff := cmp.Diff(want, seen); diff != "" {
+		t.Fatalf("usages listed (-want +got):\n%s", diff)
+	}
+	require.Equal(t, []int{50, 50, 23}, sizes)
+}
+
+func TestAPIProblems(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 10})
+	body := `{"service":"` + svc + `"}`
+
+	// spender is a verified user with credits and a key.
+	spender := func(t *testing.T) (store.User, string) {
+		u, key := v1UserWithKey(t, ta, storetest.UserOpts{})
+		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+		return u, key
+	}
+	// check requires the status and problem code, and that nothing was spent.
+	check := func(t *testing.T, r response, status int, code string, u store.User) {
+		t.Helper()
+		require.Equal(t, status, r.Status, r.Body)
+		p := v1Decode[v1Problem](t, r)
+		if p.Error != code || p.Message == "" || p.RequestID == "" {
+			t.Fatalf("problem %+v, want %q with a message and request id", p, code)
+		}
+		if u.ID != 0 {
+			require.Zero(t, whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID), "nothing is spent")
+		}
+	}
+
+	t.Run("missing key is 401", func(t *testing.T) {
+		t.Parallel()
+		r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", "", "")
+		check(t, r, http.StatusUnauthorized, "unauthorized", store.User{})
+		require.Contains(t, r.Header.Get("WWW-Authenticate"), "Bearer")
+	})
+	t.Run("basic instead of bearer is 401", func(t *testing.T) {
+		t.Parallel()
+		_, key := spender(t)
+		r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", "", "", "Authorization", "Basic "+key)
+		check(t, r, http.StatusUnauthorized, "unauthorized", store.User{})
+	})
+	t.Run("invalid key is 401", func(t *testing.T) {
+		t.Parallel()
+		r := v1Do(t, ta, http.MethodGet, "/api/v1/balance", store.APIKeyPrefix+"not-a-real-key", "")
+		check(t, r, http.StatusUnauthorized, "invalid_api_key", store.User{})
+	})
+	t.Run("revoked key is 401", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		keys, err := ta.store.APIKeys(context.Background(), u.ID)
+		require.NoError(t, err)
+		require.Len(t, keys, 1)
+		require.NoError(t, ta.store.RevokeAPIKey(context.Background(), u.ID, keys[0].ID))
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k"), http.StatusUnauthorized, "invalid_api_key", u)
+	})
+	t.Run("unverified user cannot spend: 403", func(t *testing.T) {
+		t.Parallel()
+		u, key := v1UserWithKey(t, ta, storetest.UserOpts{Unverified: true})
+		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k"), http.StatusForbidden, "email_not_verified", u)
+	})
+	t.Run("unknown service is 404", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Spend(t, ta, key, "no-such-service", "k"), http.StatusNotFound, "service_not_found", u)
+	})
+	t.Run("inactive service is 404", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		old := storetest.NewService(t, ta.store, storetest.ServiceOpts{Inactive: true})
+		check(t, v1Spend(t, ta, key, old, "k"), http.StatusNotFound, "service_not_found", u)
+	})
+	t.Run("missing service is 422", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, `{}`, "Idempotency-Key", "k"), http.StatusUnprocessableEntity, "service_required", u)
+	})
+	t.Run("bad JSON is 400", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, `{"service":`, "Idempotency-Key", "k"), http.StatusBadRequest, "invalid_json", u)
+	})
+	t.Run("two JSON objects are 400", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body+body, "Idempotency-Key", "k"), http.StatusBadRequest, "invalid_json", u)
+	})
+	t.Run("missing Idempotency-Key is 400", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body), http.StatusBadRequest, "idempotency_key_required", u)
+	})
+	t.Run("overlong Idempotency-Key is 400", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Spend(t, ta, key, svc, strings.Repeat("k", 256)), http.StatusBadRequest, "invalid_idempotency_key", u)
+	})
+	t.Run("wrong content type is 415", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		r := v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k", "Content-Type", "text/plain")
+		check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
+	})
+	t.Run("invalid cursor is 400", func(t *testing.T) {
+		t.Parallel()
+		_, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodGet, "/api/v1/usage?cursor=abc", key, ""), http.StatusBadRequest, "invalid_cursor", store.User{})
+	})
+	t.Run("unknown endpoint is a JSON 404", func(t *testing.T) {
+		t.Parallel()
+		_, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodGet, "/api/v1/nothing-here", key, ""), http.StatusNotFound, "not_found", store.User{})
+	})
+	t.Run("wrong method is a JSON 405", func(t *testing.T) {
+		t.Parallel()
+		_, key := spender(t)
+		check(t, v1Do(t, ta, http.MethodDelete, "/api/v1/balance", key, ""), http.StatusMethodNotAllowed, "method_not_allowed", store.User{})
+	})
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+func TestAPIKeyIsShownOnceAndWorksUntilRevoked(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	if b.get("/settings/api-keys").Doc(t).Find("#no-keys").Length() != 1 {
+		t.Fatal("no empty state before the first key")
+	}
+	r := b.post("/settings/api-keys", url.Values{"name": {"billing bot"}})
+	require.Equal(t, http.StatusOK, r.Status)
+	doc := r.Doc(t)
+	key := strings.TrimSpace(doc.Find("#new-key").Text())
+	require.True(t, strings.HasPrefix(key, store.APIKeyPrefix), "key shown: %q", key)
+	if r.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("the page showing a key may be cached: %q", r.Header.Get("Cache-Control"))
+	}
+	// Never again: the list shows only a prefix.
+	list := b.get("/settings/api-keys")
+	if strings.Contains(list.Body, key) {
+		t.Fatal("the key is shown again")
+	}
+	row := list.Doc(t).Find("tr.api-key")
+	require.Equal(t, 1, row.Length())
+	if !strings.HasPrefix(key, strings.TrimSuffix(row.Find("code").Text(), "…")) {
+		t.Fatalf("the listed prefix %q is not the key's", row.Find("code").Text())
+	}
+	api := func() int {
+		req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, api())
+	if got := b.get("/settings/api-keys").Doc(t).Find("tr.api-key td").Eq(3).Text(); got == "never" {
+		t.Fatal("last use not shown after the key was used")
+	}
+	id := row.AttrOr("data-id", "")
+	mustRedirect(t, b.post("/settings/api-keys/"+id+"/revoke", nil), "/settings/api-keys")
+	require.Equal(t, http.StatusUnauthorized, api())
+	if got := b.get("/settings/api-keys").Doc(t).Find("tr.api-key").AttrOr("data-revoked", ""); got != "true" {
+		t.Fatalf("revoked key shown as revoked=%q", got)
+	}
+}
+
+func TestAPIKeyNeedsAName(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	r := ta.signIn(u.Email).post("/settings/api-keys", url.Values{"name": {"   "}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+	if r.Doc(t).Find(`.field-error[data-field="name"]`).Length() != 1 {
+		t.Fatal("no error next to the name field")
+	}
+}
+
+func TestUserCannotRevokeAnotherUsersKey(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	owner := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	_, key, err := ta.store.CreateAPIKey(context.Background(), owner.ID, "mine")
+	require.NoError(t, err)
+	other := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	r := ta.signIn(other.Email).post(fmt.Sprintf("/settings/api-keys/%d/revoke", key.ID), nil)
+	require.Equal(t, http.StatusNotFound, r.Status)
+	keys, err := ta.store.APIKeys(context.Background(), owner.ID)
+	require.NoError(t, err)
+	require.Nil(t, keys[0].RevokedAt)
+}
+
+func TestExpireCreditsJobRunsPeriodicallyAndSweeps(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"EXPIRE_CREDITS_SCHEDULE": "* * * * *"}})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	exp := time.Now().Add(1500 * time.Millisecond)
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 40, ExpiresAt: &exp})
+	// The periodic job runs on start; enqueue one more once the grant is
+	// overdue, as the next minute's run would.
+	ta.waitJob("expire_credits", 20*time.Second)
+	eventually(t, 10*time.Second, "the grant to be overdue", func() bool {
+		bal, err := ta.store.Balance(context.Background(), u.ID)
+		return err == nil && bal.Total == 0
+	})
+	_, err := ta.app.river.Insert(context.Background(), expireArgs(), nil)
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, "an expire entry", func() bool {
+		var n int
+		_ = ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM ledger_entries WHERE user_id = $1 AND kind = 'expire' AND amount = -40`, u.ID).Scan(&n)
+		return n == 1
+	})
+	eventually(t, 5*time.Second, "the expired-credits counter", func() bool {
+		return ta.metric("quickscale_credits_expired_total", map[string]string{"kind": "subscription"}) == 40
+	})
+}
+
+func expireArgs() jobs.ExpireCredits { return jobs.ExpireCredits{} }

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// cliStore opens a store on the database the CLI will use.
+func cliStore(t *testing.T) (*store.Store, map[string]string) {
+	t.Helper()
+	dbURL := storetest.NewDatabase(t)
+	pool, err := store.OpenPool(context.Background(), dbURL, store.PoolOptions{MaxConns: 4})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return store.New(pool, discardLogger()), map[string]string{"DATABASE_URL": dbURL}
+}
+
+func TestCreditsGrantAddsCreditsWithReasonAndAudit(t *testing.T) {
+	t.Parallel()
+	st, env := cliStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	code, stdout, stderr := runCmd(t, env, "", "credits", "grant", "--email", strings.ToUpper(u.Email),
+		"--amount", "250", "--kind", "subscription", "--expires", "2099-01-31T00:00:00Z", "--reason", "migration from old system")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "granted 250 subscription credits")
+	bal, err := st.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	if bal.ByKind[store.GrantSubscription] != 250 || bal.NextExpiry == nil || bal.NextExpiry.Year() != 2099 {
+		t.Fatalf("balance after grant: %+v", bal)
+	}
+	audit, err := st.AuditFor(context.Background(), u.ID, 5)
+	require.NoError(t, err)
+	if len(audit) != 1 || audit[0].ActorUserID != nil || audit[0].Details["reason"] != "migration from old system" {
+		t.Fatalf("audit: %+v", audit)
+	}
+	code, stdout, _ = runCmd(t, env, "", "credits", "balance", "--email", u.Email)
+	require.Equal(t, 0, code)
+	for _, want := range []string{"250 credits", "subscription  250", "next expiry   250 credits at 2099-01-31T00:00:00Z"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("balance output lacks %q:\n%s", want, stdout)
+		}
+	}
+}
+
+func TestCreditsGrantRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	st, env := cliStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	cases := map[string][]string{
+		"no reason":          {"--email", u.Email, "--amount", "5"},
+		"zero amount":        {"--email", u.Email, "--amount", "0", "--reason", "x"},
+		"bad kind":           {"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"},
+		"bad expiry":         {"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"},
+		"pack with expiry":   {"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"},
+		"sub without expiry": {"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"},
+		"unknown user":       {"--email", "nobody@example.com", "--amount", "5", "--reason", "x"},
+	}
+	for name, args := range cases {
+		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, args...)...)
+		if code == 0 {
+			t.Errorf("%s: exit 0", name)
+		}
+		if strings.Contains(stderr, "panic") {
+			t.Errorf("%s: %s", name, stderr)
+		}
+	}
+	bal, err := st.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total)
+}
+
+func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	code, stdout, stderr := runCmd(t, map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}, "", "apikeys", "create", "--email", u.Email, "--name", "ci")
+	require.Equal(t, 0, code, stderr)
+	key := strings.TrimSpace(stdout)
+	require.True(t, strings.HasPrefix(key, store.APIKeyPrefix), "stdout is the key alone: %q", stdout)
+	req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	keys, err := ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	if len(keys) != 1 || keys[0].Name != "ci" || keys[0].LastUsedAt == nil {
+		t.Fatalf("keys after use: %+v", keys)
+	}
+	var stored int
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE position($1 in encode(hash, 'escape')) > 0`, key).Scan(&stored))
+	require.Zero(t, stored, "the key is stored in clear")
+}
+
+func TestStripeSyncWithoutAKeySaysPaymentsAreSimulated(t *testing.T) {
+	t.Parallel()
+	_, env := cliStore(t)
+	code, stdout, _ := runCmd(t, env, "", "stripe", "sync")
+	if code != 0 || !strings.Contains(stdout, "simulated") {
+		t.Fatalf("exit %d: %s", code, stdout)
+	}
+}

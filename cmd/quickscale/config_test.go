@@ -1,0 +1,91 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envFrom(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestConfigDefaultsAreTheDocumentedOnes(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envFrom(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != "127.0.0.1:8080" || cfg.BaseURL != "http://127.0.0.1:8080" || cfg.LogFormat != "text" ||
+		cfg.LogLevel != slog.LevelInfo || cfg.MetricsAddr != "127.0.0.1:9464" || cfg.ShutdownTimeout != 10*time.Second ||
+		!cfg.Simulated() || cfg.StripeWebhookSecret != simulatorWebhookSecret || cfg.DatabaseMaxConns != 20 {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+	if cfg.databaseURLSet {
+		t.Fatal("an unset DATABASE_URL reported as set")
+	}
+}
+
+func TestConfigBadValueNamesTheVariable(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		"ADDR": "nonsense", "BASE_URL": "ftp://x", "LOG_LEVEL": "loud", "LOG_FORMAT": "xml",
+		"METRICS_ADDR": "9464", "DATABASE_MAX_CONNS": "0", "SHUTDOWN_TIMEOUT": "soon",
+		"SESSION_IDLE_TIMEOUT": "1s", "TRUST_PROXY": "maybe", "SMTP_URL": "http://mail",
+		"MAIL_FROM": "nobody", "EXPIRE_CREDITS_SCHEDULE": "every minute", "STRIPE_API_URL": "localhost:12111",
+		"DATABASE_URL": "postgres://[::1", "CONTACT_EMAIL": "x",
+	}
+	for name, value := range cases {
+		_, err := loadConfig(envFrom(map[string]string{name: value}))
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%q: error %v does not name the variable", name, value, err)
+		}
+	}
+}
+
+func TestConfigStripeKeyNeedsWebhookSecret(t *testing.T) {
+	t.Parallel()
+	_, err := loadConfig(envFrom(map[string]string{"STRIPE_SECRET_KEY": "sk_test_123"}))
+	if err == nil || !strings.Contains(err.Error(), "STRIPE_WEBHOOK_SECRET") {
+		t.Fatalf("got %v", err)
+	}
+	cfg, err := loadConfig(envFrom(map[string]string{"STRIPE_SECRET_KEY": "sk_test_123", "STRIPE_WEBHOOK_SECRET": "whsec_x"}))
+	if err != nil || cfg.Simulated() {
+		t.Fatalf("with key and secret: %v simulated=%v", err, cfg.Simulated())
+	}
+}
+
+func TestConfigMetricsAddrOffDisablesIt(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envFrom(map[string]string{"METRICS_ADDR": "off"}))
+	if err != nil || cfg.MetricsAddr != "" {
+		t.Fatalf("METRICS_ADDR=off: %q %v", cfg.MetricsAddr, err)
+	}
+}
+
+// TestReadmeDocumentsEveryVariable keeps README's configuration table and
+// envVars in step: every variable with its default.
+func TestReadmeDocumentsEveryVariable(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range envVars {
+		row := regexp.MustCompile("(?m)^\\| `" + v.Name + "` \\| ([^|]*) \\|")
+		m := row.FindSubmatch(readme)
+		if m == nil {
+			t.Errorf("README has no table row for %s", v.Name)
+			continue
+		}
+		def := strings.Trim(strings.TrimSpace(string(m[1])), "`")
+		want := v.Default
+		if want == "" {
+			want = "(empty)"
+		}
+		if def != want {
+			t.Errorf("README default of %s is %q, code says %q", v.Name, def, want)
+		}
+	}
+}

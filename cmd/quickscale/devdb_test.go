@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// embeddedScript runs `quickscale dev` with no PostgreSQL reachable (a new
+// network namespace has none), waits for /readyz, sends SIGTERM and checks
+// that the embedded PostgreSQL stopped with it.
+const embeddedScript = `
+set -u
+cd "$DIR"
+./quickscale dev >out.txt 2>err.txt &
+pid=$!
+ready=no
+for i in $(seq 1 120); do
+  if wget -qO- http://127.0.0.1:8080/readyz 2>/dev/null | grep -q ready; then ready=yes; break; fi
+  sleep 0.5
+done
+echo "ready=$ready"
+wget -qO- http://127.0.0.1:8080/ 2>/dev/null | grep -q '<title>' && echo "home=ok"
+kill -TERM $pid
+wait $pid
+echo "exit=$?"
+if pgrep -f "$DIR/.data/postgres" >/dev/null; then echo "postgres=running"; else echo "postgres=stopped"; fi
+`
+
+func TestDevStartsEmbeddedPostgresWhenNoneAnswers(t *testing.T) {
+	t.Parallel()
+	for _, tool := range []string{"unshare", "su", "wget", "pgrep", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("this test needs %s: %v", tool, err)
+		}
+	}
+	if postgresBinaries() == "" {
+		t.Fatal("no PostgreSQL binaries under /usr/lib/postgresql (install Debian's postgresql)")
+	}
+	// Not t.TempDir: its parent is private to root, and nobody must reach it.
+	dir, err := os.MkdirTemp("", "quickscale-embedded-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "quickscale")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var cmd *exec.Cmd
+	script := "DIR=" + dir + "\n" + embeddedScript
+	if os.Geteuid() == 0 {
+		// PostgreSQL refuses to run as root: run as nobody, in a network
+		// namespace where nothing listens on 5432.
+		inner := "ip link set lo up && su nobody -s /bin/sh -c " + shellQuote(script)
+		cmd = exec.CommandContext(ctx, "unshare", "-n", "sh", "-c", inner)
+	} else {
+		cmd = exec.CommandContext(ctx, "unshare", "-rn", "sh", "-c", "ip link set lo up && sh -c "+shellQuote(script))
+	}
+	out, err := cmd.CombinedOutput()
+	logs, _ := os.ReadFile(filepath.Join(dir, "err.txt"))
+	stdout, _ := os.ReadFile(filepath.Join(dir, "out.txt"))
+	if err != nil {
+		t.Fatalf("script: %v\n%s\nstdout:\n%s\nlog:\n%s", err, out, stdout, tail(string(logs), 30))
+	}
+	for _, want := range []string{"ready=yes", "home=ok", "exit=0", "postgres=stopped"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("want %s in:\n%s\nstdout:\n%s\nlog:\n%s", want, out, stdout, tail(string(logs), 30))
+		}
+	}
+	if !strings.Contains(string(stdout), "Started an embedded PostgreSQL") {
+		t.Errorf("dev did not say it started an embedded PostgreSQL:\n%s", stdout)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".data", "postgres", "PG_VERSION")); err != nil {
+		t.Errorf("no data directory under ./.data: %v", err)
+	}
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'" }

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/PuerkitoBio/goquery"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// signIn signs an existing user in with the default test password.
+func (ta *testApp) signIn(email string) *browser {
+	ta.t.Helper()
+	b := ta.browser()
+	mustRedirect(ta.t, b.post("/login", url.Values{"email": {email}, "password": {storetest.DefaultPassword}}), "/dashboard")
+	return b
+}
+
+func serviceKey(t *testing.T, doc *goquery.Document, slug string) string {
+	t.Helper()
+	key, ok := doc.Find("#key-" + slug).Attr("value")
+	if !ok || key == "" {
+		t.Fatalf("no idempotency key for %s on the page", slug)
+	}
+	return key
+}
+
+func TestServicesPageListsActiveServicesWithCosts(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "resize", Cost: 3})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "retired", Cost: 3, Inactive: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	doc := ta.signIn(u.Email).get("/services").Doc(t)
+	if got := doc.Find(`.service[data-service="resize"] .cost`).Text(); got != "3 credits" {
+		t.Fatalf("resize cost shown as %q", got)
+	}
+	if doc.Find(`.service[data-service="retired"]`).Length() != 0 {
+		t.Fatal("an inactive service is listed")
+	}
+}
+
+func TestUseServiceWithHtmxUpdatesResultAndBalanceInPlace(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	exp := time.Now().Add(24 * time.Hour)
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 4, ExpiresAt: &exp})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	b := ta.signIn(u.Email)
+	key := serviceKey(t, b.get("/services").Doc(t), "render")
+
+	r := b.post("/services/render/use", url.Values{"idempotency_key": {key}}, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	doc := r.Doc(t)
+	if doc.Find("nav.navbar").Length() != 0 {
+		t.Fatal("htmx got the whole page, want a fragment")
+	}
+	if got := doc.Find("#use-outcome").AttrOr("data-outcome", ""); got != "used" {
+		t.Fatalf("outcome %q", got)
+	}
+	var paid []string
+	doc.Find(".paid-by").Each(func(_ int, s *goquery.Selection) {
+		paid = append(paid, s.AttrOr("data-kind", "")+":"+strings.TrimSpace(s.Text()))
+	})
+	if strings.Join(paid, ",") != "subscription:4 subscription,pack:6 pack" {
+		t.Fatalf("paid by %q, want subscription first then pack", paid)
+	}
+	if got := doc.Find(`#balance-wrap[hx-swap-oob] #balance-total`).Text(); got != "94" {
+		t.Fatalf("out-of-band balance %q, want 94", got)
+	}
+	fresh := doc.Find(`input#key-render[hx-swap-oob]`).AttrOr("value", "")
+	if fresh == "" || fresh == key {
+		t.Fatalf("the form did not get a fresh idempotency key (%q)", fresh)
+	}
+}
+
+func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	key := serviceKey(t, b.get("/services").Doc(t), "render")
+	first := b.post("/services/render/use", url.Values{"idempotency_key": {key}})
+	require.Equal(t, http.StatusOK, first.Status)
+	// A resubmitted form (reload, double click) replays.
+	again := b.post("/services/render/use", url.Values{"idempotency_key": {key}})
+	require.Equal(t, http.StatusOK, again.Status)
+	if got := again.Doc(t).Find("#use-outcome").AttrOr("data-outcome", ""); got != "replayed" {
+		t.Fatalf("second submit outcome %q, want replayed", got)
+	}
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 90, bal.Total)
+}
+
+func TestUseServiceWithoutEnoughCreditsSaysSoAndLinksToBuy(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "summary", Cost: 25})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 7})
+	b := ta.signIn(u.Email)
+	key := serviceKey(t, b.get("/services").Doc(t), "summary")
+	r := b.post("/services/summary/use", url.Values{"idempotency_key": {key}}, "HX-Request", "true")
+	require.Equal(t, http.StatusPaymentRequired, r.Status)
+	out := r.Doc(t).Find(`#use-outcome[data-outcome="insufficient"]`)
+	if out.Length() != 1 || out.Find(`a[href="/dashboard/buy-credits"]`).Length() != 1 {
+		t.Fatalf("no insufficient-credits message with a buy link:\n%s", r.Body)
+	}
+	if !strings.Contains(out.Text(), "costs 25 credits and you have 7") {
+		t.Fatalf("message %q", strings.TrimSpace(out.Text()))
+	}
+}
+
+func TestUnverifiedUserCannotSpendOrBuy(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{Unverified: true})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	doc := b.get("/services").Doc(t)
+	if doc.Find("#use-form-render").Length() != 0 {
+		t.Fatal("an unverified user is offered the Use button")
+	}
+	for _, path := range []string{"/services/render/use", "/dashboard/buy-credits"} {
+		r := b.post(path, url.Values{"idempotency_key": {"k"}, "pack": {"pack_100"}})
+		if r.Status != http.StatusForbidden {
+			t.Errorf("POST %s: %d, want 403", path, r.Status)
+		}
+	}
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100, bal.Total, "credits were spent by an unverified user")
+}
+
+func TestCreditsPageShowsBalanceByKindAndWhichGrantsPaid(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	exp := time.Now().Add(72 * time.Hour)
+	sub := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 6, ExpiresAt: &exp})
+	pack := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 50})
+	_, _, err := ta.store.Consume(context.Background(), store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "k1"})
+	require.NoError(t, err)
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	if got := doc.Find(`#balance-by-kind tr[data-kind="pack"] td`).Eq(1).Text(); got != "46" {
+		t.Fatalf("pack credits shown as %q", got)
+	}
+	if got := doc.Find(`#balance-by-kind tr[data-kind="subscription"] td`).Eq(1).Text(); got != "0" {
+		t.Fatalf("subscription credits shown as %q", got)
+	}
+	use := doc.Find(`tr.history-item[data-kind="consume"]`)
+	require.Equal(t, 1, use.Length())
+	var drawn []string
+	use.Find(".drawn").Each(func(_ int, s *goquery.Selection) {
+		drawn = append(drawn, s.AttrOr("data-grant", "")+"/"+s.AttrOr("data-kind", ""))
+	})
+	want := fmt.Sprintf("%d/subscription,%d/pack", sub.GrantID, pack.GrantID)
+	if strings.Join(drawn, ",") != want {
+		t.Fatalf("usage paid by %q, want %q", drawn, want)
+	}
+	if doc.Find("#next-expiry").Length() != 0 {
+		t.Fatal("no subscription credits are left, yet an expiry is shown")
+	}
+}
+
+func TestCreditsHistoryPagesWithoutSplittingAUsage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 3})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	// Many small grants so that usages draw from two grants each.
+	for range 40 {
+		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 2})
+	}
+	for i := range 26 {
+		_, _, err := ta.store.Consume(context.Background(), store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: fmt.Sprint(i)})
+		require.NoError(t, err)
+	}
+	b := ta.signIn(u.Email)
+	seen := 0
+	var consumedShown int
+	path := "/dashboard/credits"
+	for pages := 0; path != ""; pages++ {
+		require.Less(t, pages, 20, "pagination does not end")
+		doc := b.get(path).Doc(t)
+		doc.Find("tr.history-item").Each(func(_ int, s *goquery.Selection) {
+			seen++
+			if s.AttrOr("data-kind", "") == "consume" {
+				total := 0
+				s.Find(".drawn").Each(func(_ int, d *goquery.Selection) {
+					var n int
+					fmt.Sscanf(d.Text(), "%d", &n)
+					total += n
+				})
+				if total != 3 {
+					t.Errorf("a usage shows %d credits drawn, want 3 (split across pages?)", total)
+				}
+				consumedShown++
+			}
+		})
+		path, _ = doc.Find("#history-older").Attr("href")
+	}
+	if consumedShown != 26 || seen != 26+40 {
+		t.Fatalf("walked %d items (%d usages), want 66 (26 usages)", seen, consumedShown)
+	}
+}
+
+func TestCreditsPageEmptyState(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	if doc.Find("#history-empty").Length() != 1 || doc.Find("#balance-total").Text() != "0" {
+		t.Fatal("no empty state for a user without credits")
+	}
+}
+
+func TestDashboardShowsBalanceSummary(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1234})
+	doc := ta.signIn(u.Email).get("/dashboard").Doc(t)
+	if got := doc.Find("#balance-total").Text(); got != "1,234" {
+		t.Fatalf("dashboard balance %q", got)
+	}
+}
+
+func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+
+	r := b.post(path, url.Values{"direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {""}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+	if r.Doc(t).Find(`.field-error[data-field="reason"]`).Length() != 1 {
+		t.Fatal("a missing reason is not shown next to the field")
+	}
+	mustRedirect(t, b.post(path, url.Values{"direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {"launch promo"}}),
+		fmt.Sprintf("/admin/users/%d", u.ID))
+	r = b.post(path, url.Values{"direction": {"remove"}, "amount": {"100"}, "reason": {"too much"}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+	if !strings.Contains(r.Doc(t).Find(`.field-error[data-field="amount"]`).Text(), "only 35 credits") {
+		t.Fatal("removing more than the balance is not explained")
+	}
+	mustRedirect(t, b.post(path, url.Values{"direction": {"remove"}, "amount": {"5"}, "reason": {"chargeback"}}), "/admin/users/")
+
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	if bal.Total != 30 || bal.ByKind[store.GrantPromo] != 25 {
+		t.Fatalf("balance %+v, want 30 with 25 promo", bal)
+	}
+	doc := b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t)
+	actions := doc.Find(`#audit tr.audit-entry[data-action="credits.adjust"]`)
+	if actions.Length() != 2 || !strings.Contains(actions.Eq(0).Text(), "chargeback") || !strings.Contains(actions.Eq(0).Text(), admin.Email) {
+		t.Fatalf("audit log on the user page:\n%s", doc.Find("#audit").Text())
+	}
+	var entries int
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(),
+		`SELECT count(*) FROM ledger_entries WHERE user_id = $1 AND kind = 'adjust' AND actor_user_id = $2 AND reason IS NOT NULL`, u.ID, admin.ID).Scan(&entries))
+	require.Equal(t, 2, entries, "adjust entries with who and why")
+}
+
+func TestAdminPagesRefuseNonAdmins(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	for _, p := range []string{"/admin", "/admin/users", fmt.Sprintf("/admin/users/%d/credits", u.ID), "/admin/webhooks"} {
+		if r := b.get(p); r.Status != http.StatusForbidden {
+			t.Errorf("GET %s as a user: %d, want 403", p, r.Status)
+		}
+	}
+	r := b.post(fmt.Sprintf("/admin/users/%d/credits", u.ID), url.Values{"direction": {"add"}, "amount": {"1000"}, "reason": {"self"}})
+	if r.Status != http.StatusForbidden {
+		t.Fatalf("POST credits as a user: %d", r.Status)
+	}
+	anon := ta.browser()
+	mustRedirect(t, anon.get("/admin/users"), "/login?next=")
+}
+
+func TestAdminSearchesUsersByEmail(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "alice@corp.example.com"})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "bob@other.example.com"})
+	doc := ta.signIn(admin.Email).get("/admin/users?q=CORP").Doc(t)
+	rows := doc.Find("#users tr.user-row")
+	if rows.Length() != 1 || !strings.Contains(rows.Text(), "alice@corp.example.com") {
+		t.Fatalf("search for CORP found:\n%s", rows.Text())
+	}
+	doc = ta.signIn(admin.Email).get("/admin/users?q=nobody-at-all").Doc(t)
+	if doc.Find("#no-users").Length() != 1 {
+		t.Fatal("no empty state for a search without results")
+	}
+}

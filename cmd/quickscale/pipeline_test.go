@@ -1,0 +1,469 @@
+package main
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// The Stripe pipeline end to end: signed events POSTed to /webhooks/stripe,
+// stored, enqueued and applied by the real workers on the real database.
+
+// whRequireOutcome waits for an event's outcome and requires it.
+func whRequireOutcome(t *testing.T, ta *testApp, eventID, want string) store.StripeEvent {
+	t.Helper()
+	ev := whWaitOutcome(t, ta, eventID)
+	require.Equal(t, want, whOutcome(ev), "event %s (%s): %s", eventID, ev.Type, whDetail(ev))
+	return ev
+}
+
+// whPaid delivers a paid checkout.session.completed and waits until it applied.
+func whPaid(t *testing.T, ta *testApp, p whPurchase) {
+	t.Helper()
+	id, body := p.completed(t, "paid")
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Equal(t, p.Credits, whBalance(t, ta, p.User.ID))
+}
+
+func TestPipelineShuffledConcurrentRedeliveriesGrantEachPurchaseOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	const buyers = 6
+	var (
+		purchases []whPurchase
+		eventIDs  []string
+		bodies    [][]byte
+	)
+	for i := 0; i < buyers; i++ {
+		p := whBuy(t, ta)
+		purchases = append(purchases, p)
+		// Two different events may each fulfil the same checkout.
+		id, body := p.completed(t, "paid")
+		eventIDs, bodies = append(eventIDs, id), append(bodies, body)
+		id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+		eventIDs, bodies = append(eventIDs, id), append(bodies, body)
+	}
+	id, body := whUnknownEvent(t)
+	eventIDs, bodies = append(eventIDs, id), append(bodies, body)
+
+	// Each event 1 to 5 times, all deliveries shuffled and sent at once.
+	var deliveries [][]byte
+	for _, b := range bodies {
+		for n := 1 + rand.IntN(5); n > 0; n-- {
+			deliveries = append(deliveries, b)
+		}
+	}
+	rand.Shuffle(len(deliveries), func(i, j int) { deliveries[i], deliveries[j] = deliveries[j], deliveries[i] })
+	secret := ta.app.cfg.StripeWebhookSecret
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, d := range deliveries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := whPost(ta.URL, d, whSign(d, secret, time.Now()))
+			if err != nil || r.Status != http.StatusOK {
+				t.Errorf("delivery: %v status %d %s", err, r.Status, r.Body)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for _, id := range eventIDs {
+		whWaitOutcome(t, ta, id)
+	}
+
+	require.Equal(t, len(eventIDs), whStoredEvents(t, ta))
+	for _, p := range purchases {
+		if got := whBalance(t, ta, p.User.ID); got != p.Credits {
+			t.Errorf("buyer %d: balance %d, want %d", p.User.ID, got, p.Credits)
+		}
+		if n := whGrantsOf(t, ta, p.SessionID); n != 1 {
+			t.Errorf("session %s: %d grants, want 1", p.SessionID, n)
+		}
+		if pay := whPayment(t, ta, p); pay.Status != store.PaymentSucceeded || pay.GrantID == nil {
+			t.Errorf("session %s: payment %s grant %v", p.SessionID, pay.Status, pay.GrantID)
+		}
+	}
+	if n := whCount(t, ta, `SELECT count(*) FROM grants`); n != buyers {
+		t.Errorf("%d grants in all, want %d", n, buyers)
+	}
+	whNoViolations(t, ta)
+}
+
+func TestPipelineUnpaidCompletionGrantsNothingUntilAsyncPaymentSucceeds(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := p.completed(t, "unpaid")
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
+	require.Equal(t, store.PaymentPending, whPayment(t, ta, p).Status)
+
+	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	if got := whBalance(t, ta, p.User.ID); got != p.Credits {
+		t.Fatalf("balance %d, want %d", got, p.Credits)
+	}
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentSucceeded || pay.PaymentIntentID == nil || *pay.PaymentIntentID != p.Intent {
+		t.Fatalf("payment %s intent %v", pay.Status, pay.PaymentIntentID)
+	}
+}
+
+func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := p.completed(t, "unpaid")
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+
+	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent), time.Now())
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentFailed || pay.FailureReason == nil || *pay.FailureReason == "" {
+		t.Fatalf("payment %s reason %v, want failed with a reason", pay.Status, pay.FailureReason)
+	}
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
+}
+
+func TestPipelineOlderFailureEventNeverMovesSucceededPaymentBackwards(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	failedID, failed := whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent), time.Now().Add(-10*time.Minute))
+	whPaid(t, ta, p)
+
+	// The older event arrives late.
+	whMustDeliver(t, ta, failed)
+
+	whRequireOutcome(t, ta, failedID, store.OutcomeIgnored)
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentSucceeded || pay.FailureReason != nil {
+		t.Fatalf("payment %s reason %v, want still succeeded", pay.Status, pay.FailureReason)
+	}
+	require.Equal(t, p.Credits, whBalance(t, ta, p.User.ID))
+}
+
+func TestPipelineFailedPaymentCanStillBeFulfilledByALaterSuccess(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent), time.Now().Add(-time.Minute))
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Equal(t, store.PaymentFailed, whPayment(t, ta, p).Status)
+
+	// Events can arrive out of order: the success is the truth.
+	whPaid(t, ta, p)
+
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentSucceeded || pay.FailureReason != nil {
+		t.Fatalf("payment %s reason %v", pay.Status, pay.FailureReason)
+	}
+}
+
+func TestPipelinePartialRefundClawsBackProportionally(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+
+	id, body := p.refunded(t, 500) // a quarter of 20.00
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	if got := whBalance(t, ta, p.User.ID); got != 375 {
+		t.Fatalf("balance %d, want 375 (500 minus a quarter)", got)
+	}
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentPartiallyRefunded || pay.AmountRefundedMinor != 500 || pay.CreditsClawedBack != 125 || pay.ClawbackShortfall != 0 {
+		t.Fatalf("payment %s refunded %d clawed back %d shortfall %d", pay.Status, pay.AmountRefundedMinor, pay.CreditsClawedBack, pay.ClawbackShortfall)
+	}
+	whNoViolations(t, ta)
+}
+
+func TestPipelinePartialRefundRoundsTheClawbackDown(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+
+	id, body := p.refunded(t, 333) // 500 × 333 / 2000 = 83.25
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Equal(t, int64(83), whPayment(t, ta, p).CreditsClawedBack)
+	require.Equal(t, int64(417), whBalance(t, ta, p.User.ID))
+}
+
+func TestPipelineFullRefundAfterPartialClawsBackTheRest(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	id, body := p.refunded(t, 500)
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Equal(t, int64(375), whBalance(t, ta, p.User.ID))
+
+	id, body = p.refunded(t, p.Amount) // Stripe reports the cumulative amount
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentRefunded || pay.AmountRefundedMinor != p.Amount || pay.CreditsClawedBack != p.Credits || pay.ClawbackShortfall != 0 {
+		t.Fatalf("payment %s refunded %d clawed back %d shortfall %d", pay.Status, pay.AmountRefundedMinor, pay.CreditsClawedBack, pay.ClawbackShortfall)
+	}
+	whNoViolations(t, ta)
+}
+
+func TestPipelineRepeatedAndOlderRefundEventsClawBackOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	firstID, first := p.refunded(t, 500)
+	olderID, older := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, p.Intent, p.Amount, 200), time.Now().Add(-time.Minute))
+	whMustDeliver(t, ta, first)
+	whRequireOutcome(t, ta, firstID, store.OutcomeApplied)
+
+	// The same refund again under a new event id, then an older, smaller one.
+	againID, again := p.refunded(t, 500)
+	whMustDeliver(t, ta, again)
+	whRequireOutcome(t, ta, againID, store.OutcomeApplied)
+	whMustDeliver(t, ta, older)
+	whRequireOutcome(t, ta, olderID, store.OutcomeApplied)
+
+	pay := whPayment(t, ta, p)
+	if pay.AmountRefundedMinor != 500 || pay.CreditsClawedBack != 125 {
+		t.Fatalf("refunded %d clawed back %d, want 500 and 125", pay.AmountRefundedMinor, pay.CreditsClawedBack)
+	}
+	require.Equal(t, int64(375), whBalance(t, ta, p.User.ID))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM ledger_entries WHERE kind = 'clawback'`))
+}
+
+// whSpend spends credits of the buyer through the JSON API.
+func whSpend(t *testing.T, ta *testApp, userID int64, cost int64) {
+	t.Helper()
+	raw, _, err := ta.store.CreateAPIKey(context.Background(), userID, "spender")
+	require.NoError(t, err)
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: cost})
+	r := v1Do(t, ta, http.MethodPost, "/api/v1/usage", raw, `{"service":"`+svc+`"}`, "Idempotency-Key", whID("spend"))
+	require.Equal(t, http.StatusCreated, r.Status, r.Body)
+}
+
+func TestPipelineRefundOfSpentCreditsTakesWhatIsLeftAndRecordsShortfall(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	whSpend(t, ta, p.User.ID, 400)
+	require.Equal(t, int64(100), whBalance(t, ta, p.User.ID))
+
+	id, body := p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentRefunded || pay.CreditsClawedBack != 100 || pay.ClawbackShortfall != 400 {
+		t.Fatalf("payment %s clawed back %d shortfall %d, want refunded, 100 and 400", pay.Status, pay.CreditsClawedBack, pay.ClawbackShortfall)
+	}
+	require.Contains(t, whDetail(ev), "shortfall")
+	whNoViolations(t, ta)
+}
+
+func TestPipelineRefundsAfterSpendingNeverDriveTheBalanceNegative(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	whSpend(t, ta, p.User.ID, 400)
+
+	id, body := p.refunded(t, 1000) // half: 250 owed, 100 left
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	pay := whPayment(t, ta, p)
+	require.Equal(t, [2]int64{100, 150}, [2]int64{pay.CreditsClawedBack, pay.ClawbackShortfall}, "after the half refund")
+
+	id, body = p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+
+	pay = whPayment(t, ta, p)
+	if pay.Status != store.PaymentRefunded || pay.CreditsClawedBack != 100 || pay.ClawbackShortfall != 400 {
+		t.Fatalf("payment %s clawed back %d shortfall %d, want refunded, 100 and 400", pay.Status, pay.CreditsClawedBack, pay.ClawbackShortfall)
+	}
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM grants WHERE remaining < 0`))
+	whNoViolations(t, ta)
+}
+
+func TestPipelineClawbackNeverTouchesOtherGrants(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	whSpend(t, ta, p.User.ID, 450)
+	other := storetest.NewGrant(t, ta.store, p.User.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 1000})
+
+	id, body := p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+
+	require.Equal(t, int64(1000), whBalance(t, ta, p.User.ID))
+	require.Equal(t, 1000, whCount(t, ta, `SELECT remaining FROM grants WHERE id = $1`, other.GrantID))
+	require.Equal(t, int64(450), whPayment(t, ta, p).ClawbackShortfall)
+}
+
+func TestPipelineUnknownEventTypeIsStoredAndIgnored(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	id, body := whUnknownEvent(t)
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+
+	if ev.Type != "plan.created" || ev.ProcessedAt == nil || whDetail(ev) == "" {
+		t.Fatalf("stored %s processed %v detail %q", ev.Type, ev.ProcessedAt, whDetail(ev))
+	}
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM grants`))
+}
+
+func TestPipelineCompletionOfASessionWeDidNotCreateIsIgnored(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	obj := whSession(t, whID("cs"), "paid", 2000, whID("pi"))
+	obj["metadata"] = map[string]any{"quickscale_user_id": strconv.FormatInt(u.ID, 10), "quickscale_pack": "pack_500"}
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, obj, time.Now())
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+
+	require.Contains(t, whDetail(ev), "not created by QuickScale")
+	require.Zero(t, whBalance(t, ta, u.ID), "metadata alone must never grant")
+}
+
+func TestPipelineCompletionWithAnotherAmountIsRecordedFailed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, p.SessionID, "paid", 1, p.Intent), time.Now())
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+
+	require.Contains(t, whDetail(ev), "does not match")
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	require.Equal(t, store.PaymentPending, whPayment(t, ta, p).Status)
+}
+
+func TestPipelineMalformedCheckoutObjectOfOurSessionIsRecordedFailed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	obj := whSession(t, p.SessionID, "paid", p.Amount, p.Intent)
+	obj["amount_total"] = "lots"
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, obj, time.Now())
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+
+	require.Contains(t, whDetail(ev), "malformed")
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+}
+
+// whSnoozedJob waits until the event's job was snoozed by the worker and
+// returns its id.
+func whSnoozedJob(t *testing.T, ta *testApp, eventID string) int64 {
+	t.Helper()
+	var (
+		jobID int64
+		state string
+		at    time.Time
+	)
+	whPoll(t, 20*time.Second, "the refund's job to be snoozed", func() bool {
+		err := ta.store.Pool().QueryRow(context.Background(), `SELECT id, state, scheduled_at FROM river_job
+ WHERE kind = 'stripe_event' AND args->>'event_id' = $1`, eventID).Scan(&jobID, &state, &at)
+		return err == nil && state == "scheduled"
+	})
+	require.Greater(t, time.Until(at), 10*time.Second, "snoozed for the refund wait, not retried at once")
+	return jobID
+}
+
+func TestPipelineRefundBeforeItsCompletionIsSnoozedThenApplied(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	refundID, refund := p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, refund)
+	jobID := whSnoozedJob(t, ta, refundID)
+	ev, err := ta.store.StripeEventByID(context.Background(), refundID)
+	require.NoError(t, err)
+	require.Nil(t, ev.Outcome, "a snoozed event has no outcome yet")
+
+	whPaid(t, ta, p)
+	// Time passes: the snooze ends now instead of in 30 seconds.
+	_, err = ta.app.river.JobRetry(context.Background(), jobID)
+	require.NoError(t, err)
+
+	whRequireOutcome(t, ta, refundID, store.OutcomeApplied)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentRefunded || pay.CreditsClawedBack != p.Credits {
+		t.Fatalf("payment %s clawed back %d", pay.Status, pay.CreditsClawedBack)
+	}
+	whNoViolations(t, ta)
+}
+
+func TestPipelineRefundOfUnknownPaymentFailsAfterTheWaitWindow(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	id, body := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, whID("pi"), 2000, 2000), time.Now().Add(-2*time.Hour))
+	whMustDeliver(t, ta, body)
+
+	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+
+	require.Contains(t, whDetail(ev), "no fulfilled payment")
+}
+
+func TestPipelineExpiredCheckoutMarksPaymentExpired(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	obj := whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent)
+	obj["status"], obj["payment_intent"] = "expired", nil
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionExpired, obj, time.Now())
+	whMustDeliver(t, ta, body)
+
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+
+	pay := whPayment(t, ta, p)
+	if pay.Status != store.PaymentExpired || pay.PaymentIntentID != nil {
+		t.Fatalf("payment %s intent %v, want expired without an intent", pay.Status, pay.PaymentIntentID)
+	}
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+}

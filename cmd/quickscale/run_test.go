@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// runCmd calls run in-process and returns its exit code and output.
+func runCmd(t *testing.T, env map[string]string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), append([]string{"quickscale"}, args...), envFrom(env), strings.NewReader(stdin), &stdout, &stderr)
+	code := exitCode(err, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestRunWithoutCommandPrintsUsageAndExits2(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, nil, "")
+	if code != 2 || !strings.Contains(stderr, "Usage:") {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+func TestRunUnknownCommandOrFlagExits2(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"serve"}, {"dev", "--port", "1"}, {"migrate"}, {"migrate", "sideways"}, {"users", "create", "--nope"},
+		{"credits", "grant", "--amount", "x"}, {"api", "extra-arg"},
+	} {
+		code, _, stderr := runCmd(t, nil, "", args...)
+		if code != 2 || !strings.Contains(stderr, "Usage") {
+			t.Errorf("%v: exit %d, stderr:\n%s", args, code, stderr)
+		}
+	}
+}
+
+func TestEverySubcommandHasHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"dev"}, {"api"}, {"worker"}, {"migrate", "up"}, {"migrate", "status"}, {"migrate"}, {"version"},
+		{"users", "create"}, {"users", "promote"}, {"credits", "grant"}, {"credits", "balance"},
+		{"apikeys", "create"}, {"stripe", "sync"}, {"users"},
+	} {
+		code, stdout, stderr := runCmd(t, nil, "", append(args, "--help")...)
+		if code != 0 || !strings.Contains(stdout, "Usage: quickscale "+args[0]) {
+			t.Errorf("%v --help: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, stdout, stderr)
+		}
+	}
+}
+
+func TestVersionPrintsTheVersion(t *testing.T) {
+	t.Parallel()
+	code, stdout, _ := runCmd(t, nil, "", "version")
+	if code != 0 || strings.TrimSpace(stdout) != "quickscale "+version {
+		t.Fatalf("exit %d stdout %q", code, stdout)
+	}
+}
+
+func TestBadConfigurationExitsNonZeroNamingTheVariable(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, map[string]string{"LOG_FORMAT": "yaml"}, "", "api")
+	if code == 0 || !strings.Contains(stderr, "LOG_FORMAT") {
+		t.Fatalf("exit %d stderr %q", code, stderr)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// startRun starts the real program through run() and returns a stop
+// function that cancels it (as SIGTERM does) and reports its result.
+func startRun(t *testing.T, env map[string]string, args ...string) (stop func() (error, time.Duration), stdout *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	out, errOut := &syncBuffer{}, &syncBuffer{}
+	go func() {
+		done <- run(ctx, append([]string{"quickscale"}, args...), envFrom(env), strings.NewReader(""), out, errOut)
+	}()
+	stopped := false
+	stop = func() (error, time.Duration) {
+		if stopped {
+			return nil, 0
+		}
+		stopped = true
+		start := time.Now()
+		cancel()
+		select {
+		case err := <-done:
+			return err, time.Since(start)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%v did not stop within 30s; log:\n%s", args, tail(errOut.String(), 40))
+			return nil, 0
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = stop()
+		if t.Failed() {
+			t.Logf("%v log:\n%s", args, tail(errOut.String(), 40))
+		}
+	})
+	return stop, out
+}
+
+func waitHTTP(t *testing.T, url string, want int, within time.Duration) string {
+	t.Helper()
+	var body string
+	eventually(t, within, url+" to answer "+fmt.Sprint(want), func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == want
+	})
+	return body
+}
+
+func TestDevStartsThroughRunServesAndShutsDownCleanly(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	env := map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "ADDR": addr, "SHUTDOWN_TIMEOUT": "5s"}
+	stop, stdout := startRun(t, env, "dev")
+	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 30*time.Second)
+	waitHTTP(t, "http://"+addr+"/healthz", http.StatusOK, time.Second)
+	body := waitHTTP(t, "http://"+addr+"/", http.StatusOK, time.Second)
+	if !strings.Contains(body, "QuickScale") {
+		t.Fatalf("home page does not say QuickScale:\n%s", body)
+	}
+	if out := stdout.String(); !strings.Contains(out, "http://"+addr) || !strings.Contains(out, "demo admin") {
+		t.Fatalf("dev did not print its URL and demo admin:\n%s", out)
+	}
+	err, took := stop()
+	if err != nil {
+		t.Fatalf("run returned %v after cancel", err)
+	}
+	if took > 10*time.Second {
+		t.Fatalf("shutdown took %s", took)
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Fatal("still serving after shutdown")
+	}
+}
+
+func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
+	t.Parallel()
+	dbURL := storetest.NewDatabase(t)
+	apiAddr, apiMetrics, workerMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
+	stopAPI, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": apiAddr, "METRICS_ADDR": apiMetrics}, "api")
+	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics}, "worker")
+	waitHTTP(t, "http://"+apiAddr+"/readyz", http.StatusOK, 30*time.Second)
+	waitHTTP(t, "http://"+workerMetrics+"/readyz", http.StatusOK, 30*time.Second)
+	metrics := waitHTTP(t, "http://"+apiMetrics+"/metrics", http.StatusOK, 5*time.Second)
+	if !strings.Contains(metrics, "quickscale_http_requests_total") {
+		t.Fatalf("api metrics lack HTTP counters")
+	}
+	wm := waitHTTP(t, "http://"+workerMetrics+"/metrics", http.StatusOK, 5*time.Second)
+	if !strings.Contains(wm, "go_goroutines") || !strings.Contains(wm, "quickscale_db_pool_total_connections") {
+		t.Fatalf("worker metrics lack runtime or pool series")
+	}
+	// The api has no dev pages.
+	resp, err := http.Get("http://" + apiAddr + "/dev/mailbox")
+	require.NoError(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/dev/mailbox on api: %d, want 404", resp.StatusCode)
+	}
+	for name, stop := range map[string]func() (error, time.Duration){"api": stopAPI, "worker": stopWorker} {
+		if err, took := stop(); err != nil || took > 10*time.Second {
+			t.Errorf("%s stop: %v after %s", name, err, took)
+		}
+	}
+}
+
+// emptyDatabase returns the URL of a database with nothing in it.
+func emptyDatabase(t *testing.T) string {
+	t.Helper()
+	dbURL := storetest.NewDatabase(t)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(context.Background(), `DROP SCHEMA public CASCADE; CREATE SCHEMA public`)
+	require.NoError(t, err)
+	return dbURL
+}
+
+func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
+	t.Parallel()
+	dbURL := emptyDatabase(t)
+	addr := freeAddr(t)
+	startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": addr, "METRICS_ADDR": "off"}, "api")
+	body := waitHTTP(t, "http://"+addr+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
+	if !strings.Contains(body, "migrate up") {
+		t.Fatalf("503 body does not give the reason: %q", body)
+	}
+	waitHTTP(t, "http://"+addr+"/healthz", http.StatusOK, time.Second)
+	code, stdout, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up")
+	if code != 0 {
+		t.Fatalf("migrate up: exit %d\n%s", code, stderr)
+	}
+	if !strings.Contains(stdout, "app migrations applied: 3") {
+		t.Fatalf("migrate up output:\n%s", stdout)
+	}
+	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 10*time.Second)
+}
+
+func TestMigrateStatusShowsBothSets(t *testing.T) {
+	t.Parallel()
+	dbURL := emptyDatabase(t)
+	code, stdout, _ := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "status")
+	if code != 0 || !strings.Contains(stdout, "3 pending") || !strings.Contains(stdout, "river migrations: version 0") || !strings.Contains(stdout, "NOT current") {
+		t.Fatalf("status before: exit %d\n%s", code, stdout)
+	}
+	if code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up"); code != 0 {
+		t.Fatal(stderr)
+	}
+	code, stdout, _ = runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "status")
+	if code != 0 || !strings.Contains(stdout, "0 pending") || !strings.Contains(stdout, "status: current") {
+		t.Fatalf("status after: exit %d\n%s", code, stdout)
+	}
+	// Re-running is a no-op.
+	code, stdout, _ = runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up")
+	if code != 0 || !strings.Contains(stdout, "app migrations applied: 0") || !strings.Contains(stdout, "river migrations applied: 0") {
+		t.Fatalf("second migrate up: exit %d\n%s", code, stdout)
+	}
+}
+
+func TestDevAsRootWithoutPostgresSaysWhatToDo(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envFrom(map[string]string{"DEV_DATA_DIR": t.TempDir()}))
+	require.NoError(t, err)
+	_, err = startEmbedded(&cfg, 0, "", io.Discard)
+	if err == nil {
+		t.Fatal("embedded PostgreSQL started as root")
+	}
+	for _, want := range []string{"root", "pg_ctlcluster", "DATABASE_URL", "non-root"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message lacks %q:\n%s", want, err)
+		}
+	}
+}
+
+func TestDevCreatesItsDatabaseWhenMissing(t *testing.T) {
+	t.Parallel()
+	name := fmt.Sprintf("qs_t_%d_devcreate", time.Now().UnixNano())
+	url := strings.Replace(storetest.ServerURL(), "/postgres", "/"+name, 1)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), storetest.ServerURL())
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			c.Close(context.Background())
+		}
+	})
+	cfg, err := loadConfig(envFrom(map[string]string{"DATABASE_URL": url}))
+	require.NoError(t, err)
+	stop, err := prepareDevDatabase(context.Background(), &cfg, discardLogger(), io.Discard)
+	require.NoError(t, err)
+	stop()
+	c, err := pgx.Connect(context.Background(), url)
+	require.NoError(t, err, "the database was not created")
+	c.Close(context.Background())
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+func TestSettingsNeedSignIn(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+
+	r := ta.browser().get("/settings")
+
+	mustRedirect(t, r, "/login?next=%2Fsettings")
+}
+
+func TestChangePasswordNeedsCurrentPassword(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	r := b.post("/settings/password", url.Values{"current_password": {"not my password"}, "new_password": {acctNewPassword}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	doc := r.Doc(t)
+	require.Equal(t, "That is not your current password.", acctFieldError(doc, "#password-form", "current_password"))
+	v, _ := acctInput(doc, "#password-form", "new_password")
+	require.Empty(t, v, "password echoed back")
+	require.Equal(t, u.PasswordHash, acctUserByEmail(ta, u.Email).PasswordHash, "password changed without re-authentication")
+}
+
+func TestChangePasswordRejectsTooShortNewPassword(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	r := b.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {"1234567"}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.NotEmpty(t, acctFieldError(r.Doc(t), "#password-form", "new_password"))
+	require.Equal(t, u.PasswordHash, acctUserByEmail(ta, u.Email).PasswordHash)
+}
+
+func TestChangePasswordEndsOtherSessionsAndKeepsThisOne(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, here := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "owner@example.com"})
+	elsewhere := acctSignIn(ta, u.Email, storetest.DefaultPassword)
+
+	r := here.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}})
+
+	mustRedirect(t, r, "/settings")
+	require.NotNil(t, acctSessionCookie(t, r), "the session token was not renewed")
+	require.Contains(t, acctText(here.get("/settings").Doc(t), "#flash"), "password is changed")
+	require.True(t, acctSignedIn(here), "the changing session was signed out")
+	require.False(t, acctSignedIn(elsewhere), "another session survived the change")
+	acctRequireStatus(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword), http.StatusUnprocessableEntity)
+	mustRedirect(t, acctLogin(ta.browser(), u.Email, acctNewPassword), "/dashboard")
+	ta.waitMail(u.Email, "Your QuickScale password was changed")
+}
+
+func TestChangeEmailNeedsCurrentPassword(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	r := b.post("/settings/email", url.Values{"current_password": {"wrong"}, "email": {"new@example.com"}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	doc := r.Doc(t)
+	require.Equal(t, "That is not your current password.", acctFieldError(doc, "#email-form", "current_password"))
+	typed, _ := acctInput(doc, "#email-form", "email")
+	require.Equal(t, "new@example.com", typed, "typed address not kept")
+	require.Empty(t, acctEmailJobs(ta), "an email was sent without re-authentication")
+}
+
+func TestChangeEmailTakesEffectOnlyOnceNewAddressIsConfirmed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "before@example.com"})
+
+	r := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"after@example.com"}})
+
+	mustRedirect(t, r, "/settings")
+	require.Contains(t, acctText(b.get("/settings").Doc(t), "#flash"), "after@example.com")
+	require.Equal(t, "before@example.com", acctUserByEmail(ta, "before@example.com").Email, "address changed before confirmation")
+	mail := ta.waitMail("after@example.com", "Confirm your new email address")
+	token := acctTokenOf(t, mail.Text, "/verify?token=")
+
+	mustRedirect(t, b.post("/verify", url.Values{"token": {token}}), "/dashboard")
+
+	after := acctUserByEmail(ta, "after@example.com")
+	require.Equal(t, u.ID, after.ID)
+	require.True(t, after.Verified)
+	require.Equal(t, "after@example.com", acctText(b.get("/dashboard").Doc(t), "#account-email"))
+	acctRequireStatus(t, acctLogin(ta.browser(), "before@example.com", storetest.DefaultPassword), http.StatusUnprocessableEntity)
+	mustRedirect(t, acctLogin(ta.browser(), "after@example.com", storetest.DefaultPassword), "/dashboard")
+}
+
+func TestChangeEmailToTakenAddressRevealsNothing(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "someone@example.com"})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "curious@example.com"})
+
+	taken := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"SOMEONE@example.com"}})
+	takenFlash := acctText(b.get("/settings").Doc(t), "#flash")
+	free := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"nobody@example.com"}})
+	freeFlash := acctText(b.get("/settings").Doc(t), "#flash")
+
+	mustRedirect(t, taken, "/settings")
+	mustRedirect(t, free, "/settings")
+	require.Equal(t, freeFlash, strings.Replace(takenFlash, "SOMEONE@example.com", "nobody@example.com", 1))
+	ta.waitMail("SOMEONE@example.com", "Someone tried to sign up with your address")
+	require.Equal(t, "curious@example.com", acctUserByEmail(ta, "curious@example.com").Email)
+	require.Equal(t, u.ID, acctUserByEmail(ta, "curious@example.com").ID)
+}
+
+func TestDeleteAccountNeedsTypedConfirmation(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	r := b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"delete"}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	doc := r.Doc(t)
+	require.Equal(t, "Type DELETE in capitals to confirm.", acctFieldError(doc, "#delete-form", "confirm"))
+	typed, _ := acctInput(doc, "#delete-form", "confirm")
+	require.Equal(t, "delete", typed)
+	_, hidden := doc.Find("#delete-form").Attr("x-cloak")
+	require.False(t, hidden, "the form with the error is hidden")
+	require.Equal(t, u.ID, acctUserByEmail(ta, u.Email).ID)
+	require.True(t, acctSignedIn(b))
+}
+
+func TestDeleteAccountNeedsCurrentPassword(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	r := b.post("/settings/delete", url.Values{"current_password": {"wrong password"}, "confirm": {"DELETE"}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.Equal(t, "That is not your current password.", acctFieldError(r.Doc(t), "#delete-form", "current_password"))
+	require.Equal(t, u.ID, acctUserByEmail(ta, u.Email).ID)
+}
+
+func TestDeleteAccountEndsEverySessionAndFreesTheAddress(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, here := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "leaving@example.com"})
+	elsewhere := acctSignIn(ta, u.Email, storetest.DefaultPassword)
+
+	r := here.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}})
+
+	mustRedirect(t, r, "/?deleted=1")
+	require.False(t, acctSignedIn(here))
+	require.False(t, acctSignedIn(elsewhere), "another session survived deletion")
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM users WHERE id = $1 AND (email IS NOT NULL OR password_hash IS NOT NULL)`, u.ID),
+		"the deleted account keeps its address or password")
+	acctRequireStatus(t, acctLogin(ta.browser(), "leaving@example.com", storetest.DefaultPassword), http.StatusUnprocessableEntity)
+	acctRequireStatus(t, acctSignup(ta.browser(), "leaving@example.com", storetest.DefaultPassword), http.StatusOK)
+	require.NotEqual(t, u.ID, acctUserByEmail(ta, "leaving@example.com").ID, "the address was not free for a new account")
+}
+
+func TestHomeShowsNoticeAfterAccountDeletion(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	loc := mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
+
+	doc := b.get(loc).Doc(t)
+
+	require.Contains(t, acctText(doc, "#deleted-notice"), "account is deleted")
+	require.Equal(t, 1, doc.Find("#nav-signup").Length(), "home after deletion still shows a signed-in menu")
+	require.Equal(t, 0, ta.browser().get("/").Doc(t).Find("#deleted-notice").Length(), "notice shown without ?deleted=1")
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// acctCLI runs the quickscale command in-process on one isolated database.
+type acctCLI struct {
+	t     *testing.T
+	env   map[string]string
+	store *store.Store
+}
+
+func acctNewCLI(t *testing.T) *acctCLI {
+	t.Helper()
+	dbURL := storetest.NewDatabase(t)
+	pool, err := store.OpenPool(context.Background(), dbURL, store.PoolOptions{MaxConns: 4, AppName: "quickscale-cli-test"})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return &acctCLI{t: t, env: map[string]string{"DATABASE_URL": dbURL, "LOG_LEVEL": "warn"}, store: store.New(pool, slog.New(slog.DiscardHandler))}
+}
+
+// run executes quickscale with args and stdin, returning stdout, stderr
+// and the process exit code main would use.
+func (c *acctCLI) run(stdin io.Reader, args ...string) (stdout, stderr string, code int) {
+	c.t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), append([]string{"quickscale"}, args...), func(k string) string { return c.env[k] }, stdin, &out, &errb)
+	code = exitCode(err, &errb)
+	return out.String(), errb.String(), code
+}
+
+// user reads a live user by address.
+func (c *acctCLI) user(email string) store.User {
+	c.t.Helper()
+	u, err := c.store.UserByEmail(context.Background(), email)
+	require.NoError(c.t, err, "user %s", email)
+	return u
+}
+
+func TestUsersCreateReadsPasswordFromStdin(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	out, errOut, code := cli.run(strings.NewReader("typed on stdin 123\n"), "users", "create", "--email", "ops@example.com")
+
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	require.NotContains(t, out, "password:", "a given password was printed")
+	u := cli.user("ops@example.com")
+	ok, rehash := store.VerifyPassword("typed on stdin 123", u.PasswordHash)
+	require.True(t, ok, "stored password is not the one from stdin")
+	require.False(t, rehash, "stored with other than the OWASP parameters")
+	require.Equal(t, store.RoleUser, u.Role)
+	require.False(t, u.Verified())
+}
+
+func TestUsersCreateGeneratesAndPrintsPasswordWithoutStdin(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	out, errOut, code := cli.run(strings.NewReader(""), "users", "create", "--email", "generated@example.com")
+
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	m := regexp.MustCompile(`(?m)^password: (\S+)$`).FindStringSubmatch(out)
+	require.NotNil(t, m, "no generated password printed in:\n%s", out)
+	require.GreaterOrEqual(t, len(m[1]), store.MinPasswordLen)
+	ok, _ := store.VerifyPassword(m[1], cli.user("generated@example.com").PasswordHash)
+	require.True(t, ok, "the printed password does not sign in")
+}
+
+func TestUsersCreateWithAdminAndVerifiedFlags(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	_, errOut, code := cli.run(strings.NewReader("admin password 1\n"), "users", "create", "--email", "root@example.com", "--admin", "--verified")
+
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	u := cli.user("root@example.com")
+	require.Equal(t, store.RoleAdmin, u.Role)
+	require.True(t, u.Verified())
+}
+
+func TestUsersCreateRejectsTooShortPassword(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	_, errOut, code := cli.run(strings.NewReader("short\n"), "users", "create", "--email", "weak@example.com")
+
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "password")
+	_, err := cli.store.UserByEmail(context.Background(), "weak@example.com")
+	require.Equal(t, store.KindNotFound, store.ErrorKind(err), "a user was created with a short password")
+}
+
+func TestUsersCreateRefusesAddressTakenInAnotherCase(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "Dup@Example.com"})
+
+	_, errOut, code := cli.run(strings.NewReader("another password\n"), "users", "create", "--email", "dup@example.com")
+
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "already exists")
+}
+
+func TestUsersCreateWithoutEmailIsAUsageError(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	_, errOut, code := cli.run(strings.NewReader("some password\n"), "users", "create")
+
+	require.Equal(t, 2, code, "stderr: %s", errOut)
+	require.Contains(t, errOut, "--email")
+}
+
+func TestUsersPromoteMakesAdmin(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "promoted@example.com"})
+
+	out, errOut, code := cli.run(nil, "users", "promote", "--email", "PROMOTED@example.com")
+
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	require.Contains(t, out, "promoted@example.com is now an admin")
+	require.Equal(t, store.RoleAdmin, cli.user("promoted@example.com").Role)
+}
+
+func TestUsersPromoteUnknownEmailFails(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	_, errOut, code := cli.run(nil, "users", "promote", "--email", "nobody@example.com")
+
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, `no user with email "nobody@example.com"`)
+}
+
+func TestUserCreatedByCLISignsInOnTheSite(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	env := map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL, "LOG_LEVEL": "warn"}
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"quickscale", "users", "create", "--email", "cli@example.com", "--admin", "--verified"},
+		func(k string) string { return env[k] }, strings.NewReader("from the command line\n"), &out, &errb)
+	require.NoError(t, err, "stderr: %s", errb.String())
+
+	b := acctSignIn(ta, "cli@example.com", "from the command line")
+
+	require.Equal(t, "/admin", b.get("/dashboard").Doc(t).Find("nav #nav-admin").AttrOr("href", ""))
+}

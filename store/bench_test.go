@@ -1,0 +1,321 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// The ledger benchmarks run once each (make bench uses -benchtime=1x),
+// measure for a fixed time and print a row next to a pgbench reference
+// measured in the same run on the same server.
+
+const benchClients = 8
+
+func benchDuration() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("BENCH_DURATION")); err == nil && d > 0 {
+		return d
+	}
+	return 10 * time.Second
+}
+
+// seedUsers inserts n verified users, each with a big subscription grant
+// (spent first) and a big pack grant, in bulk SQL, and returns their ids.
+func seedUsers(b *testing.B, pool *pgxpool.Pool, n int, tag string) []int64 {
+	b.Helper()
+	ctx := context.Background()
+	for _, q := range []string{
+		`INSERT INTO users (email, password_hash, email_verified_at)
+		 SELECT $1 || g || '@bench.example.com', 'not-a-hash', now() FROM generate_series(1, $2::int) g`,
+		`INSERT INTO accounts (user_id) SELECT id FROM users WHERE email LIKE $1 || '%@bench.example.com' AND $2::int > 0`,
+		`INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id)
+		 SELECT user_id, 'subscription', 1000000000, 0, now() + interval '30 days', 'bench-sub-' || $1, user_id::text
+		   FROM accounts a JOIN users u ON u.id = a.user_id WHERE u.email LIKE $1 || '%@bench.example.com' AND $2::int > 0`,
+		`INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id)
+		 SELECT user_id, 'pack', 1000000000, 0, 'bench-pack-' || $1, user_id::text
+		   FROM accounts a JOIN users u ON u.id = a.user_id WHERE u.email LIKE $1 || '%@bench.example.com' AND $2::int > 0`,
+		`INSERT INTO ledger_entries (user_id, grant_id, kind, amount)
+		 SELECT user_id, id, 'grant', amount FROM grants WHERE source_kind IN ('bench-sub-' || $1, 'bench-pack-' || $1) AND $2::int > 0`,
+	} {
+		if _, err := pool.Exec(ctx, q, tag, n); err != nil {
+			b.Fatalf("seed: %v", err)
+		}
+	}
+	rows, err := pool.Query(ctx, `SELECT id FROM users WHERE email LIKE $1 || '%@bench.example.com' ORDER BY id`, tag)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		_ = rows.Scan(&id)
+		ids = append(ids, id)
+	}
+	rows.Close()
+	_, _ = pool.Exec(ctx, `ANALYZE`)
+	return ids
+}
+
+// referenceTables creates the pgbench reference schema: one account row per
+// user and a history table.
+func referenceTables(b *testing.B, pool *pgxpool.Pool, n int) {
+	b.Helper()
+	ctx := context.Background()
+	for _, q := range []string{
+		`CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)`,
+		`INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, $1::int) g`,
+		`CREATE TABLE bench_history (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account_id bigint NOT NULL, delta bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`,
+	} {
+		var err error
+		if q[0] == 'I' {
+			_, err = pool.Exec(ctx, q, n)
+		} else {
+			_, err = pool.Exec(ctx, q)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+const pgbenchSpread = `\set aid random(1, 10000)
+BEGIN;
+UPDATE bench_accounts SET balance = balance - 1 WHERE id = :aid;
+INSERT INTO bench_history (account_id, delta) VALUES (:aid, -1);
+END;
+`
+
+const pgbenchHot = `BEGIN;
+UPDATE bench_accounts SET balance = balance - 1 WHERE id = 1;
+INSERT INTO bench_history (account_id, delta) VALUES (1, -1);
+END;
+`
+
+// consumeLoad runs clients goroutines consuming for d on users picked by
+// pick, and returns throughput and latencies.
+func consumeLoad(b *testing.B, st *store.Store, service string, clients int, d time.Duration, pick func(r *rand.Rand) int64, stop <-chan struct{}) (float64, *storetest.Latencies) {
+	b.Helper()
+	var lat storetest.Latencies
+	var ops atomic.Int64
+	var failed atomic.Value
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))
+			for i := 0; ; i++ {
+				if stop != nil {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				} else if time.Now().After(deadline) {
+					return
+				}
+				t0 := time.Now()
+				_, _, err := st.Consume(context.Background(), store.ConsumeRequest{
+					UserID: pick(r), Service: service, IdempotencyKey: fmt.Sprintf("b-%d-%d-%d", c, i, t0.UnixNano()),
+				})
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				lat.Add(time.Since(t0))
+				ops.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if err, ok := failed.Load().(error); ok {
+		b.Fatalf("consume: %v", err)
+	}
+	return float64(ops.Load()) / time.Since(start).Seconds(), &lat
+}
+
+func benchStore(b *testing.B, maxConns int32) (*store.Store, string) {
+	b.Helper()
+	url := storetest.NewDatabase(b)
+	pool, err := store.OpenPool(context.Background(), url, store.PoolOptions{MaxConns: maxConns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	return store.New(pool, nil), url
+}
+
+// BenchmarkConsume measures consume throughput and latency at 8 clients,
+// (a) spread over 10,000 users and (b) all on one user, next to pgbench
+// running BEGIN; UPDATE one account row; INSERT one history row; END.
+func BenchmarkConsume(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		script string
+		target string
+		hot    bool
+	}{
+		{"spread over 10,000 users", pgbenchSpread, "ratio >= 1.0", false},
+		{"all on one user", pgbenchHot, "ratio >= 0.8", true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			st, url := benchStore(b, benchClients+2)
+			users := seedUsers(b, st.Pool(), 10_000, "c")
+			referenceTables(b, st.Pool(), 10_000)
+			svc := storetest.NewService(b, st, storetest.ServiceOpts{Slug: "bench", Cost: 1})
+			pick := func(r *rand.Rand) int64 { return users[r.IntN(len(users))] }
+			if tc.hot {
+				pick = func(*rand.Rand) int64 { return users[0] }
+			}
+			// Warm up caches and prepared statements on both sides.
+			consumeLoad(b, st, svc, benchClients, time.Second, pick, nil)
+			storetest.Pgbench(b, url, tc.script, benchClients, time.Second)
+
+			b.ResetTimer()
+			ops, lat := consumeLoad(b, st, svc, benchClients, benchDuration(), pick, nil)
+			ref := storetest.Pgbench(b, url, tc.script, benchClients, benchDuration())
+			b.StopTimer()
+			storetest.Report(os.Stdout, "consume, 8 clients, "+tc.name, ops, lat.Quantile(.5), lat.Quantile(.99), &ref, tc.target)
+			b.ReportMetric(ops, "consumes/s")
+			b.ReportMetric(ref.TPS, "pgbench-tps")
+			b.ReportMetric(ops/ref.TPS, "ratio")
+			b.ReportMetric(float64(lat.Quantile(.99).Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+// BenchmarkBalanceDeepHistory reads the balance of a user with 100,000
+// ledger entries and of one with a handful: the cost must not depend on
+// the length of the history.
+func BenchmarkBalanceDeepHistory(b *testing.B) {
+	st, _ := benchStore(b, 4)
+	users := seedUsers(b, st.Pool(), 2, "h")
+	deep, shallow := users[0], users[1]
+	svc := storetest.NewService(b, st, storetest.ServiceOpts{Slug: "bench", Cost: 1})
+	seedHistory(b, st.Pool(), deep, svc, 100_000)
+	seedHistory(b, st.Pool(), shallow, svc, 10)
+	ctx := context.Background()
+	for _, u := range []struct {
+		name string
+		id   int64
+	}{{"100,000 entries", deep}, {"10 entries", shallow}} {
+		var lat storetest.Latencies
+		start := time.Now()
+		for range 5000 {
+			t0 := time.Now()
+			bal, err := st.Balance(ctx, u.id)
+			if err != nil || bal.Total <= 0 {
+				b.Fatalf("balance: %v %+v", err, bal)
+			}
+			lat.Add(time.Since(t0))
+		}
+		ops := 5000 / time.Since(start).Seconds()
+		storetest.Report(os.Stdout, "balance read, user with "+u.name, ops, lat.Quantile(.5), lat.Quantile(.99), nil, "p99 < 20ms")
+		b.ReportMetric(float64(lat.Quantile(.99).Microseconds())/1000, "p99-ms-"+map[bool]string{true: "deep", false: "shallow"}[u.id == deep])
+	}
+}
+
+// seedHistory gives a user n usages of svc in bulk, with their entries
+// drawn from the user's pack grant.
+func seedHistory(b *testing.B, pool *pgxpool.Pool, userID int64, svc string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `
+WITH u AS (
+    INSERT INTO usages (user_id, service_id, credits, idempotency_key, fingerprint, balance_after)
+    SELECT $1, s.id, 1, 'seed-' || g, 'seed', 1000000000 - g
+      FROM generate_series(1, $2::int) g, services s WHERE s.slug = $3
+    RETURNING id
+)
+INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id)
+SELECT $1, (SELECT id FROM grants WHERE user_id = $1 AND kind = 'pack'), 'consume', -1, u.id FROM u ORDER BY u.id`,
+		userID, n, svc)
+	if err != nil {
+		b.Fatalf("seed history: %v", err)
+	}
+	_, _ = pool.Exec(ctx, `ANALYZE`)
+}
+
+// BenchmarkExpireSweep sweeps 1,000,000 overdue grants (200,000 users with
+// five each) the way the expire_credits worker does, while 8 clients keep
+// consuming on 10,000 other users, and compares consume p99 during the
+// sweep with its idle value.
+func BenchmarkExpireSweep(b *testing.B) {
+	st, _ := benchStore(b, benchClients+4)
+	ctx := context.Background()
+	live := seedUsers(b, st.Pool(), 10_000, "live")
+	svc := storetest.NewService(b, st, storetest.ServiceOpts{Slug: "bench", Cost: 1})
+	setupStart := time.Now()
+	for _, q := range []string{
+		`INSERT INTO users (email, password_hash, email_verified_at)
+		 SELECT 'exp' || g || '@bench.example.com', 'not-a-hash', now() FROM generate_series(1, 200000) g`,
+		`INSERT INTO accounts (user_id) SELECT id FROM users WHERE email LIKE 'exp%@bench.example.com'`,
+		`INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+		 SELECT a.user_id, 'subscription', 100, 0, now() - interval '1 minute' * k, 'bench-exp', a.user_id || '-' || k, now() - interval '40 days'
+		   FROM accounts a JOIN users u ON u.id = a.user_id, generate_series(1, 5) k
+		  WHERE u.email LIKE 'exp%@bench.example.com'`,
+		`INSERT INTO ledger_entries (user_id, grant_id, kind, amount)
+		 SELECT user_id, id, 'grant', amount FROM grants WHERE source_kind = 'bench-exp'`,
+		`ANALYZE`,
+	} {
+		if _, err := st.Pool().Exec(ctx, q); err != nil {
+			b.Fatalf("seed overdue grants: %v", err)
+		}
+	}
+	var overdue int64
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM grants WHERE remaining > 0 AND expires_at <= now()`).Scan(&overdue); err != nil || overdue != 1_000_000 {
+		b.Fatalf("seeded %d overdue grants (%v)", overdue, err)
+	}
+	fmt.Fprintf(os.Stdout, "(sweep setup: 1,000,000 overdue grants seeded in %s)\n", time.Since(setupStart).Round(time.Second))
+	pick := func(r *rand.Rand) int64 { return live[r.IntN(len(live))] }
+	consumeLoad(b, st, svc, benchClients, time.Second, pick, nil)
+
+	b.ResetTimer()
+	idleOps, idle := consumeLoad(b, st, svc, benchClients, 5*time.Second, pick, nil)
+
+	stop := make(chan struct{})
+	var busyOps float64
+	var busy *storetest.Latencies
+	done := make(chan struct{})
+	go func() {
+		busyOps, busy = consumeLoad(b, st, svc, benchClients, 0, pick, stop)
+		close(done)
+	}()
+	sweepStart := time.Now()
+	var swept int64
+	for {
+		res, err := st.ExpireOverdueBatch(ctx, 500)
+		if err != nil {
+			b.Fatalf("sweep: %v", err)
+		}
+		swept += res.Grants
+		if res.Grants == 0 {
+			break
+		}
+	}
+	sweepTime := time.Since(sweepStart)
+	close(stop)
+	<-done
+	b.StopTimer()
+	if swept != 1_000_000 {
+		b.Fatalf("swept %d grants, want 1,000,000", swept)
+	}
+	storetest.Report(os.Stdout, "consume p99 idle (8 clients)", idleOps, idle.Quantile(.5), idle.Quantile(.99), nil, "")
+	storetest.Report(os.Stdout, "consume p99 during the sweep", busyOps, busy.Quantile(.5), busy.Quantile(.99), nil,
+		fmt.Sprintf("p99 <= 2x idle: %.2fx", float64(busy.Quantile(.99))/float64(idle.Quantile(.99))))
+	fmt.Fprintf(os.Stdout, "%-44s %10.0f/s  took %s (target: within 60s)\n", "sweep of 1,000,000 expiring grants", float64(swept)/sweepTime.Seconds(), sweepTime.Round(10*time.Millisecond))
+	b.ReportMetric(sweepTime.Seconds(), "sweep-s")
+	b.ReportMetric(float64(busy.Quantile(.99))/float64(idle.Quantile(.99)), "p99-busy/idle")
+}

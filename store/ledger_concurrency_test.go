@@ -1,0 +1,188 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// TestLedgerInvariantsHoldUnderConcurrentLoad runs many goroutines that
+// consume, grant, adjust and sweep on one hot user and several others at
+// once, with grants expiring during the run, then checks the invariants of
+// ARCHITECTURE.md and that exactly what clients were told succeeded was
+// charged.
+func TestLedgerInvariantsHoldUnderConcurrentLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
+	var users []store.User
+	for range 6 {
+		users = append(users, storetest.NewUser(t, st, storetest.UserOpts{}))
+	}
+	services := []string{
+		storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1}),
+		storetest.NewService(t, st, storetest.ServiceOpts{Cost: 7}),
+		storetest.NewService(t, st, storetest.ServiceOpts{Cost: 25}),
+		storetest.NewService(t, st, storetest.ServiceOpts{Cost: storetest.NoCost}),
+	}
+	costs := map[string]int64{services[0]: 1, services[1]: 7, services[2]: 25, services[3]: 0}
+	start := time.Now()
+	for i, u := range users {
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 200})
+		// Subscription credits that expire in the middle of the run.
+		exp := start.Add(time.Duration(100+50*i) * time.Millisecond)
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 150, ExpiresAt: &exp})
+		// And one already overdue, unswept: unspendable from the start.
+		var id int64
+		require.NoError(t, st.Pool().QueryRow(ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+ VALUES ($1, 'subscription', 40, 0, now() - interval '1 second', 'load-overdue', $2::bigint::text, now() - interval '30 days') RETURNING id`, u.ID, u.ID).Scan(&id))
+		_, err := st.Pool().Exec(ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', 40)`, u.ID, id)
+		require.NoError(t, err)
+		later := start.Add(time.Hour)
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 50, ExpiresAt: &later})
+	}
+
+	const workers = 16
+	const opsPerWorker = 120
+	var (
+		mu        sync.Mutex
+		charged   = map[int64]int64{} // per user: credits of successful first-time consumes
+		keysSeen  = map[string]store.Usage{}
+		replays   atomic.Int64
+		shortages atomic.Int64
+		sweeps    atomic.Int64
+	)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			for i := range opsPerWorker {
+				// Half the traffic goes to one hot user.
+				u := users[0]
+				if rng.IntN(2) == 1 {
+					u = users[1+rng.IntN(len(users)-1)]
+				}
+				switch op := rng.IntN(100); {
+				case op < 70:
+					svc := services[rng.IntN(len(services))]
+					// Some keys repeat across workers to exercise replays.
+					key := fmt.Sprintf("w%d-%d", w, i)
+					if rng.IntN(10) == 0 {
+						key = fmt.Sprintf("shared-%d-%d", u.ID, rng.IntN(5))
+						svc = services[0] // a shared key is always the same request
+					}
+					usage, replayed, err := st.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
+					var short *store.InsufficientCreditsError
+					switch {
+					case errors.As(err, &short):
+						shortages.Add(1)
+					case err != nil:
+						errs <- fmt.Errorf("consume: %w", err)
+						return
+					default:
+						mu.Lock()
+						if replayed {
+							replays.Add(1)
+							if first, ok := keysSeen[fmt.Sprint(u.ID, key)]; !ok || first.ID != usage.ID {
+								mu.Unlock()
+								errs <- fmt.Errorf("replay of %s returned usage %d, first was %+v", key, usage.ID, first)
+								return
+							}
+						} else {
+							keysSeen[fmt.Sprint(u.ID, key)] = usage
+							charged[u.ID] += costs[svc]
+						}
+						mu.Unlock()
+					}
+				case op < 80:
+					if _, err := st.Grant(ctx, store.NewGrant{UserID: u.ID, Kind: store.GrantPack, Amount: int64(1 + rng.IntN(20)),
+						SourceKind: "load", SourceID: fmt.Sprintf("w%d-%d", w, i)}); err != nil {
+						errs <- fmt.Errorf("grant: %w", err)
+						return
+					}
+				case op < 90:
+					delta := int64(rng.IntN(30) - 15)
+					if delta == 0 {
+						delta = 1
+					}
+					_, err := st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: delta, Actor: &admin.ID, Reason: "load test"})
+					var short *store.InsufficientCreditsError
+					if err != nil && !errors.As(err, &short) {
+						errs <- fmt.Errorf("adjust: %w", err)
+						return
+					}
+				default:
+					if _, err := st.ExpireOverdueBatch(ctx, 1+rng.IntN(4)); err != nil {
+						errs <- fmt.Errorf("sweep: %w", err)
+						return
+					}
+					sweeps.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// Sweep whatever is overdue by now.
+	for {
+		res, err := st.ExpireOverdueBatch(ctx, 100)
+		require.NoError(t, err)
+		if res.Grants == 0 {
+			break
+		}
+	}
+
+	if v := storetest.Violations(t, st); len(v) > 0 {
+		t.Fatalf("invariants violated: %v", v)
+	}
+	pool := st.Pool()
+	for _, u := range users {
+		var consumed, usageCredits int64
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(-sum(amount), 0) FROM ledger_entries WHERE user_id = $1 AND kind = 'consume'`, u.ID).Scan(&consumed))
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(credits), 0) FROM usages WHERE user_id = $1`, u.ID).Scan(&usageCredits))
+		if consumed != charged[u.ID] || usageCredits != charged[u.ID] {
+			t.Errorf("user %d: ledger consumed %d, usages %d, clients were charged %d", u.ID, consumed, usageCredits, charged[u.ID])
+		}
+		bal, err := st.Balance(ctx, u.ID)
+		require.NoError(t, err)
+		var live int64
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0) FROM grants WHERE user_id = $1 AND (expires_at IS NULL OR expires_at > now())`, u.ID).Scan(&live))
+		if bal.Total < 0 || bal.Total != live {
+			t.Errorf("user %d: balance %d, live grants %d", u.ID, bal.Total, live)
+		}
+	}
+	var lateDraws, overdueLeft int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id
+ WHERE e.kind = 'consume' AND g.expires_at IS NOT NULL AND e.created_at >= g.expires_at`).Scan(&lateDraws))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM grants WHERE expires_at <= now() AND remaining > 0`).Scan(&overdueLeft))
+	if lateDraws != 0 {
+		t.Errorf("%d consume entries drew from a grant at or after its expiry", lateDraws)
+	}
+	if overdueLeft != 0 {
+		t.Errorf("%d overdue grants still hold credits after the final sweep", overdueLeft)
+	}
+	var expireEntries int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM ledger_entries WHERE kind = 'expire'`).Scan(&expireEntries))
+	if expireEntries == 0 || shortages.Load() == 0 || replays.Load() == 0 || sweeps.Load() == 0 {
+		t.Errorf("the load did not exercise every path: expire entries %d, shortages %d, replays %d, sweeps %d",
+			expireEntries, shortages.Load(), replays.Load(), sweeps.Load())
+	}
+	t.Logf("ops %d, replays %d, insufficient %d, sweeps %d, expire entries %d", workers*opsPerWorker, replays.Load(), shortages.Load(), sweeps.Load(), expireEntries)
+}
