@@ -1,9 +1,14 @@
 -- The credit ledger: services, grants, usages and append-only ledger entries.
 --
--- Entries are the source of truth: a grant's `remaining` is only ever changed
--- by the statement trigger that applies newly inserted entries, so "per
--- grant, the sum of its entries equals remaining" holds by construction, and
--- the CHECK on remaining keeps every grant within 0..amount.
+-- Every change to credits happens inside one of the ledger_* functions
+-- below, which update a grant's `remaining` and append the matching entry
+-- in the same statement sequence. Triggers refuse grant and entry changes
+-- made outside them, entries and usages are append-only, and CHECKs keep
+-- every grant within 0..amount; tests check the sums after concurrent runs.
+--
+-- The hot path (ledger_consume) is built for speed: one call, a handful of
+-- simple statements, and grant updates that stay HOT (no index on the grants
+-- table mentions `remaining`).
 
 -- +goose Up
 CREATE TABLE services (
@@ -28,18 +33,22 @@ CREATE TABLE grants (
     source_kind text NOT NULL CHECK (source_kind <> ''),
     source_id   text NOT NULL CHECK (source_id <> ''),
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Set once the grant holds nothing more: spent, expired or taken back.
+    -- Indexes key off it instead of `remaining`, so most draws are HOT updates.
+    closed_at   timestamptz,
     CONSTRAINT grants_remaining_within_amount CHECK (remaining >= 0 AND remaining <= amount),
+    CONSTRAINT grants_closed_iff_empty CHECK ((remaining = 0) = (closed_at IS NOT NULL)),
     CONSTRAINT grants_source_key UNIQUE (source_kind, source_id),
     CONSTRAINT grants_subscription_expires CHECK (kind <> 'subscription' OR expires_at IS NOT NULL),
     CONSTRAINT grants_pack_never_expires CHECK (kind <> 'pack' OR expires_at IS NULL),
     CONSTRAINT grants_expiry_after_creation CHECK (expires_at IS NULL OR expires_at > created_at),
     -- Lets ledger entries prove that their grant belongs to their user.
     CONSTRAINT grants_id_user_key UNIQUE (id, user_id)
-);
--- Live grants of a user: the balance and the draw read only these.
-CREATE INDEX grants_live_idx ON grants (user_id) WHERE remaining > 0;
+) WITH (fillfactor = 80);
+-- Open grants of a user: the balance and the draw read only these.
+CREATE INDEX grants_open_idx ON grants (user_id) WHERE closed_at IS NULL;
 -- What the expiry sweep looks for: cost grows with what is due, not with all grants.
-CREATE INDEX grants_expiring_idx ON grants (expires_at) WHERE remaining > 0 AND expires_at IS NOT NULL;
+CREATE INDEX grants_expiring_idx ON grants (expires_at) WHERE closed_at IS NULL AND expires_at IS NOT NULL;
 
 CREATE TABLE usages (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -52,8 +61,11 @@ CREATE TABLE usages (
     balance_after   bigint NOT NULL CHECK (balance_after >= 0),
     api_key_id      bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT usages_idempotency_key UNIQUE (user_id, idempotency_key),
-    CONSTRAINT usages_id_user_key UNIQUE (id, user_id)
+    -- The key's scope as one value ("<user id>:<key>"), so that the lookup
+    -- has exactly one index to use: with (user_id, key) the planner may pick
+    -- the (user_id, id) index instead and scan a heavy user's whole history.
+    idempotency_scope text GENERATED ALWAYS AS (user_id::text || ':' || idempotency_key) STORED,
+    CONSTRAINT usages_idempotency_key UNIQUE (idempotency_scope)
 );
 CREATE INDEX usages_user_idx ON usages (user_id, id);
 
@@ -67,8 +79,11 @@ CREATE TABLE ledger_entries (
     actor_user_id bigint REFERENCES users (id),
     reason        text,
     created_at    timestamptz NOT NULL DEFAULT now(),
+    -- An entry belongs to its grant's user. (Its usage is the same user's
+    -- by construction in ledger_consume; a composite key here would cost
+    -- every consume one more index insert.)
     FOREIGN KEY (grant_id, user_id) REFERENCES grants (id, user_id),
-    FOREIGN KEY (usage_id, user_id) REFERENCES usages (id, user_id),
+    FOREIGN KEY (usage_id) REFERENCES usages (id),
     CONSTRAINT ledger_entries_consume_has_usage CHECK ((kind = 'consume') = (usage_id IS NOT NULL)),
     CONSTRAINT ledger_entries_sign CHECK (
         (kind = 'grant' AND amount > 0) OR
@@ -76,8 +91,8 @@ CREATE TABLE ledger_entries (
         kind = 'adjust'),
     CONSTRAINT ledger_entries_adjust_has_reason CHECK (kind <> 'adjust' OR coalesce(btrim(reason), '') <> '')
 );
+-- History, newest first, per user; and the entries of one usage.
 CREATE INDEX ledger_entries_user_idx ON ledger_entries (user_id, id);
-CREATE INDEX ledger_entries_grant_idx ON ledger_entries (grant_id);
 CREATE INDEX ledger_entries_usage_idx ON ledger_entries (usage_id) WHERE usage_id IS NOT NULL;
 
 CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries
@@ -86,100 +101,93 @@ CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries
     FOR EACH STATEMENT EXECUTE FUNCTION forbid_change();
 CREATE TRIGGER usages_append_only BEFORE UPDATE OR DELETE ON usages
     FOR EACH ROW EXECUTE FUNCTION forbid_change();
-
--- New entries move their grants' remaining, once per statement.
--- +goose StatementBegin
-CREATE FUNCTION ledger_apply_entries() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE grants g SET remaining = g.remaining + d.total
-      FROM (SELECT grant_id, sum(amount) AS total FROM new_entries GROUP BY grant_id) d
-     WHERE g.id = d.grant_id;
-    RETURN NULL;
-END;
-$$;
--- +goose StatementEnd
-CREATE TRIGGER ledger_entries_apply AFTER INSERT ON ledger_entries
-    REFERENCING NEW TABLE AS new_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_apply_entries();
-
--- Grants are born empty (their 'grant' or 'adjust' entry fills them), never
--- change what they are, and change `remaining` only through entries.
--- +goose StatementBegin
-CREATE FUNCTION grants_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.remaining <> 0 THEN
-            RAISE EXCEPTION 'grants start with remaining = 0; insert a ledger entry to fill them'
-                USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN NEW;
-    END IF;
-    IF NEW.remaining IS DISTINCT FROM OLD.remaining AND pg_trigger_depth() < 2 THEN
-        RAISE EXCEPTION 'grants.remaining changes only through ledger entries'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF (NEW.user_id, NEW.kind, NEW.amount, NEW.expires_at, NEW.source_kind, NEW.source_id, NEW.created_at)
-       IS DISTINCT FROM
-       (OLD.user_id, OLD.kind, OLD.amount, OLD.expires_at, OLD.source_kind, OLD.source_id, OLD.created_at) THEN
-        RAISE EXCEPTION 'grants are immutable except for remaining'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NEW;
-END;
-$$;
--- +goose StatementEnd
-CREATE TRIGGER grants_guard BEFORE INSERT OR UPDATE ON grants
-    FOR EACH ROW EXECUTE FUNCTION grants_guard();
 CREATE TRIGGER grants_no_delete BEFORE DELETE OR TRUNCATE ON grants
     FOR EACH STATEMENT EXECUTE FUNCTION forbid_change();
 
--- ledger_draw locks the user's live grants (in id order) and plans how to
--- draw p_amount from them: expiring grants first, soonest expiry first, then
--- never-expiring grants oldest first. It returns the live balance and, when
--- that covers p_amount, the grants to draw from and how much from each
--- (ok = false and empty arrays otherwise). It writes nothing. The caller
--- must hold the user's account row lock.
+-- Outside the ledger functions (which set quickscale.ledger while they
+-- write) grants are born full and never change, and entries are not
+-- written; inside, the ledger functions only ever change remaining and
+-- closed_at. The WHEN clauses are evaluated without calling any function,
+-- so the guards cost next to nothing on the hot path.
 -- +goose StatementBegin
-CREATE FUNCTION ledger_draw(p_user_id bigint, p_amount bigint,
-                            OUT ok boolean, OUT balance bigint,
-                            OUT grant_ids bigint[], OUT kinds text[], OUT takes bigint[])
+CREATE FUNCTION ledger_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% % is only allowed through the ledger functions', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER grants_born_full BEFORE INSERT ON grants FOR EACH ROW
+    WHEN (NEW.remaining <> NEW.amount OR NEW.closed_at IS NOT NULL)
+    EXECUTE FUNCTION ledger_refuse();
+CREATE TRIGGER grants_change_only_in_ledger BEFORE UPDATE ON grants FOR EACH ROW
+    WHEN (current_setting('quickscale.ledger', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION ledger_refuse();
+CREATE TRIGGER ledger_entries_only_in_ledger BEFORE INSERT ON ledger_entries FOR EACH ROW
+    WHEN (current_setting('quickscale.ledger', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION ledger_refuse();
+
+-- ledger_take draws p_amount from the user's open, live grants in priority
+-- order — expiring grants first (soonest expiry first), then never-expiring
+-- grants oldest first — updating each grant and writing one entry of
+-- p_kind per grant drawn. The caller holds the account row lock, has
+-- checked that the live balance covers p_amount and has set
+-- quickscale.ledger. Returns what was drawn, in order.
+-- +goose StatementBegin
+CREATE FUNCTION ledger_take(p_user_id bigint, p_amount bigint, p_kind text, p_usage_id bigint,
+                            p_actor bigint, p_reason text, p_ids bigint[], p_kinds text[], p_remaining bigint[],
+                            OUT drawn jsonb)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    g      record;
     v_need bigint := p_amount;
+    v_take bigint;
+    i      int := 1;
 BEGIN
-    balance := 0; grant_ids := '{}'; kinds := '{}'; takes := '{}';
-    FOR g IN
-        SELECT s.id, s.kind, s.remaining
-          FROM (SELECT gr.id, gr.kind, gr.remaining, gr.expires_at
-                  FROM grants gr
-                 WHERE gr.user_id = p_user_id AND gr.remaining > 0
-                   AND (gr.expires_at IS NULL OR gr.expires_at > now())
-                 ORDER BY gr.id
-                   FOR UPDATE) s
-         ORDER BY s.expires_at ASC NULLS LAST, s.id ASC
-    LOOP
-        balance := balance + g.remaining;
-        IF v_need > 0 THEN
-            grant_ids := grant_ids || g.id;
-            kinds     := kinds || g.kind;
-            takes     := takes || least(v_need, g.remaining);
-            v_need    := v_need - least(v_need, g.remaining);
-        END IF;
+    drawn := '[]'::jsonb;
+    WHILE v_need > 0 LOOP
+        v_take := least(v_need, p_remaining[i]);
+        UPDATE grants SET remaining = remaining - v_take,
+                          closed_at = CASE WHEN remaining = v_take THEN now() END
+         WHERE id = p_ids[i];
+        INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id, actor_user_id, reason)
+        VALUES (p_user_id, p_ids[i], p_kind, -v_take, p_usage_id, p_actor, p_reason);
+        drawn := drawn || jsonb_build_object('grant_id', p_ids[i], 'kind', p_kinds[i], 'credits', v_take);
+        v_need := v_need - v_take;
+        i := i + 1;
     END LOOP;
-    ok := v_need <= 0;
-    IF NOT ok THEN
-        grant_ids := '{}'; kinds := '{}'; takes := '{}';
-    END IF;
+END;
+$$;
+-- +goose StatementEnd
+
+-- ledger_live_grants locks the user's open grants in id order and returns
+-- the live ones (not yet expired) in draw order, with their total.
+-- (plpgsql, not sql: a sql function would be planned on every call.)
+-- +goose StatementBegin
+CREATE FUNCTION ledger_live_grants(p_user_id bigint, OUT ids bigint[], OUT kinds text[], OUT remaining bigint[], OUT total bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    SELECT coalesce(array_agg(s.id ORDER BY s.expires_at ASC NULLS LAST, s.id), '{}'),
+           coalesce(array_agg(s.kind ORDER BY s.expires_at ASC NULLS LAST, s.id), '{}'),
+           coalesce(array_agg(s.remaining ORDER BY s.expires_at ASC NULLS LAST, s.id), '{}'),
+           coalesce(sum(s.remaining), 0)::bigint
+      INTO ids, kinds, remaining, total
+      FROM (SELECT g.id, g.kind, g.remaining, g.expires_at
+              FROM grants g
+             WHERE g.user_id = p_user_id AND g.closed_at IS NULL
+             ORDER BY g.id
+               FOR UPDATE) s
+     WHERE s.expires_at IS NULL OR s.expires_at > now();
 END;
 $$;
 -- +goose StatementEnd
 
 -- ledger_consume spends a service's cost for a user in one call (one round
--- trip): lock the account row, honour the idempotency key, draw, record.
--- status is one of created, replayed, conflict, insufficient, no_service,
--- no_account. Nothing is written unless status is created.
+-- trip): lock the account row (the per-user serialisation point), honour
+-- the idempotency key, draw, record. status is one of created, replayed,
+-- conflict, insufficient, no_service, no_account; nothing is written unless
+-- it is created.
 -- +goose StatementBegin
 CREATE FUNCTION ledger_consume(p_user_id bigint, p_service_slug text, p_idempotency_key text,
                                p_fingerprint text, p_api_key_id bigint)
@@ -188,62 +196,92 @@ RETURNS TABLE (status text, usage_id bigint, service_slug text, credits bigint, 
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_usage   usages%ROWTYPE;
-    v_service services%ROWTYPE;
-    v_draw    record;
+    v_account   bigint;
+    v_service   bigint;
+    v_cost      bigint;
+    v_prior     bigint;
+    v_prior_fp  text;
+    v_ids       bigint[];
+    v_kinds     text[];
+    v_rem       bigint[];
+    v_total     bigint;
+    v_need      bigint;
+    v_take      bigint;
+    i           int := 1;
 BEGIN
-    PERFORM 1 FROM accounts a WHERE a.user_id = p_user_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'no_account', NULL::bigint, p_service_slug, 0::bigint, 0::bigint, '[]'::jsonb, now();
-        RETURN;
+    SELECT a.user_id, s.id, s.credit_cost
+      INTO v_account, v_service, v_cost
+      FROM accounts a
+      LEFT JOIN services s ON s.slug = p_service_slug AND s.active
+     WHERE a.user_id = p_user_id
+       FOR UPDATE OF a;
+    -- A statement of its own: its snapshot is taken after the lock is held,
+    -- so it sees a usage committed by whoever held the lock before us.
+    SELECT u.id, u.fingerprint INTO v_prior, v_prior_fp
+      FROM usages u WHERE u.idempotency_scope = p_user_id::text || ':' || p_idempotency_key;
+    service_slug := p_service_slug; credits := 0; balance := 0; drawn := '[]'::jsonb; created_at := now();
+    IF v_account IS NULL THEN
+        status := 'no_account'; RETURN NEXT; RETURN;
     END IF;
-
-    SELECT * INTO v_usage FROM usages u WHERE u.user_id = p_user_id AND u.idempotency_key = p_idempotency_key;
-    IF FOUND THEN
-        IF v_usage.fingerprint <> p_fingerprint THEN
-            RETURN QUERY SELECT 'conflict', v_usage.id, p_service_slug, 0::bigint, 0::bigint, '[]'::jsonb, v_usage.created_at;
-            RETURN;
+    IF v_prior IS NOT NULL THEN
+        IF v_prior_fp <> p_fingerprint THEN
+            status := 'conflict'; usage_id := v_prior; RETURN NEXT; RETURN;
         END IF;
         RETURN QUERY
-            SELECT 'replayed', v_usage.id, s.slug, v_usage.credits, v_usage.balance_after,
+            SELECT 'replayed', u.id, s.slug, u.credits, u.balance_after,
                    coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', e.grant_id, 'kind', g.kind, 'credits', -e.amount) ORDER BY e.id)
                                FROM ledger_entries e JOIN grants g ON g.id = e.grant_id
-                              WHERE e.usage_id = v_usage.id), '[]'::jsonb),
-                   v_usage.created_at
-              FROM services s WHERE s.id = v_usage.service_id;
+                              WHERE e.usage_id = u.id), '[]'::jsonb),
+                   u.created_at
+              FROM usages u JOIN services s ON s.id = u.service_id WHERE u.id = v_prior;
         RETURN;
     END IF;
-
-    SELECT * INTO v_service FROM services s WHERE s.slug = p_service_slug AND s.active;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'no_service', NULL::bigint, p_service_slug, 0::bigint, 0::bigint, '[]'::jsonb, now();
-        RETURN;
+    IF v_service IS NULL THEN
+        status := 'no_service'; RETURN NEXT; RETURN;
     END IF;
 
-    SELECT * INTO v_draw FROM ledger_draw(p_user_id, v_service.credit_cost);
-    IF NOT v_draw.ok THEN
-        RETURN QUERY SELECT 'insufficient', NULL::bigint, v_service.slug, v_service.credit_cost, v_draw.balance, '[]'::jsonb, now();
-        RETURN;
+    -- The live grants in draw order. No row locks: every writer of a
+    -- user's grants holds the account row lock, which we hold, and the
+    -- grants drawn from are locked by their UPDATE below. (Locking the
+    -- others too would write WAL for rows that do not change.)
+    SELECT coalesce(array_agg(g.id ORDER BY g.expires_at ASC NULLS LAST, g.id), '{}'),
+           coalesce(array_agg(g.kind ORDER BY g.expires_at ASC NULLS LAST, g.id), '{}'),
+           coalesce(array_agg(g.remaining ORDER BY g.expires_at ASC NULLS LAST, g.id), '{}'),
+           coalesce(sum(g.remaining), 0)
+      INTO v_ids, v_kinds, v_rem, v_total
+      FROM grants g
+     WHERE g.user_id = p_user_id AND g.closed_at IS NULL
+       AND (g.expires_at IS NULL OR g.expires_at > now());
+    IF v_total < v_cost THEN
+        status := 'insufficient'; credits := v_cost; balance := v_total; RETURN NEXT; RETURN;
     END IF;
 
+    PERFORM set_config('quickscale.ledger', 'on', true);
     INSERT INTO usages (user_id, service_id, credits, idempotency_key, fingerprint, balance_after, api_key_id)
-    VALUES (p_user_id, v_service.id, v_service.credit_cost, p_idempotency_key, p_fingerprint,
-            v_draw.balance - v_service.credit_cost, p_api_key_id)
-    RETURNING * INTO v_usage;
-
-    INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id)
-    SELECT p_user_id, t.id, 'consume', -t.take, v_usage.id
-      FROM unnest(v_draw.grant_ids, v_draw.takes) AS t (id, take);
-
-    RETURN QUERY
-        SELECT 'created', v_usage.id, v_service.slug, v_usage.credits, v_usage.balance_after,
-               coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', t.id, 'kind', t.kind, 'credits', t.take) ORDER BY t.ord)
-                           FROM unnest(v_draw.grant_ids, v_draw.kinds, v_draw.takes) WITH ORDINALITY AS t (id, kind, take, ord)),
-                        '[]'::jsonb),
-               v_usage.created_at;
+    VALUES (p_user_id, v_service, v_cost, p_idempotency_key, p_fingerprint, v_total - v_cost, p_api_key_id)
+    RETURNING id, usages.created_at INTO usage_id, created_at;
+    v_need := v_cost;
+    WHILE v_need > 0 LOOP
+        v_take := least(v_need, v_rem[i]);
+        UPDATE grants SET remaining = remaining - v_take,
+                          closed_at = CASE WHEN remaining = v_take THEN now() END
+         WHERE id = v_ids[i];
+        INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id)
+        VALUES (p_user_id, v_ids[i], 'consume', -v_take, usage_id);
+        drawn := drawn || jsonb_build_object('grant_id', v_ids[i], 'kind', v_kinds[i], 'credits', v_take);
+        v_need := v_need - v_take;
+        i := i + 1;
+    END LOOP;
+    PERFORM set_config('quickscale.ledger', '', true);
+    status := 'created'; credits := v_cost; balance := v_total - v_cost;
+    RETURN NEXT;
 END;
 $$;
 -- +goose StatementEnd
+-- Every statement of a consume is a keyed lookup. Right after a deploy the
+-- tables are empty, so statistics say "empty" and a cached plan would
+-- otherwise scan whole tables until autovacuum analyses them.
+ALTER FUNCTION ledger_consume(bigint, text, text, text, bigint) SET enable_seqscan = off;
 
 -- ledger_grant adds a grant and its first entry (kind 'grant', or 'adjust'
 -- for admin additions) under the account lock. A grant whose source exists
@@ -262,7 +300,7 @@ BEGIN
         RAISE EXCEPTION 'no account for user %', p_user_id USING ERRCODE = 'foreign_key_violation';
     END IF;
     INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id)
-    VALUES (p_user_id, p_kind, p_amount, 0, p_expires_at, p_source_kind, p_source_id)
+    VALUES (p_user_id, p_kind, p_amount, p_amount, p_expires_at, p_source_kind, p_source_id)
     ON CONFLICT (source_kind, source_id) DO NOTHING
     RETURNING id INTO grant_id;
     IF grant_id IS NULL THEN
@@ -270,8 +308,10 @@ BEGIN
         created := false;
         RETURN;
     END IF;
+    PERFORM set_config('quickscale.ledger', 'on', true);
     INSERT INTO ledger_entries (user_id, grant_id, kind, amount, actor_user_id, reason)
     VALUES (p_user_id, grant_id, p_entry_kind, p_amount, p_actor, p_reason);
+    PERFORM set_config('quickscale.ledger', '', true);
     created := true;
 END;
 $$;
@@ -285,26 +325,23 @@ CREATE FUNCTION ledger_debit(p_user_id bigint, p_amount bigint, p_entry_kind tex
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_draw record;
+    v_live record;
 BEGIN
     PERFORM 1 FROM accounts a WHERE a.user_id = p_user_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no account for user %', p_user_id USING ERRCODE = 'foreign_key_violation';
     END IF;
-    SELECT * INTO v_draw FROM ledger_draw(p_user_id, p_amount);
-    ok := v_draw.ok;
-    balance := v_draw.balance;
+    SELECT * INTO v_live FROM ledger_live_grants(p_user_id);
+    ok := v_live.total >= p_amount;
+    balance := v_live.total;
     drawn := '[]'::jsonb;
     IF NOT ok THEN
         RETURN;
     END IF;
-    INSERT INTO ledger_entries (user_id, grant_id, kind, amount, actor_user_id, reason)
-    SELECT p_user_id, t.id, p_entry_kind, -t.take, p_actor, p_reason
-      FROM unnest(v_draw.grant_ids, v_draw.takes) AS t (id, take);
-    balance := v_draw.balance - p_amount;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('grant_id', t.id, 'kind', t.kind, 'credits', t.take) ORDER BY t.ord), '[]'::jsonb)
-      INTO drawn
-      FROM unnest(v_draw.grant_ids, v_draw.kinds, v_draw.takes) WITH ORDINALITY AS t (id, kind, take, ord);
+    PERFORM set_config('quickscale.ledger', 'on', true);
+    drawn := ledger_take(p_user_id, p_amount, p_entry_kind, NULL, p_actor, p_reason, v_live.ids, v_live.kinds, v_live.remaining);
+    PERFORM set_config('quickscale.ledger', '', true);
+    balance := v_live.total - p_amount;
 END;
 $$;
 -- +goose StatementEnd
@@ -327,8 +364,13 @@ BEGIN
     SELECT g.remaining INTO v_left FROM grants g WHERE g.id = p_grant_id FOR UPDATE;
     taken := least(greatest(p_amount, 0), v_left);
     IF taken > 0 THEN
+        PERFORM set_config('quickscale.ledger', 'on', true);
+        UPDATE grants SET remaining = remaining - taken,
+                          closed_at = CASE WHEN remaining = taken THEN now() END
+         WHERE id = p_grant_id;
         INSERT INTO ledger_entries (user_id, grant_id, kind, amount, reason)
         VALUES (v_user, p_grant_id, 'clawback', -taken, p_reason);
+        PERFORM set_config('quickscale.ledger', '', true);
     END IF;
 END;
 $$;
@@ -347,26 +389,31 @@ DECLARE
 BEGIN
     SELECT array_agg(DISTINCT d.user_id ORDER BY d.user_id) INTO v_users
       FROM (SELECT g.user_id FROM grants g
-             WHERE g.remaining > 0 AND g.expires_at IS NOT NULL AND g.expires_at <= now()
+             WHERE g.closed_at IS NULL AND g.expires_at IS NOT NULL AND g.expires_at <= now()
              ORDER BY g.expires_at
              LIMIT p_max_grants) d;
     IF v_users IS NULL THEN
         RETURN;
     END IF;
     PERFORM 1 FROM accounts a WHERE a.user_id = ANY (v_users) ORDER BY a.user_id FOR UPDATE;
+    PERFORM set_config('quickscale.ledger', 'on', true);
     RETURN QUERY
-    WITH e AS (
-        INSERT INTO ledger_entries (user_id, grant_id, kind, amount)
-        SELECT g.user_id, g.id, 'expire', -g.remaining
+    WITH due AS (
+        SELECT g.id, g.user_id, g.kind, g.remaining
           FROM grants g
-         WHERE g.user_id = ANY (v_users) AND g.remaining > 0
+         WHERE g.user_id = ANY (v_users) AND g.closed_at IS NULL
            AND g.expires_at IS NOT NULL AND g.expires_at <= now()
          ORDER BY g.id
-        RETURNING ledger_entries.user_id, ledger_entries.grant_id, ledger_entries.amount
+           FOR UPDATE
+    ), closed AS (
+        UPDATE grants g SET remaining = 0, closed_at = now() FROM due WHERE g.id = due.id
+    ), e AS (
+        INSERT INTO ledger_entries (user_id, grant_id, kind, amount)
+        SELECT due.user_id, due.id, 'expire', -due.remaining FROM due
     )
-    SELECT g.kind, count(DISTINCT e.user_id), count(*), -sum(e.amount)::bigint
-      FROM e JOIN grants g ON g.id = e.grant_id
-     GROUP BY g.kind;
+    SELECT due.kind, count(DISTINCT due.user_id), count(*), sum(due.remaining)::bigint
+      FROM due GROUP BY due.kind;
+    PERFORM set_config('quickscale.ledger', '', true);
 END;
 $$;
 -- +goose StatementEnd

@@ -295,7 +295,7 @@ func BalanceOf(ctx context.Context, db DBTX, userID int64) (Balance, error) {
 	rows, err := db.Query(ctx, `
 SELECT kind, sum(remaining)::bigint, min(expires_at)
   FROM grants
- WHERE user_id = $1 AND remaining > 0 AND (expires_at IS NULL OR expires_at > now())
+ WHERE user_id = $1 AND closed_at IS NULL AND (expires_at IS NULL OR expires_at > now())
  GROUP BY kind`, userID)
 	if err != nil {
 		return b, err
@@ -319,7 +319,7 @@ SELECT kind, sum(remaining)::bigint, min(expires_at)
 	}
 	if b.NextExpiry != nil {
 		err = db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants
- WHERE user_id = $1 AND remaining > 0 AND expires_at = $2`, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
+ WHERE user_id = $1 AND closed_at IS NULL AND expires_at = $2`, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
 	}
 	return b, err
 }

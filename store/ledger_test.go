@@ -171,16 +171,8 @@ func TestExpiredGrantIsUnspendableFromItsExpiryInstant(t *testing.T) {
 	var now time.Time
 	require.NoError(t, tx.QueryRow(b.ctx, `SELECT now()`).Scan(&now))
 	// Grants born an hour ago: one expires exactly now, one a microsecond later.
-	insert := func(src string, exp time.Time, amount int64) int64 {
-		var id int64
-		require.NoError(t, tx.QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
- VALUES ($1, 'subscription', $2, 0, $3, 'test', $4, $5) RETURNING id`, b.user.ID, amount, exp, src, now.Add(-time.Hour)).Scan(&id))
-		_, err := tx.Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', $3)`, b.user.ID, id, amount)
-		require.NoError(t, err)
-		return id
-	}
-	insert("at-now", now, 5)
-	later := insert("after-now", now.Add(time.Microsecond), 2)
+	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 5, now.Add(-time.Hour), now)
+	later := storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(time.Microsecond))
 
 	bal, err := store.BalanceOf(b.ctx, tx, b.user.ID)
 	require.NoError(t, err)
@@ -206,16 +198,12 @@ func TestExpireOverdueWritesExpireEntriesOnlyForOverdueGrants(t *testing.T) {
 	live := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 10, ExpiresAt: ptr(time.Now().Add(time.Hour))})
 	pack := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 10})
 	// Overdue grants: created in the past through SQL, as the sweep would find them.
-	overdue := func(userID int64, src string, amount int64) {
-		var id int64
-		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
- VALUES ($1, 'subscription', $2, 0, now() - interval '1 minute', 'test', $3, now() - interval '31 days') RETURNING id`, userID, amount, src).Scan(&id))
-		_, err := b.st.Pool().Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', $3)`, userID, id, amount)
-		require.NoError(t, err)
+	overdue := func(userID int64, amount int64) {
+		storetest.BackdatedGrant(t, b.st.Pool(), userID, store.GrantSubscription, amount, time.Now().Add(-31*24*time.Hour), time.Now().Add(-time.Minute))
 	}
-	overdue(b.user.ID, "o1", 30)
-	overdue(b.user.ID, "o2", 20)
-	overdue(other.ID, "o3", 7)
+	overdue(b.user.ID, 30)
+	overdue(b.user.ID, 20)
+	overdue(other.ID, 7)
 
 	res, err := b.st.ExpireOverdueBatch(b.ctx, 1000)
 	require.NoError(t, err)
@@ -239,11 +227,7 @@ func TestExpireOverdueBatchIsBounded(t *testing.T) {
 	b := setupLedger(t)
 	for i := range 5 {
 		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
-		var id int64
-		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
- VALUES ($1, 'promo', 3, 0, now() - interval '1 second', 'test', $2::int::text, now() - interval '1 day') RETURNING id`, u.ID, i).Scan(&id))
-		_, err := b.st.Pool().Exec(b.ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) VALUES ($1, $2, 'grant', 3)`, u.ID, id)
-		require.NoError(t, err)
+		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantPromo, 3, time.Now().Add(-24*time.Hour), time.Now().Add(-time.Duration(i+1)*time.Second))
 	}
 	res, err := b.st.ExpireOverdueBatch(b.ctx, 2)
 	require.NoError(t, err)
@@ -304,20 +288,41 @@ func TestLedgerConstraintsRefuseDirectTampering(t *testing.T) {
 	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 3})
 	_, _, err := b.consume(t, svc, "k")
 	require.NoError(t, err)
+	// Outside the ledger functions.
 	for name, sql := range map[string]string{
 		"update remaining":      `UPDATE grants SET remaining = 1000 WHERE id = $1`,
 		"change amount":         `UPDATE grants SET amount = 1000, remaining = remaining WHERE id = $1`,
 		"delete grant":          `DELETE FROM grants WHERE id = $1`,
 		"update entry":          `UPDATE ledger_entries SET amount = 1 WHERE grant_id = $1`,
 		"delete entry":          `DELETE FROM ledger_entries WHERE grant_id = $1`,
-		"overdraw by entry":     `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'adjust', -100 FROM grants WHERE id = $1`,
-		"grant born non-empty":  `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) SELECT user_id, 'pack', 5, 5, 'x', 'y' FROM grants WHERE id = $1`,
+		"delete usage":          `DELETE FROM usages WHERE user_id = (SELECT user_id FROM grants WHERE id = $1)`,
+		"entry outside ledger":  `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, reason) SELECT user_id, id, 'adjust', -1, 'x' FROM grants WHERE id = $1`,
+		"grant born part-spent": `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) SELECT user_id, 'pack', 5, 4, 'x', 'y' FROM grants WHERE id = $1`,
+		"grant born closed":     `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id, closed_at) SELECT user_id, 'pack', 5, 5, 'x', 'z', now() FROM grants WHERE id = $1`,
+	} {
+		if _, err := b.st.Pool().Exec(b.ctx, sql, g.GrantID); err == nil {
+			t.Errorf("%s: succeeded, want the database to refuse it", name)
+		}
+	}
+	// Even where the ledger functions may write, the constraints hold.
+	for name, sql := range map[string]string{
+		"overdraw":              `UPDATE grants SET remaining = -1, closed_at = NULL WHERE id = $1`,
+		"close with credits":    `UPDATE grants SET closed_at = now() WHERE id = $1`,
+		"empty but open":        `UPDATE grants SET remaining = 0 WHERE id = $1`,
 		"adjust without reason": `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'adjust', 1 FROM grants WHERE id = $1`,
 		"consume without usage": `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'consume', -1 FROM grants WHERE id = $1`,
+		"positive expire":       `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'expire', 1 FROM grants WHERE id = $1`,
+		"entry of another user": `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, reason) SELECT user_id + 1000, id, 'adjust', 1, 'x' FROM grants WHERE id = $1`,
 	} {
-		_, err := b.st.Pool().Exec(b.ctx, sql, g.GrantID)
+		err := b.st.InTx(b.ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(b.ctx, `SELECT set_config('quickscale.ledger', 'on', true)`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(b.ctx, sql, g.GrantID)
+			return err
+		})
 		if err == nil {
-			t.Errorf("%s: succeeded, want the database to refuse it", name)
+			t.Errorf("%s (inside the ledger): succeeded, want a constraint to refuse it", name)
 		}
 	}
 }

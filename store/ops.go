@@ -96,7 +96,7 @@ func (s *Store) CreditLiability(ctx context.Context) (Liability, error) {
 	}
 	rows, err := s.pool.Query(ctx, `
 SELECT kind, sum(remaining)::bigint FROM grants
- WHERE remaining > 0 AND (expires_at IS NULL OR expires_at > now())
+ WHERE closed_at IS NULL AND (expires_at IS NULL OR expires_at > now())
  GROUP BY kind`)
 	if err != nil {
 		return l, err
@@ -116,6 +116,6 @@ SELECT kind, sum(remaining)::bigint FROM grants
 	}
 	err = s.pool.QueryRow(ctx, `
 SELECT coalesce(sum(remaining), 0)::bigint FROM grants
- WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at > now() AND expires_at <= now() + interval '7 days'`).Scan(&l.Expiring7d)
+ WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at > now() AND expires_at <= now() + interval '7 days'`).Scan(&l.Expiring7d)
 	return l, err
 }

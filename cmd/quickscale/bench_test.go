@@ -313,12 +313,13 @@ func BenchmarkCreditsPageDeepHistory(b *testing.B) {
 		u := storetest.NewUser(b, ta.store, storetest.UserOpts{})
 		g := storetest.NewGrant(b, ta.store, u.ID, storetest.GrantOpts{Amount: 1_000_000})
 		if _, err := ta.store.Pool().Exec(ctx, `
-WITH u AS (
+WITH cfg AS (SELECT set_config('quickscale.ledger', 'on', true)),
+u AS (
     INSERT INTO usages (user_id, service_id, credits, idempotency_key, fingerprint, balance_after)
     SELECT $1, s.id, 1, 'seed-' || x, 'seed', 1000000 - x FROM generate_series(1, $2::int) x, services s WHERE s.slug = $3
     RETURNING id
 )
-INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id) SELECT $1, $4, 'consume', -1, u.id FROM u ORDER BY u.id`,
+INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id) SELECT $1, $4, 'consume', -1, u.id FROM u, cfg ORDER BY u.id`,
 			u.ID, tc.entries, svc, g.GrantID); err != nil {
 			b.Fatal(err)
 		}

@@ -127,6 +127,8 @@ SELECT count(*) FROM usages u
 		{"usage balance_after negative", `SELECT count(*) FROM usages WHERE balance_after < 0`},
 		{"entry of another user's grant", `
 SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE g.user_id <> e.user_id`},
+		{"entry of another user's usage", `
+SELECT count(*) FROM ledger_entries e JOIN usages u ON u.id = e.usage_id WHERE u.user_id <> e.user_id`},
 	}
 	var out []string
 	for _, c := range checks {
@@ -139,4 +141,27 @@ SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE g
 		}
 	}
 	return out
+}
+
+// BackdatedGrant writes a grant created at createdAt that expires at
+// expiresAt (both may be in the past), with its grant entry, the way only
+// the ledger functions may: so tests can build overdue grants without
+// waiting. db may be a transaction (to pin now()). It returns the grant id.
+func BackdatedGrant(t testing.TB, db store.DBTX, userID int64, kind string, amount int64, createdAt, expiresAt time.Time) int64 {
+	t.Helper()
+	var id int64
+	err := db.QueryRow(context.Background(), `
+WITH cfg AS (SELECT set_config('quickscale.ledger', 'on', true) AS on),
+g AS (
+    INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+    SELECT $1::bigint, $2, $3::bigint, $3::bigint, $4, 'test-backdated', $1::bigint::text || '-' || nextval(pg_get_serial_sequence('grants', 'id')), $5 FROM cfg
+    RETURNING id, user_id, amount
+), e AS (
+    INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'grant', amount FROM g
+)
+SELECT id FROM g`, userID, kind, amount, expiresAt, createdAt).Scan(&id)
+	if err != nil {
+		t.Fatalf("storetest: backdated grant: %v", err)
+	}
+	return id
 }
