@@ -35,8 +35,10 @@ lint: tools-go
 	$(BIN)/staticcheck ./...
 
 ## bench: the ledger and webhook benchmarks, each next to a same-run pgbench reference
+## (BENCH_DURATION sets each measurement's length; default 10s)
 bench: tools
-	$(GO) test -count=1 -timeout 60m -run '^TestBenchReport$$' -v ./cmd/quickscale -args -bench-report
+	@echo "QuickScale benchmarks ($$(nproc) cores; pgbench references measured in the same run)"
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench . -benchtime 1x ./store ./cmd/quickscale
 
 ## tools: the pinned Go tools and the system packages tests need
 tools: tools-go tools-system

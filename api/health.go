@@ -9,18 +9,19 @@ import (
 	"github.com/quickscale/quickscale/store"
 )
 
-// readiness answers /readyz: Postgres answers and both migration sets are
+// Readiness answers /readyz: Postgres answers and both migration sets are
 // current. Once migrations were seen current they are not re-read (they
 // only move forward), so later checks cost one ping.
-type readiness struct {
+type Readiness struct {
 	store           *store.Store
 	migrationsReady atomic.Bool
 }
 
-func newReadiness(st *store.Store) *readiness { return &readiness{store: st} }
+// NewReadiness checks st.
+func NewReadiness(st *store.Store) *Readiness { return &Readiness{store: st} }
 
 // Check returns "" when ready, else the reason.
-func (rd *readiness) Check(ctx context.Context) string {
+func (rd *Readiness) Check(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := rd.store.Ping(ctx); err != nil {
@@ -51,10 +52,10 @@ func Healthz() http.Handler {
 
 // Readyz answers 200 when st is ready to serve, else 503 with the reason.
 func Readyz(st *store.Store) http.Handler {
-	return readyzHandler(newReadiness(st))
+	return readyzHandler(NewReadiness(st))
 }
 
-func readyzHandler(rd *readiness) http.Handler {
+func readyzHandler(rd *Readiness) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")

@@ -41,10 +41,13 @@ func (s *server) routes() http.Handler {
 		_ = cop.AddTrustedOrigin(u.Scheme + "://" + u.Host)
 	}
 	cop.SetDenyHandler(site.WithSession(site.CrossOriginDenied()))
+	// Static files: no session (a cacheable response must not carry or
+	// refresh a session cookie).
+	r.With(securityHeaders).Get("/static/*", site.Static().ServeHTTP)
+
 	r.Group(func(r chi.Router) {
 		r.Use(securityHeaders, timeout(s.cfg.RequestTimeout), cop.Handler, site.WithSession)
 
-		r.Get("/static/*", site.Static().ServeHTTP)
 		r.Get("/", site.Home().ServeHTTP)
 		r.Get("/about", site.About().ServeHTTP)
 		r.Get("/contact", site.Contact().ServeHTTP)

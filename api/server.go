@@ -51,7 +51,7 @@ func NewServer(
 	s := &server{
 		logger: logger, cfg: cfg, store: st, jobs: inserter, gateway: gateway,
 		site: site, metrics: metrics, riverUI: riverUI,
-		ready: newReadiness(st),
+		ready: NewReadiness(st),
 	}
 	return s.routes()
 }
@@ -65,5 +65,5 @@ type server struct {
 	site    *web.Site
 	metrics *observability.Metrics
 	riverUI http.Handler
-	ready   *readiness
+	ready   *Readiness
 }

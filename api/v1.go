@@ -64,6 +64,12 @@ func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
 		return
 	}
+	if store.IsUnavailable(err) {
+		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "path", r.URL.Path)
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The service is briefly unavailable; please retry.")
+		return
+	}
 	s.logger.ErrorContext(r.Context(), "api request failed", "err", err, "path", r.URL.Path, "request_id", RequestIDFrom(r.Context()))
 	writeProblem(w, r, http.StatusInternalServerError, "internal_error", "Something went wrong on our side. Please try again.")
 }

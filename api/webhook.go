@@ -89,6 +89,10 @@ func (s *server) handleStripeWebhook() http.Handler {
 	})
 }
 
+// stripeEpoch (2001-09-09) is safely before any Stripe event (its test
+// fixtures use 2009 timestamps).
+const stripeEpoch = 1_000_000_000
+
 // parseEvent reads the envelope of a verified event. The object itself is
 // kept raw for the worker.
 func parseEvent(body []byte) (store.StripeEvent, bool) {
@@ -109,16 +113,25 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return store.StripeEvent{}, false
 	}
-	if env.ID == "" || len(env.ID) > 255 || env.Type == "" || len(env.Type) > 255 || len(env.Data) == 0 ||
-		(env.Object != "" && env.Object != "event") || !strings.Contains(string(env.Data), `"object"`) {
+	if env.ID == "" || len(env.ID) > 255 || env.Type == "" || len(env.Type) > 255 ||
+		(env.Object != "" && env.Object != "event") {
+		return store.StripeEvent{}, false
+	}
+	// data.object must be an object (the worker decodes it).
+	var data struct {
+		Object json.RawMessage `json:"object"`
+	}
+	if err := json.Unmarshal(env.Data, &data); err != nil || len(data.Object) == 0 || data.Object[0] != '{' {
 		return store.StripeEvent{}, false
 	}
 	if !json.Valid(body) || bytes.IndexByte(body, 0) >= 0 {
 		return store.StripeEvent{}, false
 	}
+	// Stripe's events are from its lifetime; anything else is malformed
+	// (and a timestamp far out of range would not survive storage).
 	created := time.Unix(env.Created, 0)
-	if env.Created <= 0 {
-		created = time.Now()
+	if env.Created < stripeEpoch || created.After(time.Now().Add(24*time.Hour)) {
+		return store.StripeEvent{}, false
 	}
 	return store.StripeEvent{ID: env.ID, Type: env.Type, APIVersion: env.APIVersion, Livemode: env.Livemode, Created: created, Payload: body}, true
 }

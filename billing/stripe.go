@@ -34,7 +34,9 @@ func NewStripe(cfg StripeConfig) *Stripe {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	bc := &stripe.BackendConfig{HTTPClient: hc, LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelError}}
+	// stripe-go's own logging is off: errors are returned and logged by the
+	// caller, and an expected 404 (a product not created yet) is no error.
+	bc := &stripe.BackendConfig{HTTPClient: hc, LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelNull}}
 	if cfg.APIURL != "" {
 		bc.URL = stripe.String(cfg.APIURL)
 	}

@@ -78,7 +78,8 @@ var requiredAlerts = []string{
 	"QuickScaleWebhookSignatureFailures",  // webhook signature failures
 	"QuickScaleWebhookProcessingFailures", // outcome="failed"
 	"QuickScaleHTTP5xxRatioHigh",          // 5xx ratio
-	"QuickScaleTargetDown",                // readiness down (up == 0)
+	"QuickScaleTargetDown",                // process down (up == 0)
+	"QuickScaleNotReady",                  // readiness down (quickscale_ready == 0)
 	"QuickScaleNoWorkerUp",
 }
 
@@ -229,6 +230,22 @@ const alertRuleCases = `
 rule_files: [alerts.yml]
 evaluation_interval: 1m
 tests:
+  # A process runs but cannot reach the database.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_ready{job="api", instance="api:9464"}'
+        values: '1 1 0x10'
+      - series: 'quickscale_ready{job="worker", instance="w1:9464"}'
+        values: '1x12'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: QuickScaleNotReady
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: QuickScaleNotReady
+        exp_alerts:
+          - exp_labels: {severity: critical, job: api, instance: "api:9464"}
+
   # A scraped process stops answering.
   - interval: 1m
     input_series:

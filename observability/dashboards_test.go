@@ -267,6 +267,7 @@ func knownMetrics(t *testing.T) map[string][]string {
 	}
 	t.Cleanup(pool.Close)
 	m.RegisterPool(pool.Stat)
+	m.RegisterReady(func() bool { return true })
 
 	known := map[string][]string{"up": nil}
 	descRE := regexp.MustCompile(`fqName: "([^"]+)".*variableLabels: \{([^}]*)\}`)

@@ -175,3 +175,18 @@ func LabelSafe(s string) string {
 	}
 	return s
 }
+
+// RegisterReady exports quickscale_ready: 1 while ready() reports that this
+// process can serve (Postgres answers, migrations current), else 0. It is
+// evaluated at scrape time; the check is a ping once migrations were seen
+// current.
+func (m *Metrics) RegisterReady(ready func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "quickscale_ready", Help: "1 when this process is ready to serve (Postgres answers and migrations are current), else 0.",
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
+}

@@ -233,19 +233,25 @@ RETURNING t.user_id, t.email`, hashSecret(raw), purpose).Scan(&t.UserID, &t.Emai
 	return t, err
 }
 
-// MarkVerified records that the user confirmed email.
-func MarkVerified(ctx context.Context, db DBTX, userID int64, email string) error {
-	_, err := db.Exec(ctx, `UPDATE users SET email_verified_at = COALESCE(email_verified_at, now())
+// MarkVerified records that the user confirmed email. It reports false when
+// email is no longer the user's address (a link to an address changed since).
+func MarkVerified(ctx context.Context, db DBTX, userID int64, email string) (bool, error) {
+	tag, err := db.Exec(ctx, `UPDATE users SET email_verified_at = COALESCE(email_verified_at, now())
  WHERE id = $1 AND lower(email) = lower($2) AND deleted_at IS NULL`, userID, email)
-	return err
+	return tag.RowsAffected() == 1, err
 }
 
-// ChangeEmail moves the user to a confirmed new address.
+// ChangeEmail moves the user to a confirmed new address. Every link still
+// outstanding (sent to the old address) stops working.
 func ChangeEmail(ctx context.Context, db DBTX, userID int64, email string) error {
 	_, err := db.Exec(ctx, `UPDATE users SET email = $2, email_verified_at = now() WHERE id = $1 AND deleted_at IS NULL`, userID, email)
 	if isUniqueViolation(err, "users_email_key") {
 		return Errorf(KindConflict, "That address is now used by another account.")
 	}
+	if err != nil {
+		return err
+	}
+	_, err = db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL`, userID)
 	return err
 }
 

@@ -203,8 +203,13 @@ func (s *Site) Verify() http.Handler {
 			t, err := store.UseToken(ctx, tx, f.raw("token"), store.TokenVerifyEmail)
 			if err == nil {
 				email = t.Email
-				if err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
+				ok, err := store.MarkVerified(ctx, tx, t.UserID, t.Email)
+				if err != nil {
 					return err
+				}
+				if !ok {
+					// The account has moved to another address since.
+					return store.Errorf(store.KindInvalid, "This link is invalid or has expired.")
 				}
 				return s.sendEmail(ctx, tx, jobs.EmailWelcome, t.Email, map[string]string{"DashboardLink": s.absURL("/dashboard")})
 			}
@@ -340,7 +345,7 @@ func (s *Site) ResetPassword() http.Handler {
 				return err
 			}
 			// Following the emailed link proved the address.
-			if err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
+			if _, err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
 				return err
 			}
 			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, t.Email, map[string]string{"ResetLink": s.absURL("/password/forgot")})

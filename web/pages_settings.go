@@ -41,6 +41,8 @@ func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page sett
 		s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
 		return false
 	}
+	// As at sign-in, a correct password clears the failures counted so far.
+	_ = s.store.ResetLimit(r.Context(), accountKey("login", u.Email))
 	return true
 }
 

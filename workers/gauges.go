@@ -34,8 +34,14 @@ func (g *Gauges) Run(ctx context.Context) {
 	defer queueTick.Stop()
 	liabilityTick := time.NewTicker(g.liabilityInterval)
 	defer liabilityTick.Stop()
+	// Leadership is checked more often than the gauges are refreshed, so
+	// a newly elected leader exports them at once rather than a whole
+	// interval later.
+	leaderTick := time.NewTicker(2 * time.Second)
+	defer leaderTick.Stop()
 	g.RefreshQueues(ctx)
 	g.RefreshLiability(ctx)
+	wasLeader := g.leader(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,6 +50,13 @@ func (g *Gauges) Run(ctx context.Context) {
 			g.RefreshQueues(ctx)
 		case <-liabilityTick.C:
 			g.RefreshLiability(ctx)
+		case <-leaderTick.C:
+			isLeader := g.leader(ctx)
+			if isLeader && !wasLeader {
+				g.RefreshQueues(ctx)
+				g.RefreshLiability(ctx)
+			}
+			wasLeader = isLeader
 		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -113,3 +114,22 @@ func TestExpireCreditsJobRunsPeriodicallyAndSweeps(t *testing.T) {
 }
 
 func expireArgs() jobs.ExpireCredits { return jobs.ExpireCredits{} }
+
+func TestAPIAnswers503WhenTheDatabaseIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Mode: "api"})
+	_, key := ta.userWithKey(storetest.UserOpts{})
+	ta.app.pool.Close()
+	req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	var p struct {
+		Error string `json:"error"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&p))
+	require.Equal(t, "unavailable", p.Error)
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+}

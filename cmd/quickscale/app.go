@@ -50,6 +50,12 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	a.store = store.New(pool, logger)
 	a.metrics = observability.NewMetrics()
 	a.metrics.RegisterPool(pool.Stat)
+	readiness := api.NewReadiness(a.store)
+	a.metrics.RegisterReady(func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return readiness.Check(ctx) == ""
+	})
 
 	if cfg.Simulated() {
 		a.gateway = billing.NewSimulator(a.store, cfg.BaseURL, cfg.StripeWebhookSecret, logger)

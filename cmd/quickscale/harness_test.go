@@ -10,7 +10,6 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -403,12 +402,4 @@ func (ta *testApp) jobRows(kind string) []*rivertype.JobRow {
 		ta.tb.Fatal(err)
 	}
 	return res.Jobs
-}
-
-// envOr returns an environment variable or a default.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -91,7 +91,7 @@ func freeAddr(t *testing.T) string {
 
 // startRun starts the real program through run() and returns a stop
 // function that cancels it (as SIGTERM does) and reports its result.
-func startRun(t *testing.T, env map[string]string, args ...string) (stop func() (error, time.Duration), stdout *syncBuffer) {
+func startRun(t *testing.T, env map[string]string, args ...string) (stop func() (time.Duration, error), stdout *syncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -100,19 +100,19 @@ func startRun(t *testing.T, env map[string]string, args ...string) (stop func() 
 		done <- run(ctx, append([]string{"quickscale"}, args...), envFrom(env), strings.NewReader(""), out, errOut)
 	}()
 	stopped := false
-	stop = func() (error, time.Duration) {
+	stop = func() (time.Duration, error) {
 		if stopped {
-			return nil, 0
+			return 0, nil
 		}
 		stopped = true
 		start := time.Now()
 		cancel()
 		select {
 		case err := <-done:
-			return err, time.Since(start)
+			return time.Since(start), err
 		case <-time.After(30 * time.Second):
 			t.Fatalf("%v did not stop within 30s; log:\n%s", args, tail(errOut.String(), 40))
-			return nil, 0
+			return 0, nil
 		}
 	}
 	t.Cleanup(func() {
@@ -154,7 +154,7 @@ func TestDevStartsThroughRunServesAndShutsDownCleanly(t *testing.T) {
 	if out := stdout.String(); !strings.Contains(out, "http://"+addr) || !strings.Contains(out, "demo admin") {
 		t.Fatalf("dev did not print its URL and demo admin:\n%s", out)
 	}
-	err, took := stop()
+	took, err := stop()
 	if err != nil {
 		t.Fatalf("run returned %v after cancel", err)
 	}
@@ -189,8 +189,8 @@ func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("/dev/mailbox on api: %d, want 404", resp.StatusCode)
 	}
-	for name, stop := range map[string]func() (error, time.Duration){"api": stopAPI, "worker": stopWorker} {
-		if err, took := stop(); err != nil || took > 10*time.Second {
+	for name, stop := range map[string]func() (time.Duration, error){"api": stopAPI, "worker": stopWorker} {
+		if took, err := stop(); err != nil || took > 10*time.Second {
 			t.Errorf("%s stop: %v after %s", name, err, took)
 		}
 	}
