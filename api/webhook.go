@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -97,20 +96,19 @@ const stripeEpoch = 1_000_000_000
 // kept raw for the worker.
 func parseEvent(body []byte) (store.StripeEvent, bool) {
 	var env struct {
-		ID         string          `json:"id"`
-		Object     string          `json:"object"`
-		Type       string          `json:"type"`
-		APIVersion string          `json:"api_version"`
-		Created    int64           `json:"created"`
-		Livemode   bool            `json:"livemode"`
-		Data       json.RawMessage `json:"data"`
+		ID         string `json:"id"`
+		Object     string `json:"object"`
+		Type       string `json:"type"`
+		APIVersion string `json:"api_version"`
+		Created    int64  `json:"created"`
+		Livemode   bool   `json:"livemode"`
+		Data       struct {
+			Object json.RawMessage `json:"object"`
+		} `json:"data"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&env); err != nil {
-		return store.StripeEvent{}, false
-	}
-	// Nothing but whitespace may follow the object.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	// One Unmarshal validates the whole body (a single value, nothing but
+	// whitespace after it) and reads the envelope.
+	if err := json.Unmarshal(body, &env); err != nil {
 		return store.StripeEvent{}, false
 	}
 	if env.ID == "" || len(env.ID) > 255 || env.Type == "" || len(env.Type) > 255 ||
@@ -118,13 +116,7 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 		return store.StripeEvent{}, false
 	}
 	// data.object must be an object (the worker decodes it).
-	var data struct {
-		Object json.RawMessage `json:"object"`
-	}
-	if err := json.Unmarshal(env.Data, &data); err != nil || len(data.Object) == 0 || data.Object[0] != '{' {
-		return store.StripeEvent{}, false
-	}
-	if !json.Valid(body) || bytes.IndexByte(body, 0) >= 0 {
+	if len(env.Data.Object) == 0 || env.Data.Object[0] != '{' {
 		return store.StripeEvent{}, false
 	}
 	// Stripe's events are from its lifetime; anything else is malformed

@@ -83,9 +83,13 @@ type StripeEvent struct {
 // Kind implements river.JobArgs.
 func (StripeEvent) Kind() string { return "stripe_event" }
 
-// InsertOpts implements river.JobArgsWithInsertOpts.
+// InsertOpts implements river.JobArgsWithInsertOpts. Not unique in River:
+// ingest enqueues only when the event's row is new (its id is the key),
+// and a second job for one event (an admin's re-process) is harmless
+// because processing is idempotent; River's unique check would cost every
+// webhook a unique-key hash and index.
 func (StripeEvent) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueWebhooks, MaxAttempts: 25, UniqueOpts: uniqueWhileActive()}
+	return river.InsertOpts{Queue: QueueWebhooks, MaxAttempts: 25}
 }
 
 // ExpireCredits sweeps grants whose expiry has passed.

@@ -131,7 +131,7 @@ SELECT u.id, s.slug, u.credits, u.balance_after, u.created_at,
                    FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE e.usage_id = u.id), '[]'::jsonb)
   FROM usages u JOIN services s ON s.id = u.service_id
  WHERE u.user_id = $1 AND u.id < $2
- ORDER BY u.id DESC LIMIT $3`, userID, cursor, limit+1)
+ ORDER BY u.id DESC LIMIT $3`, customPlan, userID, cursor, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}

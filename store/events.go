@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"time"
@@ -12,17 +11,17 @@ import (
 
 // StripeEvent is a stored webhook event.
 type StripeEvent struct {
-	ID            string          `db:"id"`
-	Type          string          `db:"type"`
-	APIVersion    string          `db:"api_version"`
-	Livemode      bool            `db:"livemode"`
-	Created       time.Time       `db:"created"`
-	Payload       json.RawMessage `db:"payload"`
-	ReceivedAt    time.Time       `db:"received_at"`
-	Outcome       *string         `db:"outcome"`
-	OutcomeDetail *string         `db:"outcome_detail"`
-	ProcessedAt   *time.Time      `db:"processed_at"`
-	Attempts      int             `db:"attempts"`
+	ID            string     `db:"id"`
+	Type          string     `db:"type"`
+	APIVersion    string     `db:"api_version"`
+	Livemode      bool       `db:"livemode"`
+	Created       time.Time  `db:"created"`
+	Payload       []byte     `db:"payload"`
+	ReceivedAt    time.Time  `db:"received_at"`
+	Outcome       *string    `db:"outcome"`
+	OutcomeDetail *string    `db:"outcome_detail"`
+	ProcessedAt   *time.Time `db:"processed_at"`
+	Attempts      int        `db:"attempts"`
 }
 
 // Event outcomes.

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,12 +57,16 @@ SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
 // History returns up to about limit items older than cursor (0: newest),
 // reading only the entries shown: its cost does not grow with the length of
 // the history. The entries of one usage are never split across pages.
+//
+// Its queries are planned for the user at hand (customPlan): a generic
+// plan, made once for "any user", walks the primary key backwards through
+// other users' entries when one heavy user dominates the statistics.
 func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (HistoryPage, error) {
 	if cursor <= 0 {
 		cursor = 1<<63 - 1
 	}
 	rows, err := s.pool.Query(ctx, historySelect+`
- WHERE e.user_id = $1 AND e.id < $2 ORDER BY e.id DESC LIMIT $3`, userID, cursor, limit)
+ WHERE e.user_id = $1 AND e.id < $2 ORDER BY e.id DESC LIMIT $3`, customPlan, userID, cursor, limit)
 	if err != nil {
 		return HistoryPage{}, err
 	}
@@ -72,7 +78,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 	last := entries[len(entries)-1]
 	if last.UsageID != nil {
 		rows, err := s.pool.Query(ctx, historySelect+`
- WHERE e.user_id = $1 AND e.usage_id = $2 AND e.id < $3 ORDER BY e.id DESC`, userID, *last.UsageID, last.ID)
+ WHERE e.user_id = $1 AND e.usage_id = $2 AND e.id < $3`, customPlan, userID, *last.UsageID, last.ID)
 		if err != nil {
 			return HistoryPage{}, err
 		}
@@ -80,6 +86,9 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 		if err != nil {
 			return HistoryPage{}, err
 		}
+		// Sorted here, not by the query: "ORDER BY id" would let the planner
+		// walk the primary key instead of the usage index.
+		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(b.ID, a.ID) })
 		entries = append(entries, rest...)
 	}
 	var page HistoryPage
@@ -108,12 +117,13 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 		page.Items = append(page.Items, it)
 	}
 	oldest := entries[len(entries)-1].ID
-	var more bool
-	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE user_id = $1 AND id < $2)`, userID, oldest).Scan(&more); err != nil {
-		return HistoryPage{}, err
-	}
-	if more {
+	var older int64
+	err = s.pool.QueryRow(ctx, `SELECT id FROM ledger_entries WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT 1`, customPlan, userID, oldest).Scan(&older)
+	switch {
+	case err == nil:
 		page.NextCursor = oldest
+	case !ErrNoRows(err):
+		return HistoryPage{}, err
 	}
 	return page, nil
 }

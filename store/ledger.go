@@ -368,6 +368,42 @@ func (s *Store) ExpireOverdueBatch(ctx context.Context, maxGrants int) (ExpireRe
 	return res, err
 }
 
+// ExpireOverdue sweeps overdue grants in batches of batchSize until none
+// is left or ctx ends, calling onBatch after each committed batch. After
+// each batch it pauses for pause times the batch's duration, leaving the
+// database to the requests that share it (0 sweeps flat out).
+func (s *Store) ExpireOverdue(ctx context.Context, batchSize int, pause float64, onBatch func(ExpireResult)) (ExpireResult, error) {
+	total := ExpireResult{ByKind: map[string]int64{}}
+	for {
+		start := time.Now()
+		res, err := s.ExpireOverdueBatch(ctx, batchSize)
+		if err != nil {
+			return total, err
+		}
+		total.Users += res.Users
+		total.Grants += res.Grants
+		total.Credits += res.Credits
+		for k, n := range res.ByKind {
+			total.ByKind[k] += n
+		}
+		if onBatch != nil {
+			onBatch(res)
+		}
+		if res.Grants == 0 {
+			return total, nil
+		}
+		if pause > 0 {
+			t := time.NewTimer(time.Duration(float64(time.Since(start)) * pause))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return total, ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+}
+
 // Clawback takes back up to amount from one grant (never more than it has
 // left) and returns what it took.
 func Clawback(ctx context.Context, db DBTX, grantID, amount int64, reason string) (int64, error) {

@@ -158,7 +158,7 @@ func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor int64, limit 
 	if cursor <= 0 {
 		cursor = 1<<63 - 1
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, userID, cursor, limit+1)
+	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, customPlan, userID, cursor, limit+1)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -81,6 +81,12 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 // Ping checks that Postgres answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
+// customPlan, passed as a query's first argument, has Postgres plan that
+// execution with its actual parameters instead of reusing a generic plan.
+// Keyset pages of one user's rows need it: the best plan for a user with
+// ten rows and for one with a million differ.
+const customPlan = pgx.QueryExecModeExec
+
 // isUniqueViolation reports whether err is a unique-constraint violation,
 // optionally of the named constraint.
 func isUniqueViolation(err error, constraint string) bool {

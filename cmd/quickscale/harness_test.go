@@ -46,6 +46,8 @@ type testAppOpts struct {
 	Mode string
 	// NoWorkers keeps River from working jobs even in dev mode.
 	NoWorkers bool
+	// QuietLogs logs at info level to nowhere, as a benchmark wants.
+	QuietLogs bool
 }
 
 // syncBuffer collects log output across goroutines.
@@ -86,6 +88,10 @@ func newTestApp(t testing.TB, opts testAppOpts) *testApp {
 	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if opts.QuietLogs {
+		logger = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		env["LOG_LEVEL"] = "info"
+	}
 	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 20, AppName: "quickscale-test"})
 	if err != nil {
 		t.Fatal(err)
