@@ -1,15 +1,11 @@
 package billing_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +16,7 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 
 	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/billing/billingtest"
 	"github.com/quickscale/quickscale/store"
 )
 
@@ -27,86 +24,6 @@ import (
 // Stripe's for API version 2023-10-16: it answers 400 to any parameter that
 // version does not accept, and (with -strict-version-check) to requests made
 // for another version.
-
-// stripeMockBin finds the stripe-mock binary: STRIPE_MOCK_BIN (the Makefile
-// exports it), the repository's .bin (`make tools`), PATH, then ~/go/bin.
-func stripeMockBin(t *testing.T) string {
-	t.Helper()
-	var tried []string
-	candidates := []string{os.Getenv("STRIPE_MOCK_BIN"), filepath.Join("..", ".bin", "stripe-mock")}
-	if p, err := exec.LookPath("stripe-mock"); err == nil {
-		candidates = append(candidates, p)
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		candidates = append(candidates, filepath.Join(home, "go", "bin", "stripe-mock"))
-	}
-	for _, c := range candidates {
-		if c == "" {
-			continue
-		}
-		tried = append(tried, c)
-		if fi, err := os.Stat(c); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return c
-		}
-	}
-	t.Fatalf("stripe-mock v0.183.0 is required but was not found (tried %s): run `make tools` or set STRIPE_MOCK_BIN", strings.Join(tried, ", "))
-	return ""
-}
-
-// startStripeMock runs a private stripe-mock on free ports and returns its
-// base URL once it answers.
-func startStripeMock(t *testing.T) string {
-	t.Helper()
-	bin := stripeMockBin(t)
-	cmd := exec.Command(bin, "-http-addr", "127.0.0.1:0", "-https-addr", "127.0.0.1:0", "-strict-version-check")
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start stripe-mock (%s): %v", bin, err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "Listening for HTTP at address: "); ok {
-				addr <- strings.TrimSpace(a)
-			}
-		}
-		close(addr)
-	}()
-	var base string
-	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatalf("stripe-mock (%s) exited without listening: %s", bin, stderr.String())
-		}
-		base = "http://" + a
-	case <-time.After(30 * time.Second):
-		t.Fatalf("stripe-mock (%s) did not report its address within 30s: %s", bin, stderr.String())
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		req, _ := http.NewRequest(http.MethodGet, base+"/v1/customers", nil)
-		req.SetBasicAuth("sk_test_123", "")
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stripe-mock at %s does not answer: %v", base, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // sent is one request the gateway made and how stripe-mock answered.
 type sent struct {
@@ -168,7 +85,7 @@ func (rc *recorder) only(t *testing.T) sent {
 func newGateway(t *testing.T) (*billing.Stripe, *recorder) {
 	t.Helper()
 	rc := &recorder{}
-	base := startStripeMock(t)
+	base := billingtest.StartStripeMock(t)
 	return billing.NewStripe(billing.StripeConfig{SecretKey: "sk_test_123", APIURL: base, HTTPClient: &http.Client{Transport: rc, Timeout: 30 * time.Second}}), rc
 }
 
@@ -186,7 +103,7 @@ func requirePinnedVersion(t *testing.T, s sent) {
 
 func TestStripeMockRejectsParamsTheAPIVersionDoesNotKnow(t *testing.T) {
 	t.Parallel()
-	base := startStripeMock(t)
+	base := billingtest.StartStripeMock(t)
 	backends := &stripe.Backends{API: stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{URL: stripe.String(base), LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelNull}})}
 	api := client.New("sk_test_123", backends)
 	p := &stripe.CustomerParams{Email: stripe.String("a@example.com")}

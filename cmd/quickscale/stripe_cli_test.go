@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/billing/billingtest"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+func stripeEnv(t *testing.T) map[string]string {
+	return map[string]string{
+		"STRIPE_SECRET_KEY": "sk_test_123", "STRIPE_WEBHOOK_SECRET": "whsec_test_123",
+		"STRIPE_API_URL": billingtest.StartStripeMock(t),
+	}
+}
+
+func TestStripeSyncRecordsThePriceOfEveryPack(t *testing.T) {
+	t.Parallel()
+	st, env := cliStore(t)
+	for k, v := range stripeEnv(t) {
+		env[k] = v
+	}
+	code, stdout, stderr := runCmd(t, env, "", "stripe", "sync")
+	require.Equal(t, 0, code, stderr)
+	packs, err := st.Packs(context.Background())
+	require.NoError(t, err)
+	require.Len(t, packs, 3)
+	for _, p := range packs {
+		if p.StripePriceID == nil || !strings.HasPrefix(*p.StripePriceID, "price_") {
+			t.Errorf("pack %s has no Stripe price after sync: %v", p.Code, p.StripePriceID)
+		}
+		if !strings.Contains(stdout, p.Code) || !strings.Contains(stdout, "lookup_key="+p.LookupKey) {
+			t.Errorf("sync output does not report %s:\n%s", p.Code, stdout)
+		}
+	}
+	// Running it again is safe.
+	code, _, stderr = runCmd(t, env, "", "stripe", "sync")
+	require.Equal(t, 0, code, stderr)
+}
+
+func TestBuyingWithStripeRecordsTheSessionAndRedirectsToCheckout(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: stripeEnv(t), NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	if b.get("/dashboard/buy-credits").Doc(t).Find("#simulated-banner").Length() != 0 {
+		t.Fatal("the simulated-payments banner shows with a Stripe key")
+	}
+	r := b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}, "nonce": {"n"}})
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	loc := r.Header.Get("Location")
+	if !strings.HasPrefix(loc, "https://checkout.stripe.com/") {
+		t.Fatalf("redirected to %q, want Stripe Checkout", loc)
+	}
+	ps, _, err := ta.store.PaymentsOfUser(context.Background(), u.ID, 0, 10)
+	require.NoError(t, err)
+	if len(ps) != 1 || ps[0].Status != "pending" || !strings.HasPrefix(ps[0].CheckoutSessionID, "cs_") || ps[0].AmountMinor != 500 {
+		t.Fatalf("payments after checkout: %+v", ps)
+	}
+	customer, err := ta.store.CustomerID(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(customer, "cus_"), "customer %q", customer)
+	// The simulator's pages do not exist with a real gateway.
+	if r := b.get("/simulator/checkout/" + ps[0].CheckoutSessionID); r.Status != http.StatusNotFound {
+		t.Fatalf("simulator page with Stripe: %d", r.Status)
+	}
+}
