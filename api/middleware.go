@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/quickscale/quickscale/observability"
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/web"
 )
 
 type ctxKey int
@@ -160,4 +163,34 @@ func securityHeaders(next http.Handler) http.Handler {
 func isMaxBytesError(err error) bool {
 	var mbe *http.MaxBytesError
 	return errors.As(err, &mbe)
+}
+
+// auditRiverUI records every state-changing River UI request an admin
+// makes (retry, cancel, delete jobs; pause queues) in the audit log, once
+// River UI has accepted it. River UI writes through its own connections,
+// so the record follows the action rather than sharing its transaction.
+func (s *server) auditRiverUI(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		if ww.Status() >= 400 {
+			return
+		}
+		actor := web.CurrentUser(r.Context())
+		var actorID *int64
+		if actor != nil {
+			actorID = &actor.ID
+		}
+		ctx := context.WithoutCancel(r.Context())
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
+			return store.Audit(ctx, tx, actorID, "riverui."+strings.ToLower(r.Method), nil, map[string]any{"path": r.URL.Path})
+		})
+		if err != nil {
+			s.logger.ErrorContext(ctx, "audit river ui action", "err", err, "path", r.URL.Path)
+		}
+	})
 }

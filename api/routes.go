@@ -46,7 +46,7 @@ func (s *server) routes() http.Handler {
 	r.With(securityHeaders).Get("/static/*", site.Static().ServeHTTP)
 
 	r.Group(func(r chi.Router) {
-		r.Use(securityHeaders, timeout(s.cfg.RequestTimeout), cop.Handler, site.WithSession)
+		r.Use(securityHeaders, timeout(s.cfg.RequestTimeout), cop.Handler, site.CleanInput, site.WithSession)
 
 		r.Get("/", site.Home().ServeHTTP)
 		r.Get("/about", site.About().ServeHTTP)
@@ -115,8 +115,9 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)
 			r.Post("/admin/webhooks/{id}/reprocess", site.AdminReprocessWebhook().ServeHTTP)
 			if s.riverUI != nil {
-				r.Handle("/admin/river", s.riverUI)
-				r.Handle("/admin/river/*", s.riverUI)
+				ui := s.auditRiverUI(s.riverUI)
+				r.Handle("/admin/river", ui)
+				r.Handle("/admin/river/*", ui)
 			}
 		})
 

@@ -64,6 +64,10 @@ func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
 		return
 	}
+	if store.IsBadInput(err) {
+		writeProblem(w, r, http.StatusBadRequest, "invalid_request", "Part of the request could not be processed.")
+		return
+	}
 	if store.IsUnavailable(err) {
 		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "path", r.URL.Path)
 		w.Header().Set("Retry-After", "5")

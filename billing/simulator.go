@@ -106,19 +106,18 @@ func (s *Simulator) finish(ctx context.Context, id string, userID int64, paid bo
 	if err != nil {
 		return "", err
 	}
+	next := strings.ReplaceAll(ss.SuccessURL, "{CHECKOUT_SESSION_ID}", ss.ID)
+	if ss.Status != "open" {
+		// Already finished (a double click): nothing more to send.
+		return next, nil
+	}
 	status := "unpaid"
 	if paid {
 		status = "paid"
 	}
-	done, err := s.store.CompleteSimSession(ctx, id, userID, status)
-	if err != nil {
-		return "", err
-	}
-	next := strings.ReplaceAll(ss.SuccessURL, "{CHECKOUT_SESSION_ID}", ss.ID)
-	if !done {
-		// Already finished (a double click): nothing more to send.
-		return next, nil
-	}
+	// Deliver first, then close the session: if delivery fails the
+	// session stays open and Pay can be pressed again. A second delivery
+	// is harmless (grants are keyed by the session).
 	ss.Status, ss.PaymentStatus = "complete", status
 	if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionCompleted, CheckoutSessionObject(ss)); err != nil {
 		return "", err
@@ -127,6 +126,9 @@ func (s *Simulator) finish(ctx context.Context, id string, userID int64, paid bo
 		if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, CheckoutSessionObject(ss)); err != nil {
 			return "", err
 		}
+	}
+	if _, err := s.store.CompleteSimSession(ctx, id, userID, status); err != nil {
+		return "", err
 	}
 	return next, nil
 }

@@ -50,9 +50,20 @@ type SendEmail struct {
 	// Template names the message: see workers/templates/email.
 	Template string `json:"template"`
 	To       string `json:"to"`
-	// Data fills the template. One-time links travel here, so River UI
-	// hides job arguments by default.
+	// Data fills the template.
 	Data map[string]string `json:"data,omitempty"`
+	// Link, when set, has the worker issue a one-time token just before
+	// sending and put its link in Data["Link"]: the token exists only
+	// hashed in the database and in the email, never in job arguments.
+	Link *OneTimeLink `json:"link,omitempty"`
+}
+
+// OneTimeLink describes the token a SendEmail job issues.
+type OneTimeLink struct {
+	UserID  int64  `json:"user_id"`
+	Purpose string `json:"purpose"` // a store token purpose
+	Email   string `json:"email"`   // the address the token proves
+	Path    string `json:"path"`    // e.g. /verify; the token goes in ?token=
 }
 
 // Kind implements river.JobArgs.

@@ -161,7 +161,8 @@ $$;
 -- +goose StatementEnd
 
 -- ledger_live_grants locks the user's open grants in id order and returns
--- the live ones (not yet expired) in draw order, with their total.
+-- the live ones (not yet expired when the locks are held) in draw order,
+-- with their total.
 -- (plpgsql, not sql: a sql function would be planned on every call.)
 -- +goose StatementBegin
 CREATE FUNCTION ledger_live_grants(p_user_id bigint, OUT ids bigint[], OUT kinds text[], OUT remaining bigint[], OUT total bigint)
@@ -178,7 +179,7 @@ BEGIN
              WHERE g.user_id = p_user_id AND g.closed_at IS NULL
              ORDER BY g.id
                FOR UPDATE) s
-     WHERE s.expires_at IS NULL OR s.expires_at > now();
+     WHERE s.expires_at IS NULL OR s.expires_at > clock_timestamp();
 END;
 $$;
 -- +goose StatementEnd
@@ -207,6 +208,7 @@ DECLARE
     v_total     bigint;
     v_need      bigint;
     v_take      bigint;
+    v_now       timestamptz;
     i           int := 1;
 BEGIN
     SELECT a.user_id, s.id, s.credit_cost
@@ -215,6 +217,9 @@ BEGIN
       LEFT JOIN services s ON s.slug = p_service_slug AND s.active
      WHERE a.user_id = p_user_id
        FOR UPDATE OF a;
+    -- The instant of the spend is after the lock wait, not the start of the
+    -- transaction: a grant that expired while we waited is not spendable.
+    v_now := clock_timestamp();
     -- A statement of its own: its snapshot is taken after the lock is held,
     -- so it sees a usage committed by whoever held the lock before us.
     SELECT u.id, u.fingerprint INTO v_prior, v_prior_fp
@@ -251,7 +256,7 @@ BEGIN
       INTO v_ids, v_kinds, v_rem, v_total
       FROM grants g
      WHERE g.user_id = p_user_id AND g.closed_at IS NULL
-       AND (g.expires_at IS NULL OR g.expires_at > now());
+       AND (g.expires_at IS NULL OR g.expires_at > v_now);
     IF v_total < v_cost THEN
         status := 'insufficient'; credits := v_cost; balance := v_total; RETURN NEXT; RETURN;
     END IF;

@@ -213,6 +213,9 @@ type Adjustment struct {
 	ExpiresAt *time.Time
 	Actor     *int64 // nil for the CLI
 	Reason    string
+	// Key, when set, makes an addition idempotent: a second adjustment with
+	// the same key (a resubmitted form) adds nothing.
+	Key string
 }
 
 // AdjustResult reports an adjustment.
@@ -238,16 +241,26 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	if a.Kind == "" {
 		a.Kind = GrantAdmin
 	}
+	source := NewSecret()
+	if a.Key != "" {
+		source = "key:" + a.Key
+	}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		if a.Delta > 0 {
 			g, err := Grant(ctx, tx, NewGrant{
 				UserID: a.UserID, Kind: a.Kind, Amount: a.Delta, ExpiresAt: a.ExpiresAt,
-				SourceKind: "adjustment", SourceID: NewSecret(), Actor: a.Actor, Reason: a.Reason,
+				SourceKind: "adjustment", SourceID: source, Actor: a.Actor, Reason: a.Reason,
 			})
 			if err != nil {
 				return err
 			}
 			res.GrantID = g.GrantID
+			if !g.Created {
+				// Already applied: report the balance, audit nothing twice.
+				b, err := BalanceOf(ctx, tx, a.UserID)
+				res.Balance = b.Total
+				return err
+			}
 		} else {
 			var ok bool
 			var drawn []byte

@@ -172,23 +172,26 @@ func TestExpiredGrantIsUnspendableFromItsExpiryInstant(t *testing.T) {
 	require.NoError(t, tx.QueryRow(b.ctx, `SELECT now()`).Scan(&now))
 	// Grants born an hour ago: one expires exactly now, one a microsecond later.
 	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 5, now.Add(-time.Hour), now)
-	later := storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(time.Microsecond))
+	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(time.Microsecond))
 
+	// Read at the instant: the grant expiring exactly now counts for nothing,
+	// the one a microsecond later still counts.
 	bal, err := store.BalanceOf(b.ctx, tx, b.user.ID)
 	require.NoError(t, err)
 	if bal.Total != 2 || bal.ByKind[store.GrantSubscription] != 2 {
 		t.Fatalf("balance at the expiry instant = %+v, want only the 2 credits expiring later", bal)
 	}
-	u, _, err := store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
+	// A spend happens at its own instant (after the account lock), by when
+	// both have expired: nothing is spendable.
+	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
+	var ie *store.InsufficientCreditsError
+	require.ErrorAs(t, err, &ie, "a grant past its expiry at the moment of the spend must not be spendable")
+	later := storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 1, now.Add(-time.Hour), now.Add(time.Hour))
+	u, _, err := store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k2"})
 	require.NoError(t, err)
 	if len(u.Drawn) != 1 || u.Drawn[0].GrantID != later {
-		t.Fatalf("drew %+v, want only the grant expiring after now", u.Drawn)
+		t.Fatalf("drew %+v, want only the live grant", u.Drawn)
 	}
-	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k2"})
-	require.NoError(t, err)
-	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k3"})
-	var ie *store.InsufficientCreditsError
-	require.ErrorAs(t, err, &ie, "the grant expiring exactly now must not be spendable")
 }
 
 func TestExpireOverdueWritesExpireEntriesOnlyForOverdueGrants(t *testing.T) {

@@ -94,3 +94,11 @@ func IsUnavailable(err error) bool {
 	}
 	return pgconn.SafeToRetry(err) || errors.Is(err, net.ErrClosed)
 }
+
+// IsBadInput reports whether Postgres refused the data it was given
+// (class 22, data exception, e.g. invalid UTF-8 or a NUL byte; or 54000, a
+// value too large for an index): the request, not the server, is at fault.
+func IsBadInput(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || pgErr.Code == "54000")
+}

@@ -126,9 +126,11 @@ func (s *Store) SetPasswordHash(ctx context.Context, userID int64, hash string, 
 	return SetPasswordHash(ctx, s.pool, userID, hash, endSessions)
 }
 
-// SetRole changes a user's role.
+// SetRole changes a user's role. The user's sessions end, so that a
+// privilege change always starts a new session (a session planted before a
+// promotion never becomes an admin's).
 func SetRole(ctx context.Context, db DBTX, userID int64, role string) error {
-	tag, err := db.Exec(ctx, `UPDATE users SET role = $2 WHERE id = $1 AND deleted_at IS NULL`, userID, role)
+	tag, err := db.Exec(ctx, `UPDATE users SET role = $2, session_epoch = session_epoch + 1 WHERE id = $1 AND deleted_at IS NULL`, userID, role)
 	if err != nil {
 		return err
 	}

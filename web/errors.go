@@ -71,6 +71,14 @@ func (s *Site) tooManyRequests(w http.ResponseWriter, r *http.Request, retryAfte
 // serverError logs an unexpected error and shows the generic 500 page;
 // internal error text never reaches the client.
 func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
+	if store.IsBadInput(err) {
+		// Postgres refused the request's data: a client mistake CleanInput
+		// did not foresee, not a fault of ours.
+		s.logger.WarnContext(r.Context(), "input refused by the database", "err", err, "method", r.Method, "path", r.URL.Path)
+		s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request",
+			Message: "Part of that request could not be processed. Check what you typed and try again."})
+		return
+	}
 	s.logger.ErrorContext(r.Context(), "request failed", "err", err, "method", r.Method, "path", r.URL.Path)
 	s.errorPage(w, r, errorPage{Status: http.StatusInternalServerError, Heading: "Something went wrong",
 		Message: "We hit an unexpected problem and have been told about it. Please try again in a moment."})

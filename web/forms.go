@@ -3,7 +3,34 @@ package web
 import (
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
+
+// maxFieldLen bounds any one form field or query value.
+const maxFieldLen = 10_000
+
+// CleanInput refuses, with a 400 page, any request whose query or form
+// values are not text: invalid UTF-8, NUL bytes or over-long values. What
+// passes can go to Postgres without it refusing the bytes (which would
+// otherwise surface as a 500).
+func (s *Site) CleanInput(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil {
+			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request", Message: "We could not read that request."})
+			return
+		}
+		for _, vs := range r.Form {
+			for _, v := range vs {
+				if len(v) > maxFieldLen || !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+					s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request",
+						Message: "Part of that request is not text we can accept. Check what you typed and try again."})
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
 
 // form carries what a person typed and what was wrong with it, so a page
 // can show errors next to fields and keep the input (never passwords).

@@ -65,11 +65,13 @@ type adminUserPage struct {
 	Payments []store.Payment
 	Form     *form
 	Kinds    []string
+	// Nonce makes a resubmitted "add" form add nothing the second time.
+	Nonce string
 }
 
 func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
 	ctx := r.Context()
-	p := adminUserPage{Target: target, Form: f, Kinds: []string{store.GrantAdmin, store.GrantPromo}}
+	p := adminUserPage{Target: target, Form: f, Kinds: []string{store.GrantAdmin, store.GrantPromo}, Nonce: store.NewSecret()[:16]}
 	if p.Form == nil {
 		p.Form = newForm()
 		p.Form.Values["direction"] = "add"
@@ -113,7 +115,7 @@ func (s *Site) AdminCredits() http.Handler {
 			return
 		}
 		admin := CurrentUser(r.Context())
-		f, _ := parseForm(r, "direction", "amount", "kind", "expires", "reason")
+		f, _ := parseForm(r, "direction", "amount", "kind", "expires", "reason", "nonce")
 		amount, err := strconv.ParseInt(f.raw("amount"), 10, 64)
 		if err != nil || amount <= 0 || amount > 1_000_000_000 {
 			f.fail("amount", "Enter a whole number of credits from 1 to 1,000,000,000.")
@@ -150,6 +152,7 @@ func (s *Site) AdminCredits() http.Handler {
 		}
 		res, err := s.store.Adjust(r.Context(), store.Adjustment{
 			UserID: target.ID, Delta: delta, Kind: kind, ExpiresAt: expires, Actor: &admin.ID, Reason: f.raw("reason"),
+			Key: adjustKey(target.ID, f.raw("nonce")),
 		})
 		var short *store.InsufficientCreditsError
 		switch {
@@ -175,6 +178,14 @@ func (s *Site) AdminCredits() http.Handler {
 		s.flash(r.Context(), verb+formatInt(amount)+" credits. Balance now "+formatInt(res.Balance)+".")
 		redirect(w, r, "/admin/users/"+strconv.FormatInt(target.ID, 10))
 	})
+}
+
+// adjustKey scopes the form's nonce to the user ("" without a nonce).
+func adjustKey(userID int64, nonce string) string {
+	if nonce == "" || len(nonce) > 64 {
+		return ""
+	}
+	return strconv.FormatInt(userID, 10) + ":" + nonce
 }
 
 // eventsPageSize is how many webhook events a page lists.

@@ -2,8 +2,9 @@ package web
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -34,13 +35,24 @@ type limitCheck struct {
 	limit store.Limit
 }
 
+// accountKey names a per-account rate limit. The address is hashed so
+// that whatever was typed, the key stays short.
 func accountKey(prefix, email string) string {
-	return prefix + ":acct:" + strings.ToLower(strings.TrimSpace(email))
+	sum := sha256.Sum256([]byte(strings.ToLower(strings.TrimSpace(email))))
+	return prefix + ":acct:" + hex.EncodeToString(sum[:16])
 }
 
 // sendEmail enqueues a templated email in tx.
 func (s *Site) sendEmail(ctx context.Context, tx pgx.Tx, template, to string, data map[string]string) error {
 	_, err := s.jobs.InsertTx(ctx, tx, jobs.SendEmail{Template: template, To: to, Data: data}, nil)
+	return err
+}
+
+// sendLinkEmail enqueues an email carrying a one-time link: the worker
+// issues the token when it sends, so no token is ever stored in clear.
+func (s *Site) sendLinkEmail(ctx context.Context, tx pgx.Tx, template string, userID int64, purpose, to, path string, data map[string]string) error {
+	_, err := s.jobs.InsertTx(ctx, tx, jobs.SendEmail{Template: template, To: to, Data: data,
+		Link: &jobs.OneTimeLink{UserID: userID, Purpose: purpose, Email: to, Path: path}}, nil)
 	return err
 }
 
@@ -98,11 +110,7 @@ func (s *Site) Signup() http.Handler {
 			if err != nil {
 				return err
 			}
-			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenVerifyEmail, u.Email)
-			if err != nil {
-				return err
-			}
-			return s.sendEmail(ctx, tx, jobs.EmailVerify, u.Email, map[string]string{"Link": s.absURL("/verify?token=" + url.QueryEscape(token))})
+			return s.sendLinkEmail(ctx, tx, jobs.EmailVerify, u.ID, store.TokenVerifyEmail, u.Email, "/verify", nil)
 		})
 		if store.ErrorKind(err) == store.KindConflict {
 			// The address has an account: tell its owner, and answer exactly
@@ -254,11 +262,7 @@ func (s *Site) ResendVerification() http.Handler {
 		}
 		ctx := r.Context()
 		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
-			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenVerifyEmail, u.Email)
-			if err != nil {
-				return err
-			}
-			return s.sendEmail(ctx, tx, jobs.EmailVerify, u.Email, map[string]string{"Link": s.absURL("/verify?token=" + url.QueryEscape(token))})
+			return s.sendLinkEmail(ctx, tx, jobs.EmailVerify, u.ID, store.TokenVerifyEmail, u.Email, "/verify", nil)
 		})
 		if err != nil {
 			s.serverError(w, r, err)
@@ -292,11 +296,7 @@ func (s *Site) ForgotPassword() http.Handler {
 		switch {
 		case err == nil:
 			err = s.store.InTx(ctx, func(tx pgx.Tx) error {
-				token, err := store.CreateToken(ctx, tx, u.ID, store.TokenResetPassword, u.Email)
-				if err != nil {
-					return err
-				}
-				return s.sendEmail(ctx, tx, jobs.EmailResetPassword, u.Email, map[string]string{"Link": s.absURL("/password/reset?token=" + url.QueryEscape(token))})
+				return s.sendLinkEmail(ctx, tx, jobs.EmailResetPassword, u.ID, store.TokenResetPassword, u.Email, "/password/reset", nil)
 			})
 		case store.ErrorKind(err) == store.KindNotFound:
 			err = nil

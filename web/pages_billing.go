@@ -215,7 +215,9 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			return
 		}
 		if err != nil {
-			s.serverError(w, r, err)
+			// The simulated "Stripe" could not deliver its webhook: like a
+			// provider outage. The session stays open; Pay can be retried.
+			s.paymentProviderError(w, r, err)
 			return
 		}
 		if u, err := url.Parse(next); err == nil && u.Host != "" {

@@ -2,7 +2,6 @@ package web
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -128,13 +127,8 @@ func (s *Site) ChangeEmail() http.Handler {
 					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
 				})
 			}
-			token, err := store.CreateToken(ctx, tx, u.ID, store.TokenChangeEmail, email)
-			if err != nil {
-				return err
-			}
-			return s.sendEmail(ctx, tx, jobs.EmailChangeEmail, email, map[string]string{
-				"Link": s.absURL("/verify?token=" + url.QueryEscape(token)), "OldEmail": u.Email,
-			})
+			return s.sendLinkEmail(ctx, tx, jobs.EmailChangeEmail, u.ID, store.TokenChangeEmail, email, "/verify",
+				map[string]string{"OldEmail": u.Email})
 		})
 		if err != nil {
 			s.serverError(w, r, err)

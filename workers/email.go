@@ -8,12 +8,14 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"log/slog"
+	"net/url"
 	"strings"
 	texttemplate "text/template"
 
 	"github.com/riverqueue/river"
 
 	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
 )
 
 //go:embed templates/email
@@ -72,14 +74,28 @@ func (t *emailTemplates) render(name string, data map[string]string) (subject, t
 type SendEmailWorker struct {
 	river.WorkerDefaults[jobs.SendEmail]
 	logger    *slog.Logger
+	store     *store.Store
 	mailer    Mailer
 	from      string
+	baseURL   string
 	templates *emailTemplates
 }
 
 // Work implements river.Worker.
 func (w *SendEmailWorker) Work(ctx context.Context, job *river.Job[jobs.SendEmail]) error {
-	subject, text, html, err := w.templates.render(job.Args.Template, job.Args.Data)
+	data := map[string]string{}
+	for k, v := range job.Args.Data {
+		data[k] = v
+	}
+	if l := job.Args.Link; l != nil {
+		// Issued per attempt: a retry revokes the previous attempt's token.
+		token, err := store.CreateToken(ctx, w.store.Pool(), l.UserID, l.Purpose, l.Email)
+		if err != nil {
+			return fmt.Errorf("issue %s token: %w", l.Purpose, err)
+		}
+		data["Link"] = w.baseURL + l.Path + "?token=" + url.QueryEscape(token)
+	}
+	subject, text, html, err := w.templates.render(job.Args.Template, data)
 	if err != nil {
 		return river.JobCancel(fmt.Errorf("render %s: %w", job.Args.Template, err))
 	}

@@ -7,6 +7,7 @@ package workers
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/riverqueue/river"
 	"github.com/robfig/cron/v3"
@@ -30,7 +31,7 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 	if err != nil {
 		return err
 	}
-	if err := river.AddWorkerSafely(ws, &SendEmailWorker{logger: logger, mailer: mailer, from: cfg.MailFrom, templates: tmpl}); err != nil {
+	if err := river.AddWorkerSafely(ws, &SendEmailWorker{logger: logger, store: st, mailer: mailer, from: cfg.MailFrom, baseURL: strings.TrimRight(cfg.BaseURL, "/"), templates: tmpl}); err != nil {
 		return err
 	}
 	if err := river.AddWorkerSafely(ws, &StripeEventWorker{logger: logger, store: st, inserter: inserter, metrics: metrics, baseURL: cfg.BaseURL}); err != nil {

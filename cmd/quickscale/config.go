@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,16 +44,20 @@ type Config struct {
 	StripeWebhookSecret      string // STRIPE_WEBHOOK_SECRET
 	StripeAPIURL             string // STRIPE_API_URL (e.g. stripe-mock)
 	StripeIgnoreAPIVersion   bool   // STRIPE_WEBHOOK_IGNORE_API_VERSION (dev only)
+	SimulatePayments         bool   // SIMULATE_PAYMENTS: let `api` run the simulator
 	ExpireCreditsSchedule    string // EXPIRE_CREDITS_SCHEDULE (cron spec, UTC)
 	LiabilityRefreshInterval time.Duration
 
 	DevDataDir string // DEV_DATA_DIR: where `dev` keeps an embedded Postgres
 }
 
-// simulatorWebhookSecret signs the simulator's events when no
-// STRIPE_WEBHOOK_SECRET is set. It guards nothing of value: the simulator
-// only runs without a Stripe key, so no real money can move.
-const simulatorWebhookSecret = "whsec_quickscale_simulator"
+// simulatorSecret makes the webhook secret of a simulating process when
+// none is set: random, so nobody outside the process can sign events for it.
+func simulatorSecret() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return "whsec_sim_" + hex.EncodeToString(b)
+}
 
 // envVar documents one environment variable; the README table is checked
 // against this list by a test.
@@ -65,7 +71,7 @@ var envVars = []envVar{
 	{"DATABASE_MAX_CONNS", "20", "Upper bound of the connection pool per process."},
 	{"ADDR", "127.0.0.1:8080", "Listen address of the HTTP server (api, dev)."},
 	{"BASE_URL", "http://ADDR", "Public URL of the site, used in emails, redirects and Stripe return URLs."},
-	{"METRICS_ADDR", "127.0.0.1:9464", "Listen address of the separate /metrics server (api, worker); `off` disables it."},
+	{"METRICS_ADDR", "127.0.0.1:9464", "Listen address of the separate /metrics, /healthz, /readyz server (api, worker; dev too when the port is free); `off` disables it."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
 	{"LOG_FORMAT", "text", "text or json."},
 	{"SHUTDOWN_TIMEOUT", "10s", "How long graceful shutdown waits for requests and jobs."},
@@ -76,9 +82,10 @@ var envVars = []envVar{
 	{"MAIL_FROM", "QuickScale <no-reply@quickscale.localhost>", "Sender of every email."},
 	{"CONTACT_EMAIL", "operator@quickscale.localhost", "Where the contact form is delivered."},
 	{"STRIPE_SECRET_KEY", "", "Stripe secret key; empty selects the local payments simulator."},
-	{"STRIPE_WEBHOOK_SECRET", "(simulator secret)", "Signing secret of the webhook endpoint; required with STRIPE_SECRET_KEY."},
+	{"STRIPE_WEBHOOK_SECRET", "(random, simulator only)", "Signing secret of the webhook endpoint; required with STRIPE_SECRET_KEY."},
 	{"STRIPE_API_URL", "", "Override Stripe's API URL (e.g. http://127.0.0.1:12111 for stripe-mock)."},
 	{"STRIPE_WEBHOOK_IGNORE_API_VERSION", "false", "dev only: accept events of another API version (for `stripe listen`)."},
+	{"SIMULATE_PAYMENTS", "false", "Let `api` run without STRIPE_SECRET_KEY, on the payments simulator (demos only: anyone can \"pay\"). `dev` always may."},
 	{"EXPIRE_CREDITS_SCHEDULE", "* * * * *", "Cron spec (UTC) of the expired-credit sweep."},
 	{"LIABILITY_REFRESH_INTERVAL", "30s", "How often the credit-liability gauges are recomputed."},
 	{"DEV_DATA_DIR", ".data", "dev only: data directory of the embedded PostgreSQL."},
@@ -172,7 +179,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"TRUST_PROXY", &c.TrustProxy}, {"STRIPE_WEBHOOK_IGNORE_API_VERSION", &c.StripeIgnoreAPIVersion}} {
+	}{{"TRUST_PROXY", &c.TrustProxy}, {"STRIPE_WEBHOOK_IGNORE_API_VERSION", &c.StripeIgnoreAPIVersion}, {"SIMULATE_PAYMENTS", &c.SimulatePayments}} {
 		v, err := strconv.ParseBool(get(b.name))
 		if err != nil {
 			bad(b.name, get(b.name), "want true or false")
@@ -195,7 +202,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		errs = append(errs, errors.New("STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set"))
 	}
 	if c.StripeWebhookSecret == "" {
-		c.StripeWebhookSecret = simulatorWebhookSecret
+		c.StripeWebhookSecret = simulatorSecret()
 	}
 	if c.StripeAPIURL != "" {
 		if u, err := url.Parse(c.StripeAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

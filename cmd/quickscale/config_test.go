@@ -19,7 +19,7 @@ func TestConfigDefaultsAreTheDocumentedOnes(t *testing.T) {
 	}
 	if cfg.Addr != "127.0.0.1:8080" || cfg.BaseURL != "http://127.0.0.1:8080" || cfg.LogFormat != "text" ||
 		cfg.LogLevel != slog.LevelInfo || cfg.MetricsAddr != "127.0.0.1:9464" || cfg.ShutdownTimeout != 10*time.Second ||
-		!cfg.Simulated() || cfg.StripeWebhookSecret != simulatorWebhookSecret || cfg.DatabaseMaxConns != 20 {
+		!cfg.Simulated() || !strings.HasPrefix(cfg.StripeWebhookSecret, "whsec_sim_") || cfg.DatabaseMaxConns != 20 {
 		t.Fatalf("defaults = %+v", cfg)
 	}
 	if cfg.databaseURLSet {
@@ -87,5 +87,22 @@ func TestReadmeDocumentsEveryVariable(t *testing.T) {
 		if def != want {
 			t.Errorf("README default of %s is %q, code says %q", v.Name, def, want)
 		}
+	}
+}
+
+func TestSimulatorSecretIsRandomPerProcess(t *testing.T) {
+	t.Parallel()
+	a, _ := loadConfig(envFrom(nil))
+	b, _ := loadConfig(envFrom(nil))
+	if a.StripeWebhookSecret == b.StripeWebhookSecret || len(a.StripeWebhookSecret) < 40 {
+		t.Fatalf("simulator secrets %q and %q: want long and different", a.StripeWebhookSecret, b.StripeWebhookSecret)
+	}
+}
+
+func TestAPIRefusesToRunOnTheSimulatorUnlessAskedTo(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none"}, "", "api")
+	if code == 0 || !strings.Contains(stderr, "SIMULATE_PAYMENTS") || !strings.Contains(stderr, "STRIPE_SECRET_KEY") {
+		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }

@@ -314,3 +314,23 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 		t.Fatal("no empty state for a search without results")
 	}
 }
+
+func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	nonce := b.get(path).Doc(t).Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
+	require.NotEmpty(t, nonce)
+	form := url.Values{"direction": {"add"}, "amount": {"40"}, "kind": {"admin"}, "reason": {"goodwill"}, "nonce": {nonce}}
+	mustRedirect(t, b.post(path, form), "/admin/users/")
+	mustRedirect(t, b.post(path, form), "/admin/users/") // a double click or a reload
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 40, bal.Total)
+	audit, err := ta.store.AuditFor(context.Background(), u.ID, 10)
+	require.NoError(t, err)
+	require.Len(t, audit, 1)
+}

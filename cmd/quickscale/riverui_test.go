@@ -187,4 +187,14 @@ func TestRiverUIActionsNeedSameOriginAdmin(t *testing.T) {
 	if got := bu.jobState(t); got != "cancelled" {
 		t.Fatalf("job state %s after the admin cancelled it, want cancelled", got)
 	}
+	// The action is in the audit log, with the admin as actor; the refused
+	// cross-site attempt is not.
+	var n int
+	if err := bu.ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM audit_log a JOIN users u ON u.id = a.actor_user_id
+ WHERE a.action = 'riverui.post' AND a.details->>'path' = '/admin/river/api/jobs/cancel' AND u.email = $1`, bu.adminEmail).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("%d audit entries for the River UI cancel, want 1", n)
+	}
 }

@@ -170,7 +170,7 @@ func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
 	t.Parallel()
 	dbURL := storetest.NewDatabase(t)
 	apiAddr, apiMetrics, workerMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
-	stopAPI, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": apiAddr, "METRICS_ADDR": apiMetrics}, "api")
+	stopAPI, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": apiAddr, "METRICS_ADDR": apiMetrics, "SIMULATE_PAYMENTS": "true"}, "api")
 	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics}, "worker")
 	waitHTTP(t, "http://"+apiAddr+"/readyz", http.StatusOK, 30*time.Second)
 	waitHTTP(t, "http://"+workerMetrics+"/readyz", http.StatusOK, 30*time.Second)
@@ -212,7 +212,7 @@ func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 	t.Parallel()
 	dbURL := emptyDatabase(t)
 	addr := freeAddr(t)
-	startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": addr, "METRICS_ADDR": "off"}, "api")
+	startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": addr, "METRICS_ADDR": "off", "SIMULATE_PAYMENTS": "true"}, "api")
 	body := waitHTTP(t, "http://"+addr+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
 	if !strings.Contains(body, "migrate up") {
 		t.Fatalf("503 body does not give the reason: %q", body)

@@ -34,6 +34,10 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		return fmt.Errorf("configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
+	if mode == "api" && cfg.Simulated() && !cfg.SimulatePayments {
+		return errors.New("configuration: STRIPE_SECRET_KEY is not set. Set it and STRIPE_WEBHOOK_SECRET to take payments, " +
+			"or set SIMULATE_PAYMENTS=true to run the local payments simulator (demos only: anyone can \"pay\" and get credits)")
+	}
 
 	var seeded *devSeed
 	if mode == "dev" {
@@ -120,14 +124,19 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) erro
 		}
 		mainAddr = addr
 	}
-	if a.mode != "dev" && a.cfg.MetricsAddr != "" {
+	if a.cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", a.metrics.Handler())
 		mux.Handle("GET /healthz", api.Healthz())
 		mux.Handle("GET /readyz", api.Readyz(a.store))
 		if _, err := listen(a.cfg.MetricsAddr, mux); err != nil {
-			a.stopRiver()
-			return err
+			if a.mode != "dev" {
+				a.stopRiver()
+				return err
+			}
+			// dev also serves /metrics on its main address; a second dev
+			// (or anything else) on the port is no reason to stop.
+			a.logger.Warn("metrics listener not started; /metrics is still on the main address", "err", err)
 		}
 	}
 	a.printBanner(stdout, mainAddr, seeded)

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+func TestSimulatorPayCanBeRetriedWhenItsWebhookIsNotAccepted(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}}), ta.URL+"/simulator/checkout/")
+	path := checkout[len(ta.URL):]
+
+	// Our webhook endpoint cannot store events for a moment (503).
+	_, err := ta.store.Pool().Exec(ctx, `
+CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE FUNCTION refuse_events();`)
+	require.NoError(t, err)
+	r := b.post(path, url.Values{"action": {"pay"}})
+	require.Equal(t, http.StatusBadGateway, r.Status, "a failed delivery must be reported, not swallowed")
+	if got := b.get(path).Doc(t).Find("#simulator-session").AttrOr("data-status", ""); got != "open" {
+		t.Fatalf("after a failed delivery the session is %q, want still open", got)
+	}
+
+	_, err = ta.store.Pool().Exec(ctx, `DROP TRIGGER refuse_events ON stripe_events`)
+	require.NoError(t, err)
+	mustRedirect(t, b.post(path, url.Values{"action": {"pay"}}), "/dashboard/buy-credits/success")
+	eventually(t, 10*time.Second, "the credits", func() bool {
+		bal, err := ta.store.Balance(ctx, u.ID)
+		return err == nil && bal.Total == 100
+	})
+}
