@@ -190,3 +190,43 @@ func (m *Metrics) RegisterReady(ready func() bool) {
 		return 0
 	}))
 }
+
+// Sample is one series as the registry exports it: its labels and value
+// (for a histogram, its number of observations).
+type Sample struct {
+	Labels map[string]string
+	Value  float64
+}
+
+// Samples gathers the series of one metric, for checks and tools that read
+// the process's own metrics.
+func (m *Metrics) Samples(name string) ([]Sample, error) {
+	families, err := m.Registry.Gather()
+	if err != nil {
+		return nil, err
+	}
+	var out []Sample
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, mm := range f.GetMetric() {
+			s := Sample{Labels: map[string]string{}}
+			for _, lp := range mm.GetLabel() {
+				s.Labels[lp.GetName()] = lp.GetValue()
+			}
+			switch {
+			case mm.Counter != nil:
+				s.Value = mm.Counter.GetValue()
+			case mm.Gauge != nil:
+				s.Value = mm.Gauge.GetValue()
+			case mm.Histogram != nil:
+				s.Value = float64(mm.Histogram.GetSampleCount())
+			case mm.Untyped != nil:
+				s.Value = mm.Untyped.GetValue()
+			}
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

@@ -40,22 +40,13 @@ func serve(t *testing.T, h http.Handler, method, target string) int {
 // labelSets returns the label sets of every sample of a metric family.
 func labelSets(t *testing.T, m *Metrics, name string) []map[string]string {
 	t.Helper()
-	families, err := m.Registry.Gather()
+	samples, err := m.Samples(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []map[string]string
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, mm := range f.GetMetric() {
-			ls := map[string]string{}
-			for _, lp := range mm.GetLabel() {
-				ls[lp.GetName()] = lp.GetValue()
-			}
-			out = append(out, ls)
-		}
+	for _, s := range samples {
+		out = append(out, s.Labels)
 	}
 	return out
 }

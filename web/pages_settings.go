@@ -28,6 +28,16 @@ func (s *Site) Settings() http.Handler {
 	})
 }
 
+// settingsPost reads one settings form, places it on the page (where its
+// errors will show) and checks the current password. It reports false
+// after writing a response.
+func (s *Site) settingsPost(w http.ResponseWriter, r *http.Request, place func(*settingsPage, *form), fields ...string) (*form, settingsPage, bool) {
+	f, _ := parseForm(r, fields...)
+	page := newSettingsPage()
+	place(&page, f)
+	return f, page, s.reauth(w, r, f, page)
+}
+
 // reauth checks the current password of the signed-in user, rate limited
 // like a sign-in. It reports false after writing a response.
 func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page settingsPage) bool {
@@ -51,10 +61,8 @@ func (s *Site) ChangePassword() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
-		f, _ := parseForm(r, "current_password", "new_password")
-		page := newSettingsPage()
-		page.PasswordForm = f
-		if !s.reauth(w, r, f, page) {
+		f, page, ok := s.settingsPost(w, r, func(p *settingsPage, f *form) { p.PasswordForm = f }, "current_password", "new_password")
+		if !ok {
 			return
 		}
 		if err := store.CheckPasswordRules(f.raw("new_password")); err != nil {
@@ -99,10 +107,8 @@ func (s *Site) ChangeEmail() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
-		f, _ := parseForm(r, "current_password", "email")
-		page := newSettingsPage()
-		page.EmailForm = f
-		if !s.reauth(w, r, f, page) {
+		f, page, ok := s.settingsPost(w, r, func(p *settingsPage, f *form) { p.EmailForm = f }, "current_password", "email")
+		if !ok {
 			return
 		}
 		email, err := store.NormalizeEmail(f.raw("email"))
@@ -145,10 +151,8 @@ func (s *Site) DeleteAccount() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
-		f, _ := parseForm(r, "current_password", "confirm")
-		page := newSettingsPage()
-		page.DeleteForm = f
-		if !s.reauth(w, r, f, page) {
+		f, page, ok := s.settingsPost(w, r, func(p *settingsPage, f *form) { p.DeleteForm = f }, "current_password", "confirm")
+		if !ok {
 			return
 		}
 		if f.raw("confirm") != "DELETE" {

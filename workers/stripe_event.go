@@ -147,31 +147,26 @@ func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.Strip
 	return store.OutcomeIgnored, "event type not handled", effects{}, nil
 }
 
-func (w *StripeEventWorker) checkoutPayment(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (stripe.CheckoutSession, store.Payment, string, error) {
-	var sess stripe.CheckoutSession
+// checkoutPayment loads the checkout session of a checkout.session.* event
+// and locks the payment we recorded for it. A non-empty outcome ends the
+// event there: ignored for a session not created by QuickScale, failed for
+// a malformed object.
+func (w *StripeEventWorker) checkoutPayment(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (sess stripe.CheckoutSession, pay store.Payment, outcome, detail string, err error) {
 	if err := eventObject(ev, &sess); err != nil || sess.ID == "" {
-		// A partly decoded session keeps its id; drop it, or the caller
-		// would take the failure for a session that is not ours.
-		return stripe.CheckoutSession{}, store.Payment{}, "malformed checkout session object", nil
+		return stripe.CheckoutSession{}, pay, store.OutcomeFailed, "malformed checkout session object", nil
 	}
-	pay, err := store.LockPaymentBySession(ctx, tx, sess.ID)
+	pay, err = store.LockPaymentBySession(ctx, tx, sess.ID)
 	if store.ErrorKind(err) == store.KindNotFound {
-		return sess, store.Payment{}, "checkout session " + sess.ID + " was not created by QuickScale", nil
+		return sess, pay, store.OutcomeIgnored, "checkout session " + sess.ID + " was not created by QuickScale", nil
 	}
-	return sess, pay, "", err
+	return sess, pay, "", "", err
 }
 
 func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
 	var fx effects
-	sess, pay, problem, err := w.checkoutPayment(ctx, tx, ev)
-	if err != nil {
-		return "", "", fx, err
-	}
-	if problem != "" {
-		if pay.ID == 0 && sess.ID != "" {
-			return store.OutcomeIgnored, problem, fx, nil
-		}
-		return store.OutcomeFailed, problem, fx, nil
+	sess, pay, outcome, detail, err := w.checkoutPayment(ctx, tx, ev)
+	if err != nil || outcome != "" {
+		return outcome, detail, fx, err
 	}
 	intent := ""
 	if sess.PaymentIntent != nil {
@@ -234,15 +229,9 @@ func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx,
 
 func (w *StripeEventWorker) applyCheckoutUnsuccessful(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, status, reason string) (string, string, effects, error) {
 	var fx effects
-	sess, pay, problem, err := w.checkoutPayment(ctx, tx, ev)
-	if err != nil {
-		return "", "", fx, err
-	}
-	if problem != "" {
-		if pay.ID == 0 && sess.ID != "" {
-			return store.OutcomeIgnored, problem, fx, nil
-		}
-		return store.OutcomeFailed, problem, fx, nil
+	_, pay, outcome, detail, err := w.checkoutPayment(ctx, tx, ev)
+	if err != nil || outcome != "" {
+		return outcome, detail, fx, err
 	}
 	changed, err := store.MarkPaymentUnsuccessful(ctx, tx, pay.ID, status, reason)
 	if err != nil {

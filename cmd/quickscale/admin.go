@@ -41,6 +41,21 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 	return &cliEnv{cfg: cfg, logger: logger, pool: pool, store: store.New(pool, logger)}, nil
 }
 
+// withUser opens the environment, finds the user named by --email and
+// runs fn with both.
+func withUser(ctx context.Context, getenv func(string) string, stderr io.Writer, email string, fn func(env *cliEnv, u store.User) error) error {
+	env, err := openEnv(ctx, getenv, stderr, "cli")
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	u, err := env.userByEmail(ctx, email)
+	if err != nil {
+		return err
+	}
+	return fn(env, u)
+}
+
 // userByEmail resolves --email for operator commands.
 func (e *cliEnv) userByEmail(ctx context.Context, email string) (store.User, error) {
 	if email == "" {
@@ -114,26 +129,19 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
-		env, err := openEnv(ctx, getenv, stderr, "cli")
-		if err != nil {
-			return err
-		}
-		defer env.close()
-		u, err := env.userByEmail(ctx, *email)
-		if err != nil {
-			return err
-		}
-		err = env.store.InTx(ctx, func(tx pgx.Tx) error {
-			if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
+		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			err := env.store.InTx(ctx, func(tx pgx.Tx) error {
+				if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
+					return err
+				}
+				return store.Audit(ctx, tx, nil, "user.promote", &u.ID, map[string]any{"role": store.RoleAdmin, "via": "cli"})
+			})
+			if err != nil {
 				return err
 			}
-			return store.Audit(ctx, tx, nil, "user.promote", &u.ID, map[string]any{"role": store.RoleAdmin, "via": "cli"})
+			fmt.Fprintf(stdout, "%s is now an admin (signed out everywhere)\n", u.Email)
+			return nil
 		})
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s is now an admin\n", u.Email)
-		return nil
 	}
 }
 
@@ -195,48 +203,34 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			}
 			exp = &t
 		}
-		env, err := openEnv(ctx, getenv, stderr, "cli")
-		if err != nil {
-			return err
-		}
-		defer env.close()
-		u, err := env.userByEmail(ctx, *email)
-		if err != nil {
-			return err
-		}
-		res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason})
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "granted %d %s credits to %s (grant %d); balance %d\n", *amount, *kind, u.Email, res.GrantID, res.Balance)
-		return nil
+		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "granted %d %s credits to %s (grant %d); balance %d\n", *amount, *kind, u.Email, res.GrantID, res.Balance)
+			return nil
+		})
 	default:
 		fs := newFlags("credits balance", "credits balance --email E", stderr)
 		email := fs.String("email", "", "the user's email address (required)")
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
-		env, err := openEnv(ctx, getenv, stderr, "cli")
-		if err != nil {
-			return err
-		}
-		defer env.close()
-		u, err := env.userByEmail(ctx, *email)
-		if err != nil {
-			return err
-		}
-		b, err := env.store.Balance(ctx, u.ID)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: %d credits\n", u.Email, b.Total)
-		for _, k := range store.GrantKinds() {
-			fmt.Fprintf(stdout, "  %-13s %d\n", k, b.ByKind[k])
-		}
-		if b.NextExpiry != nil {
-			fmt.Fprintf(stdout, "  next expiry   %d credits at %s\n", b.ExpiringNext, b.NextExpiry.UTC().Format(time.RFC3339))
-		}
-		return nil
+		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			b, err := env.store.Balance(ctx, u.ID)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: %d credits\n", u.Email, b.Total)
+			for _, k := range store.GrantKinds() {
+				fmt.Fprintf(stdout, "  %-13s %d\n", k, b.ByKind[k])
+			}
+			if b.NextExpiry != nil {
+				fmt.Fprintf(stdout, "  next expiry   %d credits at %s\n", b.ExpiringNext, b.NextExpiry.UTC().Format(time.RFC3339))
+			}
+			return nil
+		})
 	}
 }
 
@@ -257,22 +251,15 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 	if strings.TrimSpace(*name) == "" {
 		return usageError{"--name is required"}
 	}
-	env, err := openEnv(ctx, getenv, stderr, "cli")
-	if err != nil {
-		return err
-	}
-	defer env.close()
-	u, err := env.userByEmail(ctx, *email)
-	if err != nil {
-		return err
-	}
-	raw, key, err := env.store.CreateAPIKey(ctx, u.ID, *name)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stderr, "created key %d %q for %s; it is printed once, on stdout:\n", key.ID, key.Name, u.Email)
-	fmt.Fprintln(stdout, raw)
-	return nil
+	return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+		raw, key, err := env.store.CreateAPIKey(ctx, u.ID, *name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "created key %d %q for %s; it is printed once, on stdout:\n", key.ID, key.Name, u.Email)
+		fmt.Fprintln(stdout, raw)
+		return nil
+	})
 }
 
 func runStripe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

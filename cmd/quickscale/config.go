@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/robfig/cron/v3"
+
+	"github.com/quickscale/quickscale/store"
 )
 
 // Config is every setting of the process, read once from the environment by
@@ -219,13 +221,4 @@ func loadConfig(getenv func(string) string) (Config, error) {
 func (c Config) Simulated() bool { return c.StripeSecretKey == "" }
 
 // redactURL hides a password in a URL so that errors can quote it.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
+func redactURL(s string) string { return store.RedactURL(s) }

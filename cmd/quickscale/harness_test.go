@@ -367,35 +367,19 @@ func (ta *testApp) metric(name string, labels map[string]string) float64 {
 
 func metricValue(t testing.TB, m *observability.Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
-	families, err := m.Registry.Gather()
+	samples, err := m.Samples(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, mm := range f.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range mm.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue metrics
-				}
-			}
-			switch {
-			case mm.Counter != nil:
-				sum += mm.Counter.GetValue()
-			case mm.Gauge != nil:
-				sum += mm.Gauge.GetValue()
-			case mm.Histogram != nil:
-				sum += float64(mm.Histogram.GetSampleCount())
+samples:
+	for _, s := range samples {
+		for k, v := range labels {
+			if s.Labels[k] != v {
+				continue samples
 			}
 		}
+		sum += s.Value
 	}
 	return sum
 }

@@ -496,22 +496,13 @@ var leaderOnlyGauges = []string{
 // seriesOf returns the label sets a registry exports for one metric.
 func seriesOf(t testing.TB, m *observability.Metrics, name string) []map[string]string {
 	t.Helper()
-	families, err := m.Registry.Gather()
+	samples, err := m.Samples(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []map[string]string
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, s := range f.GetMetric() {
-			ls := map[string]string{}
-			for _, lp := range s.GetLabel() {
-				ls[lp.GetName()] = lp.GetValue()
-			}
-			out = append(out, ls)
-		}
+	for _, s := range samples {
+		out = append(out, s.Labels)
 	}
 	return out
 }

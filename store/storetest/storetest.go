@@ -234,16 +234,7 @@ func withDatabase(serverURL, db string) string {
 	return u.String()
 }
 
-func redact(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
+func redact(s string) string { return store.RedactURL(s) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)
