@@ -186,7 +186,8 @@ func dropStale(ctx context.Context, conn *pgx.Conn, keep string) {
 		stale := false
 		switch {
 		case strings.HasPrefix(n, "qs_tmpl_"):
-			stale = n != keep && !strings.HasSuffix(n, "_build")
+			// Templates of other migrations, and half-built ones of them.
+			stale = n != keep && n != keep+"_build"
 		case strings.HasPrefix(n, "qs_t_"):
 			ts, _, _ := strings.Cut(strings.TrimPrefix(n, "qs_t_"), "_")
 			sec, err := strconv.ParseInt(ts, 10, 64)
