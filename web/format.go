@@ -72,3 +72,11 @@ func prettyJSON(b []byte) string {
 	}
 	return out.String()
 }
+
+// countNoun writes n and a noun in the right number: "1 credit", "1,500 credits".
+func countNoun(n int64, noun string) string {
+	if n == 1 || n == -1 {
+		return formatInt(n) + " " + noun
+	}
+	return formatInt(n) + " " + noun + "s"
+}

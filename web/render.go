@@ -143,6 +143,7 @@ func (t *templates) funcs() template.FuncMap {
 	return template.FuncMap{
 		"static":    func(name string) string { return t.static.url(name) },
 		"credits":   formatInt,
+		"ncredits":  func(n int64) string { return countNoun(n, "credit") },
 		"money":     formatMoney,
 		"date":      func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006") },
 		"datetime":  func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04 UTC") },
