@@ -148,7 +148,7 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 
 	mustRedirect(t, r, "/admin/webhooks/"+e.applied)
 	require.Equal(t, 2, whEventJobs(t, ta, e.applied), "a second job for the event")
-	whPoll(t, 20*time.Second, "the event to be processed again", func() bool {
+	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
 		ev, err := ta.store.StripeEventByID(context.Background(), e.applied)
 		require.NoError(t, err)
 		return ev.Attempts == e.appliedEvent.Attempts+1 && ev.ProcessedAt != nil && ev.ProcessedAt.After(*e.appliedEvent.ProcessedAt)

@@ -208,7 +208,7 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 		events[i] = ev{body, hdr, p.CheckoutSessionID}
 	}
 	// A poller notes when each grant becomes visible to a reader: a query
-	// for grants newer than the last one seen, every 5ms.
+	// for the sessions not seen yet, every 5ms.
 	var (
 		mu       sync.Mutex
 		accepted = map[string]time.Time{} // checkout session id → POST answered
@@ -224,6 +224,8 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 		for _, p := range pays {
 			pending = append(pending, p.CheckoutSessionID)
 		}
+		poll := time.NewTicker(5 * time.Millisecond) // the measuring reader's interval
+		defer poll.Stop()
 		for pollCtx.Err() == nil && len(pending) > 0 {
 			rows, err := ta.store.Pool().Query(pollCtx, `SELECT source_id FROM grants WHERE source_kind = 'checkout_session' AND source_id = ANY($1)`, pending)
 			if err == nil {
@@ -242,7 +244,10 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 				mu.Unlock()
 				pending = slices.DeleteFunc(pending, func(sid string) bool { return found[sid] })
 			}
-			time.Sleep(5 * time.Millisecond) // the poll interval of the measuring reader
+			select {
+			case <-poll.C:
+			case <-pollCtx.Done():
+			}
 		}
 		if len(pending) == 0 {
 			close(done)

@@ -405,7 +405,7 @@ func whSnoozedJob(t *testing.T, ta *testApp, eventID string) int64 {
 		state string
 		at    time.Time
 	)
-	whPoll(t, 20*time.Second, "the refund's job to be snoozed", func() bool {
+	eventually(t, 20*time.Second, "the refund's job to be snoozed", func() bool {
 		err := ta.store.Pool().QueryRow(context.Background(), `SELECT id, state, scheduled_at FROM river_job
  WHERE kind = 'stripe_event' AND args->>'event_id' = $1`, eventID).Scan(&jobID, &state, &at)
 		return err == nil && state == "scheduled"

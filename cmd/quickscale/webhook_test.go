@@ -191,7 +191,7 @@ func whAllEventJobs(t testing.TB, ta *testApp) int {
 func whWaitOutcome(t testing.TB, ta *testApp, eventID string) store.StripeEvent {
 	t.Helper()
 	var ev store.StripeEvent
-	whPoll(t, 20*time.Second, "outcome of "+eventID, func() bool {
+	eventually(t, 20*time.Second, "outcome of "+eventID, func() bool {
 		var err error
 		ev, err = ta.store.StripeEventByID(context.Background(), eventID)
 		if store.ErrorKind(err) == store.KindNotFound {
@@ -201,18 +201,6 @@ func whWaitOutcome(t testing.TB, ta *testApp, eventID string) store.StripeEvent 
 		return ev.Outcome != nil
 	})
 	return ev
-}
-
-// whPoll is eventually for any testing.TB.
-func whPoll(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func whOutcome(ev store.StripeEvent) string {
