@@ -190,18 +190,23 @@ func hashSecret(s string) []byte {
 }
 
 // CreateToken issues a one-time token for the user and returns it in clear;
-// only its hash is stored. Earlier unused tokens of the same purpose are
-// revoked so that only the newest link works.
+// only its hash is stored. It replaces the user's unused token of the same
+// purpose (a unique index allows one), so only the newest link works.
 func CreateToken(ctx context.Context, db DBTX, userID int64, purpose, email string) (string, error) {
 	ttl, ok := TokenTTL(purpose)
 	if !ok {
 		return "", fmt.Errorf("unknown token purpose %q", purpose)
 	}
-	if _, err := db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL`, userID, purpose); err != nil {
-		return "", err
-	}
+	// One statement on the one-live-token unique index: the new token
+	// replaces any unused one, so its link stops working, and two
+	// concurrent calls cannot both leave a live token behind.
 	raw := NewSecret()
-	_, err := db.Exec(ctx, `INSERT INTO user_tokens (hash, user_id, purpose, email, expires_at) VALUES ($1, $2, $3, $4, now() + $5::interval)`,
+	_, err := db.Exec(ctx, `
+INSERT INTO user_tokens (hash, user_id, purpose, email, expires_at, created_at)
+VALUES ($1, $2, $3, $4, clock_timestamp() + $5::interval, clock_timestamp())
+ON CONFLICT (user_id, purpose) WHERE used_at IS NULL DO UPDATE
+   SET hash = EXCLUDED.hash, email = EXCLUDED.email,
+       expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at`,
 		hashSecret(raw), userID, purpose, email, ttl)
 	if err != nil {
 		return "", fmt.Errorf("create token: %w", err)
