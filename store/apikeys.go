@@ -23,8 +23,8 @@ type APIKey struct {
 // APIKeyPrefix starts every key, so leaked keys are easy to recognise.
 const APIKeyPrefix = "qs_"
 
-// maxAPIKeysPerUser bounds how many live keys a user may hold.
-const maxAPIKeysPerUser = 25
+// MaxAPIKeysPerUser bounds how many live keys a user may hold.
+const MaxAPIKeysPerUser = 25
 
 const apiKeyColumns = `id, user_id, name, prefix, created_at, last_used_at, revoked_at`
 
@@ -38,11 +38,17 @@ func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (st
 	raw := APIKeyPrefix + NewSecret()
 	var key APIKey
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		// The user's row lock serialises concurrent creations. The count is
+		// a statement of its own so that its snapshot, taken after the lock
+		// is held, sees the keys of whoever held it before.
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE`, userID); err != nil {
+			return err
+		}
 		var live int
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL`, userID).Scan(&live); err != nil {
 			return err
 		}
-		if live >= maxAPIKeysPerUser {
+		if live >= MaxAPIKeysPerUser {
 			return Errorf(KindConflict, "You have %d active keys, the most allowed. Revoke one first.", live)
 		}
 		rows, err := tx.Query(ctx, `INSERT INTO api_keys (user_id, name, prefix, hash) VALUES ($1, $2, $3, $4) RETURNING `+apiKeyColumns,
