@@ -298,6 +298,10 @@ type Balance struct {
 	ExpiringNext int64 `json:"-"`
 }
 
+// liveGrant is the condition on grants (unqualified columns) that makes a
+// grant spendable now: open and not past its expiry, swept or not.
+const liveGrant = `closed_at IS NULL AND (expires_at IS NULL OR expires_at > now())`
+
 // BalanceOf sums the live grants of a user. Grants past their expiry count
 // for nothing from that instant on, swept or not.
 func BalanceOf(ctx context.Context, db DBTX, userID int64) (Balance, error) {
@@ -308,7 +312,7 @@ func BalanceOf(ctx context.Context, db DBTX, userID int64) (Balance, error) {
 	rows, err := db.Query(ctx, `
 SELECT kind, sum(remaining)::bigint, min(expires_at)
   FROM grants
- WHERE user_id = $1 AND closed_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+ WHERE user_id = $1 AND `+liveGrant+`
  GROUP BY kind`, userID)
 	if err != nil {
 		return b, err

@@ -301,9 +301,14 @@ func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit i
 	return p, nil
 }
 
-// EmailOf returns a user's address ("" once the account is deleted).
-func EmailOf(ctx context.Context, db DBTX, userID int64) (string, error) {
+// EmailAndBalance returns a user's address ("" once the account is
+// deleted) and live balance in one round trip, for emails about credits.
+func EmailAndBalance(ctx context.Context, db DBTX, userID int64) (string, int64, error) {
 	var email string
-	err := db.QueryRow(ctx, `SELECT coalesce(email, '') FROM users WHERE id = $1`, userID).Scan(&email)
-	return email, err
+	var balance int64
+	err := db.QueryRow(ctx, `
+SELECT coalesce(u.email, ''),
+       (SELECT coalesce(sum(g.remaining), 0)::bigint FROM grants g WHERE g.user_id = u.id AND `+liveGrant+`)
+  FROM users u WHERE u.id = $1`, userID).Scan(&email, &balance)
+	return email, balance, err
 }

@@ -172,19 +172,19 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 	if sess.PaymentIntent != nil {
 		intent = sess.PaymentIntent.ID
 	}
-	if err := store.SetPaymentIntent(ctx, tx, pay.ID, intent); err != nil {
-		return "", "", fx, err
+	// The PaymentIntent is remembered whatever the outcome; on the way to a
+	// grant MarkPaymentPaid records it, saving a round trip.
+	switch {
+	case sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid:
+		outcome, detail = store.OutcomeIgnored, "payment_status is "+string(sess.PaymentStatus)+": credits wait for the payment"
+	case sess.AmountTotal != pay.AmountMinor || string(sess.Currency) != pay.Currency:
+		// Fulfilment trusts our own record; the event must agree with it.
+		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency)
+	case pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded || pay.Status == store.PaymentRefunded:
+		outcome, detail = store.OutcomeApplied, "already fulfilled"
 	}
-	if sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid {
-		return store.OutcomeIgnored, "payment_status is " + string(sess.PaymentStatus) + ": credits wait for the payment", fx, nil
-	}
-	// Fulfilment trusts our own record; the event must agree with it.
-	if sess.AmountTotal != pay.AmountMinor || string(sess.Currency) != pay.Currency {
-		return store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency), fx, nil
-	}
-	switch pay.Status {
-	case store.PaymentSucceeded, store.PaymentPartiallyRefunded, store.PaymentRefunded:
-		return store.OutcomeApplied, "already fulfilled", fx, nil
+	if outcome != "" {
+		return outcome, detail, fx, store.SetPaymentIntent(ctx, tx, pay.ID, intent)
 	}
 	g, err := store.Grant(ctx, tx, store.NewGrant{
 		UserID: pay.UserID, Kind: store.GrantPack, Amount: pay.Credits,
@@ -199,19 +199,15 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 	if !g.Created {
 		return store.OutcomeApplied, "already granted", fx, nil
 	}
-	bal, err := store.BalanceOf(ctx, tx, pay.UserID)
-	if err != nil {
-		return "", "", fx, err
-	}
-	if err := w.enqueuePurchaseEmail(ctx, tx, pay, bal.Total); err != nil {
+	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {
 		return "", "", fx, err
 	}
 	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
 	return store.OutcomeApplied, fmt.Sprintf("granted %d credits to user %d", pay.Credits, pay.UserID), fx, nil
 }
 
-func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx, pay store.Payment, balance int64) error {
-	email, err := store.EmailOf(ctx, tx, pay.UserID)
+func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx, pay store.Payment) error {
+	email, balance, err := store.EmailAndBalance(ctx, tx, pay.UserID)
 	if err != nil {
 		return err
 	}
