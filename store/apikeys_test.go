@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -22,18 +21,9 @@ func TestAPIKeyLimitHoldsUnderConcurrentCreation(t *testing.T) {
 
 	const attempts = 40
 	errs := make([]error, attempts)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range attempts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			_, _, errs[i] = st.CreateAPIKey(ctx, u.ID, fmt.Sprintf("key %d", i))
-		}()
-	}
-	close(start)
-	wg.Wait()
+	storetest.AllAtOnce(attempts, func(i int) {
+		_, _, errs[i] = st.CreateAPIKey(ctx, u.ID, fmt.Sprintf("key %d", i))
+	})
 
 	created, refused := 0, 0
 	for _, err := range errs {

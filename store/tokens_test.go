@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -24,18 +23,9 @@ func TestConcurrentTokensLeaveOnlyTheNewestLive(t *testing.T) {
 		const n = 6
 		tokens := make([]string, n)
 		errs := make([]error, n)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				tokens[i], errs[i] = store.CreateToken(ctx, st.Pool(), u.ID, "reset_password", u.Email)
-			}()
-		}
-		close(start)
-		wg.Wait()
+		storetest.AllAtOnce(n, func(i int) {
+			tokens[i], errs[i] = store.CreateToken(ctx, st.Pool(), u.ID, "reset_password", u.Email)
+		})
 		for _, err := range errs {
 			require.NoError(t, err)
 		}

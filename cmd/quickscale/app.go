@@ -95,6 +95,10 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 			qc := river.QueueConfig{MaxWorkers: n}
 			if q == jobs.QueueWebhooks {
 				qc.FetchCooldown = 10 * time.Millisecond
+				// Insert notifications are rate-limited, so the last
+				// events of a burst may get none: poll often enough that
+				// they wait 100ms at most, not River's default second.
+				qc.FetchPollInterval = 100 * time.Millisecond
 			}
 			queues[q] = qc
 		}

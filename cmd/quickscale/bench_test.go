@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
@@ -189,24 +190,51 @@ CREATE TABLE bench_jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kin
 // BenchmarkWebhookToCredits sends checkout.session.completed events at a
 // steady 200 per second with workers running and measures, per event, the
 // time from the accepted POST to the grant being committed (the River job
-// that grants completes in the same transaction).
+// that grants completes in the same transaction). One second of the same
+// traffic first warms the process up (connection pool, caches, River's
+// producers); it is not measured.
 func BenchmarkWebhookToCredits(b *testing.B) {
 	ta := newBenchApp(b, testAppOpts{})
 	users := benchUsers(b, ta.store, 200)
 	const perSecond = 200
+	warm := perSecond
 	n := int(benchDuration().Seconds()) * perSecond
-	pays := benchPayments(b, ta.store, users, n)
+	pays := benchPayments(b, ta.store, users, warm+n)
 	secret := ta.app.cfg.StripeWebhookSecret
-	type ev struct {
-		body   []byte
-		header string
-		sid    string
-	}
-	events := make([]ev, n)
+	events := make([]webhookEvent, len(pays))
 	for i, p := range pays {
 		body, hdr, _ := signedEvent(secret, p)
-		events[i] = ev{body, hdr, p.CheckoutSessionID}
+		events[i] = webhookEvent{body, hdr, p.CheckoutSessionID}
 	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	sendAndWatch(b, ta, client, events[:warm], perSecond)
+
+	b.ResetTimer()
+	rate, lat := sendAndWatch(b, ta, client, events[warm:], perSecond)
+	b.StopTimer()
+	var grants int64
+	if err := ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM grants WHERE source_kind = 'checkout_session'`).Scan(&grants); err != nil || grants != int64(warm+n) {
+		b.Fatalf("%d grants for %d events (%v)", grants, warm+n, err)
+	}
+	fmt.Fprintf(os.Stdout, "%-44s %10.0f/s  p50 %8s  p99 %8s  (target p50 <= 150ms, p99 <= 1s)\n",
+		"webhook → credits visible, at 200 events/s", rate,
+		fmt.Sprintf("%.1fms", float64(lat.Quantile(.5))/1e6), fmt.Sprintf("%.1fms", float64(lat.Quantile(.99))/1e6))
+	b.ReportMetric(float64(lat.Quantile(.5))/1e6, "p50-ms")
+	b.ReportMetric(float64(lat.Quantile(.99))/1e6, "p99-ms")
+}
+
+// webhookEvent is a signed event ready to POST, with its checkout session.
+type webhookEvent struct {
+	body   []byte
+	header string
+	sid    string
+}
+
+// sendAndWatch POSTs events at perSecond and returns the rate achieved and,
+// per event, the time from the answered POST until its grant is visible.
+func sendAndWatch(b *testing.B, ta *testApp, client *http.Client, events []webhookEvent, perSecond int) (float64, *storetest.Latencies) {
+	b.Helper()
+	n := len(events)
 	// A poller notes when each grant becomes visible to a reader: every
 	// 5ms, a query for the sessions POSTed so far and not seen yet. (It
 	// asks only about events already sent: asking about all of them
@@ -231,16 +259,11 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 			if len(pending) > 0 {
 				// Grant ids commit out of order, so "newer than the last
 				// id" would miss some: ask about each session.
-				rows, err := ta.store.Pool().Query(pollCtx, `SELECT source_id FROM grants WHERE source_kind = 'checkout_session' AND source_id = ANY($1)`, pending)
+				// (A failed query reaches CollectRows through rows.)
+				rows, _ := ta.store.Pool().Query(pollCtx, `SELECT source_id FROM grants WHERE source_kind = 'checkout_session' AND source_id = ANY($1)`, pending)
+				found, err := pgx.CollectRows(rows, pgx.RowTo[string])
 				if err == nil {
 					now := time.Now()
-					var found []string
-					for rows.Next() {
-						var sid string
-						_ = rows.Scan(&sid)
-						found = append(found, sid)
-					}
-					rows.Close()
 					mu.Lock()
 					for _, sid := range found {
 						visible[sid] = now
@@ -260,20 +283,18 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 			}
 		}
 	}()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	b.ResetTimer()
-	tick := time.NewTicker(time.Second / perSecond)
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
 	defer tick.Stop()
 	var wg sync.WaitGroup
 	var failures atomic.Int64
 	start := time.Now()
-	for i := range events {
+	for _, e := range events {
 		<-tick.C
-		wg.Add(1)
 		mu.Lock()
-		inflight = append(inflight, events[i].sid)
+		inflight = append(inflight, e.sid)
 		mu.Unlock()
-		go func(e ev) {
+		wg.Add(1)
+		go func() {
 			defer wg.Done()
 			code, err := postEvent(client, ta.URL, e.body, e.header)
 			if err != nil || code != http.StatusOK {
@@ -283,10 +304,13 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 			mu.Lock()
 			accepted[e.sid] = time.Now()
 			mu.Unlock()
-		}(events[i])
+		}()
 	}
 	wg.Wait()
 	sendTime := time.Since(start)
+	if failures.Load() > 0 {
+		b.Fatalf("%d POSTs failed", failures.Load())
+	}
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
@@ -298,24 +322,12 @@ func BenchmarkWebhookToCredits(b *testing.B) {
 	}
 	var lat storetest.Latencies
 	mu.Lock()
+	defer mu.Unlock()
 	for sid, t1 := range visible {
 		// A grant seen before the client got its 200 counts as no delay.
 		lat.Add(max(0, t1.Sub(accepted[sid])))
 	}
-	mu.Unlock()
-	b.StopTimer()
-	if failures.Load() > 0 {
-		b.Fatalf("%d POSTs failed", failures.Load())
-	}
-	var grants int64
-	if err := ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM grants WHERE source_kind = 'checkout_session'`).Scan(&grants); err != nil || grants != int64(n) {
-		b.Fatalf("%d grants for %d events (%v)", grants, n, err)
-	}
-	fmt.Fprintf(os.Stdout, "%-44s %10.0f/s  p50 %8s  p99 %8s  (target p50 <= 150ms, p99 <= 1s)\n",
-		"webhook → credits visible, at 200 events/s", float64(n)/sendTime.Seconds(),
-		fmt.Sprintf("%.1fms", float64(lat.Quantile(.5))/1e6), fmt.Sprintf("%.1fms", float64(lat.Quantile(.99))/1e6))
-	b.ReportMetric(float64(lat.Quantile(.5))/1e6, "p50-ms")
-	b.ReportMetric(float64(lat.Quantile(.99))/1e6, "p99-ms")
+	return float64(n) / sendTime.Seconds(), &lat
 }
 
 // BenchmarkCreditsPageDeepHistory renders /dashboard/credits for a user

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,4 +165,21 @@ SELECT id FROM g`, userID, kind, amount, expiresAt, createdAt).Scan(&id)
 		t.Fatalf("storetest: backdated grant: %v", err)
 	}
 	return id
+}
+
+// AllAtOnce runs fn(0) … fn(n-1) on n goroutines released together, to race
+// them against each other, and returns when all have finished.
+func AllAtOnce(n int, fn func(i int)) {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
 }
