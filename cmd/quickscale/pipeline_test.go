@@ -467,3 +467,23 @@ func TestPipelineExpiredCheckoutMarksPaymentExpired(t *testing.T) {
 	}
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 }
+
+// The purchase confirmation states what was bought, what it cost and the
+// balance after it: live credits of every kind, not those past their expiry.
+func TestPipelinePurchaseEmailStatesCreditsAmountAndBalance(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	storetest.NewGrant(t, ta.store, p.User.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 1234})
+	storetest.BackdatedGrant(t, ta.store.Pool(), p.User.ID, store.GrantSubscription, 70, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+
+	id, body := p.completed(t, "paid")
+	whMustDeliver(t, ta, body)
+	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+
+	mail := ta.waitMail(p.User.Email, "500 credits added to your account")
+	require.Contains(t, mail.Text, "Credits: 500")
+	require.Contains(t, mail.Text, "Amount paid: $20.00")
+	require.Contains(t, mail.Text, "Balance now: 1,734 credits")
+	require.Contains(t, mail.Text, "/dashboard/payments")
+}
