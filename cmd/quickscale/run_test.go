@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -89,15 +90,20 @@ func TestBadConfigurationExitsNonZeroNamingTheVariable(t *testing.T) {
 	}
 }
 
+// freeAddr returns a loopback address free right now. The port is picked
+// below Linux's ephemeral range (32768 and up), so that no outgoing
+// connection of a parallel test can take it before the program binds it.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 // startRun starts the real program through run() and returns a stop
@@ -297,3 +303,25 @@ func TestDevCreatesItsDatabaseWhenMissing(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// A process that cannot bind one of its ports stops with an error naming
+// it, and serves nothing: it must not answer on its other port with the
+// database pool already closed.
+func TestApiWhoseMetricsPortIsTakenExitsAndServesNothing(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", freeAddr(t))
+	require.NoError(t, err)
+	defer taken.Close()
+	addr := freeAddr(t)
+
+	code, _, stderr := runCmd(t, map[string]string{
+		"DATABASE_URL": storetest.NewDatabase(t), "ADDR": addr, "METRICS_ADDR": taken.Addr().String(), "SIMULATE_PAYMENTS": "true",
+	}, "", "api")
+
+	require.NotZero(t, code)
+	require.Contains(t, stderr, "listen on "+taken.Addr().String())
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatalf("something still listens on %s", addr)
+	}
+}

@@ -76,13 +76,60 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) erro
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 
-	var servers []*http.Server
-	errCh := make(chan error, 3)
-	listen := func(addr string, h http.Handler) (net.Addr, error) {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	// Bind every socket before anything starts: a port in use must stop the
+	// process before it serves (a half-started process would answer on one
+	// port after run has returned and closed the database pool).
+	var listeners []net.Listener
+	closeListeners := func() {
+		for _, ln := range listeners {
+			_ = ln.Close()
 		}
+	}
+	var mainLn, metricsLn net.Listener
+	if a.handler != nil {
+		ln, err := net.Listen("tcp", a.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", a.cfg.Addr, err)
+		}
+		mainLn = ln
+		listeners = append(listeners, ln)
+	}
+	if a.cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+		switch {
+		case err == nil:
+			metricsLn = ln
+			listeners = append(listeners, ln)
+		case a.mode == "dev":
+			// dev also serves /metrics on its main address; a second dev
+			// (or anything else) on the port is no reason to stop.
+			a.logger.Warn("metrics listener not started; /metrics is still on the main address", "err", err)
+		default:
+			closeListeners()
+			return fmt.Errorf("listen on %s: %w", a.cfg.MetricsAddr, err)
+		}
+	}
+
+	if a.riverUI != nil {
+		if err := a.riverUI.Start(bg); err != nil {
+			closeListeners()
+			return fmt.Errorf("river ui: %w", err)
+		}
+	}
+	if a.runsWorkers() {
+		events, cancelEvents := a.river.Subscribe(observability.RiverEventKinds()...)
+		defer cancelEvents()
+		go a.metrics.ObserveRiverEvents(bg, events)
+		if err := a.river.Start(bg); err != nil {
+			closeListeners()
+			return fmt.Errorf("start river: %w", err)
+		}
+		go a.gauges.Run(bg)
+	}
+
+	var servers []*http.Server
+	errCh := make(chan error, 2)
+	serveOn := func(ln net.Listener, h http.Handler) {
 		srv := &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
@@ -94,50 +141,21 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) erro
 		servers = append(servers, srv)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errCh <- fmt.Errorf("http server on %s: %w", addr, err)
+				errCh <- fmt.Errorf("http server on %s: %w", ln.Addr(), err)
 			}
 		}()
-		return ln.Addr(), nil
 	}
-
-	if a.riverUI != nil {
-		if err := a.riverUI.Start(bg); err != nil {
-			return fmt.Errorf("river ui: %w", err)
-		}
-	}
-	if a.runsWorkers() {
-		events, cancelEvents := a.river.Subscribe(observability.RiverEventKinds()...)
-		defer cancelEvents()
-		go a.metrics.ObserveRiverEvents(bg, events)
-		if err := a.river.Start(bg); err != nil {
-			return fmt.Errorf("start river: %w", err)
-		}
-		go a.gauges.Run(bg)
-	}
-
 	var mainAddr net.Addr
-	if a.handler != nil {
-		addr, err := listen(a.cfg.Addr, a.handler)
-		if err != nil {
-			a.stopRiver()
-			return err
-		}
-		mainAddr = addr
+	if mainLn != nil {
+		mainAddr = mainLn.Addr()
+		serveOn(mainLn, a.handler)
 	}
-	if a.cfg.MetricsAddr != "" {
+	if metricsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", a.metrics.Handler())
 		mux.Handle("GET /healthz", api.Healthz())
 		mux.Handle("GET /readyz", api.Readyz(a.store))
-		if _, err := listen(a.cfg.MetricsAddr, mux); err != nil {
-			if a.mode != "dev" {
-				a.stopRiver()
-				return err
-			}
-			// dev also serves /metrics on its main address; a second dev
-			// (or anything else) on the port is no reason to stop.
-			a.logger.Warn("metrics listener not started; /metrics is still on the main address", "err", err)
-		}
+		serveOn(metricsLn, mux)
 	}
 	a.printBanner(stdout, mainAddr, seeded)
 	a.logger.Info("started", "mode", a.mode, "addr", mainAddr, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
@@ -161,12 +179,6 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) erro
 	stopBG()
 	a.logger.Info("stopped", "mode", a.mode)
 	return runErr
-}
-
-func (a *app) stopRiver() {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
-	defer cancel()
-	a.stopRiverWithin(ctx)
 }
 
 // stopRiverWithin lets running jobs finish; past the deadline they are
