@@ -318,7 +318,7 @@ func TestApiWhoseMetricsPortIsTakenExitsAndServesNothing(t *testing.T) {
 		"DATABASE_URL": storetest.NewDatabase(t), "ADDR": addr, "METRICS_ADDR": taken.Addr().String(), "SIMULATE_PAYMENTS": "true",
 	}, "", "api")
 
-	require.NotZero(t, code)
+	require.Equal(t, 1, code, stderr)
 	require.Contains(t, stderr, "listen on "+taken.Addr().String())
 	if c, err := net.Dial("tcp", addr); err == nil {
 		c.Close()
