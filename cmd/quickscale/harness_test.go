@@ -155,15 +155,22 @@ func tail(s string, lines int) string {
 	return strings.Join(parts, "\n")
 }
 
-// eventually polls cond until it is true or the deadline passes.
+// eventually polls cond every 20ms until it is true or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	poll := time.NewTicker(20 * time.Millisecond)
+	defer poll.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
+			if cond() {
+				return
+			}
 			t.Fatalf("timed out after %s waiting for %s", within, what)
+		case <-poll.C:
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -27,12 +27,27 @@ func whRequireOutcome(t *testing.T, ta *testApp, eventID, want string) store.Str
 	return ev
 }
 
+// whApply delivers a signed event and requires the outcome its processing
+// records.
+func whApply(t *testing.T, ta *testApp, id string, body []byte, outcome string) store.StripeEvent {
+	t.Helper()
+	whMustDeliver(t, ta, body)
+	return whRequireOutcome(t, ta, id, outcome)
+}
+
+// whRequireRefund requires a purchase's refund state.
+func whRequireRefund(t *testing.T, ta *testApp, p whPurchase, status string, refundedMinor, clawedBack, shortfall int64) {
+	t.Helper()
+	pay := whPayment(t, ta, p)
+	got := []any{pay.Status, pay.AmountRefundedMinor, pay.CreditsClawedBack, pay.ClawbackShortfall}
+	require.Equal(t, []any{status, refundedMinor, clawedBack, shortfall}, got, "payment status, refunded, clawed back, shortfall")
+}
+
 // whPaid delivers a paid checkout.session.completed and waits until it applied.
 func whPaid(t *testing.T, ta *testApp, p whPurchase) {
 	t.Helper()
 	id, body := p.completed(t, "paid")
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Equal(t, p.Credits, whBalance(t, ta, p.User.ID))
 }
 
@@ -108,16 +123,13 @@ func TestPipelineUnpaidCompletionGrantsNothingUntilAsyncPaymentSucceeds(t *testi
 	ta := newTestApp(t, testAppOpts{})
 	p := whBuy(t, ta)
 	id, body := p.completed(t, "unpaid")
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+	whApply(t, ta, id, body, store.OutcomeIgnored)
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
 	require.Equal(t, store.PaymentPending, whPayment(t, ta, p).Status)
 
 	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	if got := whBalance(t, ta, p.User.ID); got != p.Credits {
 		t.Fatalf("balance %d, want %d", got, p.Credits)
 	}
@@ -132,13 +144,10 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	p := whBuy(t, ta)
 	id, body := p.completed(t, "unpaid")
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+	whApply(t, ta, id, body, store.OutcomeIgnored)
 
 	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent), time.Now())
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	pay := whPayment(t, ta, p)
 	if pay.Status != store.PaymentFailed || pay.FailureReason == nil || *pay.FailureReason == "" {
 		t.Fatalf("payment %s reason %v, want failed with a reason", pay.Status, pay.FailureReason)
@@ -170,8 +179,7 @@ func TestPipelineFailedPaymentCanStillBeFulfilledByALaterSuccess(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	p := whBuy(t, ta)
 	id, body := whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent), time.Now().Add(-time.Minute))
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Equal(t, store.PaymentFailed, whPayment(t, ta, p).Status)
 
 	// Events can arrive out of order: the success is the truth.
@@ -190,16 +198,11 @@ func TestPipelinePartialRefundClawsBackProportionally(t *testing.T) {
 	whPaid(t, ta, p)
 
 	id, body := p.refunded(t, 500) // a quarter of 20.00
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	if got := whBalance(t, ta, p.User.ID); got != 375 {
 		t.Fatalf("balance %d, want 375 (500 minus a quarter)", got)
 	}
-	pay := whPayment(t, ta, p)
-	if pay.Status != store.PaymentPartiallyRefunded || pay.AmountRefundedMinor != 500 || pay.CreditsClawedBack != 125 || pay.ClawbackShortfall != 0 {
-		t.Fatalf("payment %s refunded %d clawed back %d shortfall %d", pay.Status, pay.AmountRefundedMinor, pay.CreditsClawedBack, pay.ClawbackShortfall)
-	}
+	whRequireRefund(t, ta, p, store.PaymentPartiallyRefunded, 500, 125, 0)
 	whNoViolations(t, ta)
 }
 
@@ -210,9 +213,7 @@ func TestPipelinePartialRefundRoundsTheClawbackDown(t *testing.T) {
 	whPaid(t, ta, p)
 
 	id, body := p.refunded(t, 333) // 500 × 333 / 2000 = 83.25
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Equal(t, int64(83), whPayment(t, ta, p).CreditsClawedBack)
 	require.Equal(t, int64(417), whBalance(t, ta, p.User.ID))
 }
@@ -223,19 +224,13 @@ func TestPipelineFullRefundAfterPartialClawsBackTheRest(t *testing.T) {
 	p := whBuy(t, ta)
 	whPaid(t, ta, p)
 	id, body := p.refunded(t, 500)
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Equal(t, int64(375), whBalance(t, ta, p.User.ID))
 
 	id, body = p.refunded(t, p.Amount) // Stripe reports the cumulative amount
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Zero(t, whBalance(t, ta, p.User.ID))
-	pay := whPayment(t, ta, p)
-	if pay.Status != store.PaymentRefunded || pay.AmountRefundedMinor != p.Amount || pay.CreditsClawedBack != p.Credits || pay.ClawbackShortfall != 0 {
-		t.Fatalf("payment %s refunded %d clawed back %d shortfall %d", pay.Status, pay.AmountRefundedMinor, pay.CreditsClawedBack, pay.ClawbackShortfall)
-	}
+	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, p.Credits, 0)
 	whNoViolations(t, ta)
 }
 
@@ -283,14 +278,9 @@ func TestPipelineRefundOfSpentCreditsTakesWhatIsLeftAndRecordsShortfall(t *testi
 	require.Equal(t, int64(100), whBalance(t, ta, p.User.ID))
 
 	id, body := p.refunded(t, p.Amount)
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	ev := whApply(t, ta, id, body, store.OutcomeApplied)
 	require.Zero(t, whBalance(t, ta, p.User.ID))
-	pay := whPayment(t, ta, p)
-	if pay.Status != store.PaymentRefunded || pay.CreditsClawedBack != 100 || pay.ClawbackShortfall != 400 {
-		t.Fatalf("payment %s clawed back %d shortfall %d, want refunded, 100 and 400", pay.Status, pay.CreditsClawedBack, pay.ClawbackShortfall)
-	}
+	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, 100, 400)
 	require.Contains(t, whDetail(ev), "shortfall")
 	whNoViolations(t, ta)
 }
@@ -303,19 +293,14 @@ func TestPipelineRefundsAfterSpendingNeverDriveTheBalanceNegative(t *testing.T) 
 	whSpend(t, ta, p.User.ID, 400)
 
 	id, body := p.refunded(t, 1000) // half: 250 owed, 100 left
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	pay := whPayment(t, ta, p)
 	require.Equal(t, [2]int64{100, 150}, [2]int64{pay.CreditsClawedBack, pay.ClawbackShortfall}, "after the half refund")
 
 	id, body = p.refunded(t, p.Amount)
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 
-	pay = whPayment(t, ta, p)
-	if pay.Status != store.PaymentRefunded || pay.CreditsClawedBack != 100 || pay.ClawbackShortfall != 400 {
-		t.Fatalf("payment %s clawed back %d shortfall %d, want refunded, 100 and 400", pay.Status, pay.CreditsClawedBack, pay.ClawbackShortfall)
-	}
+	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, 100, 400)
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM grants WHERE remaining < 0`))
 	whNoViolations(t, ta)
@@ -330,8 +315,7 @@ func TestPipelineClawbackNeverTouchesOtherGrants(t *testing.T) {
 	other := storetest.NewGrant(t, ta.store, p.User.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 1000})
 
 	id, body := p.refunded(t, p.Amount)
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 
 	require.Equal(t, int64(1000), whBalance(t, ta, p.User.ID))
 	require.Equal(t, 1000, whCount(t, ta, `SELECT remaining FROM grants WHERE id = $1`, other.GrantID))
@@ -342,9 +326,7 @@ func TestPipelineUnknownEventTypeIsStoredAndIgnored(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
 	id, body := whUnknownEvent(t)
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+	ev := whApply(t, ta, id, body, store.OutcomeIgnored)
 
 	if ev.Type != "plan.created" || ev.ProcessedAt == nil || whDetail(ev) == "" {
 		t.Fatalf("stored %s processed %v detail %q", ev.Type, ev.ProcessedAt, whDetail(ev))
@@ -359,9 +341,7 @@ func TestPipelineCompletionOfASessionWeDidNotCreateIsIgnored(t *testing.T) {
 	obj := whSession(t, whID("cs"), "paid", 2000, whID("pi"))
 	obj["metadata"] = map[string]any{"quickscale_user_id": strconv.FormatInt(u.ID, 10), "quickscale_pack": "pack_500"}
 	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, obj, time.Now())
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeIgnored)
+	ev := whApply(t, ta, id, body, store.OutcomeIgnored)
 
 	require.Contains(t, whDetail(ev), "not created by QuickScale")
 	require.Zero(t, whBalance(t, ta, u.ID), "metadata alone must never grant")
@@ -372,9 +352,7 @@ func TestPipelineCompletionWithAnotherAmountIsRecordedFailed(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	p := whBuy(t, ta)
 	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, p.SessionID, "paid", 1, p.Intent), time.Now())
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
 
 	require.Contains(t, whDetail(ev), "does not match")
 	require.Zero(t, whBalance(t, ta, p.User.ID))
@@ -388,9 +366,7 @@ func TestPipelineMalformedCheckoutObjectOfOurSessionIsRecordedFailed(t *testing.
 	obj := whSession(t, p.SessionID, "paid", p.Amount, p.Intent)
 	obj["amount_total"] = "lots"
 	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, obj, time.Now())
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
 
 	require.Contains(t, whDetail(ev), "malformed")
 	require.Zero(t, whBalance(t, ta, p.User.ID))
@@ -443,9 +419,7 @@ func TestPipelineRefundOfUnknownPaymentFailsAfterTheWaitWindow(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
 	id, body := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, whID("pi"), 2000, 2000), time.Now().Add(-2*time.Hour))
-	whMustDeliver(t, ta, body)
-
-	ev := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
 
 	require.Contains(t, whDetail(ev), "no fulfilled payment")
 }
@@ -457,9 +431,7 @@ func TestPipelineExpiredCheckoutMarksPaymentExpired(t *testing.T) {
 	obj := whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent)
 	obj["status"], obj["payment_intent"] = "expired", nil
 	id, body := whEvent(t, stripe.EventTypeCheckoutSessionExpired, obj, time.Now())
-	whMustDeliver(t, ta, body)
-
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 
 	pay := whPayment(t, ta, p)
 	if pay.Status != store.PaymentExpired || pay.PaymentIntentID != nil {
@@ -478,8 +450,7 @@ func TestPipelinePurchaseEmailStatesCreditsAmountAndBalance(t *testing.T) {
 	storetest.BackdatedGrant(t, ta.store.Pool(), p.User.ID, store.GrantSubscription, 70, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
 
 	id, body := p.completed(t, "paid")
-	whMustDeliver(t, ta, body)
-	whRequireOutcome(t, ta, id, store.OutcomeApplied)
+	whApply(t, ta, id, body, store.OutcomeApplied)
 
 	mail := ta.waitMail(p.User.Email, "500 credits added to your account")
 	require.Contains(t, mail.Text, "Credits: 500")
