@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -239,6 +240,24 @@ func TestExpireOverdueBatchIsBounded(t *testing.T) {
 	}
 }
 
+// A sweep that would rest for minutes after each batch rests no more than
+// its deadline allows: with the deadline already passed it sweeps flat out.
+func TestSweepRestsOnlyAsLongAsItsDeadlineAllows(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for i := range 4 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantPromo, 3, time.Now().Add(-24*time.Hour), time.Now().Add(-time.Duration(i+1)*time.Second))
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	batches := 0
+	res, err := b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1, Pause: 1e5, Deadline: time.Now()}, func(store.ExpireResult) { batches++ })
+	require.NoError(t, err, "the sweep rested past its deadline")
+	require.EqualValues(t, 4, res.Grants)
+	require.Equal(t, 5, batches, "four batches of one and the empty one that ends the sweep")
+}
+
 func TestGrantFromSameSourceIsIdempotent(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)
@@ -301,7 +320,7 @@ func TestLedgerConstraintsRefuseDirectTampering(t *testing.T) {
 		"delete usage":          `DELETE FROM usages WHERE user_id = (SELECT user_id FROM grants WHERE id = $1)`,
 		"entry outside ledger":  `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, reason) SELECT user_id, id, 'adjust', -1, 'x' FROM grants WHERE id = $1`,
 		"grant born part-spent": `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) SELECT user_id, 'pack', 5, 4, 'x', 'y' FROM grants WHERE id = $1`,
-		"grant born closed":     `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id, closed_at) SELECT user_id, 'pack', 5, 5, 'x', 'z', now() FROM grants WHERE id = $1`,
+		"grant born closed":     `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id, closed_at) SELECT user_id, 'pack', 5, 5, 'x', 'z', now() FROM grants WHERE id = $1 AND $2::bigint > 0`,
 	} {
 		if _, err := b.st.Pool().Exec(b.ctx, sql, g.GrantID); err == nil {
 			t.Errorf("%s: succeeded, want the database to refuse it", name)
@@ -326,6 +345,82 @@ func TestLedgerConstraintsRefuseDirectTampering(t *testing.T) {
 		})
 		if err == nil {
 			t.Errorf("%s (inside the ledger): succeeded, want a constraint to refuse it", name)
+		}
+	}
+}
+
+// Every rule on a grant's, entry's or usage's values is the database's,
+// whether it lives in a domain (one value) or a table CHECK (several): each
+// write below breaks exactly one rule, inside the ledger switch, and must be
+// refused as a check violation.
+func TestLedgerRefusesValuesThatBreakARule(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	g := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 3})
+	u, _, err := b.consume(t, svc, "k")
+	require.NoError(t, err)
+	grant := func(kind, amount, expires, source string) string {
+		return `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+		        SELECT user_id, ` + kind + `, ` + amount + `, ` + amount + `, ` + expires + `, ` + source + `, now() FROM grants WHERE id = $1 AND $2::bigint > 0`
+	}
+	entry := func(kind, amount, usage, reason string) string {
+		return `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id, reason)
+		        SELECT user_id, id, ` + kind + `, ` + amount + `, ` + usage + `, ` + reason + ` FROM grants WHERE id = $1 AND $2::bigint > 0`
+	}
+	usage := func(credits, key, fp, balance string) string {
+		return `INSERT INTO usages (user_id, service_id, credits, idempotency_key, fingerprint, balance_after)
+		        SELECT user_id, service_id, ` + credits + `, ` + key + `, ` + fp + `, ` + balance + ` FROM usages WHERE id = $2 AND $1::bigint > 0`
+	}
+	soon, src := `now() + interval '1 day'`, `'t', gen_random_uuid()::text`
+	// The control rows: each is valid and must be accepted, so that the
+	// refusals below are down to the one value changed.
+	valid := []string{
+		grant(`'pack'`, `5`, `NULL`, src),
+		grant(`'subscription'`, `5`, soon, src),
+		entry(`'adjust'`, `1`, `NULL`, `'why'`),
+		entry(`'consume'`, `-1`, `$2`, `NULL`),
+		usage(`0`, `'another-key'`, `'fp'`, `0`),
+	}
+	for _, sql := range valid {
+		err := b.st.InTx(b.ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(b.ctx, `SELECT set_config('quickscale.ledger', 'on', true)`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(b.ctx, sql, g.GrantID, u.ID)
+			return errors.Join(err, errors.New("rolled back on purpose"))
+		})
+		require.EqualError(t, err, "rolled back on purpose", "control row %s", sql)
+	}
+	for name, sql := range map[string]string{
+		"unknown grant kind":           grant(`'gift'`, `5`, `NULL`, src),
+		"zero-credit grant":            grant(`'pack'`, `0`, `NULL`, src),
+		"empty source":                 grant(`'pack'`, `5`, `NULL`, `'', 'x'`),
+		"subscription without expiry":  grant(`'subscription'`, `5`, `NULL`, src),
+		"expiring pack":                grant(`'pack'`, `5`, soon, src),
+		"expires before it is granted": grant(`'admin'`, `5`, `now() - interval '1 day'`, src),
+		"unknown entry kind":           entry(`'bonus'`, `1`, `NULL`, `'why'`),
+		"zero entry":                   entry(`'adjust'`, `0`, `NULL`, `'why'`),
+		"blank adjust reason":          entry(`'adjust'`, `1`, `NULL`, `'  '`),
+		"negative grant entry":         entry(`'grant'`, `-1`, `NULL`, `NULL`),
+		"positive consume":             entry(`'consume'`, `1`, `$2`, `NULL`),
+		"clawback with a usage":        entry(`'clawback'`, `-1`, `$2`, `NULL`),
+		"negative usage":               usage(`-1`, `'another-key'`, `'fp'`, `0`),
+		"negative balance after":       usage(`0`, `'another-key'`, `'fp'`, `-1`),
+		"empty idempotency key":        usage(`0`, `''`, `'fp'`, `0`),
+		"idempotency key over 255":     usage(`0`, `repeat('k', 256)`, `'fp'`, `0`),
+		"empty fingerprint":            usage(`0`, `'another-key'`, `''`, `0`),
+	} {
+		err := b.st.InTx(b.ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(b.ctx, `SELECT set_config('quickscale.ledger', 'on', true)`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(b.ctx, sql, g.GrantID, u.ID)
+			return err
+		})
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+			t.Errorf("%s: got %v, want a check violation", name, err)
 		}
 	}
 }
