@@ -385,18 +385,41 @@ func (s *Store) ExpireOverdueBatch(ctx context.Context, maxGrants int) (ExpireRe
 	return res, err
 }
 
-// ExpireOverdue sweeps overdue grants in batches of batchSize until none
-// is left or ctx ends, calling onBatch after each committed batch. After
-// each batch it pauses for pause times the batch's duration, leaving the
-// database to the requests that share it (0 sweeps flat out).
-func (s *Store) ExpireOverdue(ctx context.Context, batchSize int, pause float64, onBatch func(ExpireResult)) (ExpireResult, error) {
+// SweepOptions paces ExpireOverdue.
+type SweepOptions struct {
+	BatchSize int
+	// Pause is how long the sweep rests after each batch, relative to the
+	// batch's duration, leaving the database to the requests that share it
+	// (0 sweeps flat out).
+	Pause float64
+	// Deadline, when set, is when the sweep should be done (e.g. the next
+	// scheduled sweep): it rests only as long as the rest of the backlog,
+	// at the pace measured so far, still finishes by then.
+	Deadline time.Time
+}
+
+// ExpireOverdue sweeps overdue grants in batches until none is left or ctx
+// ends, calling onBatch after each committed batch.
+func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(ExpireResult)) (ExpireResult, error) {
 	total := ExpireResult{ByKind: map[string]int64{}}
+	var backlog int64
+	if o.Pause > 0 && !o.Deadline.IsZero() {
+		// How much is due now; what falls due during the sweep is swept too
+		// but not planned for.
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM grants
+ WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()`).Scan(&backlog); err != nil {
+			return total, fmt.Errorf("count overdue grants: %w", err)
+		}
+	}
+	var worked time.Duration
 	for {
 		start := time.Now()
-		res, err := s.ExpireOverdueBatch(ctx, batchSize)
+		res, err := s.ExpireOverdueBatch(ctx, o.BatchSize)
 		if err != nil {
 			return total, err
 		}
+		took := time.Since(start)
+		worked += took
 		total.Users += res.Users
 		total.Grants += res.Grants
 		total.Credits += res.Credits
@@ -409,8 +432,9 @@ func (s *Store) ExpireOverdue(ctx context.Context, batchSize int, pause float64,
 		if res.Grants == 0 {
 			return total, nil
 		}
-		if pause > 0 {
-			t := time.NewTimer(time.Duration(float64(time.Since(start)) * pause))
+		rest := sweepRest(o, took, worked, total.Grants, backlog-total.Grants, time.Now())
+		if rest > 0 {
+			t := time.NewTimer(rest)
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -419,6 +443,25 @@ func (s *Store) ExpireOverdue(ctx context.Context, batchSize int, pause float64,
 			}
 		}
 	}
+}
+
+// sweepRest is how long to rest after a batch that took took: o.Pause times
+// it, but with a deadline no more than the slack left once the remaining
+// grants, at the pace so far (worked for swept), are accounted for, shared
+// over the batches still to run.
+func sweepRest(o SweepOptions, took, worked time.Duration, swept, remaining int64, now time.Time) time.Duration {
+	rest := time.Duration(float64(took) * o.Pause)
+	if o.Deadline.IsZero() || rest <= 0 {
+		return rest
+	}
+	remaining = max(remaining, 0)
+	work := time.Duration(float64(worked) / float64(max(swept, 1)) * float64(remaining))
+	slack := o.Deadline.Sub(now) - work
+	if slack <= 0 {
+		return 0
+	}
+	batches := max((remaining+int64(o.BatchSize)-1)/int64(max(o.BatchSize, 1)), 1)
+	return min(rest, slack/time.Duration(batches))
 }
 
 // Clawback takes back up to amount from one grant (never more than it has

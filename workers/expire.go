@@ -24,6 +24,8 @@ type ExpireCreditsWorker struct {
 	logger  *slog.Logger
 	store   *store.Store
 	metrics *observability.Metrics
+	// period is the time between two scheduled sweeps (0: unscheduled).
+	period time.Duration
 }
 
 // Timeout implements river.Worker: a large backlog is swept over several runs.
@@ -33,12 +35,22 @@ func (w *ExpireCreditsWorker) Timeout(*river.Job[jobs.ExpireCredits]) time.Durat
 
 // sweepPause is how long the sweep rests after each batch, relative to the
 // batch's duration: a big backlog is swept at two thirds of full speed so
-// that spends sharing the database stay fast.
+// that spends sharing the database stay fast, unless that would take it
+// past its budget.
 const sweepPause = 0.5
+
+// sweepBudget is the share of the schedule's period a sweep aims to finish
+// in: it rests less when resting would carry it past that (54 s of the
+// default one-minute period).
+const sweepBudget = 0.9
 
 // Work implements river.Worker.
 func (w *ExpireCreditsWorker) Work(ctx context.Context, job *river.Job[jobs.ExpireCredits]) error {
-	total, err := w.store.ExpireOverdue(ctx, expireBatch, sweepPause, func(res store.ExpireResult) {
+	opts := store.SweepOptions{BatchSize: expireBatch, Pause: sweepPause}
+	if w.period > 0 {
+		opts.Deadline = time.Now().Add(time.Duration(float64(w.period) * sweepBudget))
+	}
+	total, err := w.store.ExpireOverdue(ctx, opts, func(res store.ExpireResult) {
 		if w.metrics == nil {
 			return
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/robfig/cron/v3"
@@ -37,10 +38,28 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 	if err := river.AddWorkerSafely(ws, &StripeEventWorker{logger: logger, store: st, inserter: inserter, metrics: metrics, baseURL: cfg.BaseURL}); err != nil {
 		return err
 	}
-	if err := river.AddWorkerSafely(ws, &ExpireCreditsWorker{logger: logger, store: st, metrics: metrics}); err != nil {
+	period, err := schedulePeriod(cfg.ExpireSchedule)
+	if err != nil {
+		return fmt.Errorf("expire schedule: %w", err)
+	}
+	if err := river.AddWorkerSafely(ws, &ExpireCreditsWorker{logger: logger, store: st, metrics: metrics, period: period}); err != nil {
 		return err
 	}
 	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
+}
+
+// schedulePeriod is the time between the next two runs of a five-field cron
+// spec in UTC (0 for no spec).
+func schedulePeriod(spec string) (time.Duration, error) {
+	if spec == "" {
+		return 0, nil
+	}
+	sched, err := cron.ParseStandard("CRON_TZ=UTC " + spec)
+	if err != nil {
+		return 0, err
+	}
+	next := sched.Next(time.Now())
+	return sched.Next(next).Sub(next), nil
 }
 
 // PeriodicJobs are the schedules the River leader enqueues (once across all
