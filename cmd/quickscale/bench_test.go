@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -109,8 +110,11 @@ func postEvent(client *http.Client, base string, body []byte, header string) (in
 	if err != nil {
 		return 0, err
 	}
+	// Read to the end, or the transport closes the connection instead of
+	// reusing it, and every event pays for a new TCP connection.
+	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, nil
+	return resp.StatusCode, err
 }
 
 const pgbenchIngest = `BEGIN;
