@@ -22,6 +22,10 @@ import (
 
 const benchClients = 8
 
+// benchRounds is how many times a measurement alternates with its
+// reference (each round a third of BENCH_DURATION).
+const benchRounds = 3
+
 func benchDuration() time.Duration {
 	if d, err := time.ParseDuration(os.Getenv("BENCH_DURATION")); err == nil && d > 0 {
 		return d
@@ -224,8 +228,9 @@ func BenchmarkConsume(b *testing.B) {
 			storetest.Pgbench(b, url, tc.script, benchClients, time.Second)
 
 			b.ResetTimer()
-			ops, lat := consumeLoad(b, st, svc, benchClients, benchDuration(), pick, nil)
-			ref := storetest.Pgbench(b, url, tc.script, benchClients, benchDuration())
+			ops, lat, ref := storetest.Compare(b, benchRounds, benchDuration(), func(d time.Duration) (float64, *storetest.Latencies) {
+				return consumeLoad(b, st, svc, benchClients, d, pick, nil)
+			}, url, tc.script, benchClients)
 			b.StopTimer()
 			storetest.Report(os.Stdout, "consume, 8 clients, "+tc.name, ops, lat.Quantile(.5), lat.Quantile(.99), &ref, tc.target)
 			b.ReportMetric(ops, "consumes/s")

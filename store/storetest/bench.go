@@ -29,6 +29,16 @@ func (l *Latencies) Add(d time.Duration) {
 	l.mu.Unlock()
 }
 
+// AddAll records every latency of o.
+func (l *Latencies) AddAll(o *Latencies) {
+	o.mu.Lock()
+	d := slices.Clone(o.d)
+	o.mu.Unlock()
+	l.mu.Lock()
+	l.d = append(l.d, d...)
+	l.mu.Unlock()
+}
+
 // Count is how many latencies were recorded.
 func (l *Latencies) Count() int {
 	l.mu.Lock()
@@ -49,11 +59,15 @@ func (l *Latencies) Quantile(q float64) time.Duration {
 	return s[i]
 }
 
-// PgbenchResult is one pgbench run.
+// PgbenchResult is one pgbench run, or the rounds of a Compare.
 type PgbenchResult struct {
 	TPS      float64
 	P50, P99 time.Duration
 	Txns     int
+	// Ratios are the subject's throughput over the reference's, per round
+	// of a Compare.
+	Ratios []float64
+	lat    *Latencies
 }
 
 var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
@@ -110,8 +124,34 @@ func Pgbench(tb testing.TB, dbURL, script string, clients int, duration time.Dur
 		}
 		fh.Close()
 	}
-	res.P50, res.P99, res.Txns = lat.Quantile(0.50), lat.Quantile(0.99), lat.Count()
+	res.P50, res.P99, res.Txns, res.lat = lat.Quantile(0.50), lat.Quantile(0.99), lat.Count(), &lat
 	return res
+}
+
+// Compare measures subject and the pgbench reference in rounds that
+// alternate between them, so that both see the same machine even when its
+// speed drifts (on a shared machine it does, by a third within minutes).
+// subject runs for the time it is given and returns its throughput and
+// latencies. The result holds the subject's mean throughput and all its
+// latencies, and the reference's over all rounds with the per-round ratios.
+func Compare(tb testing.TB, rounds int, d time.Duration, subject func(time.Duration) (float64, *Latencies), dbURL, script string, clients int) (float64, *Latencies, PgbenchResult) {
+	tb.Helper()
+	each := max((d / time.Duration(rounds)).Truncate(time.Second), time.Second)
+	var ops float64
+	var lat, refLat Latencies
+	var ref PgbenchResult
+	for range rounds {
+		o, l := subject(each)
+		r := Pgbench(tb, dbURL, script, clients, each)
+		ops += o / float64(rounds)
+		lat.AddAll(l)
+		refLat.AddAll(r.lat)
+		ref.TPS += r.TPS / float64(rounds)
+		ref.Txns += r.Txns
+		ref.Ratios = append(ref.Ratios, o/r.TPS)
+	}
+	ref.P50, ref.P99, ref.lat = refLat.Quantile(0.50), refLat.Quantile(0.99), &refLat
+	return ops, &lat, ref
 }
 
 // Report prints one row of the benchmark table.
@@ -119,6 +159,13 @@ func Report(w io.Writer, name string, opsPerSec float64, p50, p99 time.Duration,
 	row := fmt.Sprintf("%-44s %10.0f/s  p50 %8s  p99 %8s", name, opsPerSec, ms(p50), ms(p99))
 	if ref != nil {
 		row += fmt.Sprintf("  | pgbench %8.0f/s p50 %8s p99 %8s  ratio %.2f", ref.TPS, ms(ref.P50), ms(ref.P99), opsPerSec/ref.TPS)
+		if len(ref.Ratios) > 0 {
+			var rs []string
+			for _, r := range ref.Ratios {
+				rs = append(rs, fmt.Sprintf("%.2f", r))
+			}
+			row += " (rounds " + strings.Join(rs, " ") + ")"
+		}
 	}
 	if target != "" {
 		row += "  (target " + target + ")"
