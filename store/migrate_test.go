@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -28,10 +29,7 @@ func TestMigrateIsCurrentAfterTemplateClone(t *testing.T) {
 func TestMigrateConcurrentRunsApplyOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := storetest.NewPool(t)
-	// Start from an empty database: drop everything the template brought.
-	_, err := pool.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`)
-	require.NoError(t, err)
+	pool := emptyDatabase(t)
 	st, err := store.Status(ctx, pool)
 	require.NoError(t, err)
 	require.False(t, st.Current(), "empty database reported current")
@@ -69,4 +67,14 @@ func TestMigrateConcurrentRunsApplyOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, again.App)
 	require.Empty(t, again.River)
+}
+
+// emptyDatabase is a test database with nothing in it: everything the
+// migrated template brought is dropped.
+func emptyDatabase(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool := storetest.NewPool(t)
+	_, err := pool.Exec(context.Background(), `DROP SCHEMA public CASCADE; CREATE SCHEMA public`)
+	require.NoError(t, err)
+	return pool
 }
