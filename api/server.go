@@ -53,6 +53,10 @@ func NewServer(
 		site: site, metrics: metrics, riverUI: riverUI,
 		ready: NewReadiness(st),
 	}
+	s.ingest = newIngester(st, inserter, logger, cfg.RequestTimeout)
+	if metrics != nil {
+		s.ingest.observe = func(n int) { metrics.WebhookIngestBatch.Observe(float64(n)) }
+	}
 	return s.routes()
 }
 
@@ -66,4 +70,5 @@ type server struct {
 	metrics *observability.Metrics
 	riverUI http.Handler
 	ready   *Readiness
+	ingest  *ingester
 }

@@ -8,12 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
-	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/observability"
 	"github.com/quickscale/quickscale/store"
 )
@@ -27,7 +25,7 @@ const webhookTolerance = 5 * time.Minute
 // handleStripeWebhook verifies, stores and enqueues one Stripe event:
 // raw body (capped) → signature check → one transaction that inserts the
 // event (id primary key, duplicates ignored) and, if new, enqueues
-// jobs.StripeEvent → 200. Bad input is a 4xx; only an unavailable database
+// jobs.StripeEvent (shared with concurrent deliveries: see ingester) → 200. Bad input is a 4xx; only an unavailable database
 // is a 5xx (503, so Stripe retries).
 func (s *server) handleStripeWebhook() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -59,16 +57,7 @@ func (s *server) handleStripeWebhook() http.Handler {
 		typeLabel := observability.EventTypeLabel(ev.Type)
 		s.metrics.WebhooksReceived.WithLabelValues(typeLabel).Inc()
 		ctx := r.Context()
-		var inserted bool
-		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
-			var err error
-			inserted, err = store.InsertStripeEvent(ctx, tx, ev)
-			if err != nil || !inserted {
-				return err
-			}
-			_, err = s.jobs.InsertTx(ctx, tx, jobs.StripeEvent{EventID: ev.ID}, nil)
-			return err
-		})
+		inserted, err := s.ingest.submit(ctx, ev)
 		if isDataException(err) {
 			// Postgres refused the content (e.g. a \u0000 in a string):
 			// the event is malformed, retrying cannot help.

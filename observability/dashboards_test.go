@@ -286,7 +286,7 @@ func knownMetrics(t *testing.T) map[string][]string {
 			}
 			labels := splitLabels(sm[2])
 			known[sm[1]] = labels
-			if _, isHist := c.(*prometheus.HistogramVec); isHist {
+			if isHistogram(c) {
 				known[sm[1]+"_bucket"] = append(slices.Clone(labels), "le")
 				known[sm[1]+"_sum"] = labels
 				known[sm[1]+"_count"] = labels
@@ -391,4 +391,13 @@ func TestDashboardsShowEveryQuickScaleMetric(t *testing.T) {
 			t.Errorf("no dashboard panel shows %s", name)
 		}
 	}
+}
+
+// isHistogram reports a histogram collector, with or without labels.
+func isHistogram(c prometheus.Collector) bool {
+	switch c.(type) {
+	case *prometheus.HistogramVec, prometheus.Histogram:
+		return true
+	}
+	return false
 }

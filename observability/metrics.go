@@ -28,6 +28,7 @@ type Metrics struct {
 	WebhooksReceived         *prometheus.CounterVec // type
 	WebhookSignatureFailures prometheus.Counter
 	WebhookDuplicates        prometheus.Counter
+	WebhookIngestBatch       prometheus.Histogram
 	WebhookOutcomes          *prometheus.CounterVec // type, outcome
 
 	CreditsGranted     *prometheus.CounterVec // kind
@@ -89,6 +90,10 @@ func NewMetrics() *Metrics {
 		WebhookSignatureFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quickscale_webhook_signature_failures_total", Help: "Webhook deliveries refused for a missing, bad or stale signature.",
 		}),
+		WebhookIngestBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "quickscale_webhook_ingest_batch_events", Help: "Webhook events stored per ingest transaction (concurrent deliveries share one).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+		}),
 		WebhookDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quickscale_webhook_duplicates_total", Help: "Webhook deliveries of events already stored.",
 		}),
@@ -131,7 +136,7 @@ func NewMetrics() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.HTTPInFlight,
 		m.JobsFinished, m.JobRunTime, m.JobQueueWait, m.JobsRunning, m.QueueJobs, m.QueueOldestAge,
-		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookOutcomes,
+		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookIngestBatch, m.WebhookOutcomes,
 		m.CreditsGranted, m.CreditsConsumed, m.CreditsExpired, m.CreditsClawedBack,
 		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.MetricsRefreshAge,
 	)

@@ -36,13 +36,45 @@ const eventColumns = `id, type, api_version, livemode, created, payload, receive
 // InsertStripeEvent stores a verified event in tx and reports whether it
 // is new (false: a duplicate delivery, stored before).
 func InsertStripeEvent(ctx context.Context, tx pgx.Tx, ev StripeEvent) (bool, error) {
-	tag, err := tx.Exec(ctx, `INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
-		ev.ID, ev.Type, ev.APIVersion, ev.Livemode, ev.Created, ev.Payload)
+	inserted, err := InsertStripeEvents(ctx, tx, []StripeEvent{ev})
 	if err != nil {
 		return false, err
 	}
-	return tag.RowsAffected() == 1, nil
+	return inserted[0], nil
+}
+
+// InsertStripeEvents stores verified events in tx with one statement and
+// reports, for each, whether it is new. An id stored before, or seen
+// earlier in evs, is a duplicate (false).
+func InsertStripeEvents(ctx context.Context, tx pgx.Tx, evs []StripeEvent) ([]bool, error) {
+	n := len(evs)
+	ids, types, versions, payloads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	livemodes, created := make([]bool, n), make([]time.Time, n)
+	for i, ev := range evs {
+		ids[i], types[i], versions[i], payloads[i] = ev.ID, ev.Type, ev.APIVersion, string(ev.Payload)
+		livemodes[i], created[i] = ev.Livemode, ev.Created
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[])
+ON CONFLICT (id) DO NOTHING RETURNING id`, ids, types, versions, livemodes, created, payloads)
+	if err != nil {
+		return nil, err
+	}
+	stored, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	isNew := make(map[string]bool, len(stored))
+	for _, id := range stored {
+		isNew[id] = true
+	}
+	inserted := make([]bool, n)
+	for i, id := range ids {
+		// The first occurrence of a new id is the one stored.
+		inserted[i] = isNew[id]
+		delete(isNew, id)
+	}
+	return inserted, nil
 }
 
 // LockStripeEvent loads an event for update and counts the attempt, so

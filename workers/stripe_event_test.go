@@ -49,6 +49,10 @@ func (c *clientInserter) InsertTx(ctx context.Context, tx pgx.Tx, args river.Job
 	return c.client.InsertTx(ctx, tx, args, opts)
 }
 
+func (c *clientInserter) InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error) {
+	return c.client.InsertManyTx(ctx, tx, params)
+}
+
 type stripeEventBundle struct {
 	st       *store.Store
 	client   *river.Client[pgx.Tx]

@@ -168,6 +168,13 @@ func (l *lateInserter) InsertTx(ctx context.Context, tx pgx.Tx, args river.JobAr
 	return l.client.InsertTx(ctx, tx, args, opts)
 }
 
+func (l *lateInserter) InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error) {
+	if l.client == nil {
+		return nil, errors.New("river client not ready")
+	}
+	return l.client.InsertManyTx(ctx, tx, params)
+}
+
 func newMailer(cfg Config, st *store.Store) (workers.Mailer, error) {
 	if cfg.SMTPURL == "" {
 		return workers.NewMailboxMailer(st), nil
