@@ -20,7 +20,7 @@ import (
 
 // newTestIngester is the ingester on an isolated database with a real
 // (insert-only) River client; it records the batch sizes it stores.
-func newTestIngester(t *testing.T) (*ingester, *store.Store, func() []int) {
+func newTestIngester(t *testing.T, lanes int) (*ingester, *store.Store, func() []int) {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	st := store.New(storetest.NewPool(t), logger)
@@ -28,7 +28,7 @@ func newTestIngester(t *testing.T) (*ingester, *store.Store, func() []int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := newIngester(st, client, logger, 30*time.Second)
+	g := newIngester(st, client, logger, 30*time.Second, lanes, ingestMaxBatch)
 	var mu sync.Mutex
 	var sizes []int
 	g.observe = func(n int) {
@@ -69,32 +69,23 @@ func storedEvents(t *testing.T, st *store.Store) (events, jobs []string) {
 	return events, jobs
 }
 
-func pending(evs ...store.StripeEvent) []*pendingEvent {
-	ps := make([]*pendingEvent, len(evs))
-	for i, ev := range evs {
-		ps[i] = &pendingEvent{ev: ev, done: make(chan ingestResult, 1)}
-	}
-	return ps
-}
-
 // One event the database refuses must fail only its own delivery: the
 // batch is stored event by event, and duplicates inside a batch are
 // answered as duplicates.
 func TestIngestBatchWithARefusedEventStoresTheOthers(t *testing.T) {
-	g, st, sizes := newTestIngester(t)
+	g, st, sizes := newTestIngester(t, ingestLanes)
 	bad := ingestEvent("evt_bad")
 	bad.Payload = []byte("{\"id\":\"evt_bad\",\"note\":\"\xff\xfe\"}") // not UTF-8: text refuses it
-	batch := pending(ingestEvent("evt_a"), bad, ingestEvent("evt_b"), ingestEvent("evt_a"))
-	g.flush(batch)
+	batch := []store.StripeEvent{ingestEvent("evt_a"), bad, ingestEvent("evt_b"), ingestEvent("evt_a")}
+	results := g.flush(batch)
 
 	want := []struct {
 		inserted bool
 		badInput bool
 	}{{true, false}, {false, true}, {true, false}, {false, false}}
-	for i, p := range batch {
-		r := <-p.done
-		if r.inserted != want[i].inserted || isDataException(r.err) != want[i].badInput || (r.err != nil) != want[i].badInput {
-			t.Errorf("event %d (%s): inserted %v err %v; want inserted %v, data exception %v", i, p.ev.ID, r.inserted, r.err, want[i].inserted, want[i].badInput)
+	for i, r := range results {
+		if r.Value != want[i].inserted || isDataException(r.Err) != want[i].badInput || (r.Err != nil) != want[i].badInput {
+			t.Errorf("event %d (%s): inserted %v err %v; want inserted %v, data exception %v", i, batch[i].ID, r.Value, r.Err, want[i].inserted, want[i].badInput)
 		}
 	}
 	events, jobs := storedEvents(t, st)
@@ -109,20 +100,17 @@ func TestIngestBatchWithARefusedEventStoresTheOthers(t *testing.T) {
 
 // A batch of good events, one of them twice, is one transaction.
 func TestIngestBatchIsOneTransaction(t *testing.T) {
-	g, st, sizes := newTestIngester(t)
-	batch := pending(ingestEvent("evt_1"), ingestEvent("evt_2"), ingestEvent("evt_1"), ingestEvent("evt_3"))
-	g.flush(batch)
+	g, st, sizes := newTestIngester(t, ingestLanes)
+	results := g.flush([]store.StripeEvent{ingestEvent("evt_1"), ingestEvent("evt_2"), ingestEvent("evt_1"), ingestEvent("evt_3")})
 	for i, want := range []bool{true, true, false, true} {
-		if r := <-batch[i].done; r.err != nil || r.inserted != want {
-			t.Errorf("event %d: inserted %v err %v, want inserted %v", i, r.inserted, r.err, want)
+		if r := results[i]; r.Err != nil || r.Value != want {
+			t.Errorf("event %d: inserted %v err %v, want inserted %v", i, r.Value, r.Err, want)
 		}
 	}
 	// Delivered again later: all duplicates, nothing enqueued.
-	again := pending(ingestEvent("evt_3"), ingestEvent("evt_2"))
-	g.flush(again)
-	for i, p := range again {
-		if r := <-p.done; r.err != nil || r.inserted {
-			t.Errorf("redelivery %d: inserted %v err %v, want a duplicate", i, r.inserted, r.err)
+	for i, r := range g.flush([]store.StripeEvent{ingestEvent("evt_3"), ingestEvent("evt_2")}) {
+		if r.Err != nil || r.Value {
+			t.Errorf("redelivery %d: inserted %v err %v, want a duplicate", i, r.Value, r.Err)
 		}
 	}
 	events, jobs := storedEvents(t, st)
@@ -138,8 +126,7 @@ func TestIngestBatchIsOneTransaction(t *testing.T) {
 // then stored together, each caller getting its own answer; a caller that
 // gives up gets its context's error, and its event is stored all the same.
 func TestIngestGathersDeliveriesThatArriveWhileALaneIsBusy(t *testing.T) {
-	g, st, sizes := newTestIngester(t)
-	g.lanes = 1
+	g, st, sizes := newTestIngester(t, 1)
 	ctx := context.Background()
 
 	// Hold the first event's id in an open transaction, so that the lane
@@ -163,10 +150,9 @@ func TestIngestGathersDeliveriesThatArriveWhileALaneIsBusy(t *testing.T) {
 		answers <- answer{id, inserted, err}
 	}
 	go submit(ctx, "evt_first")
-	waitFor(t, "the lane to take the first event", func() bool {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return g.active == 1 && len(g.queue) == 0
+	storetest.WaitFor(t, "the lane to take the first event", func() bool {
+		lanes, waiting := g.batch.State()
+		return lanes == 1 && waiting == 0
 	})
 	const queued = 20
 	for i := range queued - 1 {
@@ -174,10 +160,9 @@ func TestIngestGathersDeliveriesThatArriveWhileALaneIsBusy(t *testing.T) {
 	}
 	gaveUp, cancel := context.WithCancel(ctx)
 	go submit(gaveUp, "evt_gave_up")
-	waitFor(t, "the deliveries to queue", func() bool {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return len(g.queue) == queued
+	storetest.WaitFor(t, "the deliveries to queue", func() bool {
+		_, waiting := g.batch.State()
+		return waiting == queued
 	})
 	cancel()
 	if a := <-answers; a.id != "evt_gave_up" || !errors.Is(a.err, context.Canceled) {
@@ -199,23 +184,9 @@ func TestIngestGathersDeliveriesThatArriveWhileALaneIsBusy(t *testing.T) {
 	if len(events) != queued+1 || len(jobs) != queued || !slices.Contains(events, "evt_gave_up") {
 		t.Errorf("%d events stored (want %d, with evt_gave_up), %d jobs (want %d: none for the blocker's)", len(events), queued+1, len(jobs), queued)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.active != 0 || len(g.queue) != 0 {
-		t.Errorf("after the burst: %d lanes active, %d queued; want none", g.active, len(g.queue))
-	}
-}
-
-// waitFor polls cond until it holds (a condition, not a guessed delay).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	// The lane ends once its last batch is answered.
+	storetest.WaitFor(t, "the lane to end", func() bool {
+		lanes, waiting := g.batch.State()
+		return lanes == 0 && waiting == 0
+	})
 }

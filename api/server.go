@@ -53,7 +53,7 @@ func NewServer(
 		site: site, metrics: metrics, riverUI: riverUI,
 		ready: NewReadiness(st),
 	}
-	s.ingest = newIngester(st, inserter, logger, cfg.RequestTimeout)
+	s.ingest = newIngester(st, inserter, logger, cfg.RequestTimeout, ingestLanes, ingestMaxBatch)
 	if metrics != nil {
 		s.ingest.observe = func(n int) { metrics.WebhookIngestBatch.Observe(float64(n)) }
 	}

@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Grant kinds.
@@ -163,29 +165,47 @@ const MaxIdempotencyKeyLen = 255
 // request. Errors: *InsufficientCreditsError (nothing written), KindConflict
 // (key reused with another request), KindNotFound (no such active service).
 func Consume(ctx context.Context, db DBTX, req ConsumeRequest) (u Usage, replayed bool, err error) {
-	key := strings.TrimSpace(req.IdempotencyKey)
-	if key == "" || len(key) > MaxIdempotencyKeyLen {
-		return u, false, Errorf(KindInvalid, "The idempotency key must be 1 to %d characters.", MaxIdempotencyKeyLen)
+	key, err := consumeKey(req)
+	if err != nil {
+		return u, false, err
 	}
-	var (
-		status  string
-		usageID *int64
-		drawn   []byte
-	)
+	var row consumeRow
 	err = db.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume($1, $2, $3, $4, $5)`,
 		req.UserID, req.Service, key, req.Fingerprint(), req.APIKeyID).
-		Scan(&status, &usageID, &u.Service, &u.Credits, &u.Balance, &drawn, &u.CreatedAt)
+		Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
 	if err != nil {
 		return u, false, fmt.Errorf("consume: %w", err)
 	}
-	switch status {
+	return row.result(req)
+}
+
+// consumeKey validates and trims a request's idempotency key.
+func consumeKey(req ConsumeRequest) (string, error) {
+	key := strings.TrimSpace(req.IdempotencyKey)
+	if key == "" || len(key) > MaxIdempotencyKeyLen {
+		return "", Errorf(KindInvalid, "The idempotency key must be 1 to %d characters.", MaxIdempotencyKeyLen)
+	}
+	return key, nil
+}
+
+// consumeRow is one answer of ledger_consume or ledger_consume_many.
+type consumeRow struct {
+	status  string
+	usageID *int64
+	u       Usage
+	drawn   []byte
+}
+
+func (r consumeRow) result(req ConsumeRequest) (Usage, bool, error) {
+	u := r.u
+	switch r.status {
 	case "created", "replayed":
-		u.ID = *usageID
-		if err := json.Unmarshal(drawn, &u.Drawn); err != nil {
-			return u, false, fmt.Errorf("consume: decode drawn: %w", err)
+		u.ID = *r.usageID
+		if err := json.Unmarshal(r.drawn, &u.Drawn); err != nil {
+			return Usage{}, false, fmt.Errorf("consume: decode drawn: %w", err)
 		}
-		return u, status == "replayed", nil
+		return u, r.status == "replayed", nil
 	case "insufficient":
 		return Usage{}, false, &InsufficientCreditsError{Balance: u.Balance, Required: u.Credits}
 	case "conflict":
@@ -195,12 +215,111 @@ func Consume(ctx context.Context, db DBTX, req ConsumeRequest) (u Usage, replaye
 	case "no_account":
 		return Usage{}, false, Errorf(KindNotFound, "No credit account for this user.")
 	}
-	return Usage{}, false, fmt.Errorf("consume: unexpected status %q", status)
+	return Usage{}, false, fmt.Errorf("consume: unexpected status %q", r.status)
 }
 
-// Consume spends credits on the pool (autocommit: one round trip).
+// Consume spends credits, sharing a transaction with spends that arrive
+// while the store's consume lanes are busy (see consumeBatch); a lone
+// spend runs at once, alone, in one round trip.
 func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, error) {
-	return Consume(ctx, s.pool, req)
+	key, err := consumeKey(req)
+	if err != nil {
+		return Usage{}, false, err
+	}
+	req.IdempotencyKey = key
+	r, err := s.consumes.Do(ctx, req)
+	return r.Usage, r.Replayed, err
+}
+
+// Spends gathered into one call of ledger_consume_many: one transaction
+// and one round trip for the batch. On the 2-core benchmark machine 8
+// clients spread over many users ran at about 1.9x the rate of one call per
+// spend, and 8 clients on one user at about 2.6x (README, Benchmarks).
+const (
+	consumeLanes    = 2
+	consumeMaxBatch = 32
+	// consumeTimeout bounds one batch (a spend is milliseconds; lock
+	// waits behind an admin's adjustment may add a little).
+	consumeTimeout = 30 * time.Second
+)
+
+// Spent is one spend's outcome in a batch.
+type Spent struct {
+	Usage    Usage
+	Replayed bool
+}
+
+// consumeGathered runs the spends the batcher gathered.
+func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
+	ctx, cancel := context.WithTimeout(context.Background(), consumeTimeout)
+	defer cancel()
+	return s.ConsumeBatch(ctx, reqs)
+}
+
+// ConsumeBatch runs spends in one call of ledger_consume_many (one
+// transaction, one round trip), each with exactly Consume's answer: in
+// user-id order, and in the given order for one user. A statement error
+// (a spend the database refuses) fails the call as a whole; the spends are
+// then run one by one, so that only that spend fails.
+func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
+	results := make([]BatchResult[Spent], len(reqs))
+	reqs = slices.Clone(reqs)
+	for i, r := range reqs {
+		key, err := consumeKey(r)
+		if err != nil {
+			// Refused before the batch: the others still run.
+			return s.consumeOneByOne(ctx, reqs)
+		}
+		reqs[i].IdempotencyKey = key
+	}
+	if len(reqs) == 1 {
+		return s.consumeOneByOne(ctx, reqs)
+	}
+	n := len(reqs)
+	users, services, keys, fingerprints, apiKeys := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
+	for i, r := range reqs {
+		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, r.IdempotencyKey, r.Fingerprint(), r.APIKeyID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT ord, status, usage_id, service_slug, credits, balance, drawn, created_at
+  FROM ledger_consume_many($1, $2, $3, $4, $5)`, users, services, keys, fingerprints, apiKeys)
+	answered := make([]bool, n)
+	if err == nil {
+		var ord int
+		var row consumeRow
+		_, err = pgx.ForEachRow(rows, []any{&ord, &row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt}, func() error {
+			if ord < 1 || ord > n || answered[ord-1] {
+				return fmt.Errorf("consume: unexpected answer for spend %d of %d", ord, n)
+			}
+			u, replayed, err := row.result(reqs[ord-1])
+			results[ord-1] = BatchResult[Spent]{Value: Spent{u, replayed}, Err: err}
+			answered[ord-1] = true
+			return nil
+		})
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if s.logger != nil {
+			s.logger.Warn("consume batch refused; running its spends one by one", "spends", n, "err", err)
+		}
+		return s.consumeOneByOne(ctx, reqs)
+	}
+	for i := range results {
+		if err != nil {
+			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: %w", err)}
+		} else if !answered[i] {
+			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: no answer for spend %d of %d", i+1, n)}
+		}
+	}
+	return results
+}
+
+func (s *Store) consumeOneByOne(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
+	results := make([]BatchResult[Spent], len(reqs))
+	for i, r := range reqs {
+		u, replayed, err := Consume(ctx, s.pool, r)
+		results[i] = BatchResult[Spent]{Value: Spent{u, replayed}, Err: err}
+	}
+	return results
 }
 
 // Adjustment is an admin's change to a user's credits.

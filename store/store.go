@@ -26,13 +26,16 @@ type DBTX interface {
 
 // Store runs QuickScale's queries against one pool.
 type Store struct {
-	pool   *pgxpool.Pool
-	logger *slog.Logger
+	pool     *pgxpool.Pool
+	logger   *slog.Logger
+	consumes *Batcher[ConsumeRequest, Spent]
 }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Store {
-	return &Store{pool: pool, logger: logger}
+	s := &Store{pool: pool, logger: logger}
+	s.consumes = NewBatcher(consumeLanes, consumeMaxBatch, s.consumeGathered)
+	return s
 }
 
 // Pool returns the underlying pool, for River and session storage.

@@ -183,3 +183,18 @@ func AllAtOnce(n int, fn func(i int)) {
 	close(start)
 	wg.Wait()
 }
+
+// WaitFor polls cond every millisecond until it holds, failing the test
+// after 10 s: a wait on a condition, not on a guessed delay.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}

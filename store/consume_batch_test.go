@@ -1,0 +1,220 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// A batch answers every spend exactly as Consume would, in arrival order
+// for one user, whatever order the users come in.
+func TestConsumeBatchAnswersEachSpendAsConsumeWould(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	a := b.user // created first: the lower id
+	other := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, a.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 3})
+	soon := time.Now().Add(24 * time.Hour)
+	sub := storetest.NewGrant(t, st, other.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 5, ExpiresAt: &soon})
+	storetest.NewGrant(t, st, other.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 5})
+	two := storetest.NewService(t, st, storetest.ServiceOpts{Slug: "two", Cost: 2})
+	one := storetest.NewService(t, st, storetest.ServiceOpts{Slug: "one", Cost: 1})
+
+	req := func(u store.User, svc, key string) store.ConsumeRequest {
+		return store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key}
+	}
+	results := st.ConsumeBatch(ctx, []store.ConsumeRequest{
+		req(other, two, "o1"),    // 0: created, from the subscription grant
+		req(a, two, "a1"),        // 1: created, balance 1
+		req(a, two, "a2"),        // 2: insufficient (1 left): after 1, as it arrived after it
+		req(a, two, " a1 "),      // 3: replay of 1 (keys are trimmed)
+		req(a, one, "a1"),        // 4: conflict: same key, another service
+		req(other, "nope", "o2"), // 5: no such service
+		req(a, one, "a3"),        // 6: created, balance 0
+	})
+	if len(results) != 7 {
+		t.Fatalf("%d results for 7 spends", len(results))
+	}
+	check := func(i int, wantErr func(error) bool, what string) {
+		t.Helper()
+		if r := results[i]; !wantErr(r.Err) {
+			t.Errorf("spend %d: %+v, err %v; want %s", i, r.Value, r.Err, what)
+		}
+	}
+	ok := func(err error) bool { return err == nil }
+	check(0, ok, "created")
+	if d := results[0].Value.Usage.Drawn; len(d) != 1 || d[0].GrantID != sub.GrantID || results[0].Value.Usage.Balance != 8 {
+		t.Errorf("spend 0 drew %+v leaving %d; want 2 from the subscription grant, 8 left", d, results[0].Value.Usage.Balance)
+	}
+	check(1, ok, "created")
+	if u := results[1].Value.Usage; u.Balance != 1 || results[1].Value.Replayed {
+		t.Errorf("spend 1: balance %d replayed %v; want 1, false", u.Balance, results[1].Value.Replayed)
+	}
+	check(2, func(err error) bool {
+		var ice *store.InsufficientCreditsError
+		return errors.As(err, &ice) && ice.Balance == 1 && ice.Required == 2
+	}, "insufficient credits (balance 1, 2 required)")
+	check(3, ok, "a replay")
+	if r := results[3].Value; !r.Replayed || r.Usage.ID != results[1].Value.Usage.ID || r.Usage.Balance != 1 {
+		t.Errorf("spend 3: %+v; want the replay of usage %d", r, results[1].Value.Usage.ID)
+	}
+	check(4, func(err error) bool { return store.ErrorKind(err) == store.KindConflict }, "a conflict")
+	check(5, func(err error) bool { return store.ErrorKind(err) == store.KindNotFound }, "not found")
+	check(6, ok, "created")
+	if u := results[6].Value.Usage; u.Balance != 0 {
+		t.Errorf("spend 6 left %d, want 0", u.Balance)
+	}
+	for _, u := range []struct {
+		user store.User
+		want int64
+	}{{a, 0}, {other, 8}} {
+		if bal, err := st.Balance(ctx, u.user.ID); err != nil || bal.Total != u.want {
+			t.Errorf("user %d: balance %d (%v), want %d", u.user.ID, bal.Total, err, u.want)
+		}
+	}
+}
+
+// A spend the database refuses fails alone: the batch is run again one
+// spend at a time.
+func TestConsumeBatchRunsTheOthersWhenOneIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	noSuchKey := int64(987654321)
+	results := st.ConsumeBatch(ctx, []store.ConsumeRequest{
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "first"},
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "refused", APIKeyID: &noSuchKey}, // foreign key
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "third"},
+	})
+	var pgErr *pgconn.PgError
+	if results[0].Err != nil || results[2].Err != nil {
+		t.Errorf("good spends failed: %v, %v", results[0].Err, results[2].Err)
+	}
+	if !errors.As(results[1].Err, &pgErr) || pgErr.Code != "23503" {
+		t.Errorf("spend with an unknown API key: %v, want a foreign-key violation", results[1].Err)
+	}
+	// A spend refused before the database does not hold the others back.
+	results = st.ConsumeBatch(ctx, []store.ConsumeRequest{
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: ""},
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "fourth"},
+	})
+	if store.ErrorKind(results[0].Err) != store.KindInvalid || results[1].Err != nil {
+		t.Errorf("spend without a key: %v (want invalid); the next: %v (want created)", results[0].Err, results[1].Err)
+	}
+	if bal, err := st.Balance(ctx, b.user.ID); err != nil || bal.Total != 7 {
+		t.Errorf("balance %d (%v), want 7: three spends of 1", bal.Total, err)
+	}
+}
+
+// ledger_consume_many locks accounts in user-id order whatever order the
+// spends come in, so two batches naming the same users in opposite orders
+// never deadlock.
+func TestConsumeBatchesLockUsersInOrder(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	var users []int64
+	for range 4 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 1000})
+		users = append(users, u.ID)
+	}
+	reversed := []int64{users[3], users[2], users[1], users[0]}
+	var mu sync.Mutex
+	var errs []error
+	storetest.AllAtOnce(2, func(w int) {
+		ids := users
+		if w == 1 {
+			ids = reversed
+		}
+		for i := range 25 {
+			keys := make([]string, len(ids))
+			for k := range keys {
+				keys[k] = fmt.Sprintf("w%d-%d-%d", w, i, k)
+			}
+			// Straight to the function: a deadlock must show, not be
+			// absorbed by ConsumeBatch's one-by-one fallback.
+			_, err := st.Pool().Exec(ctx, `SELECT count(*) FROM ledger_consume_many($1, $2, $3, $4, $5)`,
+				ids, []string{svc, svc, svc, svc}, keys, []string{"fp", "fp", "fp", "fp"}, []*int64{nil, nil, nil, nil})
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				return
+			}
+		}
+	})
+	if len(errs) > 0 {
+		t.Fatalf("batches failed: %v", errs)
+	}
+	for _, id := range users {
+		if bal, err := st.Balance(ctx, id); err != nil || bal.Total != 950 {
+			t.Errorf("user %d: balance %d (%v), want 950", id, bal.Total, err)
+		}
+	}
+}
+
+// Arrays of different lengths are refused, not read past their end.
+func TestConsumeManyRefusesMismatchedArrays(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	_, err := b.st.Pool().Exec(b.ctx, `SELECT count(*) FROM ledger_consume_many($1, $2, $3, $4, $5)`,
+		[]int64{b.user.ID, b.user.ID}, []string{"x"}, []string{"k1", "k2"}, []string{"fp", "fp"}, []*int64{nil, nil})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22023" {
+		t.Errorf("mismatched arrays: %v, want invalid_parameter_value", err)
+	}
+}
+
+// Spends that arrive while the consume lanes are busy are answered as
+// Consume answers them, each its own (through the batcher).
+func TestConcurrentConsumesEachGetTheirOwnAnswer(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st := b.st
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 30})
+	const spends = 40 // 30 succeed, 10 find nothing left
+	type answer struct {
+		usage store.Usage
+		err   error
+	}
+	answers := make([]answer, spends)
+	storetest.AllAtOnce(spends, func(i int) {
+		u, _, err := st.Consume(context.Background(), store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: fmt.Sprintf("c%d", i)})
+		answers[i] = answer{u, err}
+	})
+	created, insufficient := 0, 0
+	seen := map[int64]bool{}
+	balances := map[int64]bool{}
+	for i, a := range answers {
+		var ice *store.InsufficientCreditsError
+		switch {
+		case a.err == nil:
+			created++
+			if seen[a.usage.ID] || balances[a.usage.Balance] {
+				t.Errorf("spend %d: usage %d balance %d answered twice", i, a.usage.ID, a.usage.Balance)
+			}
+			seen[a.usage.ID], balances[a.usage.Balance] = true, true
+		case errors.As(a.err, &ice) && ice.Balance == 0:
+			insufficient++
+		default:
+			t.Errorf("spend %d: %v", i, a.err)
+		}
+	}
+	if created != 30 || insufficient != 10 {
+		t.Errorf("%d created, %d insufficient; want 30 and 10", created, insufficient)
+	}
+}
