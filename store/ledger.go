@@ -531,6 +531,7 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 		}
 	}
 	var worked time.Duration
+	var batches int64
 	for {
 		start := time.Now()
 		res, err := s.ExpireOverdueBatch(ctx, o.BatchSize)
@@ -539,6 +540,7 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 		}
 		took := time.Since(start)
 		worked += took
+		batches++
 		total.Users += res.Users
 		total.Grants += res.Grants
 		total.Credits += res.Credits
@@ -551,7 +553,7 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 		if res.Grants == 0 {
 			return total, nil
 		}
-		rest := sweepRest(o, took, worked, total.Grants, backlog-total.Grants, time.Now())
+		rest := sweepRest(o, took, worked, batches, total.Grants, backlog-total.Grants, time.Now())
 		if rest > 0 {
 			t := time.NewTimer(rest)
 			select {
@@ -566,9 +568,11 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 
 // sweepRest is how long to rest after a batch that took took: o.Pause times
 // it, but with a deadline no more than the slack left once the remaining
-// grants, at the pace so far (worked for swept), are accounted for, shared
-// over the batches still to run.
-func sweepRest(o SweepOptions, took, worked time.Duration, swept, remaining int64, now time.Time) time.Duration {
+// grants, at the pace so far (batches batches of swept grants in worked),
+// are accounted for, shared over the batches still to run. A batch closes
+// every due grant of the users it picked, so it may close more than
+// o.BatchSize grants: the batches left are counted at the size seen so far.
+func sweepRest(o SweepOptions, took, worked time.Duration, batches, swept, remaining int64, now time.Time) time.Duration {
 	rest := time.Duration(float64(took) * o.Pause)
 	if o.Deadline.IsZero() || rest <= 0 {
 		return rest
@@ -579,8 +583,9 @@ func sweepRest(o SweepOptions, took, worked time.Duration, swept, remaining int6
 	if slack <= 0 {
 		return 0
 	}
-	batches := max((remaining+int64(o.BatchSize)-1)/int64(max(o.BatchSize, 1)), 1)
-	return min(rest, slack/time.Duration(batches))
+	perBatch := max(swept/max(batches, 1), int64(o.BatchSize), 1)
+	left := max((remaining+perBatch-1)/perBatch, 1)
+	return min(rest, slack/time.Duration(left))
 }
 
 // Clawback takes back up to amount from one grant (never more than it has
