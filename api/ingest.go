@@ -2,12 +2,10 @@ package api
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 
 	"github.com/quickscale/quickscale/jobs"
@@ -32,7 +30,7 @@ const (
 
 // ingester stores verified events in shared transactions.
 type ingester struct {
-	store   *store.Store
+	st      *store.Store
 	jobs    jobs.Inserter
 	logger  *slog.Logger
 	timeout time.Duration
@@ -43,7 +41,7 @@ type ingester struct {
 
 // newIngester returns an ingester with the given lanes and batch size.
 func newIngester(st *store.Store, inserter jobs.Inserter, logger *slog.Logger, timeout time.Duration, lanes, maxBatch int) *ingester {
-	g := &ingester{store: st, jobs: inserter, logger: logger, timeout: timeout}
+	g := &ingester{st: st, jobs: inserter, logger: logger, timeout: timeout}
 	g.batch = store.NewBatcher(lanes, maxBatch, g.flush)
 	return g
 }
@@ -56,37 +54,25 @@ func (g *ingester) submit(ctx context.Context, ev store.StripeEvent) (bool, erro
 	return g.batch.Do(ctx, ev)
 }
 
-// flush stores a batch in one transaction. When the database refuses the
-// batch (a statement error, such as an event it cannot store), each event
-// is retried alone, so that one bad event fails only its own delivery.
+// flush stores a batch in one transaction (see storeBatch).
 func (g *ingester) flush(evs []store.StripeEvent) []store.BatchResult[bool] {
 	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	defer cancel()
+	return g.storeBatch(ctx, evs)
+}
+
+// storeBatch stores events in one transaction. When the database refuses the
+// batch for its content (store.IsRefused: an event it cannot store, say),
+// each event is retried alone within the same deadline, so that one bad
+// event fails only its own delivery.
+func (g *ingester) storeBatch(ctx context.Context, evs []store.StripeEvent) []store.BatchResult[bool] {
 	var inserted []bool
-	err := g.store.InTx(ctx, func(tx pgx.Tx) error {
-		var err error
-		inserted, err = store.InsertStripeEvents(ctx, tx, evs)
-		if err != nil {
-			return err
-		}
-		var params []river.InsertManyParams
-		for i, ok := range inserted {
-			if ok {
-				params = append(params, river.InsertManyParams{Args: jobs.StripeEvent{EventID: evs[i].ID}})
-			}
-		}
-		if len(params) == 0 {
-			return nil
-		}
-		_, err = g.jobs.InsertManyTx(ctx, tx, params)
-		return err
-	})
+	err := g.insertTx(ctx, evs, &inserted)
 	results := make([]store.BatchResult[bool], len(evs))
-	var pgErr *pgconn.PgError
-	if err != nil && len(evs) > 1 && errors.As(err, &pgErr) {
+	if err != nil && len(evs) > 1 && store.IsRefused(err) {
 		g.logger.Warn("webhook ingest batch refused; storing its events one by one", "events", len(evs), "err", err)
 		for i := range evs {
-			results[i] = g.flush(evs[i : i+1])[0]
+			results[i] = g.storeBatch(ctx, evs[i:i+1])[0]
 		}
 		return results
 	}
@@ -101,4 +87,25 @@ func (g *ingester) flush(evs []store.StripeEvent) []store.BatchResult[bool] {
 		}
 	}
 	return results
+}
+
+func (g *ingester) insertTx(ctx context.Context, evs []store.StripeEvent, inserted *[]bool) error {
+	return g.st.InTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		*inserted, err = store.InsertStripeEvents(ctx, tx, evs)
+		if err != nil {
+			return err
+		}
+		var params []river.InsertManyParams
+		for i, ok := range *inserted {
+			if ok {
+				params = append(params, river.InsertManyParams{Args: jobs.StripeEvent{EventID: evs[i].ID}})
+			}
+		}
+		if len(params) == 0 {
+			return nil
+		}
+		_, err = g.jobs.InsertManyTx(ctx, tx, params)
+		return err
+	})
 }

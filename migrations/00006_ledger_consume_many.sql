@@ -3,8 +3,10 @@
 -- (store.Batcher) and runs them together. Each is exactly ledger_consume,
 -- with the same answers; they run in user order (the lock order: anything
 -- touching two users locks them in user-id order), and in arrival order
--- for one user. A spend that raises fails the whole call; the store then
--- runs that batch's spends one by one.
+-- for one user. A spend that raises fails the whole call, and so does a
+-- wait of more than 100 ms for an account lock (lock_timeout), so that a
+-- batch never holds up the spends queued behind it for long; the store
+-- then runs that batch's spends one by one, outside its lanes.
 
 -- +goose Up
 -- +goose StatementBegin
@@ -13,6 +15,7 @@ CREATE FUNCTION ledger_consume_many(p_user_ids bigint[], p_service_slugs text[],
 RETURNS TABLE (ord integer, status text, usage_id bigint, service_slug text, credits bigint, balance bigint,
                drawn jsonb, created_at timestamptz)
 LANGUAGE plpgsql
+SET lock_timeout = '100ms'
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -29,6 +29,7 @@ type BatchResult[Res any] struct {
 }
 
 type batchCall[Req, Res any] struct {
+	ctx  context.Context
 	req  Req
 	done chan BatchResult[Res] // buffered: a lane never blocks on a caller gone
 }
@@ -42,9 +43,11 @@ func NewBatcher[Req, Res any](lanes, max int, run func(reqs []Req) []BatchResult
 func max1(n int) int { return max(n, 1) }
 
 // Do runs req in the next batch and returns its result, or ctx's error if
-// ctx ends first (the call may then still run).
+// ctx ends first. A call whose ctx has ended by the time a lane takes it is
+// left out of the batch; one whose ctx ends while its batch runs may still
+// have run.
 func (b *Batcher[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
-	c := &batchCall[Req, Res]{req: req, done: make(chan BatchResult[Res], 1)}
+	c := &batchCall[Req, Res]{ctx: ctx, req: req, done: make(chan BatchResult[Res], 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	start := b.active < b.lanes
@@ -81,11 +84,25 @@ func (b *Batcher[Req, Res]) lane() {
 			b.mu.Unlock()
 			return
 		}
-		calls := make([]*batchCall[Req, Res], n)
-		copy(calls, b.queue)
-		b.queue = append(b.queue[:0], b.queue[n:]...)
+		taken := make([]*batchCall[Req, Res], n)
+		copy(taken, b.queue)
+		left := copy(b.queue, b.queue[n:])
+		clear(b.queue[left:]) // no references to answered calls
+		b.queue = b.queue[:left]
 		b.mu.Unlock()
-		reqs := make([]Req, n)
+		// Callers that gave up while waiting are answered, not run.
+		calls := taken[:0]
+		for _, c := range taken {
+			if err := c.ctx.Err(); err != nil {
+				c.done <- BatchResult[Res]{Err: err}
+				continue
+			}
+			calls = append(calls, c)
+		}
+		if len(calls) == 0 {
+			continue
+		}
+		reqs := make([]Req, len(calls))
 		for i, c := range calls {
 			reqs[i] = c.req
 		}

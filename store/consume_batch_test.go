@@ -218,3 +218,65 @@ func TestConcurrentConsumesEachGetTheirOwnAnswer(t *testing.T) {
 		t.Errorf("%d created, %d insufficient; want 30 and 10", created, insufficient)
 	}
 }
+
+// A batch waiting on one user's account lock gives up after 100 ms and
+// hands its spends back to their callers, so spends of other users queued
+// behind it are not held up by a lock they do not need; the spends handed
+// back then wait for the lock on their own and succeed once it is free.
+func TestSpendsOfOtherUsersDoNotWaitBehindALockedAccount(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	locked := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, locked.ID, storetest.GrantOpts{Amount: 10})
+
+	// An admin's transaction holds the account lock, as an adjustment does.
+	blocker, err := st.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = blocker.Rollback(ctx) }()
+	if _, err := blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, locked.ID); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() int {
+		var n int
+		if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	lockedDone := make(chan error, 2)
+	for i := range 2 { // one per lane
+		go func() {
+			_, _, err := st.Consume(ctx, store.ConsumeRequest{UserID: locked.ID, Service: svc, IdempotencyKey: fmt.Sprintf("l%d", i)})
+			lockedDone <- err
+		}()
+	}
+	storetest.WaitFor(t, "both spends of the locked user to wait on its lock", func() bool { return waiting() == 2 })
+
+	free, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, _, err := st.Consume(free, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "free"}); err != nil {
+		t.Fatalf("a spend of another user, while an account is locked: %v", err)
+	}
+	select {
+	case err := <-lockedDone:
+		t.Fatalf("a spend of the locked user returned (%v) before the lock was released", err)
+	default:
+	}
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-lockedDone; err != nil {
+			t.Errorf("spend of the formerly locked user: %v", err)
+		}
+	}
+	if bal, err := st.Balance(ctx, locked.ID); err != nil || bal.Total != 8 {
+		t.Errorf("locked user's balance %d (%v), want 8", bal.Total, err)
+	}
+}

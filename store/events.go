@@ -55,7 +55,10 @@ func InsertStripeEvents(ctx context.Context, tx pgx.Tx, evs []StripeEvent) ([]bo
 		livemodes[i], created[i] = ev.Livemode, ev.Created
 	}
 	rows, err := tx.Query(ctx, `INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[]) AS e(id)
+-- In id order: two batches holding the same new ids wait on each other's
+-- unique-index entries in one order, never in a cycle.
+ORDER BY e.id
 ON CONFLICT (id) DO NOTHING RETURNING id`, ids, types, versions, livemodes, created, payloads)
 	if err != nil {
 		return nil, err

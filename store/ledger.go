@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -219,7 +218,7 @@ func (r consumeRow) result(req ConsumeRequest) (Usage, bool, error) {
 }
 
 // Consume spends credits, sharing a transaction with spends that arrive
-// while the store's consume lanes are busy (see consumeBatch); a lone
+// while the store's consume lanes are busy (see consumeGathered); a lone
 // spend runs at once, alone, in one round trip.
 func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, error) {
 	key, err := consumeKey(req)
@@ -228,20 +227,28 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 	}
 	req.IdempotencyKey = key
 	r, err := s.consumes.Do(ctx, req)
+	if errors.Is(err, errRunAlone) {
+		// Its batch waited too long for an account lock, or the database
+		// refused another spend in it: this spend runs on its own
+		// connection, waiting for locks there, not in a lane.
+		return Consume(ctx, s.pool, req)
+	}
 	return r.Usage, r.Replayed, err
 }
 
 // Spends gathered into one call of ledger_consume_many: one transaction
-// and one round trip for the batch. On the 2-core benchmark machine 8
-// clients spread over many users ran at about 1.9x the rate of one call per
-// spend, and 8 clients on one user at about 2.6x (README, Benchmarks).
+// and one round trip for the batch. Measured on the 2-core benchmark
+// machine (README, Benchmarks): 8 clients on one user ran about 1.8x as
+// fast as with one call per spend; spread over many users, no faster.
 const (
 	consumeLanes    = 2
 	consumeMaxBatch = 32
-	// consumeTimeout bounds one batch (a spend is milliseconds; lock
-	// waits behind an admin's adjustment may add a little).
+	// consumeTimeout bounds one batch.
 	consumeTimeout = 30 * time.Second
 )
+
+// errRunAlone answers the spends of a batch that must run one by one.
+var errRunAlone = errors.New("consume: run alone")
 
 // Spent is one spend's outcome in a batch.
 type Spent struct {
@@ -249,36 +256,50 @@ type Spent struct {
 	Replayed bool
 }
 
-// consumeGathered runs the spends the batcher gathered.
+// consumeGathered runs the spends the batcher gathered. A lane never waits
+// long: ledger_consume_many gives up on an account lock after 100 ms
+// (lock_timeout), and then, as when the database refuses one spend of the
+// batch, every spend of the batch is answered errRunAlone and its caller
+// runs it alone; the lane moves on to the spends queued behind it.
 func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	ctx, cancel := context.WithTimeout(context.Background(), consumeTimeout)
 	defer cancel()
-	return s.ConsumeBatch(ctx, reqs)
+	results, alone := s.consumeMany(ctx, reqs)
+	if alone {
+		for i := range results {
+			results[i] = BatchResult[Spent]{Err: errRunAlone}
+		}
+	}
+	return results
 }
 
 // ConsumeBatch runs spends in one call of ledger_consume_many (one
 // transaction, one round trip), each with exactly Consume's answer: in
-// user-id order, and in the given order for one user. A statement error
-// (a spend the database refuses) fails the call as a whole; the spends are
-// then run one by one, so that only that spend fails.
+// user-id order, and in the given order for one user. If the batch waits
+// more than 100 ms for an account lock, or the database refuses one of its
+// spends (store.IsRefused), nothing of it is kept and the spends are run
+// one by one, so that only that spend fails.
 func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
-	results := make([]BatchResult[Spent], len(reqs))
-	reqs = slices.Clone(reqs)
+	results, alone := s.consumeMany(ctx, reqs)
+	if alone {
+		return s.consumeOneByOne(ctx, reqs)
+	}
+	return results
+}
+
+// consumeMany runs spends in one call of ledger_consume_many, or reports
+// that they must run alone (alone: nothing was written).
+func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results []BatchResult[Spent], alone bool) {
+	n := len(reqs)
+	results = make([]BatchResult[Spent], n)
+	users, services, keys, fingerprints, apiKeys := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
 	for i, r := range reqs {
 		key, err := consumeKey(r)
 		if err != nil {
-			// Refused before the batch: the others still run.
-			return s.consumeOneByOne(ctx, reqs)
+			// Refused before the database: the others still run.
+			return results, true
 		}
-		reqs[i].IdempotencyKey = key
-	}
-	if len(reqs) == 1 {
-		return s.consumeOneByOne(ctx, reqs)
-	}
-	n := len(reqs)
-	users, services, keys, fingerprints, apiKeys := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
-	for i, r := range reqs {
-		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, r.IdempotencyKey, r.Fingerprint(), r.APIKeyID
+		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, key, r.Fingerprint(), r.APIKeyID
 	}
 	rows, err := s.pool.Query(ctx, `SELECT ord, status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many($1, $2, $3, $4, $5)`, users, services, keys, fingerprints, apiKeys)
@@ -297,11 +318,11 @@ func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []Batch
 		})
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	if (errors.As(err, &pgErr) && pgErr.Code == "55P03") || IsRefused(err) {
 		if s.logger != nil {
-			s.logger.Warn("consume batch refused; running its spends one by one", "spends", n, "err", err)
+			s.logger.Warn("consume batch not kept; its spends run one by one", "spends", n, "err", err)
 		}
-		return s.consumeOneByOne(ctx, reqs)
+		return results, true
 	}
 	for i := range results {
 		if err != nil {
@@ -310,7 +331,7 @@ func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []Batch
 			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: no answer for spend %d of %d", i+1, n)}
 		}
 	}
-	return results
+	return results, false
 }
 
 func (s *Store) consumeOneByOne(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {

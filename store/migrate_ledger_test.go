@@ -42,10 +42,10 @@ func TestLedgerMigration5KeepsALedgerWrittenBeforeIt(t *testing.T) {
 		pack := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 40})
 		storetest.BackdatedGrant(t, pool, u.ID, store.GrantPromo, 3, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
 		for _, key := range []string{"a", "b"} {
-			_, _, err := st.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
+			_, _, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
 			require.NoError(t, err)
 		}
-		_, _, err := st.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: free, IdempotencyKey: "free"})
+		_, _, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: u.ID, Service: free, IdempotencyKey: "free"})
 		require.NoError(t, err)
 		_, err = st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: -2, Actor: &admin.ID, Reason: "correction"})
 		require.NoError(t, err)
@@ -66,7 +66,8 @@ func TestLedgerMigration5KeepsALedgerWrittenBeforeIt(t *testing.T) {
 			b, err := st.Balance(ctx, id)
 			require.NoError(t, err)
 			s.balances = append(s.balances, b)
-			u, replayed, err := st.Consume(ctx, store.ConsumeRequest{UserID: id, Service: svc, IdempotencyKey: "a"})
+			// ledger_consume itself: the batched path needs migration 00006.
+			u, replayed, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: id, Service: svc, IdempotencyKey: "a"})
 			require.NoError(t, err)
 			require.True(t, replayed)
 			s.usages = append(s.usages, u)

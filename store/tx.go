@@ -76,6 +76,23 @@ func IsRetryable(err error) bool {
 	return false
 }
 
+// IsRefused reports whether the database refused a statement for what it
+// did rather than for its own state: bad data (class 22), a broken
+// constraint (23), a lost conflict such as a deadlock (40) or an error
+// raised by a function (P0). Parts of a refused batch may succeed alone;
+// rerunning them against an unavailable database would only add load.
+func IsRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "22", "23", "40", "P0":
+		return true
+	}
+	return false
+}
+
 // IsUnavailable reports whether err means the database could not be
 // reached or is shutting down (so a retry later may succeed), as opposed
 // to an error in the request.
