@@ -33,6 +33,7 @@ type Metrics struct {
 
 	CreditsGranted     *prometheus.CounterVec // kind
 	CreditsConsumed    *prometheus.CounterVec // kind, service
+	ConsumeBatch       prometheus.Histogram
 	CreditsExpired     *prometheus.CounterVec // kind
 	CreditsClawedBack  *prometheus.CounterVec // kind
 	Payments           *prometheus.CounterVec // type, status, currency
@@ -103,6 +104,10 @@ func NewMetrics() *Metrics {
 		CreditsGranted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_credits_granted_total", Help: "Credits granted, by grant kind.",
 		}, []string{"kind"}),
+		ConsumeBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "quickscale_consume_batch_spends", Help: "Spends committed per consume transaction (concurrent spends share one).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32},
+		}),
 		CreditsConsumed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_credits_consumed_total", Help: "Credits spent, by the kind of grant that paid and the service.",
 		}, []string{"kind", "service"}),
@@ -137,7 +142,7 @@ func NewMetrics() *Metrics {
 		m.HTTPRequests, m.HTTPDuration, m.HTTPInFlight,
 		m.JobsFinished, m.JobRunTime, m.JobQueueWait, m.JobsRunning, m.QueueJobs, m.QueueOldestAge,
 		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookIngestBatch, m.WebhookOutcomes,
-		m.CreditsGranted, m.CreditsConsumed, m.CreditsExpired, m.CreditsClawedBack,
+		m.CreditsGranted, m.CreditsConsumed, m.ConsumeBatch, m.CreditsExpired, m.CreditsClawedBack,
 		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.MetricsRefreshAge,
 	)
 	return m

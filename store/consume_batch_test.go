@@ -187,6 +187,8 @@ func TestConcurrentConsumesEachGetTheirOwnAnswer(t *testing.T) {
 	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
 	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 30})
 	const spends = 40 // 30 succeed, 10 find nothing left
+	var observed sync.Map
+	st.ObserveConsumeBatches(func(n int) { observed.Store(new(int), n) })
 	type answer struct {
 		usage store.Usage
 		err   error
@@ -216,6 +218,12 @@ func TestConcurrentConsumesEachGetTheirOwnAnswer(t *testing.T) {
 	}
 	if created != 30 || insufficient != 10 {
 		t.Errorf("%d created, %d insufficient; want 30 and 10", created, insufficient)
+	}
+	// Every spend was answered by a committed batch, and counted once.
+	total := 0
+	observed.Range(func(_, n any) bool { total += n.(int); return true })
+	if total != spends {
+		t.Errorf("batches observed hold %d spends, want %d", total, spends)
 	}
 }
 

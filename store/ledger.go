@@ -264,11 +264,15 @@ type Spent struct {
 func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	ctx, cancel := context.WithTimeout(context.Background(), consumeTimeout)
 	defer cancel()
-	results, alone := s.consumeMany(ctx, reqs)
+	results, alone, committed := s.consumeMany(ctx, reqs)
 	if alone {
 		for i := range results {
 			results[i] = BatchResult[Spent]{Err: errRunAlone}
 		}
+		return results
+	}
+	if committed && s.observeConsumes != nil {
+		s.observeConsumes(len(reqs))
 	}
 	return results
 }
@@ -280,7 +284,7 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 // spends (store.IsRefused), nothing of it is kept and the spends are run
 // one by one, so that only that spend fails.
 func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
-	results, alone := s.consumeMany(ctx, reqs)
+	results, alone, _ := s.consumeMany(ctx, reqs)
 	if alone {
 		return s.consumeOneByOne(ctx, reqs)
 	}
@@ -288,8 +292,9 @@ func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []Batch
 }
 
 // consumeMany runs spends in one call of ledger_consume_many, or reports
-// that they must run alone (alone: nothing was written).
-func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results []BatchResult[Spent], alone bool) {
+// that they must run alone (alone: nothing was written). committed: the
+// call succeeded and every spend has its answer.
+func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results []BatchResult[Spent], alone, committed bool) {
 	n := len(reqs)
 	results = make([]BatchResult[Spent], n)
 	users, services, keys, fingerprints, apiKeys := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
@@ -297,7 +302,7 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 		key, err := consumeKey(r)
 		if err != nil {
 			// Refused before the database: the others still run.
-			return results, true
+			return results, true, false
 		}
 		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, key, r.Fingerprint(), r.APIKeyID
 	}
@@ -322,16 +327,18 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 		if s.logger != nil {
 			s.logger.Warn("consume batch not kept; its spends run one by one", "spends", n, "err", err)
 		}
-		return results, true
+		return results, true, false
 	}
+	committed = err == nil
 	for i := range results {
 		if err != nil {
 			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: %w", err)}
 		} else if !answered[i] {
+			committed = false
 			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: no answer for spend %d of %d", i+1, n)}
 		}
 	}
-	return results, false
+	return results, false, committed
 }
 
 func (s *Store) consumeOneByOne(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {

@@ -29,7 +29,14 @@ type Store struct {
 	pool     *pgxpool.Pool
 	logger   *slog.Logger
 	consumes *Batcher[ConsumeRequest, Spent]
+	// observeConsumes, when set, is told the size of every batch of
+	// spends committed.
+	observeConsumes func(n int)
 }
+
+// ObserveConsumeBatches sets fn to be told the number of spends in every
+// batch committed (for metrics). Call it before the store is used.
+func (s *Store) ObserveConsumeBatches(fn func(n int)) { s.observeConsumes = fn }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Store {

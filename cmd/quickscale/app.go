@@ -50,6 +50,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	a.store = store.New(pool, logger)
 	a.metrics = observability.NewMetrics()
 	a.metrics.RegisterPool(pool.Stat)
+	a.store.ObserveConsumeBatches(func(n int) { a.metrics.ConsumeBatch.Observe(float64(n)) })
 	readiness := api.NewReadiness(a.store)
 	a.metrics.RegisterReady(func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
