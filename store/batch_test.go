@@ -88,3 +88,85 @@ func TestBatcherGathersAndContainsFailures(t *testing.T) {
 	}
 	storetest.WaitFor(t, "the lane to end", func() bool { lanes, waiting := b.State(); return lanes == 0 && waiting == 0 })
 }
+
+// While a lane is busy, a free lane starts only with a fair share of the
+// calls in hand (running plus waiting, over the lanes), so that a steady
+// load forms full batches instead of a stream of single calls; a call held
+// back is taken by the next lane to finish, with no timer.
+func TestBatcherLanesShareTheLoad(t *testing.T) {
+	t.Parallel()
+	type batch struct {
+		reqs    []int
+		release chan struct{}
+	}
+	started := make(chan batch, 16)
+	b := store.NewBatcher(2, 32, func(reqs []int) []store.BatchResult[int] {
+		rel := make(chan struct{})
+		started <- batch{slices.Clone(reqs), rel}
+		<-rel
+		out := make([]store.BatchResult[int], len(reqs))
+		for i, r := range reqs {
+			out[i].Value = r
+		}
+		return out
+	})
+	answers := make(chan int, 32)
+	call := func(r int) {
+		go func() {
+			got, err := b.Do(context.Background(), r)
+			if err != nil || got != r {
+				t.Errorf("call %d: got %d, %v", r, got, err)
+			}
+			answers <- got
+		}()
+	}
+	next := func(want ...int) batch {
+		t.Helper()
+		bt := <-started
+		if !slices.Equal(bt.reqs, want) {
+			t.Fatalf("batch %v, want %v", bt.reqs, want)
+		}
+		return bt
+	}
+	state := func(lanes, waiting int) {
+		t.Helper()
+		storetest.WaitFor(t, "the batcher's state", func() bool { l, w := b.State(); return l == lanes && w == waiting })
+	}
+	// Idle: a call runs at once; a second, with one lane busy, is a fair
+	// share of two calls over two lanes and runs at once too.
+	call(1)
+	a := next(1)
+	call(2)
+	bb := next(2)
+	for r := 3; r <= 10; r++ {
+		call(r)
+		state(2, r-2)
+	}
+	close(bb.release) // its lane takes the eight waiting
+	bb = next(3, 4, 5, 6, 7, 8, 9, 10)
+	close(a.release) // nothing waiting: this lane ends
+	state(1, 0)
+	// Eight running: a free lane waits for eight calls.
+	for r := 11; r <= 17; r++ {
+		call(r)
+		state(1, r-10)
+	}
+	call(18)
+	a = next(11, 12, 13, 14, 15, 16, 17, 18)
+	state(2, 0)
+	// A call held back is taken by the next lane to finish.
+	close(bb.release)
+	state(1, 0)
+	call(19)
+	state(1, 1)
+	close(a.release)
+	next(19).release <- struct{}{}
+	got := map[int]bool{}
+	for range 19 {
+		got[<-answers] = true
+	}
+	if len(got) != 19 {
+		t.Errorf("answers %v, want 1 to 19", got)
+	}
+	state(0, 0)
+}

@@ -209,6 +209,8 @@ func BenchmarkConsume(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st, url := benchStore(b, benchClients+2)
+			var batches, batched atomic.Int64
+			st.ObserveConsumeBatches(func(n int) { batches.Add(1); batched.Add(int64(n)) })
 			users := seedUsers(b, st.Pool(), 10_000, "c")
 			referenceTables(b, st.Pool(), 10_000)
 			svc := storetest.NewService(b, st, storetest.ServiceOpts{Slug: "bench", Cost: 1})
@@ -227,12 +229,17 @@ func BenchmarkConsume(b *testing.B) {
 			consumeLoad(b, st, svc, benchClients, time.Second, pick, nil)
 			storetest.Pgbench(b, url, tc.script, benchClients, time.Second)
 
+			batches.Store(0)
+			batched.Store(0)
 			b.ResetTimer()
 			ops, lat, ref := storetest.Compare(b, benchRounds, benchDuration(), func(d time.Duration) (float64, *storetest.Latencies) {
 				return consumeLoad(b, st, svc, benchClients, d, pick, nil)
 			}, url, tc.script, benchClients)
 			b.StopTimer()
 			storetest.Report(os.Stdout, "consume, 8 clients, "+tc.name, ops, lat.Quantile(.5), lat.Quantile(.99), &ref, tc.target)
+			if n := batches.Load(); n > 0 {
+				fmt.Fprintf(os.Stdout, "  (%.2f spends per consume transaction)\n", float64(batched.Load())/float64(n))
+			}
 			b.ReportMetric(ops, "consumes/s")
 			b.ReportMetric(ref.TPS, "pgbench-tps")
 			b.ReportMetric(ops/ref.TPS, "ratio")
