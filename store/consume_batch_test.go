@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -286,5 +290,181 @@ func TestSpendsOfOtherUsersDoNotWaitBehindALockedAccount(t *testing.T) {
 	}
 	if bal, err := st.Balance(ctx, locked.ID); err != nil || bal.Total != 8 {
 		t.Errorf("locked user's balance %d (%v), want 8", bal.Total, err)
+	}
+}
+
+// Random spends, sent in batches of random sizes (and some alone), get
+// exactly the answers of a plain sequential model of the ledger rules:
+// per user in arrival order, expiring grants first (soonest first), then
+// never-expiring ones oldest first; not enough credits changes nothing;
+// a reused key replays (same service) or conflicts (another service),
+// whether it was used in an earlier batch or earlier in the same one.
+func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	ctx := b.ctx
+	// A store of its own whose log shows any batch that was not kept (and
+	// whose spends then ran one by one, hiding the batch's mistakes).
+	var log strings.Builder
+	st := store.New(b.st.Pool(), slog.New(slog.NewTextHandler(&log, nil)))
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 7))
+
+	type grant struct {
+		id   int64
+		kind string
+		left int64
+	}
+	type usage struct {
+		service string
+		id      int64
+		balance int64
+		drawn   []store.Drawn
+	}
+	type account struct {
+		user   store.User
+		grants []*grant // in drawing order
+		usages map[string]*usage
+	}
+	later, latest := time.Now().Add(time.Hour), time.Now().Add(2*time.Hour)
+	var accounts []*account
+	for u := range 3 {
+		acc := &account{user: b.user, usages: map[string]*usage{}}
+		if u > 0 {
+			acc.user = storetest.NewUser(t, st, storetest.UserOpts{})
+		}
+		add := func(kind string, amount int64, expires *time.Time) *grant {
+			g := storetest.NewGrant(t, st, acc.user.ID, storetest.GrantOpts{Kind: kind, Amount: amount, ExpiresAt: expires})
+			return &grant{id: g.GrantID, kind: kind, left: amount}
+		}
+		pack := add(store.GrantPack, 6, nil)
+		subLatest := add(store.GrantSubscription, 5, &latest)
+		subLater := add(store.GrantSubscription, 7, &later)
+		admin := add(store.GrantAdmin, 4, nil)
+		acc.grants = []*grant{subLater, subLatest, pack, admin}
+		accounts = append(accounts, acc)
+	}
+	costs := map[string]int64{}
+	var services []string
+	for _, c := range []int64{0, 1, 2, 3, 5} {
+		opts := storetest.ServiceOpts{Slug: fmt.Sprintf("cost-%d", c), Cost: c}
+		if c == 0 {
+			opts.Cost = storetest.NoCost
+		}
+		slug := storetest.NewService(t, st, opts)
+		costs[slug] = c
+		services = append(services, slug)
+	}
+	services = append(services, "no-such-service")
+
+	// want answers one request as the model does, and applies it.
+	type answer struct {
+		kind     string // created, replayed, conflict, not_found, insufficient
+		usage    *usage
+		balance  int64
+		required int64
+	}
+	want := func(acc *account, req store.ConsumeRequest) answer {
+		if prior, ok := acc.usages[req.IdempotencyKey]; ok {
+			if prior.service != req.Service {
+				return answer{kind: "conflict"}
+			}
+			return answer{kind: "replayed", usage: prior}
+		}
+		cost, ok := costs[req.Service]
+		if !ok {
+			return answer{kind: "not_found"}
+		}
+		var total int64
+		for _, g := range acc.grants {
+			total += g.left
+		}
+		if total < cost {
+			return answer{kind: "insufficient", balance: total, required: cost}
+		}
+		u := &usage{service: req.Service, balance: total - cost}
+		for need, i := cost, 0; need > 0; i++ {
+			if take := min(need, acc.grants[i].left); take > 0 {
+				acc.grants[i].left -= take
+				u.drawn = append(u.drawn, store.Drawn{GrantID: acc.grants[i].id, Kind: acc.grants[i].kind, Credits: take})
+				need -= take
+			}
+		}
+		acc.usages[req.IdempotencyKey] = u
+		return answer{kind: "created", usage: u}
+	}
+	check := func(n int, req store.ConsumeRequest, w answer, got store.BatchResult[store.Spent]) {
+		t.Helper()
+		var ice *store.InsufficientCreditsError
+		switch w.kind {
+		case "created", "replayed":
+			u := got.Value.Usage
+			if got.Err != nil || got.Value.Replayed != (w.kind == "replayed") || u.Balance != w.usage.balance || u.Credits != costs[req.Service] || !slices.Equal(u.Drawn, w.usage.drawn) {
+				t.Fatalf("spend %d %+v: got %+v, %v; want %s leaving %d, drawn %+v", n, req, got.Value, got.Err, w.kind, w.usage.balance, w.usage.drawn)
+			}
+			if w.kind == "created" {
+				w.usage.id = u.ID
+			} else if u.ID != w.usage.id {
+				t.Fatalf("spend %d %+v: replayed usage %d, want %d", n, req, u.ID, w.usage.id)
+			}
+		case "insufficient":
+			if !errors.As(got.Err, &ice) || ice.Balance != w.balance || ice.Required != w.required {
+				t.Fatalf("spend %d %+v: got %+v, %v; want insufficient credits (%d of %d)", n, req, got.Value, got.Err, w.balance, w.required)
+			}
+		case "conflict":
+			if store.ErrorKind(got.Err) != store.KindConflict {
+				t.Fatalf("spend %d %+v: got %+v, %v; want a conflict", n, req, got.Value, got.Err)
+			}
+		case "not_found":
+			if store.ErrorKind(got.Err) != store.KindNotFound {
+				t.Fatalf("spend %d %+v: got %+v, %v; want not found", n, req, got.Value, got.Err)
+			}
+		}
+	}
+
+	n := 0
+	for n < 300 {
+		size := 1 + rng.IntN(12)
+		reqs := make([]store.ConsumeRequest, size)
+		owners := make([]*account, size)
+		for i := range reqs {
+			owners[i] = accounts[rng.IntN(len(accounts))]
+			key := rng.IntN(25)
+			reqs[i] = store.ConsumeRequest{
+				UserID:         owners[i].user.ID,
+				Service:        services[key%len(services)], // a key is mostly reused for its own service
+				IdempotencyKey: fmt.Sprintf("k%d", key),
+			}
+			if rng.IntN(5) == 0 {
+				reqs[i].Service = services[rng.IntN(len(services))]
+			}
+			if i > 0 && rng.IntN(4) == 0 { // the same spend again in this batch
+				owners[i], reqs[i] = owners[i-1], reqs[i-1]
+			}
+		}
+		var got []store.BatchResult[store.Spent]
+		if size == 1 && rng.IntN(2) == 0 {
+			u, replayed, err := store.Consume(ctx, st.Pool(), reqs[0]) // ledger_consume
+			got = []store.BatchResult[store.Spent]{{Value: store.Spent{Usage: u, Replayed: replayed}, Err: err}}
+		} else {
+			got = st.ConsumeBatch(ctx, reqs)
+		}
+		for i, req := range reqs {
+			check(n, req, want(owners[i], req), got[i])
+			n++
+		}
+	}
+	for _, acc := range accounts {
+		var total int64
+		for _, g := range acc.grants {
+			total += g.left
+		}
+		if bal, err := st.Balance(ctx, acc.user.ID); err != nil || bal.Total != total {
+			t.Errorf("user %d: balance %d (%v), want %d", acc.user.ID, bal.Total, err, total)
+		}
+	}
+	if strings.Contains(log.String(), "not kept") {
+		t.Errorf("a batch was not kept:\n%s", log.String())
 	}
 }

@@ -237,9 +237,10 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 }
 
 // Spends gathered into one call of ledger_consume_many: one transaction
-// and one round trip for the batch. Measured on the 2-core benchmark
-// machine (README, Benchmarks): 8 clients on one user ran about 1.8x as
-// fast as with one call per spend; spread over many users, no faster.
+// and one round trip for the batch, and since 00007 three statements for
+// the whole batch. Two lanes keep two backends busy (one computes while
+// the other's commit is flushed); more lanes made batches smaller and the
+// whole slower on the 2-core benchmark machine (README, Benchmarks).
 const (
 	consumeLanes    = 2
 	consumeMaxBatch = 32
