@@ -237,8 +237,8 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 }
 
 // Spends gathered into one call of ledger_consume_many: one transaction
-// and one round trip for the batch, and since 00007 three statements for
-// the whole batch. Two lanes keep two backends busy (one computes while
+// and one round trip for the batch, and since migration 00007 a fixed
+// number of statements for the whole batch. Two lanes keep two backends busy (one computes while
 // the other's commit is flushed); more lanes made batches smaller and the
 // whole slower on the 2-core benchmark machine (README, Benchmarks).
 const (
@@ -246,6 +246,8 @@ const (
 	consumeMaxBatch = 32
 	// consumeTimeout bounds one batch.
 	consumeTimeout = 30 * time.Second
+	// consumeLockTimeout is how long a batch waits for an account lock.
+	consumeLockTimeout = "100ms"
 )
 
 // errRunAlone answers the spends of a batch that must run one by one.
@@ -258,8 +260,8 @@ type Spent struct {
 }
 
 // consumeGathered runs the spends the batcher gathered. A lane never waits
-// long: ledger_consume_many gives up on an account lock after 100 ms
-// (lock_timeout), and then, as when the database refuses one spend of the
+// long: a batch gives up on an account lock after consumeLockTimeout
+// (lock_timeout, for its transaction), and then, as when the database refuses one spend of the
 // batch, every spend of the batch is answered errRunAlone and its caller
 // runs it alone; the lane moves on to the spends queued behind it.
 func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
@@ -308,7 +310,7 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, key, r.Fingerprint(), r.APIKeyID
 	}
 	rows, err := s.pool.Query(ctx, `SELECT ord, status, usage_id, service_slug, credits, balance, drawn, created_at
-  FROM ledger_consume_many($1, $2, $3, $4, $5)`, users, services, keys, fingerprints, apiKeys)
+  FROM ledger_consume_many($1, $2, $3, $4, $5, $6)`, users, services, keys, fingerprints, apiKeys, consumeLockTimeout)
 	answered := make([]bool, n)
 	if err == nil {
 		var ord int
