@@ -504,40 +504,53 @@ type ExpireResult struct {
 }
 
 // ExpireOverdueBatch expires up to maxGrants overdue grants (and the other
-// overdue grants of the same users) in one short transaction. Its commit
-// does not wait for the WAL flush: a sweep lost in a crash is simply redone,
-// and balances exclude overdue grants whether or not they were swept.
+// overdue grants of the same users) in one statement, a transaction of its
+// own: one round trip. Its commit does not wait for the WAL flush
+// (ledger_expire_due turns synchronous_commit off for it): a sweep lost in
+// a crash is simply redone, and balances exclude overdue grants whether or
+// not they were swept.
 func (s *Store) ExpireOverdueBatch(ctx context.Context, maxGrants int) (ExpireResult, error) {
-	res := ExpireResult{ByKind: map[string]int64{}}
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		res = ExpireResult{ByKind: map[string]int64{}}
-		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `SELECT kind, users, grants, credits FROM ledger_expire_due($1)`, maxGrants)
+	res, _, err := s.expireBatch(ctx, maxGrants, nil)
+	return res, err
+}
+
+// expireBatch is ExpireOverdueBatch for grants expiring at or after after
+// (nil: any), and returns the latest expiry it closed: where the next batch
+// of the same sweep starts.
+func (s *Store) expireBatch(ctx context.Context, maxGrants int, after *time.Time) (ExpireResult, *time.Time, error) {
+	var res ExpireResult
+	var last *time.Time
+	err := retry(ctx, func() error {
+		res, last = ExpireResult{ByKind: map[string]int64{}}, nil
+		rows, err := s.pool.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, maxGrants, after)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var kind string
-			var users, grants, credits int64
-			if err := rows.Scan(&kind, &users, &grants, &credits); err != nil {
-				return err
-			}
+		var kind string
+		var users, grants, credits int64
+		_, err = pgx.ForEachRow(rows, []any{&kind, &users, &grants, &credits, &last}, func() error {
 			res.Users += users // users with grants of several kinds count once per kind
 			res.Grants += grants
 			res.Credits += credits
 			res.ByKind[kind] += credits
-		}
-		return rows.Err()
+			return nil
+		})
+		return err
 	})
-	return res, err
+	return res, last, err
 }
 
 // SweepOptions paces ExpireOverdue.
 type SweepOptions struct {
+	// BatchSize is how many overdue grants the first batch picks; a batch
+	// also closes the other overdue grants of the users it picked.
 	BatchSize int
+	// BatchGrants, when set, is how many grants a batch should close: the
+	// sweep resizes each batch by what the previous one closed per grant
+	// picked. Short batches keep the sweep from holding a core for long at
+	// a time, which is what slows the requests sharing the database (README,
+	// "A fifth measurement day").
+	BatchGrants int
 	// Pause is how long the sweep rests after each batch, relative to the
 	// batch's duration, leaving the database to the requests that share it
 	// (0 sweeps flat out).
@@ -563,11 +576,17 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 	}
 	var worked time.Duration
 	var batches int64
+	var after *time.Time
+	size := max(o.BatchSize, 1)
 	for {
 		start := time.Now()
-		res, err := s.ExpireOverdueBatch(ctx, o.BatchSize)
+		res, last, err := s.expireBatch(ctx, size, after)
 		if err != nil {
 			return total, err
+		}
+		after = last
+		if o.BatchGrants > 0 && res.Grants > 0 {
+			size = int(max(1, min(int64(o.BatchGrants), int64(size)*int64(o.BatchGrants)/res.Grants)))
 		}
 		took := time.Since(start)
 		worked += took

@@ -274,6 +274,29 @@ func TestSweepRestsOnlyAsLongAsItsDeadlineAllows(t *testing.T) {
 	require.Equal(t, 5, batches, "four batches of one and the empty one that ends the sweep")
 }
 
+// With BatchGrants, each batch is resized by what the previous one closed
+// per grant picked: users with three overdue grants each, a target of six
+// grants, a first batch picking six grants (and so closing eighteen), then
+// batches picking two users' first grants and closing six.
+func TestSweepResizesBatchesToCloseBatchGrants(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for i := range 12 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		for k := range 3 {
+			// Each user's latest-expiring grant expires before everyone's
+			// others: a batch picks one grant per user.
+			expires := time.Now().Add(-time.Duration(10*(3-k)+i) * time.Minute)
+			storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantPromo, 3, time.Now().Add(-24*time.Hour), expires)
+		}
+	}
+	var closed []int64
+	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 6, BatchGrants: 6}, func(r store.ExpireResult) { closed = append(closed, r.Grants) })
+	require.NoError(t, err)
+	require.EqualValues(t, 36, res.Grants)
+	require.Equal(t, []int64{18, 6, 6, 6, 0}, closed, "grants closed per batch (the last, empty, ends the sweep)")
+}
+
 func TestGrantFromSameSourceIsIdempotent(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)

@@ -30,9 +30,15 @@ type txBeginner interface {
 }
 
 func inTx(ctx context.Context, db txBeginner, fn func(tx pgx.Tx) error) error {
+	return retry(ctx, func() error { return runTx(ctx, db, fn) })
+}
+
+// retry runs fn, again after a short backoff while it fails with a
+// retryable error (IsRetryable), up to maxTxAttempts times.
+func retry(ctx context.Context, fn func() error) error {
 	var err error
 	for attempt := 1; ; attempt++ {
-		err = runTx(ctx, db, fn)
+		err = fn()
 		if err == nil || !IsRetryable(err) || attempt >= maxTxAttempts {
 			return err
 		}
