@@ -29,8 +29,8 @@
 -- only under the lock of the user's account row, which this function holds,
 -- so the grants read in step 2 cannot change before step 4 writes.
 --
--- The batch's lock timeout is now an argument (00006 had a wrapper with a
--- SET clause; the wrapper cost as much as a spend). ledger_consume keeps its
+-- The batch's lock timeout is now an argument (00006 had a wrapper whose
+-- only job was a SET lock_timeout clause; it added 20-60 us per call). ledger_consume keeps its
 -- signature and answers and is now a batch of one: there is one
 -- implementation of the rules.
 
