@@ -324,6 +324,7 @@ func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
 	}
 	type account struct {
 		user   store.User
+		apiKey int64
 		grants []*grant // in drawing order
 		usages map[string]*usage
 	}
@@ -343,6 +344,11 @@ func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
 		subLater := add(store.GrantSubscription, 7, &later)
 		admin := add(store.GrantAdmin, 4, nil)
 		acc.grants = []*grant{subLater, subLatest, pack, admin}
+		_, key, err := st.CreateAPIKey(ctx, acc.user.ID, "model")
+		if err != nil {
+			t.Fatal(err)
+		}
+		acc.apiKey = key.ID
 		accounts = append(accounts, acc)
 	}
 	costs := map[string]int64{}
@@ -438,6 +444,9 @@ func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
 			}
 			if rng.IntN(5) == 0 {
 				reqs[i].Service = services[rng.IntN(len(services))]
+			}
+			if rng.IntN(2) == 0 { // some spends come through the JSON API
+				reqs[i].APIKeyID = &owners[i].apiKey
 			}
 			if i > 0 && rng.IntN(4) == 0 { // the same spend again in this batch
 				owners[i], reqs[i] = owners[i-1], reqs[i-1]

@@ -238,9 +238,10 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 
 // Spends gathered into one call of ledger_consume_many: one transaction
 // and one round trip for the batch, and since migration 00007 a fixed
-// number of statements for the whole batch. Two lanes keep two backends busy (one computes while
-// the other's commit is flushed); more lanes made batches smaller and the
-// whole slower on the 2-core benchmark machine (README, Benchmarks).
+// number of statements for the whole batch. Two lanes keep two backends
+// busy (one computes while the other's commit is flushed); more lanes made
+// batches smaller and the whole slower on the 2-core benchmark machine
+// (README, Benchmarks).
 const (
 	consumeLanes    = 2
 	consumeMaxBatch = 32
@@ -261,9 +262,10 @@ type Spent struct {
 
 // consumeGathered runs the spends the batcher gathered. A lane never waits
 // long: a batch gives up on an account lock after consumeLockTimeout
-// (lock_timeout, for its transaction), and then, as when the database refuses one spend of the
-// batch, every spend of the batch is answered errRunAlone and its caller
-// runs it alone; the lane moves on to the spends queued behind it.
+// (lock_timeout, for its transaction), and then, as when the database
+// refuses one spend of the batch, every spend of the batch is answered
+// errRunAlone and its caller runs it alone; the lane moves on to the spends
+// queued behind it.
 func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	ctx, cancel := context.WithTimeout(context.Background(), consumeTimeout)
 	defer cancel()
