@@ -77,6 +77,8 @@ func (g NewGrant) validate() error {
 		return Errorf(KindInvalid, "Unknown credit kind %q.", g.Kind)
 	case g.Amount <= 0:
 		return Errorf(KindInvalid, "The amount must be a positive whole number.")
+	case g.Amount > MaxGrantCredits:
+		return Errorf(KindInvalid, "A grant is at most 1,000,000,000 credits.")
 	case g.Kind == GrantSubscription && g.ExpiresAt == nil:
 		return Errorf(KindInvalid, "Subscription credits need an expiry.")
 	case g.Kind == GrantPack && g.ExpiresAt != nil:
@@ -88,6 +90,10 @@ func (g NewGrant) validate() error {
 	}
 	return nil
 }
+
+// MaxGrantCredits is the most one grant holds (a database constraint too),
+// so that a user's balance, a sum of grants, cannot overflow.
+const MaxGrantCredits = 1_000_000_000
 
 // GrantResult reports the grant a NewGrant produced or found.
 type GrantResult struct {
@@ -365,16 +371,18 @@ type Adjustment struct {
 	ExpiresAt *time.Time
 	Actor     *int64 // nil for the CLI
 	Reason    string
-	// Key, when set, makes an addition idempotent: a second adjustment with
-	// the same key (a resubmitted form) adds nothing.
+	// Key, when set, makes the adjustment idempotent: a second one with the
+	// same key and the same values (a resubmitted form) changes nothing and
+	// reports Replayed; with other values it is refused (KindConflict).
 	Key string
 }
 
 // AdjustResult reports an adjustment.
 type AdjustResult struct {
-	Balance int64
-	GrantID int64   // for additions
-	Drawn   []Drawn // for removals
+	Balance  int64
+	GrantID  int64   // for additions
+	Drawn    []Drawn // for removals
+	Replayed bool    // the key had been applied already: nothing changed
 }
 
 // Adjust applies an admin adjustment and writes it to the audit log in the
@@ -389,6 +397,10 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 		return res, Errorf(KindInvalid, "Keep the reason under 500 characters.")
 	case a.Delta == 0:
 		return res, Errorf(KindInvalid, "The amount must not be zero.")
+	case a.Delta > MaxGrantCredits || a.Delta < -MaxGrantCredits:
+		return res, Errorf(KindInvalid, "Adjust by at most 1,000,000,000 credits at a time.")
+	case len(a.Key) > 100:
+		return res, Errorf(KindInvalid, "The adjustment's key is too long.")
 	}
 	if a.Kind == "" {
 		a.Kind = GrantAdmin
@@ -398,6 +410,18 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 		source = "key:" + a.Key
 	}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		if a.Key != "" {
+			// Claim the key first: a concurrent twin waits here for this
+			// transaction and then finds the key taken.
+			tag, err := tx.Exec(ctx, `INSERT INTO credit_adjustments (user_id, key, delta, kind, expires_at, reason, actor_user_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, key) DO NOTHING`, a.UserID, a.Key, a.Delta, a.Kind, a.ExpiresAt, a.Reason, a.Actor)
+			if err != nil {
+				return fmt.Errorf("adjust: claim key: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return s.replayAdjustment(ctx, tx, a, &res)
+			}
+		}
 		if a.Delta > 0 {
 			g, err := Grant(ctx, tx, NewGrant{
 				UserID: a.UserID, Kind: a.Kind, Amount: a.Delta, ExpiresAt: a.ExpiresAt,
@@ -410,7 +434,7 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 			if !g.Created {
 				// Already applied: report the balance, audit nothing twice.
 				b, err := BalanceOf(ctx, tx, a.UserID)
-				res.Balance = b.Total
+				res.Balance, res.Replayed = b.Total, true
 				return err
 			}
 		} else {
@@ -438,6 +462,27 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 		})
 	})
 	return res, err
+}
+
+// replayAdjustment answers an adjustment whose key was applied before: the
+// same values are a resubmission (nothing changes), other values are
+// refused.
+func (s *Store) replayAdjustment(ctx context.Context, tx pgx.Tx, a Adjustment, res *AdjustResult) error {
+	var delta int64
+	var kind, reason string
+	var expires *time.Time
+	err := tx.QueryRow(ctx, `SELECT delta, kind, expires_at, reason FROM credit_adjustments WHERE user_id = $1 AND key = $2`,
+		a.UserID, a.Key).Scan(&delta, &kind, &expires, &reason)
+	if err != nil {
+		return fmt.Errorf("adjust: read key: %w", err)
+	}
+	sameExpiry := (expires == nil) == (a.ExpiresAt == nil) && (expires == nil || expires.Equal(*a.ExpiresAt))
+	if delta != a.Delta || kind != a.Kind || reason != a.Reason || !sameExpiry {
+		return Errorf(KindConflict, "This form was already used for another adjustment (%+d %s credits); nothing was changed. Reload the page to make a new one.", delta, kind)
+	}
+	b, err := BalanceOf(ctx, tx, a.UserID)
+	res.Balance, res.Replayed = b.Total, true
+	return err
 }
 
 // Balance is a user's spendable credits.

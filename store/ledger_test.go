@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -327,6 +328,7 @@ func TestGrantRejectsBadInput(t *testing.T) {
 		"pack with expiry":        {Kind: store.GrantPack, Amount: 5, ExpiresAt: &future},
 		"expiry in the past":      {Kind: store.GrantPromo, Amount: 5, ExpiresAt: &past},
 		"missing source":          {Kind: store.GrantPack, Amount: 5, SourceKind: "-"},
+		"over the cap":            {Kind: store.GrantPack, Amount: store.MaxGrantCredits + 1},
 	}
 	for name, g := range cases {
 		g.UserID = b.user.ID
@@ -338,6 +340,20 @@ func TestGrantRejectsBadInput(t *testing.T) {
 		_, err := b.st.Grant(b.ctx, g)
 		if store.ErrorKind(err) != store.KindInvalid {
 			t.Errorf("%s: got %v, want invalid", name, err)
+		}
+	}
+}
+
+// A grant's amount is capped by the database as well, so that a balance
+// (a sum of grants) cannot overflow whatever writes the grant.
+func TestDatabaseCapsAGrantsAmount(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for amount, ok := range map[int64]bool{store.MaxGrantCredits: true, store.MaxGrantCredits + 1: false, 1<<63 - 1: false} {
+		_, err := b.st.Pool().Exec(b.ctx, `SELECT ledger_grant($1, 'pack', $2, NULL, 'test-cap', $3, 'grant', NULL, NULL)`,
+			b.user.ID, amount, fmt.Sprint(amount))
+		if ok != (err == nil) {
+			t.Errorf("grant of %d: err %v", amount, err)
 		}
 	}
 }

@@ -164,8 +164,17 @@ func (s *Site) AdminCredits() http.Handler {
 			f.Message = err.Error()
 			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)
 			return
+		case store.ErrorKind(err) == store.KindConflict:
+			f.Message = err.Error()
+			s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
+			return
 		case err != nil:
 			s.serverError(w, r, err)
+			return
+		}
+		if res.Replayed {
+			s.flash(r.Context(), "This adjustment was already applied (the form was sent twice); nothing changed. Balance "+formatInt(res.Balance)+".")
+			redirect(w, r, "/admin/users/"+strconv.FormatInt(target.ID, 10))
 			return
 		}
 		if delta > 0 && s.metrics != nil {

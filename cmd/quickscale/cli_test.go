@@ -61,6 +61,8 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		"pack with expiry":   {"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"},
 		"sub without expiry": {"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"},
 		"unknown user":       {"--email", "nobody@example.com", "--amount", "5", "--reason", "x"},
+		"huge amount":        {"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"},
+		"over the cap":       {"--email", u.Email, "--amount", "1000000001", "--reason", "x"},
 	}
 	for name, args := range cases {
 		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, args...)...)

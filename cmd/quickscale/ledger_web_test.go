@@ -334,3 +334,42 @@ func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, audit, 1)
 }
+
+func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 100, Reason: "start"})
+	require.NoError(t, err)
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	nonce := b.get(path).Doc(t).Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
+	require.NotEmpty(t, nonce)
+	form := url.Values{"direction": {"remove"}, "amount": {"10"}, "kind": {"admin"}, "reason": {"duplicate charge"}, "nonce": {nonce}}
+	mustRedirect(t, b.post(path, form), "/admin/users/")
+	mustRedirect(t, b.post(path, form), "/admin/users/") // a double click or a reload
+	if page := b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Body; !strings.Contains(page, "already applied") {
+		t.Fatalf("the resubmission is not reported as already applied:\n%s", page)
+	}
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 90, bal.Total, "a resubmitted removal must remove once")
+
+	// The same form with other values is refused, and says so.
+	form.Set("amount", "20")
+	r := b.post(path, form)
+	require.Equal(t, http.StatusConflict, r.Status)
+	require.Contains(t, r.Body, "already used for another adjustment")
+	bal, err = ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 90, bal.Total)
+	audit, err := ta.store.AuditFor(ctx, u.ID, 10)
+	require.NoError(t, err)
+	require.Len(t, audit, 2, "the first grant and one removal")
+
+	// The key is the database's rule too: it is never rewritten.
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE credit_adjustments SET delta = -20 WHERE user_id = $1`, u.ID)
+	require.Error(t, err)
+}
