@@ -373,3 +373,17 @@ func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing
 	_, err = ta.store.Pool().Exec(ctx, `UPDATE credit_adjustments SET delta = -20 WHERE user_id = $1`, u.ID)
 	require.Error(t, err)
 }
+
+// The audit log shows credits as whole numbers, however large.
+func TestAdminAuditLogShowsLargeAmountsInFull(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	_, err := ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 987_654_321, Reason: "migration", Actor: &admin.ID})
+	require.NoError(t, err)
+	details := ta.signIn(admin.Email).get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find(`#audit tr.audit-entry[data-action="credits.adjust"]`).Text()
+	require.Contains(t, details, "delta: 987654321")
+	require.Contains(t, details, "balance_after: 987654321")
+	require.NotContains(t, details, "e+")
+}
