@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -59,17 +60,32 @@ func (s *Simulator) CreateCustomer(ctx context.Context, c CustomerParams) (strin
 }
 
 // CreateCheckoutSession implements Gateway: the session lives in our
-// database and its URL is the local checkout page.
+// database and its URL is the local checkout page. Like Stripe, a request
+// repeated with the same idempotency key (a double-clicked Buy) returns the
+// session the first one created, and a key reused for another purchase is
+// refused.
 func (s *Simulator) CreateCheckoutSession(ctx context.Context, p CheckoutParams) (CheckoutSession, error) {
-	id := simID("cs")
+	id, intent := simID("cs"), simID("pi")
+	if p.IdempotencyKey != "" {
+		sum := sha256.Sum256([]byte(p.IdempotencyKey))
+		key := hex.EncodeToString(sum[:12])
+		id, intent = "cs_sim_"+key, "pi_sim_"+key
+	}
 	ss := store.SimSession{
 		ID: id, UserID: p.UserID, CustomerID: p.CustomerID,
 		AmountMinor: p.Pack.PriceMinor, Currency: p.Pack.Currency, Description: "QuickScale " + p.Pack.Name,
 		Metadata:   map[string]string{MetaUserID: strconv.FormatInt(p.UserID, 10), MetaPackCode: p.Pack.Code},
-		SuccessURL: p.SuccessURL, CancelURL: p.CancelURL, PaymentIntentID: simID("pi"),
+		SuccessURL: p.SuccessURL, CancelURL: p.CancelURL, PaymentIntentID: intent,
 	}
-	if err := s.store.CreateSimSession(ctx, ss); err != nil {
+	created, err := s.store.CreateSimSession(ctx, ss)
+	if err != nil {
 		return CheckoutSession{}, fmt.Errorf("simulator: create session: %w", err)
+	}
+	if !created {
+		first, err := s.store.SimSessionOfUser(ctx, id, p.UserID)
+		if err != nil || first.AmountMinor != ss.AmountMinor || first.Currency != ss.Currency || first.Metadata[MetaPackCode] != p.Pack.Code {
+			return CheckoutSession{}, fmt.Errorf("simulator: idempotency key %q was used for another checkout", p.IdempotencyKey)
+		}
 	}
 	return CheckoutSession{ID: id, URL: s.baseURL + "/simulator/checkout/" + id}, nil
 }

@@ -29,15 +29,17 @@ type SimSession struct {
 const simColumns = `id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, status, payment_status, payment_intent_id, created_at`
 
 // CreateSimSession stores a new simulator checkout session.
-func (s *Store) CreateSimSession(ctx context.Context, ss SimSession) error {
+// created is false when a session with ss.ID existed already (nothing is
+// written then).
+func (s *Store) CreateSimSession(ctx context.Context, ss SimSession) (created bool, err error) {
 	md, err := json.Marshal(ss.Metadata)
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, err = s.pool.Exec(ctx, `INSERT INTO simulator_sessions (id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, payment_intent_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+	tag, err := s.pool.Exec(ctx, `INSERT INTO simulator_sessions (id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, payment_intent_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING`,
 		ss.ID, ss.UserID, ss.CustomerID, ss.AmountMinor, ss.Currency, ss.Description, md, ss.SuccessURL, ss.CancelURL, ss.PaymentIntentID)
-	return err
+	return tag.RowsAffected() == 1, err
 }
 
 // SimSessionOfUser loads a simulator session that belongs to the user.

@@ -40,3 +40,37 @@ CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE
 		return err == nil && bal.Total == 100
 	})
 }
+
+func TestSimulatorDoubleClickedBuyOpensOneCheckout(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	nonce := b.get("/dashboard/buy-credits").Doc(t).Find(`input[name="nonce"]`).First().AttrOr("value", "")
+	require.NotEmpty(t, nonce, "the buy form carries a nonce")
+
+	form := url.Values{"pack": {"pack_500"}, "nonce": {nonce}}
+	first := mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/")
+	second := mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/")
+	require.Equal(t, first, second, "the same form posted twice must reuse its checkout session")
+
+	// Another pack with the same nonce, and a fresh form, are other checkouts.
+	other := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}, "nonce": {nonce}}), ta.URL+"/simulator/checkout/")
+	require.NotEqual(t, first, other)
+	fresh := b.get("/dashboard/buy-credits").Doc(t).Find(`input[name="nonce"]`).First().AttrOr("value", "")
+	require.NotEqual(t, nonce, fresh, "each rendering of the form has its own nonce")
+	require.NotEqual(t, first, mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_500"}, "nonce": {fresh}}), ta.URL+"/simulator/checkout/"))
+
+	var sessions, payments int
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM simulator_sessions WHERE user_id = $1), (SELECT count(*) FROM payments WHERE user_id = $1)`, u.ID).Scan(&sessions, &payments))
+	require.Equal(t, 3, sessions)
+	require.Equal(t, 3, payments)
+
+	// Paying the double-clicked checkout grants its pack once.
+	mustRedirect(t, b.post(first[len(ta.URL):], url.Values{"action": {"pay"}}), "/dashboard/buy-credits/success")
+	eventually(t, 10*time.Second, "the credits", func() bool {
+		bal, err := ta.store.Balance(ctx, u.ID)
+		return err == nil && bal.Total == 500
+	})
+}
