@@ -118,7 +118,7 @@ func (s *server) handleAPIConsume() http.Handler {
 		case idem == "":
 			writeProblem(w, r, http.StatusBadRequest, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID) so a retried request is not charged twice.")
 			return
-		case len(idem) > store.MaxIdempotencyKeyLen || !utf8.ValidString(idem):
+		case !utf8.ValidString(idem) || utf8.RuneCountInString(idem) > store.MaxIdempotencyKeyLen:
 			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "The Idempotency-Key must be 1 to 255 bytes of text.")
 			return
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -32,7 +33,7 @@ const apiKeyColumns = `id, user_id, name, prefix, created_at, last_used_at, revo
 // ever available. Only its SHA-256 is stored.
 func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (string, APIKey, error) {
 	name = strings.TrimSpace(name)
-	if name == "" || len(name) > 100 {
+	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 {
 		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters), e.g. after the app that uses it.")
 	}
 	raw := APIKeyPrefix + NewSecret()

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -41,4 +42,19 @@ func TestAPIKeyLimitHoldsUnderConcurrentCreation(t *testing.T) {
 	require.Len(t, keys, created)
 	require.Equal(t, attempts, created+refused)
 	require.Equal(t, store.MaxAPIKeysPerUser, created, "keys created by %d concurrent requests", attempts)
+}
+
+// A key's name is bounded in characters, as the database bounds it.
+func TestAPIKeyNameIsBoundedInCharacters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	_, k, err := st.CreateAPIKey(ctx, u.ID, strings.Repeat("é", 100)) // 200 bytes
+	require.NoError(t, err)
+	require.Equal(t, strings.Repeat("é", 100), k.Name)
+	for _, name := range []string{strings.Repeat("é", 101), "bad \xff name", "  "} {
+		_, _, err = st.CreateAPIKey(ctx, u.ID, name)
+		require.Equal(t, store.KindInvalid, store.ErrorKind(err), "name %q: %v", name, err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -162,7 +163,8 @@ func (r ConsumeRequest) Fingerprint() string {
 	return hex.EncodeToString(h[:16])
 }
 
-// MaxIdempotencyKeyLen bounds idempotency keys.
+// MaxIdempotencyKeyLen bounds idempotency keys, in characters (as the
+// database does).
 const MaxIdempotencyKeyLen = 255
 
 // Consume spends a service's cost in one round trip to Postgres. It returns
@@ -188,7 +190,7 @@ func Consume(ctx context.Context, db DBTX, req ConsumeRequest) (u Usage, replaye
 // consumeKey validates and trims a request's idempotency key.
 func consumeKey(req ConsumeRequest) (string, error) {
 	key := strings.TrimSpace(req.IdempotencyKey)
-	if key == "" || len(key) > MaxIdempotencyKeyLen {
+	if key == "" || utf8.RuneCountInString(key) > MaxIdempotencyKeyLen {
 		return "", Errorf(KindInvalid, "The idempotency key must be 1 to %d characters.", MaxIdempotencyKeyLen)
 	}
 	return key, nil

@@ -531,6 +531,13 @@ func TestAPIProblems(t *testing.T) {
 		u, key := spender(t)
 		check(t, v1Spend(t, ta, key, svc, strings.Repeat("k", 256)), http.StatusBadRequest, "invalid_idempotency_key", u)
 	})
+	t.Run("Idempotency-Key is bounded in characters, not bytes", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Spend(t, ta, key, svc, strings.Repeat("é", 256)), http.StatusBadRequest, "invalid_idempotency_key", u)
+		r := v1Spend(t, ta, key, svc, strings.Repeat("é", 255)) // 510 bytes
+		require.Equal(t, http.StatusCreated, r.Status, r.Body)
+	})
 	t.Run("wrong content type is 415", func(t *testing.T) {
 		t.Parallel()
 		u, key := spender(t)
