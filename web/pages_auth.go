@@ -281,7 +281,9 @@ func (s *Site) ForgotPassword() http.Handler {
 			s.render(w, r, http.StatusOK, "forgot", "Reset your password", authPage{Form: newForm()})
 			return
 		}
-		if s.limited(w, r, limitCheck{"reset:ip:" + s.clientIP(r), s.limits.ResetPerIP}) {
+		// Asking for links and using them are counted apart: a user who
+		// asked a few times must still be able to use the link they got.
+		if s.limited(w, r, limitCheck{"forgot:ip:" + s.clientIP(r), s.limits.ResetPerIP}) {
 			return
 		}
 		f, _ := parseForm(r, "email")
