@@ -325,3 +325,25 @@ func TestApiWhoseMetricsPortIsTakenExitsAndServesNothing(t *testing.T) {
 		t.Fatalf("something still listens on %s", addr)
 	}
 }
+
+// A dev whose address is taken (say, a second `make dev`) stops before it
+// touches the database: the running one's demo admin password must keep
+// working.
+func TestDevWhoseAddressIsTakenTouchesNoDatabase(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", freeAddr(t))
+	require.NoError(t, err)
+	defer taken.Close()
+	url := storetest.NewDatabase(t)
+
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": url, "ADDR": taken.Addr().String(), "METRICS_ADDR": "off"}, "", "dev")
+
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "listen on "+taken.Addr().String())
+	c, err := pgx.Connect(context.Background(), url)
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	var users int
+	require.NoError(t, c.QueryRow(context.Background(), `SELECT count(*) FROM users WHERE email = $1`, demoAdminEmail).Scan(&users))
+	require.Zero(t, users, "dev seeded the database before finding its address taken")
+}

@@ -39,6 +39,17 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 			"or set SIMULATE_PAYMENTS=true to run the local payments simulator (demos only: anyone can \"pay\" and get credits)")
 	}
 
+	// The HTTP address is bound before any other work: a second dev (or
+	// api) on a taken address stops here, having touched no database (dev
+	// would otherwise migrate and reset the demo admin's password first).
+	var mainLn net.Listener
+	if mode != "worker" {
+		if mainLn, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+		}
+		defer func() { _ = mainLn.Close() }()
+	}
+
 	var seeded *devSeed
 	if mode == "dev" {
 		stop, err := prepareDevDatabase(ctx, &cfg, logger, stdout)
@@ -64,13 +75,14 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 	if err != nil {
 		return err
 	}
-	return a.serve(ctx, stdout, seeded)
+	return a.serve(ctx, stdout, seeded, mainLn)
 }
 
 // serve runs the process until ctx ends (SIGINT/SIGTERM), then shuts down
 // gracefully: HTTP stops taking requests and finishes the ones in flight,
 // River finishes running jobs, both within SHUTDOWN_TIMEOUT.
-func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) error {
+// mainLn, when not nil, is the HTTP address already bound.
+func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, mainLn net.Listener) error {
 	// River and background loops get a context that a signal does not
 	// cancel: they are stopped gracefully below instead.
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
@@ -85,8 +97,10 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed) erro
 			_ = ln.Close()
 		}
 	}
-	var mainLn, metricsLn net.Listener
-	if a.handler != nil {
+	var metricsLn net.Listener
+	if mainLn != nil {
+		listeners = append(listeners, mainLn)
+	} else if a.handler != nil {
 		ln, err := net.Listen("tcp", a.cfg.Addr)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", a.cfg.Addr, err)
