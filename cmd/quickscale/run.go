@@ -92,13 +92,14 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: quickscale %s\n", synopsis)
+		out := fs.Output()
+		fmt.Fprintf(out, "Usage: quickscale %s\n", synopsis)
 		var b strings.Builder
 		fs.SetOutput(&b)
 		fs.PrintDefaults()
-		fs.SetOutput(stderr)
+		fs.SetOutput(out)
 		if b.Len() > 0 {
-			fmt.Fprintf(fs.Output(), "\nFlags:\n%s", b.String())
+			fmt.Fprintf(out, "\nFlags:\n%s", b.String())
 		}
 	}
 	return fs
@@ -107,14 +108,22 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 // parseFlags parses args; --help prints usage to stdout and ends the
 // command successfully (errHelp), mistakes are usage errors.
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
-	if err := fs.Parse(args); err != nil {
+	// Parse quietly: the flag package would print its error and the usage
+	// itself (to stderr, even for --help); each is printed once, below.
+	stderr, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(stderr)
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			out := fs.Output()
 			fs.SetOutput(stdout)
 			fs.Usage()
-			fs.SetOutput(out)
+			fs.SetOutput(stderr)
 			return errHelp
 		}
+		fs.Usage()
 		return usageError{err.Error()}
 	}
 	if fs.NArg() > 0 {

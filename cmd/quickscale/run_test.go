@@ -68,10 +68,20 @@ func TestEverySubcommandHasHelp(t *testing.T) {
 		{"apikeys", "create"}, {"stripe", "sync"}, {"users"},
 	} {
 		code, stdout, stderr := runCmd(t, nil, "", append(args, "--help")...)
-		if code != 0 || !strings.Contains(stdout, "Usage: quickscale "+args[0]) {
-			t.Errorf("%v --help: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, stdout, stderr)
+		if code != 0 || !strings.Contains(stdout, "Usage: quickscale "+args[0]) || stderr != "" || strings.Count(stdout, "Flags:") > 1 {
+			t.Errorf("%v --help: exit %d (want all of the help once, on stdout)\nstdout:\n%s\nstderr:\n%s", args, code, stdout, stderr)
 		}
 	}
+}
+
+// A bad flag value is reported once, after the usage.
+func TestBadFlagValueIsReportedOnce(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := runCmd(t, nil, "", "credits", "grant", "--amount", "abc")
+	require.Equal(t, 2, code)
+	require.Empty(t, stdout)
+	require.Equal(t, 1, strings.Count(stderr, `invalid value "abc"`), stderr)
+	require.Equal(t, 1, strings.Count(stderr, "Usage: quickscale credits grant"), stderr)
 }
 
 func TestVersionPrintsTheVersion(t *testing.T) {
