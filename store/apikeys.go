@@ -32,6 +32,19 @@ const apiKeyColumns = `id, user_id, name, prefix, created_at, last_used_at, revo
 // CreateAPIKey issues a key and returns it in clear: the only time it is
 // ever available. Only its SHA-256 is stored.
 func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (string, APIKey, error) {
+	return s.createAPIKey(ctx, userID, name, nil)
+}
+
+// IssueAPIKey is CreateAPIKey done by an operator for a user (actor nil
+// for the CLI): the key's issue is written to the audit log in the same
+// transaction, since the key can spend the user's credits.
+func (s *Store) IssueAPIKey(ctx context.Context, actor *int64, userID int64, name, via string) (string, APIKey, error) {
+	return s.createAPIKey(ctx, userID, name, func(tx pgx.Tx, k APIKey) error {
+		return Audit(ctx, tx, actor, "apikey.issue", &userID, map[string]any{"key_id": k.ID, "name": k.Name, "prefix": k.Prefix, "via": via})
+	})
+}
+
+func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
 	name = strings.TrimSpace(name)
 	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 {
 		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters), e.g. after the app that uses it.")
@@ -58,7 +71,10 @@ func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (st
 			return err
 		}
 		key, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[APIKey])
-		return err
+		if err != nil || audit == nil {
+			return err
+		}
+		return audit(tx, key)
 	})
 	if err != nil {
 		return "", APIKey{}, err

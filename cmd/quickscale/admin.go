@@ -130,6 +130,10 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 			return helpOK(err)
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			if u.IsAdmin() {
+				fmt.Fprintf(stdout, "%s is already an admin; nothing changed\n", u.Email)
+				return nil
+			}
 			err := env.store.InTx(ctx, func(tx pgx.Tx) error {
 				if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
 					return err
@@ -252,7 +256,7 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 		return usageError{"--name is required"}
 	}
 	return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
-		raw, key, err := env.store.CreateAPIKey(ctx, u.ID, *name)
+		raw, key, err := env.store.IssueAPIKey(ctx, nil, u.ID, *name, "cli")
 		if err != nil {
 			return err
 		}

@@ -100,6 +100,11 @@ func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
 	var stored int
 	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE position($1 in encode(hash, 'escape')) > 0`, key).Scan(&stored))
 	require.Zero(t, stored, "the key is stored in clear")
+	audit, err := ta.store.AuditFor(context.Background(), u.ID, 5)
+	require.NoError(t, err)
+	if len(audit) != 1 || audit[0].Action != "apikey.issue" || audit[0].Details["name"] != "ci" || audit[0].Details["via"] != "cli" {
+		t.Fatalf("audit after issuing a key from the CLI: %+v", audit)
+	}
 }
 
 func TestStripeSyncWithoutAKeySaysPaymentsAreSimulated(t *testing.T) {

@@ -133,7 +133,16 @@ func TestUsersPromoteMakesAdmin(t *testing.T) {
 
 	require.Equal(t, 0, code, "stderr: %s", errOut)
 	require.Contains(t, out, "promoted@example.com is now an admin")
-	require.Equal(t, store.RoleAdmin, cli.user("promoted@example.com").Role)
+	u := cli.user("promoted@example.com")
+	require.Equal(t, store.RoleAdmin, u.Role)
+
+	// Promoting an admin changes nothing and records nothing.
+	out, errOut, code = cli.run(nil, "users", "promote", "--email", "promoted@example.com")
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	require.Contains(t, out, "already an admin")
+	audit, err := cli.store.AuditFor(context.Background(), u.ID, 10)
+	require.NoError(t, err)
+	require.Len(t, audit, 1, "one promotion, one audit entry")
 }
 
 func TestUsersPromoteUnknownEmailFails(t *testing.T) {
