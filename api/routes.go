@@ -3,15 +3,20 @@ package api
 import (
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 )
 
 // routes lists every route QuickScale serves.
 func (s *server) routes() http.Handler {
 	site := s.site
 	r := chi.NewRouter()
-	r.Use(requestID, s.accessLog, s.metrics.InstrumentHTTP, s.recoverer, limitBody(s.cfg.MaxBodyBytes))
+	// HEAD is answered wherever GET is (monitors and link checkers use it);
+	// net/http sends no body.
+	r.Use(requestID, s.accessLog, s.metrics.InstrumentHTTP, s.recoverer, limitBody(s.cfg.MaxBodyBytes), middleware.GetHead)
 
 	// Operations.
 	r.Get("/healthz", Healthz().ServeHTTP)
@@ -135,6 +140,7 @@ func (s *server) routes() http.Handler {
 		securityHeaders(site.WithSession(site.NotFound())).ServeHTTP(w, r)
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		setAllow(w, r)
 		if wantsJSON(r) {
 			apiMethodNotAllowed(w, r)
 			return
@@ -148,6 +154,32 @@ func apiNotFound(w http.ResponseWriter, r *http.Request) {
 	writeProblem(w, r, http.StatusNotFound, "not_found", "No such endpoint.")
 }
 
+// setAllow lists in Allow the methods the requested path does take, as a
+// 405 must (RFC 9110): the router is asked for each method in turn.
+func setAllow(w http.ResponseWriter, r *http.Request) {
+	rctx := chi.RouteContext(r.Context())
+	if rctx == nil || rctx.Routes == nil {
+		return
+	}
+	path := r.URL.RawPath
+	if path == "" {
+		path = r.URL.Path
+	}
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if rctx.Routes.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	if slices.Contains(allowed, http.MethodGet) && !slices.Contains(allowed, http.MethodHead) {
+		allowed = slices.Insert(allowed, 1, http.MethodHead) // middleware.GetHead answers it
+	}
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+	}
+}
+
 func apiMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	setAllow(w, r)
 	writeProblem(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "This endpoint does not accept "+r.Method+".")
 }

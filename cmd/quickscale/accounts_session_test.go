@@ -178,6 +178,9 @@ func TestStateChangingRoutesRefuseGET(t *testing.T) {
 	for _, path := range []string{"/logout", "/verify/resend", "/settings/password", "/settings/email", "/settings/delete"} {
 		r := b.get(path)
 		acctErrorPage(t, r, http.StatusMethodNotAllowed)
+		if allow := r.Header.Get("Allow"); !strings.Contains(allow, http.MethodPost) || strings.Contains(allow, http.MethodGet) {
+			t.Errorf("GET %s: Allow %q, want the POST it takes", path, allow)
+		}
 	}
 
 	require.True(t, acctSignedIn(b), "GET /logout signed out")
@@ -209,4 +212,18 @@ func TestHtmxFailedSignInShowsErrorInFullPage(t *testing.T) {
 	require.NotEmpty(t, acctText(doc, "#login-form .form-message"))
 	email, _ := acctInput(doc, "#login-form", "email")
 	require.Equal(t, "nobody@example.com", email)
+}
+
+// Monitors and link checkers send HEAD: it is answered wherever GET is.
+func TestHeadIsAnsweredWhereGetIs(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	for _, path := range []string{"/", "/login", "/healthz", "/services"} {
+		resp, err := http.Head(ta.URL + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("HEAD %s: %d", path, resp.StatusCode)
+		}
+	}
 }

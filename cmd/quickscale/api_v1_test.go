@@ -557,6 +557,17 @@ func TestAPIProblems(t *testing.T) {
 	t.Run("wrong method is a JSON 405", func(t *testing.T) {
 		t.Parallel()
 		_, key := spender(t)
-		check(t, v1Do(t, ta, http.MethodDelete, "/api/v1/balance", key, ""), http.StatusMethodNotAllowed, "method_not_allowed", store.User{})
+		r := v1Do(t, ta, http.MethodDelete, "/api/v1/balance", key, "")
+		check(t, r, http.StatusMethodNotAllowed, "method_not_allowed", store.User{})
+		require.Equal(t, "GET, HEAD", r.Header.Get("Allow"))
+		require.Equal(t, "GET, HEAD, POST", v1Do(t, ta, http.MethodPut, "/api/v1/usage", key, "").Header.Get("Allow"))
+	})
+	t.Run("HEAD is answered where GET is", func(t *testing.T) {
+		t.Parallel()
+		_, key := spender(t)
+		r := v1Do(t, ta, http.MethodHead, "/api/v1/balance", key, "")
+		require.Equal(t, http.StatusOK, r.Status)
+		require.Empty(t, r.Body)
+		require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodHead, "/api/v1/balance", "", "").Status, "HEAD is authenticated as GET is")
 	})
 }
