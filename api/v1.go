@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -119,10 +120,10 @@ func (s *server) handleAPIConsume() http.Handler {
 			writeProblem(w, r, http.StatusBadRequest, "idempotency_key_required", "Send an Idempotency-Key header (e.g. a UUID) so a retried request is not charged twice.")
 			return
 		case !utf8.ValidString(idem) || utf8.RuneCountInString(idem) > store.MaxIdempotencyKeyLen:
-			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "The Idempotency-Key must be 1 to 255 bytes of text.")
+			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "The Idempotency-Key must be 1 to 255 characters of text.")
 			return
 		}
-		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
 			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")
 			return
 		}
@@ -216,4 +217,11 @@ func (s *server) handleAPIUsageList() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"data": usages, "next_cursor": nextCursor})
 	})
+}
+
+// isJSONMediaType reports whether a Content-Type is application/json,
+// parameters (e.g. charset) allowed.
+func isJSONMediaType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "application/json"
 }

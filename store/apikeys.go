@@ -133,12 +133,13 @@ SELECT k.id, k.user_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoke
 	return k, u, nil
 }
 
-// UsageRecord is a past usage as the API lists it.
+// UsageRecord is a past usage as the API lists it: the shape of the answer
+// to the POST that created it (balance is the balance right after it).
 type UsageRecord struct {
 	ID           int64     `json:"usage_id"`
 	Service      string    `json:"service"`
 	Credits      int64     `json:"credits"`
-	BalanceAfter int64     `json:"balance_after"`
+	BalanceAfter int64     `json:"balance"`
 	Drawn        []Drawn   `json:"drawn"`
 	CreatedAt    time.Time `json:"created_at"`
 }

@@ -44,12 +44,12 @@ type v1Usage struct {
 }
 
 type v1UsageRecord struct {
-	UsageID      int64     `json:"usage_id"`
-	Service      string    `json:"service"`
-	Credits      int64     `json:"credits"`
-	BalanceAfter int64     `json:"balance_after"`
-	Drawn        []v1Drawn `json:"drawn"`
-	CreatedAt    time.Time `json:"created_at"`
+	UsageID   int64     `json:"usage_id"`
+	Service   string    `json:"service"`
+	Credits   int64     `json:"credits"`
+	Balance   int64     `json:"balance"`
+	Drawn     []v1Drawn `json:"drawn"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 type v1UsagePage struct {
@@ -371,9 +371,10 @@ func TestAPIUsageListPagesNewestFirstWithoutGapsOrDuplicates(t *testing.T) {
 
 	const total = 123
 	var (
-		mu      sync.Mutex
-		created []int64
-		wg      sync.WaitGroup
+		mu       sync.Mutex
+		created  []int64
+		balances = map[int64]int64{} // what each POST answered
+		wg       sync.WaitGroup
 	)
 	sem := make(chan struct{}, 8)
 	for i := 0; i < total+10; i++ {
@@ -399,6 +400,7 @@ func TestAPIUsageListPagesNewestFirstWithoutGapsOrDuplicates(t *testing.T) {
 			if i < total {
 				mu.Lock()
 				created = append(created, got.UsageID)
+				balances[got.UsageID] = got.Balance
 				mu.Unlock()
 			}
 		}()
@@ -419,8 +421,8 @@ func TestAPIUsageListPagesNewestFirstWithoutGapsOrDuplicates(t *testing.T) {
 		sizes = append(sizes, len(page.Data))
 		for _, rec := range page.Data {
 			seen = append(seen, rec.UsageID)
-			if rec.Service != svc || rec.Credits != 1 || len(rec.Drawn) != 1 {
-				t.Fatalf("record %+v", rec)
+			if rec.Service != svc || rec.Credits != 1 || len(rec.Drawn) != 1 || rec.Balance != balances[rec.UsageID] {
+				t.Fatalf("record %+v; its POST answered balance %d (a listed usage has the POST's shape)", rec, balances[rec.UsageID])
 			}
 		}
 		if page.NextCursor == nil {
@@ -543,6 +545,10 @@ func TestAPIProblems(t *testing.T) {
 		u, key := spender(t)
 		r := v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k", "Content-Type", "text/plain")
 		check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
+		r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k", "Content-Type", "application/jsonx")
+		check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
+		r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k2", "Content-Type", "Application/JSON; charset=utf-8")
+		require.Equal(t, http.StatusCreated, r.Status, r.Body)
 	})
 	t.Run("invalid cursor is 400", func(t *testing.T) {
 		t.Parallel()
