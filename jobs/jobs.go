@@ -78,6 +78,7 @@ func (SendEmail) InsertOpts() river.InsertOpts {
 const (
 	EmailVerify          = "verify_email"
 	EmailSignupExisting  = "signup_existing"
+	EmailChangeToTaken   = "change_to_taken"
 	EmailResetPassword   = "reset_password"
 	EmailChangeEmail     = "change_email"
 	EmailWelcome         = "welcome"

@@ -262,11 +262,12 @@ func ChangeEmail(ctx context.Context, db DBTX, userID int64, email string) error
 	return err
 }
 
-// EmailTaken reports whether a live account uses the address.
-func (s *Store) EmailTaken(ctx context.Context, email string) (bool, error) {
-	var taken bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL)`, email).Scan(&taken)
-	return taken, err
+// EmailTaken returns the address as a live account stores it, whatever the
+// case given, or "" when no live account uses it.
+func (s *Store) EmailTaken(ctx context.Context, email string) (string, error) {
+	var stored string
+	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT email FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL), '')`, email).Scan(&stored)
+	return stored, err
 }
 
 // UserPage is one page of the admin user list.

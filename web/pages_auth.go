@@ -115,9 +115,13 @@ func (s *Site) Signup() http.Handler {
 		if store.ErrorKind(err) == store.KindConflict {
 			// The address has an account: tell its owner, and answer exactly
 			// as for a new address so the page reveals nothing.
-			err = s.sendEmailNow(ctx, jobs.EmailSignupExisting, email, map[string]string{
-				"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
-			})
+			// It goes to the address as the account has it.
+			var owner string
+			if owner, err = s.store.EmailTaken(ctx, email); err == nil && owner != "" {
+				err = s.sendEmailNow(ctx, jobs.EmailSignupExisting, owner, map[string]string{
+					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
+				})
+			}
 		}
 		if err != nil {
 			s.serverError(w, r, err)

@@ -121,15 +121,16 @@ func (s *Site) ChangeEmail() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
 			return
 		}
-		taken, err := s.store.EmailTaken(ctx, email)
+		owner, err := s.store.EmailTaken(ctx, email)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
 		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
-			if taken {
-				// Answer as if it worked; tell the address's owner instead.
-				return s.sendEmail(ctx, tx, jobs.EmailSignupExisting, email, map[string]string{
+			if owner != "" {
+				// Answer as if it worked; tell the address's owner instead,
+				// at the address as their account has it.
+				return s.sendEmail(ctx, tx, jobs.EmailChangeToTaken, owner, map[string]string{
 					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
 				})
 			}

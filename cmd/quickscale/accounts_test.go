@@ -105,7 +105,8 @@ func TestSignupIsCaseInsensitiveAboutTakenAddresses(t *testing.T) {
 	r := acctSignup(ta.browser(), "mixed.case@example.COM", storetest.DefaultPassword)
 
 	acctRequireStatus(t, r, http.StatusOK)
-	ta.waitMail("mixed.case@example.COM", "Someone tried to sign up")
+	m := ta.waitMail("mixed.case@example.COM", "Someone tried to sign up")
+	require.Equal(t, "Mixed.Case@Example.com", m.To, "the owner is written to at the address as stored")
 	require.EqualValues(t, 1, acctCount(ta, `SELECT count(*) FROM users`))
 }
 

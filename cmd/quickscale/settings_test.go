@@ -106,7 +106,7 @@ func TestChangeEmailTakesEffectOnlyOnceNewAddressIsConfirmed(t *testing.T) {
 func TestChangeEmailToTakenAddressRevealsNothing(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
-	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "someone@example.com"})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "Someone@Example.com"})
 	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "curious@example.com"})
 
 	taken := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"SOMEONE@example.com"}})
@@ -117,7 +117,10 @@ func TestChangeEmailToTakenAddressRevealsNothing(t *testing.T) {
 	mustRedirect(t, taken, "/settings")
 	mustRedirect(t, free, "/settings")
 	require.Equal(t, freeFlash, strings.Replace(takenFlash, "SOMEONE@example.com", "nobody@example.com", 1))
-	ta.waitMail("SOMEONE@example.com", "Someone tried to sign up with your address")
+	// The owner hears of it, at their address as stored, in words that fit.
+	m := ta.waitMail("Someone@Example.com", "Someone tried to move an account to your address")
+	require.Equal(t, "Someone@Example.com", m.To)
+	require.Contains(t, m.Text, "change its email address to this one")
 	require.Equal(t, "curious@example.com", acctUserByEmail(ta, "curious@example.com").Email)
 	require.Equal(t, u.ID, acctUserByEmail(ta, "curious@example.com").ID)
 }
