@@ -153,8 +153,35 @@ UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
 	if tag.RowsAffected() == 0 {
 		return ErrNotFound
 	}
-	_, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID)
-	return err
+	if _, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID); err != nil {
+		return err
+	}
+	return forfeitCredits(ctx, db, userID)
+}
+
+// forfeitCredits takes away a deleted user's live credits, drawn the way a
+// removal is (one adjust entry per grant, the user as actor), so that
+// credits nobody can spend any more stop counting as owed.
+func forfeitCredits(ctx context.Context, db DBTX, userID int64) error {
+	// The account's lock first, so that the balance read is the one taken.
+	if _, err := db.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
+		return err
+	}
+	var balance int64
+	if err := db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants WHERE user_id = $1 AND `+liveGrant, userID).Scan(&balance); err != nil {
+		return err
+	}
+	if balance == 0 {
+		return nil
+	}
+	var ok bool
+	if err := db.QueryRow(ctx, `SELECT ok FROM ledger_debit($1, $2, 'adjust', $1, 'account deleted: credits forfeited')`, userID, balance).Scan(&ok); err != nil {
+		return fmt.Errorf("forfeit credits: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("forfeit credits: balance %d changed under the account lock", balance)
+	}
+	return nil
 }
 
 // Token purposes and lifetimes.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
 
@@ -184,4 +186,22 @@ func TestHomeShowsNoticeAfterAccountDeletion(t *testing.T) {
 	require.Contains(t, acctText(doc, "#deleted-notice"), "account is deleted")
 	require.Equal(t, 1, doc.Find("#nav-signup").Length(), "home after deletion still shows a signed-in menu")
 	require.Equal(t, 0, ta.browser().get("/").Doc(t).Find("#deleted-notice").Length(), "notice shown without ?deleted=1")
+}
+
+// Credits die with the account: each live grant is closed by an adjust
+// entry, so they stop counting as owed, and the ledger still adds up.
+func TestDeleteAccountForfeitsItsCredits(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 50})
+	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 7, Kind: store.GrantPromo, Reason: "welcome"})
+	require.NoError(t, err)
+
+	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/?deleted=1")
+
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM grants WHERE user_id = $1 AND closed_at IS NULL`, u.ID), "a grant stayed open")
+	require.EqualValues(t, 2, acctCount(ta, `SELECT count(*) FROM ledger_entries WHERE user_id = $1 AND kind = 'adjust' AND amount < 0 AND reason LIKE 'account deleted%' AND actor_user_id = $1`, u.ID))
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM grants g WHERE user_id = $1 AND remaining <> (SELECT sum(amount) FROM ledger_entries e WHERE e.grant_id = g.id)`, u.ID), "a grant's entries do not sum to what remains")
 }
