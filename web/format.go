@@ -35,6 +35,8 @@ func relativeTime(t time.Time) string {
 	}
 	var s string
 	switch {
+	case d < time.Minute && future:
+		return "in under a minute"
 	case d < time.Minute:
 		return "just now"
 	case d < time.Hour:

@@ -127,6 +127,7 @@ type apiKeysPage struct {
 	Form    *form
 	NewKey  string
 	NewName string
+	APIBase string // e.g. https://example.com/api/v1, for the examples
 }
 
 func (s *Site) renderAPIKeys(w http.ResponseWriter, r *http.Request, status int, p apiKeysPage) {
@@ -136,6 +137,7 @@ func (s *Site) renderAPIKeys(w http.ResponseWriter, r *http.Request, status int,
 		return
 	}
 	p.Keys = keys
+	p.APIBase = s.absURL("/api/v1")
 	if p.Form == nil {
 		p.Form = newForm()
 	}

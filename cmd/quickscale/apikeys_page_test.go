@@ -22,9 +22,11 @@ func TestAPIKeyIsShownOnceAndWorksUntilRevoked(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	b := ta.signIn(u.Email)
-	if b.get("/settings/api-keys").Doc(t).Find("#no-keys").Length() != 1 {
+	page := b.get("/settings/api-keys").Doc(t)
+	if page.Find("#no-keys").Length() != 1 {
 		t.Fatal("no empty state before the first key")
 	}
+	require.Contains(t, page.Find("#api-example").Text(), ta.URL+"/api/v1/balance", "the example uses this site's address")
 	r := b.post("/settings/api-keys", url.Values{"name": {"billing bot"}})
 	require.Equal(t, http.StatusOK, r.Status)
 	doc := r.Doc(t)

@@ -387,3 +387,29 @@ func TestAdminAuditLogShowsLargeAmountsInFull(t *testing.T) {
 	require.Contains(t, details, "balance_after: 987654321")
 	require.NotContains(t, details, "e+")
 }
+
+// A swept grant's entry says its credits expired (past tense), and when.
+func TestCreditsPageSaysSweptCreditsExpired(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	soon := time.Now().Add(time.Hour)
+	g := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 26, ExpiresAt: &soon})
+	// Its expiry passes (moved back in the ledger's own mode), and the sweep runs.
+	tx, err := ta.store.Pool().Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `UPDATE grants SET expires_at = now() - interval '1 minute', created_at = now() - interval '1 hour' WHERE id = $1`, g.GrantID)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	res, err := ta.store.ExpireOverdueBatch(ctx, 10)
+	require.NoError(t, err)
+	require.EqualValues(t, 26, res.Credits)
+
+	row := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="expire"]`)
+	require.Equal(t, 1, row.Length())
+	require.Contains(t, row.Text(), "expired ")
+	require.NotContains(t, row.Text(), "expires ")
+}

@@ -1,0 +1,24 @@
+package web
+
+import (
+	"testing"
+	"time"
+)
+
+func TestRelativeTimeSaysWhichWay(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		at   time.Time
+		want string
+	}{
+		{now.Add(30 * time.Second), "in under a minute"}, // "26 credits expire just now" read as past
+		{now.Add(-30 * time.Second), "just now"},
+		{now.Add(5*time.Minute + 10*time.Second), "in 5 minutes"},
+		{now.Add(-3*time.Hour - time.Minute), "3 hours ago"},
+		{now.Add(72*time.Hour + time.Minute), "in 3 days"},
+	} {
+		if got := relativeTime(c.at); got != c.want {
+			t.Errorf("relativeTime(now%+v) = %q, want %q", c.at.Sub(now).Round(time.Second), got, c.want)
+		}
+	}
+}
