@@ -100,6 +100,8 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 	if got := again.Doc(t).Find("#use-outcome").AttrOr("data-outcome", ""); got != "replayed" {
 		t.Fatalf("second submit outcome %q, want replayed", got)
 	}
+	// It says the balance it shows is from then, not now.
+	require.Contains(t, again.Doc(t).Find("#use-outcome").Text(), "nothing was charged now")
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 90, bal.Total)
