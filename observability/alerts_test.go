@@ -299,6 +299,36 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning}
 
+  # The leader refreshes its queue gauges, but the liability stopped at 2m
+  # (its query fails): stale after 12m, firing 5m later.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_metrics_refreshed_timestamp_seconds{job="worker", instance="w1:9464", what="queues"}'
+        values: '0+60x30'
+      - series: 'quickscale_metrics_refreshed_timestamp_seconds{job="worker", instance="w1:9464", what="liability"}'
+        values: '0+60x2 120x28'
+    alert_rule_test:
+      - eval_time: 16m
+        alertname: QuickScaleLiabilityStale
+        exp_alerts: []
+      - eval_time: 18m
+        alertname: QuickScaleLiabilityStale
+        exp_alerts:
+          - exp_labels: {severity: warning}
+
+  # No leader at all: both gauges stale. That is QuickScaleNoRiverLeader's
+  # case; the liability alert stays quiet.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_metrics_refreshed_timestamp_seconds{job="worker", instance="w1:9464", what="queues"}'
+        values: '0+60x3 180x27'
+      - series: 'quickscale_metrics_refreshed_timestamp_seconds{job="worker", instance="w1:9464", what="liability"}'
+        values: '0+60x3 180x27'
+    alert_rule_test:
+      - eval_time: 25m
+        alertname: QuickScaleLiabilityStale
+        exp_alerts: []
+
   # Workers run but none ever became leader.
   - interval: 1m
     input_series:
