@@ -100,6 +100,20 @@ func (s *Store) UserByEmail(ctx context.Context, email string) (User, error) {
 	return oneUser(s.pool.Query(ctx, `SELECT `+userColumns+` FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL`, email))
 }
 
+// DeletedUserByID finds an account its owner deleted (anonymised: no
+// address, no password) and when, for the admin page that keeps its
+// payments, ledger and audit log in view.
+func (s *Store) DeletedUserByID(ctx context.Context, id int64) (User, time.Time, error) {
+	var u User
+	var deletedAt time.Time
+	err := s.pool.QueryRow(ctx, `SELECT id, role, email_verified_at, session_epoch, created_at, deleted_at
+  FROM users WHERE id = $1 AND deleted_at IS NOT NULL`, id).Scan(&u.ID, &u.Role, &u.EmailVerifiedAt, &u.SessionEpoch, &u.CreatedAt, &deletedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return User{}, time.Time{}, ErrNotFound
+	}
+	return u, deletedAt, err
+}
+
 // UserByID finds a live user.
 func (s *Store) UserByID(ctx context.Context, id int64) (User, error) {
 	return oneUser(s.pool.Query(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1 AND deleted_at IS NULL`, id))

@@ -67,11 +67,18 @@ type adminUserPage struct {
 	Kinds    []string
 	// Nonce makes a resubmitted "add" form add nothing the second time.
 	Nonce string
+	// DeletedAt is set for an account its owner deleted: shown, read-only.
+	DeletedAt *time.Time
 }
 
 func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
+	s.renderAdminUserPage(w, r, status, page, adminUserPage{Target: target, Form: f})
+}
+
+func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, status int, page string, p adminUserPage) {
 	ctx := r.Context()
-	p := adminUserPage{Target: target, Form: f, Kinds: []string{store.GrantAdmin, store.GrantPromo}, Nonce: store.NewSecret()[:16]}
+	target := p.Target
+	p.Kinds, p.Nonce = []string{store.GrantAdmin, store.GrantPromo}, store.NewSecret()[:16]
 	if p.Form == nil {
 		p.Form = newForm()
 		p.Form.Values["direction"] = "add"
@@ -89,15 +96,35 @@ func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status in
 		s.serverError(w, r, err)
 		return
 	}
-	s.render(w, r, status, page, target.Email, p)
+	title := target.Email
+	if p.DeletedAt != nil {
+		title = "Deleted account #" + strconv.FormatInt(target.ID, 10)
+	}
+	s.render(w, r, status, page, title, p)
 }
 
-// AdminUser serves GET /admin/users/{id}.
+// AdminUser serves GET /admin/users/{id}. An account its owner deleted is
+// shown too, read-only: its payments and ledger stay (refunds, disputes).
 func (s *Site) AdminUser() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if target, ok := s.adminTarget(w, r); ok {
-			s.renderAdminUser(w, r, http.StatusOK, "admin_user", target, nil)
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil {
+			s.NotFound().ServeHTTP(w, r)
+			return
 		}
+		target, err := s.store.UserByID(r.Context(), id)
+		if store.ErrorKind(err) == store.KindNotFound {
+			var deletedAt time.Time
+			if target, deletedAt, err = s.store.DeletedUserByID(r.Context(), id); err == nil {
+				s.renderAdminUserPage(w, r, http.StatusOK, "admin_user", adminUserPage{Target: target, DeletedAt: &deletedAt})
+				return
+			}
+		}
+		if err != nil {
+			s.handleError(w, r, err)
+			return
+		}
+		s.renderAdminUser(w, r, http.StatusOK, "admin_user", target, nil)
 	})
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -204,4 +205,16 @@ func TestDeleteAccountForfeitsItsCredits(t *testing.T) {
 	require.Zero(t, acctCount(ta, `SELECT count(*) FROM grants WHERE user_id = $1 AND closed_at IS NULL`, u.ID), "a grant stayed open")
 	require.EqualValues(t, 2, acctCount(ta, `SELECT count(*) FROM ledger_entries WHERE user_id = $1 AND kind = 'adjust' AND amount < 0 AND reason LIKE 'account deleted%' AND actor_user_id = $1`, u.ID))
 	require.Zero(t, acctCount(ta, `SELECT count(*) FROM grants g WHERE user_id = $1 AND remaining <> (SELECT sum(amount) FROM ledger_entries e WHERE e.grant_id = g.id)`, u.ID), "a grant's entries do not sum to what remains")
+
+	// Admins still see the account, read-only.
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	ab := ta.signIn(admin.Email)
+	r := ab.get(fmt.Sprintf("/admin/users/%d", u.ID))
+	require.Equal(t, http.StatusOK, r.Status)
+	doc := r.Doc(t)
+	require.Equal(t, 1, doc.Find("#deleted-account").Length())
+	require.Contains(t, doc.Find("h1").Text(), fmt.Sprintf("Deleted account #%d", u.ID))
+	require.Zero(t, doc.Find(fmt.Sprintf(`a[href="/admin/users/%d/credits"]`, u.ID)).Length(), "a deleted account offers an adjustment")
+	require.Equal(t, http.StatusNotFound, ab.get(fmt.Sprintf("/admin/users/%d/credits", u.ID)).Status)
+	require.Equal(t, http.StatusNotFound, ab.get("/admin/users/999999999").Status)
 }
