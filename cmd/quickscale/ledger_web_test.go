@@ -324,8 +324,10 @@ func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	b := ta.signIn(admin.Email)
 	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
-	nonce := b.get(path).Doc(t).Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
+	page := b.get(path).Doc(t)
+	nonce := page.Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
 	require.NotEmpty(t, nonce)
+	require.Contains(t, page.Find("#adjust-form").Text(), "shown to the user", "the admin is told the user sees the reason")
 	form := url.Values{"direction": {"add"}, "amount": {"40"}, "kind": {"admin"}, "reason": {"goodwill"}, "nonce": {nonce}}
 	mustRedirect(t, b.post(path, form), "/admin/users/")
 	mustRedirect(t, b.post(path, form), "/admin/users/") // a double click or a reload
