@@ -173,6 +173,13 @@ UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
 	return forfeitCredits(ctx, db, userID)
 }
 
+// ForfeitCredits takes away a deleted user's live credits in the caller's
+// transaction (see forfeitCredits): for credits paid for after the account
+// was deleted.
+func ForfeitCredits(ctx context.Context, db DBTX, userID int64) error {
+	return forfeitCredits(ctx, db, userID)
+}
+
 // forfeitCredits takes away a deleted user's live credits, drawn the way a
 // removal is (one adjust entry per grant, the user as actor), so that
 // credits nobody can spend any more stop counting as owed.

@@ -199,10 +199,24 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 	if !g.Created {
 		return store.OutcomeApplied, "already granted", fx, nil
 	}
+	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
+	email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if email == "" {
+		// Paid (e.g. a bank debit settling) after the buyer deleted the
+		// account: the credits are recorded and forfeited at once, like the
+		// account's others, and the event is failed so that someone refunds
+		// the money (the failed-events alert fires).
+		if err := store.ForfeitCredits(ctx, tx, pay.UserID); err != nil {
+			return "", "", fx, err
+		}
+		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment in Stripe", pay.UserID, pay.Credits), fx, nil
+	}
 	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {
 		return "", "", fx, err
 	}
-	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
 	return store.OutcomeApplied, fmt.Sprintf("granted %d credits to user %d", pay.Credits, pay.UserID), fx, nil
 }
 

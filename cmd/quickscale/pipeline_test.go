@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
@@ -136,6 +137,32 @@ func TestPipelineUnpaidCompletionGrantsNothingUntilAsyncPaymentSucceeds(t *testi
 	pay := whPayment(t, ta, p)
 	if pay.Status != store.PaymentSucceeded || pay.PaymentIntentID == nil || *pay.PaymentIntentID != p.Intent {
 		t.Fatalf("payment %s intent %v", pay.Status, pay.PaymentIntentID)
+	}
+}
+
+// A bank debit that settles after its buyer deleted the account: the
+// money is in, the credits are recorded and forfeited at once (nobody can
+// spend them, so they are not owed), and the event is failed so that
+// someone refunds it.
+func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlagged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := p.completed(t, "unpaid")
+	whApply(t, ta, id, body, store.OutcomeIgnored)
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, p.User.ID) }))
+
+	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "refund the payment")
+	require.Equal(t, store.PaymentSucceeded, whPayment(t, ta, p).Status, "the money was received")
+	require.EqualValues(t, 1, whGrantsOf(t, ta, p.SessionID), "the credits are recorded")
+	require.Zero(t, whBalance(t, ta, p.User.ID), "and forfeited")
+	liability, err := ta.store.CreditLiability(ctx)
+	require.NoError(t, err)
+	for kind, n := range liability.ByKind {
+		require.Zero(t, n, "credits of kind %s still count as owed", kind)
 	}
 }
 
