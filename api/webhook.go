@@ -100,7 +100,9 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 	if err := json.Unmarshal(body, &env); err != nil {
 		return store.StripeEvent{}, false
 	}
-	if env.ID == "" || len(env.ID) > 255 || env.Type == "" || len(env.Type) > 255 ||
+	// Stripe's ids are letters, digits and underscores (evt_1NG8Du2eZv…);
+	// anything else could not be linked to from the admin pages either.
+	if !validEventID(env.ID) || env.Type == "" || len(env.Type) > 255 ||
 		(env.Object != "" && env.Object != "event") {
 		return store.StripeEvent{}, false
 	}
@@ -122,4 +124,19 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 func isDataException(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
+}
+
+// validEventID reports whether id looks like a Stripe object id: 1 to 255
+// ASCII letters, digits and underscores.
+func validEventID(id string) bool {
+	if id == "" || len(id) > 255 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }

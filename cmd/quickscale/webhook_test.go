@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -647,4 +648,21 @@ CREATE TRIGGER refuse_jobs BEFORE INSERT ON river_job FOR EACH ROW EXECUTE FUNCT
 	require.NoError(t, err)
 	whMustDeliver(t, ta, body)
 	require.Equal(t, 1, whEventJobs(t, ta, id))
+}
+
+// Stripe's event ids are letters, digits and underscores; an id with URL
+// characters is refused (400, nothing stored), since the admin pages could
+// not link to it.
+func TestWebhookRefusesEventIDsThatAreNotStripeLike(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	id, good := whEvent(t, "x.y", map[string]any{"object": "thing"}, time.Now())
+	for _, bad := range []string{"evt_a/b", "evt_q?x=1", "evt_hash#x", "evt_pct%41", "evt space", "evt_é"} {
+		body := bytes.Replace(good, []byte(`"`+id+`"`), []byte(strconv.Quote(bad)), 1)
+		r := whDeliver(t, ta, body)
+		require.Equal(t, http.StatusBadRequest, r.Status, "id %q: %s", bad, r.Body)
+	}
+	require.Zero(t, whStoredEvents(t, ta))
+	whMustDeliver(t, ta, good)
+	require.Equal(t, 1, whStoredEvents(t, ta))
 }
