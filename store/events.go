@@ -22,6 +22,9 @@ type StripeEvent struct {
 	OutcomeDetail *string    `db:"outcome_detail"`
 	ProcessedAt   *time.Time `db:"processed_at"`
 	Attempts      int        `db:"attempts"`
+	// LastError is the latest failed attempt's error, or why the event
+	// waits (kept after a later success, for the record).
+	LastError *string `db:"last_error"`
 }
 
 // Event outcomes.
@@ -31,7 +34,7 @@ const (
 	OutcomeFailed  = "failed"
 )
 
-const eventColumns = `id, type, api_version, livemode, created, payload, received_at, outcome, outcome_detail, processed_at, attempts`
+const eventColumns = `id, type, api_version, livemode, created, payload, received_at, outcome, outcome_detail, processed_at, attempts, last_error`
 
 // InsertStripeEvent stores a verified event in tx and reports whether it
 // is new (false: a duplicate delivery, stored before).
@@ -94,13 +97,28 @@ func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, er
 	return ev, err
 }
 
-// SetEventOutcome records how processing ended.
+// SetEventOutcome records how processing ended. Processing an event again
+// (an admin's re-process) keeps what the first processing recorded and
+// adds a line for this one: "granted 500 credits" must not turn into
+// "already fulfilled" with nothing left to say what moved the money.
 func SetEventOutcome(ctx context.Context, tx pgx.Tx, id, outcome, detail string) error {
 	var d *string
 	if detail != "" {
 		d = &detail
 	}
-	_, err := tx.Exec(ctx, `UPDATE stripe_events SET outcome = $2, outcome_detail = $3, processed_at = now() WHERE id = $1`, id, outcome, d)
+	_, err := tx.Exec(ctx, `UPDATE stripe_events SET outcome = $2, processed_at = now(),
+       outcome_detail = CASE WHEN outcome IS NULL OR outcome_detail IS NULL THEN $3::text
+                             ELSE outcome_detail || E'\n' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') ||
+                                  ' UTC, processed again: ' || $2 || coalesce(', ' || $3::text, '') END
+ WHERE id = $1`, id, outcome, d)
+	return err
+}
+
+// NoteEventAttempt records, outside the attempt's own (rolled back)
+// transaction, that processing an event failed or must wait, and why.
+// attempt is River's count of the job's attempts.
+func (s *Store) NoteEventAttempt(ctx context.Context, id string, attempt int, why string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE stripe_events SET attempts = greatest(attempts, $2), last_error = $3 WHERE id = $1`, id, attempt, why)
 	return err
 }
 

@@ -3,12 +3,14 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stripe/stripe-go/v76"
@@ -82,13 +84,56 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 		return nil
 	})
 	if err != nil {
-		return err
+		if refused := refusedByDatabase(err); refused != "" {
+			// Retrying cannot help (the event contradicts what is stored,
+			// e.g. a payment intent already another payment's): recorded
+			// as failed, with the reason, for an admin to look at.
+			outcome, detail = store.OutcomeFailed, "refused by the database: "+refused
+			if err := w.fail(ctx, job, detail); err != nil {
+				return err
+			}
+		} else {
+			// Shown on the event's admin page; the attempt itself rolled back.
+			if nerr := w.store.NoteEventAttempt(ctx, job.Args.EventID, job.Attempt, err.Error()); nerr != nil {
+				w.logger.WarnContext(ctx, "stripe event: note attempt", "event", job.Args.EventID, "err", nerr)
+			}
+			return err
+		}
 	}
 	w.record(evType, outcome, fx)
 	if outcome == store.OutcomeFailed {
 		w.logger.WarnContext(ctx, "stripe event failed", "event", job.Args.EventID, "type", evType, "reason", detail)
 	}
 	return nil
+}
+
+// refusedByDatabase returns the database's reason when err is a data or
+// integrity-constraint error (SQLSTATE classes 22 and 23): permanent, not
+// worth retrying. "" otherwise.
+func refusedByDatabase(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 || (pgErr.Code[:2] != "22" && pgErr.Code[:2] != "23") {
+		return ""
+	}
+	if pgErr.ConstraintName != "" {
+		return pgErr.Message + " (" + pgErr.ConstraintName + ")"
+	}
+	return pgErr.Message
+}
+
+// fail records an event as failed, in a transaction of its own, and
+// completes its job.
+func (w *StripeEventWorker) fail(ctx context.Context, job *river.Job[jobs.StripeEvent], detail string) error {
+	return w.store.InTx(ctx, func(tx pgx.Tx) error {
+		if _, err := store.LockStripeEvent(ctx, tx, job.Args.EventID); err != nil {
+			return err
+		}
+		if err := store.SetEventOutcome(ctx, tx, job.Args.EventID, store.OutcomeFailed, detail); err != nil {
+			return err
+		}
+		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+		return err
+	})
 }
 
 func (w *StripeEventWorker) record(evType, outcome string, fx effects) {
@@ -268,7 +313,8 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	if notYet {
 		// The refund may overtake the checkout completion it refunds.
 		if time.Since(ev.Created) < refundWaitWindow {
-			return "", "", fx, river.JobSnooze(30 * time.Second)
+			return "", "", fx, fmt.Errorf("waiting for the payment it refunds to be fulfilled (checked every 30 s for an hour after the refund): %w",
+				river.JobSnooze(30*time.Second))
 		}
 		return store.OutcomeFailed, "no fulfilled payment for payment intent " + ch.PaymentIntent.ID, fx, nil
 	}

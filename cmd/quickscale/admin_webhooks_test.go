@@ -163,6 +163,10 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 	require.Equal(t, e.purchase.Credits, whBalance(t, ta, e.purchase.User.ID))
 	require.Equal(t, 1, whGrantsOf(t, ta, e.purchase.SessionID))
 	whNoViolations(t, ta)
+	// The record keeps what moved the money, and adds what this found.
+	detail := b.get("/admin/webhooks/" + e.applied).Doc(t).Find("#outcome-detail").Text()
+	require.Contains(t, detail, whDetail(e.appliedEvent), "the first outcome is gone")
+	require.Contains(t, detail, "processed again: applied, already fulfilled")
 }
 
 func TestAdminWebhooksAreForbiddenToOtherUsers(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -427,6 +428,10 @@ func TestPipelineRefundBeforeItsCompletionIsSnoozedThenApplied(t *testing.T) {
 	ev, err := ta.store.StripeEventByID(context.Background(), refundID)
 	require.NoError(t, err)
 	require.Nil(t, ev.Outcome, "a snoozed event has no outcome yet")
+	eventually(t, 10*time.Second, "the wait to be noted on the event", func() bool {
+		ev, err := ta.store.StripeEventByID(context.Background(), refundID)
+		return err == nil && ev.LastError != nil && strings.Contains(*ev.LastError, "waiting for the payment it refunds")
+	})
 
 	whPaid(t, ta, p)
 	// Time passes: the snooze ends now instead of in 30 seconds.
@@ -440,6 +445,23 @@ func TestPipelineRefundBeforeItsCompletionIsSnoozedThenApplied(t *testing.T) {
 		t.Fatalf("payment %s clawed back %d", pay.Status, pay.CreditsClawedBack)
 	}
 	whNoViolations(t, ta)
+}
+
+// An event the database refuses (here: a session claiming a payment
+// intent that is already another payment's) is failed with the reason at
+// once, not retried for weeks and then dropped.
+func TestPipelineEventRefusedByTheDatabaseIsFailedWithTheReason(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	first := whBuy(t, ta)
+	whPaid(t, ta, first)
+	second := whBuy(t, ta)
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, second.SessionID, "unpaid", second.Amount, first.Intent), time.Now())
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "refused by the database")
+	require.Contains(t, whDetail(ev), "payment_intent")
+	require.Equal(t, store.PaymentPending, whPayment(t, ta, second).Status)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'stripe_event' AND state NOT IN ('completed')`), "a job is left to retry")
 }
 
 func TestPipelineRefundOfUnknownPaymentFailsAfterTheWaitWindow(t *testing.T) {
