@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/mail"
 	"net/url"
 	"strconv"
 	"strings"
@@ -140,13 +141,11 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	} else {
 		c.DatabaseMaxConns = int32(n)
 	}
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		bad("ADDR", c.Addr, "want host:port")
+	if !validListenAddr(c.Addr) {
+		bad("ADDR", c.Addr, "want host:port, the port from 0 to 65535")
 	}
-	if c.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			bad("METRICS_ADDR", c.MetricsAddr, "want host:port or off")
-		}
+	if c.MetricsAddr != "" && !validListenAddr(c.MetricsAddr) {
+		bad("METRICS_ADDR", c.MetricsAddr, "want host:port (the port from 0 to 65535) or off")
 	}
 	c.BaseURL = strings.TrimRight(strings.TrimSpace(getenv("BASE_URL")), "/")
 	if c.BaseURL == "" {
@@ -194,10 +193,12 @@ func loadConfig(getenv func(string) string) (Config, error) {
 			bad("SMTP_URL", redactURL(c.SMTPURL), "want smtp://[user:pass@]host[:port] or smtps://…")
 		}
 	}
-	if !strings.Contains(c.MailFrom, "@") {
-		bad("MAIL_FROM", c.MailFrom, "want an email address")
+	// Parsed as mail will parse them: a sender that does not parse would
+	// cancel every email at the first send.
+	if _, err := mail.ParseAddress(c.MailFrom); err != nil {
+		bad("MAIL_FROM", c.MailFrom, "want an email address, e.g. QuickScale <no-reply@example.com>")
 	}
-	if !strings.Contains(c.ContactEmail, "@") {
+	if _, err := mail.ParseAddress(c.ContactEmail); err != nil {
 		bad("CONTACT_EMAIL", c.ContactEmail, "want an email address")
 	}
 	if c.StripeSecretKey != "" && c.StripeWebhookSecret == "" {
@@ -222,3 +223,14 @@ func (c Config) Simulated() bool { return c.StripeSecretKey == "" }
 
 // redactURL hides a password in a URL so that errors can quote it.
 func redactURL(s string) string { return store.RedactURL(s) }
+
+// validListenAddr reports whether addr is host:port with a port net.Listen
+// accepts (0 picks a free one).
+func validListenAddr(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535
+}

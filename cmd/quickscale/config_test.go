@@ -44,6 +44,28 @@ func TestConfigBadValueNamesTheVariable(t *testing.T) {
 	}
 }
 
+// Values that looked right to a first glance but would fail later: at the
+// first email, or at listen without naming the variable.
+func TestConfigRefusesAlmostRightValues(t *testing.T) {
+	t.Parallel()
+	for name, value := range map[string]string{
+		"MAIL_FROM":     "QuickScale <no-reply@example.com", // unclosed angle bracket
+		"CONTACT_EMAIL": "ops@example.com, boss@example.com",
+		"ADDR":          "127.0.0.1:99999",
+		"METRICS_ADDR":  "127.0.0.1:-1",
+	} {
+		_, err := loadConfig(envFrom(map[string]string{name: value}))
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%q: error %v does not name the variable", name, value, err)
+		}
+	}
+	for name, value := range map[string]string{"MAIL_FROM": "no-reply@example.com", "ADDR": "127.0.0.1:0"} {
+		if _, err := loadConfig(envFrom(map[string]string{name: value})); err != nil {
+			t.Errorf("%s=%q refused: %v", name, value, err)
+		}
+	}
+}
+
 func TestConfigStripeKeyNeedsWebhookSecret(t *testing.T) {
 	t.Parallel()
 	_, err := loadConfig(envFrom(map[string]string{"STRIPE_SECRET_KEY": "sk_test_123"}))
