@@ -73,8 +73,11 @@ func (g *Gauges) leader(ctx context.Context) bool {
 // RefreshQueues updates queue depth and oldest-job age when leader.
 func (g *Gauges) RefreshQueues(ctx context.Context) {
 	if !g.leader(ctx) {
+		// Not (or no longer) the leader: export nothing, its refresh
+		// time included, so no panel shows a former leader's stale age.
 		g.metrics.QueueJobs.Reset()
 		g.metrics.QueueOldestAge.Reset()
+		g.metrics.MetricsRefreshAge.DeleteLabelValues("queues")
 		return
 	}
 	stats, oldest, err := g.store.QueueStats(ctx, 100_000, 2*time.Second)
@@ -104,6 +107,7 @@ func (g *Gauges) RefreshLiability(ctx context.Context) {
 	if !g.leader(ctx) {
 		g.metrics.CreditsOutstanding.Reset()
 		g.metrics.CreditsExpiring7d.Reset()
+		g.metrics.MetricsRefreshAge.DeleteLabelValues("liability")
 		return
 	}
 	l, err := g.store.CreditLiability(ctx)

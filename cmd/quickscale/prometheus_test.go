@@ -485,6 +485,8 @@ func refreshLeaderGauges(t *testing.T, ta *testApp) {
 var leaderOnlyGauges = []string{
 	"quickscale_river_queue_jobs", "quickscale_river_queue_oldest_available_age_seconds",
 	"quickscale_credits_outstanding", "quickscale_credits_expiring_7d",
+	// and when they were refreshed: a former leader's would only age
+	"quickscale_metrics_refreshed_timestamp_seconds",
 }
 
 // seriesOf returns the label sets a registry exports for one metric.
