@@ -255,6 +255,30 @@ func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 10*time.Second)
 }
 
+// A worker started before `migrate up` (a deploy racing its migration job)
+// waits with /readyz saying why, then starts working: it must not crash-loop.
+func TestWorkerStartedBeforeMigrationsWaitsThenWorks(t *testing.T) {
+	t.Parallel()
+	dbURL := emptyDatabase(t)
+	metrics := freeAddr(t)
+	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics}, "worker")
+	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
+	require.Contains(t, body, "migrate up")
+	if code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up"); code != 0 {
+		t.Fatal(stderr)
+	}
+	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusOK, 10*time.Second)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	eventually(t, 30*time.Second, "the worker to start River and lead", func() bool {
+		var leaders int
+		return conn.QueryRow(context.Background(), `SELECT count(*) FROM river_leader`).Scan(&leaders) == nil && leaders == 1
+	})
+	_, err = stop()
+	require.NoError(t, err)
+}
+
 func TestMigrateStatusShowsBothSets(t *testing.T) {
 	t.Parallel()
 	dbURL := emptyDatabase(t)

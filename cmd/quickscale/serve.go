@@ -130,17 +130,6 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			return fmt.Errorf("river ui: %w", err)
 		}
 	}
-	if a.runsWorkers() {
-		events, cancelEvents := a.river.Subscribe(observability.RiverEventKinds()...)
-		defer cancelEvents()
-		go a.metrics.ObserveRiverEvents(bg, events)
-		if err := a.river.Start(bg); err != nil {
-			closeListeners()
-			return fmt.Errorf("start river: %w", err)
-		}
-		go a.gauges.Run(bg)
-	}
-
 	var servers []*http.Server
 	errCh := make(chan error, 2)
 	serveOn := func(ln net.Listener, h http.Handler) {
@@ -175,11 +164,30 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 	a.logger.Info("started", "mode", a.mode, "addr", mainAddr, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-		a.logger.Info("shutting down", "mode", a.mode)
-	case runErr = <-errCh:
-		a.logger.Error("server failed, shutting down", "err", runErr)
+	riverStarted := false
+	if a.runsWorkers() {
+		// Work starts once the database is ready (migrations current): a
+		// worker started before `migrate up` waits, its /readyz saying why,
+		// instead of crash-looping.
+		if a.waitUntilReady(ctx) {
+			events, cancelEvents := a.river.Subscribe(observability.RiverEventKinds()...)
+			defer cancelEvents()
+			go a.metrics.ObserveRiverEvents(bg, events)
+			if err := a.river.Start(bg); err != nil {
+				runErr = fmt.Errorf("start river: %w", err)
+			} else {
+				riverStarted = true
+				go a.gauges.Run(bg)
+			}
+		}
+	}
+	if runErr == nil {
+		select {
+		case <-ctx.Done():
+			a.logger.Info("shutting down", "mode", a.mode)
+		case runErr = <-errCh:
+			a.logger.Error("server failed, shutting down", "err", runErr)
+		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
@@ -189,10 +197,37 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			_ = srv.Close()
 		}
 	}
-	a.stopRiverWithin(shutdownCtx)
+	if riverStarted {
+		a.stopRiverWithin(shutdownCtx)
+	}
 	stopBG()
 	a.logger.Info("stopped", "mode", a.mode)
 	return runErr
+}
+
+// waitUntilReady waits until the database is ready for work (reachable,
+// migrations current), saying once why it waits. false: ctx ended first.
+func (a *app) waitUntilReady(ctx context.Context) bool {
+	rd := api.NewReadiness(a.store)
+	waiting := ""
+	for {
+		reason := rd.Check(ctx)
+		if reason == "" {
+			if waiting != "" {
+				a.logger.Info("ready: starting work")
+			}
+			return true
+		}
+		if reason != waiting {
+			a.logger.Warn("not starting work yet; /readyz says why", "reason", reason)
+			waiting = reason
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // stopRiverWithin lets running jobs finish; past the deadline they are
