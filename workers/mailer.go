@@ -88,7 +88,19 @@ func (s *SMTPMailer) Send(ctx context.Context, m Message) error {
 	msg.SetMessageID()
 	msg.SetBodyString(mail.TypeTextPlain, m.Text)
 	msg.AddAlternativeString(mail.TypeTextHTML, m.HTML)
-	if err := client.DialAndSendWithContext(ctx, msg); err != nil {
+	// The send gives up when ctx ends (a worker shutting down): the SMTP
+	// library's own timeout (20 s) does not watch ctx once connected, and
+	// a job still sending past River's stop would be left "running" until
+	// River rescues it. A send abandoned here finishes or times out on its
+	// own; the job is retried (emails are at least once).
+	sent := make(chan error, 1)
+	go func() { sent <- client.DialAndSendWithContext(ctx, msg) }()
+	select {
+	case err = <-sent:
+	case <-ctx.Done():
+		return fmt.Errorf("smtp send: %w", context.Cause(ctx))
+	}
+	if err != nil {
 		var se *mail.SendError
 		if errors.As(err, &se) && !se.IsTemp() && se.ErrorCode() >= 500 {
 			return fmt.Errorf("%w: %v", ErrPermanent, err)

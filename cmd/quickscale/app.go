@@ -70,6 +70,11 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		// River's 100ms default would add up to 100ms to every webhook's
 		// way to credits.
 		FetchCooldown: 10 * time.Millisecond,
+		// A job whose worker died mid-run (SIGKILL, a crash, a stop that
+		// overran its grace period) is retried after this long rather than
+		// River's default hour. It must exceed the longest job timeout (the
+		// sweep's 10 minutes), or running jobs would be retried twice.
+		RescueStuckJobsAfter: 15 * time.Minute,
 	}
 	if a.runsWorkers() {
 		ws := river.NewWorkers()

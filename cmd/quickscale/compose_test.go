@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -155,6 +156,23 @@ func TestComposeRunsTwoWorkerReplicas(t *testing.T) {
 	}
 	if w.ContainerName != "" || len(w.Ports) > 0 {
 		t.Fatalf("a replicated worker can have no container_name or published ports (got %q, %v)", w.ContainerName, w.Ports)
+	}
+}
+
+// Docker's default stop grace (10s) equals SHUTDOWN_TIMEOUT's default: a
+// process still cancelling jobs would be killed and strand them "running".
+func TestComposeGivesProcessesTimeToShutDown(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envFrom(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := loadCompose(t)
+	for _, name := range []string{"api", "worker"} {
+		s := service(t, p, name)
+		if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) < cfg.ShutdownTimeout+10*time.Second {
+			t.Errorf("%s: stop_grace_period %v, want at least SHUTDOWN_TIMEOUT (%s) + 10s", name, s.StopGracePeriod, cfg.ShutdownTimeout)
+		}
 	}
 }
 
