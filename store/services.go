@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -28,16 +29,48 @@ func ValidSlug(s string) bool { return slugRE.MatchString(s) }
 
 // UpsertService creates a service or updates the one with the same slug.
 func (s *Store) UpsertService(ctx context.Context, sv Service) (Service, error) {
+	return upsertService(ctx, s.pool, sv)
+}
+
+// SetService is UpsertService by an operator (actor nil for the CLI),
+// written to the audit log in the same transaction.
+func (s *Store) SetService(ctx context.Context, actor *int64, sv Service, via string) (Service, error) {
+	var out Service
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if out, err = upsertService(ctx, tx, sv); err != nil {
+			return err
+		}
+		return Audit(ctx, tx, actor, "service.set", nil, map[string]any{
+			"slug": out.Slug, "name": out.Name, "credit_cost": out.CreditCost, "active": out.Active, "via": via,
+		})
+	})
+	return out, err
+}
+
+// Services lists every service, inactive ones included, by slug.
+func (s *Store) Services(ctx context.Context) ([]Service, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, slug, name, description, credit_cost, active, created_at FROM services ORDER BY slug`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Service])
+}
+
+func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
 	sv.Slug = strings.TrimSpace(sv.Slug)
+	sv.Name = strings.TrimSpace(sv.Name)
 	switch {
 	case !ValidSlug(sv.Slug):
 		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes.")
-	case strings.TrimSpace(sv.Name) == "":
-		return sv, Errorf(KindInvalid, "A service needs a name.")
-	case sv.CreditCost < 0:
-		return sv, Errorf(KindInvalid, "A service cannot cost less than zero credits.")
+	case sv.Name == "" || utf8.RuneCountInString(sv.Name) > 100 || !utf8.ValidString(sv.Name):
+		return sv, Errorf(KindInvalid, "A service needs a name of up to 100 characters.")
+	case !utf8.ValidString(sv.Description) || utf8.RuneCountInString(sv.Description) > 1000:
+		return sv, Errorf(KindInvalid, "Keep a service's description under 1,000 characters.")
+	case sv.CreditCost < 0 || sv.CreditCost > MaxGrantCredits:
+		return sv, Errorf(KindInvalid, "A service costs from 0 to 1,000,000,000 credits.")
 	}
-	rows, err := s.pool.Query(ctx, `
+	rows, err := db.Query(ctx, `
 INSERT INTO services (slug, name, description, credit_cost, active) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description,
        credit_cost = EXCLUDED.credit_cost, active = EXCLUDED.active

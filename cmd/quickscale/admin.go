@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -301,5 +302,75 @@ func runStripe(ctx context.Context, args []string, getenv func(string) string, s
 		}
 		fmt.Fprintf(stdout, "%-10s %-14s lookup_key=%s price=%s\n", p.Code, billing.FormatMoney(p.PriceMinor, p.Currency), p.LookupKey, prices[p.Code])
 	}
+	return nil
+}
+
+func runServices(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	sub, rest, err := subcommand("services", args, map[string]string{
+		"set":  "create a service or change the one with the same slug (audited)",
+		"list": "list every service, inactive ones included",
+	}, stdout, stderr)
+	if err != nil {
+		return helpOK(err)
+	}
+	if sub == "list" {
+		fs := newFlags("services list", "services list", stderr)
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		env, err := openEnv(ctx, getenv, stderr, "cli")
+		if err != nil {
+			return err
+		}
+		defer env.close()
+		svcs, err := env.store.Services(ctx)
+		if err != nil {
+			return err
+		}
+		if len(svcs) == 0 {
+			fmt.Fprintln(stdout, "no services yet: add one with quickscale services set --slug S --name N --cost C")
+			return nil
+		}
+		for _, sv := range svcs {
+			state := "active"
+			if !sv.Active {
+				state = "inactive"
+			}
+			fmt.Fprintf(stdout, "%-24s %8d credits  %-8s  %s\n", sv.Slug, sv.CreditCost, state, sv.Name)
+		}
+		return nil
+	}
+	fs := newFlags("services set", "services set --slug S --name N --cost C [--description D] [--inactive]", stderr)
+	slug := fs.String("slug", "", "the service's id in the API and URLs: lowercase letters, digits, dashes (required)")
+	name := fs.String("name", "", "the name users see (required)")
+	costFlag := fs.String("cost", "", "credits one use costs, a whole number from 0 (required)")
+	description := fs.String("description", "", "one line users see under the name")
+	inactive := fs.Bool("inactive", false, "hide the service: it can no longer be used (past usages stay)")
+	if err := parseFlags(fs, rest, stdout); err != nil {
+		return helpOK(err)
+	}
+	cost, costErr := strconv.ParseInt(*costFlag, 10, 64)
+	switch {
+	case !store.ValidSlug(*slug):
+		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes"}
+	case strings.TrimSpace(*name) == "":
+		return usageError{"--name is required"}
+	case costErr != nil || cost < 0:
+		return usageError{"--cost is required: a whole number of credits, 0 or more"}
+	}
+	env, err := openEnv(ctx, getenv, stderr, "cli")
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	sv, err := env.store.SetService(ctx, nil, store.Service{Slug: *slug, Name: *name, Description: *description, CreditCost: cost, Active: !*inactive}, "cli")
+	if err != nil {
+		return err
+	}
+	state := "active"
+	if !sv.Active {
+		state = "inactive"
+	}
+	fmt.Fprintf(stdout, "service %s: %s, %d credits per use, %s\n", sv.Slug, sv.Name, sv.CreditCost, state)
 	return nil
 }

@@ -115,3 +115,47 @@ func TestStripeSyncWithoutAKeySaysPaymentsAreSimulated(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stdout)
 	}
 }
+
+// A production stack has no seeded services: operators add them with the
+// CLI, and users can spend on them at once.
+func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	env := map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}
+	code, stdout, stderr := runCmd(t, env, "", "services", "list")
+	require.Equal(t, 0, code, stderr)
+	require.NotContains(t, stdout, "ocr-scan")
+
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--name", "OCR scan", "--cost", "7", "--description", "Text from an image")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "service ocr-scan: OCR scan, 7 credits per use, active")
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	r := v1Spend(t, ta, key, "ocr-scan", "first")
+	require.Equal(t, http.StatusCreated, r.Status, r.Body)
+	require.EqualValues(t, 7, v1Decode[v1Usage](t, r).Credits)
+
+	// Changing it (here: retiring it) keeps past usages and stops new ones.
+	code, _, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--name", "OCR scan", "--cost", "7", "--inactive")
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, http.StatusNotFound, v1Spend(t, ta, key, "ocr-scan", "second").Status)
+	code, stdout, _ = runCmd(t, env, "", "services", "list")
+	require.Equal(t, 0, code)
+	require.Regexp(t, `ocr-scan\s+7 credits\s+inactive\s+OCR scan`, stdout)
+	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'service.set' AND details->>'slug' = 'ocr-scan'`))
+
+	for name, args := range map[string][]string{
+		"bad slug":      {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
+		"no name":       {"--slug", "ocr-scan", "--cost", "1"},
+		"no cost":       {"--slug", "ocr-scan", "--name", "x"},
+		"negative cost": {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
+		"text cost":     {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},
+	} {
+		if code, _, _ := runCmd(t, env, "", append([]string{"services", "set"}, args...)...); code != 2 {
+			t.Errorf("%s: exit %d, want 2", name, code)
+		}
+	}
+	if code, _, stderr := runCmd(t, env, "", "services", "set", "--slug", "big", "--name", "Big", "--cost", "1000000001"); code != 1 || !strings.Contains(stderr, "1,000,000,000") {
+		t.Errorf("cost over the cap: exit %d %s", code, stderr)
+	}
+}

@@ -34,6 +34,7 @@ Operators:
   users create|promote    manage accounts
   credits grant|balance   adjust and inspect credit balances
   apikeys create          issue an API key for a user
+  services set|list       manage the services users spend credits on
   stripe sync             create or update the Stripe products and prices of the credit packs
   version                 print the version
 
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runCredits(ctx, rest, getenv, stdout, stderr)
 	case "apikeys":
 		return runAPIKeys(ctx, rest, getenv, stdout, stderr)
+	case "services":
+		return runServices(ctx, rest, getenv, stdout, stderr)
 	case "stripe":
 		return runStripe(ctx, rest, getenv, stdout, stderr)
 	}
