@@ -83,7 +83,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 			return nil, err
 		}
 		if cfg.SMTPURL == "" && mode == "worker" {
-			logger.Warn("SMTP_URL is not set: mail is kept in the database's dev mailbox, not delivered")
+			logger.Warn("DEV_MAILBOX: mail is kept in the database's dev mailbox, not delivered (demos only)")
 		}
 		wcfg := workers.Config{BaseURL: cfg.BaseURL, MailFrom: cfg.MailFrom, ExpireSchedule: cfg.ExpireCreditsSchedule}
 		// The workers enqueue follow-up jobs (emails) through the client

@@ -40,6 +40,7 @@ type Config struct {
 	TrustProxy         bool          // TRUST_PROXY: take the client IP from X-Forwarded-For
 
 	SMTPURL      string // SMTP_URL ("" keeps mail in the dev mailbox)
+	DevMailbox   bool   // DEV_MAILBOX: let `worker` run without SMTP_URL
 	MailFrom     string // MAIL_FROM
 	ContactEmail string // CONTACT_EMAIL
 
@@ -81,7 +82,8 @@ var envVars = []envVar{
 	{"SESSION_IDLE_TIMEOUT", "12h", "Sign out after this long without a request."},
 	{"SESSION_LIFETIME", "72h", "Sign out this long after sign-in, whatever the activity."},
 	{"TRUST_PROXY", "false", "Take the client IP from X-Forwarded-For (only behind a proxy you control)."},
-	{"SMTP_URL", "", "smtp://user:pass@host:port (STARTTLS when offered) or smtps://…; empty keeps mail in the dev mailbox."},
+	{"SMTP_URL", "", "smtp://user:pass@host:port (STARTTLS when offered) or smtps://…; empty keeps mail in the dev mailbox (dev, or a worker with DEV_MAILBOX=true)."},
+	{"DEV_MAILBOX", "false", "Let `worker` run without SMTP_URL, keeping mail in the database's dev mailbox (demos only: verification and reset links sit there in clear). `dev` always may."},
 	{"MAIL_FROM", "QuickScale <no-reply@quickscale.localhost>", "Sender of every email."},
 	{"CONTACT_EMAIL", "operator@quickscale.localhost", "Where the contact form is delivered."},
 	{"STRIPE_SECRET_KEY", "", "Stripe secret key; empty selects the local payments simulator."},
@@ -180,7 +182,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"TRUST_PROXY", &c.TrustProxy}, {"STRIPE_WEBHOOK_IGNORE_API_VERSION", &c.StripeIgnoreAPIVersion}, {"SIMULATE_PAYMENTS", &c.SimulatePayments}} {
+	}{{"TRUST_PROXY", &c.TrustProxy}, {"STRIPE_WEBHOOK_IGNORE_API_VERSION", &c.StripeIgnoreAPIVersion}, {"SIMULATE_PAYMENTS", &c.SimulatePayments}, {"DEV_MAILBOX", &c.DevMailbox}} {
 		v, err := strconv.ParseBool(get(b.name))
 		if err != nil {
 			bad(b.name, get(b.name), "want true or false")

@@ -198,7 +198,7 @@ func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
 	dbURL := storetest.NewDatabase(t)
 	apiAddr, apiMetrics, workerMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
 	stopAPI, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": apiAddr, "METRICS_ADDR": apiMetrics, "SIMULATE_PAYMENTS": "true"}, "api")
-	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics}, "worker")
+	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics, "DEV_MAILBOX": "true"}, "worker")
 	waitHTTP(t, "http://"+apiAddr+"/readyz", http.StatusOK, 30*time.Second)
 	waitHTTP(t, "http://"+workerMetrics+"/readyz", http.StatusOK, 30*time.Second)
 	metrics := waitHTTP(t, "http://"+apiMetrics+"/metrics", http.StatusOK, 5*time.Second)
@@ -261,7 +261,7 @@ func TestWorkerStartedBeforeMigrationsWaitsThenWorks(t *testing.T) {
 	t.Parallel()
 	dbURL := emptyDatabase(t)
 	metrics := freeAddr(t)
-	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics}, "worker")
+	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics, "DEV_MAILBOX": "true"}, "worker")
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
 	require.Contains(t, body, "migrate up")
 	if code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up"); code != 0 {
@@ -380,4 +380,15 @@ func TestDevWhoseAddressIsTakenTouchesNoDatabase(t *testing.T) {
 	var users int
 	require.NoError(t, c.QueryRow(context.Background(), `SELECT count(*) FROM users WHERE email = $1`, demoAdminEmail).Scan(&users))
 	require.Zero(t, users, "dev seeded the database before finding its address taken")
+}
+
+// A production worker without SMTP_URL would keep every email, links in
+// clear, in a table nothing reads: it refuses to start unless told this is
+// a demo.
+func TestWorkerWithoutSMTPRefusesToStartUnlessDevMailbox(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off"}, "", "worker")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "SMTP_URL is not set")
+	require.Contains(t, stderr, "DEV_MAILBOX=true")
 }

@@ -34,6 +34,11 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		return fmt.Errorf("configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
+	if mode == "worker" && cfg.SMTPURL == "" && !cfg.DevMailbox {
+		return errors.New("configuration: SMTP_URL is not set. Set it to deliver mail (smtp://user:pass@host:port), " +
+			"or set DEV_MAILBOX=true to keep mail in the database's dev mailbox (demos only: nothing is delivered, " +
+			"and verification and reset links sit there in clear)")
+	}
 	if mode == "api" && cfg.Simulated() && !cfg.SimulatePayments {
 		return errors.New("configuration: STRIPE_SECRET_KEY is not set. Set it and STRIPE_WEBHOOK_SECRET to take payments, " +
 			"or set SIMULATE_PAYMENTS=true to run the local payments simulator (demos only: anyone can \"pay\" and get credits)")
