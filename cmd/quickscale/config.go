@@ -24,6 +24,7 @@ import (
 type Config struct {
 	DatabaseURL      string // DATABASE_URL
 	databaseURLSet   bool   // whether DATABASE_URL was given (dev falls back to embedded Postgres only when it was not)
+	baseURLSet       bool   // whether BASE_URL was given (a worker's email links need it)
 	DatabaseMaxConns int32  // DATABASE_MAX_CONNS
 
 	Addr        string // ADDR
@@ -118,6 +119,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	c := Config{
 		DatabaseURL:    get("DATABASE_URL"),
 		databaseURLSet: strings.TrimSpace(getenv("DATABASE_URL")) != "",
+		baseURLSet:     strings.TrimSpace(getenv("BASE_URL")) != "",
 		Addr:           get("ADDR"),
 		MetricsAddr:    get("METRICS_ADDR"),
 		LogFormat:      get("LOG_FORMAT"),

@@ -387,8 +387,16 @@ func TestDevWhoseAddressIsTakenTouchesNoDatabase(t *testing.T) {
 // a demo.
 func TestWorkerWithoutSMTPRefusesToStartUnlessDevMailbox(t *testing.T) {
 	t.Parallel()
-	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off"}, "", "worker")
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off", "BASE_URL": "https://billing.example.com"}, "", "worker")
 	require.Equal(t, 1, code)
 	require.Contains(t, stderr, "SMTP_URL is not set")
 	require.Contains(t, stderr, "DEV_MAILBOX=true")
+}
+
+// Nor without BASE_URL: its emails' links would point at 127.0.0.1.
+func TestWorkerWithoutBaseURLRefusesToStart(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off", "SMTP_URL": "smtp://127.0.0.1:2525"}, "", "worker")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "BASE_URL is not set")
 }

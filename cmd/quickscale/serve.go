@@ -34,6 +34,10 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		return fmt.Errorf("configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
+	if mode == "worker" && !cfg.baseURLSet && !cfg.DevMailbox {
+		return errors.New("configuration: BASE_URL is not set. A worker writes the site's address into every email's links; " +
+			"set it to the public URL of the site (e.g. https://billing.example.com)")
+	}
 	if mode == "worker" && cfg.SMTPURL == "" && !cfg.DevMailbox {
 		return errors.New("configuration: SMTP_URL is not set. Set it to deliver mail (smtp://user:pass@host:port), " +
 			"or set DEV_MAILBOX=true to keep mail in the database's dev mailbox (demos only: nothing is delivered, " +
@@ -166,7 +170,11 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 		serveOn(metricsLn, mux)
 	}
 	a.printBanner(stdout, mainAddr, seeded)
-	a.logger.Info("started", "mode", a.mode, "addr", mainAddr, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
+	addrText := ""
+	if mainAddr != nil {
+		addrText = mainAddr.String()
+	}
+	a.logger.Info("started", "mode", a.mode, "addr", addrText, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
 
 	var runErr error
 	riverStarted := false
