@@ -1,11 +1,14 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -175,10 +178,26 @@ func (s *server) auditRiverUI(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		// What was acted on (the job ids, the queue) is in the JSON body:
+		// its first 4 KiB are kept with the entry, and handed on intact.
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
 		if ww.Status() >= 400 {
 			return
+		}
+		details := map[string]any{"path": r.URL.Path}
+		if len(body) > 0 {
+			var v any
+			if json.Unmarshal(body, &v) == nil {
+				details["request"] = v
+			} else {
+				details["request"] = strings.ToValidUTF8(string(body), "?")
+			}
 		}
 		actor := web.CurrentUser(r.Context())
 		var actorID *int64
@@ -187,7 +206,7 @@ func (s *server) auditRiverUI(next http.Handler) http.Handler {
 		}
 		ctx := context.WithoutCancel(r.Context())
 		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
-			return store.Audit(ctx, tx, actorID, "riverui."+strings.ToLower(r.Method), nil, map[string]any{"path": r.URL.Path})
+			return store.Audit(ctx, tx, actorID, "riverui."+strings.ToLower(r.Method), nil, details)
 		})
 		if err != nil {
 			s.logger.ErrorContext(ctx, "audit river ui action", "err", err, "path", r.URL.Path)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -191,10 +192,11 @@ func TestRiverUIActionsNeedSameOriginAdmin(t *testing.T) {
 	// cross-site attempt is not.
 	var n int
 	if err := bu.ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM audit_log a JOIN users u ON u.id = a.actor_user_id
- WHERE a.action = 'riverui.post' AND a.details->>'path' = '/admin/river/api/jobs/cancel' AND u.email = $1`, bu.adminEmail).Scan(&n); err != nil {
+ WHERE a.action = 'riverui.post' AND a.details->>'path' = '/admin/river/api/jobs/cancel' AND u.email = $1
+   AND a.details->'request'->'ids' ? $2`, bu.adminEmail, strconv.FormatInt(bu.jobID, 10)).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n != 1 {
-		t.Fatalf("%d audit entries for the River UI cancel, want 1", n)
+		t.Fatalf("%d audit entries for the River UI cancel naming its job, want 1", n)
 	}
 }
