@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"time"
 	"net/url"
 
 	"github.com/go-chi/chi/v5"
@@ -106,7 +107,13 @@ type checkoutView struct {
 	Payment store.Payment
 	Balance store.Balance
 	Found   bool
+	// Slow: still pending well after checkout (a bank payment clearing, or
+	// a problem support must look at): the page says so and polls less.
+	Slow bool
 }
+
+// checkoutSlowAfter is how long a pending purchase is "usual".
+const checkoutSlowAfter = 2 * time.Minute
 
 func (s *Site) loadCheckout(r *http.Request) (checkoutView, error) {
 	ctx := r.Context()
@@ -124,6 +131,7 @@ func (s *Site) loadCheckout(r *http.Request) (checkoutView, error) {
 		return v, err
 	}
 	v.Payment, v.Found = p, true
+	v.Slow = p.Status == store.PaymentPending && time.Since(p.UpdatedAt) > checkoutSlowAfter
 	if p.Status == store.PaymentSucceeded {
 		if v.Balance, err = s.store.Balance(ctx, u.ID); err != nil {
 			return v, err

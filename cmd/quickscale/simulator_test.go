@@ -74,3 +74,23 @@ func TestSimulatorDoubleClickedBuyOpensOneCheckout(t *testing.T) {
 		return err == nil && bal.Total == 500
 	})
 }
+
+// A purchase still pending well after checkout (a bank payment clearing,
+// or an event that failed) says so and polls less, instead of "usually a
+// second or two" forever.
+func TestCheckoutPageSaysWhenAPurchaseIsSlow(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	p := whBuy(t, ta)
+	page := "/dashboard/buy-credits/success?session_id=" + p.SessionID
+	status := p.Browser.get(page).Doc(t).Find("#checkout-status")
+	require.Equal(t, "pending", status.AttrOr("data-state", ""))
+	require.Equal(t, "every 1s", status.AttrOr("hx-trigger", ""))
+
+	_, err := ta.store.Pool().Exec(context.Background(), `UPDATE payments SET updated_at = now() - interval '5 minutes' WHERE checkout_session_id = $1`, p.SessionID)
+	require.NoError(t, err)
+	status = p.Browser.get(page).Doc(t).Find("#checkout-status")
+	require.Equal(t, "pending-slow", status.AttrOr("data-state", ""))
+	require.Equal(t, "every 30s", status.AttrOr("hx-trigger", ""))
+	require.Contains(t, status.Text(), "taking longer than usual")
+}
