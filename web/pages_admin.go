@@ -262,6 +262,7 @@ func (s *Site) AdminWebhooks() http.Handler {
 		}
 		s.render(w, r, http.StatusOK, "admin_webhooks", "Webhook events", map[string]any{
 			"Filter": f, "Page": page, "Rows": rows, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
+			"Paged": !f.CursorTime.IsZero(),
 		})
 	})
 }

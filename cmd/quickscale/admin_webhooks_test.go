@@ -106,6 +106,11 @@ func TestAdminWebhooksFilterByOutcome(t *testing.T) {
 	}
 	_, doc := whListed(t, b, "/admin/webhooks?outcome=pending")
 	require.Equal(t, 1, doc.Find("#no-events").Length(), "no event is pending")
+	require.Contains(t, doc.Find("#no-events").Text(), "match this filter")
+	// Past the last page (a cursor older than every event) is the end of
+	// the list, not "no events received".
+	_, doc = whListed(t, b, "/admin/webhooks?before_ts=1&before_id=evt_0")
+	require.Contains(t, doc.Find("#no-events").Text(), "end of the list")
 }
 
 func TestAdminWebhookShowsOutcomeAndPayload(t *testing.T) {
