@@ -2,8 +2,8 @@ package web
 
 import (
 	"net/http"
-	"time"
 	"net/url"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
