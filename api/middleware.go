@@ -72,10 +72,15 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 				status = http.StatusOK
 			}
 			level := slog.LevelInfo
+			probe := r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics"
 			switch {
+			case probe && status == http.StatusServiceUnavailable:
+				// Not ready is a state, polled every few seconds, not an
+				// error each time: /readyz already says why.
+				level = slog.LevelWarn
 			case status >= 500:
 				level = slog.LevelError
-			case r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" || strings.HasPrefix(r.URL.Path, "/static/"):
+			case probe || strings.HasPrefix(r.URL.Path, "/static/"):
 				level = slog.LevelDebug
 			}
 			s.logger.Log(r.Context(), level, "http request",

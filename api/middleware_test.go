@@ -78,3 +78,30 @@ func TestRequestIDIsKeptWhenSaneAndMadeOtherwise(t *testing.T) {
 		}
 	}
 }
+
+// A process that is not ready answers /readyz 503 every few seconds until
+// it is: that is logged as a warning, not as an error each time; other 5xx
+// stay errors.
+func TestAccessLogLevels(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		path   string
+		status int
+		level  string
+	}{
+		{"/readyz", http.StatusServiceUnavailable, "WARN"},
+		{"/api/v1/balance", http.StatusServiceUnavailable, "ERROR"},
+		{"/readyz", http.StatusInternalServerError, "ERROR"},
+		{"/login", http.StatusOK, "INFO"},
+	} {
+		var logs bytes.Buffer
+		s := newTestServerShell(&logs)
+		s.logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		h := s.accessLog(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(c.status) }))
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, c.path, nil))
+		var line struct{ Level string }
+		if err := json.Unmarshal(logs.Bytes(), &line); err != nil || line.Level != c.level {
+			t.Errorf("%s %d: logged %q (%v), want level %s", c.path, c.status, logs.String(), err, c.level)
+		}
+	}
+}
