@@ -88,7 +88,6 @@ func (s *server) routes() http.Handler {
 			r.Post("/settings/email", site.ChangeEmail().ServeHTTP)
 			r.Post("/settings/delete", site.DeleteAccount().ServeHTTP)
 			r.Get("/settings/api-keys", site.APIKeys().ServeHTTP)
-			r.Post("/settings/api-keys", site.CreateAPIKey().ServeHTTP)
 			r.Post("/settings/api-keys/{id}/revoke", site.RevokeAPIKey().ServeHTTP)
 		})
 
@@ -97,6 +96,9 @@ func (s *server) routes() http.Handler {
 			r.Use(site.RequireVerified)
 			r.Post("/services/{slug}/use", site.UseService().ServeHTTP)
 			r.Post("/dashboard/buy-credits", site.StartCheckout().ServeHTTP)
+			// A key spends credits: only an account whose address is proven
+			// may make one (an unverified sign-up may be a squatter's).
+			r.Post("/settings/api-keys", site.CreateAPIKey().ServeHTTP)
 		})
 
 		// The payments simulator's hosted checkout (only without a Stripe key).

@@ -122,6 +122,11 @@ func (s *Store) UserByID(ctx context.Context, id int64) (User, error) {
 // SetPasswordHash replaces a user's password hash. With endSessions, the
 // session epoch is bumped so that every existing session ends; the new epoch
 // is returned so the caller can keep its own session.
+//
+// With endSessions (a password change or reset, not a rehash) every
+// one-time link still outstanding stops working too: a change-email link
+// requested by someone who knew the old password must not move the
+// account after its owner secured it.
 func SetPasswordHash(ctx context.Context, db DBTX, userID int64, hash string, endSessions bool) (int, error) {
 	var epoch int
 	err := db.QueryRow(ctx, `
@@ -132,7 +137,18 @@ RETURNING session_epoch`, userID, hash, endSessions).Scan(&epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrNotFound
 	}
+	if err != nil || !endSessions {
+		return epoch, err
+	}
+	_, err = db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL`, userID)
 	return epoch, err
+}
+
+// RevokeAllAPIKeys revokes every live key of a user (after a password
+// reset: whoever held the account may have made keys) and reports how many.
+func RevokeAllAPIKeys(ctx context.Context, db DBTX, userID int64) (int64, error) {
+	tag, err := db.Exec(ctx, `UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL`, userID)
+	return tag.RowsAffected(), err
 }
 
 // SetPasswordHash replaces a password hash in its own transaction.

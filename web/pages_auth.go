@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -68,8 +69,10 @@ type authPage struct {
 	Sent  bool
 	Email string
 	Token string
-	// Reset is set on the sign-in page reached after a password reset.
-	Reset bool
+	// Reset is set on the sign-in page reached after a password reset;
+	// KeysRevoked when that reset revoked the account's API keys.
+	Reset       bool
+	KeysRevoked bool
 }
 
 // Signup serves GET and POST /signup.
@@ -140,7 +143,8 @@ func (s *Site) Login() http.Handler {
 				redirect(w, r, next)
 				return
 			}
-			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: r.URL.Query().Get("reset") == "1"})
+			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: r.URL.Query().Get("reset") == "1",
+				KeysRevoked: r.URL.Query().Get("keys_revoked") != ""})
 			return
 		}
 		f, ok := parseForm(r, "email", "password", "next")
@@ -342,12 +346,18 @@ func (s *Site) ResetPassword() http.Handler {
 			return
 		}
 		ctx := r.Context()
+		var revokedKeys int64
 		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 			t, err := store.UseToken(ctx, tx, f.raw("token"), store.TokenResetPassword)
 			if err != nil {
 				return err
 			}
 			if _, err := store.SetPasswordHash(ctx, tx, t.UserID, hash, true); err != nil {
+				return err
+			}
+			// A reset is what someone does who lost control of the account:
+			// API keys made meanwhile (they can spend credits) stop working.
+			if revokedKeys, err = store.RevokeAllAPIKeys(ctx, tx, t.UserID); err != nil {
 				return err
 			}
 			// Following the emailed link proved the address.
@@ -366,6 +376,10 @@ func (s *Site) ResetPassword() http.Handler {
 			return
 		}
 		_ = s.sessions.Destroy(ctx)
+		if revokedKeys > 0 {
+			redirect(w, r, "/login?reset=1&keys_revoked="+strconv.FormatInt(revokedKeys, 10))
+			return
+		}
 		redirect(w, r, "/login?reset=1")
 	})
 }

@@ -111,6 +111,11 @@ func (s *Site) ChangeEmail() http.Handler {
 		if !ok {
 			return
 		}
+		// Each request sends an email to the address typed: counted per
+		// user, never cleared by a right password (the sign-in counter is).
+		if s.limited(w, r, limitCheck{"change-email:user:" + formatInt(u.ID), s.limits.ChangeEmailPerUser}) {
+			return
+		}
 		email, err := store.NormalizeEmail(f.raw("email"))
 		if err != nil {
 			f.fail("email", err.Error())

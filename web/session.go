@@ -101,7 +101,7 @@ func (s *Site) RequireVerified(next http.Handler) http.Handler {
 	return s.RequireUser(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !CurrentUser(r.Context()).Verified() {
 			s.errorPage(w, r, errorPage{Status: http.StatusForbidden, Heading: "Please verify your email first",
-				Message:   "Buying and spending credits needs a confirmed email address. Follow the link we emailed you, or send a new one from your dashboard.",
+				Message:   "Buying and spending credits, and creating API keys that spend them, need a confirmed email address. Follow the link we emailed you, or send a new one from your dashboard.",
 				ActionURL: "/dashboard", ActionLabel: "Go to your dashboard"})
 			return
 		}

@@ -44,17 +44,21 @@ type Limits struct {
 	ResetPerIP      store.Limit
 	ContactPerIP    store.Limit
 	ResendPerUser   store.Limit
+	// ChangeEmailPerUser bounds requests to change the address (each emails
+	// the address typed).
+	ChangeEmailPerUser store.Limit
 }
 
 // DefaultLimits are generous for people and tight for scripts.
 func DefaultLimits() Limits {
 	return Limits{
-		LoginPerAccount: store.Limit{Max: 10, Window: 15 * time.Minute},
-		LoginPerIP:      store.Limit{Max: 50, Window: 15 * time.Minute},
-		SignupPerIP:     store.Limit{Max: 10, Window: time.Hour},
-		ResetPerIP:      store.Limit{Max: 5, Window: time.Hour},
-		ContactPerIP:    store.Limit{Max: 5, Window: time.Hour},
-		ResendPerUser:   store.Limit{Max: 5, Window: time.Hour},
+		LoginPerAccount:    store.Limit{Max: 10, Window: 15 * time.Minute},
+		LoginPerIP:         store.Limit{Max: 50, Window: 15 * time.Minute},
+		SignupPerIP:        store.Limit{Max: 10, Window: time.Hour},
+		ResetPerIP:         store.Limit{Max: 5, Window: time.Hour},
+		ContactPerIP:       store.Limit{Max: 5, Window: time.Hour},
+		ResendPerUser:      store.Limit{Max: 5, Window: time.Hour},
+		ChangeEmailPerUser: store.Limit{Max: 5, Window: time.Hour},
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
+	"github.com/quickscale/quickscale/web"
 )
 
 func TestSettingsNeedSignIn(t *testing.T) {
@@ -217,4 +218,69 @@ func TestDeleteAccountForfeitsItsCredits(t *testing.T) {
 	require.Zero(t, doc.Find(fmt.Sprintf(`a[href="/admin/users/%d/credits"]`, u.ID)).Length(), "a deleted account offers an adjustment")
 	require.Equal(t, http.StatusNotFound, ab.get(fmt.Sprintf("/admin/users/%d/credits", u.ID)).Status)
 	require.Equal(t, http.StatusNotFound, ab.get("/admin/users/999999999").Status)
+}
+
+// Account takeover, closed: someone who knew the password asks to move the
+// account to their address and waits; the owner resets the password. The
+// pending link must not move the account afterwards, and API keys made
+// meanwhile must stop working.
+func TestPasswordResetCancelsPendingLinksAndRevokesAPIKeys(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, intruder := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "owner@example.com"})
+	key, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, "intruder's")
+	require.NoError(t, err)
+	mustRedirect(t, intruder.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"intruder@evil.example"}}), "/settings")
+	moveToken := acctTokenOf(t, ta.waitMail("intruder@evil.example", "Confirm your new email address").Text, "/verify?token=")
+
+	resetToken := acctResetToken(ta, "owner@example.com")
+	r := ta.browser().post("/password/reset", url.Values{"token": {resetToken}, "new_password": {acctNewPassword}})
+	loc := mustRedirect(t, r, "/login?reset=1")
+	require.Contains(t, loc, "keys_revoked=1")
+	require.Equal(t, 1, ta.browser().get(loc).Doc(t).Find("#keys-revoked-notice").Length(), "the owner is not told the keys were revoked")
+
+	r = ta.browser().post("/verify", url.Values{"token": {moveToken}})
+	require.NotEqual(t, http.StatusSeeOther, r.Status, "the pending change-email link still worked")
+	require.Equal(t, "owner@example.com", acctUserByEmail(ta, "owner@example.com").Email)
+	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "").Status, "an API key survived the reset")
+}
+
+// A password change (the owner knows the password) also cancels pending
+// links; it keeps the API keys (nothing says the account was lost).
+func TestPasswordChangeCancelsPendingLinks(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "keeper@example.com"})
+	mustRedirect(t, b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"other@example.com"}}), "/settings")
+	moveToken := acctTokenOf(t, ta.waitMail("other@example.com", "Confirm your new email address").Text, "/verify?token=")
+	mustRedirect(t, b.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
+	r := b.post("/verify", url.Values{"token": {moveToken}})
+	require.NotEqual(t, http.StatusSeeOther, r.Status, "a change-email link outlived the password change")
+	require.Equal(t, "keeper@example.com", acctUserByEmail(ta, "keeper@example.com").Email)
+}
+
+// Each request to change the address emails the address typed: bounded
+// per user, whether or not the password was right every time.
+func TestChangeEmailRequestsAreLimitedPerUser(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	limit := web.DefaultLimits().ChangeEmailPerUser
+	for i := range limit.Max {
+		mustRedirect(t, b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {fmt.Sprintf("target%d@example.com", i)}}), "/settings")
+	}
+	r := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"one-more@example.com"}})
+	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
+	require.Len(t, ta.jobRows("send_email"), limit.Max, "emails beyond the limit")
+}
+
+// An unverified account cannot make API keys (they spend credits).
+func TestAPIKeysNeedAVerifiedEmail(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{Unverified: true})
+	require.Equal(t, 1, b.get("/settings/api-keys").Doc(t).Find("#apikey-needs-verified").Length())
+	r := b.post("/settings/api-keys", url.Values{"name": {"squatter"}})
+	require.Equal(t, http.StatusForbidden, r.Status)
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM api_keys`))
 }
