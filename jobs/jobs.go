@@ -79,6 +79,7 @@ const (
 	EmailVerify          = "verify_email"
 	EmailSignupExisting  = "signup_existing"
 	EmailChangeToTaken   = "change_to_taken"
+	EmailAddressChanged  = "address_changed"
 	EmailResetPassword   = "reset_password"
 	EmailChangeEmail     = "change_email"
 	EmailWelcome         = "welcome"

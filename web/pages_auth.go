@@ -237,7 +237,21 @@ func (s *Site) Verify() http.Handler {
 				return err
 			}
 			email = t.Email
-			return store.ChangeEmail(ctx, tx, t.UserID, t.Email)
+			old, _, err := store.EmailAndBalance(ctx, tx, t.UserID)
+			if err != nil {
+				return err
+			}
+			if err := store.ChangeEmail(ctx, tx, t.UserID, t.Email); err != nil {
+				return err
+			}
+			// The address the account leaves is told: if the move was not
+			// its owner's doing, that is how they find out.
+			if old == "" {
+				return nil
+			}
+			return s.sendEmail(ctx, tx, jobs.EmailAddressChanged, old, map[string]string{
+				"NewEmail": t.Email, "ContactLink": s.absURL("/contact"),
+			})
 		})
 		if err != nil {
 			if k := store.ErrorKind(err); k == store.KindInvalid || k == store.KindConflict {

@@ -98,6 +98,8 @@ func TestChangeEmailTakesEffectOnlyOnceNewAddressIsConfirmed(t *testing.T) {
 	token := acctTokenOf(t, mail.Text, "/verify?token=")
 
 	mustRedirect(t, b.post("/verify", url.Values{"token": {token}}), "/dashboard")
+	// The address the account left is told, with the new one.
+	require.Contains(t, ta.waitMail("before@example.com", "Your QuickScale sign-in address was changed").Text, "after@example.com")
 
 	after := acctUserByEmail(ta, "after@example.com")
 	require.Equal(t, u.ID, after.ID)
