@@ -82,6 +82,13 @@ func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, aud
 	return raw, key, nil
 }
 
+// RevokeAllAPIKeys revokes every live key of a user (after a password
+// reset: whoever held the account may have made keys) and reports how many.
+func RevokeAllAPIKeys(ctx context.Context, db DBTX, userID int64) (int64, error) {
+	tag, err := db.Exec(ctx, `UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL`, userID)
+	return tag.RowsAffected(), err
+}
+
 // APIKeys lists a user's keys, newest first, revoked ones included.
 func (s *Store) APIKeys(ctx context.Context, userID int64) ([]APIKey, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE user_id = $1 ORDER BY id DESC LIMIT 100`, userID)

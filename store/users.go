@@ -144,13 +144,6 @@ RETURNING session_epoch`, userID, hash, endSessions).Scan(&epoch)
 	return epoch, err
 }
 
-// RevokeAllAPIKeys revokes every live key of a user (after a password
-// reset: whoever held the account may have made keys) and reports how many.
-func RevokeAllAPIKeys(ctx context.Context, db DBTX, userID int64) (int64, error) {
-	tag, err := db.Exec(ctx, `UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL`, userID)
-	return tag.RowsAffected(), err
-}
-
 // SetPasswordHash replaces a password hash in its own transaction.
 func (s *Store) SetPasswordHash(ctx context.Context, userID int64, hash string, endSessions bool) (int, error) {
 	return SetPasswordHash(ctx, s.pool, userID, hash, endSessions)
@@ -186,20 +179,14 @@ UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
 	if _, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID); err != nil {
 		return err
 	}
-	return forfeitCredits(ctx, db, userID)
+	return ForfeitCredits(ctx, db, userID)
 }
 
 // ForfeitCredits takes away a deleted user's live credits in the caller's
-// transaction (see forfeitCredits): for credits paid for after the account
-// was deleted.
+// transaction, drawn the way a removal is (one adjust entry per grant, the
+// user as actor), so that credits nobody can spend any more stop counting
+// as owed: at deletion, and for a payment that settles after it.
 func ForfeitCredits(ctx context.Context, db DBTX, userID int64) error {
-	return forfeitCredits(ctx, db, userID)
-}
-
-// forfeitCredits takes away a deleted user's live credits, drawn the way a
-// removal is (one adjust entry per grant, the user as actor), so that
-// credits nobody can spend any more stop counting as owed.
-func forfeitCredits(ctx context.Context, db DBTX, userID int64) error {
 	// The account's lock first, so that the balance read is the one taken.
 	if _, err := db.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
 		return err
@@ -326,9 +313,9 @@ func ChangeEmail(ctx context.Context, db DBTX, userID int64, email string) error
 	return err
 }
 
-// EmailTaken returns the address as a live account stores it, whatever the
-// case given, or "" when no live account uses it.
-func (s *Store) EmailTaken(ctx context.Context, email string) (string, error) {
+// EmailOwner returns the address as the live account using it stores it,
+// whatever the case given, or "" when no live account uses it.
+func (s *Store) EmailOwner(ctx context.Context, email string) (string, error) {
 	var stored string
 	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT email FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL), '')`, email).Scan(&stored)
 	return stored, err

@@ -120,7 +120,7 @@ func (s *Site) Signup() http.Handler {
 			// as for a new address so the page reveals nothing.
 			// It goes to the address as the account has it.
 			var owner string
-			if owner, err = s.store.EmailTaken(ctx, email); err == nil && owner != "" {
+			if owner, err = s.store.EmailOwner(ctx, email); err == nil && owner != "" {
 				err = s.sendEmailNow(ctx, jobs.EmailSignupExisting, owner, map[string]string{
 					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
 				})

@@ -126,7 +126,7 @@ func (s *Site) ChangeEmail() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
 			return
 		}
-		owner, err := s.store.EmailTaken(ctx, email)
+		owner, err := s.store.EmailOwner(ctx, email)
 		if err != nil {
 			s.serverError(w, r, err)
 			return

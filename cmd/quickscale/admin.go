@@ -45,16 +45,23 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 // withUser opens the environment, finds the user named by --email and
 // runs fn with both.
 func withUser(ctx context.Context, getenv func(string) string, stderr io.Writer, email string, fn func(env *cliEnv, u store.User) error) error {
+	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
+		u, err := env.userByEmail(ctx, email)
+		if err != nil {
+			return err
+		}
+		return fn(env, u)
+	})
+}
+
+// withEnv runs fn with the configuration and a database pool, closed after.
+func withEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, fn func(env *cliEnv) error) error {
 	env, err := openEnv(ctx, getenv, stderr, "cli")
 	if err != nil {
 		return err
 	}
 	defer env.close()
-	u, err := env.userByEmail(ctx, email)
-	if err != nil {
-		return err
-	}
-	return fn(env, u)
+	return fn(env)
 }
 
 // userByEmail resolves --email for operator commands.
@@ -278,11 +285,10 @@ func runStripe(ctx context.Context, args []string, getenv func(string) string, s
 	if err := parseFlags(fs, rest, stdout); err != nil {
 		return helpOK(err)
 	}
-	env, err := openEnv(ctx, getenv, stderr, "cli")
-	if err != nil {
-		return err
-	}
-	defer env.close()
+	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error { return stripeSync(ctx, env, stdout) })
+}
+
+func stripeSync(ctx context.Context, env *cliEnv, stdout io.Writer) error {
 	if env.cfg.Simulated() {
 		fmt.Fprintln(stdout, "STRIPE_SECRET_KEY is not set: payments are simulated and there is no Stripe catalog to sync.")
 		return nil
@@ -318,27 +324,20 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
-		env, err := openEnv(ctx, getenv, stderr, "cli")
-		if err != nil {
-			return err
-		}
-		defer env.close()
-		svcs, err := env.store.Services(ctx)
-		if err != nil {
-			return err
-		}
-		if len(svcs) == 0 {
-			fmt.Fprintln(stdout, "no services yet: add one with quickscale services set --slug S --name N --cost C")
-			return nil
-		}
-		for _, sv := range svcs {
-			state := "active"
-			if !sv.Active {
-				state = "inactive"
+		return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
+			svcs, err := env.store.Services(ctx)
+			if err != nil {
+				return err
 			}
-			fmt.Fprintf(stdout, "%-24s %8d credits  %-8s  %s\n", sv.Slug, sv.CreditCost, state, sv.Name)
-		}
-		return nil
+			if len(svcs) == 0 {
+				fmt.Fprintln(stdout, "no services yet: add one with quickscale services set --slug S --name N --cost C")
+				return nil
+			}
+			for _, sv := range svcs {
+				fmt.Fprintf(stdout, "%-24s %8d credits  %-8s  %s\n", sv.Slug, sv.CreditCost, serviceState(sv), sv.Name)
+			}
+			return nil
+		})
 	}
 	fs := newFlags("services set", "services set --slug S --name N --cost C [--description D] [--inactive]", stderr)
 	slug := fs.String("slug", "", "the service's id in the API and URLs: lowercase letters, digits, dashes (required)")
@@ -358,19 +357,19 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 	case costErr != nil || cost < 0:
 		return usageError{"--cost is required: a whole number of credits, 0 or more"}
 	}
-	env, err := openEnv(ctx, getenv, stderr, "cli")
-	if err != nil {
-		return err
+	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
+		sv, err := env.store.SetService(ctx, nil, store.Service{Slug: *slug, Name: *name, Description: *description, CreditCost: cost, Active: !*inactive}, "cli")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "service %s: %s, %d credits per use, %s\n", sv.Slug, sv.Name, sv.CreditCost, serviceState(sv))
+		return nil
+	})
+}
+
+func serviceState(sv store.Service) string {
+	if sv.Active {
+		return "active"
 	}
-	defer env.close()
-	sv, err := env.store.SetService(ctx, nil, store.Service{Slug: *slug, Name: *name, Description: *description, CreditCost: cost, Active: !*inactive}, "cli")
-	if err != nil {
-		return err
-	}
-	state := "active"
-	if !sv.Active {
-		state = "inactive"
-	}
-	fmt.Fprintf(stdout, "service %s: %s, %d credits per use, %s\n", sv.Slug, sv.Name, sv.CreditCost, state)
-	return nil
+	return "inactive"
 }

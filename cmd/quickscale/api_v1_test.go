@@ -43,18 +43,10 @@ type v1Usage struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-type v1UsageRecord struct {
-	UsageID   int64     `json:"usage_id"`
-	Service   string    `json:"service"`
-	Credits   int64     `json:"credits"`
-	Balance   int64     `json:"balance"`
-	Drawn     []v1Drawn `json:"drawn"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 type v1UsagePage struct {
-	Data       []v1UsageRecord `json:"data"`
-	NextCursor *string         `json:"next_cursor"`
+	// Listed usages have the shape of the POST's answer.
+	Data       []v1Usage `json:"data"`
+	NextCursor *string   `json:"next_cursor"`
 }
 
 type v1Service struct {

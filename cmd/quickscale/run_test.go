@@ -383,20 +383,18 @@ func TestDevWhoseAddressIsTakenTouchesNoDatabase(t *testing.T) {
 }
 
 // A production worker without SMTP_URL would keep every email, links in
-// clear, in a table nothing reads: it refuses to start unless told this is
-// a demo.
-func TestWorkerWithoutSMTPRefusesToStartUnlessDevMailbox(t *testing.T) {
+// clear, in a table nothing reads; without BASE_URL its emails' links would
+// point at 127.0.0.1. Either way it refuses to start unless told this is a
+// demo (DEV_MAILBOX=true).
+func TestWorkerRefusesToStartWithoutMailSettings(t *testing.T) {
 	t.Parallel()
-	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off", "BASE_URL": "https://billing.example.com"}, "", "worker")
-	require.Equal(t, 1, code)
-	require.Contains(t, stderr, "SMTP_URL is not set")
-	require.Contains(t, stderr, "DEV_MAILBOX=true")
-}
-
-// Nor without BASE_URL: its emails' links would point at 127.0.0.1.
-func TestWorkerWithoutBaseURLRefusesToStart(t *testing.T) {
-	t.Parallel()
-	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "METRICS_ADDR": "off", "SMTP_URL": "smtp://127.0.0.1:2525"}, "", "worker")
-	require.Equal(t, 1, code)
-	require.Contains(t, stderr, "BASE_URL is not set")
+	for missing, env := range map[string]map[string]string{
+		"SMTP_URL": {"BASE_URL": "https://billing.example.com"},
+		"BASE_URL": {"SMTP_URL": "smtp://127.0.0.1:2525"},
+	} {
+		env["DATABASE_URL"], env["METRICS_ADDR"] = storetest.NewDatabase(t), "off"
+		code, _, stderr := runCmd(t, env, "", "worker")
+		require.Equal(t, 1, code, "without %s", missing)
+		require.Contains(t, stderr, missing+" is not set")
+	}
 }
