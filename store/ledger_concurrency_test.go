@@ -40,9 +40,13 @@ func TestLedgerInvariantsHoldUnderConcurrentLoad(t *testing.T) {
 	start := time.Now()
 	for i, u := range users {
 		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 200})
-		// Subscription credits that expire in the middle of the run.
+		// Subscription credits that expire in the middle of the run. They
+		// are dated from start, not from when this line runs: on a loaded
+		// machine setting up the users may take longer than 100 ms, and a
+		// grant created after its expiry would be refused (the test then
+		// failed in setup). Such a grant is simply overdue from the start.
 		exp := start.Add(time.Duration(100+50*i) * time.Millisecond)
-		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 150, ExpiresAt: &exp})
+		storetest.BackdatedGrant(t, st.Pool(), u.ID, store.GrantSubscription, 150, start, exp)
 		// And one already overdue, unswept: unspendable from the start.
 		storetest.BackdatedGrant(t, st.Pool(), u.ID, store.GrantSubscription, 40, start.Add(-30*24*time.Hour), start.Add(-time.Second))
 		later := start.Add(time.Hour)
