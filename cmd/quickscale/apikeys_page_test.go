@@ -94,8 +94,10 @@ func TestExpireCreditsJobRunsPeriodicallyAndSweeps(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{Env: map[string]string{"EXPIRE_CREDITS_SCHEDULE": "* * * * *"}})
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	exp := time.Now().Add(1500 * time.Millisecond)
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 40, ExpiresAt: &exp})
+	// Dated from now rather than from when the database gets to it: on a
+	// loaded machine a grant created after its expiry would be refused.
+	now := time.Now()
+	storetest.BackdatedGrant(t, ta.store.Pool(), u.ID, store.GrantSubscription, 40, now, now.Add(1500*time.Millisecond))
 	// The periodic job runs on start; enqueue one more once the grant is
 	// overdue, as the next minute's run would.
 	ta.waitJob("expire_credits", 20*time.Second)
