@@ -32,20 +32,65 @@ func (s *Store) UpsertService(ctx context.Context, sv Service) (Service, error) 
 	return upsertService(ctx, s.pool, sv)
 }
 
-// SetService is UpsertService by an operator (actor nil for the CLI),
-// written to the audit log in the same transaction.
-func (s *Store) SetService(ctx context.Context, actor *int64, sv Service, via string) (Service, error) {
+// ServiceChange is what an operator sets on a service: nil fields keep
+// the service's current values. A new service needs Name and CreditCost;
+// it starts active with no description unless told otherwise.
+type ServiceChange struct {
+	Slug        string
+	Name        *string
+	Description *string
+	CreditCost  *int64
+	Active      *bool
+}
+
+// SetService creates the service with c's slug or changes the fields c
+// names, by an operator (actor nil for the CLI), written to the audit log
+// in the same transaction with the values before and after, so that no
+// change is lost to history.
+func (s *Store) SetService(ctx context.Context, actor *int64, c ServiceChange, via string) (Service, error) {
 	var out Service
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		var err error
+		rows, err := tx.Query(ctx, `SELECT id, slug, name, description, credit_cost, active, created_at FROM services WHERE slug = $1 FOR UPDATE`, strings.TrimSpace(c.Slug))
+		if err != nil {
+			return err
+		}
+		before, err := pgx.CollectRows(rows, pgx.RowToStructByName[Service])
+		if err != nil {
+			return err
+		}
+		sv := Service{Slug: c.Slug, Active: true}
+		details := map[string]any{"via": via}
+		if len(before) == 1 {
+			sv = before[0]
+			details["before"] = serviceDetails(sv)
+		} else if c.Name == nil || c.CreditCost == nil {
+			return Errorf(KindInvalid, "A new service needs a name and a cost.")
+		}
+		if c.Name != nil {
+			sv.Name = *c.Name
+		}
+		if c.Description != nil {
+			sv.Description = *c.Description
+		}
+		if c.CreditCost != nil {
+			sv.CreditCost = *c.CreditCost
+		}
+		if c.Active != nil {
+			sv.Active = *c.Active
+		}
 		if out, err = upsertService(ctx, tx, sv); err != nil {
 			return err
 		}
-		return Audit(ctx, tx, actor, "service.set", nil, map[string]any{
-			"slug": out.Slug, "name": out.Name, "credit_cost": out.CreditCost, "active": out.Active, "via": via,
-		})
+		for k, v := range serviceDetails(out) {
+			details[k] = v
+		}
+		return Audit(ctx, tx, actor, "service.set", nil, details)
 	})
 	return out, err
+}
+
+func serviceDetails(sv Service) map[string]any {
+	return map[string]any{"slug": sv.Slug, "name": sv.Name, "description": sv.Description, "credit_cost": sv.CreditCost, "active": sv.Active}
 }
 
 // Services lists every service, inactive ones included, by slug.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -334,37 +335,67 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 				return nil
 			}
 			for _, sv := range svcs {
-				fmt.Fprintf(stdout, "%-24s %8d credits  %-8s  %s\n", sv.Slug, sv.CreditCost, serviceState(sv), sv.Name)
+				fmt.Fprintf(stdout, "%-24s %21s  %-8s  %s\n", sv.Slug, creditsText(sv.CreditCost), serviceState(sv), sv.Name)
 			}
 			return nil
 		})
 	}
-	fs := newFlags("services set", "services set --slug S --name N --cost C [--description D] [--inactive]", stderr)
+	fs := newFlags("services set", "services set --slug S [--name N] [--cost C] [--description D] [--inactive|--active]", stderr)
 	slug := fs.String("slug", "", "the service's id in the API and URLs: lowercase letters, digits, dashes (required)")
-	name := fs.String("name", "", "the name users see (required)")
-	costFlag := fs.String("cost", "", "credits one use costs, a whole number from 0 (required)")
+	name := fs.String("name", "", "the name users see (required for a new service)")
+	costFlag := fs.String("cost", "", "credits one use costs, a whole number from 0 (required for a new service)")
 	description := fs.String("description", "", "one line users see under the name")
-	inactive := fs.Bool("inactive", false, "hide the service: it can no longer be used (past usages stay)")
+	inactive := fs.Bool("inactive", false, "retire the service: it can no longer be used (past usages stay)")
+	active := fs.Bool("active", false, "bring a retired service back")
 	if err := parseFlags(fs, rest, stdout); err != nil {
 		return helpOK(err)
 	}
-	cost, costErr := strconv.ParseInt(*costFlag, 10, 64)
-	switch {
-	case !store.ValidSlug(*slug):
+	// Only the flags given change anything: the rest keep their values.
+	change := store.ServiceChange{Slug: *slug}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !store.ValidSlug(*slug) {
 		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes"}
-	case strings.TrimSpace(*name) == "":
-		return usageError{"--name is required"}
-	case costErr != nil || cost < 0:
-		return usageError{"--cost is required: a whole number of credits, 0 or more"}
+	}
+	if given["name"] {
+		if strings.TrimSpace(*name) == "" {
+			return usageError{"--name must not be empty"}
+		}
+		change.Name = name
+	}
+	if given["cost"] {
+		cost, err := strconv.ParseInt(*costFlag, 10, 64)
+		if err != nil || cost < 0 {
+			return usageError{"--cost: a whole number of credits, 0 or more"}
+		}
+		change.CreditCost = &cost
+	}
+	if given["description"] {
+		change.Description = description
+	}
+	switch {
+	case *inactive && *active:
+		return usageError{"--inactive and --active contradict each other"}
+	case *inactive || *active:
+		on := *active
+		change.Active = &on
 	}
 	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
-		sv, err := env.store.SetService(ctx, nil, store.Service{Slug: *slug, Name: *name, Description: *description, CreditCost: cost, Active: !*inactive}, "cli")
+		sv, err := env.store.SetService(ctx, nil, change, "cli")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "service %s: %s, %d credits per use, %s\n", sv.Slug, sv.Name, sv.CreditCost, serviceState(sv))
+		fmt.Fprintf(stdout, "service %s: %s, %s per use, %s\n", sv.Slug, sv.Name, creditsText(sv.CreditCost), serviceState(sv))
 		return nil
 	})
+}
+
+// creditsText is "1 credit", "2 credits", "1000000000 credits".
+func creditsText(n int64) string {
+	if n == 1 {
+		return "1 credit"
+	}
+	return strconv.FormatInt(n, 10) + " credits"
 }
 
 func serviceState(sv store.Service) string {

@@ -144,10 +144,28 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 	require.Regexp(t, `ocr-scan\s+7 credits\s+inactive\s+OCR scan`, stdout)
 	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'service.set' AND details->>'slug' = 'ocr-scan'`))
 
+	// Changing one field keeps the others: the description stays and the
+	// service stays retired; the audit entry keeps the values before.
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--cost", "9")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "service ocr-scan: OCR scan, 9 credits per use, inactive")
+	svcs, err := ta.store.Services(context.Background())
+	require.NoError(t, err)
+	require.Len(t, svcs, 1)
+	require.Equal(t, "Text from an image", svcs[0].Description)
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'service.set' AND details->'before'->>'credit_cost' = '7'
+ AND details->>'credit_cost' = '9' AND details->'before'->>'description' = 'Text from an image'`))
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--active")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "service ocr-scan: OCR scan, 9 credits per use, active")
+	code, _, stderr = runCmd(t, env, "", "services", "set", "--slug", "new-one", "--cost", "1")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "A new service needs a name and a cost.")
+
 	for name, args := range map[string][]string{
 		"bad slug":      {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
-		"no name":       {"--slug", "ocr-scan", "--cost", "1"},
-		"no cost":       {"--slug", "ocr-scan", "--name", "x"},
+		"empty name":    {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
+		"both states":   {"--slug", "ocr-scan", "--inactive", "--active"},
 		"negative cost": {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
 		"text cost":     {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},
 	} {
