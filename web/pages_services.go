@@ -33,6 +33,10 @@ type useResult struct {
 	Short    bool
 	Balance  int64
 	Required int64
+	// Repriced is set when the service's price changed since the page
+	// showed it (ShownCost): nothing was charged.
+	Repriced  bool
+	ShownCost int64
 }
 
 func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
@@ -71,19 +75,33 @@ func (s *Site) UseService() http.Handler {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
 		slug := chi.URLParam(r, "slug")
-		f, _ := parseForm(r, "idempotency_key")
+		f, _ := parseForm(r, "idempotency_key", "cost")
 		key := f.raw("idempotency_key")
 		if key == "" {
 			key = store.NewSecret()[:24]
 		}
-		usage, replayed, err := s.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key})
-		res := &useResult{Usage: usage, Replayed: replayed}
+		res := &useResult{}
 		status := http.StatusOK
+		// The page's button says what a use costs: if the price changed
+		// since, charge nothing and show the new one.
+		shown, err := strconv.ParseInt(f.raw("cost"), 10, 64)
+		if err == nil {
+			res.ShownCost = shown
+			if res.Repriced, err = s.repriced(r, slug, shown); err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+		}
 		var short *store.InsufficientCreditsError
+		if !res.Repriced {
+			res.Usage, res.Replayed, err = s.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key})
+		}
 		switch {
+		case res.Repriced:
+			status = http.StatusConflict
 		case err == nil:
-			if !replayed {
-				RecordConsumption(s.metrics, usage)
+			if !res.Replayed {
+				RecordConsumption(s.metrics, res.Usage)
 			}
 		case errors.As(err, &short):
 			res.Short, res.Balance, res.Required = true, short.Balance, short.Required
@@ -109,6 +127,37 @@ func (s *Site) UseService() http.Handler {
 		}
 		s.render(w, r, status, "services", "Services", p)
 	})
+}
+
+// PaidBy is what paid for the use, one entry per kind of credits in the
+// order drawn (a use drawing on two packs paid with "60 pack", not "28 pack
+// + 32 pack").
+func (u *useResult) PaidBy() []store.Drawn {
+	var out []store.Drawn
+	for _, d := range u.Usage.Drawn {
+		if n := len(out); n > 0 && out[n-1].Kind == d.Kind {
+			out[n-1].Credits += d.Credits
+			continue
+		}
+		out = append(out, store.Drawn{Kind: d.Kind, Credits: d.Credits})
+	}
+	return out
+}
+
+// repriced reports whether the active service slug no longer costs shown
+// credits. An unknown or retired service is not repriced: the spend then
+// answers that it is gone.
+func (s *Site) repriced(r *http.Request, slug string, shown int64) (bool, error) {
+	services, err := s.store.ActiveServices(r.Context())
+	if err != nil {
+		return false, err
+	}
+	for _, sv := range services {
+		if sv.Slug == slug {
+			return sv.CreditCost != shown, nil
+		}
+	}
+	return false, nil
 }
 
 // RecordConsumption counts spent credits by the kind of grant that paid

@@ -82,6 +82,24 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 		t.Fatalf("after Use: outcome %q, balance %q; want used and 13", outcome.Value, balance)
 	}
 
+	// A refusal htmx does not swap in (here a service retired while the
+	// page was open: 404) shows the server's message, not a generic one.
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 7, Inactive: true})
+	err = chromedp.Do(ctx,
+		chromedp.Click(css(`#use-form-render button`)),
+		chromedp.WaitVisible(css(`#htmx-error`)),
+	)
+	if err != nil {
+		t.Fatalf("use a retired service in the browser: %v", err)
+	}
+	refusal, err := chromedp.Run(ctx, chromedp.Text(css(`#htmx-error`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(refusal) != `No active service "render".` {
+		t.Fatalf("the refusal says %q", refusal)
+	}
+
 	err = chromedp.Do(ctx,
 		// Buy: the simulated checkout, then the success page polls.
 		chromedp.Navigate(ta.URL+"/dashboard/buy-credits"),

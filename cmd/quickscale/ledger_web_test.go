@@ -107,6 +107,63 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 	require.EqualValues(t, 90, bal.Total)
 }
 
+// A price raised while the page was open is not charged: the form says
+// what it showed, and the answer shows the new price instead.
+func TestUseServiceAfterAPriceChangeChargesNothingAndShowsTheNewPrice(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	page := b.get("/services").Doc(t)
+	key := serviceKey(t, page, "render")
+	shown := page.Find("#shown-cost-render").AttrOr("value", "")
+	require.Equal(t, "1", shown)
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 4})
+
+	r := b.post("/services/render/use", url.Values{"idempotency_key": {key}, "cost": {shown}}, "HX-Request", "true")
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	doc := r.Doc(t)
+	require.Equal(t, "repriced", doc.Find("#use-outcome").AttrOr("data-outcome", ""))
+	require.Contains(t, doc.Find("#use-outcome").Text(), "now costs 4 credits (the page showed 1 credit)")
+	require.Equal(t, "4", doc.Find(`input#shown-cost-render[hx-swap-oob]`).AttrOr("value", ""))
+	require.Equal(t, "4 credits", strings.TrimSpace(doc.Find(`#cost-render[hx-swap-oob]`).Text()))
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100, bal.Total, "nothing was charged")
+
+	// At the price now shown, it is charged.
+	r = b.post("/services/render/use", url.Values{"idempotency_key": {key}, "cost": {"4"}}, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	require.Equal(t, "used", r.Doc(t).Find("#use-outcome").AttrOr("data-outcome", ""))
+	bal, err = ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 96, bal.Total)
+}
+
+// A use paid by two grants of one kind names the kind once, and one
+// credit is "1 credit".
+func TestUseServiceSaysWhatPaidOncePerKind(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 60})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "ping", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 28})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	b := ta.signIn(u.Email)
+	page := b.get("/services").Doc(t)
+	r := b.post("/services/render/use", url.Values{"idempotency_key": {serviceKey(t, page, "render")}}, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	outcome := strings.Join(strings.Fields(r.Doc(t).Find("#use-outcome").Text()), " ")
+	require.Contains(t, outcome, "used for 60 credits, paid with 60 pack credits.")
+	r = b.post("/services/ping/use", url.Values{"idempotency_key": {serviceKey(t, page, "ping")}}, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	outcome = strings.Join(strings.Fields(r.Doc(t).Find("#use-outcome").Text()), " ")
+	require.Contains(t, outcome, "used for 1 credit, paid with 1 pack credit.")
+}
+
 func TestUseServiceWithoutEnoughCreditsSaysSoAndLinksToBuy(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
