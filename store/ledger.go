@@ -545,6 +545,37 @@ func (s *Store) Balance(ctx context.Context, userID int64) (Balance, error) {
 	return BalanceOf(ctx, s.pool, userID)
 }
 
+// Expiring is how many live credits of one kind expire at one instant.
+type Expiring struct {
+	Kind      string
+	Credits   int64
+	ExpiresAt time.Time
+}
+
+// maxExpiringListed bounds ExpiringCredits: a user with more expiry dates
+// than this sees the soonest.
+const maxExpiringListed = 50
+
+// ExpiringCredits lists a user's live credits that expire, by kind and
+// expiry, soonest first (at most 50 rows).
+func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT kind, sum(remaining)::bigint, expires_at
+  FROM grants
+ WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
+ GROUP BY kind, expires_at
+ ORDER BY expires_at, kind
+ LIMIT $2`, userID, maxExpiringListed)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Expiring, error) {
+		var e Expiring
+		err := row.Scan(&e.Kind, &e.Credits, &e.ExpiresAt)
+		return e, err
+	})
+}
+
 // ExpireResult sums one or more sweep batches.
 type ExpireResult struct {
 	Users, Grants int64

@@ -33,18 +33,20 @@ func relativeTime(t time.Time) string {
 	if future {
 		d = -d
 	}
+	// To the nearest unit: 9 days 23 hours is "in 10 days", not "in 9
+	// days", which reads as a day more than there is.
 	var s string
 	switch {
 	case d < time.Minute && future:
 		return "in under a minute"
 	case d < time.Minute:
 		return "just now"
-	case d < time.Hour:
-		s = plural(int64(d/time.Minute), "minute")
-	case d < 48*time.Hour:
-		s = plural(int64(d/time.Hour), "hour")
+	case d.Round(time.Minute) < time.Hour:
+		s = plural(int64(d.Round(time.Minute)/time.Minute), "minute")
+	case d.Round(time.Hour) < 48*time.Hour:
+		s = plural(int64(d.Round(time.Hour)/time.Hour), "hour")
 	default:
-		s = plural(int64(d/(24*time.Hour)), "day")
+		s = plural(int64(d.Round(24*time.Hour)/(24*time.Hour)), "day")
 	}
 	if future {
 		return "in " + s

@@ -16,6 +16,10 @@ func TestRelativeTimeSaysWhichWay(t *testing.T) {
 		{now.Add(5*time.Minute + 10*time.Second), "in 5 minutes"},
 		{now.Add(-3*time.Hour - time.Minute), "3 hours ago"},
 		{now.Add(72*time.Hour + time.Minute), "in 3 days"},
+		{now.Add(10*24*time.Hour - time.Minute), "in 10 days"},
+		{now.Add(time.Minute + 59*time.Second), "in 2 minutes"},
+		{now.Add(59*time.Minute + 40*time.Second), "in 1 hour"},
+		{now.Add(-47*time.Hour - 50*time.Minute), "2 days ago"},
 	} {
 		if got := relativeTime(c.at); got != c.want {
 			t.Errorf("relativeTime(now%+v) = %q, want %q", c.at.Sub(now).Round(time.Second), got, c.want)

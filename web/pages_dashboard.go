@@ -43,6 +43,15 @@ func (s *Site) Credits() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		expiring, err := s.store.ExpiringCredits(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		byKind := map[string][]store.Expiring{}
+		for _, e := range expiring {
+			byKind[e.Kind] = append(byKind[e.Kind], e)
+		}
 		cursor := cursorParam(r)
 		hist, err := s.store.History(ctx, u.ID, cursor, historyPageSize)
 		if err != nil {
@@ -50,7 +59,7 @@ func (s *Site) Credits() http.Handler {
 			return
 		}
 		s.render(w, r, http.StatusOK, "credits", "Your credits", map[string]any{
-			"Balance": bal, "History": hist, "Kinds": store.GrantKinds(), "Paged": cursor != 0,
+			"Balance": bal, "History": hist, "Kinds": store.GrantKinds(), "Paged": cursor != 0, "Expiring": byKind,
 		})
 	})
 }

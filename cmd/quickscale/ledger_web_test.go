@@ -289,6 +289,47 @@ func TestCreditsPageEmptyState(t *testing.T) {
 	}
 }
 
+// Each expiry date of live credits is shown with its kind, subscription
+// ones included, not only the soonest of all kinds.
+func TestCreditsPageShowsWhenEachKindExpires(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	day := time.Now().UTC().Truncate(time.Minute)
+	first, second, promo := day.Add(5*24*time.Hour), day.Add(35*24*time.Hour), day.Add(48*time.Hour)
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 50, ExpiresAt: &first})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 30, ExpiresAt: &second})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 5, ExpiresAt: &promo})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	expiring := func(kind string) []string {
+		var out []string
+		doc.Find(`#balance-by-kind tr[data-kind="` + kind + `"] .expiring`).Each(func(_ int, s *goquery.Selection) {
+			out = append(out, strings.Join(strings.Fields(s.Text()), " "))
+		})
+		return out
+	}
+	at := func(t time.Time) string { return t.Format("2 Jan 2006 15:04 MST") }
+	require.Equal(t, []string{
+		"50 expire " + at(first) + " (in 5 days)",
+		"30 expire " + at(second) + " (in 35 days)",
+	}, expiring("subscription"))
+	require.Equal(t, []string{"5 expire " + at(promo) + " (in 2 days)"}, expiring("promo"))
+	require.Empty(t, expiring("pack"))
+	require.Contains(t, doc.Find(`#balance-by-kind tr[data-kind="pack"]`).Text(), "Never expire")
+	require.Contains(t, doc.Find("#spending-order").Text(), "soonest expiry first")
+}
+
+// Past the last page the history says so, not "no activity yet".
+func TestCreditsPagePastTheEndSaysNothingOlder(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	doc := ta.signIn(u.Email).get("/dashboard/credits?cursor=1").Doc(t)
+	require.Contains(t, doc.Find("#history-empty").Text(), "Nothing older")
+}
+
 func TestDashboardShowsBalanceSummary(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
