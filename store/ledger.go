@@ -377,7 +377,12 @@ type Adjustment struct {
 	// same key and the same values (a resubmitted form) changes nothing and
 	// reports Replayed; with other values it is refused (KindConflict).
 	Key string
+	// Via names where it was made (web, cli), for the audit log.
+	Via string
 }
+
+// maxReasonChars bounds an adjustment's reason, in characters.
+const maxReasonChars = 500
 
 // AdjustResult reports an adjustment.
 type AdjustResult struct {
@@ -395,8 +400,10 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	switch {
 	case a.Reason == "":
 		return res, Errorf(KindInvalid, "Give a reason for the adjustment.")
-	case len(a.Reason) > 500:
-		return res, Errorf(KindInvalid, "Keep the reason under 500 characters.")
+	case !utf8.ValidString(a.Reason):
+		return res, Errorf(KindInvalid, "The reason is not valid text (UTF-8).")
+	case utf8.RuneCountInString(a.Reason) > maxReasonChars:
+		return res, Errorf(KindInvalid, "Keep the reason to 500 characters or fewer.")
 	case a.Delta == 0:
 		return res, Errorf(KindInvalid, "The amount must not be zero.")
 	case a.Delta > MaxGrantCredits || a.Delta < -MaxGrantCredits:
@@ -404,8 +411,13 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	case len(a.Key) > 100:
 		return res, Errorf(KindInvalid, "The adjustment's key is too long.")
 	}
-	if a.Kind == "" {
+	if a.Kind == "" || a.Delta < 0 {
+		// A removal draws like a spend, whatever kinds are there: the kind
+		// and expiry of a form's "when adding" fields mean nothing for it.
 		a.Kind = GrantAdmin
+	}
+	if a.Delta < 0 {
+		a.ExpiresAt = nil
 	}
 	source := NewSecret()
 	if a.Key != "" {
@@ -459,9 +471,21 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, key) DO NOTHING`, a.Us
 			return err
 		}
 		res.Balance = b.Total
-		return Audit(ctx, tx, a.Actor, "credits.adjust", &a.UserID, map[string]any{
-			"delta": a.Delta, "kind": a.Kind, "reason": a.Reason, "balance_after": res.Balance,
-		})
+		// What changed: an addition's grant (kind, expiry), or the grants a
+		// removal drew on.
+		details := map[string]any{"delta": a.Delta, "reason": a.Reason, "balance_after": res.Balance}
+		if a.Delta > 0 {
+			details["kind"], details["grant_id"] = a.Kind, res.GrantID
+			if a.ExpiresAt != nil {
+				details["expires_at"] = a.ExpiresAt.UTC().Format(time.RFC3339)
+			}
+		} else {
+			details["drawn"] = res.Drawn
+		}
+		if a.Via != "" {
+			details["via"] = a.Via
+		}
+		return Audit(ctx, tx, a.Actor, "credits.adjust", &a.UserID, details)
 	})
 	return res, err
 }
@@ -479,8 +503,15 @@ func (s *Store) replayAdjustment(ctx context.Context, tx pgx.Tx, a Adjustment, r
 		return fmt.Errorf("adjust: read key: %w", err)
 	}
 	sameExpiry := (expires == nil) == (a.ExpiresAt == nil) && (expires == nil || expires.Equal(*a.ExpiresAt))
-	if delta != a.Delta || kind != a.Kind || reason != a.Reason || !sameExpiry {
-		return Errorf(KindConflict, "This form was already used for another adjustment (%+d %s credits); nothing was changed. Reload the page to make a new one.", delta, kind)
+	// A removal's kind and expiry mean nothing (keys claimed before removals
+	// were normalised may hold the form's "when adding" values).
+	sameGrant := delta < 0 || (kind == a.Kind && sameExpiry)
+	if delta != a.Delta || reason != a.Reason || !sameGrant {
+		what := fmt.Sprintf("%+d %s credits", delta, kind)
+		if delta < 0 {
+			what = fmt.Sprintf("%+d credits", delta)
+		}
+		return Errorf(KindConflict, "This form was already used for another adjustment (%s); nothing was changed. Reload the page to make a new one.", what)
 	}
 	b, err := BalanceOf(ctx, tx, a.UserID)
 	res.Balance, res.Replayed = b.Total, true

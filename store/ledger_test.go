@@ -2,8 +2,10 @@ package store_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -490,6 +492,36 @@ func TestAdjustAddsAndRemovesWithReasonAndAudit(t *testing.T) {
 	if *entries[0].ActorUserID != admin.ID {
 		t.Fatalf("audit actor = %d, want %d", *entries[0].ActorUserID, admin.ID)
 	}
+	// The audit says what changed: the grants a removal drew on (not a
+	// kind, which a removal does not choose), an addition's grant.
+	removal, addition := entries[0].Details, entries[1].Details
+	require.NotContains(t, removal, "kind")
+	drawn, _ := json.Marshal(removal["drawn"])
+	require.JSONEq(t, fmt.Sprintf(`[{"grant_id":%d,"kind":"pack","credits":10},{"grant_id":%d,"kind":"admin","credits":2}]`,
+		rm.Drawn[0].GrantID, add.GrantID), string(drawn))
+	require.Equal(t, "admin", addition["kind"])
+	require.Equal(t, json.Number(fmt.Sprint(add.GrantID)), addition["grant_id"])
+
+	exp := time.Date(2099, 1, 2, 0, 0, 0, 0, time.UTC)
+	promo, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 7, Kind: store.GrantPromo, ExpiresAt: &exp, Reason: "launch", Via: "cli"})
+	require.NoError(t, err)
+	entries, err = b.st.AuditFor(b.ctx, b.user.ID, 1)
+	require.NoError(t, err)
+	require.Equal(t, "2099-01-02T00:00:00Z", entries[0].Details["expires_at"])
+	require.Equal(t, "cli", entries[0].Details["via"])
+	require.Equal(t, json.Number(fmt.Sprint(promo.GrantID)), entries[0].Details["grant_id"])
+}
+
+// A reason is limited in characters, not bytes, and must be text.
+func TestAdjustReasonIsCountedInCharacters(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 1, Reason: strings.Repeat("é", 500)})
+	require.NoError(t, err, "500 two-byte characters")
+	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 1, Reason: strings.Repeat("é", 501)})
+	require.Equal(t, store.KindInvalid, store.ErrorKind(err))
+	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 1, Reason: "bad \xff byte"})
+	require.Equal(t, store.KindInvalid, store.ErrorKind(err), "invalid UTF-8 is refused before the database")
 }
 
 func TestClawbackNeverTakesMoreThanLeft(t *testing.T) {

@@ -159,11 +159,13 @@ func (s *Site) AdminCredits() http.Handler {
 		}
 		var expires *time.Time
 		if v := f.raw("expires"); v != "" && f.raw("direction") == "add" {
+			// The credits are good through the whole of the day chosen:
+			// they expire when it ends (UTC), so today is a valid choice.
 			t, err := time.Parse("2006-01-02", v)
-			if err != nil || !t.After(time.Now()) {
-				f.fail("expires", "Give a future date (YYYY-MM-DD), or leave it empty for credits that never expire.")
+			if end := t.AddDate(0, 0, 1); err != nil || !end.After(time.Now()) {
+				f.fail("expires", "Give today or a later date (YYYY-MM-DD), or leave it empty for credits that never expire.")
 			} else {
-				expires = &t
+				expires = &end
 			}
 		}
 		if f.raw("reason") == "" {
@@ -179,7 +181,7 @@ func (s *Site) AdminCredits() http.Handler {
 		}
 		res, err := s.store.Adjust(r.Context(), store.Adjustment{
 			UserID: target.ID, Delta: delta, Kind: kind, ExpiresAt: expires, Actor: &admin.ID, Reason: f.raw("reason"),
-			Key: adjustKey(target.ID, f.raw("nonce")),
+			Key: adjustKey(target.ID, f.raw("nonce")), Via: "web",
 		})
 		var short *store.InsufficientCreditsError
 		switch {

@@ -217,7 +217,7 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			exp = &t
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
-			res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason})
+			res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason, Via: "cli"})
 			if err != nil {
 				return err
 			}

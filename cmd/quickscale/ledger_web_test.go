@@ -452,6 +452,8 @@ func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing
 	form := url.Values{"direction": {"remove"}, "amount": {"10"}, "kind": {"admin"}, "reason": {"duplicate charge"}, "nonce": {nonce}}
 	mustRedirect(t, b.post(path, form), "/admin/users/")
 	mustRedirect(t, b.post(path, form), "/admin/users/") // a double click or a reload
+	form.Set("kind", "promo")                            // "when adding": nothing to a removal
+	mustRedirect(t, b.post(path, form), "/admin/users/")
 	if page := b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Body; !strings.Contains(page, "already applied") {
 		t.Fatalf("the resubmission is not reported as already applied:\n%s", page)
 	}
@@ -474,6 +476,32 @@ func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing
 	// The key is the database's rule too: it is never rewritten.
 	_, err = ta.store.Pool().Exec(ctx, `UPDATE credit_adjustments SET delta = -20 WHERE user_id = $1`, u.ID)
 	require.Error(t, err)
+}
+
+// An expiry date in the form means the credits are good through that
+// day: today is accepted, and they expire when the day ends (UTC).
+func TestAdminAddsCreditsGoodThroughADay(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	today := time.Now().UTC()
+	if today.Hour() == 23 && today.Minute() >= 58 {
+		today = today.Add(5 * time.Minute) // do not race midnight
+	}
+	day := today.Format("2006-01-02")
+	mustRedirect(t, b.post(path, url.Values{"direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {day}, "reason": {"today only"}}), "/admin/users/")
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 8, bal.Total)
+	require.NotNil(t, bal.NextExpiry)
+	want, _ := time.Parse("2006-01-02", day)
+	require.True(t, bal.NextExpiry.Equal(want.AddDate(0, 0, 1)), "expires %s, want the end of %s", bal.NextExpiry, day)
+	yesterday := today.AddDate(0, 0, -1).Format("2006-01-02")
+	r := b.post(path, url.Values{"direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {yesterday}, "reason": {"late"}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
 }
 
 // The audit log shows credits as whole numbers, however large.
