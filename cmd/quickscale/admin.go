@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -199,8 +200,10 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
-		if *amount <= 0 {
-			return usageError{"--amount must be a positive whole number"}
+		// Every mistake in the flags is a usage error (exit 2), checked here
+		// before the ledger, which checks the same rules again.
+		if *amount <= 0 || *amount > store.MaxGrantCredits {
+			return usageError{"--amount must be a whole number from 1 to 1000000000"}
 		}
 		if !store.ValidGrantKind(*kind) {
 			return usageError{fmt.Sprintf("--kind %q: want subscription, pack, admin or promo", *kind)}
@@ -208,13 +211,25 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 		if strings.TrimSpace(*reason) == "" {
 			return usageError{"--reason is required"}
 		}
+		if !utf8.ValidString(*reason) || utf8.RuneCountInString(strings.TrimSpace(*reason)) > 500 {
+			return usageError{"--reason must be text of at most 500 characters"}
+		}
 		var exp *time.Time
 		if *expires != "" {
 			t, err := time.Parse(time.RFC3339, *expires)
 			if err != nil {
 				return usageError{fmt.Sprintf("--expires %q: want RFC 3339, e.g. 2026-12-31T23:59:59Z", *expires)}
 			}
+			if !t.After(time.Now()) {
+				return usageError{fmt.Sprintf("--expires %q is not in the future", *expires)}
+			}
 			exp = &t
+		}
+		switch {
+		case *kind == store.GrantSubscription && exp == nil:
+			return usageError{"--kind subscription needs --expires (subscription credits expire at the end of their period)"}
+		case *kind == store.GrantPack && exp != nil:
+			return usageError{"--kind pack takes no --expires (pack credits never expire)"}
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
 			res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason, Via: "cli"})

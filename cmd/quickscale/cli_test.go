@@ -63,11 +63,15 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		"unknown user":       {"--email", "nobody@example.com", "--amount", "5", "--reason", "x"},
 		"huge amount":        {"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"},
 		"over the cap":       {"--email", u.Email, "--amount", "1000000001", "--reason", "x"},
+		"past expiry":        {"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"},
+		"long reason":        {"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)},
 	}
 	for name, args := range cases {
 		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, args...)...)
-		if code == 0 {
-			t.Errorf("%s: exit 0", name)
+		// A mistake in the flags is a usage error (2); an unknown user is
+		// not (1).
+		if want := map[bool]int{true: 1, false: 2}[name == "unknown user"]; code != want {
+			t.Errorf("%s: exit %d, want %d (%s)", name, code, want, stderr)
 		}
 		if strings.Contains(stderr, "panic") {
 			t.Errorf("%s: %s", name, stderr)

@@ -9,6 +9,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -86,6 +88,10 @@ func exitCode(err error, stderr io.Writer) int {
 		return 2
 	}
 	fmt.Fprintln(stderr, "quickscale: error:", err)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+		fmt.Fprintln(stderr, "quickscale: the database has no QuickScale tables yet: run `quickscale migrate up` first (same DATABASE_URL)")
+	}
 	return 1
 }
 

@@ -235,6 +235,15 @@ func emptyDatabase(t *testing.T) string {
 	return dbURL
 }
 
+// An operator command run before `migrate up` says what to do, not only
+// that a relation is missing.
+func TestOperatorCommandOnAnUnmigratedDatabaseSaysMigrateFirst(t *testing.T) {
+	t.Parallel()
+	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": emptyDatabase(t)}, "", "credits", "balance", "--email", "a@example.com")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "run `quickscale migrate up` first")
+}
+
 func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 	t.Parallel()
 	dbURL := emptyDatabase(t)
