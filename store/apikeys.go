@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -46,8 +47,8 @@ func (s *Store) IssueAPIKey(ctx context.Context, actor *int64, userID int64, nam
 
 func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
 	name = strings.TrimSpace(name)
-	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 {
-		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters), e.g. after the app that uses it.")
+	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 || strings.ContainsFunc(name, unicode.IsControl) {
+		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters, no line breaks or control characters), e.g. after the app that uses it.")
 	}
 	raw := APIKeyPrefix + NewSecret()
 	var key APIKey

@@ -76,9 +76,12 @@ func (s *Site) UseService() http.Handler {
 		u := CurrentUser(ctx)
 		slug := chi.URLParam(r, "slug")
 		f, _ := parseForm(r, "idempotency_key", "cost")
+		// The page gives every button a key; a post without one is not
+		// charged (it could not be told apart from its own resubmission).
 		key := f.raw("idempotency_key")
 		if key == "" {
-			key = store.NewSecret()[:24]
+			s.handleError(w, r, store.Errorf(store.KindInvalid, "This form has lost its key; reload the page and try again."))
+			return
 		}
 		res := &useResult{}
 		status := http.StatusOK

@@ -102,6 +102,10 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 	}
 	// It says the balance it shows is from then, not now.
 	require.Contains(t, again.Doc(t).Find("#use-outcome").Text(), "nothing was charged now")
+	// A post without its key is refused, not charged under a new one.
+	r := b.post("/services/render/use", url.Values{})
+	require.Equal(t, http.StatusBadRequest, r.Status)
+	require.Contains(t, r.Body, "reload the page")
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 90, bal.Total)
