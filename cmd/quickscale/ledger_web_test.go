@@ -382,6 +382,10 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	require.NoError(t, ta.store.Pool().QueryRow(context.Background(),
 		`SELECT count(*) FROM ledger_entries WHERE user_id = $1 AND kind = 'adjust' AND actor_user_id = $2 AND reason IS NOT NULL`, u.ID, admin.ID).Scan(&entries))
 	require.Equal(t, 2, entries, "adjust entries with who and why")
+	// The user sees which kind of credits each adjustment touched.
+	hist := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="adjust"]`)
+	require.Equal(t, 2, hist.Length())
+	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Pack credits adjusted by support -5 chargeback")
 }
 
 func TestAdminPagesRefuseNonAdmins(t *testing.T) {
