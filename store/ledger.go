@@ -187,6 +187,30 @@ func Consume(ctx context.Context, db DBTX, req ConsumeRequest) (u Usage, replaye
 	return row.result(req)
 }
 
+// PriceAbove reports the price of req's service when it is now more than
+// maxCredits (what the caller was shown) and req's key has not been used: a
+// replay answers what was charged then, whatever the price now. An unknown
+// or retired service is not "above": spending it answers that it is gone.
+// The check is not atomic with the spend that follows: a price changed in
+// between is charged.
+func (s *Store) PriceAbove(ctx context.Context, req ConsumeRequest, maxCredits int64) (cost int64, above bool, err error) {
+	key, err := consumeKey(req)
+	if err != nil {
+		return 0, false, err
+	}
+	var used bool
+	err = s.pool.QueryRow(ctx, `
+SELECT s.credit_cost, EXISTS (SELECT 1 FROM usages u WHERE u.idempotency_scope = $1::bigint::text || ':' || $2)
+  FROM services s WHERE s.slug = $3 AND s.active`, req.UserID, key, req.Service).Scan(&cost, &used)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return cost, !used && cost > maxCredits, nil
+}
+
 // consumeKey validates and trims a request's idempotency key.
 func consumeKey(req ConsumeRequest) (string, error) {
 	key := strings.TrimSpace(req.IdempotencyKey)

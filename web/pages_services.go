@@ -83,21 +83,23 @@ func (s *Site) UseService() http.Handler {
 			s.handleError(w, r, store.Errorf(store.KindInvalid, "This form has lost its key; reload the page and try again."))
 			return
 		}
+		req := store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key}
 		res := &useResult{}
 		status := http.StatusOK
-		// The page's button says what a use costs: if the price changed
-		// since, charge nothing and show the new one.
+		// The page's button says what a use costs: if the price went up
+		// since, charge nothing and show the new one (unless this is a
+		// resubmission of a use already made: that answers what it cost).
 		shown, err := strconv.ParseInt(f.raw("cost"), 10, 64)
 		if err == nil {
 			res.ShownCost = shown
-			if res.Repriced, err = s.repriced(r, slug, shown); err != nil {
-				s.serverError(w, r, err)
+			if _, res.Repriced, err = s.store.PriceAbove(ctx, req, shown); err != nil {
+				s.handleError(w, r, err)
 				return
 			}
 		}
 		var short *store.InsufficientCreditsError
 		if !res.Repriced {
-			res.Usage, res.Replayed, err = s.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key})
+			res.Usage, res.Replayed, err = s.store.Consume(ctx, req)
 		}
 		switch {
 		case res.Repriced:
@@ -145,22 +147,6 @@ func (u *useResult) PaidBy() []store.Drawn {
 		out = append(out, store.Drawn{Kind: d.Kind, Credits: d.Credits})
 	}
 	return out
-}
-
-// repriced reports whether the active service slug no longer costs shown
-// credits. An unknown or retired service is not repriced: the spend then
-// answers that it is gone.
-func (s *Site) repriced(r *http.Request, slug string, shown int64) (bool, error) {
-	services, err := s.store.ActiveServices(r.Context())
-	if err != nil {
-		return false, err
-	}
-	for _, sv := range services {
-		if sv.Slug == slug {
-			return sv.CreditCost != shown, nil
-		}
-	}
-	return false, nil
 }
 
 // RecordConsumption counts spent credits by the kind of grant that paid

@@ -389,6 +389,8 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 		change.Description = description
 	}
 	switch {
+	case len(given) == 1:
+		return usageError{"nothing to change: give --name, --cost, --description, --inactive or --active"}
 	case *inactive && *active:
 		return usageError{"--inactive and --active contradict each other"}
 	case *inactive || *active:

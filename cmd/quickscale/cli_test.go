@@ -53,25 +53,31 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	st, env := cliStore(t)
 	u := storetest.NewUser(t, st, storetest.UserOpts{})
-	cases := map[string][]string{
-		"no reason":          {"--email", u.Email, "--amount", "5"},
-		"zero amount":        {"--email", u.Email, "--amount", "0", "--reason", "x"},
-		"bad kind":           {"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"},
-		"bad expiry":         {"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"},
-		"pack with expiry":   {"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"},
-		"sub without expiry": {"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"},
-		"unknown user":       {"--email", "nobody@example.com", "--amount", "5", "--reason", "x"},
-		"huge amount":        {"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"},
-		"over the cap":       {"--email", u.Email, "--amount", "1000000001", "--reason", "x"},
-		"past expiry":        {"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"},
-		"long reason":        {"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)},
+	// Each case: its flags and what stderr must say. A mistake in the
+	// flags is a usage error (2); an unknown user is not (1).
+	cases := map[string]struct {
+		args []string
+		says string
+	}{
+		"no reason":          {[]string{"--email", u.Email, "--amount", "5"}, "--reason is required"},
+		"zero amount":        {[]string{"--email", u.Email, "--amount", "0", "--reason", "x"}, "--amount must be"},
+		"bad kind":           {[]string{"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"}, `--kind "gift"`},
+		"bad expiry":         {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"}, "want RFC 3339"},
+		"pack with expiry":   {[]string{"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"}, "takes no --expires"},
+		"sub without expiry": {[]string{"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"}, "needs --expires"},
+		"unknown user":       {[]string{"--email", "nobody@example.com", "--amount", "5", "--reason", "x"}, "no user with email"},
+		"huge amount":        {[]string{"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"}, "--amount must be"},
+		"over the cap":       {[]string{"--email", u.Email, "--amount", "1000000001", "--reason", "x"}, "from 1 to 1000000000"},
+		"past expiry":        {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"}, "not in the future"},
+		"long reason":        {[]string{"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)}, "at most 500 characters"},
 	}
-	for name, args := range cases {
-		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, args...)...)
-		// A mistake in the flags is a usage error (2); an unknown user is
-		// not (1).
+	for name, c := range cases {
+		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, c.args...)...)
 		if want := map[bool]int{true: 1, false: 2}[name == "unknown user"]; code != want {
 			t.Errorf("%s: exit %d, want %d (%s)", name, code, want, stderr)
+		}
+		if !strings.Contains(stderr, c.says) {
+			t.Errorf("%s: stderr %q does not say %q", name, stderr, c.says)
 		}
 		if strings.Contains(stderr, "panic") {
 			t.Errorf("%s: %s", name, stderr)
@@ -170,6 +176,7 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 		"bad slug":      {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
 		"empty name":    {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
 		"both states":   {"--slug", "ocr-scan", "--inactive", "--active"},
+		"no change":     {"--slug", "ocr-scan"},
 		"negative cost": {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
 		"text cost":     {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},
 	} {

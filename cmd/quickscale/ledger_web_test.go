@@ -105,45 +105,62 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 	// A post without its key is refused, not charged under a new one.
 	r := b.post("/services/render/use", url.Values{})
 	require.Equal(t, http.StatusBadRequest, r.Status)
-	require.Contains(t, r.Body, "reload the page")
+	require.Contains(t, r.Doc(t).Find("#error-message").Text(), "reload the page")
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 90, bal.Total)
 }
 
 // A price raised while the page was open is not charged: the form says
-// what it showed, and the answer shows the new price instead.
-func TestUseServiceAfterAPriceChangeChargesNothingAndShowsTheNewPrice(t *testing.T) {
+// what it showed, and the answer shows the new price instead. A use made
+// before the rise and resubmitted after it is a replay, and a lowered price
+// is simply charged.
+func TestUseServiceAfterAPriceRiseChargesNothingAndShowsTheNewPrice(t *testing.T) {
 	t.Parallel()
+	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
 	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 1})
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
 	b := ta.signIn(u.Email)
-	page := b.get("/services").Doc(t)
-	key := serviceKey(t, page, "render")
-	shown := page.Find("#shown-cost-render").AttrOr("value", "")
-	require.Equal(t, "1", shown)
-	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 4})
+	balance := func() int64 {
+		bal, err := ta.store.Balance(ctx, u.ID)
+		require.NoError(t, err)
+		return bal.Total
+	}
+	outcome := func(r response) string { return r.Doc(t).Find("#use-outcome").AttrOr("data-outcome", "") }
+	first, second := b.get("/services").Doc(t), b.get("/services").Doc(t)
+	require.Equal(t, "1", first.Find("#shown-cost-render").AttrOr("value", ""))
+	used := url.Values{"idempotency_key": {serviceKey(t, first, "render")}, "cost": {"1"}}
+	require.Equal(t, "used", outcome(b.post("/services/render/use", used, "HX-Request", "true")))
+	require.EqualValues(t, 99, balance())
 
-	r := b.post("/services/render/use", url.Values{"idempotency_key": {key}, "cost": {shown}}, "HX-Request", "true")
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 4})
+	r := b.post("/services/render/use", used, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, r.Status, "a resubmission after the rise is a replay")
+	require.Equal(t, "replayed", outcome(r))
+
+	stale := url.Values{"idempotency_key": {serviceKey(t, second, "render")}, "cost": {"1"}}
+	r = b.post("/services/render/use", stale, "HX-Request", "true")
 	require.Equal(t, http.StatusConflict, r.Status, r.Body)
 	doc := r.Doc(t)
 	require.Equal(t, "repriced", doc.Find("#use-outcome").AttrOr("data-outcome", ""))
-	require.Contains(t, doc.Find("#use-outcome").Text(), "now costs 4 credits (the page showed 1 credit)")
+	require.Contains(t, strings.Join(strings.Fields(doc.Find("#use-outcome").Text()), " "), "now costs 4 credits (the page showed 1 credit)")
 	require.Equal(t, "4", doc.Find(`input#shown-cost-render[hx-swap-oob]`).AttrOr("value", ""))
 	require.Equal(t, "4 credits", strings.TrimSpace(doc.Find(`#cost-render[hx-swap-oob]`).Text()))
-	bal, err := ta.store.Balance(context.Background(), u.ID)
-	require.NoError(t, err)
-	require.EqualValues(t, 100, bal.Total, "nothing was charged")
+	require.EqualValues(t, 99, balance(), "nothing was charged")
 
 	// At the price now shown, it is charged.
-	r = b.post("/services/render/use", url.Values{"idempotency_key": {key}, "cost": {"4"}}, "HX-Request", "true")
-	require.Equal(t, http.StatusOK, r.Status, r.Body)
-	require.Equal(t, "used", r.Doc(t).Find("#use-outcome").AttrOr("data-outcome", ""))
-	bal, err = ta.store.Balance(context.Background(), u.ID)
-	require.NoError(t, err)
-	require.EqualValues(t, 96, bal.Total)
+	stale.Set("cost", "4")
+	require.Equal(t, "used", outcome(b.post("/services/render/use", stale, "HX-Request", "true")))
+	require.EqualValues(t, 95, balance())
+
+	// A page still showing 4 after a cut to 2 pays 2.
+	third := b.get("/services").Doc(t)
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 2})
+	cut := url.Values{"idempotency_key": {serviceKey(t, third, "render")}, "cost": {"4"}}
+	require.Equal(t, "used", outcome(b.post("/services/render/use", cut, "HX-Request", "true")))
+	require.EqualValues(t, 93, balance())
 }
 
 // A use paid by two grants of one kind names the kind once, and one
