@@ -47,6 +47,10 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 // withUser opens the environment, finds the user named by --email and
 // runs fn with both.
 func withUser(ctx context.Context, getenv func(string) string, stderr io.Writer, email string, fn func(env *cliEnv, u store.User) error) error {
+	// A missing flag is a usage error whether or not the database answers.
+	if strings.TrimSpace(email) == "" {
+		return usageError{"--email is required"}
+	}
 	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
 		u, err := env.userByEmail(ctx, email)
 		if err != nil {

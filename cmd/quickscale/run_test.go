@@ -60,6 +60,22 @@ func TestRunUnknownCommandOrFlagExits2(t *testing.T) {
 	}
 }
 
+// A missing --email is a usage error (2) before any database work: with
+// no database to answer it is still the flag that is reported.
+func TestMissingEmailIsAUsageErrorWithoutADatabase(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none?sslmode=disable&connect_timeout=2"}
+	for _, args := range [][]string{
+		{"credits", "balance"}, {"credits", "grant", "--amount", "5", "--reason", "x"},
+		{"users", "promote"}, {"apikeys", "create", "--name", "ci"},
+	} {
+		code, _, stderr := runCmd(t, env, "", args...)
+		if code != 2 || !strings.Contains(stderr, "--email is required") {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and --email is required", args, code, stderr)
+		}
+	}
+}
+
 func TestEverySubcommandHasHelp(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
