@@ -122,6 +122,9 @@ func (s *server) handleAPIConsume() http.Handler {
 		case !utf8.ValidString(idem) || utf8.RuneCountInString(idem) > store.MaxIdempotencyKeyLen:
 			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "The Idempotency-Key must be 1 to 255 characters of text.")
 			return
+		case strings.HasPrefix(idem, store.WebKeyPrefix):
+			writeProblem(w, r, http.StatusBadRequest, "invalid_idempotency_key", "Idempotency-Keys starting with "+store.WebKeyPrefix+" are reserved for uses made on the website.")
+			return
 		}
 		if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
 			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")

@@ -167,6 +167,11 @@ func (r ConsumeRequest) Fingerprint() string {
 // database does).
 const MaxIdempotencyKeyLen = 255
 
+// WebKeyPrefix starts the idempotency keys of uses made on the website
+// (each Use button's key). The API refuses keys with it, so that an API
+// client's key never answers with a website use.
+const WebKeyPrefix = "web:"
+
 // Consume spends a service's cost in one round trip to Postgres. It returns
 // the usage and replayed=true when the key was used before for the same
 // request. Errors: *InsufficientCreditsError (nothing written), KindConflict

@@ -83,7 +83,7 @@ func (s *Site) UseService() http.Handler {
 			s.handleError(w, r, store.Errorf(store.KindInvalid, "This form has lost its key; reload the page and try again."))
 			return
 		}
-		req := store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: "web:" + key}
+		req := store.ConsumeRequest{UserID: u.ID, Service: slug, IdempotencyKey: store.WebKeyPrefix + key}
 		res := &useResult{}
 		status := http.StatusOK
 		// The page's button says what a use costs: if the price went up

@@ -525,6 +525,11 @@ func TestAPIProblems(t *testing.T) {
 		u, key := spender(t)
 		check(t, v1Spend(t, ta, key, svc, strings.Repeat("k", 256)), http.StatusBadRequest, "invalid_idempotency_key", u)
 	})
+	t.Run("Idempotency-Keys of website uses are reserved", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		check(t, v1Spend(t, ta, key, svc, store.WebKeyPrefix+"abc"), http.StatusBadRequest, "invalid_idempotency_key", u)
+	})
 	t.Run("Idempotency-Key is bounded in characters, not bytes", func(t *testing.T) {
 		t.Parallel()
 		u, key := spender(t)
