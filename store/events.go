@@ -100,17 +100,22 @@ func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, er
 // SetEventOutcome records how processing ended. Processing an event again
 // (an admin's re-process) keeps what the first processing recorded and
 // adds a line for this one: "granted 500 credits" must not turn into
-// "already fulfilled" with nothing left to say what moved the money.
-func SetEventOutcome(ctx context.Context, tx pgx.Tx, id, outcome, detail string) error {
+// "already fulfilled" with nothing left to say what moved the money. When
+// the new processing changed nothing (noChange: "already fulfilled",
+// "refund already recorded"), the event also keeps its outcome: a failed
+// event whose failure asks for a refund stays failed until someone acts.
+func SetEventOutcome(ctx context.Context, tx pgx.Tx, id, outcome, detail string, noChange bool) error {
 	var d *string
 	if detail != "" {
 		d = &detail
 	}
-	_, err := tx.Exec(ctx, `UPDATE stripe_events SET outcome = $2, processed_at = now(),
+	_, err := tx.Exec(ctx, `UPDATE stripe_events
+   SET outcome = CASE WHEN $4 AND outcome IS NOT NULL THEN outcome ELSE $2 END, processed_at = now(),
        outcome_detail = CASE WHEN outcome IS NULL OR outcome_detail IS NULL THEN $3::text
                              ELSE outcome_detail || E'\n' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') ||
-                                  ' UTC, processed again: ' || $2 || coalesce(', ' || $3::text, '') END
- WHERE id = $1`, id, outcome, d)
+                                  ' UTC, processed again: ' || CASE WHEN $4 THEN 'no change' ELSE $2 END ||
+                                  coalesce(', ' || $3::text, '') END
+ WHERE id = $1`, id, outcome, d, noChange)
 	return err
 }
 

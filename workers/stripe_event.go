@@ -51,6 +51,9 @@ type effects struct {
 	revenueMinor  int64
 	refundMinor   int64
 	currency      string
+	// noChange: the event found its work already done (a duplicate, or an
+	// admin's re-process); an outcome recorded before stays.
+	noChange bool
 }
 
 // Work implements river.Worker.
@@ -72,7 +75,7 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 		if err != nil {
 			return err
 		}
-		if err := store.SetEventOutcome(ctx, tx, ev.ID, outcome, detail); err != nil {
+		if err := store.SetEventOutcome(ctx, tx, ev.ID, outcome, detail, fx.noChange); err != nil {
 			return err
 		}
 		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
@@ -128,7 +131,7 @@ func (w *StripeEventWorker) fail(ctx context.Context, job *river.Job[jobs.Stripe
 		if _, err := store.LockStripeEvent(ctx, tx, job.Args.EventID); err != nil {
 			return err
 		}
-		if err := store.SetEventOutcome(ctx, tx, job.Args.EventID, store.OutcomeFailed, detail); err != nil {
+		if err := store.SetEventOutcome(ctx, tx, job.Args.EventID, store.OutcomeFailed, detail, false); err != nil {
 			return err
 		}
 		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
@@ -226,7 +229,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		// Fulfilment trusts our own record; the event must agree with it.
 		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency)
 	case pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded || pay.Status == store.PaymentRefunded:
-		outcome, detail = store.OutcomeApplied, "already fulfilled"
+		outcome, detail, fx.noChange = store.OutcomeApplied, "already fulfilled", true
 	}
 	if outcome != "" {
 		return outcome, detail, fx, store.SetPaymentIntent(ctx, tx, pay.ID, intent)
@@ -242,7 +245,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		return "", "", fx, err
 	}
 	if !g.Created {
-		return store.OutcomeApplied, "already granted", fx, nil
+		return store.OutcomeApplied, "already granted", effects{noChange: true}, nil
 	}
 	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
 	email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
@@ -294,7 +297,7 @@ func (w *StripeEventWorker) applyCheckoutUnsuccessful(ctx context.Context, tx pg
 	}
 	if !changed {
 		// Never move a payment backwards (e.g. an old event after success).
-		return store.OutcomeIgnored, "payment is already " + pay.Status, fx, nil
+		return store.OutcomeIgnored, "payment is already " + pay.Status, effects{noChange: true}, nil
 	}
 	return store.OutcomeApplied, "payment " + status, effects{paymentStatus: status, currency: pay.Currency}, nil
 }
@@ -327,7 +330,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	refunded := min(ch.AmountRefunded, pay.AmountMinor)
 	if refunded <= pay.AmountRefundedMinor {
 		// Refund amounts only grow; an older or repeated event changes nothing.
-		return store.OutcomeApplied, "refund already recorded", fx, nil
+		return store.OutcomeApplied, "refund already recorded", effects{noChange: true}, nil
 	}
 	// Proportional clawback of the pack's credits, floored, minus what
 	// earlier refunds of this payment already accounted for.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,6 +166,19 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	for kind, n := range liability.ByKind {
 		require.Zero(t, n, "credits of kind %s still count as owed", kind)
 	}
+
+	// Re-processing it finds nothing to do, and it stays failed: the
+	// refund it asks for must not drop out of the failed filter.
+	_, b := whAdmin(t, ta)
+	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
+		again, err := ta.store.StripeEventByID(ctx, id)
+		require.NoError(t, err)
+		return strings.Contains(whDetail(again), "processed again")
+	})
+	again := whRequireOutcome(t, ta, id, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "refund the payment")
+	require.Contains(t, whDetail(again), "processed again: no change, already fulfilled")
 }
 
 func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
