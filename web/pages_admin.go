@@ -69,6 +69,15 @@ type adminUserPage struct {
 	Nonce string
 	// DeletedAt is set for an account its owner deleted: shown, read-only.
 	DeletedAt *time.Time
+	// The user page's credit history and payments, each paged by its own
+	// cursor (?history=, ?payments=).
+	History         store.HistoryPage
+	HistoryPaged    bool
+	NextPayments    int64
+	PaymentsPaged   bool
+	HistoryOlderURL string
+	HistoryNewest   string
+	PaymentsURL     string
 }
 
 func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
@@ -92,9 +101,26 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		s.serverError(w, r, err)
 		return
 	}
-	if p.Payments, _, err = s.store.PaymentsOfUser(ctx, target.ID, 0, 10); err != nil {
+	payCursor := cursorValue(r, "payments")
+	if p.Payments, p.NextPayments, err = s.store.PaymentsOfUser(ctx, target.ID, payCursor, 10); err != nil {
 		s.serverError(w, r, err)
 		return
+	}
+	if page == "admin_user" {
+		// What support needs to answer "my credits vanished": every ledger
+		// movement, as the user sees it on /dashboard/credits.
+		histCursor := cursorValue(r, "history")
+		if p.History, err = s.store.History(ctx, target.ID, histCursor, historyPageSize); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		base := "/admin/users/" + strconv.FormatInt(target.ID, 10)
+		p.HistoryPaged, p.PaymentsPaged = histCursor != 0, payCursor != 0
+		p.HistoryOlderURL = base + "?history="
+		if p.HistoryPaged {
+			p.HistoryNewest = base
+		}
+		p.PaymentsURL = base + "?payments="
 	}
 	title := target.Email
 	if p.DeletedAt != nil {

@@ -11,8 +11,12 @@ import (
 const historyPageSize = 25
 
 // cursorParam reads a keyset cursor from the query; bad values mean "first page".
-func cursorParam(r *http.Request) int64 {
-	c, err := strconv.ParseInt(r.URL.Query().Get("cursor"), 10, 64)
+func cursorParam(r *http.Request) int64 { return cursorValue(r, "cursor") }
+
+// cursorValue reads the keyset cursor in query parameter name; bad values
+// mean "first page".
+func cursorValue(r *http.Request, name string) int64 {
+	c, err := strconv.ParseInt(r.URL.Query().Get(name), 10, 64)
 	if err != nil || c < 0 {
 		return 0
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/PuerkitoBio/goquery"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -527,6 +528,41 @@ func TestAdminAddsCreditsGoodThroughADay(t *testing.T) {
 	yesterday := today.AddDate(0, 0, -1).Format("2006-01-02")
 	r := b.post(path, url.Values{"direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {yesterday}, "reason": {"late"}})
 	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+}
+
+// Support answers "my credits vanished" from the admin's user page: it
+// has the user's whole credit history (a deleted account's forfeiture
+// too) and pages through every payment, not only the last ten.
+func TestAdminUserPageShowsCreditHistoryAndEveryPayment(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, b := whAdmin(t, ta)
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 600})
+	packs, err := ta.store.Packs(ctx)
+	require.NoError(t, err)
+	for i := range 12 {
+		_, err := ta.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: packs[0], CheckoutSessionID: fmt.Sprintf("cs_test_admin_%d_%d", u.ID, i)})
+		require.NoError(t, err)
+	}
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+
+	path := fmt.Sprintf("/admin/users/%d", u.ID)
+	doc := b.get(path).Doc(t)
+	require.Equal(t, 1, doc.Find("#deleted-account").Length())
+	kinds := doc.Find("#history tr.history-item").Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("data-kind", "") })
+	require.Equal(t, []string{"adjust", "grant"}, kinds, "the forfeiture, then the grant")
+	require.Contains(t, doc.Find(`#history tr.history-item[data-kind="adjust"]`).Text(), "-600")
+
+	seen := doc.Find("#payments tr.payment-row").Length()
+	require.Equal(t, 10, seen)
+	older, ok := doc.Find("#payments-older").Attr("href")
+	require.True(t, ok, "a link to the older payments")
+	doc = b.get(older).Doc(t)
+	seen += doc.Find("#payments tr.payment-row").Length()
+	require.Equal(t, 12, seen)
+	require.Zero(t, doc.Find("#payments-older").Length())
 }
 
 // The audit log shows credits as whole numbers, however large.
