@@ -232,14 +232,17 @@ type PaymentTotals struct {
 	Pending       int64
 }
 
-// PaymentTotalsSince sums payments created since t (USD only, the catalog's currency).
+// PaymentTotalsSince sums the payments paid since t (when the money came
+// in, however long the checkout waited for a bank debit), what has been
+// refunded of those, and the checkouts started since t still pending (USD
+// only, the catalog's currency).
 func (s *Store) PaymentTotalsSince(ctx context.Context, t time.Time) (PaymentTotals, error) {
 	var pt PaymentTotals
 	err := s.pool.QueryRow(ctx, `
-SELECT count(*) FILTER (WHERE status IN ('succeeded', 'partially_refunded', 'refunded')),
-       coalesce(sum(amount_minor) FILTER (WHERE status IN ('succeeded', 'partially_refunded', 'refunded')), 0),
-       coalesce(sum(amount_refunded_minor), 0),
-       count(*) FILTER (WHERE status = 'pending')
-  FROM payments WHERE created_at >= $1 AND currency = 'usd'`, t).Scan(&pt.Succeeded, &pt.RevenueMinor, &pt.RefundedMinor, &pt.Pending)
+SELECT count(*) FILTER (WHERE paid_at >= $1),
+       coalesce(sum(amount_minor) FILTER (WHERE paid_at >= $1), 0),
+       coalesce(sum(amount_refunded_minor) FILTER (WHERE paid_at >= $1), 0),
+       count(*) FILTER (WHERE status = 'pending' AND created_at >= $1)
+  FROM payments WHERE (paid_at >= $1 OR created_at >= $1) AND currency = 'usd'`, t).Scan(&pt.Succeeded, &pt.RevenueMinor, &pt.RefundedMinor, &pt.Pending)
 	return pt, err
 }

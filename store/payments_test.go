@@ -1,0 +1,57 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// The admin overview's 30-day totals count a payment when its money came
+// in (a bank debit may settle weeks after the checkout started), with what
+// was refunded of it, and pending checkouts started in the window.
+func TestPaymentTotalsCountPaymentsWhenPaid(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	packs, err := st.Packs(ctx)
+	require.NoError(t, err)
+	pack := packs[0]
+	pay := func(i int, paidDaysAgo, refunded int64) {
+		p, err := st.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: fmt.Sprintf("cs_totals_%d_%d", u.ID, i)})
+		require.NoError(t, err)
+		if paidDaysAgo < 0 {
+			return // still pending
+		}
+		require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+			g, err := store.Grant(ctx, tx, store.NewGrant{UserID: u.ID, Kind: store.GrantPack, Amount: pack.Credits, SourceKind: "checkout_session", SourceID: p.CheckoutSessionID})
+			if err != nil {
+				return err
+			}
+			if err := store.MarkPaymentPaid(ctx, tx, p.ID, fmt.Sprintf("pi_totals_%d_%d", u.ID, i), g.GrantID); err != nil {
+				return err
+			}
+			if refunded > 0 {
+				if err := store.RecordRefund(ctx, tx, p.ID, refunded, 0, 0); err != nil {
+					return err
+				}
+			}
+			// Started 40 days ago; paid paidDaysAgo days ago.
+			_, err = tx.Exec(ctx, `UPDATE payments SET created_at = now() - interval '40 days', paid_at = now() - make_interval(days => $2::int) WHERE id = $1`, p.ID, paidDaysAgo)
+			return err
+		}))
+	}
+	pay(1, 1, 100)  // a late bank debit, paid yesterday, partly refunded
+	pay(2, 35, 200) // paid long ago, refunded now: not in the window
+	pay(3, -1, 0)   // pending, started now
+	totals, err := st.PaymentTotalsSince(ctx, time.Now().Add(-30*24*time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, store.PaymentTotals{Succeeded: 1, RevenueMinor: pack.PriceMinor, RefundedMinor: 100, Pending: 1}, totals)
+}
