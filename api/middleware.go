@@ -14,6 +14,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/jackc/pgx/v5"
@@ -173,6 +175,19 @@ func isMaxBytesError(err error) bool {
 	return errors.As(err, &mbe)
 }
 
+// cleanPath refuses, with a 400, requests whose path holds bytes that are
+// not text (invalid UTF-8, NUL and other control characters): River UI
+// would pass them to PostgreSQL and answer 500.
+func cleanPath(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; !utf8.ValidString(p) || strings.ContainsFunc(p, unicode.IsControl) {
+			writeProblem(w, r, http.StatusBadRequest, "invalid_path", "The path is not valid text.")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // auditRiverUI records every state-changing River UI request an admin
 // makes (retry, cancel, delete jobs; pause queues) in the audit log, once
 // River UI has accepted it. River UI writes through its own connections,
@@ -197,11 +212,15 @@ func (s *server) auditRiverUI(next http.Handler) http.Handler {
 		}
 		details := map[string]any{"path": r.URL.Path}
 		if len(body) > 0 {
+			// PostgreSQL's jsonb holds no NUL character: one in the body
+			// (raw, or escaped as \u0000) is kept as U+FFFD, or the entry
+			// could not be written at all while the action stood.
+			text := strings.ReplaceAll(strings.ToValidUTF8(string(body), "\uFFFD"), "\x00", "\uFFFD")
 			var v any
-			if json.Unmarshal(body, &v) == nil {
+			if json.Unmarshal([]byte(strings.ReplaceAll(text, `\u0000`, `\ufffd`)), &v) == nil {
 				details["request"] = v
 			} else {
-				details["request"] = strings.ToValidUTF8(string(body), "?")
+				details["request"] = text
 			}
 		}
 		actor := web.CurrentUser(r.Context())

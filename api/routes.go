@@ -122,7 +122,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)
 			r.Post("/admin/webhooks/{id}/reprocess", site.AdminReprocessWebhook().ServeHTTP)
 			if s.riverUI != nil {
-				ui := s.auditRiverUI(s.riverUI)
+				ui := cleanPath(s.auditRiverUI(s.riverUI))
 				r.Handle("/admin/river", ui)
 				r.Handle("/admin/river/*", ui)
 			}

@@ -102,7 +102,7 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 	}
 	// Stripe's ids are letters, digits and underscores (evt_1NG8Du2eZv…);
 	// anything else could not be linked to from the admin pages either.
-	if !validEventID(env.ID) || env.Type == "" || len(env.Type) > 255 ||
+	if !validEventID(env.ID) || !validEventType(env.Type) ||
 		(env.Object != "" && env.Object != "event") {
 		return store.StripeEvent{}, false
 	}
@@ -112,10 +112,11 @@ func parseEvent(body []byte) (store.StripeEvent, bool) {
 	}
 	// Stripe's events are from its lifetime; anything else is malformed
 	// (and a timestamp far out of range would not survive storage).
-	created := time.Unix(env.Created, 0)
-	if env.Created < stripeEpoch || created.After(time.Now().Add(24*time.Hour)) {
+	// (Compared as seconds: time.Unix of a huge value wraps around.)
+	if env.Created < stripeEpoch || env.Created > time.Now().Add(24*time.Hour).Unix() {
 		return store.StripeEvent{}, false
 	}
+	created := time.Unix(env.Created, 0)
 	return store.StripeEvent{ID: env.ID, Type: env.Type, APIVersion: env.APIVersion, Livemode: env.Livemode, Created: created, Payload: body}, true
 }
 
@@ -128,6 +129,23 @@ func isDataException(err error) bool {
 
 // validEventID reports whether id looks like a Stripe object id: 1 to 255
 // ASCII letters, digits and underscores.
+// validEventType accepts Stripe's event types (checkout.session.completed,
+// invoice.payment_failed, v1.billing.meter.error_report_triggered): lower-case
+// letters, digits, dots and underscores. Anything else (escape sequences,
+// direction overrides) would be stored and shown to admins as it came.
+func validEventType(t string) bool {
+	if t == "" || len(t) > 255 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}
+
 func validEventID(id string) bool {
 	if id == "" || len(id) > 255 {
 		return false

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -47,7 +46,7 @@ func (s *Store) IssueAPIKey(ctx context.Context, actor *int64, userID int64, nam
 
 func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
 	name = strings.TrimSpace(name)
-	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 || strings.ContainsFunc(name, unicode.IsControl) {
+	if BlankText(name) || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 || UnsafeLine(name) {
 		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters, no line breaks or control characters), e.g. after the app that uses it.")
 	}
 	raw := APIKeyPrefix + NewSecret()

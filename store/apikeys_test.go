@@ -53,7 +53,7 @@ func TestAPIKeyNameIsBoundedInCharacters(t *testing.T) {
 	_, k, err := st.CreateAPIKey(ctx, u.ID, strings.Repeat("é", 100)) // 200 bytes
 	require.NoError(t, err)
 	require.Equal(t, strings.Repeat("é", 100), k.Name)
-	for _, name := range []string{strings.Repeat("é", 101), "bad \xff name", "  ", "a\x01b", "two\nlines"} {
+	for _, name := range []string{strings.Repeat("é", 101), "bad \xff name", "  ", "a\x01b", "two\nlines", "\ufeff", "key\u202e"} {
 		_, _, err = st.CreateAPIKey(ctx, u.ID, name)
 		require.Equal(t, store.KindInvalid, store.ErrorKind(err), "name %q: %v", name, err)
 	}

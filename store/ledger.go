@@ -427,8 +427,10 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	var res AdjustResult
 	a.Reason = strings.TrimSpace(a.Reason)
 	switch {
-	case a.Reason == "":
+	case BlankText(a.Reason):
 		return res, Errorf(KindInvalid, "Give a reason for the adjustment.")
+	case UnsafeLine(a.Reason):
+		return res, Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
 	case !utf8.ValidString(a.Reason):
 		return res, Errorf(KindInvalid, "The reason is not valid text (UTF-8).")
 	case utf8.RuneCountInString(a.Reason) > maxReasonChars:

@@ -522,6 +522,12 @@ func TestAdjustReasonIsCountedInCharacters(t *testing.T) {
 	require.Equal(t, store.KindInvalid, store.ErrorKind(err))
 	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 1, Reason: "bad \xff byte"})
 	require.Equal(t, store.KindInvalid, store.ErrorKind(err), "invalid UTF-8 is refused before the database")
+	// Users read reasons: nothing invisible-only, no line breaks, escapes or
+	// direction overrides.
+	for _, reason := range []string{"\u200b", "a\nb", "a\x1b[31mb", "refund \u202egnp"} {
+		_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 1, Reason: reason})
+		require.Equal(t, store.KindInvalid, store.ErrorKind(err), "reason %q", reason)
+	}
 }
 
 func TestClawbackNeverTakesMoreThanLeft(t *testing.T) {

@@ -108,7 +108,7 @@ func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
 	switch {
 	case !ValidSlug(sv.Slug):
 		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes.")
-	case sv.Name == "" || utf8.RuneCountInString(sv.Name) > 100 || !utf8.ValidString(sv.Name):
+	case BlankText(sv.Name) || utf8.RuneCountInString(sv.Name) > 100 || !utf8.ValidString(sv.Name) || UnsafeLine(sv.Name):
 		return sv, Errorf(KindInvalid, "A service needs a name of up to 100 characters.")
 	case !utf8.ValidString(sv.Description) || utf8.RuneCountInString(sv.Description) > 1000:
 		return sv, Errorf(KindInvalid, "Keep a service's description under 1,000 characters.")

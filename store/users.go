@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"unicode"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,6 +49,10 @@ func NormalizeEmail(s string) (string, error) {
 	}
 	if len(s) > 254 {
 		return "", Errorf(KindInvalid, "That email address is too long.")
+	}
+	// Hidden characters would make two accounts read the same.
+	if UnsafeLine(s) || strings.ContainsFunc(s, func(r rune) bool { return unicode.Is(unicode.Cf, r) }) {
+		return "", Errorf(KindInvalid, "Enter an email address like name@example.com.")
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil || a.Address != s || a.Name != "" || !strings.Contains(s[strings.LastIndexByte(s, '@')+1:], ".") {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -31,7 +32,9 @@ func (s *Site) AdminUsers() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query().Get("q")
 		if len(q) > 254 {
-			q = q[:254]
+			// Cut at a character boundary: a cut character would make
+			// the page (which shows the query) invalid UTF-8.
+			q = strings.ToValidUTF8(q[:254], "")
 		}
 		page, err := s.store.SearchUsers(r.Context(), q, cursorParam(r), 50)
 		if err != nil {

@@ -58,8 +58,8 @@ func (s *Site) Contact() http.Handler {
 			s.render(w, r, http.StatusOK, "contact", "Thanks", contactPage{Form: newForm(), Sent: true})
 			return
 		}
-		if n := utf8.RuneCountInString(f.raw("name")); n == 0 || n > 100 {
-			f.fail("name", "Tell us your name (up to 100 characters).")
+		if n := utf8.RuneCountInString(f.raw("name")); n == 0 || n > 100 || store.UnsafeLine(f.raw("name")) || store.BlankText(f.raw("name")) {
+			f.fail("name", "Tell us your name (one line, up to 100 characters).")
 		}
 		email, err := store.NormalizeEmail(f.raw("email"))
 		if err != nil {

@@ -90,7 +90,7 @@ func (s *Site) UseService() http.Handler {
 		// since, charge nothing and show the new one (unless this is a
 		// resubmission of a use already made: that answers what it cost).
 		shown, err := strconv.ParseInt(f.raw("cost"), 10, 64)
-		if err == nil {
+		if err == nil && shown >= 0 { // a page never shows less than 0
 			res.ShownCost = shown
 			if _, res.Repriced, err = s.store.PriceAbove(ctx, req, shown); err != nil {
 				s.handleError(w, r, err)

@@ -41,6 +41,9 @@ func TestSignupRejectsInvalidInputNextToFieldsKeepingEmail(t *testing.T) {
 		name, email, password, field string
 	}{
 		{"malformed email", "not-an-email", storetest.DefaultPassword, "email"},
+		// Hidden characters would make two accounts read the same.
+		{"zero-width space in the email", "alice@example.com\u200b", storetest.DefaultPassword, "email"},
+		{"direction override in the email", "alice\u202e@example.com", storetest.DefaultPassword, "email"},
 		{"password of 7 characters", "short@example.com", "1234567", "password"},
 		{"password of 257 characters", "long@example.com", strings.Repeat("p", 257), "password"},
 	}

@@ -212,11 +212,11 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 		if !store.ValidGrantKind(*kind) {
 			return usageError{fmt.Sprintf("--kind %q: want subscription, pack, admin or promo", *kind)}
 		}
-		if strings.TrimSpace(*reason) == "" {
+		if store.BlankText(*reason) {
 			return usageError{"--reason is required"}
 		}
-		if !utf8.ValidString(*reason) || utf8.RuneCountInString(strings.TrimSpace(*reason)) > 500 {
-			return usageError{"--reason must be text of at most 500 characters"}
+		if !utf8.ValidString(*reason) || utf8.RuneCountInString(strings.TrimSpace(*reason)) > 500 || store.UnsafeLine(strings.TrimSpace(*reason)) {
+			return usageError{"--reason must be one line of text of at most 500 characters"}
 		}
 		var exp *time.Time
 		if *expires != "" {

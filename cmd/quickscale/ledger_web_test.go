@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/PuerkitoBio/goquery"
 	"github.com/jackc/pgx/v5"
@@ -439,6 +440,11 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	if doc.Find("#no-users").Length() != 1 {
 		t.Fatal("no empty state for a search without results")
 	}
+	// A query longer than an address is cut at a character, not a byte:
+	// the page stays valid UTF-8.
+	r := ta.signIn(admin.Email).get("/admin/users?q=a" + strings.Repeat("%C3%A9", 127))
+	require.Equal(t, http.StatusOK, r.Status)
+	require.True(t, utf8.ValidString(r.Body), "the page is not valid UTF-8")
 }
 
 func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store/storetest"
 )
@@ -198,5 +200,27 @@ func TestRiverUIActionsNeedSameOriginAdmin(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d audit entries for the River UI cancel naming its job, want 1", n)
+	}
+}
+
+// A River UI action whose body holds a NUL (which PostgreSQL's jsonb cannot
+// store) is still audited; a path that is not text is a 400, not River
+// UI's 500.
+func TestRiverUIAuditsEveryActionAndRefusesPathsThatAreNotText(t *testing.T) {
+	t.Parallel()
+	bu := setupRiverUI(t)
+	b := bu.signIn(t, bu.adminEmail)
+	body := fmt.Sprintf(`{"ids":["%d"],"note":"a\u0000b"}`, bu.jobID)
+	r := apiPost(b, "/admin/river/api/jobs/cancel", body)
+	require.Equal(t, http.StatusOK, r.Status, r.Body)
+	require.Equal(t, "cancelled", bu.jobState(t))
+	var note string
+	require.NoError(t, bu.ta.store.Pool().QueryRow(context.Background(), `SELECT details->'request'->>'note' FROM audit_log
+ WHERE action = 'riverui.post' AND details->'request'->'ids' ? $1`, strconv.FormatInt(bu.jobID, 10)).Scan(&note))
+	require.Equal(t, "a\ufffdb", note)
+
+	for _, path := range []string{"/admin/river/api/queues/%00", "/admin/river/api/queues/%FF/pause", "/admin/river/api/workflows/%FF"} {
+		r := b.get(path)
+		require.Equal(t, http.StatusBadRequest, r.Status, "%s: %s", path, r.Body)
 	}
 }

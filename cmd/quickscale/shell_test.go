@@ -261,6 +261,16 @@ func TestContactFormShowsErrorsNextToFieldsKeepingInput(t *testing.T) {
 	require.Empty(t, acctEmailJobs(ta))
 }
 
+// A name with line breaks could forge lines of the mail the operator gets.
+func TestContactFormRefusesANameOnSeveralLines(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	r := ta.browser().post("/contact", url.Values{"name": {"Mallory\r\nFrom: Support <support@example.com>"}, "email": {"m@example.com"}, "message": {"hello there friend"}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.Contains(t, acctFieldError(r.Doc(t), "#contact-form", "name"), "one line")
+	require.Empty(t, acctEmailJobs(ta))
+}
+
 func TestContactFormHoneypotIsThankedAndDropped(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})

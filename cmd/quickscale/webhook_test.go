@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -607,6 +608,35 @@ func TestWebhookHostileSignedEventsNeverCause5xx(t *testing.T) {
 			t.Errorf("%s: refusal is not a JSON problem: %q", name, r.Header.Get("Content-Type"))
 		}
 	}
+}
+
+// Signed events whose created time is out of Stripe's range (one so large
+// that time.Unix wrapped it to 1969) or whose type holds anything but
+// Stripe's characters (escape sequences, direction overrides shown to
+// admins as they came) are refused, not stored.
+func TestWebhookRefusesImpossibleTimesAndTypes(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	ev := func(edit func(m map[string]any)) []byte {
+		m := whFixture(t, "event")
+		m["id"], m["api_version"], m["created"] = whID("evt"), stripe.APIVersion, time.Now().Unix()
+		edit(m)
+		b, err := json.Marshal(m)
+		require.NoError(t, err)
+		return b
+	}
+	for name, body := range map[string][]byte{
+		"created is the largest int64": ev(func(m map[string]any) { m["created"] = int64(math.MaxInt64) }),
+		"created is in two days":       ev(func(m map[string]any) { m["created"] = time.Now().Add(48 * time.Hour).Unix() }),
+		"type holds an escape":         ev(func(m map[string]any) { m["type"] = "charge.\x1b[31mrefunded" }),
+		"type holds an override":       ev(func(m map[string]any) { m["type"] = "charge.\u202erefunded" }),
+		"type is upper case":           ev(func(m map[string]any) { m["type"] = "CHARGE.REFUNDED" }),
+	} {
+		r, err := whPost(ta.URL, body, whSign(body, ta.app.cfg.StripeWebhookSecret, time.Now()))
+		require.NoError(t, err, name)
+		require.Equal(t, http.StatusBadRequest, r.Status, "%s: %s", name, r.Body)
+	}
+	require.Zero(t, whStoredEvents(t, ta))
 }
 
 func TestWebhookAnswers503WhenDatabaseIsUnavailable(t *testing.T) {
