@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
-	"unicode"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 )
