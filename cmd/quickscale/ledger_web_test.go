@@ -440,6 +440,16 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	if doc.Find("#no-users").Length() != 1 {
 		t.Fatal("no empty state for a search without results")
 	}
+	// A user id finds the user, a deleted account too (its address is gone).
+	gone := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error { return store.DeleteUser(context.Background(), tx, gone.ID) }))
+	for _, q := range []string{fmt.Sprint(gone.ID), fmt.Sprintf("%%23%d", gone.ID)} {
+		rows = ta.signIn(admin.Email).get("/admin/users?q=" + q).Doc(t).Find("#users tr.user-row")
+		require.Equal(t, 1, rows.Length(), "q=%s", q)
+		require.Equal(t, fmt.Sprintf("Deleted account #%d", gone.ID), strings.TrimSpace(rows.Find("a").Text()))
+	}
+	// Past the last page: no "no users match", a way back.
+	require.Contains(t, ta.signIn(admin.Email).get("/admin/users?cursor=1").Doc(t).Find("#no-users").Text(), "First page")
 	// A query longer than an address is cut at a character, not a byte:
 	// the page stays valid UTF-8.
 	r := ta.signIn(admin.Email).get("/admin/users?q=a" + strings.Repeat("%C3%A9", 127))
