@@ -444,9 +444,10 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	gone := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error { return store.DeleteUser(context.Background(), tx, gone.ID) }))
 	for _, q := range []string{fmt.Sprint(gone.ID), fmt.Sprintf("%%23%d", gone.ID)} {
-		rows = ta.signIn(admin.Email).get("/admin/users?q=" + q).Doc(t).Find("#users tr.user-row")
-		require.Equal(t, 1, rows.Length(), "q=%s", q)
-		require.Equal(t, fmt.Sprintf("Deleted account #%d", gone.ID), strings.TrimSpace(rows.Find("a").Text()))
+		// (Addresses holding the number match too.)
+		row := ta.signIn(admin.Email).get("/admin/users?q=" + q).Doc(t).Find(fmt.Sprintf(`#users tr.user-row[data-id="%d"]`, gone.ID))
+		require.Equal(t, 1, row.Length(), "q=%s", q)
+		require.Equal(t, fmt.Sprintf("Deleted account #%d", gone.ID), strings.TrimSpace(row.Find("a").Text()))
 	}
 	// Past the last page: no "no users match", a way back.
 	require.Contains(t, ta.signIn(admin.Email).get("/admin/users?cursor=1").Doc(t).Find("#no-users").Text(), "First page")
