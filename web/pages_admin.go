@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
@@ -328,9 +330,19 @@ func (s *Site) AdminReprocessWebhook() http.Handler {
 			s.handleError(w, r, err)
 			return
 		}
+		// One re-process at a time: while one waits or runs, another click
+		// (a double or triple click) adds no job and no audit entry.
+		var queued bool
 		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
-			if _, err := s.jobs.InsertTx(ctx, tx, jobs.StripeEvent{EventID: ev.ID}, nil); err != nil {
+			res, err := s.jobs.InsertTx(ctx, tx, jobs.StripeEvent{EventID: ev.ID}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{
+				ByArgs:  true,
+				ByState: []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRunning, rivertype.JobStateRetryable, rivertype.JobStateScheduled},
+			}})
+			if err != nil {
 				return err
+			}
+			if queued = !res.UniqueSkippedAsDuplicate; !queued {
+				return nil
 			}
 			return store.Audit(ctx, tx, &admin.ID, "webhook.reprocess", nil, map[string]any{"event_id": ev.ID, "type": ev.Type})
 		})
@@ -338,7 +350,11 @@ func (s *Site) AdminReprocessWebhook() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.flash(ctx, "Event "+ev.ID+" is queued for processing again.")
+		if queued {
+			s.flash(ctx, "Event "+ev.ID+" is queued for processing again.")
+		} else {
+			s.flash(ctx, "Event "+ev.ID+" is already queued for processing again; nothing was added.")
+		}
 		redirect(w, r, "/admin/webhooks/"+url.PathEscape(ev.ID))
 	})
 }

@@ -174,6 +174,23 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 	require.Contains(t, detail, "processed again: no change, already fulfilled")
 }
 
+// A double or triple click on Re-process queues one job and writes one
+// audit entry while that job waits.
+func TestAdminReprocessTwiceQueuesOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	id, body := whUnknownEvent(t)
+	whMustDeliver(t, ta, body)
+	require.Equal(t, 1, whEventJobs(t, ta, id), "the delivery's job")
+	_, b := whAdmin(t, ta)
+	for range 3 {
+		mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	}
+	require.Equal(t, 2, whEventJobs(t, ta, id), "one re-process job")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'webhook.reprocess'`))
+	require.Contains(t, b.get("/admin/webhooks/"+id).Body, "already queued")
+}
+
 func TestAdminWebhooksAreForbiddenToOtherUsers(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
