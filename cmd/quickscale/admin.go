@@ -86,6 +86,7 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 	sub, rest, err := subcommand("users", args, map[string]string{
 		"create":  "create a user; the password is read from stdin, or generated and printed",
 		"promote": "give a user the admin role",
+		"demote":  "take the admin role away (the user stays, as a user)",
 	}, stdout, stderr)
 	if err != nil {
 		return helpOK(err)
@@ -138,26 +139,32 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		return nil
 	default:
-		fs := newFlags("users promote", "users promote --email E", stderr)
+		// promote or demote: the same change of role, either way audited
+		// and ending the user's sessions (rights change at the next sign-in).
+		role, was, is := store.RoleAdmin, "already an admin", "now an admin"
+		if sub == "demote" {
+			role, was, is = store.RoleUser, "not an admin", "no longer an admin"
+		}
+		fs := newFlags("users "+sub, "users "+sub+" --email E", stderr)
 		email := fs.String("email", "", "the user's email address (required)")
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
-			if u.IsAdmin() {
-				fmt.Fprintf(stdout, "%s is already an admin; nothing changed\n", u.Email)
+			if u.Role == role {
+				fmt.Fprintf(stdout, "%s is %s; nothing changed\n", u.Email, was)
 				return nil
 			}
 			err := env.store.InTx(ctx, func(tx pgx.Tx) error {
-				if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
+				if err := store.SetRole(ctx, tx, u.ID, role); err != nil {
 					return err
 				}
-				return store.Audit(ctx, tx, nil, "user.promote", &u.ID, map[string]any{"role": store.RoleAdmin, "via": "cli"})
+				return store.Audit(ctx, tx, nil, "user."+sub, &u.ID, map[string]any{"role": role, "via": "cli"})
 			})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "%s is now an admin (signed out everywhere)\n", u.Email)
+			fmt.Fprintf(stdout, "%s is %s (signed out everywhere)\n", u.Email, is)
 			return nil
 		})
 	}

@@ -33,7 +33,7 @@ Processes:
   migrate up|status       apply or show app (goose) and River migrations
 
 Operators:
-  users create|promote    manage accounts
+  users create|promote|demote  manage accounts and the admin role
   credits grant|balance   adjust and inspect credit balances
   apikeys create          issue an API key for a user
   services set|list       manage the services users spend credits on

@@ -80,7 +80,7 @@ func TestEverySubcommandHasHelp(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
 		{"dev"}, {"api"}, {"worker"}, {"migrate", "up"}, {"migrate", "status"}, {"migrate"}, {"version"},
-		{"users", "create"}, {"users", "promote"}, {"credits", "grant"}, {"credits", "balance"},
+		{"users", "create"}, {"users", "promote"}, {"users", "demote"}, {"credits", "grant"}, {"credits", "balance"},
 		{"apikeys", "create"}, {"stripe", "sync"}, {"users"}, {"services", "set"}, {"services", "list"}, {"services"},
 	} {
 		code, stdout, stderr := runCmd(t, nil, "", append(args, "--help")...)

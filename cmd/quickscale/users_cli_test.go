@@ -145,6 +145,30 @@ func TestUsersPromoteMakesAdmin(t *testing.T) {
 	require.Len(t, audit, 1, "one promotion, one audit entry")
 }
 
+// An admin's role can be taken back: audited, and the sessions end so the
+// rights go at once.
+func TestUsersDemoteTakesTheAdminRoleAway(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	admin := storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "former@example.com", Admin: true})
+
+	out, errOut, code := cli.run(nil, "users", "demote", "--email", "former@example.com")
+
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	require.Contains(t, out, "former@example.com is no longer an admin (signed out everywhere)")
+	u := cli.user("former@example.com")
+	require.Equal(t, store.RoleUser, u.Role)
+	require.Greater(t, u.SessionEpoch, admin.SessionEpoch, "the admin's sessions end")
+	audit, err := cli.store.AuditFor(context.Background(), u.ID, 10)
+	require.NoError(t, err)
+	require.Len(t, audit, 1)
+	require.Equal(t, "user.demote", audit[0].Action)
+
+	out, _, code = cli.run(nil, "users", "demote", "--email", "former@example.com")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "not an admin; nothing changed")
+}
+
 func TestUsersPromoteUnknownEmailFails(t *testing.T) {
 	t.Parallel()
 	cli := acctNewCLI(t)
