@@ -175,6 +175,27 @@ func isMaxBytesError(err error) bool {
 	return errors.As(err, &mbe)
 }
 
+// withoutNUL returns a decoded JSON value with every NUL in its strings and
+// keys replaced by U+FFFD.
+func withoutNUL(v any) any {
+	clean := func(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
+	switch x := v.(type) {
+	case string:
+		return clean(x)
+	case []any:
+		for i := range x {
+			x[i] = withoutNUL(x[i])
+		}
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[clean(k)] = withoutNUL(e)
+		}
+		return out
+	}
+	return v
+}
+
 // cleanPath refuses, with a 400, requests whose path holds bytes that are
 // not text (invalid UTF-8, NUL and other control characters): River UI
 // would pass them to PostgreSQL and answer 500.
@@ -213,14 +234,14 @@ func (s *server) auditRiverUI(next http.Handler) http.Handler {
 		details := map[string]any{"path": r.URL.Path}
 		if len(body) > 0 {
 			// PostgreSQL's jsonb holds no NUL character: one in the body
-			// (raw, or escaped as \u0000) is kept as U+FFFD, or the entry
-			// could not be written at all while the action stood.
-			text := strings.ReplaceAll(strings.ToValidUTF8(string(body), "\uFFFD"), "\x00", "\uFFFD")
+			// (raw, or escaped as \u0000 in a JSON string or key) is kept as
+			// U+FFFD, or the entry could not be written at all while the
+			// action stood. River UI gets the body as it came.
 			var v any
-			if json.Unmarshal([]byte(strings.ReplaceAll(text, `\u0000`, `\ufffd`)), &v) == nil {
-				details["request"] = v
+			if json.Unmarshal(body, &v) == nil {
+				details["request"] = withoutNUL(v)
 			} else {
-				details["request"] = text
+				details["request"] = strings.ReplaceAll(strings.ToValidUTF8(string(body), "\uFFFD"), "\x00", "\uFFFD")
 			}
 		}
 		actor := web.CurrentUser(r.Context())

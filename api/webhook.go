@@ -127,8 +127,6 @@ func isDataException(err error) bool {
 	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
 }
 
-// validEventID reports whether id looks like a Stripe object id: 1 to 255
-// ASCII letters, digits and underscores.
 // validEventType accepts Stripe's event types (checkout.session.completed,
 // invoice.payment_failed, v1.billing.meter.error_report_triggered): lower-case
 // letters, digits, dots and underscores. Anything else (escape sequences,
@@ -146,6 +144,8 @@ func validEventType(t string) bool {
 	return true
 }
 
+// validEventID reports whether id looks like a Stripe object id: 1 to 255
+// ASCII letters, digits and underscores.
 func validEventID(id string) bool {
 	if id == "" || len(id) > 255 {
 		return false

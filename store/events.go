@@ -100,10 +100,9 @@ func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, er
 // SetEventOutcome records how processing ended. Processing an event again
 // (an admin's re-process) keeps what the first processing recorded and
 // adds a line for this one: "granted 500 credits" must not turn into
-// "already fulfilled" with nothing left to say what moved the money. When
-// the new processing changed nothing (noChange: "already fulfilled",
-// "refund already recorded"), the event also keeps its outcome: a failed
-// event whose failure asks for a refund stays failed until someone acts.
+// "already fulfilled" with nothing left to say what moved the money. With
+// noChange (a processing that found nothing to decide, e.g. a payment
+// already in its final state) the event also keeps its outcome.
 func SetEventOutcome(ctx context.Context, tx pgx.Tx, id, outcome, detail string, noChange bool) error {
 	var d *string
 	if detail != "" {

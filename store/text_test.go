@@ -7,6 +7,7 @@ import (
 )
 
 func TestUnsafeLineAndBlankText(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		s             string
 		unsafe, blank bool
@@ -19,6 +20,10 @@ func TestUnsafeLineAndBlankText(t *testing.T) {
 		{"abc\u202egnp.exe", true, false}, // right-to-left override
 		{"alice@example.com\u200b", true, false},
 		{"\ufeffbom", true, false},
+		{"arabic mark \u061c", true, false},
+		{"line\u2028separator", true, false},
+		{"soft\u00adhyphen", true, false},
+		{"\u3164", true, true}, // Hangul filler
 		{"\u200b", true, true},
 		{" \u00a0 ", false, true},
 		{"", false, true},
@@ -29,5 +34,23 @@ func TestUnsafeLineAndBlankText(t *testing.T) {
 		if got := store.BlankText(c.s); got != c.blank {
 			t.Errorf("BlankText(%q) = %v, want %v", c.s, got, c.blank)
 		}
+	}
+}
+
+// An address an account takes may hold nothing invisible; looking one up
+// (sign-in, reset links) only checks its shape, so that addresses stored
+// before the rule keep working.
+func TestNewEmailAddressesHoldNothingInvisible(t *testing.T) {
+	t.Parallel()
+	for _, addr := range []string{"alice\u200b@example.com", "alice@exa\u00admple.com", "al\u3164ice@example.com", "ali\u200dce@example.com", "alice\u202e@example.com"} {
+		if _, err := store.NormalizeNewEmail(addr); store.ErrorKind(err) != store.KindInvalid {
+			t.Errorf("NormalizeNewEmail(%q) = %v, want refused", addr, err)
+		}
+		if _, err := store.NormalizeEmail(addr); err != nil {
+			t.Errorf("NormalizeEmail(%q) = %v: a stored address must still be found", addr, err)
+		}
+	}
+	if got, err := store.NormalizeNewEmail(" Zoë@example.com "); err != nil || got != "Zoë@example.com" {
+		t.Errorf("NormalizeNewEmail(Zoë) = %q, %v", got, err)
 	}
 }

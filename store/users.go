@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -51,15 +50,24 @@ func NormalizeEmail(s string) (string, error) {
 	if len(s) > 254 {
 		return "", Errorf(KindInvalid, "That email address is too long.")
 	}
-	// Hidden characters would make two accounts read the same.
-	if UnsafeLine(s) || strings.ContainsFunc(s, func(r rune) bool { return unicode.Is(unicode.Cf, r) }) {
-		return "", Errorf(KindInvalid, "Enter an email address like name@example.com.")
-	}
 	a, err := mail.ParseAddress(s)
 	if err != nil || a.Address != s || a.Name != "" || !strings.Contains(s[strings.LastIndexByte(s, '@')+1:], ".") {
 		return "", Errorf(KindInvalid, "Enter an email address like name@example.com.")
 	}
 	return s, nil
+}
+
+// NormalizeNewEmail is NormalizeEmail for an address an account is about to
+// take (sign-up, a change of address, users create): it must also hold no
+// invisible character (spaces of any kind, joiners, direction marks), so
+// that no two accounts can look alike. Look-ups (sign-in, reset links) use
+// NormalizeEmail, so that an address stored before this rule still works.
+func NormalizeNewEmail(s string) (string, error) {
+	s, err := NormalizeEmail(s)
+	if err == nil && strings.ContainsFunc(s, invisibleInAddress) {
+		return "", Errorf(KindInvalid, "Enter an email address without spaces or invisible characters.")
+	}
+	return s, err
 }
 
 // CreateUser inserts a live user and its credit account. A taken address is a
@@ -334,7 +342,8 @@ type UserPage struct {
 }
 
 // SearchUsers lists live users whose address contains q (all when q is
-// empty), newest first, keyset-paginated by id.
+// empty) and, when q is a number (or #number), the user with that id,
+// deleted or not; newest first, keyset-paginated by id.
 func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit int) (UserPage, error) {
 	if before <= 0 {
 		before = 1<<63 - 1

@@ -32,10 +32,11 @@ func (s *Site) AdminHome() http.Handler {
 // AdminUsers serves GET /admin/users?q=…&cursor=…
 func (s *Site) AdminUsers() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query().Get("q")
+		// Text only, at most an address long, cut at a character: bytes
+		// that are not UTF-8 would be refused by PostgreSQL and break the
+		// page, which shows the query.
+		q := strings.ToValidUTF8(r.URL.Query().Get("q"), "")
 		if len(q) > 254 {
-			// Cut at a character boundary: a cut character would make
-			// the page (which shows the query) invalid UTF-8.
 			q = strings.ToValidUTF8(q[:254], "")
 		}
 		page, err := s.store.SearchUsers(r.Context(), q, cursorParam(r), 50)
@@ -83,6 +84,7 @@ type adminUserPage struct {
 	HistoryOlderURL string
 	HistoryNewest   string
 	PaymentsURL     string
+	PaymentsNewest  string
 }
 
 func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
@@ -119,13 +121,16 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 			s.serverError(w, r, err)
 			return
 		}
+		// Each list pages on its own and its links keep the other's page.
 		base := "/admin/users/" + strconv.FormatInt(target.ID, 10)
 		p.HistoryPaged, p.PaymentsPaged = histCursor != 0, payCursor != 0
-		p.HistoryOlderURL = base + "?history="
+		pay, hist := "?payments="+strconv.FormatInt(payCursor, 10), "?history="+strconv.FormatInt(histCursor, 10)
+		p.HistoryOlderURL = base + pay + "&history="
 		if p.HistoryPaged {
-			p.HistoryNewest = base
+			p.HistoryNewest = base + pay
 		}
-		p.PaymentsURL = base + "?payments="
+		p.PaymentsURL = base + hist + "&payments="
+		p.PaymentsNewest = base + hist
 	}
 	title := target.Email
 	if p.DeletedAt != nil {

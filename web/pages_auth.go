@@ -90,7 +90,7 @@ func (s *Site) Signup() http.Handler {
 			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Bad request", Message: "We could not read that form."})
 			return
 		}
-		email, err := store.NormalizeEmail(f.raw("email"))
+		email, err := store.NormalizeNewEmail(f.raw("email"))
 		if err != nil {
 			f.fail("email", err.Error())
 		}

@@ -116,7 +116,7 @@ func (s *Site) ChangeEmail() http.Handler {
 		if s.limited(w, r, limitCheck{"change-email:user:" + formatInt(u.ID), s.limits.ChangeEmailPerUser}) {
 			return
 		}
-		email, err := store.NormalizeEmail(f.raw("email"))
+		email, err := store.NormalizeNewEmail(f.raw("email"))
 		if err != nil {
 			f.fail("email", err.Error())
 		} else if strings.EqualFold(email, u.Email) {

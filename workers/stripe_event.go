@@ -51,8 +51,11 @@ type effects struct {
 	revenueMinor  int64
 	refundMinor   int64
 	currency      string
-	// noChange: the event found its work already done (a duplicate, or an
-	// admin's re-process); an outcome recorded before stays.
+	// noChange: the event found nothing to do that could change how it was
+	// first recorded (a late failure of a payment already settled); an
+	// outcome recorded before stays. Where the work is done, or a failure
+	// still stands, the worker says so instead: re-processing an event
+	// re-checks it.
 	noChange bool
 }
 
@@ -229,7 +232,18 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		// Fulfilment trusts our own record; the event must agree with it.
 		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency)
 	case pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded || pay.Status == store.PaymentRefunded:
-		outcome, detail, fx.noChange = store.OutcomeApplied, "already fulfilled", true
+		outcome, detail = store.OutcomeApplied, "already fulfilled"
+		if pay.Status == store.PaymentSucceeded {
+			// Still failed while what the failure asked for is undone: a
+			// payment of a deleted account not refunded yet.
+			email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
+			if err != nil {
+				return "", "", fx, err
+			}
+			if email == "" {
+				outcome, detail = store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited; the payment is still to be refunded in Stripe", pay.UserID)
+			}
+		}
 	}
 	if outcome != "" {
 		return outcome, detail, fx, store.SetPaymentIntent(ctx, tx, pay.ID, intent)
@@ -245,7 +259,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		return "", "", fx, err
 	}
 	if !g.Created {
-		return store.OutcomeApplied, "already granted", effects{noChange: true}, nil
+		return store.OutcomeApplied, "already granted", fx, nil
 	}
 	fx = effects{granted: pay.Credits, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency}
 	email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
@@ -330,7 +344,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	refunded := min(ch.AmountRefunded, pay.AmountMinor)
 	if refunded <= pay.AmountRefundedMinor {
 		// Refund amounts only grow; an older or repeated event changes nothing.
-		return store.OutcomeApplied, "refund already recorded", effects{noChange: true}, nil
+		return store.OutcomeApplied, "refund already recorded", fx, nil
 	}
 	// Proportional clawback of the pack's credits, floored, minus what
 	// earlier refunds of this payment already accounted for.

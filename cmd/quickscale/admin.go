@@ -100,7 +100,7 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
-		addr, err := store.NormalizeEmail(*email)
+		addr, err := store.NormalizeNewEmail(*email)
 		if err != nil {
 			return usageError{"--email: " + err.Error()}
 		}

@@ -171,7 +171,7 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 	// The record keeps what moved the money, and adds what this found.
 	detail := b.get("/admin/webhooks/" + e.applied).Doc(t).Find("#outcome-detail").Text()
 	require.Contains(t, detail, whDetail(e.appliedEvent), "the first outcome is gone")
-	require.Contains(t, detail, "processed again: no change, already fulfilled")
+	require.Contains(t, detail, "processed again: applied, already fulfilled")
 }
 
 // A double or triple click on Re-process queues one job and writes one

@@ -456,6 +456,8 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	r := ta.signIn(admin.Email).get("/admin/users?q=a" + strings.Repeat("%C3%A9", 127))
 	require.Equal(t, http.StatusOK, r.Status)
 	require.True(t, utf8.ValidString(r.Body), "the page is not valid UTF-8")
+	r = ta.signIn(admin.Email).get("/admin/users?q=%FF")
+	require.Equal(t, http.StatusBadRequest, r.Status, "a query that is not text is refused, not a 500")
 }
 
 func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
@@ -580,6 +582,9 @@ func TestAdminUserPageShowsCreditHistoryAndEveryPayment(t *testing.T) {
 	seen += doc.Find("#payments tr.payment-row").Length()
 	require.Equal(t, 12, seen)
 	require.Zero(t, doc.Find("#payments-older").Length())
+	// Paging one list keeps the other where it was.
+	newest, _ := doc.Find(`nav[aria-label="payment pages"] .pagination-previous`).Attr("href")
+	require.Equal(t, fmt.Sprintf("/admin/users/%d?history=0", u.ID), newest)
 }
 
 // The audit log shows credits as whole numbers, however large.

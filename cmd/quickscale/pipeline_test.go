@@ -167,8 +167,8 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 		require.Zero(t, n, "credits of kind %s still count as owed", kind)
 	}
 
-	// Re-processing it finds nothing to do, and it stays failed: the
-	// refund it asks for must not drop out of the failed filter.
+	// Re-processing it re-checks it: the refund it asks for is not made
+	// yet, so it stays failed and in the failed filter.
 	_, b := whAdmin(t, ta)
 	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
 	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
@@ -178,7 +178,18 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	})
 	again := whRequireOutcome(t, ta, id, store.OutcomeFailed)
 	require.Contains(t, whDetail(again), "refund the payment")
-	require.Contains(t, whDetail(again), "processed again: no change, already fulfilled")
+	require.Contains(t, whDetail(again), "processed again: failed, paid after its buyer")
+	require.Contains(t, whDetail(again), "still to be refunded")
+
+	// Once the refund is made (and recorded), re-processing clears it.
+	refundID, refund := p.refunded(t, p.Amount)
+	whApply(t, ta, refundID, refund, store.OutcomeApplied)
+	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	eventually(t, 20*time.Second, "the event to be re-checked", func() bool {
+		ev, err := ta.store.StripeEventByID(ctx, id)
+		require.NoError(t, err)
+		return ev.Outcome != nil && *ev.Outcome == store.OutcomeApplied
+	})
 }
 
 func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
