@@ -81,6 +81,18 @@ func (s *Site) StartCheckout() http.Handler {
 			s.paymentProviderError(w, r, err)
 			return
 		}
+		if params.IdempotencyKey != "" {
+			// The same form again (a double click) reuses its checkout; but
+			// once that checkout is finished (paid, declined, expired), the
+			// same form (a page restored from history) buys again.
+			if prev, err := s.store.UserPaymentBySession(ctx, u.ID, sess.ID); err == nil && prev.Status != store.PaymentPending {
+				params.IdempotencyKey = ""
+				if sess, err = s.gateway.CreateCheckoutSession(ctx, params); err != nil {
+					s.paymentProviderError(w, r, err)
+					return
+				}
+			}
+		}
 		_, err = s.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: sess.ID, CheckoutURL: sess.URL, CustomerID: customer})
 		if err != nil && store.ErrorKind(err) != store.KindConflict {
 			s.serverError(w, r, err)
@@ -212,6 +224,14 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			return
 		}
 		f, _ := parseForm(r, "action")
+		// Like Stripe, a checkout that expired (or was declined) cannot be
+		// paid any more.
+		if pay, err := s.store.UserPaymentBySession(ctx, u.ID, id); err == nil && (pay.Status == store.PaymentExpired || pay.Status == store.PaymentFailed) {
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
+				Message: "It " + map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status] + " and can no longer be paid. Nothing was charged.",
+				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
+			return
+		}
 		var next string
 		switch f.raw("action") {
 		case "pay":

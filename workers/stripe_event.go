@@ -295,6 +295,9 @@ func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx,
 		"Amount":       billing.FormatMoney(pay.AmountMinor, pay.Currency),
 		"Balance":      billing.FormatCredits(balance),
 		"PaymentsLink": w.baseURL + "/dashboard/payments",
+		// As /dashboard/payments and the credit history name it.
+		"Payment": "#" + strconv.FormatInt(pay.ID, 10),
+		"PaidAt":  time.Now().UTC().Format("2 Jan 2006 15:04 UTC"),
 	}}, nil)
 	return err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -207,6 +208,11 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	}
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
+	// The customer's payments list says why, and names the payment.
+	row := p.Browser.get("/dashboard/payments").Doc(t).Find(`#payments tr.payment[data-status="failed"]`)
+	require.Equal(t, *pay.FailureReason, strings.TrimSpace(row.Find(".failure-reason").Text()))
+	require.Equal(t, fmt.Sprintf("#%d", pay.ID), strings.TrimSpace(row.Find(".payment-id").Text()))
+	require.Contains(t, p.Browser.get("/dashboard/payments?cursor=1").Doc(t).Find("#payments-empty").Text(), "No older payments")
 }
 
 func TestPipelineOlderFailureEventNeverMovesSucceededPaymentBackwards(t *testing.T) {
@@ -512,6 +518,10 @@ func TestPipelineExpiredCheckoutMarksPaymentExpired(t *testing.T) {
 		t.Fatalf("payment %s intent %v, want expired without an intent", pay.Status, pay.PaymentIntentID)
 	}
 	require.Zero(t, whBalance(t, ta, p.User.ID))
+	// Like Stripe's, the simulator's expired checkout can no longer be paid.
+	r := p.Browser.post("/simulator/checkout/"+p.SessionID, url.Values{"action": {"pay"}})
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	require.Equal(t, store.PaymentExpired, whPayment(t, ta, p).Status)
 }
 
 // The purchase confirmation states what was bought, what it cost and the
@@ -531,4 +541,9 @@ func TestPipelinePurchaseEmailStatesCreditsAmountAndBalance(t *testing.T) {
 	require.Contains(t, mail.Text, "Amount paid: $20.00")
 	require.Contains(t, mail.Text, "Balance now: 1,734 credits")
 	require.Contains(t, mail.Text, "/dashboard/payments")
+	// A receipt names its payment as the payments page does, and does not
+	// say "if that was not you".
+	require.Contains(t, mail.Text, fmt.Sprintf("Payment: #%d, ", whPayment(t, ta, p).ID))
+	require.Contains(t, mail.HTML, "This is the receipt of a purchase")
+	require.NotContains(t, mail.HTML, "If that was not you")
 }

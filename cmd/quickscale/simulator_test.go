@@ -73,6 +73,10 @@ func TestSimulatorDoubleClickedBuyOpensOneCheckout(t *testing.T) {
 		bal, err := ta.store.Balance(ctx, u.ID)
 		return err == nil && bal.Total == 500
 	})
+	// Once it is paid, the same form (a page restored from history) buys
+	// again instead of sending the customer to the finished checkout.
+	again := mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/")
+	require.NotEqual(t, first, again)
 }
 
 // A purchase still pending well after checkout (a bank payment clearing,
@@ -86,11 +90,16 @@ func TestCheckoutPageSaysWhenAPurchaseIsSlow(t *testing.T) {
 	status := p.Browser.get(page).Doc(t).Find("#checkout-status")
 	require.Equal(t, "pending", status.AttrOr("data-state", ""))
 	require.Equal(t, "every 1s", status.AttrOr("hx-trigger", ""))
+	// Nothing is said to be received before it is: a checkout left unpaid
+	// reads the same, and links back to it.
+	require.Contains(t, status.Text(), "Checking your payment")
+	require.NotContains(t, status.Text(), "Payment received")
+	require.Contains(t, status.Find("#checkout-resume").AttrOr("href", ""), "/simulator/checkout/"+p.SessionID)
 
 	_, err := ta.store.Pool().Exec(context.Background(), `UPDATE payments SET updated_at = now() - interval '5 minutes' WHERE checkout_session_id = $1`, p.SessionID)
 	require.NoError(t, err)
 	status = p.Browser.get(page).Doc(t).Find("#checkout-status")
 	require.Equal(t, "pending-slow", status.AttrOr("data-state", ""))
 	require.Equal(t, "every 30s", status.AttrOr("hx-trigger", ""))
-	require.Contains(t, status.Text(), "taking longer than usual")
+	require.Contains(t, status.Text(), "have not received this payment yet")
 }
