@@ -228,7 +228,7 @@ func (s *Site) SimulatorCheckout() http.Handler {
 		// paid any more.
 		if pay, err := s.store.UserPaymentBySession(ctx, u.ID, id); err == nil && (pay.Status == store.PaymentExpired || pay.Status == store.PaymentFailed) {
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
-				Message: "It " + map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status] + " and can no longer be paid. Nothing was charged.",
+				Message:   "It " + map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status] + " and can no longer be paid. Nothing was charged.",
 				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
 			return
 		}
