@@ -378,7 +378,8 @@ func (s *Site) ResetPassword() http.Handler {
 			if _, err := store.MarkVerified(ctx, tx, t.UserID, t.Email); err != nil {
 				return err
 			}
-			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, t.Email, map[string]string{"ResetLink": s.absURL("/password/forgot")})
+			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, t.Email, map[string]string{
+				"ResetLink": s.absURL("/password/forgot"), "Reset": "yes", "KeysRevoked": formatInt(revokedKeys)})
 		})
 		if store.ErrorKind(err) == store.KindInvalid {
 			f.Message = err.Error()

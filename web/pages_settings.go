@@ -15,6 +15,19 @@ type settingsPage struct {
 	EmailForm    *form
 	DeleteForm   *form
 	Deleted      bool
+	// Balance is what deleting the account forfeits (nil if unknown).
+	Balance *store.Balance
+}
+
+// renderSettings renders the settings page with the user's balance, which
+// the delete form says will be lost.
+func (s *Site) renderSettings(w http.ResponseWriter, r *http.Request, status int, page settingsPage) {
+	if u := CurrentUser(r.Context()); u != nil && page.Balance == nil {
+		if b, err := s.store.Balance(r.Context(), u.ID); err == nil {
+			page.Balance = &b
+		}
+	}
+	s.render(w, r, status, "settings", "Settings", page)
 }
 
 func newSettingsPage() settingsPage {
@@ -24,7 +37,7 @@ func newSettingsPage() settingsPage {
 // Settings serves GET /settings.
 func (s *Site) Settings() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.render(w, r, http.StatusOK, "settings", "Settings", newSettingsPage())
+		s.renderSettings(w, r, http.StatusOK, newSettingsPage())
 	})
 }
 
@@ -47,7 +60,7 @@ func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page sett
 	}
 	if ok, _ := store.VerifyPassword(f.raw("current_password"), u.PasswordHash); !ok {
 		f.fail("current_password", "That is not your current password.")
-		s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+		s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 		return false
 	}
 	// As at sign-in, a correct password clears the failures counted so far.
@@ -71,7 +84,7 @@ func (s *Site) ChangePassword() http.Handler {
 			f.fail("new_password", "Choose a password different from the current one.")
 		}
 		if !f.ok() {
-			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
 		hash, err := store.HashPassword(f.raw("new_password"))
@@ -85,7 +98,8 @@ func (s *Site) ChangePassword() http.Handler {
 			if epoch, err = store.SetPasswordHash(ctx, tx, u.ID, hash, true); err != nil {
 				return err
 			}
-			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, u.Email, map[string]string{"ResetLink": s.absURL("/password/forgot")})
+			return s.sendEmail(ctx, tx, jobs.EmailPasswordChanged, u.Email, map[string]string{
+				"ResetLink": s.absURL("/password/forgot"), "Reset": "", "KeysRevoked": "0"})
 		})
 		if err != nil {
 			s.serverError(w, r, err)
@@ -123,7 +137,7 @@ func (s *Site) ChangeEmail() http.Handler {
 			f.fail("email", "That is already your address.")
 		}
 		if !f.ok() {
-			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
 		owner, err := s.store.EmailOwner(ctx, email)
@@ -163,7 +177,7 @@ func (s *Site) DeleteAccount() http.Handler {
 		}
 		if f.raw("confirm") != "DELETE" {
 			f.fail("confirm", "Type DELETE in capitals to confirm.")
-			s.render(w, r, http.StatusUnprocessableEntity, "settings", "Settings", page)
+			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
 		err := s.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) })

@@ -176,7 +176,12 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	for _, d := range durations {
 		v, err := time.ParseDuration(get(d.name))
 		if err != nil || v < d.min {
-			bad(d.name, get(d.name), fmt.Sprintf("want a duration of at least %s such as 30s or 5m", d.min))
+			// The example is always valid for this variable.
+			example := "5m"
+			if d.min < 30*time.Second {
+				example = "30s or 5m"
+			}
+			bad(d.name, get(d.name), fmt.Sprintf("want a duration of at least %s, such as %s", d.min, example))
 			continue
 		}
 		*d.dst = v

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/PuerkitoBio/goquery"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -149,6 +150,24 @@ func TestDeleteAccountNeedsTypedConfirmation(t *testing.T) {
 	require.True(t, acctSignedIn(b))
 }
 
+// Before deleting, the page says what is lost: the credits (paid ones
+// too) and the API keys. Its fields have ids of their own.
+func TestDeleteAccountSaysTheCreditsAreForfeited(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 350})
+	doc := b.get("/settings").Doc(t)
+	says := strings.Join(strings.Fields(doc.Find("#delete-consequences").Text()), " ")
+	require.Contains(t, says, "your 350 credits are forfeited")
+	require.Contains(t, says, "API keys stop working")
+	ids := map[string]int{}
+	doc.Find("[id]").Each(func(_ int, s *goquery.Selection) { ids[s.AttrOr("id", "")]++ })
+	for id, n := range ids {
+		require.Equal(t, 1, n, "id %q is used %d times", id, n)
+	}
+}
+
 func TestDeleteAccountNeedsCurrentPassword(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
@@ -245,6 +264,12 @@ func TestPasswordResetCancelsPendingLinksAndRevokesAPIKeys(t *testing.T) {
 	require.NotEqual(t, http.StatusSeeOther, r.Status, "the pending change-email link still worked")
 	require.Equal(t, "owner@example.com", acctUserByEmail(ta, "owner@example.com").Email)
 	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "").Status, "an API key survived the reset")
+	// The notice says what the reset did, and its footer does not say
+	// "ignore it".
+	mail := ta.waitMail("owner@example.com", "Your QuickScale password was changed")
+	require.Contains(t, mail.Text, "every device was signed out, and your API keys (1) were revoked")
+	require.Contains(t, mail.Text, "Links we emailed you before this no longer work")
+	require.NotContains(t, mail.HTML, "you can ignore it")
 }
 
 // A password change (the owner knows the password) also cancels pending
