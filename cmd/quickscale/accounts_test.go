@@ -164,6 +164,13 @@ func TestVerifyTokenWorksOnlyOnce(t *testing.T) {
 
 	acctRequireStatus(t, r, http.StatusBadRequest)
 	require.Equal(t, "This link is invalid or has expired.", acctText(r.Doc(t), ".form-message"))
+	// What to do next depends on who opens it: signed out, sign in; the
+	// owner, already confirmed, has nothing more to do (no "Resend" for them).
+	require.Contains(t, acctText(r.Doc(t), "#verify-help"), "Sign in")
+	signedIn := ta.signIn("once@example.com")
+	help := acctText(signedIn.post("/verify", url.Values{"token": {token}}).Doc(t), "#verify-help")
+	require.Contains(t, help, "confirmed already")
+	require.NotContains(t, help, "Resend")
 }
 
 func TestVerifyTokenExpiresAfter48Hours(t *testing.T) {
