@@ -119,6 +119,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
 			r.Post("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
 			r.Get("/admin/webhooks", site.AdminWebhooks().ServeHTTP)
+			r.Get("/admin/audit", site.AdminAudit().ServeHTTP)
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)
 			r.Post("/admin/webhooks/{id}/reprocess", site.AdminReprocessWebhook().ServeHTTP)
 			if s.riverUI != nil {

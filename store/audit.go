@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // AuditEntry is one admin action.
@@ -35,10 +37,50 @@ func Audit(ctx context.Context, db DBTX, actor *int64, action string, target *in
 
 // AuditFor lists the newest audit entries about a user.
 func (s *Store) AuditFor(ctx context.Context, target int64, limit int) ([]AuditEntry, error) {
+	return s.auditEntries(ctx, `WHERE a.target_user_id = $1 ORDER BY a.id DESC LIMIT $2`, target, limit)
+}
+
+// AuditPage is a page of the whole audit log, newest first.
+type AuditPage struct {
+	Entries []AuditEntry
+	// NextCursor is the id to pass for the next (older) page; 0 on the last.
+	NextCursor int64
+}
+
+// AuditLog lists audit entries older than before (0: the newest), newest
+// first, of one action or of an action family ("riverui." for every River
+// UI action) when action is set.
+func (s *Store) AuditLog(ctx context.Context, action string, before int64, limit int) (AuditPage, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	entries, err := s.auditEntries(ctx, `WHERE a.id < $1 AND ($2 = '' OR a.action = $2 OR (right($2, 1) = '.' AND starts_with(a.action, $2)))
+ ORDER BY a.id DESC LIMIT $3`, before, action, limit+1)
+	if err != nil {
+		return AuditPage{}, err
+	}
+	var p AuditPage
+	if len(entries) > limit {
+		entries = entries[:limit]
+		p.NextCursor = entries[len(entries)-1].ID
+	}
+	p.Entries = entries
+	return p, nil
+}
+
+// AuditActions lists the actions the log holds, for the filter.
+func (s *Store) AuditActions(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT action FROM audit_log ORDER BY action`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (s *Store) auditEntries(ctx context.Context, where string, args ...any) ([]AuditEntry, error) {
 	rows, err := s.pool.Query(ctx, `
 SELECT a.id, a.actor_user_id, u.email AS actor_email, a.action, a.target_user_id, a.details::text, a.created_at
-  FROM audit_log a LEFT JOIN users u ON u.id = a.actor_user_id
- WHERE a.target_user_id = $1 ORDER BY a.id DESC LIMIT $2`, target, limit)
+  FROM audit_log a LEFT JOIN users u ON u.id = a.actor_user_id `+where, args...)
 	if err != nil {
 		return nil, err
 	}

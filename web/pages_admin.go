@@ -363,3 +363,33 @@ func (s *Site) AdminReprocessWebhook() http.Handler {
 		redirect(w, r, "/admin/webhooks/"+url.PathEscape(ev.ID))
 	})
 }
+
+// auditPageSize is how many audit entries /admin/audit shows at a time.
+const auditPageSize = 50
+
+// AdminAudit serves GET /admin/audit?action=…&cursor=…: the whole audit
+// log, newest first — the actions that name no user (re-processed webhook
+// events, River UI actions, service changes) are only here.
+func (s *Site) AdminAudit() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		action := strings.ToValidUTF8(r.URL.Query().Get("action"), "")
+		if len(action) > 100 {
+			action = ""
+		}
+		cursor := cursorParam(r)
+		page, err := s.store.AuditLog(ctx, action, cursor, auditPageSize)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		actions, err := s.store.AuditActions(ctx)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "admin_audit", "Audit log", map[string]any{
+			"Page": page, "Action": action, "Actions": actions, "Paged": cursor != 0,
+		})
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/PuerkitoBio/goquery"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
@@ -189,6 +190,41 @@ func TestAdminReprocessTwiceQueuesOnce(t *testing.T) {
 	require.Equal(t, 2, whEventJobs(t, ta, id), "one re-process job")
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'webhook.reprocess'`))
 	require.Contains(t, b.get("/admin/webhooks/"+id).Body, "already queued")
+}
+
+// Actions that name no user (a re-processed event, River UI) are in the
+// whole audit log at /admin/audit, filterable by action and paged.
+func TestAdminAuditLogListsEveryActionAndFilters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	id, body := whUnknownEvent(t)
+	whMustDeliver(t, ta, body)
+	admin, b := whAdmin(t, ta)
+	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	for i := range 55 {
+		require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+			return store.Audit(ctx, tx, &admin.ID, "test.filler", nil, map[string]any{"n": i})
+		}))
+	}
+
+	doc := b.get("/admin/audit").Doc(t)
+	require.Equal(t, 50, doc.Find("#audit tr.audit-entry").Length())
+	older, ok := doc.Find("#audit-older").Attr("href")
+	require.True(t, ok)
+	doc = b.get(older).Doc(t)
+	require.Equal(t, 6, doc.Find("#audit tr.audit-entry").Length(), "55 fillers and the re-process")
+	require.Equal(t, 1, doc.Find(`#audit tr.audit-entry[data-action="webhook.reprocess"]`).Length())
+
+	doc = b.get("/admin/audit?action=webhook.reprocess").Doc(t)
+	rows := doc.Find("#audit tr.audit-entry")
+	require.Equal(t, 1, rows.Length())
+	require.Contains(t, rows.Text(), id)
+	require.Contains(t, rows.Text(), admin.Email)
+	require.Contains(t, b.get("/admin/audit?action=nothing.like.this").Doc(t).Find("#audit-empty").Text(), "Nothing recorded")
+
+	_, member := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	require.Equal(t, http.StatusForbidden, member.get("/admin/audit").Status)
 }
 
 func TestAdminWebhooksAreForbiddenToOtherUsers(t *testing.T) {
