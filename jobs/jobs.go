@@ -86,6 +86,8 @@ const (
 	EmailContact         = "contact"
 	EmailPasswordChanged = "password_changed"
 	EmailPurchase        = "purchase_confirmation"
+	EmailRefund          = "refund"
+	EmailPaymentFailed   = "payment_failed"
 )
 
 // StripeEvent applies one stored Stripe event.

@@ -316,6 +316,25 @@ func (w *StripeEventWorker) applyCheckoutUnsuccessful(ctx context.Context, tx pg
 		// Never move a payment backwards (e.g. an old event after success).
 		return store.OutcomeIgnored, "payment is already " + pay.Status, effects{noChange: true}, nil
 	}
+	if status == store.PaymentFailed {
+		// A declined (bank) payment the customer may be waiting for: say so.
+		// (An expired checkout was left by the customer: no email.)
+		email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
+		if err != nil {
+			return "", "", fx, err
+		}
+		if email != "" {
+			if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailPaymentFailed, To: email, Data: map[string]string{
+				"Payment": "#" + strconv.FormatInt(pay.ID, 10),
+				"Amount":  billing.FormatMoney(pay.AmountMinor, pay.Currency),
+				"Credits": billing.FormatCredits(pay.Credits),
+				"Reason":  reason,
+				"BuyLink": w.baseURL + "/dashboard/buy-credits",
+			}}, nil); err != nil {
+				return "", "", fx, err
+			}
+		}
+	}
 	return store.OutcomeApplied, "payment " + status, effects{paymentStatus: status, currency: pay.Currency}, nil
 }
 
@@ -368,6 +387,30 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	detail := fmt.Sprintf("refunded %d of %d; took back %d credits", refunded, pay.AmountMinor, taken)
 	if shortfall > 0 {
 		detail += fmt.Sprintf(", %d already spent (shortfall)", shortfall)
+	}
+	// The customer is told what was refunded and what it took back.
+	email, balance, err := store.EmailAndBalance(ctx, tx, pay.UserID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if email != "" {
+		full := ""
+		if status == store.PaymentRefunded {
+			full = "yes"
+		}
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailRefund, To: email, Data: map[string]string{
+			"Payment":      "#" + strconv.FormatInt(pay.ID, 10),
+			"Amount":       billing.FormatMoney(refunded-pay.AmountRefundedMinor, pay.Currency),
+			"Total":        billing.FormatMoney(pay.AmountMinor, pay.Currency),
+			"Credits":      billing.FormatCredits(pay.Credits),
+			"Full":         full,
+			"TakenBack":    billing.FormatCredits(taken),
+			"Shortfall":    billing.FormatCredits(shortfall),
+			"Balance":      billing.FormatCredits(balance),
+			"PaymentsLink": w.baseURL + "/dashboard/payments",
+		}}, nil); err != nil {
+			return "", "", fx, err
+		}
 	}
 	return store.OutcomeApplied, detail, fx, nil
 }

@@ -208,7 +208,10 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	}
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
-	// The customer's payments list says why, and names the payment.
+	// The customer is told, and the payments list says why and names it.
+	mail := ta.waitMail(p.User.Email, "Your payment of $20.00 did not go through")
+	require.Contains(t, mail.Text, *pay.FailureReason)
+	require.Contains(t, mail.Text, "Nothing was charged")
 	row := p.Browser.get("/dashboard/payments").Doc(t).Find(`#payments tr.payment[data-status="failed"]`)
 	require.Equal(t, *pay.FailureReason, strings.TrimSpace(row.Find(".failure-reason").Text()))
 	require.Equal(t, fmt.Sprintf("#%d", pay.ID), strings.TrimSpace(row.Find(".payment-id").Text()))
@@ -291,6 +294,16 @@ func TestPipelineFullRefundAfterPartialClawsBackTheRest(t *testing.T) {
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, p.Credits, 0)
 	whNoViolations(t, ta)
+
+	// Each refund is emailed: what this one refunded, what it took back.
+	payID := whPayment(t, ta, p).ID
+	first := ta.waitMail(p.User.Email, fmt.Sprintf("Refund of payment #%d: $5.00", payID))
+	require.Contains(t, first.Text, "Credits taken back: 125")
+	require.NotContains(t, first.Text, "refunded in full")
+	last := ta.waitMail(p.User.Email, fmt.Sprintf("Refund of payment #%d: $15.00", payID))
+	require.Contains(t, last.Text, "it is now refunded in full")
+	require.Contains(t, last.Text, "Credits taken back: 375")
+	require.Contains(t, last.Text, "Balance now: 0 credits")
 }
 
 func TestPipelineRepeatedAndOlderRefundEventsClawBackOnce(t *testing.T) {
@@ -342,6 +355,8 @@ func TestPipelineRefundOfSpentCreditsTakesWhatIsLeftAndRecordsShortfall(t *testi
 	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, 100, 400)
 	require.Contains(t, whDetail(ev), "shortfall")
 	whNoViolations(t, ta)
+	mail := ta.waitMail(p.User.Email, "Refund of payment")
+	require.Contains(t, mail.Text, "Credits taken back: 100 (400 of the credits it bought were already spent")
 }
 
 func TestPipelineRefundsAfterSpendingNeverDriveTheBalanceNegative(t *testing.T) {
