@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -143,8 +142,9 @@ func (s *Site) Login() http.Handler {
 				redirect(w, r, next)
 				return
 			}
-			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: r.URL.Query().Get("reset") == "1",
-				KeysRevoked: r.URL.Query().Get("keys_revoked") != ""})
+			reset := hasSession(r) && s.sessions.PopString(r.Context(), sessNotice) == "reset"
+			keys := reset && s.sessions.PopBool(r.Context(), sessKeysRevoked)
+			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: reset, KeysRevoked: keys})
 			return
 		}
 		f, ok := parseForm(r, "email", "password", "next")
@@ -391,10 +391,8 @@ func (s *Site) ResetPassword() http.Handler {
 			return
 		}
 		_ = s.sessions.Destroy(ctx)
-		if revokedKeys > 0 {
-			redirect(w, r, "/login?reset=1&keys_revoked="+strconv.FormatInt(revokedKeys, 10))
-			return
-		}
-		redirect(w, r, "/login?reset=1")
+		s.sessions.Put(ctx, sessNotice, "reset") // in a new, anonymous session
+		s.sessions.Put(ctx, sessKeysRevoked, revokedKeys > 0)
+		redirect(w, r, "/login")
 	})
 }

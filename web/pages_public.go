@@ -17,7 +17,7 @@ func (s *Site) Home() http.Handler {
 			return
 		}
 		s.render(w, r, http.StatusOK, "home", "Credits for your SaaS", map[string]any{
-			"Services": services, "Deleted": r.URL.Query().Get("deleted") == "1",
+			"Services": services, "Deleted": hasSession(r) && s.sessions.PopString(r.Context(), sessNotice) == "deleted",
 		})
 	})
 }

@@ -189,6 +189,7 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		redirect(w, r, "/?deleted=1")
+		s.sessions.Put(ctx, sessNotice, "deleted") // in a new, anonymous session
+		redirect(w, r, "/")
 	})
 }

@@ -14,6 +14,11 @@ const (
 	sessUserID = "user_id"
 	sessEpoch  = "epoch"
 	sessFlash  = "flash"
+	// sessNotice is a one-time notice for a page shown after the session
+	// ended ("deleted", "reset"; sessKeysRevoked with the latter). Held in
+	// the session, not the URL, so that a link cannot fake it.
+	sessNotice      = "notice"
+	sessKeysRevoked = "keys_revoked"
 )
 
 const sessionLoadedKey ctxKey = 100

@@ -61,7 +61,7 @@ func TestResetPasswordThroughEmailedLink(t *testing.T) {
 	require.Equal(t, acctTokenOf(t, link, "/password/reset"), token)
 	r := b.post("/password/reset", url.Values{"token": {token}, "new_password": {acctNewPassword}})
 
-	mustRedirect(t, r, "/login?reset=1")
+	mustRedirect(t, r, "/login")
 	acctRequireStatus(t, acctLogin(ta.browser(), "reset@example.com", storetest.DefaultPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(ta.browser(), "reset@example.com", acctNewPassword), "/dashboard")
 	ta.waitMail("reset@example.com", "Your QuickScale password was changed")
@@ -72,12 +72,19 @@ func TestLoginPageShowsNoticeAfterPasswordReset(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	b := ta.browser()
 
-	withNotice := b.get("/login?reset=1").Doc(t)
-	plain := b.get("/login").Doc(t)
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "noticed@example.com"})
+	token := acctResetToken(ta, "noticed@example.com")
+	mustRedirect(t, b.post("/password/reset", url.Values{"token": {token}, "new_password": {acctNewPassword}}), "/login")
+
+	withNotice := b.get("/login").Doc(t)
+	again := b.get("/login").Doc(t)
 
 	require.Contains(t, acctText(withNotice, "#reset-notice"), "new password")
-	require.Equal(t, 0, plain.Find("#reset-notice").Length())
 	require.Equal(t, 1, withNotice.Find("#login-form").Length())
+	require.Equal(t, 0, withNotice.Find("#keys-revoked-notice").Length(), "no keys, no keys notice")
+	require.Equal(t, 0, again.Find("#reset-notice").Length(), "the notice is shown once")
+	// A link cannot fake it (it once came from the URL).
+	require.Equal(t, 0, ta.browser().get("/login?reset=1&keys_revoked=1").Doc(t).Find("#reset-notice").Length())
 }
 
 func TestResetTokenExpiresAfterOneHour(t *testing.T) {

@@ -395,7 +395,7 @@ func TestNewUserJourneyOverSMTP(t *testing.T) {
 	acctRequireStatus(t, b.post("/password/forgot", url.Values{"email": {email}}), http.StatusOK)
 	reset := linkIn(t, mp.waitMessage(email, "Reset your QuickScale password").Text, "/password/reset?token=")
 	token := b.get(reset).Doc(t).Find(`#reset-form input[name="token"]`).AttrOr("value", "")
-	loc := mustRedirect(t, b.post("/password/reset", url.Values{"token": {token}, "new_password": {"the third password"}}), "/login?reset=1")
+	loc := mustRedirect(t, b.post("/password/reset", url.Values{"token": {token}, "new_password": {"the third password"}}), "/login")
 	require.Equal(t, 1, b.get(loc).Doc(t).Find("#reset-notice").Length())
 	acctRequireStatus(t, acctLogin(b, email, acctNewPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(b, email, "the third password"), "/dashboard")
