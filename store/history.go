@@ -24,6 +24,9 @@ type HistoryItem struct {
 	UsageID int64
 	Service string
 	Drawn   []Drawn
+	// ByOwner: the account's owner made this entry (credits forfeited when
+	// they deleted the account), not support.
+	ByOwner bool
 }
 
 // HistoryPage is one page of history, newest first.
@@ -44,11 +47,13 @@ type historyRow struct {
 	GrantExpiresAt *time.Time `db:"grant_expires_at"`
 	UsageID        *int64     `db:"usage_id"`
 	Service        *string    `db:"service"`
+	ByOwner        bool       `db:"by_owner"`
 }
 
 const historySelect = `
 SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
-       g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service
+       g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service,
+       e.actor_user_id IS NOT DISTINCT FROM e.user_id AS by_owner
   FROM ledger_entries e
   JOIN grants g ON g.id = e.grant_id
   LEFT JOIN usages u ON u.id = e.usage_id
@@ -103,7 +108,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 			}
 		}
 		it := HistoryItem{Kind: e.Kind, Credits: e.Amount, CreatedAt: e.CreatedAt, GrantID: e.GrantID,
-			GrantKind: e.GrantKind, GrantExpiresAt: e.GrantExpiresAt}
+			GrantKind: e.GrantKind, GrantExpiresAt: e.GrantExpiresAt, ByOwner: e.ByOwner}
 		if e.Reason != nil {
 			it.Reason = *e.Reason
 		}

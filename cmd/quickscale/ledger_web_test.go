@@ -572,7 +572,9 @@ func TestAdminUserPageShowsCreditHistoryAndEveryPayment(t *testing.T) {
 	require.Equal(t, 1, doc.Find("#deleted-account").Length())
 	kinds := doc.Find("#history tr.history-item").Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("data-kind", "") })
 	require.Equal(t, []string{"adjust", "grant"}, kinds, "the forfeiture, then the grant")
-	require.Contains(t, doc.Find(`#history tr.history-item[data-kind="adjust"]`).Text(), "-600")
+	forfeit := strings.Join(strings.Fields(doc.Find(`#history tr.history-item[data-kind="adjust"]`).Text()), " ")
+	require.Contains(t, forfeit, "-600")
+	require.Contains(t, forfeit, "credits forfeited", "the owner's deletion is not support's adjustment")
 
 	seen := doc.Find("#payments tr.payment-row").Length()
 	require.Equal(t, 10, seen)
