@@ -24,8 +24,8 @@ type HistoryItem struct {
 	UsageID int64
 	Service string
 	Drawn   []Drawn
-	// ByOwner: the account's owner made this entry (credits forfeited when
-	// they deleted the account), not support.
+	// ByOwner: the account's owner caused this entry (credits forfeited when
+	// they deleted the account, ForfeitCredits), not support.
 	ByOwner bool
 }
 
@@ -53,7 +53,7 @@ type historyRow struct {
 const historySelect = `
 SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
        g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service,
-       e.actor_user_id IS NOT DISTINCT FROM e.user_id AS by_owner
+       (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner
   FROM ledger_entries e
   JOIN grants g ON g.id = e.grant_id
   LEFT JOIN usages u ON u.id = e.usage_id

@@ -196,6 +196,10 @@ UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
 	return ForfeitCredits(ctx, db, userID)
 }
 
+// ForfeitReason is the reason of the entries ForfeitCredits writes; the
+// history tells them by it (and their actor, the user) from support's.
+const ForfeitReason = "account deleted: credits forfeited"
+
 // ForfeitCredits takes away a deleted user's live credits in the caller's
 // transaction, drawn the way a removal is (one adjust entry per grant, the
 // user as actor), so that credits nobody can spend any more stop counting
@@ -213,7 +217,7 @@ func ForfeitCredits(ctx context.Context, db DBTX, userID int64) error {
 		return nil
 	}
 	var ok bool
-	if err := db.QueryRow(ctx, `SELECT ok FROM ledger_debit($1, $2, 'adjust', $1, 'account deleted: credits forfeited')`, userID, balance).Scan(&ok); err != nil {
+	if err := db.QueryRow(ctx, `SELECT ok FROM ledger_debit($1, $2, 'adjust', $1, $3)`, userID, balance, ForfeitReason).Scan(&ok); err != nil {
 		return fmt.Errorf("forfeit credits: %w", err)
 	}
 	if !ok {

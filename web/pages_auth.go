@@ -142,7 +142,7 @@ func (s *Site) Login() http.Handler {
 				redirect(w, r, next)
 				return
 			}
-			reset := hasSession(r) && s.sessions.PopString(r.Context(), sessNotice) == "reset"
+			reset := hasSession(r) && s.sessions.PopBool(r.Context(), sessNoticeReset)
 			keys := reset && s.sessions.PopBool(r.Context(), sessKeysRevoked)
 			s.render(w, r, http.StatusOK, "login", "Sign in", authPage{Form: newForm(), Next: next, Reset: reset, KeysRevoked: keys})
 			return
@@ -391,7 +391,7 @@ func (s *Site) ResetPassword() http.Handler {
 			return
 		}
 		_ = s.sessions.Destroy(ctx)
-		s.sessions.Put(ctx, sessNotice, "reset") // in a new, anonymous session
+		s.sessions.Put(ctx, sessNoticeReset, true) // in a new, anonymous session
 		s.sessions.Put(ctx, sessKeysRevoked, revokedKeys > 0)
 		redirect(w, r, "/login")
 	})

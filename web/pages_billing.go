@@ -86,7 +86,8 @@ func (s *Site) StartCheckout() http.Handler {
 			// once that checkout is finished (paid, declined, expired), the
 			// same form (a page restored from history) buys again.
 			if prev, err := s.store.UserPaymentBySession(ctx, u.ID, sess.ID); err == nil && prev.Status != store.PaymentPending {
-				params.IdempotencyKey = ""
+				// A key of its own, so that a double click here opens one.
+				params.IdempotencyKey += "-after-" + sess.ID
 				if sess, err = s.gateway.CreateCheckoutSession(ctx, params); err != nil {
 					s.paymentProviderError(w, r, err)
 					return
@@ -226,7 +227,8 @@ func (s *Site) SimulatorCheckout() http.Handler {
 		f, _ := parseForm(r, "action")
 		// Like Stripe, a checkout that expired (or was declined) cannot be
 		// paid any more.
-		if pay, err := s.store.UserPaymentBySession(ctx, u.ID, id); err == nil && (pay.Status == store.PaymentExpired || pay.Status == store.PaymentFailed) {
+		if pay, err := s.store.UserPaymentBySession(ctx, u.ID, id); err == nil && f.raw("action") == "pay" &&
+			(pay.Status == store.PaymentExpired || pay.Status == store.PaymentFailed) {
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
 				Message:   "It " + map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status] + " and can no longer be paid. Nothing was charged.",
 				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})

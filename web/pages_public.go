@@ -17,7 +17,7 @@ func (s *Site) Home() http.Handler {
 			return
 		}
 		s.render(w, r, http.StatusOK, "home", "Credits for your SaaS", map[string]any{
-			"Services": services, "Deleted": hasSession(r) && s.sessions.PopString(r.Context(), sessNotice) == "deleted",
+			"Services": services, "Deleted": hasSession(r) && s.sessions.PopBool(r.Context(), sessNoticeDeleted),
 		})
 	})
 }

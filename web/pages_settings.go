@@ -189,7 +189,7 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.sessions.Put(ctx, sessNotice, "deleted") // in a new, anonymous session
+		s.sessions.Put(ctx, sessNoticeDeleted, true) // in a new, anonymous session
 		redirect(w, r, "/")
 	})
 }

@@ -14,11 +14,13 @@ const (
 	sessUserID = "user_id"
 	sessEpoch  = "epoch"
 	sessFlash  = "flash"
-	// sessNotice is a one-time notice for a page shown after the session
-	// ended ("deleted", "reset"; sessKeysRevoked with the latter). Held in
-	// the session, not the URL, so that a link cannot fake it.
-	sessNotice      = "notice"
-	sessKeysRevoked = "keys_revoked"
+	// One-time notices for a page shown after the session ended (the home
+	// page after a deletion, the sign-in page after a reset, with
+	// sessKeysRevoked), one key each so that neither page consumes the
+	// other's. Held in the session, not the URL, so a link cannot fake them.
+	sessNoticeDeleted = "notice_deleted"
+	sessNoticeReset   = "notice_reset"
+	sessKeysRevoked   = "keys_revoked"
 )
 
 const sessionLoadedKey ctxKey = 100

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
+	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
@@ -208,7 +209,16 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	}
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 	require.Zero(t, whGrantsOf(t, ta, p.SessionID))
-	// The customer is told, and the payments list says why and names it.
+	// The customer is told (once, however often the event is processed),
+	// and the payments list says why and names it.
+	_, admin := whAdmin(t, ta)
+	mustRedirect(t, admin.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
+		ev, err := ta.store.StripeEventByID(context.Background(), id)
+		require.NoError(t, err)
+		return strings.Contains(whDetail(ev), "processed again")
+	})
+	require.Equal(t, 1, emailJobsOf(ta, jobs.EmailPaymentFailed, p.User.Email))
 	mail := ta.waitMail(p.User.Email, "Your payment of $20.00 did not go through")
 	require.Contains(t, mail.Text, *pay.FailureReason)
 	require.Contains(t, mail.Text, "Nothing was charged")
@@ -329,6 +339,20 @@ func TestPipelineRepeatedAndOlderRefundEventsClawBackOnce(t *testing.T) {
 	}
 	require.Equal(t, int64(375), whBalance(t, ta, p.User.ID))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM ledger_entries WHERE kind = 'clawback'`))
+	// One refund, one email: the repeat and the older event add nothing.
+	require.Equal(t, 1, emailJobsOf(ta, jobs.EmailRefund, p.User.Email))
+}
+
+// emailJobsOf counts the queued or sent email jobs of one template to one
+// address (queued in the transaction that decided to send them).
+func emailJobsOf(ta *testApp, template, to string) int {
+	n := 0
+	for _, m := range acctEmailJobs(ta) {
+		if m.Template == template && strings.EqualFold(m.To, to) {
+			n++
+		}
+	}
+	return n
 }
 
 // whSpend spends credits of the buyer through the JSON API.

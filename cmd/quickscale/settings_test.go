@@ -209,7 +209,7 @@ func TestHomeShowsNoticeAfterAccountDeletion(t *testing.T) {
 	require.Contains(t, acctText(doc, "#deleted-notice"), "account is deleted")
 	require.Equal(t, 1, doc.Find("#nav-signup").Length(), "home after deletion still shows a signed-in menu")
 	require.Equal(t, 0, b.get("/").Doc(t).Find("#deleted-notice").Length(), "the notice is shown once")
-	require.Equal(t, 0, ta.browser().get("/?deleted=1").Doc(t).Find("#deleted-notice").Length(), "a link can fake the notice")
+	require.Equal(t, 0, ta.browser().get("/?deleted=1").Doc(t).Find("#deleted-notice").Length(), "a link must not fake the notice")
 }
 
 // Credits die with the account: each live grant is closed by an adjust
