@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,5 +48,8 @@ func TestBuyPackThroughSimulatorGrantsCredits(t *testing.T) {
 	doc = b.get("/dashboard/payments").Doc(t)
 	if got := doc.Find("tr.payment").AttrOr("data-status", ""); got != "succeeded" {
 		t.Fatalf("payment status %q", got)
+	}
+	if got := doc.Find("tr.payment .paid-at").Text(); !strings.HasPrefix(got, "paid ") {
+		t.Fatalf("no time of payment on the payments page: %q", got)
 	}
 }
