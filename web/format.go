@@ -84,3 +84,16 @@ func countNoun(n int64, noun string) string {
 	}
 	return formatInt(n) + " " + noun + "s"
 }
+
+// auditDetail prints one value of an audit entry's details: text and
+// numbers as they are, nested objects and lists as compact JSON (not Go's
+// map[...] notation).
+func auditDetail(v any) string {
+	switch v.(type) {
+	case map[string]any, []any:
+		if b, err := json.Marshal(v); err == nil {
+			return string(b)
+		}
+	}
+	return fmt.Sprint(v)
+}

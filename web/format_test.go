@@ -1,6 +1,7 @@
 package web
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -23,6 +24,23 @@ func TestRelativeTimeSaysWhichWay(t *testing.T) {
 	} {
 		if got := relativeTime(c.at); got != c.want {
 			t.Errorf("relativeTime(now%+v) = %q, want %q", c.at.Sub(now).Round(time.Second), got, c.want)
+		}
+	}
+}
+
+func TestAuditDetailPrintsNestedValuesAsJSON(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		v    any
+		want string
+	}{
+		{"text", "text"},
+		{json.Number("1000000"), "1000000"},
+		{map[string]any{"active": true, "credit_cost": json.Number("5")}, `{"active":true,"credit_cost":5}`},
+		{[]any{map[string]any{"grant_id": json.Number("3")}}, `[{"grant_id":3}]`},
+	} {
+		if got := auditDetail(c.v); got != c.want {
+			t.Errorf("auditDetail(%#v) = %q, want %q", c.v, got, c.want)
 		}
 	}
 }

@@ -154,6 +154,7 @@ func (t *templates) funcs() template.FuncMap {
 		"title":     titleCase,
 		"perCredit": perCredit,
 		"add":       func(a, b int) int { return a + b },
+		"detail":    auditDetail,
 		"dict": func(kv ...any) (map[string]any, error) {
 			if len(kv)%2 != 0 {
 				return nil, errors.New("dict needs key/value pairs")

@@ -160,6 +160,9 @@ func TestDeleteAccountSaysTheCreditsAreForfeited(t *testing.T) {
 	doc := b.get("/settings").Doc(t)
 	says := strings.Join(strings.Fields(doc.Find("#delete-consequences").Text()), " ")
 	require.Contains(t, says, "your 350 credits are forfeited")
+	one, b1 := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, one.ID, storetest.GrantOpts{Amount: 1})
+	require.Contains(t, strings.Join(strings.Fields(b1.get("/settings").Doc(t).Find("#delete-consequences").Text()), " "), "your 1 credit is forfeited")
 	require.Contains(t, says, "API keys stop working")
 	ids := map[string]int{}
 	doc.Find("[id]").Each(func(_ int, s *goquery.Selection) { ids[s.AttrOr("id", "")]++ })
