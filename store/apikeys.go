@@ -178,10 +178,6 @@ SELECT u.id, s.slug, u.credits, u.balance_after, u.created_at,
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
-	var next int64
-	if len(out) > limit {
-		out = out[:limit]
-		next = out[len(out)-1].ID
-	}
+	out, next := keysetPage(out, limit, func(r UsageRecord) int64 { return r.ID })
 	return out, next, nil
 }

@@ -60,11 +60,7 @@ func (s *Store) AuditLog(ctx context.Context, action string, before int64, limit
 		return AuditPage{}, err
 	}
 	var p AuditPage
-	if len(entries) > limit {
-		entries = entries[:limit]
-		p.NextCursor = entries[len(entries)-1].ID
-	}
-	p.Entries = entries
+	p.Entries, p.NextCursor = keysetPage(entries, limit, func(e AuditEntry) int64 { return e.ID })
 	return p, nil
 }
 

@@ -166,11 +166,7 @@ func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor int64, limit 
 	if err != nil {
 		return nil, 0, err
 	}
-	var next int64
-	if len(ps) > limit {
-		ps = ps[:limit]
-		next = ps[len(ps)-1].ID
-	}
+	ps, next := keysetPage(ps, limit, func(p Payment) int64 { return p.ID })
 	return ps, next, nil
 }
 

@@ -372,11 +372,7 @@ func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit i
 		return UserPage{}, err
 	}
 	var p UserPage
-	if len(users) > limit {
-		users = users[:limit]
-		p.NextCursor = users[len(users)-1].ID
-	}
-	p.Users = users
+	p.Users, p.NextCursor = keysetPage(users, limit, func(u User) int64 { return u.ID })
 	return p, nil
 }
 

@@ -172,12 +172,7 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	// Re-processing it re-checks it: the refund it asks for is not made
 	// yet, so it stays failed and in the failed filter.
 	_, b := whAdmin(t, ta)
-	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
-	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
-		again, err := ta.store.StripeEventByID(ctx, id)
-		require.NoError(t, err)
-		return strings.Contains(whDetail(again), "processed again")
-	})
+	whReprocess(t, ta, b, id, func(ev store.StripeEvent) bool { return strings.Contains(whDetail(ev), "processed again") })
 	again := whRequireOutcome(t, ta, id, store.OutcomeFailed)
 	require.Contains(t, whDetail(again), "refund the payment")
 	require.Contains(t, whDetail(again), "processed again: failed, paid after its buyer")
@@ -186,11 +181,18 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	// Once the refund is made (and recorded), re-processing clears it.
 	refundID, refund := p.refunded(t, p.Amount)
 	whApply(t, ta, refundID, refund, store.OutcomeApplied)
-	mustRedirect(t, b.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
-	eventually(t, 20*time.Second, "the event to be re-checked", func() bool {
-		ev, err := ta.store.StripeEventByID(ctx, id)
+	whReprocess(t, ta, b, id, func(ev store.StripeEvent) bool { return whOutcome(ev) == store.OutcomeApplied })
+}
+
+// whReprocess has an admin re-process an event, as the event page's
+// button does, and waits until done says the processing happened.
+func whReprocess(t *testing.T, ta *testApp, admin *browser, id string, done func(store.StripeEvent) bool) {
+	t.Helper()
+	mustRedirect(t, admin.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
+	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
+		ev, err := ta.store.StripeEventByID(context.Background(), id)
 		require.NoError(t, err)
-		return ev.Outcome != nil && *ev.Outcome == store.OutcomeApplied
+		return done(ev)
 	})
 }
 
@@ -212,12 +214,7 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	// The customer is told (once, however often the event is processed),
 	// and the payments list says why and names it.
 	_, admin := whAdmin(t, ta)
-	mustRedirect(t, admin.post("/admin/webhooks/"+id+"/reprocess", url.Values{}), "/admin/webhooks/"+id)
-	eventually(t, 20*time.Second, "the event to be processed again", func() bool {
-		ev, err := ta.store.StripeEventByID(context.Background(), id)
-		require.NoError(t, err)
-		return strings.Contains(whDetail(ev), "processed again")
-	})
+	whReprocess(t, ta, admin, id, func(ev store.StripeEvent) bool { return strings.Contains(whDetail(ev), "processed again") })
 	require.Equal(t, 1, emailJobsOf(ta, jobs.EmailPaymentFailed, p.User.Email))
 	mail := ta.waitMail(p.User.Email, "Your payment of $20.00 did not go through")
 	require.Contains(t, mail.Text, *pay.FailureReason)
