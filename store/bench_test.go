@@ -358,9 +358,9 @@ func BenchmarkExpireSweep(b *testing.B) {
 	}()
 	sweepStart := time.Now()
 	// As the expire_credits worker sweeps on its default one-minute
-	// schedule: batches closing about 50 grants, resting half a batch's
+	// schedule: batches closing about 50 grants, resting up to twice a batch's
 	// time after each unless that would take it past 90% of the period.
-	res, err := st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 50, BatchGrants: 50, Pause: 0.5, Deadline: sweepStart.Add(54 * time.Second)}, nil)
+	res, err := st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 50, BatchGrants: 50, Pause: 2, Deadline: sweepStart.Add(54 * time.Second)}, nil)
 	if err != nil {
 		b.Fatalf("sweep: %v", err)
 	}
