@@ -159,7 +159,7 @@ func (s *Store) Usages(ctx context.Context, userID, cursor int64, limit int) ([]
 	rows, err := s.pool.Query(ctx, `
 SELECT u.id, s.slug, u.credits, u.balance_after, u.created_at,
        coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', e.grant_id, 'kind', g.kind, 'credits', -e.amount) ORDER BY e.id)
-                   FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE e.usage_id = u.id), '[]'::jsonb)
+                   FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE e.user_id = u.user_id AND e.usage_id = u.id), '[]'::jsonb)
   FROM usages u JOIN services s ON s.id = u.service_id
  WHERE u.user_id = $1 AND u.id < $2
  ORDER BY u.id DESC LIMIT $3`, customPlan, userID, cursor, limit+1)

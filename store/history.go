@@ -56,7 +56,7 @@ SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
        (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner
   FROM ledger_entries e
   JOIN grants g ON g.id = e.grant_id
-  LEFT JOIN usages u ON u.id = e.usage_id
+  LEFT JOIN usages u ON u.user_id = e.user_id AND u.id = e.usage_id
   LEFT JOIN services s ON s.id = u.service_id`
 
 // History returns up to about limit items older than cursor (0: newest),

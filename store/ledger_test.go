@@ -399,6 +399,37 @@ func TestLedgerConstraintsRefuseDirectTampering(t *testing.T) {
 	}
 }
 
+// An entry's grant and usage are its own user's (migration 00011 made the
+// usage's a foreign key too): the database refuses an entry naming another
+// user's usage, or one that does not exist, even inside the ledger.
+func TestLedgerEntryNamesOnlyItsUsersGrantAndUsage(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	g := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 3})
+	mine, _, err := b.consume(t, svc, "k")
+	require.NoError(t, err)
+	other := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	storetest.NewGrant(t, b.st, other.ID, storetest.GrantOpts{Amount: 10})
+	theirs, _, err := b.st.Consume(b.ctx, store.ConsumeRequest{UserID: other.ID, Service: svc, IdempotencyKey: "k"})
+	require.NoError(t, err)
+	entry := `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id)
+	          SELECT user_id, id, 'consume', -1, $2 FROM grants WHERE id = $1`
+	require.NoError(t, b.execInLedger(entry, g.GrantID, mine.ID), "control: an entry of the user's own usage")
+	for name, usage := range map[string]int64{"another user's usage": theirs.ID, "no such usage": theirs.ID + 1000} {
+		err := b.execInLedger(entry, g.GrantID, usage)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23503" {
+			t.Errorf("entry naming %s: got %v, want a foreign-key violation", name, err)
+		}
+	}
+	err = b.execInLedger(`INSERT INTO ledger_entries (user_id, grant_id, kind, amount, reason) SELECT $2, id, 'adjust', 1, 'x' FROM grants WHERE id = $1`, g.GrantID, other.ID)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23503" {
+		t.Errorf("entry naming another user's grant: got %v, want a foreign-key violation", err)
+	}
+}
+
 // Every rule on a grant's, entry's or usage's values is the database's,
 // whether it lives in a domain (one value) or a table CHECK (several): each
 // write below breaks exactly one rule, inside the ledger switch, and must be

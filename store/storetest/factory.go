@@ -122,14 +122,16 @@ SELECT count(*) FROM grants g
  WHERE g.remaining <> coalesce(e.s, 0)`},
 		{"usage entries do not sum to minus its cost", `
 SELECT count(*) FROM usages u
-  LEFT JOIN (SELECT usage_id, sum(amount) s FROM ledger_entries WHERE usage_id IS NOT NULL GROUP BY usage_id) e ON e.usage_id = u.id
+  LEFT JOIN (SELECT user_id, usage_id, sum(amount) s FROM ledger_entries WHERE usage_id IS NOT NULL GROUP BY user_id, usage_id) e
+         ON e.user_id = u.user_id AND e.usage_id = u.id
  WHERE coalesce(e.s, 0) <> -u.credits`},
 		{"grant below zero or above its amount", `SELECT count(*) FROM grants WHERE remaining < 0 OR remaining > amount`},
 		{"usage balance_after negative", `SELECT count(*) FROM usages WHERE balance_after < 0`},
 		{"entry of another user's grant", `
 SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE g.user_id <> e.user_id`},
 		{"entry of another user's usage", `
-SELECT count(*) FROM ledger_entries e JOIN usages u ON u.id = e.usage_id WHERE u.user_id <> e.user_id`},
+SELECT count(*) FROM ledger_entries e
+ WHERE e.usage_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usages u WHERE u.user_id = e.user_id AND u.id = e.usage_id)`},
 	}
 	var out []string
 	for _, c := range checks {
