@@ -2,7 +2,10 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -51,9 +54,16 @@ func TestLimitBodyRefusesOversizedRequests(t *testing.T) {
 		}
 	}))
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/usage", strings.NewReader(strings.Repeat("x", 100))))
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/contact", strings.NewReader(strings.Repeat("x", 100))))
 	if rec.Code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("declared length over the cap: %d, want 413", rec.Code)
+	}
+	// The JSON API checks the key first: its oversized bodies reach the
+	// handler, and are cut off when read.
+	readErr = nil
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/api/v1/usage", strings.NewReader(strings.Repeat("x", 100))))
+	if !isMaxBytesError(readErr) {
+		t.Fatalf("API body over the cap: reading gave %v, want a MaxBytesError", readErr)
 	}
 	// A body without a declared length is cut off while reading.
 	req := httptest.NewRequest(http.MethodPost, "/contact", strings.NewReader(strings.Repeat("x", 100)))
@@ -103,5 +113,57 @@ func TestAccessLogLevels(t *testing.T) {
 		if err := json.Unmarshal(logs.Bytes(), &line); err != nil || line.Level != c.level {
 			t.Errorf("%s %d: logged %q (%v), want level %s", c.path, c.status, logs.String(), err, c.level)
 		}
+	}
+}
+
+// A request that ran out of time is worth retrying, and says when.
+func TestAPITimeoutIs503WithRetryAfter(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	s := newTestServerShell(&logs)
+	rec := httptest.NewRecorder()
+	s.apiError(rec, httptest.NewRequest(http.MethodPost, "/api/v1/usage", nil), fmt.Errorf("consume: %w", context.DeadlineExceeded))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("timeout: %d, Retry-After %q; want 503 with a Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+}
+
+// POST /api/v1/usage takes exactly {"service": …}: the field spelled
+// exactly so, given once, in one object.
+func TestDecodeUsageBodyIsStrict(t *testing.T) {
+	t.Parallel()
+	for body, want := range map[string]int{
+		`{"service":"a"}`:                0,
+		` {"service" : "a"} `:            0,
+		`{"service":null}`:               0, // the handler answers 422: no service named
+		`{}`:                             0,
+		`{"Service":"a"}`:                http.StatusBadRequest,
+		`{"SERVICE":"a"}`:                http.StatusBadRequest,
+		`{"ſervice":"a"}`:                http.StatusBadRequest,
+		`{"service":"a","Service":"b"}`:  http.StatusBadRequest,
+		`{"service":"a","service":"b"}`:  http.StatusBadRequest,
+		`{"service":"a","extra":1}`:      http.StatusBadRequest,
+		`null`:                           http.StatusBadRequest,
+		`["service"]`:                    http.StatusBadRequest,
+		`"service"`:                      http.StatusBadRequest,
+		`{"service":5}`:                  http.StatusBadRequest,
+		`{"service":"a"`:                 http.StatusBadRequest,
+		`{"service":"a"}{"service":"a"}`: http.StatusBadRequest,
+		`{"service":"a"} x`:              http.StatusBadRequest,
+		``:                               http.StatusBadRequest,
+	} {
+		service, status, code, msg := decodeUsageBody(strings.NewReader(body))
+		if status != want || (status != 0 && (code != "invalid_json" || msg == "")) {
+			t.Errorf("%s: status %d code %q message %q, want %d", body, status, code, msg, want)
+		}
+		if status == 0 && strings.Contains(body, `"a"`) && (service == nil || *service != "a") {
+			t.Errorf("%s: service %v, want a", body, service)
+		}
+	}
+	// Past the cap while reading: 413, not a JSON error.
+	rec := httptest.NewRecorder()
+	capped := http.MaxBytesReader(rec, io.NopCloser(strings.NewReader(`{"service":"a"}`+strings.Repeat(" ", 64))), 32)
+	if _, status, code, _ := decodeUsageBody(capped); status != http.StatusRequestEntityTooLarge || code != "body_too_large" {
+		t.Errorf("body over the cap: %d %q, want 413 body_too_large", status, code)
 	}
 }

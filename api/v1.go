@@ -62,6 +62,7 @@ func (s *server) requireAPIKey(next http.Handler) http.Handler {
 // logged, never sent.
 func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
 		return
 	}
@@ -130,28 +131,16 @@ func (s *server) handleAPIConsume() http.Handler {
 			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")
 			return
 		}
-		var body struct {
-			Service *string `json:"service"`
-		}
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil {
-			if isMaxBytesError(err) {
-				writeProblem(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "The request body is too large.")
-				return
-			}
-			writeProblem(w, r, http.StatusBadRequest, "invalid_json", "The body must be a JSON object like {\"service\": \"<slug>\"}.")
+		service, status, code, msg := decodeUsageBody(r.Body)
+		if status != 0 {
+			writeProblem(w, r, status, code, msg)
 			return
 		}
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-			writeProblem(w, r, http.StatusBadRequest, "invalid_json", "The body must hold exactly one JSON object.")
-			return
-		}
-		if body.Service == nil || strings.TrimSpace(*body.Service) == "" {
+		if service == nil || strings.TrimSpace(*service) == "" {
 			writeProblem(w, r, http.StatusUnprocessableEntity, "service_required", "Name the service to use: {\"service\": \"<slug>\"}.")
 			return
 		}
-		slug := strings.TrimSpace(*body.Service)
+		slug := strings.TrimSpace(*service)
 		if !store.ValidSlug(slug) {
 			writeProblem(w, r, http.StatusUnprocessableEntity, "invalid_service", "A service slug is 1-63 lowercase letters, digits and dashes.")
 			return
@@ -191,6 +180,48 @@ func (s *server) handleAPIConsume() http.Handler {
 		web.RecordConsumption(s.metrics, usage)
 		writeJSON(w, http.StatusCreated, usage)
 	})
+}
+
+// decodeUsageBody reads POST /api/v1/usage's body, exactly one JSON object
+// whose only field is "service" (a string or null), spelled exactly so and
+// given once: encoding/json alone would also take "Service" or "ſervice"
+// and let the last of two spellings win, so that a body naming one service
+// could charge another. A non-zero status is the problem to answer.
+func decodeUsageBody(body io.Reader) (service *string, status int, code, msg string) {
+	const shape = "The body must be a JSON object like {\"service\": \"<slug>\"}."
+	fail := func(err error, m string) (*string, int, string, string) {
+		if isMaxBytesError(err) {
+			return nil, http.StatusRequestEntityTooLarge, "body_too_large", "The request body is too large."
+		}
+		return nil, http.StatusBadRequest, "invalid_json", m
+	}
+	dec := json.NewDecoder(body)
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return fail(err, shape)
+	}
+	seen := false
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return fail(err, shape)
+		}
+		if name, _ := t.(string); name != "service" {
+			return fail(nil, "Unknown field "+strconv.Quote(name)+": "+shape)
+		} else if seen {
+			return fail(nil, "The field \"service\" is given twice.")
+		}
+		seen = true
+		if err := dec.Decode(&service); err != nil {
+			return fail(err, shape)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return fail(err, shape)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fail(err, "The body must hold exactly one JSON object.")
+	}
+	return service, 0, "", ""
 }
 
 // usagePageSize is how many usages one API page holds.

@@ -391,8 +391,8 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 	}
 	if given["cost"] {
 		cost, err := strconv.ParseInt(*costFlag, 10, 64)
-		if err != nil || cost < 0 {
-			return usageError{"--cost: a whole number of credits, 0 or more"}
+		if err != nil || cost < 0 || cost > store.MaxGrantCredits {
+			return usageError{"--cost: a whole number of credits from 0 to 1,000,000,000"}
 		}
 		change.CreditCost = &cost
 	}

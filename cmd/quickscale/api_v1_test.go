@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -514,6 +515,37 @@ func TestAPIProblems(t *testing.T) {
 		t.Parallel()
 		u, key := spender(t)
 		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body+body, "Idempotency-Key", "k"), http.StatusBadRequest, "invalid_json", u)
+	})
+	t.Run("field names are exact and given once: 400", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		dear := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 5})
+		for i, b := range []string{
+			`{"service":"` + svc + `","Service":"` + dear + `"}`,
+			`{"SERVICE":"` + svc + `"}`,
+			`{"service":"` + dear + `","service":"` + svc + `"}`,
+			`null`,
+		} {
+			check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, b, "Idempotency-Key", fmt.Sprint("k", i)), http.StatusBadRequest, "invalid_json", u)
+		}
+	})
+	t.Run("oversized body: 401 without a key, 413 with one, declared or chunked", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		big := `{"service":"` + svc + `"}` + strings.Repeat(" ", 1<<20)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", "", big, "Idempotency-Key", "k"), http.StatusUnauthorized, "unauthorized", u)
+		check(t, v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, big, "Idempotency-Key", "k"), http.StatusRequestEntityTooLarge, "body_too_large", u)
+		req, err := http.NewRequest(http.MethodPost, ta.URL+"/api/v1/usage", io.MultiReader(strings.NewReader(big)))
+		require.NoError(t, err)
+		require.EqualValues(t, 0, req.ContentLength, "the body goes chunked, without a declared length")
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		check(t, response{Status: resp.StatusCode, Body: buf.String(), Header: resp.Header}, http.StatusRequestEntityTooLarge, "body_too_large", u)
 	})
 	t.Run("missing Idempotency-Key is 400", func(t *testing.T) {
 		t.Parallel()

@@ -184,7 +184,8 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 			t.Errorf("%s: exit %d, want 2", name, code)
 		}
 	}
-	if code, _, stderr := runCmd(t, env, "", "services", "set", "--slug", "big", "--name", "Big", "--cost", "1000000001"); code != 1 || !strings.Contains(stderr, "1,000,000,000") {
+	// An amount out of range is a flag mistake (exit 2), as for credits grant.
+	if code, _, stderr := runCmd(t, env, "", "services", "set", "--slug", "big", "--name", "Big", "--cost", "1000000001"); code != 2 || !strings.Contains(stderr, "1,000,000,000") {
 		t.Errorf("cost over the cap: exit %d %s", code, stderr)
 	}
 }
