@@ -37,6 +37,9 @@ type useResult struct {
 	// showed it (ShownCost): nothing was charged.
 	Repriced  bool
 	ShownCost int64
+	// Gone is set when the service was retired since the page showed it:
+	// nothing was charged, and the page's list of services is refreshed.
+	Gone bool
 }
 
 func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
@@ -111,6 +114,9 @@ func (s *Site) UseService() http.Handler {
 		case errors.As(err, &short):
 			res.Short, res.Balance, res.Required = true, short.Balance, short.Required
 			status = http.StatusPaymentRequired
+		case store.ErrorKind(err) == store.KindNotFound:
+			res.Gone = true
+			status = http.StatusGone
 		default:
 			s.handleError(w, r, err)
 			return
@@ -125,6 +131,18 @@ func (s *Site) UseService() http.Handler {
 				res.Service = c.Service
 			}
 		}
+		if res.Gone {
+			if res.Service.Slug != "" {
+				// Not found, yet offered: not a retired service (e.g. no
+				// credit account); answer the error as it is.
+				s.handleError(w, r, err)
+				return
+			}
+			if res.Service, err = s.retiredService(r, slug); err != nil {
+				s.handleError(w, r, err)
+				return
+			}
+		}
 		p.Result = res
 		if isPartialRequest(r) {
 			s.renderBlock(w, r, status, "services", "use-response", "Services", p)
@@ -132,6 +150,21 @@ func (s *Site) UseService() http.Handler {
 		}
 		s.render(w, r, status, "services", "Services", p)
 	})
+}
+
+// retiredService is the catalog's entry for slug, retired or not; a slug
+// the catalog never had is a 404.
+func (s *Site) retiredService(r *http.Request, slug string) (store.Service, error) {
+	all, err := s.store.Services(r.Context())
+	if err != nil {
+		return store.Service{}, err
+	}
+	for _, sv := range all {
+		if sv.Slug == slug {
+			return sv, nil
+		}
+	}
+	return store.Service{}, store.Errorf(store.KindNotFound, "No such service.")
 }
 
 // PaidBy is what paid for the use, one entry per kind of credits in the

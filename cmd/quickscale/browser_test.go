@@ -82,22 +82,35 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 		t.Fatalf("after Use: outcome %q, balance %q; want used and 13", outcome.Value, balance)
 	}
 
-	// A refusal htmx does not swap in (here a service retired while the
-	// page was open: 404) shows the server's message, not a generic one.
-	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 7, Inactive: true})
+	// A refusal htmx does not swap in (here a form that lost its key: 400)
+	// shows the server's message, not a generic one.
 	err = chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("key-render").value = ""`),
 		chromedp.Click(css(`#use-form-render button`)),
 		chromedp.WaitVisible(css(`#htmx-error`)),
 	)
 	if err != nil {
-		t.Fatalf("use a retired service in the browser: %v", err)
+		t.Fatalf("use without a key in the browser: %v", err)
 	}
 	refusal, err := chromedp.Run(ctx, chromedp.Text(css(`#htmx-error`)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.TrimSpace(refusal) != `No active service "render".` {
+	if strings.TrimSpace(refusal) != "This form has lost its key; reload the page and try again." {
 		t.Fatalf("the refusal says %q", refusal)
+	}
+	// The next request clears it. A service retired while the page was
+	// open answers in place and takes its card off the page.
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 7, Inactive: true})
+	err = chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("key-render").value = "a-fresh-key"`),
+		chromedp.Click(css(`#use-form-render button`)),
+		chromedp.WaitVisible(css(`#use-outcome[data-outcome="gone"]`)),
+		chromedp.WaitNotVisible(css(`#htmx-error`)),
+		chromedp.WaitVisible(css(`#no-services`)),
+	)
+	if err != nil {
+		t.Fatalf("use a retired service in the browser: %v", err)
 	}
 
 	err = chromedp.Do(ctx,

@@ -117,6 +117,45 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 // what it showed, and the answer shows the new price instead. A use made
 // before the rise and resubmitted after it is a replay, and a lowered price
 // is simply charged.
+// A service retired while its page was open: Use charges nothing, says so,
+// and the page's list of services is refreshed in place (htmx) or in full.
+func TestUseServiceRetiredSinceThePageShowedIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "old-render", Cost: 1})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "new-render", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	page := b.get("/services").Doc(t)
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "old-render", Cost: 1, Inactive: true})
+	use := url.Values{"idempotency_key": {serviceKey(t, page, "old-render")}, "cost": {"1"}}
+	for _, htmx := range []bool{true, false} {
+		var r response
+		if htmx {
+			r = b.post("/services/old-render/use", use, "HX-Request", "true")
+		} else {
+			r = b.post("/services/old-render/use", use)
+		}
+		require.Equal(t, http.StatusGone, r.Status, r.Body)
+		doc := r.Doc(t)
+		require.Equal(t, "gone", doc.Find("#use-outcome").AttrOr("data-outcome", ""), "htmx %v", htmx)
+		require.Contains(t, doc.Find("#use-outcome").Text(), "is no longer offered")
+		cards := doc.Find("#service-cards")
+		if htmx {
+			require.Equal(t, "innerHTML", cards.AttrOr("hx-swap-oob", ""), "the list is swapped in")
+		}
+		require.Zero(t, cards.Find(`.service[data-service="old-render"]`).Length(), "the retired service is gone from the list")
+		require.Equal(t, 1, cards.Find(`.service[data-service="new-render"] form`).Length(), "the others can still be used")
+	}
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100, bal.Total, "nothing was charged")
+	// A slug the catalog never had is still a plain 404.
+	require.Equal(t, http.StatusNotFound, b.post("/services/never-was/use", use, "HX-Request", "true").Status)
+}
+
 func TestUseServiceAfterAPriceRiseChargesNothingAndShowsTheNewPrice(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
