@@ -44,10 +44,20 @@ func (s *Store) IssueAPIKey(ctx context.Context, actor *int64, userID int64, nam
 	})
 }
 
-func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
+// CheckAPIKeyName refuses a key name that is not one line of up to 100
+// visible characters (surrounding spaces aside).
+func CheckAPIKeyName(name string) error {
 	name = strings.TrimSpace(name)
 	if BlankText(name) || !utf8.ValidString(name) || utf8.RuneCountInString(name) > 100 || UnsafeLine(name) {
-		return "", APIKey{}, Errorf(KindInvalid, "Name the key (up to 100 characters, no line breaks or control characters), e.g. after the app that uses it.")
+		return Errorf(KindInvalid, "Name the key (up to 100 characters, no line breaks or control characters), e.g. after the app that uses it.")
+	}
+	return nil
+}
+
+func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
+	name = strings.TrimSpace(name)
+	if err := CheckAPIKeyName(name); err != nil {
+		return "", APIKey{}, err
 	}
 	raw := APIKeyPrefix + NewSecret()
 	var key APIKey

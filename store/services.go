@@ -102,16 +102,44 @@ func (s *Store) Services(ctx context.Context) ([]Service, error) {
 	return pgx.CollectRows(rows, pgx.RowToStructByName[Service])
 }
 
+// CheckServiceName refuses a service name that is not one line of 1 to 100
+// visible characters (surrounding spaces aside).
+func CheckServiceName(name string) error {
+	name = strings.TrimSpace(name)
+	switch {
+	case BlankText(name):
+		return Errorf(KindInvalid, "A service needs a name.")
+	case !utf8.ValidString(name) || UnsafeLine(name):
+		return Errorf(KindInvalid, "A service's name must be one line of visible text: no line breaks, control or hidden characters.")
+	case utf8.RuneCountInString(name) > 100:
+		return Errorf(KindInvalid, "A service's name is at most 100 characters.")
+	}
+	return nil
+}
+
+// CheckServiceDescription refuses a description that is not one line of
+// text (it is shown under the name) or is over 1,000 characters; it may be
+// empty.
+func CheckServiceDescription(d string) error {
+	switch {
+	case !utf8.ValidString(d) || UnsafeLine(d):
+		return Errorf(KindInvalid, "A service's description must be one line of visible text: no line breaks, control or hidden characters.")
+	case utf8.RuneCountInString(d) > 1000:
+		return Errorf(KindInvalid, "Keep a service's description under 1,000 characters.")
+	}
+	return nil
+}
+
 func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
 	sv.Slug = strings.TrimSpace(sv.Slug)
 	sv.Name = strings.TrimSpace(sv.Name)
 	switch {
 	case !ValidSlug(sv.Slug):
 		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes.")
-	case BlankText(sv.Name) || utf8.RuneCountInString(sv.Name) > 100 || !utf8.ValidString(sv.Name) || UnsafeLine(sv.Name):
-		return sv, Errorf(KindInvalid, "A service needs a name of up to 100 characters.")
-	case !utf8.ValidString(sv.Description) || utf8.RuneCountInString(sv.Description) > 1000:
-		return sv, Errorf(KindInvalid, "Keep a service's description under 1,000 characters.")
+	case CheckServiceName(sv.Name) != nil:
+		return sv, CheckServiceName(sv.Name)
+	case CheckServiceDescription(sv.Description) != nil:
+		return sv, CheckServiceDescription(sv.Description)
 	case sv.CreditCost < 0 || sv.CreditCost > MaxGrantCredits:
 		return sv, Errorf(KindInvalid, "A service costs from 0 to 1,000,000,000 credits.")
 	}

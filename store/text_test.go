@@ -1,9 +1,12 @@
 package store_test
 
 import (
+	"context"
+	"strings"
 	"testing"
 
 	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
 )
 
 func TestUnsafeLineAndBlankText(t *testing.T) {
@@ -52,5 +55,28 @@ func TestNewEmailAddressesHoldNothingInvisible(t *testing.T) {
 	}
 	if got, err := store.NormalizeNewEmail(" Zoë@example.com "); err != nil || got != "Zoë@example.com" {
 		t.Errorf("NormalizeNewEmail(Zoë) = %q, %v", got, err)
+	}
+}
+
+// Service names and descriptions, shown to every user and served by the
+// API, are one line of visible text, whoever writes them.
+func TestServiceTextIsOneVisibleLine(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := store.New(storetest.NewPool(t), nil)
+	good := store.Service{Slug: "render", Name: "Render", Description: "Render a page.", CreditCost: 1, Active: true}
+	if _, err := st.UpsertService(ctx, good); err != nil {
+		t.Fatalf("a plain service: %v", err)
+	}
+	for name, sv := range map[string]store.Service{
+		"two-line description":  {Slug: "render", Name: "Render", Description: "one\ntwo", CreditCost: 1},
+		"escape in description": {Slug: "render", Name: "Render", Description: "\x1b[31mred", CreditCost: 1},
+		"bidi override":         {Slug: "render", Name: "Render", Description: "Free \u202egnp.exe", CreditCost: 1},
+		"hidden name":           {Slug: "render", Name: "Ren\u200bder", CreditCost: 1},
+		"long name":             {Slug: "render", Name: strings.Repeat("n", 101), CreditCost: 1},
+	} {
+		if _, err := st.UpsertService(ctx, sv); store.ErrorKind(err) != store.KindInvalid {
+			t.Errorf("%s: %v, want refused as invalid", name, err)
+		}
 	}
 }

@@ -290,6 +290,9 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 	if strings.TrimSpace(*name) == "" {
 		return usageError{"--name is required"}
 	}
+	if err := store.CheckAPIKeyName(*name); err != nil {
+		return usageError{"--name: " + err.Error()}
+	}
 	return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
 		raw, key, err := env.store.IssueAPIKey(ctx, nil, u.ID, *name, "cli")
 		if err != nil {
@@ -384,8 +387,8 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes"}
 	}
 	if given["name"] {
-		if strings.TrimSpace(*name) == "" {
-			return usageError{"--name must not be empty"}
+		if err := store.CheckServiceName(*name); err != nil {
+			return usageError{"--name: " + err.Error()}
 		}
 		change.Name = name
 	}
@@ -397,6 +400,9 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 		change.CreditCost = &cost
 	}
 	if given["description"] {
+		if err := store.CheckServiceDescription(*description); err != nil {
+			return usageError{"--description: " + err.Error()}
+		}
 		change.Description = description
 	}
 	switch {

@@ -110,6 +110,12 @@ func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
 	var stored int
 	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE position($1 in encode(hash, 'escape')) > 0`, key).Scan(&stored))
 	require.Zero(t, stored, "the key is stored in clear")
+	// A name the store would refuse is a flag mistake (exit 2), found
+	// before the database is asked.
+	for _, bad := range []string{"c\ti", strings.Repeat("k", 101)} {
+		code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}, "", "apikeys", "create", "--email", u.Email, "--name", bad)
+		require.Equal(t, 2, code, "name %q: %s", bad, stderr)
+	}
 	audit, err := ta.store.AuditFor(context.Background(), u.ID, 5)
 	require.NoError(t, err)
 	if len(audit) != 1 || audit[0].Action != "apikey.issue" || audit[0].Details["name"] != "ci" || audit[0].Details["via"] != "cli" {
@@ -173,12 +179,16 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 	require.Contains(t, stderr, "A new service needs a name and a cost.")
 
 	for name, args := range map[string][]string{
-		"bad slug":      {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
-		"empty name":    {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
-		"both states":   {"--slug", "ocr-scan", "--inactive", "--active"},
-		"no change":     {"--slug", "ocr-scan"},
-		"negative cost": {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
-		"text cost":     {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},
+		"bad slug":                            {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
+		"empty name":                          {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
+		"both states":                         {"--slug", "ocr-scan", "--inactive", "--active"},
+		"no change":                           {"--slug", "ocr-scan"},
+		"negative cost":                       {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
+		"text cost":                           {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},
+		"hidden name":                         {"--slug", "ocr-scan", "--name", "OC\u200bR"},
+		"long name":                           {"--slug", "ocr-scan", "--name", strings.Repeat("n", 101)},
+		"two-line description":                {"--slug", "ocr-scan", "--description", "one\ntwo"},
+		"description with direction override": {"--slug", "ocr-scan", "--description", "Free \u202egnp.exe"},
 	} {
 		if code, _, _ := runCmd(t, env, "", append([]string{"services", "set"}, args...)...); code != 2 {
 			t.Errorf("%s: exit %d, want 2", name, code)

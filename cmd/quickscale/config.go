@@ -154,27 +154,39 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	c.BaseURL = strings.TrimRight(strings.TrimSpace(getenv("BASE_URL")), "/")
 	if c.BaseURL == "" {
 		c.BaseURL = "http://" + c.Addr
-	} else if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("BASE_URL", c.BaseURL, "want an absolute http(s) URL")
+	} else if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		// Links are made by appending paths: a query or fragment would
+		// swallow them.
+		bad("BASE_URL", c.BaseURL, "want an absolute http(s) URL without user, query or fragment")
 	}
-	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL"))); err != nil {
+	switch level := strings.ToLower(get("LOG_LEVEL")); level {
+	case "debug", "info", "warn", "error":
+		_ = c.LogLevel.UnmarshalText([]byte(level))
+	default: // not slog's offsets such as "info+2" either
 		bad("LOG_LEVEL", get("LOG_LEVEL"), "want debug, info, warn or error")
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("LOG_FORMAT", c.LogFormat, "want text or json")
 	}
 	durations := []struct {
-		name string
-		dst  *time.Duration
-		min  time.Duration
+		name     string
+		dst      *time.Duration
+		min, max time.Duration // max 0: none
 	}{
-		{"SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, 0},
-		{"SESSION_IDLE_TIMEOUT", &c.SessionIdleTimeout, time.Minute},
-		{"SESSION_LIFETIME", &c.SessionLifetime, time.Minute},
-		{"LIABILITY_REFRESH_INTERVAL", &c.LiabilityRefreshInterval, time.Second},
+		{"SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, 0, 0},
+		{"SESSION_IDLE_TIMEOUT", &c.SessionIdleTimeout, time.Minute, 0},
+		{"SESSION_LIFETIME", &c.SessionLifetime, time.Minute, 0},
+		// At most 5m: QuickScaleLiabilityStale fires when the gauges are
+		// 10 minutes old.
+		{"LIABILITY_REFRESH_INTERVAL", &c.LiabilityRefreshInterval, time.Second, 5 * time.Minute},
 	}
 	for _, d := range durations {
 		v, err := time.ParseDuration(get(d.name))
+		if err == nil && d.max > 0 && v > d.max {
+			bad(d.name, get(d.name), fmt.Sprintf("want a duration from %s to %s, such as 30s", d.min, d.max))
+			continue
+		}
 		if err != nil || v < d.min {
 			// The example is always valid for this variable.
 			example := "5m"

@@ -53,13 +53,25 @@ func TestConfigRefusesAlmostRightValues(t *testing.T) {
 		"CONTACT_EMAIL": "ops@example.com, boss@example.com",
 		"ADDR":          "127.0.0.1:99999",
 		"METRICS_ADDR":  "127.0.0.1:-1",
+		// Email links are BASE_URL + path: a query or fragment swallows it.
+		"BASE_URL": "https://example.com/app?src=mail#top",
+		// slog would read these as levels between the documented ones.
+		"LOG_LEVEL": "warn-4",
+		// QuickScaleLiabilityStale fires at 10 minutes old.
+		"LIABILITY_REFRESH_INTERVAL": "20m",
 	} {
 		_, err := loadConfig(envFrom(map[string]string{name: value}))
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s=%q: error %v does not name the variable", name, value, err)
 		}
 	}
-	for name, value := range map[string]string{"MAIL_FROM": "no-reply@example.com", "ADDR": "127.0.0.1:0"} {
+	for _, v := range []string{"postgres://u:s3cret@db:abc/x", "host=db password=s3cret port=x"} {
+		if _, err := loadConfig(envFrom(map[string]string{"DATABASE_URL": v})); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("DATABASE_URL=%q: error %v (want one, without the password)", v, err)
+		}
+	}
+	for name, value := range map[string]string{"MAIL_FROM": "no-reply@example.com", "ADDR": "127.0.0.1:0",
+		"BASE_URL": "https://example.com/app", "LOG_LEVEL": "DEBUG", "LIABILITY_REFRESH_INTERVAL": "5m"} {
 		if _, err := loadConfig(envFrom(map[string]string{name: value})); err != nil {
 			t.Errorf("%s=%q refused: %v", name, value, err)
 		}

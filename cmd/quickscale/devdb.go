@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -40,19 +40,19 @@ func prepareDevDatabase(ctx context.Context, cfg *Config, logger *slog.Logger, s
 // ensureDatabase connects to the server of dbURL and creates its database
 // if it does not exist.
 func ensureDatabase(ctx context.Context, dbURL string, logger *slog.Logger) error {
-	u, err := url.Parse(dbURL)
+	// Either form of connection string (URL or key=value), as pgx reads it.
+	admin, err := pgx.ParseConfig(dbURL)
 	if err != nil {
-		return err
+		return fmt.Errorf("DATABASE_URL is not a PostgreSQL connection string")
 	}
-	name := strings.TrimPrefix(u.Path, "/")
-	if name == "" {
+	name := admin.Database
+	if name == "" || name == "postgres" {
 		return nil
 	}
-	admin := *u
-	admin.Path = "/postgres"
+	admin.Database = "postgres"
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, admin.String())
+	conn, err := pgx.ConnectConfig(cctx, admin)
 	if err != nil {
 		return err
 	}
@@ -94,8 +94,8 @@ func startEmbedded(cfg *Config, euid int, binaries string, stdout io.Writer) (fu
 	}
 	if euid == 0 {
 		host := "the configured address"
-		if u, err := url.Parse(cfg.DatabaseURL); err == nil {
-			host = u.Host
+		if pc, err := pgx.ParseConfig(cfg.DatabaseURL); err == nil {
+			host = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
 		}
 		return nil, fmt.Errorf(rootRefusal, host, filepath.Join(dataDir, "postgres"))
 	}

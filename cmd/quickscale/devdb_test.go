@@ -2,12 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
 )
 
 // embeddedScript runs `quickscale dev` with no PostgreSQL reachable (a new
@@ -87,3 +95,39 @@ func TestDevStartsEmbeddedPostgresWhenNoneAnswers(t *testing.T) {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'" }
+
+// dev creates its database from either form of connection string, as the
+// other subcommands accept both.
+func TestEnsureDatabaseTakesKeyValueConnectionStrings(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	server, err := pgx.ParseConfig(storetest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("qs_kv_%d", time.Now().UnixNano())
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", server.Host, server.Port, server.User, name)
+	if server.Password != "" {
+		dsn += " password=" + server.Password
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := ensureDatabase(ctx, dsn, logger); err != nil {
+		t.Fatalf("ensureDatabase(%s): %v", store.RedactURL(dsn), err)
+	}
+	admin, err := pgx.Connect(ctx, storetest.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name)
+		admin.Close(context.Background())
+	})
+	var exists bool
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil || !exists {
+		t.Fatalf("database %s exists: %v (%v)", name, exists, err)
+	}
+	// Twice is fine: it exists.
+	if err := ensureDatabase(ctx, dsn, logger); err != nil {
+		t.Fatalf("second ensureDatabase: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -421,5 +422,30 @@ func TestWorkerRefusesToStartWithoutMailSettings(t *testing.T) {
 		code, _, stderr := runCmd(t, env, "", "worker")
 		require.Equal(t, 1, code, "without %s", missing)
 		require.Contains(t, stderr, missing+" is not set")
+	}
+}
+
+// The start line of api and worker: plain text by default, one JSON log
+// line with LOG_FORMAT=json (stdout then holds no plain text); metrics
+// turned off say "off", not nothing.
+func TestStartLineFollowsTheLogFormat(t *testing.T) {
+	t.Parallel()
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+	for _, mode := range []string{"api", "worker"} {
+		for _, format := range []string{"text", "json"} {
+			var stdout, logs bytes.Buffer
+			a := &app{mode: mode, cfg: Config{LogFormat: format, BaseURL: "http://127.0.0.1:8080"}, logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+			a.printBanner(&stdout, addr, nil)
+			if format == "json" {
+				var line map[string]any
+				if stdout.Len() != 0 || json.Unmarshal(logs.Bytes(), &line) != nil || line["metrics"] != "off" {
+					t.Errorf("%s, json: stdout %q, log %q; want only a JSON log line with metrics off", mode, stdout.String(), logs.String())
+				}
+				continue
+			}
+			if logs.Len() != 0 || !strings.Contains(stdout.String(), "metrics off") {
+				t.Errorf("%s, text: stdout %q, log %q; want a line saying metrics off", mode, stdout.String(), logs.String())
+			}
+		}
 	}
 }

@@ -277,9 +277,25 @@ func (a *app) printBanner(w io.Writer, addr net.Addr, seeded *devSeed) {
 		}
 		fmt.Fprintf(w, "  queues         %s/admin/river (River UI)\n", a.cfg.BaseURL)
 		fmt.Fprintf(w, "  metrics        %s/metrics\n\n", a.cfg.BaseURL)
-	case "api":
-		fmt.Fprintf(w, "QuickScale api listening on %s (%s)\n", addr, a.cfg.BaseURL)
-	case "worker":
-		fmt.Fprintf(w, "QuickScale worker running; metrics on %s\n", a.cfg.MetricsAddr)
+	case "api", "worker":
+		metrics := a.cfg.MetricsAddr
+		if metrics == "" {
+			metrics = "off"
+		}
+		// With JSON logs, the start is one more JSON log line, so that a
+		// log collector reading stdout and stderr sees JSON only.
+		if a.cfg.LogFormat == "json" {
+			if a.mode == "api" {
+				a.logger.Info("QuickScale api listening", "addr", addr.String(), "base_url", a.cfg.BaseURL, "metrics", metrics)
+			} else {
+				a.logger.Info("QuickScale worker running", "metrics", metrics)
+			}
+			return
+		}
+		if a.mode == "api" {
+			fmt.Fprintf(w, "QuickScale api listening on %s (%s); metrics %s\n", addr, a.cfg.BaseURL, metrics)
+		} else {
+			fmt.Fprintf(w, "QuickScale worker running; metrics %s\n", metrics)
+		}
 	}
 }
