@@ -87,6 +87,9 @@ func (s *server) routes() http.Handler {
 			r.Post("/settings/password", site.ChangePassword().ServeHTTP)
 			r.Post("/settings/email", site.ChangeEmail().ServeHTTP)
 			r.Post("/settings/delete", site.DeleteAccount().ServeHTTP)
+			// The forms' addresses, reached by a reload or a bookmark, show
+			// the page the forms are on.
+			r.Get("/settings/{form:password|email|delete}", http.RedirectHandler("/settings", http.StatusSeeOther).ServeHTTP)
 			r.Get("/settings/api-keys", site.APIKeys().ServeHTTP)
 			r.Post("/settings/api-keys/{id}/revoke", site.RevokeAPIKey().ServeHTTP)
 		})

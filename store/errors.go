@@ -66,4 +66,4 @@ func ErrorKind(err error) Kind {
 }
 
 // ErrNotFound is returned when a looked-up row does not exist.
-var ErrNotFound = &Error{Kind: KindNotFound, Message: "not found"}
+var ErrNotFound = &Error{Kind: KindNotFound, Message: "We could not find that."}

@@ -251,6 +251,9 @@ func (s *Site) RevokeAPIKey() http.Handler {
 			return
 		}
 		if err := s.store.RevokeAPIKey(r.Context(), CurrentUser(r.Context()).ID, id); err != nil {
+			if store.ErrorKind(err) == store.KindNotFound {
+				err = store.Errorf(store.KindNotFound, "You have no such API key: it may have been revoked already.")
+			}
 			s.handleError(w, r, err)
 			return
 		}

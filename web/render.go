@@ -232,6 +232,12 @@ func (s *Site) renderBlock(w http.ResponseWriter, r *http.Request, status int, p
 	h.Set("Content-Length", strconv.Itoa(buf.Len()))
 	h.Set("Cache-Control", "no-store")
 	h.Set("Vary", "HX-Request")
+	if r.Method == http.MethodPost && status >= 400 && r.Header.Get("HX-Request") == "true" {
+		// A boosted form's refusal (a wrong password, say) keeps the page's
+		// address: pushing the form's action would leave one that a reload
+		// cannot GET.
+		h.Set("HX-Push-Url", "false")
+	}
 	w.WriteHeader(status)
 	_, _ = buf.WriteTo(w)
 }

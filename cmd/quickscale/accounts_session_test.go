@@ -175,13 +175,19 @@ func TestStateChangingRoutesRefuseGET(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
 
-	for _, path := range []string{"/logout", "/verify/resend", "/settings/password", "/settings/email", "/settings/delete"} {
+	for _, path := range []string{"/logout", "/verify/resend"} {
 		r := b.get(path)
 		acctErrorPage(t, r, http.StatusMethodNotAllowed)
 		if allow := r.Header.Get("Allow"); !strings.Contains(allow, http.MethodPost) || strings.Contains(allow, http.MethodGet) {
 			t.Errorf("GET %s: Allow %q, want the POST it takes", path, allow)
 		}
 	}
+	// The settings forms' addresses (left in the address bar by a refused
+	// form without JavaScript) show the settings page; they do nothing.
+	for _, path := range []string{"/settings/password", "/settings/email", "/settings/delete"} {
+		mustRedirect(t, b.get(path), "/settings")
+	}
+	require.True(t, acctSignedIn(b), "a GET signed out or deleted the account")
 
 	require.True(t, acctSignedIn(b), "GET /logout signed out")
 	require.EqualValues(t, 1, acctCount(ta, `SELECT count(*) FROM users WHERE deleted_at IS NULL`))

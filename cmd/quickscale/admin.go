@@ -247,7 +247,11 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "granted %d %s credits to %s (grant %d); balance %d\n", *amount, *kind, u.Email, res.GrantID, res.Balance)
+			noun := "credits"
+			if *amount == 1 {
+				noun = "credit"
+			}
+			fmt.Fprintf(stdout, "granted %d %s %s to %s (grant %d); balance %d\n", *amount, *kind, noun, u.Email, res.GrantID, res.Balance)
 			return nil
 		})
 	default:

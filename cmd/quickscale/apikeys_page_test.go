@@ -85,6 +85,7 @@ func TestUserCannotRevokeAnotherUsersKey(t *testing.T) {
 	other := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	r := ta.signIn(other.Email).post(fmt.Sprintf("/settings/api-keys/%d/revoke", key.ID), nil)
 	require.Equal(t, http.StatusNotFound, r.Status)
+	require.Contains(t, r.Doc(t).Find("#error-message").Text(), "You have no such API key", "the refusal says what was not found")
 	keys, err := ta.store.APIKeys(context.Background(), owner.ID)
 	require.NoError(t, err)
 	require.Nil(t, keys[0].RevokedAt)

@@ -47,6 +47,9 @@ func TestCreditsGrantAddsCreditsWithReasonAndAudit(t *testing.T) {
 			t.Errorf("balance output lacks %q:\n%s", want, stdout)
 		}
 	}
+	code, stdout, stderr = runCmd(t, env, "", "credits", "grant", "--email", u.Email, "--amount", "1", "--kind", "promo", "--reason", "one for luck")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "granted 1 promo credit to")
 }
 
 func TestCreditsGrantRefusesBadInput(t *testing.T) {

@@ -667,3 +667,17 @@ func TestCreditsPageSaysSweptCreditsExpired(t *testing.T) {
 	require.Contains(t, row.Text(), "expired ")
 	require.NotContains(t, row.Text(), "expires ")
 }
+
+// The buy page counts the balance in words that agree with it.
+func TestBuyPageSaysTheBalanceInTheRightNumber(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	say := func() string {
+		return strings.Join(strings.Fields(b.get("/dashboard/buy-credits").Doc(t).Find("#current-balance").Parent().Text()), " ")
+	}
+	require.Contains(t, say(), "You have 0 credits.")
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1})
+	require.Contains(t, say(), "You have 1 credit.")
+}

@@ -217,7 +217,7 @@ func TestPipelineAsyncPaymentFailedMarksPaymentFailed(t *testing.T) {
 	whReprocess(t, ta, admin, id, func(ev store.StripeEvent) bool { return strings.Contains(whDetail(ev), "processed again") })
 	require.Equal(t, 1, emailJobsOf(ta, jobs.EmailPaymentFailed, p.User.Email))
 	mail := ta.waitMail(p.User.Email, "Your payment of $20.00 did not go through")
-	require.Contains(t, mail.Text, *pay.FailureReason)
+	require.Contains(t, mail.Text, "did not go through. "+*pay.FailureReason, "the reason is a sentence of its own")
 	require.Contains(t, mail.Text, "Nothing was charged")
 	row := p.Browser.get("/dashboard/payments").Doc(t).Find(`#payments tr.payment[data-status="failed"]`)
 	require.Equal(t, *pay.FailureReason, strings.TrimSpace(row.Find(".failure-reason").Text()))

@@ -40,6 +40,24 @@ func TestChangePasswordNeedsCurrentPassword(t *testing.T) {
 	require.Equal(t, u.PasswordHash, acctUserByEmail(ta, u.Email).PasswordHash, "password changed without re-authentication")
 }
 
+// A refused boosted form keeps the page's address (a reload of the
+// form's address would be a GET it does not answer), and that address,
+// reached anyway, shows the page the forms are on.
+func TestRefusedSettingsFormKeepsTheAddress(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	for _, path := range []string{"/settings/password", "/settings/email", "/settings/delete"} {
+		r := b.post(path, url.Values{"current_password": {"not my password"}}, "HX-Request", "true", "HX-Boosted", "true")
+		require.GreaterOrEqual(t, r.Status, 400, path)
+		require.Equal(t, "false", r.Header.Get("HX-Push-Url"), "%s: a refusal must not push the form's address", path)
+		mustRedirect(t, b.get(path), "/settings")
+	}
+	// A plain (non-htmx) refusal is an ordinary page; a success pushes as usual.
+	r := b.post("/settings/password", url.Values{"current_password": {"not my password"}})
+	require.Empty(t, r.Header.Get("HX-Push-Url"))
+}
+
 func TestChangePasswordRejectsTooShortNewPassword(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
@@ -162,7 +180,8 @@ func TestDeleteAccountSaysTheCreditsAreForfeited(t *testing.T) {
 	require.Contains(t, says, "your 350 credits are forfeited")
 	one, b1 := acctNewUserSignedIn(ta, storetest.UserOpts{})
 	storetest.NewGrant(t, ta.store, one.ID, storetest.GrantOpts{Amount: 1})
-	require.Contains(t, strings.Join(strings.Fields(b1.get("/settings").Doc(t).Find("#delete-consequences").Text()), " "), "your 1 credit is forfeited")
+	require.Contains(t, strings.Join(strings.Fields(b1.get("/settings").Doc(t).Find("#delete-consequences").Text()), " "), "your 1 credit is forfeited: it cannot be used")
+	require.Contains(t, says, "they cannot be used")
 	require.Contains(t, says, "API keys stop working")
 	ids := map[string]int{}
 	doc.Find("[id]").Each(func(_ int, s *goquery.Selection) { ids[s.AttrOr("id", "")]++ })

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/PuerkitoBio/goquery"
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// Markup that phones, keyboards, screen readers and browsers without
+// JavaScript depend on. Helpers here start with ui so that they cannot
+// collide with other files of the package.
+
+// uiPayments records n pending payments of the user.
+func uiPayments(t *testing.T, ta *testApp, userID int64, n int) {
+	t.Helper()
+	ctx := context.Background()
+	packs, err := ta.store.Packs(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, packs)
+	for i := range n {
+		_, err := ta.store.CreatePayment(ctx, store.NewPayment{UserID: userID, Pack: packs[0], CheckoutSessionID: fmt.Sprintf("cs_test_ui_%d_%d", userID, i)})
+		require.NoError(t, err)
+	}
+}
+
+// uiHelpOf is the text of the help lines (not the error) under a form's field.
+func uiHelpOf(doc *goquery.Document, form, field string) []string {
+	return doc.Find(form + ` .field:has(input[name="` + field + `"]) p.help:not(.field-error)`).Map(func(_ int, s *goquery.Selection) string {
+		return strings.TrimSpace(s.Text())
+	})
+}
+
+// On a phone a wide table scrolls inside Bulma's .table-container rather
+// than making the whole page scroll sideways.
+func TestPaymentsTableScrollsInsideItsContainer(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	uiPayments(t, ta, u.ID, 1)
+
+	doc := ta.signIn(u.Email).get("/dashboard/payments").Doc(t)
+
+	require.Equal(t, 1, doc.Find("table#payments").Length(), "no payments table")
+	if doc.Find(".table-container > table#payments").Length() != 1 {
+		t.Fatal("the payments table is not inside a .table-container")
+	}
+}
+
+func TestAPIKeysTableScrollsInsideItsContainerAndNamesEveryColumn(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, _ := ta.userWithKey(storetest.UserOpts{})
+
+	doc := ta.signIn(u.Email).get("/settings/api-keys").Doc(t)
+
+	require.Equal(t, 1, doc.Find("table#api-keys tr.api-key").Length(), "no key listed")
+	if doc.Find(".table-container > table#api-keys").Length() != 1 {
+		t.Fatal("the API keys table is not inside a .table-container")
+	}
+	doc.Find("table#api-keys thead th").Each(func(i int, th *goquery.Selection) {
+		if strings.TrimSpace(th.Text()) == "" {
+			t.Errorf("header cell %d has no name for screen readers", i+1)
+		}
+	})
+	if got := strings.TrimSpace(doc.Find("table#api-keys thead th:last-child .is-sr-only").Text()); got != "Actions" {
+		t.Errorf("the revoke column's hidden label is %q, want Actions", got)
+	}
+}
+
+// The payments pager is a labelled landmark, like the credit history's.
+func TestPaymentsPaginationIsLabelled(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	uiPayments(t, ta, u.ID, 21) // one more than a page
+	b := ta.signIn(u.Email)
+
+	doc := b.get("/dashboard/payments").Doc(t)
+	older := doc.Find("#payments-older")
+	require.Equal(t, 1, older.Length(), "no link to older payments")
+	nav := older.Closest("nav.pagination")
+	require.Equal(t, 1, nav.Length(), "the older link is not in the pager")
+
+	if got := nav.AttrOr("aria-label", ""); got != "payment pages" {
+		t.Errorf("the pager's aria-label is %q, want %q", got, "payment pages")
+	}
+	// The second page's pager (Newest, no Older) is labelled too.
+	second := b.get(older.AttrOr("href", "")).Doc(t)
+	require.Equal(t, 1, second.Find("nav.pagination .pagination-previous").Length(), "no way back to the newest payments")
+	if got := second.Find("nav.pagination").AttrOr("aria-label", ""); got != "payment pages" {
+		t.Errorf("the second page's pager is labelled %q", got)
+	}
+}
+
+// The burger is a real button: it is in the tab order, says whether the
+// menu is open and which element it opens.
+func TestNavBurgerIsAButtonThatControlsTheMenu(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	pages := map[string]*goquery.Document{
+		"signed out": ta.browser().get("/").Doc(t),
+		"signed in":  ta.signIn(u.Email).get("/dashboard").Doc(t),
+	}
+	for who, doc := range pages {
+		burger := doc.Find(".navbar-burger")
+		require.Equal(t, 1, burger.Length(), "%s: no burger", who)
+		if tag := goquery.NodeName(burger); tag != "button" {
+			t.Errorf("%s: the burger is a <%s>, want a <button>", who, tag)
+		}
+		if typ := burger.AttrOr("type", ""); typ != "button" {
+			t.Errorf("%s: the burger's type is %q, want button (not a form submit)", who, typ)
+		}
+		controls := burger.AttrOr("aria-controls", "")
+		if controls == "" || doc.Find("#"+controls+".navbar-menu").Length() != 1 {
+			t.Errorf("%s: aria-controls=%q does not name the navbar menu", who, controls)
+		}
+		if got, ok := burger.Attr("aria-expanded"); !ok || got != "false" {
+			t.Errorf("%s: aria-expanded is %q (present %v), want false while the menu is closed", who, got, ok)
+		}
+		if burger.AttrOr(":aria-expanded", "") == "" {
+			t.Errorf("%s: aria-expanded does not follow the menu's state", who)
+		}
+	}
+}
+
+// The navbar says which of its links is the page shown.
+func TestNavMarksTheCurrentPage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	signedIn := ta.signIn(u.Email)
+	for _, tc := range []struct {
+		b    *browser
+		path string
+	}{
+		{signedIn, "/dashboard/payments"},
+		{signedIn, "/dashboard/credits"},
+		{signedIn, "/settings"},
+		{ta.browser(), "/about"},
+	} {
+		doc := tc.b.get(tc.path).Doc(t)
+		current := doc.Find(`nav.navbar [aria-current="page"]`)
+		if current.Length() != 1 || current.AttrOr("href", "") != tc.path {
+			t.Errorf("%s: the current link is %v, want the one to %s", tc.path, current.Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("href", "?") }), tc.path)
+		}
+	}
+	// A page with no link of its own marks none.
+	if n := signedIn.get("/settings/api-keys").Doc(t).Find(`nav.navbar [aria-current]`).Length(); n != 0 {
+		t.Errorf("/settings/api-keys marks %d navbar links as current", n)
+	}
+}
+
+// Deleting the account needs no JavaScript: the confirmation form is in a
+// native <details>, closed until asked for, and open again with its errors.
+func TestDeleteAccountFormWorksWithoutJavaScript(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+
+	doc := b.get("/settings").Doc(t)
+	form := doc.Find("details > #delete-form")
+	require.Equal(t, 1, form.Length(), "the delete form is not inside a <details>")
+	details := form.Parent()
+	if got := acctText(doc, "details:has(#delete-form) > summary"); got != "Delete my account…" {
+		t.Errorf("the disclosure's summary says %q", got)
+	}
+	if _, open := details.Attr("open"); open {
+		t.Error("the confirmation step is open before it was asked for")
+	}
+	// Nothing on the way from the page to the form needs Alpine to show it.
+	form.AddSelection(form.ParentsUntil("body")).Each(func(_ int, s *goquery.Selection) {
+		for _, a := range []string{"x-cloak", "x-show", ":class", "x-bind:class"} {
+			if _, ok := s.Attr(a); ok {
+				t.Errorf("<%s id=%q> has %s: it needs JavaScript to show the form", goquery.NodeName(s), s.AttrOr("id", ""), a)
+			}
+		}
+	})
+	for _, field := range []string{"current_password", "confirm"} {
+		require.Equal(t, 1, form.Find(`input[name="`+field+`"]`).Length(), "no %s field", field)
+	}
+	require.Equal(t, 1, form.Find(`#f-delete-current_password`).Length())
+
+	r := b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"nope"}})
+
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	again := r.Doc(t)
+	if _, open := again.Find("details:has(#delete-form)").Attr("open"); !open {
+		t.Error("the form with the error is folded away")
+	}
+}
+
+// An error replaces the field's help: the two mostly say the same thing
+// ("Use at least 8 characters." above "At least 8 characters.").
+func TestFieldErrorReplacesItsHelpText(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+
+	b := ta.browser()
+	fresh := b.get("/signup").Doc(t)
+	require.Equal(t, []string{"At least 8 characters."}, uiHelpOf(fresh, "#signup-form", "password"), "the help before any error")
+	r := acctSignup(b, "short@example.com", "1234567")
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	doc := r.Doc(t)
+	require.NotEmpty(t, acctFieldError(doc, "#signup-form", "password"), "no error for a short password")
+	if help := uiHelpOf(doc, "#signup-form", "password"); len(help) != 0 {
+		t.Errorf("the sign-up password shows its help %q under the error %q", help, acctFieldError(doc, "#signup-form", "password"))
+	}
+
+	_, signedIn := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	r = signedIn.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {"1234567"}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	doc = r.Doc(t)
+	require.NotEmpty(t, acctFieldError(doc, "#password-form", "new_password"))
+	if help := uiHelpOf(doc, "#password-form", "new_password"); len(help) != 0 {
+		t.Errorf("the new password shows its help %q under the error", help)
+	}
+}
+
+// uiPhone opens headless Chromium at a phone's width (375 px), signed in
+// as the user; the browser closes when the test ends.
+func uiPhone(t *testing.T, ta *testApp, email string) context.Context {
+	t.Helper()
+	bin := chromium(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancelTimeout)
+	err := chromedp.Do(ctx,
+		chromedp.EmulateViewport(375, 812),
+		chromedp.Navigate(ta.URL+"/login"),
+		chromedp.WaitVisible(chromedp.CSS(`#login-form`)),
+		chromedp.SendKeys(chromedp.CSS(`#f-email`), email),
+		chromedp.SendKeys(chromedp.CSS(`#f-password`), storetest.DefaultPassword),
+		chromedp.Submit(chromedp.CSS(`#login-form`)),
+		chromedp.WaitVisible(chromedp.CSS(`#account-email`)),
+	)
+	if err != nil {
+		t.Fatalf("sign in at phone width: %v", err)
+	}
+	return ctx
+}
+
+// At a phone's width, a wide table scrolls inside its container: the page
+// itself does not scroll sideways.
+func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, _ := ta.userWithKey(storetest.UserOpts{})
+	uiPayments(t, ta, u.ID, 3)
+	ctx := uiPhone(t, ta, u.Email)
+
+	for _, page := range []struct{ path, row string }{
+		{"/settings/api-keys", "#api-keys tr.api-key"},
+		{"/dashboard/payments", "#payments tr.payment"},
+	} {
+		if err := chromedp.Do(ctx, chromedp.Navigate(ta.URL+page.path), chromedp.WaitVisible(chromedp.CSS(page.row))); err != nil {
+			t.Fatalf("open %s: %v", page.path, err)
+		}
+		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if overflow > 0 {
+			t.Errorf("at 375 px %s is %d px wider than the screen", page.path, overflow)
+		}
+	}
+}
+
+// At a phone's width the menu is behind the burger: Tab reaches it, and
+// Enter opens the menu and says so.
+func TestBrowserPhoneBurgerOpensTheMenuFromTheKeyboard(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := uiPhone(t, ta, u.Email)
+	err := chromedp.Do(ctx,
+		chromedp.WaitNotVisible(chromedp.CSS(`#nav-menu a[href="/dashboard/credits"]`)),
+		// Alpine has set the navbar up: a key pressed before would be lost.
+		chromedp.Poll[chromedp.Void](`window.Alpine !== undefined && "open" in Alpine.$data(document.querySelector("nav.navbar"))`),
+		// Tab from the brand link: the burger comes next.
+		chromedp.Focus(chromedp.CSS(`.navbar-brand a.navbar-item`)),
+		chromedp.KeyEvent("\t"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	focused, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.activeElement === document.querySelector(".navbar-burger")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !focused {
+		t.Fatal("Tab from the brand link skips the burger")
+	}
+
+	err = chromedp.Do(ctx,
+		chromedp.KeyEvent("\r"),
+		chromedp.WaitVisible(chromedp.CSS(`#nav-menu a[href="/dashboard/credits"]`)),
+	)
+	if err != nil {
+		t.Fatalf("Enter on the burger does not open the menu: %v", err)
+	}
+	expanded, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS(`.navbar-burger`), "aria-expanded"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if expanded.Value != "true" {
+		t.Errorf("with the menu open, aria-expanded is %q", expanded.Value)
+	}
+}
+
+// Every table of the site scrolls inside its own container at phone width,
+// not the whole page; every pagination is labelled.
+func TestEveryTableScrollsInsideItsContainer(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	uiPayments(t, ta, u.ID, 1)
+	admin, b := whAdmin(t, ta)
+	ctx := context.Background()
+	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 5, Actor: &admin.ID, Reason: "a row for the audit log", Via: "web"})
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ('evt_ui_1', 'customer.created', now(), '{}')`)
+	require.NoError(t, err)
+	pages := map[string]*browser{
+		"/dashboard/credits": ta.signIn(u.Email), "/dashboard/payments": ta.signIn(u.Email),
+		"/admin/users": b, fmt.Sprintf("/admin/users/%d", u.ID): b, "/admin/audit": b, "/admin/webhooks": b,
+	}
+	for path, br := range pages {
+		doc := br.get(path).Doc(t)
+		tables := doc.Find("table")
+		if tables.Length() == 0 {
+			t.Errorf("%s: no table to check", path)
+		}
+		tables.Each(func(_ int, tb *goquery.Selection) {
+			if !tb.Parent().HasClass("table-container") {
+				t.Errorf("%s: table#%s is not inside a .table-container", path, tb.AttrOr("id", "?"))
+			}
+		})
+		doc.Find("nav.pagination").Each(func(_ int, nav *goquery.Selection) {
+			if nav.AttrOr("aria-label", "") == "" {
+				t.Errorf("%s: a pagination without aria-label", path)
+			}
+		})
+	}
+}
