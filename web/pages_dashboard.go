@@ -52,9 +52,16 @@ func (s *Site) Credits() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		// Per kind: its credits that expire, by date, and how many of the
+		// rest never do.
 		byKind := map[string][]store.Expiring{}
+		never := map[string]int64{}
+		for k, n := range bal.ByKind {
+			never[k] = n
+		}
 		for _, e := range expiring {
 			byKind[e.Kind] = append(byKind[e.Kind], e)
+			never[e.Kind] -= e.Credits
 		}
 		cursor := cursorParam(r)
 		hist, err := s.store.History(ctx, u.ID, cursor, historyPageSize)
@@ -64,6 +71,7 @@ func (s *Site) Credits() http.Handler {
 		}
 		s.render(w, r, http.StatusOK, "credits", "Your credits", map[string]any{
 			"Balance": bal, "History": hist, "Kinds": store.GrantKinds(), "Paged": cursor != 0, "Expiring": byKind,
+			"NeverExpire": never,
 		})
 	})
 }

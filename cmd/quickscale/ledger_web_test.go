@@ -363,6 +363,7 @@ func TestCreditsPageShowsWhenEachKindExpires(t *testing.T) {
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 30, ExpiresAt: &second})
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 5, ExpiresAt: &promo})
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 100})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 3})
 	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
 	expiring := func(kind string) []string {
 		var out []string
@@ -379,6 +380,11 @@ func TestCreditsPageShowsWhenEachKindExpires(t *testing.T) {
 	require.Equal(t, []string{"5 expire " + at(promo) + " (in 2 days)"}, expiring("promo"))
 	require.Empty(t, expiring("pack"))
 	require.Contains(t, doc.Find(`#balance-by-kind tr[data-kind="pack"]`).Text(), "Never expire")
+	// A kind partly expiring says how much never does; a kind with nothing
+	// says nothing about expiry.
+	require.Equal(t, "3 never expire", strings.TrimSpace(doc.Find(`#balance-by-kind tr[data-kind="promo"] .never-expiring`).Text()))
+	require.Empty(t, doc.Find(`#balance-by-kind tr[data-kind="subscription"] .never-expiring`).Text())
+	require.Equal(t, "—", strings.TrimSpace(doc.Find(`#balance-by-kind tr[data-kind="admin"] td`).Last().Text()))
 	require.Contains(t, doc.Find("#spending-order").Text(), "soonest expiry first")
 }
 
