@@ -3,6 +3,7 @@ package web
 import (
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,6 +16,12 @@ type settingsPage struct {
 	EmailForm    *form
 	DeleteForm   *form
 	Deleted      bool
+	// PendingEmail is the address this session asked to change to, not
+	// yet confirmed (its link works until PendingUntil). Kept in the
+	// session, not read from the tokens, so that the page is the same
+	// whether or not the address belongs to someone else.
+	PendingEmail string
+	PendingUntil time.Time
 	// Balance is what deleting the account forfeits (nil if unknown).
 	Balance *store.Balance
 }
@@ -22,9 +29,21 @@ type settingsPage struct {
 // renderSettings renders the settings page with the user's balance, which
 // the delete form says will be lost.
 func (s *Site) renderSettings(w http.ResponseWriter, r *http.Request, status int, page settingsPage) {
-	if u := CurrentUser(r.Context()); u != nil && page.Balance == nil {
+	u := CurrentUser(r.Context())
+	if u != nil && page.Balance == nil {
 		if b, err := s.store.Balance(r.Context(), u.ID); err == nil {
 			page.Balance = &b
+		}
+	}
+	if pending := s.sessions.GetString(r.Context(), sessPendingEmail); pending != "" && u != nil {
+		ttl, _ := store.TokenTTL(store.TokenChangeEmail)
+		until := time.Unix(s.sessions.GetInt64(r.Context(), sessPendingEmailAt), 0).Add(ttl)
+		if strings.EqualFold(pending, u.Email) || !time.Now().Before(until) {
+			// Confirmed, or its link no longer works.
+			s.sessions.Remove(r.Context(), sessPendingEmail)
+			s.sessions.Remove(r.Context(), sessPendingEmailAt)
+		} else {
+			page.PendingEmail, page.PendingUntil = pending, until
 		}
 	}
 	s.render(w, r, status, "settings", "Settings", page)
@@ -160,6 +179,8 @@ func (s *Site) ChangeEmail() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		s.sessions.Put(ctx, sessPendingEmail, email)
+		s.sessions.Put(ctx, sessPendingEmailAt, time.Now().Unix())
 		s.flash(ctx, "We sent a confirmation link to "+email+". Your address changes once you follow it.")
 		redirect(w, r, "/settings")
 	})

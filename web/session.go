@@ -21,6 +21,10 @@ const (
 	sessNoticeDeleted = "notice_deleted"
 	sessNoticeReset   = "notice_reset"
 	sessKeysRevoked   = "keys_revoked"
+	// The address a change of email waits to be confirmed at, and since
+	// when (Unix seconds), for the settings page of this session.
+	sessPendingEmail   = "pending_email"
+	sessPendingEmailAt = "pending_email_at"
 )
 
 const sessionLoadedKey ctxKey = 100
@@ -42,6 +46,10 @@ func (s *Site) WithSession(next http.Handler) http.Handler {
 				ctx = context.WithValue(ctx, userKey, &u)
 			case err == nil || store.ErrorKind(err) == store.KindNotFound:
 				_ = s.sessions.Destroy(ctx)
+				if err == nil {
+					// In a new, anonymous session: why the visitor must sign in.
+					s.flash(ctx, "You were signed out because your password was changed since you signed in.")
+				}
 			default:
 				s.serverError(w, r.WithContext(ctx), err)
 				return

@@ -83,6 +83,7 @@ func TestChangePasswordEndsOtherSessionsAndKeepsThisOne(t *testing.T) {
 	require.Contains(t, acctText(here.get("/settings").Doc(t), "#flash"), "password is changed")
 	require.True(t, acctSignedIn(here), "the changing session was signed out")
 	require.False(t, acctSignedIn(elsewhere), "another session survived the change")
+	require.Contains(t, acctText(elsewhere.get("/login").Doc(t), "#flash"), "signed out because your password was changed", "the other session is told why")
 	acctRequireStatus(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(ta.browser(), u.Email, acctNewPassword), "/dashboard")
 	ta.waitMail(u.Email, "Your QuickScale password was changed")
@@ -111,7 +112,10 @@ func TestChangeEmailTakesEffectOnlyOnceNewAddressIsConfirmed(t *testing.T) {
 	r := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"after@example.com"}})
 
 	mustRedirect(t, r, "/settings")
-	require.Contains(t, acctText(b.get("/settings").Doc(t), "#flash"), "after@example.com")
+	page := b.get("/settings").Doc(t)
+	require.Contains(t, acctText(page, "#flash"), "after@example.com")
+	require.Contains(t, acctText(page, "#pending-email"), "after@example.com", "the wait for confirmation is shown")
+	require.Contains(t, acctText(b.get("/settings").Doc(t), "#pending-email"), "after@example.com", "and stays shown")
 	require.Equal(t, "before@example.com", acctUserByEmail(ta, "before@example.com").Email, "address changed before confirmation")
 	mail := ta.waitMail("after@example.com", "Confirm your new email address")
 	token := acctTokenOf(t, mail.Text, "/verify?token=")
@@ -124,6 +128,7 @@ func TestChangeEmailTakesEffectOnlyOnceNewAddressIsConfirmed(t *testing.T) {
 	require.Equal(t, u.ID, after.ID)
 	require.True(t, after.Verified)
 	require.Equal(t, "after@example.com", acctText(b.get("/dashboard").Doc(t), "#account-email"))
+	require.Zero(t, b.get("/settings").Doc(t).Find("#pending-email").Length(), "confirmed: nothing is pending")
 	acctRequireStatus(t, acctLogin(ta.browser(), "before@example.com", storetest.DefaultPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(ta.browser(), "after@example.com", storetest.DefaultPassword), "/dashboard")
 }
@@ -135,13 +140,17 @@ func TestChangeEmailToTakenAddressRevealsNothing(t *testing.T) {
 	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "curious@example.com"})
 
 	taken := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"SOMEONE@example.com"}})
-	takenFlash := acctText(b.get("/settings").Doc(t), "#flash")
+	takenPage := b.get("/settings").Doc(t)
+	takenFlash := acctText(takenPage, "#flash")
+	require.Contains(t, acctText(takenPage, "#pending-email"), "SOMEONE@example.com", "a taken address waits like any other")
 	free := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"nobody@example.com"}})
 	freeFlash := acctText(b.get("/settings").Doc(t), "#flash")
 
 	mustRedirect(t, taken, "/settings")
 	mustRedirect(t, free, "/settings")
 	require.Equal(t, freeFlash, strings.Replace(takenFlash, "SOMEONE@example.com", "nobody@example.com", 1))
+	// The settings page, too, waits for the address typed either way.
+	require.Contains(t, acctText(b.get("/settings").Doc(t), "#pending-email"), "nobody@example.com")
 	// The owner hears of it, at their address as stored, in words that fit.
 	m := ta.waitMail("Someone@Example.com", "Someone tried to move an account to your address")
 	require.Equal(t, "Someone@Example.com", m.To)
