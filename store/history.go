@@ -20,7 +20,8 @@ type HistoryItem struct {
 	GrantID        int64
 	GrantKind      string
 	GrantExpiresAt *time.Time
-	// For usages.
+	// For usages, and for a removal by support drawing on several grants
+	// (Drawn; GrantKind is then empty when the grants' kinds differ).
 	UsageID int64
 	Service string
 	Drawn   []Drawn
@@ -107,10 +108,30 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 				continue
 			}
 		}
+		// One removal by support (or forfeiture) draws like a spend, one
+		// entry per grant, all in one transaction: one line, as a use is.
+		if e.UsageID == nil && e.Kind == "adjust" && e.Amount < 0 {
+			if n := len(page.Items); n > 0 {
+				it := &page.Items[n-1]
+				if it.Kind == "adjust" && it.Credits < 0 && it.UsageID == 0 && it.CreatedAt.Equal(e.CreatedAt) &&
+					e.Reason != nil && it.Reason == *e.Reason && it.ByOwner == e.ByOwner {
+					it.Credits += e.Amount
+					if it.GrantKind != e.GrantKind {
+						it.GrantKind = ""
+					}
+					it.GrantExpiresAt = nil
+					it.Drawn = append([]Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}, it.Drawn...)
+					continue
+				}
+			}
+		}
 		it := HistoryItem{Kind: e.Kind, Credits: e.Amount, CreatedAt: e.CreatedAt, GrantID: e.GrantID,
 			GrantKind: e.GrantKind, GrantExpiresAt: e.GrantExpiresAt, ByOwner: e.ByOwner}
 		if e.Reason != nil {
 			it.Reason = *e.Reason
+		}
+		if e.UsageID == nil && e.Kind == "adjust" && e.Amount < 0 {
+			it.Drawn = []Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}
 		}
 		if e.UsageID != nil {
 			it.UsageID = *e.UsageID

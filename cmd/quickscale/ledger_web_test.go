@@ -449,7 +449,12 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	// The user sees which kind of credits each adjustment touched.
 	hist := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="adjust"]`)
 	require.Equal(t, 2, hist.Length())
-	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Pack credits adjusted by support -5 chargeback")
+	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Pack credits removed by support -5 5 pack · chargeback")
+	// A removal drawing on two grants is one line, as a use is.
+	mustRedirect(t, b.post(path, url.Values{"direction": {"remove"}, "amount": {"12"}, "reason": {"goodwill reversed"}}), "/admin/users/")
+	hist = ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="adjust"]`)
+	require.Equal(t, 3, hist.Length(), "one line for the removal, not one per grant")
+	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Credits removed by support -12 5 pack, 7 promo · goodwill reversed")
 }
 
 func TestAdminPagesRefuseNonAdmins(t *testing.T) {
