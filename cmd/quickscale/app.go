@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -188,12 +189,68 @@ func newMailer(cfg Config, st *store.Store) (workers.Mailer, error) {
 	return workers.NewSMTPMailer(cfg.SMTPURL)
 }
 
-// riverLogger quiets River's periodic info lines unless LOG_LEVEL=debug.
+// riverLogger quiets River's periodic info lines unless LOG_LEVEL=debug,
+// and says a repeated warning or error once per riverRepeatWindow: while
+// the database is unreachable River logs each failed poll (about 14 lines
+// a second), which would fill a disk in a long outage.
 func riverLogger(cfg Config, base *slog.Logger) *slog.Logger {
 	if cfg.LogLevel <= slog.LevelDebug {
 		return base.With("component", "river")
 	}
-	return slog.New(minLevel{base.Handler(), slog.LevelWarn}).With("component", "river")
+	h := &repeatLimiter{Handler: minLevel{base.Handler(), slog.LevelWarn}, window: riverRepeatWindow, state: &repeatState{last: map[string]repeatSeen{}}}
+	return slog.New(h).With("component", "river")
+}
+
+const riverRepeatWindow = 30 * time.Second
+
+// repeatLimiter passes a record on, then drops records of the same level
+// and message for window; the next one passed on says how many it dropped
+// ("repeated"). Handlers derived with WithAttrs or WithGroup share one
+// count.
+type repeatLimiter struct {
+	slog.Handler
+	window time.Duration
+	state  *repeatState
+}
+
+type repeatState struct {
+	mu   sync.Mutex
+	last map[string]repeatSeen
+}
+
+type repeatSeen struct {
+	at      time.Time
+	dropped int
+}
+
+func (h *repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
+	key := r.Level.String() + "\x00" + r.Message
+	h.state.mu.Lock()
+	seen, ok := h.state.last[key]
+	if ok && r.Time.Sub(seen.at) < h.window {
+		seen.dropped++
+		h.state.last[key] = seen
+		h.state.mu.Unlock()
+		return nil
+	}
+	if len(h.state.last) > 1000 { // bounded: messages with ids in them
+		clear(h.state.last)
+	}
+	h.state.last[key] = repeatSeen{at: r.Time}
+	h.state.mu.Unlock()
+	if seen.dropped > 0 {
+		r = r.Clone()
+		r.AddAttrs(slog.Int("repeated", seen.dropped))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *repeatLimiter) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &repeatLimiter{h.Handler.WithAttrs(attrs), h.window, h.state}
+}
+
+func (h *repeatLimiter) WithGroup(name string) slog.Handler {
+	return &repeatLimiter{h.Handler.WithGroup(name), h.window, h.state}
 }
 
 // minLevel drops records below a level.

@@ -449,3 +449,37 @@ func TestStartLineFollowsTheLogFormat(t *testing.T) {
 		}
 	}
 }
+
+// River's repeated warnings and errors (a failed poll every 100 ms while
+// the database is down) are said once per window, then with how many were
+// dropped; other messages pass, and River's info lines stay quiet.
+func TestRiverLoggerSaysARepeatedErrorOncePerWindow(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	h := riverLogger(Config{LogLevel: slog.LevelInfo}, slog.New(slog.NewJSONHandler(&buf, nil))).Handler()
+	t0 := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	emit := func(at time.Duration, level slog.Level, msg string) {
+		if h.Enabled(context.Background(), level) {
+			require.NoError(t, h.Handle(context.Background(), slog.NewRecord(t0.Add(at), level, msg, 0)))
+		}
+	}
+	for i := range 100 { // ten seconds of failed polls
+		emit(time.Duration(i)*100*time.Millisecond, slog.LevelError, "producer: Error fetching jobs")
+	}
+	emit(time.Second, slog.LevelWarn, "elector: lost leadership")
+	emit(2*time.Second, slog.LevelInfo, "producer: heartbeat")
+	emit(riverRepeatWindow+time.Second, slog.LevelError, "producer: Error fetching jobs")
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &m), l)
+		lines = append(lines, m)
+	}
+	require.Len(t, lines, 3, buf.String())
+	require.Equal(t, "producer: Error fetching jobs", lines[0]["msg"])
+	require.Nil(t, lines[0]["repeated"])
+	require.Equal(t, "elector: lost leadership", lines[1]["msg"])
+	require.Equal(t, "producer: Error fetching jobs", lines[2]["msg"])
+	require.EqualValues(t, 99, lines[2]["repeated"], "the next line says how many were dropped")
+	require.Equal(t, "river", lines[2]["component"])
+}
