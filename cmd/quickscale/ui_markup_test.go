@@ -132,6 +132,10 @@ func TestNavBurgerIsAButtonThatControlsTheMenu(t *testing.T) {
 		if burger.AttrOr(":aria-expanded", "") == "" {
 			t.Errorf("%s: aria-expanded does not follow the menu's state", who)
 		}
+		// Without JavaScript the menu is shown at every width.
+		if !strings.Contains(doc.Find("head noscript").Text(), ".navbar-menu{display:block}") {
+			t.Errorf("%s: no menu for visitors without JavaScript", who)
+		}
 	}
 }
 
