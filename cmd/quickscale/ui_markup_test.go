@@ -367,3 +367,36 @@ func TestEveryTableScrollsInsideItsContainer(t *testing.T) {
 		})
 	}
 }
+
+// On a phone the services are one column: the Use result, above them, is
+// scrolled into view when the button used was far below it.
+func TestBrowserPhoneUseResultComesIntoView(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	for i := range 6 {
+		storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: fmt.Sprintf("svc-%d", i), Cost: 1})
+	}
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-svc-5 button`)),
+		chromedp.ScrollIntoView(chromedp.CSS(`#use-form-svc-5 button`)),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	below, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("use-result").getBoundingClientRect().bottom < 0`))
+	if err != nil || !below {
+		t.Fatalf("the result area should be out of sight before Use (%v)", err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#use-form-svc-5 button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		chromedp.Poll[chromedp.Void](`(function(){var r=document.getElementById("use-outcome").getBoundingClientRect();return r.top >= 0 && r.bottom <= window.innerHeight;})()`),
+	)
+	if err != nil {
+		t.Fatalf("the Use result did not come into view: %v", err)
+	}
+}
