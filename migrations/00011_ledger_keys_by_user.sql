@@ -1,6 +1,10 @@
 -- Two index insertions fewer per spend, and an entry's usage proven to be
 -- its user's.
 --
+-- It rebuilds the two tables' primary keys and checks the new foreign key
+-- over all entries, holding their locks: on a large database spends wait
+-- while it runs. Run it in a maintenance window.
+--
 -- Every read of usages and ledger entries is one user's (the API's usage
 -- list, the credit history, a replayed spend), by (user_id, id); no reader
 -- looks one up by id alone. Each table had a primary key on id and a
@@ -33,8 +37,8 @@ ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_pkey;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_pkey PRIMARY KEY (user_id, id);
 DROP INDEX ledger_entries_user_idx;
 
--- ledger_consume_many as in 00007, but a replayed spend's usage is looked
--- up by its user and id (the new key), not by id alone.
+-- ledger_consume_many as in 00007, but a replayed spend's usage, and its
+-- entries, are looked up by user and id (the new keys), not by id alone.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION ledger_consume_many(p_user_ids bigint[], p_service_slugs text[], p_idempotency_keys text[],
                                     p_fingerprints text[], p_api_key_ids bigint[],
@@ -287,7 +291,7 @@ BEGIN
             SELECT r.k::integer, 'replayed', u.id, s.slug, u.credits::bigint, u.balance_after::bigint,
                    coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', e.grant_id, 'kind', g.kind, 'credits', -e.amount) ORDER BY e.id)
                                FROM ledger_entries e JOIN grants g ON g.id = e.grant_id
-                              WHERE e.usage_id = u.id), '[]'::jsonb),
+                              WHERE e.user_id = u.user_id AND e.usage_id = u.id), '[]'::jsonb),
                    u.created_at
               FROM unnest(v_replays) r(k)
               JOIN usages u ON u.user_id = p_user_ids[r.k] AND u.id = r_usage[r.k]

@@ -51,14 +51,21 @@ type historyRow struct {
 	ByOwner        bool       `db:"by_owner"`
 }
 
-const historySelect = `
+// historyQuery selects the history rows of the entries that inner (a
+// query over ledger_entries) picks. The entries are picked first and
+// joined after: joined in one query, PostgreSQL would apply the user to
+// usages as well and could read all of a heavy user's usages to match
+// one page of entries.
+func historyQuery(inner, order string) string {
+	return `
 SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
        g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service,
        (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner
-  FROM ledger_entries e
+  FROM (` + inner + `) e
   JOIN grants g ON g.id = e.grant_id
   LEFT JOIN usages u ON u.user_id = e.user_id AND u.id = e.usage_id
-  LEFT JOIN services s ON s.id = u.service_id`
+  LEFT JOIN services s ON s.id = u.service_id` + order
+}
 
 // History returns up to about limit items older than cursor (0: newest),
 // reading only the entries shown: its cost does not grow with the length of
@@ -71,8 +78,8 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 	if cursor <= 0 {
 		cursor = 1<<63 - 1
 	}
-	rows, err := s.pool.Query(ctx, historySelect+`
- WHERE e.user_id = $1 AND e.id < $2 ORDER BY e.id DESC LIMIT $3`, customPlan, userID, cursor, limit)
+	rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, ` ORDER BY e.id DESC`), customPlan, userID, cursor, limit)
 	if err != nil {
 		return HistoryPage{}, err
 	}
@@ -83,8 +90,8 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 	// Complete the last usage if the page cut through it.
 	last := entries[len(entries)-1]
 	if last.UsageID != nil {
-		rows, err := s.pool.Query(ctx, historySelect+`
- WHERE e.user_id = $1 AND e.usage_id = $2 AND e.id < $3`, customPlan, userID, *last.UsageID, last.ID)
+		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND usage_id = $2 AND id < $3`, ``), customPlan, userID, *last.UsageID, last.ID)
 		if err != nil {
 			return HistoryPage{}, err
 		}

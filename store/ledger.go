@@ -1,12 +1,14 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -619,23 +621,49 @@ type Expiring struct {
 const maxExpiringListed = 50
 
 // ExpiringCredits lists a user's live credits that expire, by kind and
-// expiry, soonest first (at most 50 rows).
-func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, error) {
+// expiry, soonest first (at most 50 rows), and how many live credits of
+// each kind never expire (kinds with none are absent), read together.
+func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, map[string]int64, error) {
+	// One statement, one snapshot: both parts agree with each other.
 	rows, err := s.pool.Query(ctx, `
-SELECT kind, sum(remaining)::bigint, expires_at
-  FROM grants
- WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
- GROUP BY kind, expires_at
- ORDER BY expires_at, kind
- LIMIT $2`, userID, maxExpiringListed)
+(SELECT kind, sum(remaining)::bigint, NULL::timestamptz
+   FROM grants
+  WHERE user_id = $1 AND expires_at IS NULL AND `+liveGrant+`
+  GROUP BY kind)
+UNION ALL
+(SELECT kind, sum(remaining)::bigint, expires_at
+   FROM grants
+  WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
+  GROUP BY kind, expires_at
+  ORDER BY expires_at, kind
+  LIMIT $2)`, userID, maxExpiringListed)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Expiring, error) {
+	defer rows.Close()
+	var expiring []Expiring
+	never := map[string]int64{}
+	for rows.Next() {
 		var e Expiring
-		err := row.Scan(&e.Kind, &e.Credits, &e.ExpiresAt)
-		return e, err
+		var at *time.Time
+		if err := rows.Scan(&e.Kind, &e.Credits, &at); err != nil {
+			return nil, nil, err
+		}
+		if at == nil {
+			never[e.Kind] += e.Credits
+			continue
+		}
+		e.ExpiresAt = *at
+		expiring = append(expiring, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	// UNION ALL keeps no order by itself.
+	slices.SortFunc(expiring, func(a, b Expiring) int {
+		return cmp.Or(a.ExpiresAt.Compare(b.ExpiresAt), cmp.Compare(a.Kind, b.Kind))
 	})
+	return expiring, never, nil
 }
 
 // ExpireResult sums one or more sweep batches.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,25 +95,50 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 // can quote it.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
-	if err == nil && u.Scheme != "" {
+	if err == nil && u.Scheme != "" && u.Opaque == "" {
 		if u.User != nil {
 			if _, ok := u.User.Password(); ok {
 				u.User = url.UserPassword(u.User.Username(), "xxxxx")
 			}
 		}
+		// pgx also takes the password as a parameter (password=,
+		// sslpassword=).
+		if q := u.Query(); len(q) > 0 {
+			hidden := false
+			for k := range q {
+				if strings.Contains(strings.ToLower(k), "password") {
+					q[k], hidden = []string{"xxxxx"}, true
+				}
+			}
+			if hidden {
+				u.RawQuery = q.Encode()
+			}
+		}
 		return u.String()
 	}
-	// A URL that does not parse (a typo in the port, a bad escape) or a
-	// key=value connection string: hide whatever may be a password.
-	s = urlPassword.ReplaceAllString(s, "${1}xxxxx@")
+	// A URL that does not parse (a typo in the port, a bad escape, a
+	// missing scheme) or a key=value connection string: hide whatever may
+	// be a password.
+	if strings.Contains(s, "://") {
+		s = urlPassword.ReplaceAllString(s, "${1}xxxxx@")
+	} else {
+		s = barePassword.ReplaceAllString(s, "${1}xxxxx@")
+	}
+	s = queryPassword.ReplaceAllString(s, "${1}xxxxx")
 	return kvPassword.ReplaceAllString(s, "${1}xxxxx")
 }
 
 var (
-	// user:password@ after a scheme, up to the last @ before the path.
-	urlPassword = regexp.MustCompile(`(://[^:/@]*:)[^/]*@`)
-	// password=value, value quoted or not (libpq's key=value form).
-	kvPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)`)
+	// user:password@ after a scheme, up to the last @ (a password may
+	// hold / and @).
+	urlPassword = regexp.MustCompile(`(://[^:/@\s]*:)\S*@`)
+	// user:password@ with no scheme before it.
+	barePassword = regexp.MustCompile(`^(\s*[^:/@\s]+:)\S*@`)
+	// ?password=… or &sslpassword=… in a URL's query.
+	queryPassword = regexp.MustCompile(`(?i)([?&][^=&\s]*password=)[^&\s]*`)
+	// password=value or sslpassword=value, quoted or not (libpq's
+	// key=value form).
+	kvPassword = regexp.MustCompile(`(?i)((?:^|\s)\w*password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)`)
 )
 
 // Ping checks that Postgres answers.

@@ -47,21 +47,16 @@ func (s *Site) Credits() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		expiring, err := s.store.ExpiringCredits(ctx, u.ID)
+		expiring, never, err := s.store.ExpiringCredits(ctx, u.ID)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		// Per kind: its credits that expire, by date, and how many of the
-		// rest never do.
+		// Per kind: its credits that expire, by date (and, in never, how
+		// many never do).
 		byKind := map[string][]store.Expiring{}
-		never := map[string]int64{}
-		for k, n := range bal.ByKind {
-			never[k] = n
-		}
 		for _, e := range expiring {
 			byKind[e.Kind] = append(byKind[e.Kind], e)
-			never[e.Kind] -= e.Credits
 		}
 		cursor := cursorParam(r)
 		hist, err := s.store.History(ctx, u.ID, cursor, historyPageSize)

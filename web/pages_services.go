@@ -121,6 +121,7 @@ func (s *Site) UseService() http.Handler {
 			s.handleError(w, r, err)
 			return
 		}
+		useErr := err
 		p, err := s.servicesPage(r)
 		if err != nil {
 			s.serverError(w, r, err)
@@ -135,7 +136,7 @@ func (s *Site) UseService() http.Handler {
 			if res.Service.Slug != "" {
 				// Not found, yet offered: not a retired service (e.g. no
 				// credit account); answer the error as it is.
-				s.handleError(w, r, err)
+				s.handleError(w, r, useErr)
 				return
 			}
 			if res.Service, err = s.retiredService(r, slug); err != nil {

@@ -48,7 +48,7 @@ func (s *Site) WithSession(next http.Handler) http.Handler {
 				_ = s.sessions.Destroy(ctx)
 				if err == nil {
 					// In a new, anonymous session: why the visitor must sign in.
-					s.flash(ctx, "You were signed out because your password was changed since you signed in.")
+					s.flash(ctx, "You were signed out: your password or your access rights changed since you signed in.")
 				}
 			default:
 				s.serverError(w, r.WithContext(ctx), err)

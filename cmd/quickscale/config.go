@@ -155,7 +155,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	if c.BaseURL == "" {
 		c.BaseURL = "http://" + c.Addr
 	} else if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-		u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		u.User != nil || strings.ContainsAny(c.BaseURL, "?#") {
 		// Links are made by appending paths: a query or fragment would
 		// swallow them.
 		bad("BASE_URL", c.BaseURL, "want an absolute http(s) URL without user, query or fragment")

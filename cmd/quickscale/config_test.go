@@ -65,6 +65,11 @@ func TestConfigRefusesAlmostRightValues(t *testing.T) {
 			t.Errorf("%s=%q: error %v does not name the variable", name, value, err)
 		}
 	}
+	for _, v := range []string{"https://example.com#", "https://example.com/app?"} {
+		if _, err := loadConfig(envFrom(map[string]string{"BASE_URL": v})); err == nil || !strings.Contains(err.Error(), "BASE_URL") {
+			t.Errorf("BASE_URL=%q: error %v, want it refused", v, err)
+		}
+	}
 	for _, v := range []string{"postgres://u:s3cret@db:abc/x", "host=db password=s3cret port=x"} {
 		if _, err := loadConfig(envFrom(map[string]string{"DATABASE_URL": v})); err == nil || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("DATABASE_URL=%q: error %v (want one, without the password)", v, err)

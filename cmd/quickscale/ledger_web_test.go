@@ -113,10 +113,6 @@ func TestUseServiceTwiceWithTheSameKeyChargesOnce(t *testing.T) {
 	require.EqualValues(t, 90, bal.Total)
 }
 
-// A price raised while the page was open is not charged: the form says
-// what it showed, and the answer shows the new price instead. A use made
-// before the rise and resubmitted after it is a replay, and a lowered price
-// is simply charged.
 // A service retired while its page was open: Use charges nothing, says so,
 // and the page's list of services is refreshed in place (htmx) or in full.
 func TestUseServiceRetiredSinceThePageShowedIt(t *testing.T) {
@@ -156,6 +152,10 @@ func TestUseServiceRetiredSinceThePageShowedIt(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, b.post("/services/never-was/use", use, "HX-Request", "true").Status)
 }
 
+// A price raised while the page was open is not charged: the form says
+// what it showed, and the answer shows the new price instead. A use made
+// before the rise and resubmitted after it is a replay, and a lowered price
+// is simply charged.
 func TestUseServiceAfterAPriceRiseChargesNothingAndShowsTheNewPrice(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -691,4 +691,37 @@ func TestBuyPageSaysTheBalanceInTheRightNumber(t *testing.T) {
 	require.Contains(t, say(), "You have 0 credits.")
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1})
 	require.Contains(t, say(), "You have 1 credit.")
+}
+
+// More expiry dates than the page lists: the list shows the soonest, and
+// none of the others is counted as never expiring.
+func TestCreditsPageWithManyExpiryDates(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	day := time.Now().UTC().Truncate(time.Minute)
+	for i := range 55 {
+		at := day.Add(time.Duration(i+1) * 24 * time.Hour)
+		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 1, ExpiresAt: &at})
+	}
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 4})
+	row := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`#balance-by-kind tr[data-kind="promo"]`)
+	require.Equal(t, 50, row.Find(".expiring").Length())
+	require.Equal(t, "4 never expire", strings.TrimSpace(row.Find(".never-expiring").Text()))
+}
+
+// A use refused as not found while the service is offered (here: no credit
+// account) is that refusal, a 404, not a "retired" answer nor a 500.
+func TestUseServiceWithoutAnAccountIsNotFound(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	page := b.get("/services").Doc(t)
+	_, err := ta.store.Pool().Exec(context.Background(), `DELETE FROM accounts WHERE user_id = $1`, u.ID)
+	require.NoError(t, err)
+	r := b.post("/services/render/use", url.Values{"idempotency_key": {serviceKey(t, page, "render")}, "cost": {"1"}}, "HX-Request", "true")
+	require.Equal(t, http.StatusNotFound, r.Status, r.Body)
+	require.Contains(t, r.Doc(t).Find("#error-message").Text(), "No credit account")
 }

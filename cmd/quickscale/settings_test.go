@@ -53,7 +53,7 @@ func TestRefusedSettingsFormKeepsTheAddress(t *testing.T) {
 		require.Equal(t, "false", r.Header.Get("HX-Push-Url"), "%s: a refusal must not push the form's address", path)
 		mustRedirect(t, b.get(path), "/settings")
 	}
-	// A plain (non-htmx) refusal is an ordinary page; a success pushes as usual.
+	// A plain (non-htmx) refusal is an ordinary page.
 	r := b.post("/settings/password", url.Values{"current_password": {"not my password"}})
 	require.Empty(t, r.Header.Get("HX-Push-Url"))
 }
@@ -83,7 +83,7 @@ func TestChangePasswordEndsOtherSessionsAndKeepsThisOne(t *testing.T) {
 	require.Contains(t, acctText(here.get("/settings").Doc(t), "#flash"), "password is changed")
 	require.True(t, acctSignedIn(here), "the changing session was signed out")
 	require.False(t, acctSignedIn(elsewhere), "another session survived the change")
-	require.Contains(t, acctText(elsewhere.get("/login").Doc(t), "#flash"), "signed out because your password was changed", "the other session is told why")
+	require.Contains(t, acctText(elsewhere.get("/login").Doc(t), "#flash"), "signed out: your password or your access rights changed", "the other session is told why")
 	acctRequireStatus(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(ta.browser(), u.Email, acctNewPassword), "/dashboard")
 	ta.waitMail(u.Email, "Your QuickScale password was changed")
