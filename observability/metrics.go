@@ -118,7 +118,7 @@ func NewMetrics() *Metrics {
 			Name: "quickscale_credits_clawed_back_total", Help: "Credits taken back after refunds, by grant kind.",
 		}, []string{"kind"}),
 		Payments: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "quickscale_payments_total", Help: "Payments by product type, final status and currency.",
+			Name: "quickscale_payments_total", Help: "Payment status changes (a payment refunded in two parts counts three times: paid, partly refunded, refunded), by product type, new status and currency.",
 		}, []string{"type", "status", "currency"}),
 		RevenueMinor: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_revenue_minor_units_total", Help: "Money received in minor units (cents), by product type and currency.",

@@ -233,9 +233,9 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency)
 	case pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded || pay.Status == store.PaymentRefunded:
 		outcome, detail = store.OutcomeApplied, "already fulfilled"
-		if pay.Status == store.PaymentSucceeded {
+		if pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded {
 			// Still failed while what the failure asked for is undone: a
-			// payment of a deleted account not refunded yet.
+			// payment of a deleted account not refunded yet, or only in part.
 			email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
 			if err != nil {
 				return "", "", fx, err
@@ -386,7 +386,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	fx = effects{clawedBack: taken, refundMinor: refunded - pay.AmountRefundedMinor, paymentStatus: status, currency: pay.Currency}
 	detail := fmt.Sprintf("refunded %d of %d; took back %d credits", refunded, pay.AmountMinor, taken)
 	if shortfall > 0 {
-		detail += fmt.Sprintf(", %d already spent (shortfall)", shortfall)
+		detail += fmt.Sprintf(", %d no longer in the account (spent, removed or forfeited: the shortfall)", shortfall)
 	}
 	// The customer is told what was refunded and what it took back.
 	email, balance, err := store.EmailAndBalance(ctx, tx, pay.UserID)

@@ -178,6 +178,15 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	require.Contains(t, whDetail(again), "processed again: failed, paid after its buyer")
 	require.Contains(t, whDetail(again), "still to be refunded")
 
+	// A refund of part of it is not the refund asked for: still failed.
+	partID, part := p.refunded(t, p.Amount/2)
+	whApply(t, ta, partID, part, store.OutcomeApplied)
+	require.Equal(t, store.PaymentPartiallyRefunded, whPayment(t, ta, p).Status)
+	before := *again.ProcessedAt
+	whReprocess(t, ta, b, id, func(ev store.StripeEvent) bool { return ev.ProcessedAt != nil && ev.ProcessedAt.After(before) })
+	again = whRequireOutcome(t, ta, id, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "still to be refunded")
+
 	// Once the refund is made (and recorded), re-processing clears it.
 	refundID, refund := p.refunded(t, p.Amount)
 	whApply(t, ta, refundID, refund, store.OutcomeApplied)
@@ -378,6 +387,29 @@ func TestPipelineRefundOfSpentCreditsTakesWhatIsLeftAndRecordsShortfall(t *testi
 	whNoViolations(t, ta)
 	mail := ta.waitMail(p.User.Email, "Refund of payment")
 	require.Contains(t, mail.Text, "Credits taken back: 100 (400 of the credits it bought were already spent")
+	// The checkout page and the payments list say what was taken back and
+	// what could not be; the admin page names the payment.
+	says := strings.Join(strings.Fields(p.Browser.get("/dashboard/buy-credits/success?session_id="+p.SessionID).Doc(t).Find("#refund-credits").Text()), " ")
+	require.Equal(t, "100 of the credits it bought were taken back; 400 credits no longer in your account could not be.", says)
+	row := p.Browser.get("/dashboard/payments").Doc(t).Find("#payments tr.payment")
+	require.Contains(t, row.Find(".shortfall").Text(), "400 credits no longer in your account")
+	_, admin := whAdmin(t, ta)
+	adminRow := admin.get(fmt.Sprintf("/admin/users/%d", p.User.ID)).Doc(t).Find("#payments tr.payment-row")
+	require.Equal(t, "#"+adminRow.AttrOr("data-id", "?"), strings.TrimSpace(adminRow.Find(".payment-id").Text()))
+}
+
+// A refund when every credit it bought was spent takes none back, and the
+// checkout page says so rather than "taken back".
+func TestPipelineRefundWithNothingLeftSaysNoneWasTakenBack(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	whSpend(t, ta, p.User.ID, p.Credits)
+	id, body := p.refunded(t, p.Amount)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	says := strings.Join(strings.Fields(p.Browser.get("/dashboard/buy-credits/success?session_id="+p.SessionID).Doc(t).Find("#refund-credits").Text()), " ")
+	require.Equal(t, "None of the credits it bought could be taken back: 500 credits were no longer in your account.", says)
 }
 
 func TestPipelineRefundsAfterSpendingNeverDriveTheBalanceNegative(t *testing.T) {
