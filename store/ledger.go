@@ -423,6 +423,23 @@ type AdjustResult struct {
 	Replayed bool    // the key had been applied already: nothing changed
 }
 
+// RecentSameAdjustment reports when actor last made, within the last
+// window, an adjustment of userID with the same delta and reason under
+// another key than key: a form sent again after Back (the browser restores
+// what was typed under a fresh key) looks exactly like that.
+func (s *Store) RecentSameAdjustment(ctx context.Context, userID, actor, delta int64, reason, key string, window time.Duration) (time.Time, bool, error) {
+	var at time.Time
+	err := s.pool.QueryRow(ctx, `
+SELECT created_at FROM credit_adjustments
+ WHERE user_id = $1 AND actor_user_id = $2 AND delta = $3 AND reason = $4 AND key <> $5
+   AND created_at > now() - $6::interval
+ ORDER BY created_at DESC LIMIT 1`, userID, actor, delta, strings.TrimSpace(reason), key, window.String()).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, false, nil
+	}
+	return at, err == nil, err
+}
+
 // Adjust applies an admin adjustment and writes it to the audit log in the
 // same transaction.
 func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) {

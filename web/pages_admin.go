@@ -178,7 +178,7 @@ func (s *Site) AdminCredits() http.Handler {
 			return
 		}
 		admin := CurrentUser(r.Context())
-		f, _ := parseForm(r, "direction", "amount", "kind", "expires", "reason", "nonce")
+		f, _ := parseForm(r, "direction", "amount", "kind", "expires", "reason", "nonce", "confirm_repeat")
 		amount, err := strconv.ParseInt(f.raw("amount"), 10, 64)
 		if err != nil || amount <= 0 || amount > 1_000_000_000 {
 			f.fail("amount", "Enter a whole number of credits from 1 to 1,000,000,000.")
@@ -215,9 +215,26 @@ func (s *Site) AdminCredits() http.Handler {
 		if f.raw("direction") == "remove" {
 			delta = -amount
 		}
+		key := adjustKey(target.ID, f.raw("nonce"))
+		if f.raw("confirm_repeat") != "yes" {
+			// The same adjustment made a moment ago under another key: most
+			// likely the form sent again after Back. Ask before doing it twice.
+			at, same, err := s.store.RecentSameAdjustment(r.Context(), target.ID, admin.ID, delta, f.raw("reason"), key, repeatWindow)
+			if err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+			if same {
+				f.Message = "You made this same adjustment (" + formatInt(delta) + " credits, same reason) " + relativeTime(at) +
+					". Nothing was changed now. To apply it again, tick the box below and Apply."
+				f.Values["confirm_repeat"] = "ask"
+				s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
+				return
+			}
+		}
 		res, err := s.store.Adjust(r.Context(), store.Adjustment{
 			UserID: target.ID, Delta: delta, Kind: kind, ExpiresAt: expires, Actor: &admin.ID, Reason: f.raw("reason"),
-			Key: adjustKey(target.ID, f.raw("nonce")), Via: "web",
+			Key: key, Via: "web",
 		})
 		var short *store.InsufficientCreditsError
 		switch {
@@ -255,6 +272,10 @@ func (s *Site) AdminCredits() http.Handler {
 }
 
 // adjustKey scopes the form's nonce to the user ("" without a nonce).
+// repeatWindow is how long after an adjustment the same one (same admin,
+// user, amount and reason) asks for confirmation.
+const repeatWindow = 10 * time.Minute
+
 func adjustKey(userID int64, nonce string) string {
 	if nonce == "" || len(nonce) > 64 {
 		return ""

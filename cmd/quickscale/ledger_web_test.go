@@ -532,6 +532,48 @@ func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
 	require.Len(t, audit, 1)
 }
 
+// Back after an adjustment reloads the form under a fresh key; a browser
+// that refills what was typed would apply it twice. The same adjustment
+// (admin, user, amount, reason) within minutes asks first, and a tick
+// applies it again. The form also asks browsers not to refill it.
+func TestAdminSameAdjustmentAgainUnderAFreshKeyAsksFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	fresh := func() url.Values {
+		page := b.get(path).Doc(t)
+		require.Equal(t, "off", page.Find("#adjust-form").AttrOr("autocomplete", ""))
+		nonce := page.Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
+		return url.Values{"direction": {"add"}, "amount": {"15"}, "kind": {"admin"}, "reason": {"goodwill"}, "nonce": {nonce}}
+	}
+	balance := func() int64 {
+		bal, err := ta.store.Balance(ctx, u.ID)
+		require.NoError(t, err)
+		return bal.Total
+	}
+	mustRedirect(t, b.post(path, fresh()), "/admin/users/")
+	again := fresh()
+	r := b.post(path, again)
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	doc := r.Doc(t)
+	require.Contains(t, doc.Find("#adjust-form").Text(), "You made this same adjustment")
+	require.Equal(t, 1, doc.Find(`#confirm-repeat input[name="confirm_repeat"]`).Length())
+	require.EqualValues(t, 15, balance(), "nothing applied without the tick")
+	// Another amount or reason is another adjustment: no question.
+	other := fresh()
+	other.Set("amount", "16")
+	mustRedirect(t, b.post(path, other), "/admin/users/")
+	require.EqualValues(t, 31, balance())
+	// Ticked, it is applied again.
+	again.Set("confirm_repeat", "yes")
+	mustRedirect(t, b.post(path, again), "/admin/users/")
+	require.EqualValues(t, 46, balance())
+}
+
 func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
