@@ -156,6 +156,18 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 				return nil
 			}
 			err := env.store.InTx(ctx, func(tx pgx.Tx) error {
+				if role == store.RoleUser {
+					// Never the last admin: nobody could reach the admin
+					// pages after it. The admins' rows are locked so that
+					// two demotions at once cannot both pass.
+					var admins int
+					if err := tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL FOR UPDATE) a`).Scan(&admins); err != nil {
+						return err
+					}
+					if admins <= 1 {
+						return store.Errorf(store.KindConflict, "%s is the last admin; promote another user first.", u.Email)
+					}
+				}
 				if err := store.SetRole(ctx, tx, u.ID, role); err != nil {
 					return err
 				}
@@ -298,6 +310,10 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 		return usageError{"--name: " + err.Error()}
 	}
 	return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+		if !u.Verified() {
+			// As on the website: such a key could read but never spend.
+			return store.Errorf(store.KindInvalid, "%s has not confirmed their email address; an API key of theirs could not spend. Confirm the address first.", u.Email)
+		}
 		raw, key, err := env.store.IssueAPIKey(ctx, nil, u.ID, *name, "cli")
 		if err != nil {
 			return err
@@ -387,8 +403,11 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 	change := store.ServiceChange{Slug: *slug}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	if !store.ValidSlug(*slug) {
+	if !given["slug"] || *slug == "" {
 		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes"}
+	}
+	if !store.ValidSlug(*slug) {
+		return usageError{"--slug " + strconv.Quote(*slug) + ": 1-63 lowercase letters, digits and dashes"}
 	}
 	if given["name"] {
 		if err := store.CheckServiceName(*name); err != nil {

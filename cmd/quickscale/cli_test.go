@@ -113,6 +113,11 @@ func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
 	var stored int
 	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE position($1 in encode(hash, 'escape')) > 0`, key).Scan(&stored))
 	require.Zero(t, stored, "the key is stored in clear")
+	// An unconfirmed user gets no key (it could not spend), as on the website.
+	unconfirmed := storetest.NewUser(t, ta.store, storetest.UserOpts{Unverified: true})
+	code, _, stderr = runCmd(t, map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}, "", "apikeys", "create", "--email", unconfirmed.Email, "--name", "ci")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "has not confirmed")
 	// A name the store would refuse is a flag mistake (exit 2), found
 	// before the database is asked.
 	for _, bad := range []string{"c\ti", strings.Repeat("k", 101)} {
@@ -183,6 +188,7 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 
 	for name, args := range map[string][]string{
 		"bad slug":                            {"--slug", "OCR Scan", "--name", "x", "--cost", "1"},
+		"no slug":                             {"--name", "x", "--cost", "1"},
 		"empty name":                          {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
 		"both states":                         {"--slug", "ocr-scan", "--inactive", "--active"},
 		"no change":                           {"--slug", "ocr-scan"},

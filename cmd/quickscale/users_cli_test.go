@@ -151,6 +151,7 @@ func TestUsersDemoteTakesTheAdminRoleAway(t *testing.T) {
 	t.Parallel()
 	cli := acctNewCLI(t)
 	admin := storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "former@example.com", Admin: true})
+	storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "remaining@example.com", Admin: true})
 
 	out, errOut, code := cli.run(nil, "users", "demote", "--email", "former@example.com")
 
@@ -167,6 +168,12 @@ func TestUsersDemoteTakesTheAdminRoleAway(t *testing.T) {
 	out, _, code = cli.run(nil, "users", "demote", "--email", "former@example.com")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "not an admin; nothing changed")
+
+	// The last admin stays one: nobody could reach the admin pages after.
+	_, errOut, code = cli.run(nil, "users", "demote", "--email", "remaining@example.com")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "the last admin")
+	require.Equal(t, store.RoleAdmin, cli.user("remaining@example.com").Role)
 }
 
 func TestUsersPromoteUnknownEmailFails(t *testing.T) {
