@@ -49,13 +49,22 @@ type AuditPage struct {
 
 // AuditLog lists audit entries older than before (0: the newest), newest
 // first, of one action or of an action family ("riverui." for every River
-// UI action) when action is set.
-func (s *Store) AuditLog(ctx context.Context, action string, before int64, limit int) (AuditPage, error) {
+// UI action) when action is set, about one user when userID is set.
+func (s *Store) AuditLog(ctx context.Context, action string, userID, before int64, limit int) (AuditPage, error) {
 	if before <= 0 {
 		before = 1<<63 - 1
 	}
-	entries, err := s.auditEntries(ctx, `WHERE a.id < $1 AND ($2 = '' OR a.action = $2 OR (right($2, 1) = '.' AND starts_with(a.action, $2)))
+	actionIs := `($2 = '' OR a.action = $2 OR (right($2, 1) = '.' AND starts_with(a.action, $2)))`
+	var entries []AuditEntry
+	var err error
+	if userID > 0 {
+		// One user's entries, through the (target_user_id, id) index.
+		entries, err = s.auditEntries(ctx, `WHERE a.target_user_id = $4 AND a.id < $1 AND `+actionIs+`
+ ORDER BY a.id DESC LIMIT $3`, before, action, limit+1, userID)
+	} else {
+		entries, err = s.auditEntries(ctx, `WHERE a.id < $1 AND `+actionIs+`
  ORDER BY a.id DESC LIMIT $3`, before, action, limit+1)
+	}
 	if err != nil {
 		return AuditPage{}, err
 	}

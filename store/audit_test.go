@@ -21,7 +21,7 @@ func TestAuditLogFiltersByActionOrFamily(t *testing.T) {
 		require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error { return store.Audit(ctx, tx, nil, action, nil, nil) }))
 	}
 	count := func(action string) int {
-		p, err := st.AuditLog(ctx, action, 0, 10)
+		p, err := st.AuditLog(ctx, action, 0, 0, 10)
 		require.NoError(t, err)
 		return len(p.Entries)
 	}

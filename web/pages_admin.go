@@ -271,11 +271,11 @@ func (s *Site) AdminCredits() http.Handler {
 	})
 }
 
-// adjustKey scopes the form's nonce to the user ("" without a nonce).
 // repeatWindow is how long after an adjustment the same one (same admin,
 // user, amount and reason) asks for confirmation.
 const repeatWindow = 10 * time.Minute
 
+// adjustKey scopes the form's nonce to the user ("" without a nonce).
 func adjustKey(userID int64, nonce string) string {
 	if nonce == "" || len(nonce) > 64 {
 		return ""
@@ -307,6 +307,8 @@ func (s *Site) AdminWebhooks() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		// The first page of the same filter, for "Newest".
+		newest := "/admin/webhooks?" + url.Values{"type": {f.Type}, "outcome": {f.Outcome}}.Encode()
 		next := ""
 		if page.HasMore {
 			v := url.Values{"type": {f.Type}, "outcome": {f.Outcome}, "before_ts": {strconv.FormatInt(page.NextTime.UnixNano(), 10)}, "before_id": {page.NextID}}
@@ -321,7 +323,7 @@ func (s *Site) AdminWebhooks() http.Handler {
 		}
 		s.render(w, r, http.StatusOK, "admin_webhooks", "Webhook events", map[string]any{
 			"Filter": f, "Page": page, "Rows": rows, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
-			"Paged": !f.CursorTime.IsZero(),
+			"Paged": !f.CursorTime.IsZero(), "Newest": newest,
 		})
 	})
 }
@@ -398,8 +400,12 @@ func (s *Site) AdminAudit() http.Handler {
 		if len(action) > 100 {
 			action = ""
 		}
+		var userID int64
+		if id, err := strconv.ParseInt(r.URL.Query().Get("user"), 10, 64); err == nil && id > 0 {
+			userID = id
+		}
 		cursor := cursorParam(r)
-		page, err := s.store.AuditLog(ctx, action, cursor, auditPageSize)
+		page, err := s.store.AuditLog(ctx, action, userID, cursor, auditPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
@@ -410,7 +416,7 @@ func (s *Site) AdminAudit() http.Handler {
 			return
 		}
 		s.render(w, r, http.StatusOK, "admin_audit", "Audit log", map[string]any{
-			"Page": page, "Action": action, "Actions": actions, "Paged": cursor != 0,
+			"Page": page, "Action": action, "Actions": actions, "Paged": cursor != 0, "User": userID,
 		})
 	})
 }

@@ -7,7 +7,9 @@ import (
 	"github.com/quickscale/quickscale/store"
 )
 
-// historyPageSize is how many history items a page shows.
+// historyPageSize is how many ledger entries a history page reads: a use
+// drawn from several grants, or a removal drawn from several, is one line,
+// so a page may show fewer lines.
 const historyPageSize = 25
 
 // cursorParam reads a keyset cursor from the query; bad values mean "first page".

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,7 +101,14 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 			}
 		} else {
 			// Shown on the event's admin page; the attempt itself rolled back.
-			if nerr := w.store.NoteEventAttempt(ctx, job.Args.EventID, job.Attempt, err.Error()); nerr != nil {
+			why := err.Error()
+			var snooze *river.JobSnoozeError
+			if errors.As(err, &snooze) {
+				// "waiting for …: JobSnoozeError: 30s" reads as a fault; say
+				// what it is waiting for and when it looks again.
+				why = strings.TrimSuffix(why, ": "+snooze.Error()) + " (next look in " + snooze.Duration.String() + ")"
+			}
+			if nerr := w.store.NoteEventAttempt(ctx, job.Args.EventID, job.Attempt, why); nerr != nil {
 				w.logger.WarnContext(ctx, "stripe event: note attempt", "event", job.Args.EventID, "err", nerr)
 			}
 			return err

@@ -255,7 +255,7 @@ func TestAdminWebhooksPagesOlderEventsWithoutGapsOrDuplicates(t *testing.T) {
 	_, b := whAdmin(t, ta)
 
 	got := map[string]string{}
-	path, pages := "/admin/webhooks", 0
+	path, pages := "/admin/webhooks?outcome=pending", 0
 	for path != "" {
 		pages++
 		require.LessOrEqual(t, pages, 3, "pagination does not end")
@@ -264,6 +264,11 @@ func TestAdminWebhooksPagesOlderEventsWithoutGapsOrDuplicates(t *testing.T) {
 			_, dup := got[id]
 			require.False(t, dup, "event %s listed twice", id)
 			got[id] = outcome
+		}
+		if pages > 1 {
+			require.Equal(t, "/admin/webhooks?outcome=pending&type=", doc.Find("#events-newest").AttrOr("href", ""), "an older page links to the newest, with its filter")
+		} else {
+			require.Zero(t, doc.Find("#events-newest").Length())
 		}
 		path = doc.Find("#events-next").AttrOr("href", "")
 	}

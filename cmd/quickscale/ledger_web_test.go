@@ -767,3 +767,36 @@ func TestUseServiceWithoutAnAccountIsNotFound(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, r.Status, r.Body)
 	require.Contains(t, r.Doc(t).Find("#error-message").Text(), "No credit account")
 }
+
+// A user's admin page links to every audit entry about them; the audit log
+// filtered by user lists only those, paged with the filter kept.
+func TestAdminAuditLogFiltersByUser(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	other := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	for i := range 55 {
+		_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 1, Actor: &admin.ID, Reason: fmt.Sprint("r", i)})
+		require.NoError(t, err)
+	}
+	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: other.ID, Delta: 1, Actor: &admin.ID, Reason: "other"})
+	require.NoError(t, err)
+	b := ta.signIn(admin.Email)
+	link := b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find("#user-audit").AttrOr("href", "")
+	require.Equal(t, fmt.Sprintf("/admin/audit?user=%d", u.ID), link)
+	seen := 0
+	for path := link; path != ""; {
+		doc := b.get(path).Doc(t)
+		doc.Find("#audit tr.audit-entry").Each(func(_ int, row *goquery.Selection) {
+			seen++
+			require.Contains(t, row.Text(), fmt.Sprintf("user #%d", u.ID), "an entry about another user")
+		})
+		path = doc.Find("#audit-older").AttrOr("href", "")
+		if path != "" {
+			require.Contains(t, path, fmt.Sprintf("user=%d", u.ID), "the next page keeps the filter")
+		}
+	}
+	require.Equal(t, 55, seen)
+}

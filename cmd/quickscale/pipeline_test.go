@@ -531,6 +531,10 @@ func TestPipelineRefundBeforeItsCompletionIsSnoozedThenApplied(t *testing.T) {
 		ev, err := ta.store.StripeEventByID(context.Background(), refundID)
 		return err == nil && ev.LastError != nil && strings.Contains(*ev.LastError, "waiting for the payment it refunds")
 	})
+	ev, err = ta.store.StripeEventByID(context.Background(), refundID)
+	require.NoError(t, err)
+	require.NotContains(t, *ev.LastError, "JobSnoozeError", "River's internal name is not the reason")
+	require.Contains(t, *ev.LastError, "(next look in 30s)")
 
 	whPaid(t, ta, p)
 	// Time passes: the snooze ends now instead of in 30 seconds.
