@@ -359,7 +359,10 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	notYet := store.ErrorKind(err) == store.KindNotFound || (err == nil && pay.GrantID == nil)
 	if notYet {
 		// The refund may overtake the checkout completion it refunds.
-		if time.Since(ev.Created) < refundWaitWindow {
+		// An hour from when we received it, not from when Stripe created
+		// it: after an outage Stripe's retries arrive hours late, and the
+		// completion they overtook arrives just after them.
+		if time.Since(ev.ReceivedAt) < refundWaitWindow {
 			return "", "", fx, fmt.Errorf("waiting for the payment it refunds to be fulfilled (checked every 30 s for an hour after the refund): %w",
 				river.JobSnooze(30*time.Second))
 		}

@@ -567,12 +567,26 @@ func TestPipelineEventRefusedByTheDatabaseIsFailedWithTheReason(t *testing.T) {
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'stripe_event' AND state NOT IN ('completed')`), "a job is left to retry")
 }
 
+// A refund of a payment we do not know waits an hour from when it was
+// received — even when Stripe created it hours before (retries after an
+// outage) — and then fails.
 func TestPipelineRefundOfUnknownPaymentFailsAfterTheWaitWindow(t *testing.T) {
 	t.Parallel()
+	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
 	id, body := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, whID("pi"), 2000, 2000), time.Now().Add(-2*time.Hour))
-	ev := whApply(t, ta, id, body, store.OutcomeFailed)
+	whMustDeliver(t, ta, body)
+	jobID := whSnoozedJob(t, ta, id)
+	ev, err := ta.store.StripeEventByID(ctx, id)
+	require.NoError(t, err)
+	require.Nil(t, ev.Outcome, "created two hours ago but just received: it waits")
 
+	// An hour after it was received, it gives up.
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '61 minutes' WHERE id = $1`, id)
+	require.NoError(t, err)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	ev = whRequireOutcome(t, ta, id, store.OutcomeFailed)
 	require.Contains(t, whDetail(ev), "no fulfilled payment")
 }
 
