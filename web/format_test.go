@@ -44,3 +44,18 @@ func TestAuditDetailPrintsNestedValuesAsJSON(t *testing.T) {
 		}
 	}
 }
+
+// Event details link the users they name, and stay escaped text otherwise.
+func TestUserLinksLinkUsersAndEscapeTheRest(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"granted 500 credits to user 4":           `granted 500 credits to <a href="/admin/users/4">user 4</a>`,
+		"paid after its buyer (user #12) deleted": `paid after its buyer (<a href="/admin/users/12">user #12</a>) deleted`,
+		"<script>user 7</script>":                 `&lt;script&gt;<a href="/admin/users/7">user 7</a>&lt;/script&gt;`,
+		"superuser 5 and users 6":                 "superuser 5 and users 6",
+	} {
+		if got := string(userLinks(in)); got != want {
+			t.Errorf("userLinks(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

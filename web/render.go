@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"text/template/parse"
@@ -155,6 +156,7 @@ func (t *templates) funcs() template.FuncMap {
 		"perCredit": perCredit,
 		"add":       func(a, b int) int { return a + b },
 		"detail":    auditDetail,
+		"userlinks": userLinks,
 		"dict": func(kv ...any) (map[string]any, error) {
 			if len(kv)%2 != 0 {
 				return nil, errors.New("dict needs key/value pairs")
@@ -248,4 +250,14 @@ func (s *Site) renderFailure(w http.ResponseWriter, r *http.Request, err error) 
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusInternalServerError)
 	_, _ = w.Write([]byte("Something went wrong on our side. Please try again in a moment.\n"))
+}
+
+// userMention is how event details name a user ("user 4", "user #4").
+var userMention = regexp.MustCompile(`\buser #?([0-9]{1,19})\b`)
+
+// userLinks escapes text and links each user it names to the user's admin
+// page, so support can go from an event to the customer in one click.
+func userLinks(text string) template.HTML {
+	escaped := template.HTMLEscapeString(text)
+	return template.HTML(userMention.ReplaceAllString(escaped, `<a href="/admin/users/${1}">${0}</a>`))
 }
