@@ -131,3 +131,30 @@ func TestEnsureDatabaseTakesKeyValueConnectionStrings(t *testing.T) {
 		t.Fatalf("second ensureDatabase: %v", err)
 	}
 }
+
+// dev prints a new demo admin password at each start; sessions signed in
+// with the old one end, as with any password change.
+func TestDevSeedNewPasswordEndsOldSessions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	first, err := seedDev(ctx, ta.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := ta.browser()
+	mustRedirect(t, acctLogin(b, first.AdminEmail, first.AdminPassword), "/dashboard")
+	if !acctSignedIn(b) {
+		t.Fatal("the demo admin could not sign in")
+	}
+	second, err := seedDev(ctx, ta.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.AdminPassword == first.AdminPassword {
+		t.Fatal("the password did not change")
+	}
+	if acctSignedIn(b) {
+		t.Error("a session signed in with the old password survived the new one")
+	}
+}

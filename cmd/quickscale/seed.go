@@ -44,7 +44,9 @@ func seedDev(ctx context.Context, st *store.Store) (*devSeed, error) {
 	u, err := st.UserByEmail(ctx, demoAdminEmail)
 	switch {
 	case err == nil:
-		if _, err := st.SetPasswordHash(ctx, u.ID, hash, false); err != nil {
+		// A new password ends the sessions signed in with the old one, as
+		// every password change does.
+		if _, err := st.SetPasswordHash(ctx, u.ID, hash, true); err != nil {
 			return nil, err
 		}
 		if !u.IsAdmin() {
