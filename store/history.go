@@ -67,6 +67,11 @@ SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
   LEFT JOIN services s ON s.id = u.service_id` + order
 }
 
+// maxRemovalTail bounds how many entries History reads to complete a
+// removal that a page cut through (a removal drawing on more grants than
+// this is split across pages).
+const maxRemovalTail = 500
+
 // History returns up to about limit items older than cursor (0: newest),
 // reading only the entries shown: its cost does not grow with the length of
 // the history. The entries of one usage are never split across pages.
@@ -103,6 +108,27 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 		// walk the primary key instead of the usage index.
 		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(b.ID, a.ID) })
 		entries = append(entries, rest...)
+	} else if last.Kind == "adjust" && last.Amount < 0 && last.Reason != nil {
+		// Likewise one removal by support: its other entries are the same
+		// transaction's (same instant, same reason), right before it. Read
+		// a bounded run of older entries and keep those: a filter in SQL
+		// would scan the whole older history when there are none.
+		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, ` ORDER BY e.id DESC`), customPlan, userID, last.ID, maxRemovalTail)
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		for _, e := range rest {
+			if e.Kind != "adjust" || e.Amount >= 0 || e.UsageID != nil || e.Reason == nil || *e.Reason != *last.Reason ||
+				!e.CreatedAt.Equal(last.CreatedAt) || e.ByOwner != last.ByOwner {
+				break
+			}
+			entries = append(entries, e)
+		}
 	}
 	var page HistoryPage
 	for _, e := range entries {

@@ -410,6 +410,11 @@ type Adjustment struct {
 	Key string
 	// Via names where it was made (web, cli), for the audit log.
 	Via string
+	// AskRepeatWithin, when set, refuses (*RepeatedAdjustmentError) an
+	// adjustment the same actor made to the same user with the same delta
+	// and reason, under another key, that long ago or less: most likely a
+	// form sent again after Back.
+	AskRepeatWithin time.Duration
 }
 
 // maxReasonChars bounds an adjustment's reason, in characters.
@@ -423,21 +428,12 @@ type AdjustResult struct {
 	Replayed bool    // the key had been applied already: nothing changed
 }
 
-// RecentSameAdjustment reports when actor last made, within the last
-// window, an adjustment of userID with the same delta and reason under
-// another key than key: a form sent again after Back (the browser restores
-// what was typed under a fresh key) looks exactly like that.
-func (s *Store) RecentSameAdjustment(ctx context.Context, userID, actor, delta int64, reason, key string, window time.Duration) (time.Time, bool, error) {
-	var at time.Time
-	err := s.pool.QueryRow(ctx, `
-SELECT created_at FROM credit_adjustments
- WHERE user_id = $1 AND actor_user_id = $2 AND delta = $3 AND reason = $4 AND key <> $5
-   AND created_at > now() - $6::interval
- ORDER BY created_at DESC LIMIT 1`, userID, actor, delta, strings.TrimSpace(reason), key, window.String()).Scan(&at)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, false, nil
-	}
-	return at, err == nil, err
+// RepeatedAdjustmentError says the same adjustment (admin, user, amount,
+// reason) was made at At, under another key: nothing was changed now.
+type RepeatedAdjustmentError struct{ At time.Time }
+
+func (e *RepeatedAdjustmentError) Error() string {
+	return "the same adjustment was made at " + e.At.UTC().Format(time.RFC3339)
 }
 
 // Adjust applies an admin adjustment and writes it to the audit log in the
@@ -474,6 +470,14 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 		source = "key:" + a.Key
 	}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		if a.AskRepeatWithin > 0 {
+			// The account lock first (the lock order), so that two
+			// identical adjustments sent at once are checked one after the
+			// other: the second sees the first.
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, a.UserID); err != nil {
+				return fmt.Errorf("adjust: lock account: %w", err)
+			}
+		}
 		if a.Key != "" {
 			// Claim the key first: a concurrent twin waits here for this
 			// transaction and then finds the key taken.
@@ -484,6 +488,20 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, key) DO NOTHING`, a.Us
 			}
 			if tag.RowsAffected() == 0 {
 				return s.replayAdjustment(ctx, tx, a, &res)
+			}
+		}
+		if a.AskRepeatWithin > 0 && a.Actor != nil {
+			var at time.Time
+			err := tx.QueryRow(ctx, `
+SELECT created_at FROM credit_adjustments
+ WHERE user_id = $1 AND actor_user_id = $2 AND delta = $3 AND reason = $4 AND key <> $5
+   AND created_at > now() - $6::interval
+ ORDER BY created_at DESC LIMIT 1`, a.UserID, *a.Actor, a.Delta, a.Reason, a.Key, a.AskRepeatWithin.String()).Scan(&at)
+			if err == nil {
+				return &RepeatedAdjustmentError{At: at}
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
 			}
 		}
 		if a.Delta > 0 {
@@ -633,12 +651,12 @@ type Expiring struct {
 	ExpiresAt time.Time
 }
 
-// maxExpiringListed bounds ExpiringCredits: a user with more expiry dates
-// than this sees the soonest.
+// maxExpiringListed bounds ExpiringCredits, per kind: a user with more
+// expiry dates of a kind than this sees its soonest.
 const maxExpiringListed = 50
 
 // ExpiringCredits lists a user's live credits that expire, by kind and
-// expiry, soonest first (at most 50 rows), and how many live credits of
+// expiry, soonest first (at most 50 dates per kind), and how many live credits of
 // each kind never expire (kinds with none are absent), read together.
 func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, map[string]int64, error) {
 	// One statement, one snapshot: both parts agree with each other.
@@ -648,12 +666,13 @@ func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, 
   WHERE user_id = $1 AND expires_at IS NULL AND `+liveGrant+`
   GROUP BY kind)
 UNION ALL
-(SELECT kind, sum(remaining)::bigint, expires_at
-   FROM grants
-  WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
-  GROUP BY kind, expires_at
-  ORDER BY expires_at, kind
-  LIMIT $2)`, userID, maxExpiringListed)
+(SELECT kind, credits, expires_at
+   FROM (SELECT kind, sum(remaining)::bigint AS credits, expires_at,
+                row_number() OVER (PARTITION BY kind ORDER BY expires_at) AS n
+           FROM grants
+          WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
+          GROUP BY kind, expires_at) d
+  WHERE n <= $2)`, userID, maxExpiringListed)
 	if err != nil {
 		return nil, nil, err
 	}

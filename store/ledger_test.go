@@ -614,3 +614,62 @@ func TestInTxRetriesSerializationFailures(t *testing.T) {
 	require.True(t, store.IsRetryable(err))
 	require.Equal(t, 5, calls, "retries must be bounded")
 }
+
+// One removal by support drawing on more grants than a page holds is one
+// history line, however the page cuts it; the next page goes on below it.
+func TestHistoryKeepsOneRemovalOnOneLineAcrossAPageCut(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for range 60 {
+		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
+	}
+	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
+	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -55, Actor: &admin.ID, Reason: "big removal"})
+	require.NoError(t, err)
+	page, err := b.st.History(b.ctx, b.user.ID, 0, 25)
+	require.NoError(t, err)
+	require.NotEmpty(t, page.Items)
+	first := page.Items[0]
+	require.Equal(t, "adjust", first.Kind)
+	require.EqualValues(t, -55, first.Credits, "the whole removal on the first page")
+	require.Len(t, first.Drawn, 55)
+	require.Len(t, page.Items, 1)
+	next, err := b.st.History(b.ctx, b.user.ID, page.NextCursor, 25)
+	require.NoError(t, err)
+	require.NotEmpty(t, next.Items)
+	require.Equal(t, "grant", next.Items[0].Kind, "the next page starts below the removal")
+}
+
+// The same adjustment sent several times at once under fresh keys (Back
+// and Apply, double-clicked): one is applied, the others are asked about.
+func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
+	const n = 4
+	errs := make([]error, n)
+	storetest.AllAtOnce(n, func(i int) {
+		_, errs[i] = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 15, Actor: &admin.ID, Reason: "goodwill",
+			Key: fmt.Sprintf("%d:form-%d", b.user.ID, i), AskRepeatWithin: 10 * time.Minute})
+	})
+	applied, asked := 0, 0
+	for _, err := range errs {
+		var repeated *store.RepeatedAdjustmentError
+		switch {
+		case err == nil:
+			applied++
+		case errors.As(err, &repeated):
+			asked++
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	require.Equal(t, 1, applied)
+	require.Equal(t, n-1, asked)
+	bal, err := b.st.Balance(b.ctx, b.user.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 15, bal.Total)
+	// Without the question (confirmed), it is applied again.
+	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 15, Actor: &admin.ID, Reason: "goodwill", Key: fmt.Sprintf("%d:form-x", b.user.ID)})
+	require.NoError(t, err)
+}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -94,51 +93,35 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 // RedactURL hides the password of a connection URL so that errors and logs
 // can quote it.
 func RedactURL(s string) string {
-	u, err := url.Parse(s)
-	if err == nil && u.Scheme != "" && u.Opaque == "" {
-		if u.User != nil {
-			if _, ok := u.User.Password(); ok {
-				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	if i := strings.Index(s, "://"); i >= 0 {
+		// user:password@ — the password runs to the last @, whatever it
+		// holds (a password may contain spaces, /, ?, # or @, which also
+		// make url.Parse misread the URL). A stray @ later in the URL makes
+		// this hide more than the password, never less.
+		rest := s[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if c := strings.Index(rest[:at], ":"); c >= 0 {
+				s = s[:i+3] + rest[:c+1] + "xxxxx" + rest[at:]
 			}
 		}
-		// pgx also takes the password as a parameter (password=,
-		// sslpassword=).
-		if q := u.Query(); len(q) > 0 {
-			hidden := false
-			for k := range q {
-				if strings.Contains(strings.ToLower(k), "password") {
-					q[k], hidden = []string{"xxxxx"}, true
-				}
-			}
-			if hidden {
-				u.RawQuery = q.Encode()
-			}
-		}
-		return u.String()
-	}
-	// A URL that does not parse (a typo in the port, a bad escape, a
-	// missing scheme) or a key=value connection string: hide whatever may
-	// be a password.
-	if strings.Contains(s, "://") {
-		s = urlPassword.ReplaceAllString(s, "${1}xxxxx@")
 	} else {
 		s = barePassword.ReplaceAllString(s, "${1}xxxxx@")
 	}
+	// pgx also takes the password as a parameter: ?password=…,
+	// &sslpassword=…, or password=… in libpq's key=value form.
 	s = queryPassword.ReplaceAllString(s, "${1}xxxxx")
 	return kvPassword.ReplaceAllString(s, "${1}xxxxx")
 }
 
 var (
-	// user:password@ after a scheme, up to the last @ (a password may
-	// hold / and @).
-	urlPassword = regexp.MustCompile(`(://[^:/@\s]*:)\S*@`)
 	// user:password@ with no scheme before it.
-	barePassword = regexp.MustCompile(`^(\s*[^:/@\s]+:)\S*@`)
+	barePassword = regexp.MustCompile(`^(\s*[^:/@\s]+:).*@`)
 	// ?password=… or &sslpassword=… in a URL's query.
-	queryPassword = regexp.MustCompile(`(?i)([?&][^=&\s]*password=)[^&\s]*`)
-	// password=value or sslpassword=value, quoted or not (libpq's
-	// key=value form).
-	kvPassword = regexp.MustCompile(`(?i)((?:^|\s)\w*password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)`)
+	queryPassword = regexp.MustCompile(`(?i)([?&][^=&\s]*password=)[^&]*`)
+	// password=value or sslpassword=value: a quoted value, or everything
+	// after it (an unquoted value with a space in it is a mistake whose
+	// rest must not show either).
+	kvPassword = regexp.MustCompile(`(?i)((?:^|\s)\w*password\s*=\s*)('(?:[^'\\]|\\.)*'|.+)`)
 )
 
 // Ping checks that Postgres answers.

@@ -216,28 +216,25 @@ func (s *Site) AdminCredits() http.Handler {
 			delta = -amount
 		}
 		key := adjustKey(target.ID, f.raw("nonce"))
+		// The same adjustment made a moment ago under another key is most
+		// likely the form sent again after Back: ask before doing it twice.
+		var ask time.Duration
 		if f.raw("confirm_repeat") != "yes" {
-			// The same adjustment made a moment ago under another key: most
-			// likely the form sent again after Back. Ask before doing it twice.
-			at, same, err := s.store.RecentSameAdjustment(r.Context(), target.ID, admin.ID, delta, f.raw("reason"), key, repeatWindow)
-			if err != nil {
-				s.serverError(w, r, err)
-				return
-			}
-			if same {
-				f.Message = "You made this same adjustment (" + formatInt(delta) + " credits, same reason) " + relativeTime(at) +
-					". Nothing was changed now. To apply it again, tick the box below and Apply."
-				f.Values["confirm_repeat"] = "ask"
-				s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
-				return
-			}
+			ask = repeatWindow
 		}
 		res, err := s.store.Adjust(r.Context(), store.Adjustment{
 			UserID: target.ID, Delta: delta, Kind: kind, ExpiresAt: expires, Actor: &admin.ID, Reason: f.raw("reason"),
-			Key: key, Via: "web",
+			Key: key, Via: "web", AskRepeatWithin: ask,
 		})
 		var short *store.InsufficientCreditsError
+		var repeated *store.RepeatedAdjustmentError
 		switch {
+		case errors.As(err, &repeated):
+			f.Message = "You made this same adjustment (" + formatInt(delta) + " credits, same reason) " + relativeTime(repeated.At) +
+				". Nothing was changed now. To apply it again, tick the box below and Apply."
+			f.Values["confirm_repeat"] = "ask"
+			s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
+			return
 		case errors.As(err, &short):
 			f.fail("amount", "The user has only "+formatInt(short.Balance)+" credits; you cannot remove more than that.")
 			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)

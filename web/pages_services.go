@@ -132,6 +132,13 @@ func (s *Site) UseService() http.Handler {
 				res.Service = c.Service
 			}
 		}
+		if !res.Gone && res.Service.Slug == "" {
+			// A replay of a use of a service retired since: name it.
+			if res.Service, err = s.retiredService(r, slug); err != nil {
+				s.handleError(w, r, err)
+				return
+			}
+		}
 		if res.Gone {
 			if res.Service.Slug != "" {
 				// Not found, yet offered: not a retired service (e.g. no

@@ -38,10 +38,11 @@ func (s *Site) renderSettings(w http.ResponseWriter, r *http.Request, status int
 	if pending := s.sessions.GetString(r.Context(), sessPendingEmail); pending != "" && u != nil {
 		ttl, _ := store.TokenTTL(store.TokenChangeEmail)
 		until := time.Unix(s.sessions.GetInt64(r.Context(), sessPendingEmailAt), 0).Add(ttl)
-		if strings.EqualFold(pending, u.Email) || !time.Now().Before(until) {
+		if s.sessions.GetInt64(r.Context(), sessPendingEmailUser) != u.ID || strings.EqualFold(pending, u.Email) || !time.Now().Before(until) {
 			// Confirmed, or its link no longer works.
 			s.sessions.Remove(r.Context(), sessPendingEmail)
 			s.sessions.Remove(r.Context(), sessPendingEmailAt)
+			s.sessions.Remove(r.Context(), sessPendingEmailUser)
 		} else {
 			page.PendingEmail, page.PendingUntil = pending, until
 		}
@@ -181,6 +182,7 @@ func (s *Site) ChangeEmail() http.Handler {
 		}
 		s.sessions.Put(ctx, sessPendingEmail, email)
 		s.sessions.Put(ctx, sessPendingEmailAt, time.Now().Unix())
+		s.sessions.Put(ctx, sessPendingEmailUser, u.ID)
 		s.flash(ctx, "We sent a confirmation link to "+email+". Your address changes once you follow it.")
 		redirect(w, r, "/settings")
 	})

@@ -23,8 +23,9 @@ const (
 	sessKeysRevoked   = "keys_revoked"
 	// The address a change of email waits to be confirmed at, and since
 	// when (Unix seconds), for the settings page of this session.
-	sessPendingEmail   = "pending_email"
-	sessPendingEmailAt = "pending_email_at"
+	sessPendingEmail     = "pending_email"
+	sessPendingEmailAt   = "pending_email_at"
+	sessPendingEmailUser = "pending_email_user"
 )
 
 const sessionLoadedKey ctxKey = 100
@@ -66,6 +67,11 @@ func (s *Site) signIn(ctx context.Context, u store.User) error {
 	}
 	s.sessions.Put(ctx, sessUserID, u.ID)
 	s.sessions.Put(ctx, sessEpoch, u.SessionEpoch)
+	// A sign-in (another user in the same browser) or a password change
+	// (which cancels every emailed link) ends a change of email waiting.
+	s.sessions.Remove(ctx, sessPendingEmail)
+	s.sessions.Remove(ctx, sessPendingEmailAt)
+	s.sessions.Remove(ctx, sessPendingEmailUser)
 	return nil
 }
 

@@ -147,7 +147,17 @@ func TestUseServiceRetiredSinceThePageShowedIt(t *testing.T) {
 	}
 	bal, err := ta.store.Balance(ctx, u.ID)
 	require.NoError(t, err)
-	require.EqualValues(t, 100, bal.Total, "nothing was charged")
+	require.EqualValues(t, 100, bal.Total, "nothing was charged by the retired service")
+	// A resubmitted use made before the retirement replays, naming it.
+	fresh := b.get("/services").Doc(t)
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "new-render", Cost: 1, Inactive: false})
+	made := url.Values{"idempotency_key": {serviceKey(t, fresh, "new-render")}, "cost": {"1"}}
+	require.Equal(t, http.StatusOK, b.post("/services/new-render/use", made, "HX-Request", "true").Status)
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "new-render", Cost: 1, Inactive: true})
+	replay := b.post("/services/new-render/use", made, "HX-Request", "true")
+	require.Equal(t, http.StatusOK, replay.Status, replay.Body)
+	require.Equal(t, "replayed", replay.Doc(t).Find("#use-outcome").AttrOr("data-outcome", ""))
+	require.NotEmpty(t, strings.TrimSpace(replay.Doc(t).Find("#use-outcome strong").First().Text()), "the replay names the service")
 	// A slug the catalog never had is still a plain 404.
 	require.Equal(t, http.StatusNotFound, b.post("/services/never-was/use", use, "HX-Request", "true").Status)
 }
@@ -747,9 +757,17 @@ func TestCreditsPageWithManyExpiryDates(t *testing.T) {
 		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 1, ExpiresAt: &at})
 	}
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPromo, Amount: 4})
-	row := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`#balance-by-kind tr[data-kind="promo"]`)
+	later := day.Add(400 * 24 * time.Hour)
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 5, ExpiresAt: &later})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 3})
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	row := doc.Find(`#balance-by-kind tr[data-kind="promo"]`)
 	require.Equal(t, 50, row.Find(".expiring").Length())
 	require.Equal(t, "4 never expire", strings.TrimSpace(row.Find(".never-expiring").Text()))
+	// Another kind's dates are listed whatever the first kind's count.
+	admin := doc.Find(`#balance-by-kind tr[data-kind="admin"]`)
+	require.Equal(t, 1, admin.Find(".expiring").Length(), "the admin credits' expiry is listed")
+	require.Equal(t, "3 never expire", strings.TrimSpace(admin.Find(".never-expiring").Text()))
 }
 
 // A use refused as not found while the service is offered (here: no credit

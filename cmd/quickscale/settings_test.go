@@ -342,3 +342,25 @@ func TestAPIKeysNeedAVerifiedEmail(t *testing.T) {
 	require.Equal(t, http.StatusForbidden, r.Status)
 	require.Zero(t, acctCount(ta, `SELECT count(*) FROM api_keys`))
 }
+
+// The change of email waiting is this user's, in this session: another
+// user signing in on the same browser does not see it, and a password
+// change (which cancels the link) ends it.
+func TestPendingEmailChangeIsTheUsersAndEndsWithAPasswordChange(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	bob, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "bob@example.com"})
+	carol := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "carol@example.com"})
+	ask := func() {
+		mustRedirect(t, b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"bob-new@example.com"}}), "/settings")
+		require.Contains(t, acctText(b.get("/settings").Doc(t), "#pending-email"), "bob-new@example.com")
+	}
+	ask()
+	mustRedirect(t, acctLogin(b, carol.Email, storetest.DefaultPassword), "/dashboard")
+	require.Zero(t, b.get("/settings").Doc(t).Find("#pending-email").Length(), "carol sees bob's pending address")
+
+	mustRedirect(t, acctLogin(b, bob.Email, storetest.DefaultPassword), "/dashboard")
+	ask()
+	mustRedirect(t, b.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
+	require.Zero(t, b.get("/settings").Doc(t).Find("#pending-email").Length(), "the password change cancelled the link")
+}
