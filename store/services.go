@@ -133,14 +133,16 @@ func CheckServiceDescription(d string) error {
 func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
 	sv.Slug = strings.TrimSpace(sv.Slug)
 	sv.Name = strings.TrimSpace(sv.Name)
-	switch {
-	case !ValidSlug(sv.Slug):
+	if !ValidSlug(sv.Slug) {
 		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes.")
-	case CheckServiceName(sv.Name) != nil:
-		return sv, CheckServiceName(sv.Name)
-	case CheckServiceDescription(sv.Description) != nil:
-		return sv, CheckServiceDescription(sv.Description)
-	case sv.CreditCost < 0 || sv.CreditCost > MaxGrantCredits:
+	}
+	if err := CheckServiceName(sv.Name); err != nil {
+		return sv, err
+	}
+	if err := CheckServiceDescription(sv.Description); err != nil {
+		return sv, err
+	}
+	if sv.CreditCost < 0 || sv.CreditCost > MaxGrantCredits {
 		return sv, Errorf(KindInvalid, "A service costs from 0 to 1,000,000,000 credits.")
 	}
 	rows, err := db.Query(ctx, `
