@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +22,10 @@ import (
 // measured in the same run on the same server.
 
 const benchClients = 8
+
+// consumeSizes bounds the batch-size histogram; larger batches count in
+// its last bucket.
+const consumeSizes = 40
 
 // benchRounds is how many times a measurement alternates with its
 // reference (each round a third of BENCH_DURATION).
@@ -209,8 +214,15 @@ func BenchmarkConsume(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			st, url := benchStore(b, benchClients+2)
+			// Spends per consume transaction, and how many transactions had
+			// each size: throughput follows how full the batches are.
 			var batches, batched atomic.Int64
-			st.ObserveConsumeBatches(func(n int) { batches.Add(1); batched.Add(int64(n)) })
+			var sizes [consumeSizes]atomic.Int64
+			st.ObserveConsumeBatches(func(n int) {
+				batches.Add(1)
+				batched.Add(int64(n))
+				sizes[min(n, consumeSizes-1)].Add(1)
+			})
 			users := seedUsers(b, st.Pool(), 10_000, "c")
 			referenceTables(b, st.Pool(), 10_000)
 			svc := storetest.NewService(b, st, storetest.ServiceOpts{Slug: "bench", Cost: 1})
@@ -231,6 +243,9 @@ func BenchmarkConsume(b *testing.B) {
 
 			batches.Store(0)
 			batched.Store(0)
+			for i := range sizes {
+				sizes[i].Store(0)
+			}
 			b.ResetTimer()
 			ops, lat, ref := storetest.Compare(b, benchRounds, benchDuration(), func(d time.Duration) (float64, *storetest.Latencies) {
 				return consumeLoad(b, st, svc, benchClients, d, pick, nil)
@@ -238,7 +253,14 @@ func BenchmarkConsume(b *testing.B) {
 			b.StopTimer()
 			storetest.Report(os.Stdout, "consume, 8 clients, "+tc.name, ops, lat.Quantile(.5), lat.Quantile(.99), &ref, tc.target)
 			if n := batches.Load(); n > 0 {
-				fmt.Fprintf(os.Stdout, "  (%.2f spends per consume transaction)\n", float64(batched.Load())/float64(n))
+				var shares []string
+				for size := range sizes {
+					if k := sizes[size].Load(); k*100 >= n {
+						shares = append(shares, fmt.Sprintf("%.0f%% with %d", 100*float64(k)/float64(n), size))
+					}
+				}
+				fmt.Fprintf(os.Stdout, "  (%.2f spends per consume transaction; transactions: %s)\n",
+					float64(batched.Load())/float64(n), strings.Join(shares, ", "))
 			}
 			b.ReportMetric(ops, "consumes/s")
 			b.ReportMetric(ref.TPS, "pgbench-tps")
