@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/stretchr/testify/require"
@@ -95,4 +97,177 @@ func TestLedgerMigration5KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before.balances[0].Total-7, u.Balance)
 	require.Empty(t, storetest.Violations(t, st))
+}
+
+// migrateUpTo returns a database migrated up to version (and the goose
+// provider that did it).
+func migrateUpTo(t *testing.T, version int64) *pgxpool.Pool {
+	t.Helper()
+	pool := emptyDatabase(t)
+	db := stdlib.OpenDBFromPool(pool)
+	t.Cleanup(func() { db.Close() })
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS, goose.WithDisableGlobalRegistry(true))
+	require.NoError(t, err)
+	_, err = provider.UpTo(context.Background(), version)
+	require.NoError(t, err)
+	return pool
+}
+
+// Migration 00011 rebuilds the primary keys of usages and ledger entries
+// and replaces ledger_consume_many on tables that may already hold a
+// ledger: spends made before it must replay the same after it (through
+// both spend paths), the history and usage lists must read the same, and
+// new spends must go on.
+func TestLedgerMigration11KeepsALedgerWrittenBeforeIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 10)
+
+	st := store.New(pool, nil)
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 3})
+	free := storetest.NewService(t, st, storetest.ServiceOpts{Cost: storetest.NoCost})
+	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
+	var users []int64
+	var spends []store.ConsumeRequest
+	for range 3 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		users = append(users, u.ID)
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 5})
+		pack := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 40})
+		storetest.BackdatedGrant(t, pool, u.ID, store.GrantPromo, 3, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+		// The second spend draws on the subscription and the pack.
+		for _, key := range []string{"a", "b"} {
+			spends = append(spends, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
+			_, _, err := store.Consume(ctx, pool, spends[len(spends)-1])
+			require.NoError(t, err)
+		}
+		spends = append(spends, store.ConsumeRequest{UserID: u.ID, Service: free, IdempotencyKey: "free"})
+		_, _, err := store.Consume(ctx, pool, spends[len(spends)-1])
+		require.NoError(t, err)
+		_, err = st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: -2, Actor: &admin.ID, Reason: "correction"})
+		require.NoError(t, err)
+		_, err = store.Clawback(ctx, pool, pack.GrantID, 1, "refund")
+		require.NoError(t, err)
+	}
+	// Spends of several users in one call of the version-10 batch function.
+	var batch []store.ConsumeRequest
+	for _, id := range users {
+		batch = append(batch, store.ConsumeRequest{UserID: id, Service: svc, IdempotencyKey: "batched"})
+	}
+	for _, r := range st.ConsumeBatch(ctx, batch) {
+		require.NoError(t, r.Err)
+	}
+	spends = append(spends, batch...)
+	_, err := st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 100}, nil)
+	require.NoError(t, err)
+
+	type snapshot struct {
+		balances []store.Balance
+		replays  []store.Usage
+		history  []store.HistoryItem
+		usages   []store.UsageRecord
+	}
+	take := func() snapshot {
+		var s snapshot
+		for _, id := range users {
+			b, err := st.Balance(ctx, id)
+			require.NoError(t, err)
+			s.balances = append(s.balances, b)
+			for cursor := int64(0); ; {
+				page, err := st.History(ctx, id, cursor, 2)
+				require.NoError(t, err)
+				s.history = append(s.history, page.Items...)
+				if cursor = page.NextCursor; cursor == 0 {
+					break
+				}
+			}
+			for cursor := int64(0); ; {
+				list, next, err := st.Usages(ctx, id, cursor, 2)
+				require.NoError(t, err)
+				s.usages = append(s.usages, list...)
+				if cursor = next; cursor == 0 {
+					break
+				}
+			}
+		}
+		// Replays through the lone path, then all at once through the batch
+		// function, which the migration replaced.
+		for _, r := range spends {
+			u, replayed, err := store.Consume(ctx, pool, r)
+			require.NoError(t, err)
+			require.True(t, replayed)
+			s.replays = append(s.replays, u)
+		}
+		for i, r := range st.ConsumeBatch(ctx, spends) {
+			require.NoError(t, r.Err)
+			require.True(t, r.Value.Replayed)
+			require.Equal(t, s.replays[i], r.Value.Usage, "spend %d replayed through the batch", i)
+		}
+		return s
+	}
+	before := take()
+	require.Len(t, before.replays[1].Drawn, 2, "the second spend should draw on two grants")
+	require.Empty(t, storetest.Violations(t, st))
+
+	res, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.Equal(t, []string{"00011_ledger_keys_by_user.sql"}, res.App)
+	pool.Reset() // processes restart after migrating (README)
+	after := take()
+	require.Equal(t, before, after)
+	require.Empty(t, storetest.Violations(t, st))
+
+	// And it goes on, in both paths.
+	u, _, err := st.Consume(ctx, store.ConsumeRequest{UserID: users[0], Service: svc, IdempotencyKey: "after"})
+	require.NoError(t, err)
+	require.Equal(t, before.balances[0].Total-3, u.Balance)
+	r := st.ConsumeBatch(ctx, []store.ConsumeRequest{
+		{UserID: users[1], Service: svc, IdempotencyKey: "after"},
+		{UserID: users[2], Service: svc, IdempotencyKey: "after"},
+	})
+	require.NoError(t, r[0].Err)
+	require.NoError(t, r[1].Err)
+	require.Equal(t, before.balances[2].Total-3, r[1].Value.Usage.Balance)
+	require.Empty(t, storetest.Violations(t, st))
+}
+
+// A ledger entry naming another user's usage, which the foreign key before
+// 00011 allowed, makes 00011 fail as a whole: nothing of it is applied, and
+// README says how to find such entries.
+func TestLedgerMigration11RefusesAnEntryNamingAnotherUsersUsage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 10)
+	st := store.New(pool, nil)
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	a := storetest.NewUser(t, st, storetest.UserOpts{})
+	b := storetest.NewUser(t, st, storetest.UserOpts{})
+	ga := storetest.NewGrant(t, st, a.ID, storetest.GrantOpts{Amount: 5})
+	storetest.NewGrant(t, st, b.ID, storetest.GrantOpts{Amount: 5})
+	ub, _, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: b.ID, Service: svc, IdempotencyKey: "k"})
+	require.NoError(t, err)
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount, usage_id) VALUES ($1, $2, 'consume', -1, $3)`,
+		a.ID, ga.GrantID, ub.ID)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+
+	// README's query finds it.
+	rows, err := pool.Query(ctx, `SELECT e.id FROM ledger_entries e JOIN usages u ON u.id = e.usage_id WHERE u.user_id <> e.user_id`)
+	require.NoError(t, err)
+	found, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Len(t, found, 1)
+
+	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "ledger_entries_usage_fkey")
+	var version int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT max(version_id) FROM goose_db_version WHERE is_applied`).Scan(&version))
+	require.EqualValues(t, 10, version)
+	var pk string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usages_pkey'`).Scan(&pk))
+	require.Equal(t, "PRIMARY KEY (id)", pk, "nothing of 00011 should be applied")
 }
