@@ -83,6 +83,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/dashboard/buy-credits/status", site.CheckoutStatus().ServeHTTP)
 			r.Get("/dashboard/buy-credits/cancel", site.CheckoutCancel().ServeHTTP)
 			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
+			r.Get("/dashboard/payments/{id}/receipt", site.Receipt().ServeHTTP)
 			r.Get("/settings", site.Settings().ServeHTTP)
 			r.Post("/settings/password", site.ChangePassword().ServeHTTP)
 			r.Post("/settings/email", site.ChangeEmail().ServeHTTP)
@@ -126,7 +127,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)
 			r.Post("/admin/webhooks/{id}/reprocess", site.AdminReprocessWebhook().ServeHTTP)
 			if s.riverUI != nil {
-				ui := cleanPath(s.auditRiverUI(s.riverUI))
+				ui := cleanPath(riverUIPolicy(s.auditRiverUI(s.riverUI)))
 				r.Handle("/admin/river", ui)
 				r.Handle("/admin/river/*", ui)
 			}

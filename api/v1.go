@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/quickscale/quickscale/store"
@@ -32,6 +34,9 @@ func apiKeyOf(ctx context.Context) store.APIKey {
 	return k
 }
 
+// apiKeyFailuresPerIP bounds requests with an invalid API key from one IP.
+var apiKeyFailuresPerIP = store.Limit{Max: 100, Window: 15 * time.Minute}
+
 // requireAPIKey authenticates `Authorization: Bearer <key>`.
 func (s *server) requireAPIKey(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -44,6 +49,15 @@ func (s *server) requireAPIKey(next http.Handler) http.Handler {
 		}
 		key, user, err := s.store.AuthenticateAPIKey(r.Context(), strings.TrimSpace(token))
 		if store.ErrorKind(err) == store.KindUnauthorized {
+			// Failures are counted per IP; past the limit the answer says
+			// to stop. A valid key is never refused for others' failures.
+			ok, retry, herr := s.store.Hit(r.Context(), "apikey-fail:ip:"+web.ClientIP(r, s.cfg.TrustProxy), apiKeyFailuresPerIP)
+			if herr == nil && !ok {
+				w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
+				writeProblem(w, r, http.StatusTooManyRequests, "too_many_failures",
+					"Too many requests with API keys that are not valid from your address. Check the key, then retry after the time in Retry-After.")
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="quickscale", error="invalid_token"`)
 			writeProblem(w, r, http.StatusUnauthorized, "invalid_api_key", "This API key is not valid or has been revoked.")
 			return

@@ -153,6 +153,12 @@ func (s *Store) UserPaymentBySession(ctx context.Context, userID int64, sessionI
 	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND checkout_session_id = $2`, userID, sessionID))
 }
 
+// UserPayment finds one payment of the user; another user's is simply not
+// found.
+func (s *Store) UserPayment(ctx context.Context, userID, id int64) (Payment, error) {
+	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id = $2`, userID, id))
+}
+
 // PaymentsOfUser lists a user's payments older than cursor, newest first.
 func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor int64, limit int) ([]Payment, int64, error) {
 	if cursor <= 0 {

@@ -136,6 +136,9 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 	if p.DeletedAt != nil {
 		title = "Deleted account #" + strconv.FormatInt(target.ID, 10)
 	}
+	if page == "admin_credits" {
+		title = "Adjust credits: " + title
+	}
 	s.render(w, r, status, page, title, p)
 }
 

@@ -42,6 +42,21 @@ func accountKey(prefix, email string) string {
 	return prefix + ":acct:" + hex.EncodeToString(sum[:16])
 }
 
+// loginKey names the sign-in limit of one address from one IP.
+func loginKey(email, ip string) string {
+	return accountKey("login", email) + ":ip:" + ip
+}
+
+// clearLoginLimits forgets the failed sign-ins counted for an address, in
+// all and from ip, once its owner has shown the password or the mailbox.
+func (s *Site) clearLoginLimits(ctx context.Context, email, ip string) {
+	for _, key := range []string{accountKey("login", email), loginKey(email, ip)} {
+		if err := s.store.ResetLimit(ctx, key); err != nil {
+			s.logger.WarnContext(ctx, "clear sign-in limit", "err", err)
+		}
+	}
+}
+
 // sendEmail enqueues a templated email in tx.
 func (s *Site) sendEmail(ctx context.Context, tx pgx.Tx, template, to string, data map[string]string) error {
 	_, err := s.jobs.InsertTx(ctx, tx, jobs.SendEmail{Template: template, To: to, Data: data}, nil)
@@ -100,6 +115,11 @@ func (s *Site) Signup() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "signup", "Create your account", authPage{Form: f})
 			return
 		}
+		// Every address is counted, taken or not, so a refusal reveals
+		// nothing; it stops one address being flooded with mail.
+		if s.limited(w, r, limitCheck{accountKey("signup", email), s.limits.SignupPerAddress}) {
+			return
+		}
 		// Hash first in every case, so a taken address costs the same time.
 		hash, err := store.HashPassword(f.raw("password"))
 		if err != nil {
@@ -153,8 +173,12 @@ func (s *Site) Login() http.Handler {
 			return
 		}
 		next = safeNext(f.raw("next"))
+		ip := s.clientIP(r)
+		// One IP reaches its limit for an address long before the address's
+		// own limit, so guesses from one IP never lock its owner out.
 		if s.limited(w, r,
-			limitCheck{"login:ip:" + s.clientIP(r), s.limits.LoginPerIP},
+			limitCheck{"login:ip:" + ip, s.limits.LoginPerIP},
+			limitCheck{loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP},
 			limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
 			return
 		}
@@ -178,7 +202,7 @@ func (s *Site) Login() http.Handler {
 				}
 			}
 		}
-		_ = s.store.ResetLimit(ctx, accountKey("login", u.Email))
+		s.clearLoginLimits(ctx, f.raw("email"), ip)
 		if err := s.signIn(ctx, u); err != nil {
 			s.serverError(w, r, err)
 			return
@@ -315,6 +339,11 @@ func (s *Site) ForgotPassword() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "forgot", "Reset your password", authPage{Form: f})
 			return
 		}
+		// Every address is counted, with an account or not, so a refusal
+		// reveals nothing; it stops one mailbox being flooded.
+		if s.limited(w, r, limitCheck{accountKey("forgot", email), s.limits.ResetPerAddress}) {
+			return
+		}
 		ctx := r.Context()
 		u, err := s.store.UserByEmail(ctx, email)
 		switch {
@@ -361,11 +390,13 @@ func (s *Site) ResetPassword() http.Handler {
 		}
 		ctx := r.Context()
 		var revokedKeys int64
+		var resetEmail string
 		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 			t, err := store.UseToken(ctx, tx, f.raw("token"), store.TokenResetPassword)
 			if err != nil {
 				return err
 			}
+			resetEmail = t.Email
 			if _, err := store.SetPasswordHash(ctx, tx, t.UserID, hash, true); err != nil {
 				return err
 			}
@@ -390,6 +421,9 @@ func (s *Site) ResetPassword() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		// The owner proved the mailbox: failed sign-ins counted against
+		// the address (perhaps someone else's guesses) no longer hold it.
+		s.clearLoginLimits(ctx, resetEmail, s.clientIP(r))
 		_ = s.sessions.Destroy(ctx)
 		s.sessions.Put(ctx, sessNoticeReset, true) // in a new, anonymous session
 		s.sessions.Put(ctx, sessKeysRevoked, revokedKeys > 0)

@@ -3,6 +3,7 @@ package web
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -200,6 +201,38 @@ func (s *Site) Payments() http.Handler {
 			return
 		}
 		s.render(w, r, http.StatusOK, "payments", "Payments", map[string]any{"Payments": ps, "Next": next, "Paged": cursor != 0})
+	})
+}
+
+// Receipt serves GET /dashboard/payments/{id}/receipt: the receipt of a
+// payment that was paid (also once refunded, showing the refund), printable.
+// Another user's payment, and one never paid, have none.
+func (s *Site) Receipt() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil || id <= 0 {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		p, err := s.store.UserPayment(ctx, u.ID, id)
+		if store.ErrorKind(err) == store.KindNotFound {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if p.PaidAt == nil {
+			s.errorPage(w, r, errorPage{Status: http.StatusNotFound, Heading: "No receipt for this payment",
+				Message:   "Payment #" + strconv.FormatInt(p.ID, 10) + " was never paid, so there is nothing to give a receipt for.",
+				ActionURL: "/dashboard/payments", ActionLabel: "Back to your payments"})
+			return
+		}
+		s.render(w, r, http.StatusOK, "receipt", "Receipt #"+strconv.FormatInt(p.ID, 10),
+			map[string]any{"Payment": p, "Email": u.Email, "Site": s.absURL("/")})
 	})
 }
 

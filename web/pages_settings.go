@@ -72,10 +72,11 @@ func (s *Site) settingsPost(w http.ResponseWriter, r *http.Request, place func(*
 }
 
 // reauth checks the current password of the signed-in user, rate limited
-// like a sign-in. It reports false after writing a response.
+// per user (not per address: failed sign-ins by others do not lock the
+// owner's settings). It reports false after writing a response.
 func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page settingsPage) bool {
 	u := CurrentUser(r.Context())
-	if s.limited(w, r, limitCheck{accountKey("login", u.Email), s.limits.LoginPerAccount}) {
+	if s.limited(w, r, limitCheck{reauthKey(u.ID), s.limits.ReauthPerUser}) {
 		return false
 	}
 	if ok, _ := store.VerifyPassword(f.raw("current_password"), u.PasswordHash); !ok {
@@ -83,10 +84,14 @@ func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page sett
 		s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 		return false
 	}
-	// As at sign-in, a correct password clears the failures counted so far.
-	_ = s.store.ResetLimit(r.Context(), accountKey("login", u.Email))
+	// As at sign-in, a correct password clears the failures counted so far,
+	// here and at sign-in.
+	_ = s.store.ResetLimit(r.Context(), reauthKey(u.ID))
+	s.clearLoginLimits(r.Context(), u.Email, s.clientIP(r))
 	return true
 }
+
+func reauthKey(userID int64) string { return "reauth:user:" + formatInt(userID) }
 
 // ChangePassword serves POST /settings/password. Other sessions end; this
 // one continues with a new token.

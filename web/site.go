@@ -38,12 +38,23 @@ type Config struct {
 
 // Limits are the rate limits of the public forms.
 type Limits struct {
-	LoginPerAccount store.Limit
-	LoginPerIP      store.Limit
-	SignupPerIP     store.Limit
-	ResetPerIP      store.Limit
-	ContactPerIP    store.Limit
-	ResendPerUser   store.Limit
+	// LoginPerAccountIP bounds sign-ins to one address from one IP, and
+	// LoginPerAccount those from all IPs together, higher, so that no one
+	// IP can lock an owner out.
+	LoginPerAccountIP store.Limit
+	LoginPerAccount   store.Limit
+	LoginPerIP        store.Limit
+	// ReauthPerUser bounds wrong current passwords typed on the settings
+	// page, by the signed-in user only.
+	ReauthPerUser store.Limit
+	SignupPerIP   store.Limit
+	// SignupPerAddress and ResetPerAddress bound the mail one address can
+	// be sent by sign-ups and reset requests, from any number of IPs.
+	SignupPerAddress store.Limit
+	ResetPerIP       store.Limit
+	ResetPerAddress  store.Limit
+	ContactPerIP     store.Limit
+	ResendPerUser    store.Limit
 	// ChangeEmailPerUser bounds requests to change the address (each emails
 	// the address typed).
 	ChangeEmailPerUser store.Limit
@@ -52,10 +63,14 @@ type Limits struct {
 // DefaultLimits are generous for people and tight for scripts.
 func DefaultLimits() Limits {
 	return Limits{
-		LoginPerAccount:    store.Limit{Max: 10, Window: 15 * time.Minute},
+		LoginPerAccountIP:  store.Limit{Max: 10, Window: 15 * time.Minute},
+		LoginPerAccount:    store.Limit{Max: 100, Window: 15 * time.Minute},
 		LoginPerIP:         store.Limit{Max: 50, Window: 15 * time.Minute},
+		ReauthPerUser:      store.Limit{Max: 10, Window: 15 * time.Minute},
 		SignupPerIP:        store.Limit{Max: 10, Window: time.Hour},
+		SignupPerAddress:   store.Limit{Max: 5, Window: time.Hour},
 		ResetPerIP:         store.Limit{Max: 5, Window: time.Hour},
+		ResetPerAddress:    store.Limit{Max: 5, Window: time.Hour},
 		ContactPerIP:       store.Limit{Max: 5, Window: time.Hour},
 		ResendPerUser:      store.Limit{Max: 5, Window: time.Hour},
 		ChangeEmailPerUser: store.Limit{Max: 5, Window: time.Hour},

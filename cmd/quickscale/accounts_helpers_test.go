@@ -23,9 +23,9 @@ import (
 const acctNewPassword = "a much better passphrase"
 
 // acctSignup posts the sign-up form.
-func acctSignup(b *browser, email, password string) response {
+func acctSignup(b *browser, email, password string, header ...string) response {
 	b.t.Helper()
-	return b.post("/signup", url.Values{"email": {email}, "password": {password}})
+	return b.post("/signup", url.Values{"email": {email}, "password": {password}}, header...)
 }
 
 // acctLogin posts the sign-in form.

@@ -36,19 +36,87 @@ func acctRequireTooMany(t *testing.T, r response, maxWait int) {
 	require.Equal(t, strconv.Itoa((secs+59)/60), m[1], "the page says %s minutes, Retry-After %d seconds", m[1], secs)
 }
 
+// Guesses at one address from many IPs are bounded in all, each IP's
+// share staying under its own limit.
 func TestLoginIsLimitedPerAccountAcrossIPs(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
 	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "target@example.com"})
-	limit := web.DefaultLimits().LoginPerAccount
-	for i := range limit.Max {
-		r := acctLogin(ta.browser(), "target@example.com", "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.0.0.%d", i+1))...)
+	limits := web.DefaultLimits()
+	perIP := limits.LoginPerAccountIP.Max - 1
+	for i := range limits.LoginPerAccount.Max {
+		r := acctLogin(ta.browser(), "target@example.com", "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.0.%d.1", i/perIP))...)
 		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
 	}
 
-	r := acctLogin(ta.browser(), "TARGET@example.com", "one more guess", acctFrom("10.0.1.1")...)
+	r := acctLogin(ta.browser(), "TARGET@example.com", "one more guess", acctFrom("10.1.0.1")...)
 
-	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
+	acctRequireTooMany(t, r, int(limits.LoginPerAccount.Window.Seconds()))
+}
+
+// Guesses from one IP use up that IP's tries at the address, not its
+// owner's: the owner, elsewhere, still signs in.
+func TestLoginGuessesFromOneIPDoNotLockTheOwnerOut(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "owner@example.com"})
+	limit := web.DefaultLimits().LoginPerAccountIP
+	for i := range limit.Max {
+		r := acctLogin(ta.browser(), "owner@example.com", "guess "+strconv.Itoa(i), acctFrom("198.51.100.66")...)
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	}
+	acctRequireTooMany(t, acctLogin(ta.browser(), "owner@example.com", storetest.DefaultPassword, acctFrom("198.51.100.66")...), int(limit.Window.Seconds()))
+
+	mustRedirect(t, acctLogin(ta.browser(), "owner@example.com", storetest.DefaultPassword, acctFrom("203.0.113.5")...), "/dashboard")
+}
+
+// Resetting the password through the emailed link proves the mailbox: the
+// failed sign-ins counted against the address stop holding it.
+func TestPasswordResetClearsTheSignInLimit(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "relock@example.com"})
+	from := acctFrom("192.0.2.200")
+	limit := web.DefaultLimits().LoginPerAccountIP
+	for range limit.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), "relock@example.com", "wrong password", from...), http.StatusUnprocessableEntity)
+	}
+	acctRequireTooMany(t, acctLogin(ta.browser(), "relock@example.com", storetest.DefaultPassword, from...), int(limit.Window.Seconds()))
+
+	token := acctResetToken(ta, "relock@example.com")
+	mustRedirect(t, ta.browser().post("/password/reset", url.Values{"token": {token}, "new_password": {acctNewPassword}}, from...), "/login")
+
+	mustRedirect(t, acctLogin(ta.browser(), "relock@example.com", acctNewPassword, from...), "/dashboard")
+}
+
+// One address is sent at most so many reset and sign-up emails an hour,
+// whatever the IPs asking; every address is counted, with an account or
+// not, so the refusal tells nothing.
+func TestMailToOneAddressIsLimited(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}, NoWorkers: true})
+	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "victim@example.com"})
+	limits := web.DefaultLimits()
+	for _, addr := range []string{"victim@example.com", "nobody@example.com"} {
+		for i := range limits.ResetPerAddress.Max {
+			acctRequireStatus(t, ta.browser().post("/password/forgot", url.Values{"email": {addr}}, acctFrom(fmt.Sprintf("203.0.113.%d", i+1))...), http.StatusOK)
+		}
+		r := ta.browser().post("/password/forgot", url.Values{"email": {addr}}, acctFrom("203.0.113.99")...)
+		acctRequireTooMany(t, r, int(limits.ResetPerAddress.Window.Seconds()))
+
+		for i := range limits.SignupPerAddress.Max {
+			acctRequireStatus(t, acctSignup(ta.browser(), addr, storetest.DefaultPassword, acctFrom(fmt.Sprintf("198.51.100.%d", i+1))...), http.StatusOK)
+		}
+		r = acctSignup(ta.browser(), addr, storetest.DefaultPassword, acctFrom("198.51.100.99")...)
+		acctRequireTooMany(t, r, int(limits.SignupPerAddress.Window.Seconds()))
+	}
+	var toVictim int
+	for _, m := range acctEmailJobs(ta) {
+		if m.To == "victim@example.com" {
+			toVictim++
+		}
+	}
+	require.Equal(t, limits.ResetPerAddress.Max+limits.SignupPerAddress.Max, toVictim, "emails to one address beyond its limits")
 }
 
 func TestLoginLimitIsCheckedBeforeThePassword(t *testing.T) {
@@ -62,7 +130,7 @@ func TestLoginLimitIsCheckedBeforeThePassword(t *testing.T) {
 	require.NoError(t, err)
 	_, err = ta.store.SetPasswordHash(context.Background(), u.ID, old, false)
 	require.NoError(t, err)
-	for range web.DefaultLimits().LoginPerAccount.Max {
+	for range web.DefaultLimits().LoginPerAccountIP.Max {
 		acctRequireStatus(t, acctLogin(ta.browser(), "locked@example.com", "wrong password"), http.StatusUnprocessableEntity)
 	}
 
@@ -144,7 +212,7 @@ func TestRateLimitsHoldAcrossReplicas(t *testing.T) {
 	require.NoError(t, err)
 	srv := httptest.NewServer(second.handler)
 	t.Cleanup(srv.Close)
-	for range web.DefaultLimits().LoginPerAccount.Max {
+	for range web.DefaultLimits().LoginPerAccountIP.Max {
 		acctRequireStatus(t, acctLogin(ta.browser(), "replicas@example.com", "wrong password"), http.StatusUnprocessableEntity)
 	}
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -605,4 +606,35 @@ func TestAPIProblems(t *testing.T) {
 		require.Empty(t, r.Body)
 		require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodHead, "/api/v1/balance", "", "").Status, "HEAD is authenticated as GET is")
 	})
+}
+
+// Requests with invalid API keys are counted per IP: past the limit the
+// answer is 429 with Retry-After. Valid keys from that IP still work, and
+// other IPs still get 401.
+func TestAPIInvalidKeysAreLimitedPerIP(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	_, key := v1UserWithKey(t, ta, storetest.UserOpts{})
+	from := []string{"X-Forwarded-For", "198.51.100.77"}
+	bad := store.APIKeyPrefix + "guessed"
+	var r response
+	for i := 0; ; i++ {
+		r = v1Do(t, ta, http.MethodGet, "/api/v1/balance", bad, "", from...)
+		if r.Status != http.StatusUnauthorized {
+			require.Equal(t, 100, i, "failures allowed before the limit")
+			break
+		}
+		require.Less(t, i, 100, "no limit on invalid keys")
+	}
+	require.Equal(t, http.StatusTooManyRequests, r.Status)
+	p := v1Decode[v1Problem](t, r)
+	require.Equal(t, "too_many_failures", p.Error)
+	require.NotEmpty(t, p.Message)
+	secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	require.NoError(t, err)
+	require.Greater(t, secs, 0)
+	require.LessOrEqual(t, secs, 900)
+
+	require.Equal(t, http.StatusOK, v1Do(t, ta, http.MethodGet, "/api/v1/balance", key, "", from...).Status, "a valid key refused for others' failures")
+	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodGet, "/api/v1/balance", bad, "", "X-Forwarded-For", "198.51.100.78").Status)
 }

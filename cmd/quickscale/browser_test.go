@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/quickscale/quickscale/store/storetest"
 )
@@ -28,6 +31,77 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+func css(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+// browserContext starts headless Chromium for the test. Every page it
+// opens records in window.cspBlocked what its Content Security Policy
+// blocked.
+func browserContext(t *testing.T, bin string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, target *chromedp.Target) error {
+		_, err := cdp.Call(ctx, target, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+			Source: `window.cspBlocked = [];
+document.addEventListener("securitypolicyviolation", function (e) { window.cspBlocked.push(e.violatedDirective + " " + e.blockedURI); });`,
+		})
+		return err
+	}))
+	if err != nil {
+		t.Fatalf("start the browser: %v", err)
+	}
+	// The timeout applies after the browser started (chromedp.Run's rule).
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancelTimeout)
+	return ctx
+}
+
+// cspBlocked returns what the open page's Content Security Policy blocked.
+func cspBlocked(t *testing.T, ctx context.Context) []string {
+	t.Helper()
+	blocked, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspBlocked`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blocked
+}
+
+// River UI (an admin page of ours, a single-page app of River's) runs
+// under the site's Content Security Policy: it renders, and nothing of it
+// is blocked.
+func TestBrowserRiverUIRunsUnderTheSiteCSP(t *testing.T) {
+	t.Parallel()
+	bin := chromium(t)
+	bu := setupRiverUI(t)
+	ctx := browserContext(t, bin)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(bu.ta.URL+"/login"),
+		chromedp.WaitVisible(css(`#login-form`)),
+		chromedp.SendKeys(css(`#f-email`), bu.adminEmail),
+		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
+		chromedp.Submit(css(`#login-form`)),
+		chromedp.WaitVisible(css(`#account-email`)),
+		chromedp.Navigate(bu.ta.URL+"/admin/river/jobs?state=available"),
+	)
+	if err != nil {
+		t.Fatalf("open River UI: %v", err)
+	}
+	// The app renders the waiting job's kind once its scripts ran.
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.body.innerText.includes("send_email")`)); err != nil {
+		t.Fatalf("River UI did not render the waiting job: %v (blocked: %q)", err, cspBlocked(t, ctx))
+	}
+	if blocked := cspBlocked(t, ctx); len(blocked) > 0 {
+		t.Fatalf("blocked by the Content Security Policy in River UI: %q", blocked)
+	}
+}
+
 // TestBrowserSpendsAndBuysWithHtmx drives headless Chromium through the
 // htmx parts no HTTP-level test can see run: Use updates the result and the
 // balance in place, and the checkout success page polls until the worker
@@ -40,19 +114,7 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 20})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
-		chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelTimeout()
-
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	ctx := browserContext(t, bin)
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/login"),
 		chromedp.WaitVisible(css(`#login-form`)),
@@ -131,5 +193,53 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 	}
 	if strings.TrimSpace(credits) != "113" {
 		t.Fatalf("after paying: balance %q, want 113", credits)
+	}
+
+	// The dev mailbox shows a mail's text on demand (Alpine, CSP build).
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/dev/mailbox"),
+		chromedp.WaitVisible(css(`.mail .mail-toggle`)),
+		chromedp.WaitNotVisible(css(`.mail .mail-text`)),
+		chromedp.Click(css(`.mail .mail-toggle`)),
+		chromedp.WaitVisible(css(`.mail .mail-text`)),
+	)
+	if err != nil {
+		t.Fatalf("show a mail in the dev mailbox: %v", err)
+	}
+	if label, err := chromedp.Run(ctx, chromedp.Text(css(`.mail .mail-toggle`))); err != nil || strings.TrimSpace(label) != "Hide" {
+		t.Fatalf("the open mail's button says %q (%v), want Hide", label, err)
+	}
+
+	// On a phone the menu opens with the burger (Alpine, CSP build), and
+	// nothing on the way was blocked by the Content Security Policy.
+	err = chromedp.Do(ctx,
+		chromedp.EmulateViewport(375, 800),
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.WaitVisible(css(`.navbar-burger`)),
+		chromedp.WaitNotVisible(css(`#nav-menu`)),
+		chromedp.Click(css(`.navbar-burger`)),
+		chromedp.WaitVisible(css(`#nav-menu.is-active`)),
+	)
+	if err != nil {
+		t.Fatalf("open the menu on a phone: %v", err)
+	}
+	expanded, err := chromedp.Run(ctx, chromedp.AttributeValue(css(`.navbar-burger`), "aria-expanded"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Escape closes it and gives the focus back to the burger.
+	err = chromedp.Do(ctx,
+		chromedp.KeyEvent(kb.Escape),
+		chromedp.WaitNotVisible(css(`#nav-menu`)),
+	)
+	if err != nil {
+		t.Fatalf("close the menu with Escape: %v", err)
+	}
+	if focused, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.activeElement.classList.contains("navbar-burger")`)); err != nil || !focused {
+		t.Fatalf("after Escape the focus is not on the burger (%v)", err)
+	}
+	blocked := cspBlocked(t, ctx)
+	if expanded.Value != "true" || len(blocked) > 0 {
+		t.Fatalf("menu open: aria-expanded %q; blocked by the Content Security Policy: %q", expanded.Value, blocked)
 	}
 }

@@ -245,6 +245,21 @@ func (c Config) Simulated() bool { return c.StripeSecretKey == "" }
 // redactURL hides a password in a URL so that errors can quote it.
 func redactURL(s string) string { return store.RedactURL(s) }
 
+// loopbackAddr reports whether the listen address addr (host:port) takes
+// connections from this machine only: an empty host, or 0.0.0.0, listens
+// on every interface.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // validListenAddr reports whether addr is host:port with a port net.Listen
 // accepts (0 picks a free one).
 func validListenAddr(addr string) bool {

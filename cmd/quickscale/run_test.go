@@ -483,3 +483,24 @@ func TestRiverLoggerSaysARepeatedErrorOncePerWindow(t *testing.T) {
 	require.EqualValues(t, 99, lines[2]["repeated"], "the next line says how many were dropped")
 	require.Equal(t, "river", lines[2]["component"])
 }
+
+// dev shows every account's mail at /dev/mailbox and lets anyone pay:
+// it refuses to listen beyond this machine, before touching the database.
+func TestDevListensOnLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	url := storetest.NewDatabase(t)
+	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:8080"} {
+		code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": url, "ADDR": addr, "METRICS_ADDR": "off"}, "", "dev")
+		require.Equal(t, 1, code, "%s: %s", addr, stderr)
+		require.Contains(t, stderr, "not a loopback address", addr)
+	}
+	c, err := pgx.Connect(context.Background(), url)
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	var users int
+	require.NoError(t, c.QueryRow(context.Background(), `SELECT count(*) FROM users WHERE email = $1`, demoAdminEmail).Scan(&users))
+	require.Zero(t, users, "dev seeded the database with a non-loopback address")
+	for _, addr := range []string{"127.0.0.1:8080", "[::1]:8080", "localhost:8080", "LOCALHOST:0", "127.0.0.2:80"} {
+		require.True(t, loopbackAddr(addr), addr)
+	}
+}

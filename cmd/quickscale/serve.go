@@ -43,6 +43,12 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 			"or set DEV_MAILBOX=true to keep mail in the database's dev mailbox (demos only: nothing is delivered, " +
 			"and verification and reset links sit there in clear)")
 	}
+	if mode == "dev" && !loopbackAddr(cfg.Addr) {
+		return fmt.Errorf("configuration: ADDR %q is not a loopback address. dev shows every account's emails, "+
+			"with their sign-in and reset links, at /dev/mailbox to anyone who can reach it, and lets anyone \"pay\"; "+
+			"it listens on 127.0.0.1, ::1 or localhost only. For a demo others reach, run api and worker "+
+			"(README, Commands)", cfg.Addr)
+	}
 	if mode == "api" && cfg.Simulated() && !cfg.SimulatePayments {
 		return errors.New("configuration: STRIPE_SECRET_KEY is not set. Set it and STRIPE_WEBHOOK_SECRET to take payments, " +
 			"or set SIMULATE_PAYMENTS=true to run the local payments simulator (demos only: anyone can \"pay\" and get credits)")

@@ -58,6 +58,26 @@ func TestRefusedSettingsFormKeepsTheAddress(t *testing.T) {
 	require.Empty(t, r.Header.Get("HX-Push-Url"))
 }
 
+// The settings forms' password check is limited per signed-in user:
+// someone else's failed sign-ins at the address do not lock the owner out
+// of their settings, and the owner's own wrong tries are bounded.
+func TestSettingsPasswordCheckIsLimitedPerUser(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	limits := web.DefaultLimits()
+	for range limits.LoginPerAccountIP.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "a guess", acctFrom("198.51.100.23")...), http.StatusUnprocessableEntity)
+	}
+	mustRedirect(t, b.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
+
+	for range limits.ReauthPerUser.Max {
+		acctRequireStatus(t, b.post("/settings/password", url.Values{"current_password": {"not my password"}, "new_password": {"another new password"}}), http.StatusUnprocessableEntity)
+	}
+	r := b.post("/settings/password", url.Values{"current_password": {acctNewPassword}, "new_password": {"another new password"}})
+	acctRequireTooMany(t, r, int(limits.ReauthPerUser.Window.Seconds()))
+}
+
 func TestChangePasswordRejectsTooShortNewPassword(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})

@@ -66,7 +66,7 @@ func TestVendoredAssetsArePinnedAndShipWithTheirLicences(t *testing.T) {
 	f, err := os.Open("../../web/static/vendor/VERSIONS")
 	require.NoError(t, err)
 	defer f.Close()
-	dirs := map[string]string{"bulma": "bulma", "htmx.org": "htmx", "alpinejs": "alpinejs"}
+	dirs := map[string]string{"bulma": "bulma", "htmx.org": "htmx", "@alpinejs/csp": "alpinejs"}
 	assets := map[string]string{"bulma": "bulma.min.css", "htmx": "htmx.min.js", "alpinejs": "alpine.min.js"}
 	seen := 0
 	sc := bufio.NewScanner(f)

@@ -399,4 +399,10 @@ func TestBrowserPhoneUseResultComesIntoView(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the Use result did not come into view: %v", err)
 	}
+	// The button, disabled while its request ran, has the keyboard focus
+	// back (without scrolling the result away).
+	err = chromedp.Do(ctx, chromedp.Poll[chromedp.Void](`document.activeElement === document.querySelector("#use-form-svc-5 button") && !document.activeElement.disabled`))
+	if err != nil {
+		t.Fatalf("the Use button did not get the focus back: %v", err)
+	}
 }

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// A paid purchase has a receipt page, linked from the payments list: who
+// paid, what, how much, when and the payment's reference; a refund shows
+// on it once made.
+func TestReceiptOfAPaidPurchase(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	pay := whPayment(t, ta, p)
+	path := fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)
+
+	list := p.Browser.get("/dashboard/payments").Doc(t)
+	require.Equal(t, path, list.Find("tr.payment .receipt-link").AttrOr("href", ""), "the payments list does not link the receipt")
+
+	r := p.Browser.get(path)
+	acctRequireStatus(t, r, http.StatusOK)
+	doc := r.Doc(t)
+	require.Equal(t, fmt.Sprintf("Receipt #%d", pay.ID), acctText(doc, "#receipt h1"))
+	require.Equal(t, fmt.Sprintf("Receipt #%d · QuickScale", pay.ID), acctText(doc, "title"))
+	require.Equal(t, p.User.Email, acctText(doc, "#receipt-email"))
+	require.Equal(t, "$20.00", acctText(doc, "#receipt-amount"))
+	require.True(t, strings.HasPrefix(acctText(doc, "#receipt-item"), "500 credits"), acctText(doc, "#receipt-item"))
+	require.Equal(t, p.Intent, acctText(doc, "#receipt-reference"))
+	require.Contains(t, acctText(doc, "#receipt-paid"), pay.PaidAt.UTC().Format("2006"))
+	require.Zero(t, doc.Find("#receipt-refunded").Length(), "a refund shown before any")
+
+	id, body := p.refunded(t, 500)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	doc = p.Browser.get(path).Doc(t)
+	require.Equal(t, "$5.00", acctText(doc, "#receipt-refunded"))
+}
+
+// Nobody sees another user's receipt, and a payment never paid has none.
+func TestReceiptIsTheBuyersOnlyAndOnlyOncePaid(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta) // pending: opened, never paid
+	pay := whPayment(t, ta, p)
+	path := fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)
+
+	r := p.Browser.get(path)
+	acctRequireStatus(t, r, http.StatusNotFound)
+	require.Equal(t, "No receipt for this payment", acctText(r.Doc(t), "#error-page h1"))
+	require.Zero(t, p.Browser.get("/dashboard/payments").Doc(t).Find(".receipt-link").Length(), "a receipt link for an unpaid payment")
+
+	whPaid(t, ta, p)
+	acctRequireStatus(t, p.Browser.get(path), http.StatusOK)
+	other := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	acctRequireStatus(t, ta.signIn(other.Email).get(path), http.StatusNotFound)
+	for _, bad := range []string{"/dashboard/payments/0/receipt", "/dashboard/payments/x/receipt", "/dashboard/payments/99999999999999999999/receipt"} {
+		acctRequireStatus(t, p.Browser.get(bad), http.StatusNotFound)
+	}
+	mustRedirect(t, ta.browser().get(path), "/login")
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// Every page has one main landmark, and the first thing a keyboard reaches
+// is a link that skips the navigation to it.
+func TestLayoutHasAMainLandmarkAndASkipLink(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	for _, b := range []*browser{ta.browser(), ta.signIn(u.Email)} {
+		doc := b.get("/about").Doc(t)
+		require.Equal(t, 1, doc.Find("main").Length(), "main landmarks")
+		require.Equal(t, 1, doc.Find("main #main").Length(), "the content is not inside main")
+		first := doc.Find("body a, body button").First()
+		require.Equal(t, "#main", first.AttrOr("href", ""), "the first control is not the skip link")
+		require.Equal(t, "Skip to content", strings.TrimSpace(first.Text()))
+		// Without JavaScript the menu is shown on phones only: on a wide
+		// screen Bulma's menu shows anyway, and forcing it broke the bar.
+		require.Contains(t, doc.Find("noscript").Text(), "@media screen and (max-width:1023px)")
+	}
+}
+
+// The adjust-credits page says what it is in its title (browser tabs and
+// history), not only whose page it is.
+func TestAdminAdjustCreditsPageTitle(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	require.Equal(t, "Adjust credits: "+u.Email+" · QuickScale", acctText(b.get(fmt.Sprintf("/admin/users/%d/credits", u.ID)).Doc(t), "title"))
+	require.Equal(t, u.Email+" · QuickScale", acctText(b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t), "title"))
+}

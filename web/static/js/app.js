@@ -1,0 +1,103 @@
+// QuickScale's own script: the page's Alpine component and how htmx
+// errors are shown. It is a file, not inline, so that the site's Content
+// Security Policy allows scripts from the site only (script-src 'self'),
+// with Alpine's CSP build, which evaluates no code from attributes.
+
+document.addEventListener("alpine:init", function () {
+  // disclosure: something shown or hidden by a button (the navigation
+  // menu on a phone, an email's text in the dev mailbox). close (for
+  // Escape) gives the focus back to the button marked x-ref="toggle".
+  window.Alpine.data("disclosure", function () {
+    return {
+      open: false,
+      toggle: function () { this.open = !this.open; },
+      close: function () {
+        if (!this.open) { return; }
+        this.open = false;
+        if (this.$refs.toggle) { this.$refs.toggle.focus(); }
+      },
+      get activeClass() { return this.open ? "is-active" : ""; },
+      get expanded() { return this.open ? "true" : "false"; },
+      get label() { return this.open ? "Hide" : "Show"; },
+    };
+  });
+
+  // printer: a Print button (the browser's print dialog, which can also
+  // save a PDF), shown where printing is possible.
+  window.Alpine.data("printer", function () {
+    return {
+      get available() { return typeof window.print === "function"; },
+      print: function () { window.print(); },
+    };
+  });
+
+  // copy: a Copy button for the text of the element marked x-ref="text"
+  // (a new API key). The button shows only where the browser lets pages
+  // write to the clipboard (https, or localhost).
+  window.Alpine.data("copy", function () {
+    return {
+      copied: false,
+      failed: false,
+      get available() { return !!(window.isSecureContext && navigator.clipboard); },
+      get copyLabel() { return this.failed ? "Copy failed: select the text" : (this.copied ? "Copied" : "Copy"); },
+      copy: function () {
+        var self = this;
+        navigator.clipboard.writeText(this.$refs.text.textContent.trim()).then(
+          function () { self.copied = true; self.failed = false; },
+          function () { self.failed = true; });
+      },
+    };
+  });
+});
+
+// showError shows the page's error box and brings it into sight (on a
+// phone the page may be scrolled far below it).
+function showError(text) {
+  var box = document.getElementById("htmx-error");
+  box.textContent = text;
+  box.classList.remove("is-hidden");
+  var r = box.getBoundingClientRect();
+  if (r.top < 0 || r.bottom > window.innerHeight) { box.scrollIntoView({block: "nearest"}); }
+}
+
+// An error answer htmx does not swap in: show the server's own message
+// (e.g. "verify your email first", "no such service") when it has one.
+document.addEventListener("htmx:responseError", function (e) {
+  var msg = "";
+  try {
+    var doc = new DOMParser().parseFromString(e.detail.xhr.responseText, "text/html");
+    var m = doc.getElementById("error-message");
+    if (m) { msg = m.textContent.trim(); }
+  } catch (_) {}
+  showError(msg || "Something went wrong while updating the page. Please reload and try again.");
+});
+
+// A result swapped in out of sight (a phone, the last service's Use
+// button far below it) is scrolled into view; one in sight stays put.
+document.addEventListener("htmx:afterSwap", function (e) {
+  var t = e.detail.target;
+  if (t.id !== "use-result") { return; }
+  var r = t.getBoundingClientRect();
+  if (r.top < 0 || r.bottom > window.innerHeight) { t.scrollIntoView({block: "nearest"}); }
+});
+
+// A new request starts afresh: the last one's error no longer applies.
+document.addEventListener("htmx:beforeRequest", function () {
+  document.getElementById("htmx-error").classList.add("is-hidden");
+});
+
+document.addEventListener("htmx:sendError", function () {
+  showError("The server could not be reached. Check your connection and try again.");
+});
+
+// A button disabled while its request ran (hx-disabled-elt) lost the
+// keyboard focus to the page; it gets it back, so a keyboard or screen
+// reader user stays where they were.
+document.addEventListener("htmx:afterRequest", function (e) {
+  var elt = e.detail.elt;
+  var button = elt && elt.querySelector ? elt.querySelector("[data-keep-focus]") : null;
+  if (!button || document.activeElement !== document.body) { return; }
+  // htmx re-enables the button after this event.
+  // Without scrolling: a result brought into view (above) stays in view.
+  setTimeout(function () { button.focus({preventScroll: true}); }, 0);
+});
