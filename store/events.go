@@ -97,6 +97,17 @@ func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, er
 	return ev, err
 }
 
+// PendingCheckoutNames reports whether a stored checkout.session event that
+// is not processed yet names the payment intent: the purchase a refund of
+// it waits for is in hand, only not applied (its job queued behind, or the
+// workers were down).
+func PendingCheckoutNames(ctx context.Context, tx pgx.Tx, intentID string) (bool, error) {
+	var pending bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM stripe_events
+  WHERE outcome IS NULL AND type LIKE 'checkout.session.%' AND strpos(payload, $1) > 0)`, `"`+intentID+`"`).Scan(&pending)
+	return pending, err
+}
+
 // SetEventOutcome records how processing ended. Processing an event again
 // (an admin's re-process) keeps what the first processing recorded and
 // adds a line for this one: "granted 500 credits" must not turn into

@@ -79,6 +79,16 @@ func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
 			Message: "Part of that request could not be processed. Check what you typed and try again."})
 		return
 	}
+	if store.IsUnavailable(err) {
+		// The database is briefly out of reach (a restart, a failover, a
+		// dropped connection): nothing is wrong with the request, and the
+		// JSON API and /readyz say 503 too.
+		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "method", r.Method, "path", r.URL.Path)
+		w.Header().Set("Retry-After", "5")
+		s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Briefly unavailable",
+			Message: "We could not reach our database just now. Please try again in a few seconds."})
+		return
+	}
 	s.logger.ErrorContext(r.Context(), "request failed", "err", err, "method", r.Method, "path", r.URL.Path)
 	s.errorPage(w, r, errorPage{Status: http.StatusInternalServerError, Heading: "Something went wrong",
 		Message: "We hit an unexpected problem and have been told about it. Please try again in a moment."})

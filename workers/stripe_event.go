@@ -41,8 +41,13 @@ type StripeEventWorker struct {
 
 // refundWaitWindow is how long a refund for a payment we do not know yet
 // (its checkout.session.completed still in flight) is retried before it is
-// recorded as failed.
-const refundWaitWindow = time.Hour
+// recorded as failed; up to refundWaitLimit while that completion is
+// stored but not yet processed (after the workers were down for longer
+// than the window, both wait in the queue).
+const (
+	refundWaitWindow = time.Hour
+	refundWaitLimit  = 24 * time.Hour
+)
 
 // effects are what to count once the transaction committed.
 type effects struct {
@@ -362,9 +367,20 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		// An hour from when we received it, not from when Stripe created
 		// it: after an outage Stripe's retries arrive hours late, and the
 		// completion they overtook arrives just after them.
-		if time.Since(ev.ReceivedAt) < refundWaitWindow {
+		waited := time.Since(ev.ReceivedAt)
+		if waited < refundWaitWindow {
 			return "", "", fx, fmt.Errorf("waiting for the payment it refunds to be fulfilled (checked every 30 s for an hour after the refund): %w",
 				river.JobSnooze(30*time.Second))
+		}
+		if waited < refundWaitLimit {
+			pending, err := store.PendingCheckoutNames(ctx, tx, ch.PaymentIntent.ID)
+			if err != nil {
+				return "", "", fx, err
+			}
+			if pending {
+				return "", "", fx, fmt.Errorf("waiting for the purchase it refunds, received and not yet processed (checked every 30 s, for up to a day after the refund): %w",
+					river.JobSnooze(30*time.Second))
+			}
 		}
 		return store.OutcomeFailed, "no fulfilled payment for payment intent " + ch.PaymentIntent.ID, fx, nil
 	}

@@ -214,12 +214,13 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	switch sub {
 	case "grant":
-		fs := newFlags("credits grant", "credits grant --email E --amount N --kind subscription|pack|admin|promo [--expires RFC3339] --reason TEXT", stderr)
+		fs := newFlags("credits grant", "credits grant --email E --amount N --kind subscription|pack|admin|promo [--expires RFC3339] --reason TEXT [--key K]", stderr)
 		email := fs.String("email", "", "the user's email address (required)")
 		amount := fs.Int64("amount", 0, "credits to add, a positive whole number (required)")
 		kind := fs.String("kind", store.GrantAdmin, "subscription, pack, admin or promo")
 		expires := fs.String("expires", "", "expiry as RFC 3339, e.g. 2026-12-31T23:59:59Z (required for subscription, not allowed for pack)")
 		reason := fs.String("reason", "", "why, kept in the ledger and the audit log (required)")
+		key := fs.String("key", "", "an idempotency key: the same grant run again with it changes nothing (for scripts that retry)")
 		if err := parseFlags(fs, rest, stdout); err != nil {
 			return helpOK(err)
 		}
@@ -248,6 +249,9 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			}
 			exp = &t
 		}
+		if *key != "" && !validCLIKey(*key) {
+			return usageError{"--key must be 1 to 90 letters, digits or . _ : - characters"}
+		}
 		switch {
 		case *kind == store.GrantSubscription && exp == nil:
 			return usageError{"--kind subscription needs --expires (subscription credits expire at the end of their period)"}
@@ -255,13 +259,21 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			return usageError{"--kind pack takes no --expires (pack credits never expire)"}
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
-			res, err := env.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason, Via: "cli"})
+			adj := store.Adjustment{UserID: u.ID, Delta: *amount, Kind: *kind, ExpiresAt: exp, Reason: *reason, Via: "cli"}
+			if *key != "" {
+				adj.Key = "cli:" + *key
+			}
+			res, err := env.store.Adjust(ctx, adj)
 			if err != nil {
 				return err
 			}
 			noun := "credits"
 			if *amount == 1 {
 				noun = "credit"
+			}
+			if res.Replayed {
+				fmt.Fprintf(stdout, "already granted under --key %s: nothing changed; %s's balance %d\n", *key, u.Email, res.Balance)
+				return nil
 			}
 			fmt.Fprintf(stdout, "granted %d %s %s to %s (grant %d); balance %d\n", *amount, *kind, noun, u.Email, res.GrantID, res.Balance)
 			return nil
@@ -460,4 +472,18 @@ func serviceState(sv store.Service) string {
 		return "active"
 	}
 	return "inactive"
+}
+
+// validCLIKey reports whether an operator's idempotency key is 1 to 90
+// letters, digits or . _ : - (it is stored as "cli:" + key).
+func validCLIKey(k string) bool {
+	if len(k) == 0 || len(k) > 90 {
+		return false
+	}
+	for _, c := range k {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)) {
+			return false
+		}
+	}
+	return true
 }

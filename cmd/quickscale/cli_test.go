@@ -52,6 +52,32 @@ func TestCreditsGrantAddsCreditsWithReasonAndAudit(t *testing.T) {
 	require.Contains(t, stdout, "granted 1 promo credit to")
 }
 
+// A script that runs the same grant again with its --key (it lost the
+// answer, it retries) grants once; the key with other values is refused.
+func TestCreditsGrantWithAKeyGrantsOnce(t *testing.T) {
+	t.Parallel()
+	st, env := cliStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	args := []string{"credits", "grant", "--email", u.Email, "--amount", "40", "--kind", "promo", "--reason", "spring campaign", "--key", "spring-2026:user-1"}
+	code, stdout, stderr := runCmd(t, env, "", args...)
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "granted 40 promo credits")
+	code, stdout, stderr = runCmd(t, env, "", args...)
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "already granted under --key spring-2026:user-1: nothing changed")
+	bal, err := st.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 40, bal.Total)
+
+	other := append(append([]string{}, args[:5]...), "41", "--kind", "promo", "--reason", "spring campaign", "--key", "spring-2026:user-1")
+	code, _, stderr = runCmd(t, env, "", other...)
+	require.Equal(t, 1, code, stderr)
+	require.NotEmpty(t, strings.TrimSpace(stderr))
+	bal, err = st.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 40, bal.Total, "the key reused with another amount changed the balance")
+}
+
 func TestCreditsGrantRefusesBadInput(t *testing.T) {
 	t.Parallel()
 	st, env := cliStore(t)
@@ -73,6 +99,7 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		"over the cap":       {[]string{"--email", u.Email, "--amount", "1000000001", "--reason", "x"}, "from 1 to 1000000000"},
 		"past expiry":        {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"}, "not in the future"},
 		"long reason":        {[]string{"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)}, "at most 500 characters"},
+		"bad key":            {[]string{"--email", u.Email, "--amount", "5", "--reason", "x", "--key", "two words"}, "--key must be"},
 	}
 	for name, c := range cases {
 		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, c.args...)...)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
@@ -632,4 +633,48 @@ func TestPipelinePurchaseEmailStatesCreditsAmountAndBalance(t *testing.T) {
 	require.Contains(t, mail.Text, fmt.Sprintf("Payment: #%d, ", whPayment(t, ta, p).ID))
 	require.Contains(t, mail.HTML, "This is the receipt of a purchase")
 	require.NotContains(t, mail.HTML, "If that was not you")
+}
+
+// After the workers were down for more than the refund's hour, a refund
+// and the purchase it refunds both wait in the queue: the refund, run
+// first, waits for the stored purchase instead of failing (which let the
+// purchase grant the credits anyway), and is applied after it.
+func TestPipelineRefundWaitsForItsStoredPurchaseAfterALongOutage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	refundID, refund := p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, refund)
+	jobID := whSnoozedJob(t, ta, refundID)
+	// Received two hours ago, with its purchase stored meanwhile and not
+	// yet processed (its job queued behind).
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '2 hours' WHERE id = $1`, refundID)
+	require.NoError(t, err)
+	completedID, completed := p.completed(t, "paid")
+	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'checkout.session.completed', now(), $2)`,
+		completedID, string(completed))
+	require.NoError(t, err)
+	queued, err := ta.app.river.Insert(ctx, jobs.StripeEvent{EventID: completedID}, &river.InsertOpts{Queue: jobs.QueueWebhooks, ScheduledAt: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, "the refund to wait for its stored purchase", func() bool {
+		ev, err := ta.store.StripeEventByID(ctx, refundID)
+		return err == nil && ev.Outcome == nil && ev.LastError != nil && strings.Contains(*ev.LastError, "waiting for the purchase it refunds, received")
+	})
+
+	// The purchase's turn comes.
+	_, err = ta.app.river.JobRetry(ctx, queued.Job.ID)
+	require.NoError(t, err)
+	whRequireOutcome(t, ta, completedID, store.OutcomeApplied)
+	// The refund's next look (once River has it snoozed again: a running
+	// job is not retried).
+	jobID = whSnoozedJob(t, ta, refundID)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	whRequireOutcome(t, ta, refundID, store.OutcomeApplied)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, p.Credits, 0)
+	whNoViolations(t, ta)
 }
