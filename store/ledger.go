@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -467,7 +468,10 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	}
 	source := NewSecret()
 	if a.Key != "" {
-		source = "key:" + a.Key
+		// Keys are the user's (credit_adjustments is keyed by user and
+		// key), grant sources are unique across users: the source names
+		// the user, so one key used for two users makes two grants.
+		source = "key:" + strconv.FormatInt(a.UserID, 10) + ":" + a.Key
 	}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		if a.AskRepeatWithin > 0 {
@@ -514,10 +518,10 @@ SELECT created_at FROM credit_adjustments
 			}
 			res.GrantID = g.GrantID
 			if !g.Created {
-				// Already applied: report the balance, audit nothing twice.
-				b, err := BalanceOf(ctx, tx, a.UserID)
-				res.Balance, res.Replayed = b.Total, true
-				return err
+				// A key is claimed above before its grant is made, so a
+				// replay never gets here; a grant already holding this
+				// source means the two disagree: refuse, change nothing.
+				return fmt.Errorf("adjust: a grant already has source %q", source)
 			}
 		} else {
 			var ok bool
@@ -578,6 +582,9 @@ func (s *Store) replayAdjustment(ctx context.Context, tx pgx.Tx, a Adjustment, r
 		what := fmt.Sprintf("%+d %s credits", delta, kind)
 		if delta < 0 {
 			what = fmt.Sprintf("%+d credits", delta)
+		}
+		if a.Via == "cli" {
+			return Errorf(KindConflict, "This key was already used for another adjustment of this user (%s); nothing was changed. Use another key.", what)
 		}
 		return Errorf(KindConflict, "This form was already used for another adjustment (%s); nothing was changed. Reload the page to make a new one.", what)
 	}

@@ -211,7 +211,7 @@ func TestLedgerMigration11KeepsALedgerWrittenBeforeIt(t *testing.T) {
 
 	res, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	require.Equal(t, []string{"00011_ledger_keys_by_user.sql"}, res.App)
+	require.Equal(t, "00011_ledger_keys_by_user.sql", res.App[0])
 	pool.Reset() // processes restart after migrating (README)
 	after := take()
 	require.Equal(t, before, after)

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Limit is a fixed-window rate limit: at most Max hits per Window.
@@ -34,6 +37,21 @@ RETURNING hits, window_end, now()`, key, l.Window).Scan(&hits, &windowEnd, &now)
 	return true, 0, nil
 }
 
+// Exceeded reports, without counting anything, whether key is past its
+// limit in the current window, and how long until that window ends.
+func (s *Store) Exceeded(ctx context.Context, key string, l Limit) (bool, time.Duration, error) {
+	var hits int
+	var windowEnd, now time.Time
+	err := s.pool.QueryRow(ctx, `SELECT hits, window_end, now() FROM rate_limits WHERE key = $1 AND window_end > now()`, key).Scan(&hits, &windowEnd, &now)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, 0, nil
+	}
+	if err != nil || hits < l.Max {
+		return false, 0, err
+	}
+	return true, max(windowEnd.Sub(now), time.Second), nil
+}
+
 // ResetLimit forgets the counter of key (e.g. after a successful sign-in).
 func (s *Store) ResetLimit(ctx context.Context, key string) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM rate_limits WHERE key = $1`, key)
@@ -48,6 +66,7 @@ func (s *Store) PruneExpired(ctx context.Context) (int64, error) {
 		`DELETE FROM rate_limits WHERE window_end < now()`,
 		`DELETE FROM sessions WHERE expiry < now()`,
 		`DELETE FROM user_tokens WHERE expires_at < now() - interval '1 day' OR used_at < now() - interval '1 day'`,
+		`DELETE FROM known_devices WHERE last_used_at < now() - interval '` + KnownDeviceLifetime + `'`,
 	} {
 		tag, err := s.pool.Exec(ctx, q)
 		if err != nil {

@@ -106,11 +106,16 @@ func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000") {
+		// A wrong password, a role not allowed to connect, no such
+		// database: a fault of the configuration, not a passing outage.
+		return false
+	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) || errors.Is(err, puddle.ErrClosedPool) {
 		return true
 	}
-	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// 08: connection exception; 57P: operator intervention (shutdown).
 		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "53300"

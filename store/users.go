@@ -154,8 +154,13 @@ RETURNING session_epoch`, userID, hash, endSessions).Scan(&epoch)
 	if err != nil || !endSessions {
 		return epoch, err
 	}
-	_, err = db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL`, userID)
-	return epoch, err
+	if _, err = db.Exec(ctx, `UPDATE user_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL`, userID); err != nil {
+		return epoch, err
+	}
+	// Browsers known from earlier sign-ins are forgotten too (they pass
+	// the sign-in limit per address): someone who knew the old password
+	// must not keep that.
+	return epoch, ForgetDevices(ctx, db, userID)
 }
 
 // SetPasswordHash replaces a password hash in its own transaction.

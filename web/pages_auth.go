@@ -42,6 +42,43 @@ func accountKey(prefix, email string) string {
 	return prefix + ":acct:" + hex.EncodeToString(sum[:16])
 }
 
+// mailAllowed counts an email to address for what (signup, forgot) and
+// reports whether it may be sent (MailPerAddress).
+func (s *Site) mailAllowed(ctx context.Context, what, address string) (bool, error) {
+	ok, _, err := s.store.Hit(ctx, accountKey(what, address), s.limits.MailPerAddress)
+	return ok, err
+}
+
+// deviceCookie names the cookie of a browser that signed in before.
+const deviceCookie = "qs_device"
+
+// knownDevice reports whether the browser signed in before to the account
+// of the address typed (its cookie's token names that account).
+func (s *Site) knownDevice(r *http.Request, typed string) (bool, error) {
+	c, err := r.Cookie(deviceCookie)
+	if err != nil {
+		return false, nil
+	}
+	email, ok, err := s.store.DeviceEmail(r.Context(), c.Value)
+	if err != nil || !ok {
+		return false, err
+	}
+	return strings.EqualFold(email, strings.TrimSpace(typed)), nil
+}
+
+// rememberDevice gives a browser that just signed in as userID a cookie
+// that exempts it from the sign-in limit per address. A failure only logs:
+// the sign-in stands.
+func (s *Site) rememberDevice(w http.ResponseWriter, r *http.Request, userID int64) {
+	token, err := s.store.RememberDevice(r.Context(), userID)
+	if err != nil {
+		s.logger.WarnContext(r.Context(), "remember the browser", "err", err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: deviceCookie, Value: token, Path: "/login", MaxAge: 365 * 24 * 3600,
+		HttpOnly: true, Secure: s.secure, SameSite: http.SameSiteLaxMode})
+}
+
 // loginKey names the sign-in limit of one address from one IP.
 func loginKey(email, ip string) string {
 	return accountKey("login", email) + ":ip:" + ip
@@ -115,11 +152,6 @@ func (s *Site) Signup() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "signup", "Create your account", authPage{Form: f})
 			return
 		}
-		// Every address is counted, taken or not, so a refusal reveals
-		// nothing; it stops one address being flooded with mail.
-		if s.limited(w, r, limitCheck{accountKey("signup", email), s.limits.SignupPerAddress}) {
-			return
-		}
 		// Hash first in every case, so a taken address costs the same time.
 		hash, err := store.HashPassword(f.raw("password"))
 		if err != nil {
@@ -137,9 +169,14 @@ func (s *Site) Signup() http.Handler {
 		if store.ErrorKind(err) == store.KindConflict {
 			// The address has an account: tell its owner, and answer exactly
 			// as for a new address so the page reveals nothing.
-			// It goes to the address as the account has it.
+			// It goes to the address as the account has it, at most
+			// MailPerAddress an hour (past it nothing is sent, silently).
 			var owner string
-			if owner, err = s.store.EmailOwner(ctx, email); err == nil && owner != "" {
+			var mail bool
+			if mail, err = s.mailAllowed(ctx, "signup", email); err == nil && mail {
+				owner, err = s.store.EmailOwner(ctx, email)
+			}
+			if err == nil && owner != "" {
 				err = s.sendEmailNow(ctx, jobs.EmailSignupExisting, owner, map[string]string{
 					"LoginLink": s.absURL("/login"), "ResetLink": s.absURL("/password/forgot"),
 				})
@@ -174,15 +211,23 @@ func (s *Site) Login() http.Handler {
 		}
 		next = safeNext(f.raw("next"))
 		ip := s.clientIP(r)
+		ctx := r.Context()
 		// One IP reaches its limit for an address long before the address's
-		// own limit, so guesses from one IP never lock its owner out.
-		if s.limited(w, r,
-			limitCheck{"login:ip:" + ip, s.limits.LoginPerIP},
-			limitCheck{loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP},
-			limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
+		// own limit, so guesses from one IP never lock its owner out; and a
+		// browser the owner signed in with before is exempt from the
+		// address's limit, so guesses from many IPs do not either.
+		known, err := s.knownDevice(r, f.raw("email"))
+		if err != nil {
+			s.serverError(w, r, err)
 			return
 		}
-		ctx := r.Context()
+		checks := []limitCheck{{"login:ip:" + ip, s.limits.LoginPerIP}, {loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP}}
+		if !known {
+			checks = append(checks, limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount})
+		}
+		if s.limited(w, r, checks...) {
+			return
+		}
 		u, err := s.store.UserByEmail(ctx, strings.TrimSpace(f.raw("email")))
 		if err != nil && store.ErrorKind(err) != store.KindNotFound {
 			s.serverError(w, r, err)
@@ -206,6 +251,9 @@ func (s *Site) Login() http.Handler {
 		if err := s.signIn(ctx, u); err != nil {
 			s.serverError(w, r, err)
 			return
+		}
+		if !known {
+			s.rememberDevice(w, r, u.ID)
 		}
 		redirect(w, r, next)
 	})
@@ -339,14 +387,19 @@ func (s *Site) ForgotPassword() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "forgot", "Reset your password", authPage{Form: f})
 			return
 		}
-		// Every address is counted, with an account or not, so a refusal
-		// reveals nothing; it stops one mailbox being flooded.
-		if s.limited(w, r, limitCheck{accountKey("forgot", email), s.limits.ResetPerAddress}) {
+		ctx := r.Context()
+		// Every address is counted, with an account or not; past the limit
+		// nothing is sent and the answer is the same: the mailbox holds the
+		// earlier emails, the newest with a valid link, so an attacker
+		// asking on the owner's behalf cannot deny them one.
+		mail, err := s.mailAllowed(ctx, "forgot", email)
+		if err != nil {
+			s.serverError(w, r, err)
 			return
 		}
-		ctx := r.Context()
 		u, err := s.store.UserByEmail(ctx, email)
 		switch {
+		case err == nil && !mail:
 		case err == nil:
 			err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 				return s.sendLinkEmail(ctx, tx, jobs.EmailResetPassword, u.ID, store.TokenResetPassword, u.Email, "/password/reset", nil)

@@ -165,6 +165,11 @@ func (s *Site) ChangeEmail() http.Handler {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
+		// The address typed is emailed: bounded per address too, or many
+		// accounts could flood one mailbox (taken or not, counted alike).
+		if s.limited(w, r, limitCheck{accountKey("change-email", email), s.limits.MailPerAddress}) {
+			return
+		}
 		owner, err := s.store.EmailOwner(ctx, email)
 		if err != nil {
 			s.serverError(w, r, err)

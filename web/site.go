@@ -7,7 +7,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -48,13 +50,16 @@ type Limits struct {
 	// page, by the signed-in user only.
 	ReauthPerUser store.Limit
 	SignupPerIP   store.Limit
-	// SignupPerAddress and ResetPerAddress bound the mail one address can
-	// be sent by sign-ups and reset requests, from any number of IPs.
-	SignupPerAddress store.Limit
-	ResetPerIP       store.Limit
-	ResetPerAddress  store.Limit
-	ContactPerIP     store.Limit
-	ResendPerUser    store.Limit
+	// MailPerAddress bounds the mail one address is sent by sign-ups,
+	// reset requests and email changes, each, from any number of IPs and
+	// accounts. Sign-ups and reset requests past it are answered as usual
+	// but send nothing (the mailbox has the earlier emails, with a valid
+	// link), so that nobody can deny an owner a reset link; a change of
+	// address past it is refused (429) to the signed-in user.
+	MailPerAddress store.Limit
+	ResetPerIP     store.Limit
+	ContactPerIP   store.Limit
+	ResendPerUser  store.Limit
 	// ChangeEmailPerUser bounds requests to change the address (each emails
 	// the address typed).
 	ChangeEmailPerUser store.Limit
@@ -68,9 +73,8 @@ func DefaultLimits() Limits {
 		LoginPerIP:         store.Limit{Max: 50, Window: 15 * time.Minute},
 		ReauthPerUser:      store.Limit{Max: 10, Window: 15 * time.Minute},
 		SignupPerIP:        store.Limit{Max: 10, Window: time.Hour},
-		SignupPerAddress:   store.Limit{Max: 5, Window: time.Hour},
+		MailPerAddress:     store.Limit{Max: 5, Window: time.Hour},
 		ResetPerIP:         store.Limit{Max: 5, Window: time.Hour},
-		ResetPerAddress:    store.Limit{Max: 5, Window: time.Hour},
 		ContactPerIP:       store.Limit{Max: 5, Window: time.Hour},
 		ResendPerUser:      store.Limit{Max: 5, Window: time.Hour},
 		ChangeEmailPerUser: store.Limit{Max: 5, Window: time.Hour},
@@ -146,22 +150,32 @@ func (s *Site) clientIP(r *http.Request) string {
 	return ClientIP(r, s.cfg.TrustProxy)
 }
 
-// ClientIP returns the caller's IP: the last X-Forwarded-For hop when the
-// proxy is trusted, else the connection's address.
+// ClientIP returns the address rate limits count the caller under: the
+// last X-Forwarded-For hop when the proxy is trusted (the last of all the
+// header's lines: a proxy that adds its own line instead of appending leaves
+// a client's forged line first), else the connection's address. An IPv6
+// address counts as its /64, which one host usually holds whole.
 func ClientIP(r *http.Request, trustProxy bool) string {
+	host := ""
 	if trustProxy {
-		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
-			parts := strings.Split(xff, ",")
-			if ip := strings.TrimSpace(parts[len(parts)-1]); ip != "" {
-				return ip
-			}
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		host = strings.TrimSpace(hops[len(hops)-1])
+	}
+	if host == "" {
+		host = r.RemoteAddr
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
 		}
 	}
-	host := r.RemoteAddr
-	if i := strings.LastIndexByte(host, ':'); i > 0 {
-		host = host[:i]
+	addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if err != nil {
+		return host
 	}
-	return strings.Trim(host, "[]")
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr.String()
+	}
+	return netip.PrefixFrom(addr.WithZone(""), 64).Masked().String()
 }
 
 type ctxKey int

@@ -12,7 +12,9 @@ import (
 	"strings"
 	texttemplate "text/template"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
@@ -107,6 +109,17 @@ func (w *SendEmailWorker) Work(ctx context.Context, job *river.Job[jobs.SendEmai
 	if err != nil {
 		w.logger.WarnContext(ctx, "email delivery failed, will retry", "template", job.Args.Template, "attempt", job.Attempt, "err", err)
 		return err
+	}
+	// Sent: the job is completed now, not in River's next completion
+	// batch, so that a worker killed in between does not leave a sent
+	// email's job to be run (and the email sent) again. Delivery is still
+	// at least once: the few milliseconds after the server took the email
+	// remain.
+	if err := w.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+		return err
+	}); err != nil {
+		w.logger.WarnContext(ctx, "email sent; its job is completed in River's next batch instead", "template", job.Args.Template, "err", err)
 	}
 	return nil
 }

@@ -1,10 +1,19 @@
 package workers
 
 import (
+	"context"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store/storetest"
 )
 
 // Keys added to an email after launch are optional in its template: a job
@@ -33,4 +42,59 @@ func TestEmailsQueuedBeforeNewKeysStillRender(t *testing.T) {
 	if err != nil || !strings.Contains(text, "your API keys (2) were revoked") {
 		t.Errorf("reset notice: %v\n%s", err, text)
 	}
+}
+
+// A sent email's job is completed at once, in the database, not in River's
+// next completion batch: a worker killed just after sending must not leave
+// the job to run (and the email to be sent) again. A middleware looks at
+// the job's row the moment the worker returns, before River itself could
+// have completed it.
+func TestSentEmailsJobIsCompletedAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	tpl, err := loadEmailTemplates()
+	require.NoError(t, err)
+	ws := river.NewWorkers()
+	require.NoError(t, river.AddWorkerSafely(ws, &SendEmailWorker{logger: slog.New(slog.DiscardHandler), store: st,
+		mailer: NewMailboxMailer(st), from: "QuickScale <no-reply@example.com>", baseURL: "https://x", templates: tpl}))
+	stateOnReturn := make(chan string, 1)
+	look := river.WorkerMiddlewareFunc(func(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+		err := doInner(ctx)
+		var state string
+		if qerr := st.Pool().QueryRow(context.Background(), `SELECT state FROM river_job WHERE id = $1`, job.ID).Scan(&state); qerr != nil {
+			state = qerr.Error()
+		}
+		stateOnReturn <- state
+		return err
+	})
+	client, err := river.NewClient(riverpgxv5.New(st.Pool()), &river.Config{
+		Logger:            slog.New(slog.DiscardHandler),
+		Queues:            map[string]river.QueueConfig{jobs.QueueEmail: {MaxWorkers: 1}},
+		Workers:           ws,
+		Middleware:        []rivertype.Middleware{look},
+		FetchCooldown:     20 * time.Millisecond,
+		FetchPollInterval: 50 * time.Millisecond,
+		TestOnly:          true,
+	})
+	require.NoError(t, err)
+	require.NoError(t, client.Start(ctx))
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = client.Stop(sctx)
+	})
+	_, err = client.Insert(ctx, jobs.SendEmail{Template: jobs.EmailPasswordChanged, To: "once@example.com",
+		Data: map[string]string{"ResetLink": "https://x/password/forgot"}}, nil)
+	require.NoError(t, err)
+
+	select {
+	case state := <-stateOnReturn:
+		require.Equal(t, "completed", state, "the sent email's job, when the worker returned")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the email job did not run")
+	}
+	var sent int
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM dev_mailbox WHERE to_addr = $1`, "once@example.com").Scan(&sent))
+	require.Equal(t, 1, sent)
 }

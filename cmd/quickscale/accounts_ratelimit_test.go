@@ -70,6 +70,36 @@ func TestLoginGuessesFromOneIPDoNotLockTheOwnerOut(t *testing.T) {
 	mustRedirect(t, acctLogin(ta.browser(), "owner@example.com", storetest.DefaultPassword, acctFrom("203.0.113.5")...), "/dashboard")
 }
 
+// Guesses from many IPs can fill an address's limit, but not lock its
+// owner out: a browser the owner signed in with before is exempt from that
+// limit (not from the per-IP ones); a browser never used is refused, and a
+// password change forgets the known browsers.
+func TestKnownBrowserSignsInPastTheAddressLimit(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "besieged@example.com"})
+	owner := ta.browser()
+	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom("192.0.2.10")...), "/dashboard")
+	require.Equal(t, http.StatusSeeOther, owner.post("/logout", nil).Status)
+	limits := web.DefaultLimits()
+	perIP := limits.LoginPerAccountIP.Max - 1
+	for i := range limits.LoginPerAccount.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.2.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
+	}
+	acctRequireTooMany(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword, acctFrom("192.0.2.11")...), int(limits.LoginPerAccount.Window.Seconds()))
+
+	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom("192.0.2.12")...), "/dashboard")
+
+	// After a password change the browser is no longer known: the address's
+	// limit applies to it again.
+	mustRedirect(t, owner.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
+	require.Equal(t, http.StatusSeeOther, owner.post("/logout", nil).Status)
+	for i := range limits.LoginPerAccount.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.3.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
+	}
+	acctRequireTooMany(t, acctLogin(owner, u.Email, acctNewPassword, acctFrom("192.0.2.13")...), int(limits.LoginPerAccount.Window.Seconds()))
+}
+
 // Resetting the password through the emailed link proves the mailbox: the
 // failed sign-ins counted against the address stop holding it.
 func TestPasswordResetClearsTheSignInLimit(t *testing.T) {
@@ -90,33 +120,48 @@ func TestPasswordResetClearsTheSignInLimit(t *testing.T) {
 }
 
 // One address is sent at most so many reset and sign-up emails an hour,
-// whatever the IPs asking; every address is counted, with an account or
-// not, so the refusal tells nothing.
+// whatever the IPs asking. Past that the answer is the same and nothing is
+// sent: the owner asking for a reset after an attacker used the allowance
+// is not refused, and has the earlier emails, the newest with a valid link.
 func TestMailToOneAddressIsLimited(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}, NoWorkers: true})
 	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "victim@example.com"})
-	limits := web.DefaultLimits()
-	for _, addr := range []string{"victim@example.com", "nobody@example.com"} {
-		for i := range limits.ResetPerAddress.Max {
-			acctRequireStatus(t, ta.browser().post("/password/forgot", url.Values{"email": {addr}}, acctFrom(fmt.Sprintf("203.0.113.%d", i+1))...), http.StatusOK)
+	limit := web.DefaultLimits().MailPerAddress
+	toVictim := func() int {
+		n := 0
+		for _, m := range acctEmailJobs(ta) {
+			if m.To == "victim@example.com" {
+				n++
+			}
 		}
-		r := ta.browser().post("/password/forgot", url.Values{"email": {addr}}, acctFrom("203.0.113.99")...)
-		acctRequireTooMany(t, r, int(limits.ResetPerAddress.Window.Seconds()))
+		return n
+	}
+	for i := range limit.Max + 2 {
+		acctRequireStatus(t, ta.browser().post("/password/forgot", url.Values{"email": {"victim@example.com"}}, acctFrom(fmt.Sprintf("203.0.113.%d", i+1))...), http.StatusOK)
+		acctRequireStatus(t, acctSignup(ta.browser(), "victim@example.com", storetest.DefaultPassword, acctFrom(fmt.Sprintf("198.51.100.%d", i+1))...), http.StatusOK)
+	}
+	require.Equal(t, 2*limit.Max, toVictim(), "emails to one address beyond its limits")
 
-		for i := range limits.SignupPerAddress.Max {
-			acctRequireStatus(t, acctSignup(ta.browser(), addr, storetest.DefaultPassword, acctFrom(fmt.Sprintf("198.51.100.%d", i+1))...), http.StatusOK)
-		}
-		r = acctSignup(ta.browser(), addr, storetest.DefaultPassword, acctFrom("198.51.100.99")...)
-		acctRequireTooMany(t, r, int(limits.SignupPerAddress.Window.Seconds()))
+	// An address without an account is counted alike: the same answers.
+	for i := range limit.Max + 1 {
+		acctRequireStatus(t, ta.browser().post("/password/forgot", url.Values{"email": {"nobody@example.com"}}, acctFrom(fmt.Sprintf("192.0.2.%d", i+1))...), http.StatusOK)
 	}
-	var toVictim int
-	for _, m := range acctEmailJobs(ta) {
-		if m.To == "victim@example.com" {
-			toVictim++
-		}
+}
+
+// Each change of address emails the address typed: many accounts asking
+// for one address are bounded per address too.
+func TestChangeEmailToOneAddressIsLimited(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	limit := web.DefaultLimits().MailPerAddress
+	for range limit.Max {
+		_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+		mustRedirect(t, b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"flooded@example.com"}}), "/settings")
 	}
-	require.Equal(t, limits.ResetPerAddress.Max+limits.SignupPerAddress.Max, toVictim, "emails to one address beyond its limits")
+	_, b := acctNewUserSignedIn(ta, storetest.UserOpts{})
+	r := b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"FLOODED@example.com"}})
+	acctRequireTooMany(t, r, int(limit.Window.Seconds()))
 }
 
 func TestLoginLimitIsCheckedBeforeThePassword(t *testing.T) {

@@ -76,6 +76,17 @@ func TestCreditsGrantWithAKeyGrantsOnce(t *testing.T) {
 	bal, err = st.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 40, bal.Total, "the key reused with another amount changed the balance")
+	require.Contains(t, stderr, "Use another key")
+
+	// One key per campaign, for every user: each user gets the grant once.
+	second := storetest.NewUser(t, st, storetest.UserOpts{})
+	for range 2 {
+		code, _, stderr = runCmd(t, env, "", append([]string{"credits", "grant", "--email", second.Email}, args[4:]...)...)
+		require.Equal(t, 0, code, stderr)
+	}
+	bal, err = st.Balance(context.Background(), second.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 40, bal.Total, "the second user of the same key")
 }
 
 func TestCreditsGrantRefusesBadInput(t *testing.T) {

@@ -678,3 +678,26 @@ func TestPipelineRefundWaitsForItsStoredPurchaseAfterALongOutage(t *testing.T) {
 	whRequireRefund(t, ta, p, store.PaymentRefunded, p.Amount, p.Credits, 0)
 	whNoViolations(t, ta)
 }
+
+// A stored purchase whose job was cancelled or deleted (River UI) will
+// never be applied: a refund of it does not wait a day for it.
+func TestPipelineRefundDoesNotWaitForAPurchaseNothingWillApply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	refundID, refund := p.refunded(t, p.Amount)
+	whMustDeliver(t, ta, refund)
+	jobID := whSnoozedJob(t, ta, refundID)
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '2 hours' WHERE id = $1`, refundID)
+	require.NoError(t, err)
+	completedID, completed := p.completed(t, "paid")
+	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'checkout.session.completed', now(), $2)`,
+		completedID, string(completed))
+	require.NoError(t, err) // stored, its job gone
+
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	ev := whRequireOutcome(t, ta, refundID, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "no fulfilled payment")
+}
