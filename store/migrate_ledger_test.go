@@ -23,38 +23,12 @@ import (
 func TestLedgerMigration5KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := emptyDatabase(t)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS, goose.WithDisableGlobalRegistry(true))
-	require.NoError(t, err)
-	_, err = provider.UpTo(ctx, 4)
-	require.NoError(t, err)
+	pool := migrateUpTo(t, 4)
 
 	// A ledger of every kind of entry, written by the version-4 functions.
 	st := store.New(pool, nil)
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 7})
-	free := storetest.NewService(t, st, storetest.ServiceOpts{Cost: storetest.NoCost})
-	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
-	var users []int64
-	for range 3 {
-		u := storetest.NewUser(t, st, storetest.UserOpts{})
-		users = append(users, u.ID)
-		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 5})
-		pack := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 40})
-		storetest.BackdatedGrant(t, pool, u.ID, store.GrantPromo, 3, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-		for _, key := range []string{"a", "b"} {
-			_, _, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
-			require.NoError(t, err)
-		}
-		_, _, err := store.Consume(ctx, pool, store.ConsumeRequest{UserID: u.ID, Service: free, IdempotencyKey: "free"})
-		require.NoError(t, err)
-		_, err = st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: -2, Actor: &admin.ID, Reason: "correction"})
-		require.NoError(t, err)
-		_, err = store.Clawback(ctx, pool, pack.GrantID, 1, "refund")
-		require.NoError(t, err)
-	}
-	_, err = pool.Exec(ctx, `SELECT count(*) FROM ledger_expire_due(100)`) // the version-4 sweep
+	svc, users, _ := oldLedger(t, st, 7)
+	_, err := pool.Exec(ctx, `SELECT count(*) FROM ledger_expire_due(100)`) // the version-4 sweep
 	require.NoError(t, err)
 
 	type snapshot struct {
@@ -99,8 +73,45 @@ func TestLedgerMigration5KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	require.Empty(t, storetest.Violations(t, st))
 }
 
-// migrateUpTo returns a database migrated up to version (and the goose
-// provider that did it).
+// oldLedger writes, with whatever version the schema is at, a ledger of
+// every kind of entry for three users: a subscription grant of 5, a pack of
+// 40 and an expired promo grant each, two spends of a service costing cost
+// (keys a and b) and one of a free service (key free), an admin removal of
+// 2 and a clawback of 1 from the pack. It returns the paid service's slug,
+// the users and the spends made.
+func oldLedger(t *testing.T, st *store.Store, cost int64) (string, []int64, []store.ConsumeRequest) {
+	t.Helper()
+	ctx := context.Background()
+	pool := st.Pool()
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: cost})
+	free := storetest.NewService(t, st, storetest.ServiceOpts{Cost: storetest.NoCost})
+	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
+	var users []int64
+	var spends []store.ConsumeRequest
+	for range 3 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		users = append(users, u.ID)
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 5})
+		pack := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 40})
+		storetest.BackdatedGrant(t, pool, u.ID, store.GrantPromo, 3, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+		for _, r := range []store.ConsumeRequest{
+			{UserID: u.ID, Service: svc, IdempotencyKey: "a"},
+			{UserID: u.ID, Service: svc, IdempotencyKey: "b"},
+			{UserID: u.ID, Service: free, IdempotencyKey: "free"},
+		} {
+			_, _, err := store.Consume(ctx, pool, r)
+			require.NoError(t, err)
+			spends = append(spends, r)
+		}
+		_, err := st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: -2, Actor: &admin.ID, Reason: "correction"})
+		require.NoError(t, err)
+		_, err = store.Clawback(ctx, pool, pack.GrantID, 1, "refund")
+		require.NoError(t, err)
+	}
+	return svc, users, spends
+}
+
+// migrateUpTo returns a database migrated up to version.
 func migrateUpTo(t *testing.T, version int64) *pgxpool.Pool {
 	t.Helper()
 	pool := emptyDatabase(t)
@@ -124,31 +135,9 @@ func TestLedgerMigration11KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	pool := migrateUpTo(t, 10)
 
 	st := store.New(pool, nil)
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 3})
-	free := storetest.NewService(t, st, storetest.ServiceOpts{Cost: storetest.NoCost})
-	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
-	var users []int64
-	var spends []store.ConsumeRequest
-	for range 3 {
-		u := storetest.NewUser(t, st, storetest.UserOpts{})
-		users = append(users, u.ID)
-		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 5})
-		pack := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 40})
-		storetest.BackdatedGrant(t, pool, u.ID, store.GrantPromo, 3, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
-		// The second spend draws on the subscription and the pack.
-		for _, key := range []string{"a", "b"} {
-			spends = append(spends, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
-			_, _, err := store.Consume(ctx, pool, spends[len(spends)-1])
-			require.NoError(t, err)
-		}
-		spends = append(spends, store.ConsumeRequest{UserID: u.ID, Service: free, IdempotencyKey: "free"})
-		_, _, err := store.Consume(ctx, pool, spends[len(spends)-1])
-		require.NoError(t, err)
-		_, err = st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: -2, Actor: &admin.ID, Reason: "correction"})
-		require.NoError(t, err)
-		_, err = store.Clawback(ctx, pool, pack.GrantID, 1, "refund")
-		require.NoError(t, err)
-	}
+	// With a cost of 3, each user's second spend draws on the subscription
+	// and the pack.
+	svc, users, spends := oldLedger(t, st, 3)
 	// Spends of several users in one call of the version-10 batch function.
 	var batch []store.ConsumeRequest
 	for _, id := range users {

@@ -643,18 +643,8 @@ func TestPipelineRefundWaitsForItsStoredPurchaseAfterALongOutage(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	refundID, refund := p.refunded(t, p.Amount)
-	whMustDeliver(t, ta, refund)
-	jobID := whSnoozedJob(t, ta, refundID)
-	// Received two hours ago, with its purchase stored meanwhile and not
-	// yet processed (its job queued behind).
-	_, err := ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '2 hours' WHERE id = $1`, refundID)
-	require.NoError(t, err)
-	completedID, completed := p.completed(t, "paid")
-	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'checkout.session.completed', now(), $2)`,
-		completedID, string(completed))
-	require.NoError(t, err)
+	p, refundID, jobID, completedID := whRefundLongAfterItsStoredPurchase(t, ta)
+	// The purchase's job is queued behind.
 	queued, err := ta.app.river.Insert(ctx, jobs.StripeEvent{EventID: completedID}, &river.InsertOpts{Queue: jobs.QueueWebhooks, ScheduledAt: time.Now().Add(time.Hour)})
 	require.NoError(t, err)
 	_, err = ta.app.river.JobRetry(ctx, jobID)
@@ -685,6 +675,22 @@ func TestPipelineRefundDoesNotWaitForAPurchaseNothingWillApply(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
+	_, refundID, jobID, _ := whRefundLongAfterItsStoredPurchase(t, ta) // the purchase's job is gone
+
+	_, err := ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	ev := whRequireOutcome(t, ta, refundID, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "no fulfilled payment")
+}
+
+// whRefundLongAfterItsStoredPurchase opens a purchase, delivers a full
+// refund of it (snoozed: the purchase is not applied), backdates the
+// refund's receipt by two hours and stores the purchase's completion
+// event, not processed and with no job. It returns the purchase, the
+// refund's event and (snoozed) job, and the completion's event id.
+func whRefundLongAfterItsStoredPurchase(t *testing.T, ta *testApp) (whPurchase, string, int64, string) {
+	t.Helper()
+	ctx := context.Background()
 	p := whBuy(t, ta)
 	refundID, refund := p.refunded(t, p.Amount)
 	whMustDeliver(t, ta, refund)
@@ -694,10 +700,6 @@ func TestPipelineRefundDoesNotWaitForAPurchaseNothingWillApply(t *testing.T) {
 	completedID, completed := p.completed(t, "paid")
 	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'checkout.session.completed', now(), $2)`,
 		completedID, string(completed))
-	require.NoError(t, err) // stored, its job gone
-
-	_, err = ta.app.river.JobRetry(ctx, jobID)
 	require.NoError(t, err)
-	ev := whRequireOutcome(t, ta, refundID, store.OutcomeFailed)
-	require.Contains(t, whDetail(ev), "no fulfilled payment")
+	return p, refundID, jobID, completedID
 }

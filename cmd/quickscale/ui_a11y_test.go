@@ -205,15 +205,7 @@ func TestUISimulatorPageHasOneH1(t *testing.T) {
 func TestUIOnePageListsHaveNoEmptyPager(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	uiPayments(t, ta, u.ID, 1)
-	admin, b := whAdmin(t, ta)
-	ctx := context.Background()
-	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 5, Actor: &admin.ID, Reason: "a row for the audit log", Via: "web"})
-	require.NoError(t, err)
-	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ('evt_a11y_1', 'customer.created', now(), '{}')`)
-	require.NoError(t, err)
+	u, b := uiOneOfEachList(t, ta)
 
 	for path, br := range map[string]*browser{
 		"/dashboard/credits": ta.signIn(u.Email), fmt.Sprintf("/admin/users/%d", u.ID): b,

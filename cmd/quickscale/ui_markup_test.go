@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/PuerkitoBio/goquery"
 	"github.com/chromedp/chromedp"
@@ -236,18 +235,7 @@ func TestFieldErrorReplacesItsHelpText(t *testing.T) {
 // as the user; the browser closes when the test ends.
 func uiPhone(t *testing.T, ta *testApp, email string) context.Context {
 	t.Helper()
-	bin := chromium(t)
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
-		chromedp.UserDataDir(t.TempDir()))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelAlloc)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(cancel)
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	t.Cleanup(cancelTimeout)
+	ctx := browserContext(t, chromium(t))
 	err := chromedp.Do(ctx,
 		chromedp.EmulateViewport(375, 812),
 		chromedp.Navigate(ta.URL+"/login"),
@@ -336,15 +324,7 @@ func TestBrowserPhoneBurgerOpensTheMenuFromTheKeyboard(t *testing.T) {
 func TestEveryTableScrollsInsideItsContainer(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	uiPayments(t, ta, u.ID, 1)
-	admin, b := whAdmin(t, ta)
-	ctx := context.Background()
-	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 5, Actor: &admin.ID, Reason: "a row for the audit log", Via: "web"})
-	require.NoError(t, err)
-	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ('evt_ui_1', 'customer.created', now(), '{}')`)
-	require.NoError(t, err)
+	u, b := uiOneOfEachList(t, ta)
 	pages := map[string]*browser{
 		"/dashboard/credits": ta.signIn(u.Email), "/dashboard/payments": ta.signIn(u.Email),
 		"/admin/users": b, fmt.Sprintf("/admin/users/%d", u.ID): b, "/admin/audit": b, "/admin/webhooks": b,
@@ -405,4 +385,21 @@ func TestBrowserPhoneUseResultComesIntoView(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the Use button did not get the focus back: %v", err)
 	}
+}
+
+// uiOneOfEachList gives every list page one row: a user with a grant, a
+// payment and an admin adjustment (the audit log), and a webhook event. It
+// returns the user and an admin's browser.
+func uiOneOfEachList(t *testing.T, ta *testApp) (store.User, *browser) {
+	t.Helper()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	uiPayments(t, ta, u.ID, 1)
+	admin, b := whAdmin(t, ta)
+	ctx := context.Background()
+	_, err := ta.store.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 5, Actor: &admin.ID, Reason: "a row for the audit log", Via: "web"})
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'customer.created', now(), '{}')`, whID("evt"))
+	require.NoError(t, err)
+	return u, b
 }
