@@ -154,6 +154,17 @@ func (s *Site) loadCheckout(r *http.Request) (checkoutView, error) {
 	return v, nil
 }
 
+// state names what the status block shows (its data-state).
+func (v checkoutView) state() string {
+	switch {
+	case !v.Found:
+		return "unknown"
+	case v.Payment.Status == store.PaymentPending && v.Slow:
+		return "pending-slow"
+	}
+	return v.Payment.Status
+}
+
 // CheckoutSuccess serves GET /dashboard/buy-credits/success. It grants
 // nothing: it shows the payment's state and polls until the worker has
 // added the credits. A session that is not the viewer's shows nothing.
@@ -178,6 +189,12 @@ func (s *Site) CheckoutStatus() http.Handler {
 		v, err := s.loadCheckout(r)
 		if err != nil {
 			s.serverError(w, r, err)
+			return
+		}
+		// The page already shows this state: nothing to swap (htmx leaves
+		// a 204 alone), so the live region announces changes only.
+		if shown := r.URL.Query().Get("shown"); shown != "" && shown == v.state() {
+			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		s.renderBlock(w, r, http.StatusOK, "checkout", "checkout-status", "Your purchase", v)

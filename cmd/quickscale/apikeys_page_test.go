@@ -57,6 +57,11 @@ func TestAPIKeyIsShownOnceAndWorksUntilRevoked(t *testing.T) {
 	if got := b.get("/settings/api-keys").Doc(t).Find("tr.api-key td").Eq(3).Text(); got == "never" {
 		t.Fatal("last use not shown after the key was used")
 	}
+	// Shown exactly, not only in a tooltip (which keyboards and touch
+	// screens cannot reach).
+	used := b.get("/settings/api-keys").Doc(t).Find("tr.api-key td.last-used time[datetime]")
+	require.Equal(t, 1, used.Length(), "the last use is not a visible <time>")
+	require.Contains(t, used.Text(), "UTC")
 	id := row.AttrOr("data-id", "")
 	mustRedirect(t, b.post("/settings/api-keys/"+id+"/revoke", nil), "/settings/api-keys")
 	require.Equal(t, http.StatusUnauthorized, api())

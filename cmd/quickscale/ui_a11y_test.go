@@ -303,6 +303,12 @@ func TestUICheckoutStatusIsAnnounced(t *testing.T) {
 	if id := live.AttrOr("id", ""); id != "" && fragment.Find("#"+id).Length() != 0 {
 		t.Errorf("the polled fragment replaces the live region #%s itself", id)
 	}
+	// A poll names the state it shows: unchanged, nothing is sent (204),
+	// so nothing is swapped and read out again; changed, the new state is.
+	poll := status.AttrOr("hx-get", "")
+	require.Contains(t, poll, "shown=pending")
+	require.Equal(t, http.StatusNoContent, b.get(poll, "HX-Request", "true").Status)
+	require.Equal(t, http.StatusOK, b.get("/dashboard/buy-credits/status?session_id="+session+"&shown=pending-slow", "HX-Request", "true").Status)
 }
 
 // The credit history and the audit log show the exact time, not only in a
