@@ -508,6 +508,21 @@ SELECT created_at FROM credit_adjustments
 				return err
 			}
 		}
+		if a.Delta > 0 && a.Key != "" {
+			// Additions keyed before credit_adjustments existed (migration
+			// 00009) were kept once by their grant's source alone, then
+			// "key:" + key: one sent again is a replay, not a new grant.
+			var legacy bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM grants WHERE user_id = $1 AND source_kind = 'adjustment' AND source_id = 'key:' || $2)`,
+				a.UserID, a.Key).Scan(&legacy); err != nil {
+				return fmt.Errorf("adjust: legacy key: %w", err)
+			}
+			if legacy {
+				b, err := BalanceOf(ctx, tx, a.UserID)
+				res.Balance, res.Replayed = b.Total, true
+				return err
+			}
+		}
 		if a.Delta > 0 {
 			g, err := Grant(ctx, tx, NewGrant{
 				UserID: a.UserID, Kind: a.Kind, Amount: a.Delta, ExpiresAt: a.ExpiresAt,

@@ -2,10 +2,7 @@ package store
 
 import (
 	"context"
-	"errors"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Limit is a fixed-window rate limit: at most Max hits per Window.
@@ -35,21 +32,6 @@ RETURNING hits, window_end, now()`, key, l.Window).Scan(&hits, &windowEnd, &now)
 		return false, max(windowEnd.Sub(now), time.Second), nil
 	}
 	return true, 0, nil
-}
-
-// Exceeded reports, without counting anything, whether key is past its
-// limit in the current window, and how long until that window ends.
-func (s *Store) Exceeded(ctx context.Context, key string, l Limit) (bool, time.Duration, error) {
-	var hits int
-	var windowEnd, now time.Time
-	err := s.pool.QueryRow(ctx, `SELECT hits, window_end, now() FROM rate_limits WHERE key = $1 AND window_end > now()`, key).Scan(&hits, &windowEnd, &now)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, 0, nil
-	}
-	if err != nil || hits < l.Max {
-		return false, 0, err
-	}
-	return true, max(windowEnd.Sub(now), time.Second), nil
 }
 
 // ResetLimit forgets the counter of key (e.g. after a successful sign-in).

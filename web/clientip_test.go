@@ -25,6 +25,11 @@ func TestClientIP(t *testing.T) {
 		{"IPv4-mapped IPv6 is IPv4", "[::ffff:203.0.113.7]:1", nil, false, "203.0.113.7"},
 		{"zone dropped", "[fe80::1%eth0]:1", nil, false, "fe80::/64"},
 		{"empty forwarded value falls back", "203.0.113.7:5555", []string{""}, true, "203.0.113.7"},
+		{"a port in the forwarded hop is dropped", "10.0.0.2:80", []string{"1.2.3.4:5678"}, true, "1.2.3.4"},
+		{"an IPv6 hop with a port", "10.0.0.2:80", []string{"[2001:db8:1:2::9]:443"}, true, "2001:db8:1:2::/64"},
+		{"a hop that is no address falls back", "203.0.113.7:5555", []string{"garbage"}, true, "203.0.113.7"},
+		{"a connection address that is no address", "pipe", nil, false, "pipe"},
+		{"nor with a port", "garbage:80", nil, false, "garbage:80"},
 	} {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = c.remote

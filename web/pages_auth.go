@@ -53,17 +53,23 @@ func (s *Site) mailAllowed(ctx context.Context, what, address string) (bool, err
 const deviceCookie = "qs_device"
 
 // knownDevice reports whether the browser signed in before to the account
-// of the address typed (its cookie's token names that account).
+// of the address typed: its cookie's token names that very account (by id,
+// as the database resolves the address, never by comparing text: Unicode
+// case folding equates addresses the database keeps apart).
 func (s *Site) knownDevice(r *http.Request, typed string) (bool, error) {
 	c, err := r.Cookie(deviceCookie)
 	if err != nil {
 		return false, nil
 	}
-	email, ok, err := s.store.DeviceEmail(r.Context(), c.Value)
+	id, ok, err := s.store.DeviceUser(r.Context(), c.Value)
 	if err != nil || !ok {
 		return false, err
 	}
-	return strings.EqualFold(email, strings.TrimSpace(typed)), nil
+	u, err := s.store.UserByEmail(r.Context(), strings.TrimSpace(typed))
+	if store.ErrorKind(err) == store.KindNotFound {
+		return false, nil
+	}
+	return err == nil && u.ID == id, err
 }
 
 // rememberDevice gives a browser that just signed in as userID a cookie

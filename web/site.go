@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -153,29 +152,39 @@ func (s *Site) clientIP(r *http.Request) string {
 // ClientIP returns the address rate limits count the caller under: the
 // last X-Forwarded-For hop when the proxy is trusted (the last of all the
 // header's lines: a proxy that adds its own line instead of appending leaves
-// a client's forged line first), else the connection's address. An IPv6
-// address counts as its /64, which one host usually holds whole.
+// a client's forged line first; a port after it is dropped, and a hop that
+// is no address falls back to the connection's), else the connection's
+// address. An IPv6 address counts as its /64, which one host usually holds
+// whole (a network that gives its hosts addresses in one /64 shares it).
 func ClientIP(r *http.Request, trustProxy bool) string {
-	host := ""
 	if trustProxy {
 		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-		host = strings.TrimSpace(hops[len(hops)-1])
-	}
-	if host == "" {
-		host = r.RemoteAddr
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
+		if ip, ok := limitAddr(strings.TrimSpace(hops[len(hops)-1])); ok {
+			return ip
 		}
 	}
-	addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	if ip, ok := limitAddr(r.RemoteAddr); ok {
+		return ip
+	}
+	return r.RemoteAddr
+}
+
+// limitAddr parses an address, with or without a port, into the form
+// rate limits count: IPv4 as is, IPv6 as its /64.
+func limitAddr(s string) (string, bool) {
+	addr, err := netip.ParseAddr(strings.Trim(s, "[]"))
 	if err != nil {
-		return host
+		ap, perr := netip.ParseAddrPort(s)
+		if perr != nil {
+			return "", false
+		}
+		addr = ap.Addr()
 	}
 	addr = addr.Unmap()
 	if addr.Is4() {
-		return addr.String()
+		return addr.String(), true
 	}
-	return netip.PrefixFrom(addr.WithZone(""), 64).Masked().String()
+	return netip.PrefixFrom(addr.WithZone(""), 64).Masked().String(), true
 }
 
 type ctxKey int

@@ -100,6 +100,27 @@ func TestKnownBrowserSignsInPastTheAddressLimit(t *testing.T) {
 	acctRequireTooMany(t, acctLogin(owner, u.Email, acctNewPassword, acctFrom("192.0.2.13")...), int(limits.LoginPerAccount.Window.Seconds()))
 }
 
+// A browser known to one account is not known to another whose address
+// Unicode case folding equates with it (ſ folds to s; the database keeps
+// the two apart): an attacker's own cookie exempts nobody else's address.
+func TestKnownBrowserIsKnownToItsOwnAccountOnly(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	victim := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "sk@example.com"})
+	attacker := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "ſk@example.com"})
+	require.NotEqual(t, victim.ID, attacker.ID)
+	theirs := ta.browser()
+	mustRedirect(t, acctLogin(theirs, attacker.Email, storetest.DefaultPassword, acctFrom("192.0.2.20")...), "/dashboard")
+	require.Equal(t, http.StatusSeeOther, theirs.post("/logout", nil).Status)
+	limits := web.DefaultLimits()
+	perIP := limits.LoginPerAccountIP.Max - 1
+	for i := range limits.LoginPerAccount.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), victim.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.4.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
+	}
+
+	acctRequireTooMany(t, acctLogin(theirs, victim.Email, "one more guess", acctFrom("192.0.2.21")...), int(limits.LoginPerAccount.Window.Seconds()))
+}
+
 // Resetting the password through the emailed link proves the mailbox: the
 // failed sign-ins counted against the address stop holding it.
 func TestPasswordResetClearsTheSignInLimit(t *testing.T) {
