@@ -54,6 +54,9 @@ func (s *server) requireAPIKey(next http.Handler) http.Handler {
 			// others' failures from the same address (a NAT, an office):
 			// keys are 256-bit, the limit is a signal, not the defence.
 			ok, retry, herr := s.store.Hit(r.Context(), "apikey-fail:ip:"+web.ClientIP(r, s.cfg.TrustProxy), apiKeyFailuresPerIP)
+			if herr != nil {
+				s.logger.WarnContext(r.Context(), "count an invalid API key", "err", herr)
+			}
 			if herr == nil && !ok {
 				w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
 				writeProblem(w, r, http.StatusTooManyRequests, "too_many_failures",

@@ -54,6 +54,9 @@ func TestAdjustmentKeyedBeforeItsClaimIsReplayed(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))
 
+	// Other values under the old key are refused, and leave no claim.
+	_, err = st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 41, Kind: store.GrantAdmin, Actor: &admin.ID, Reason: "before 00009", Key: key, Via: "web"})
+	require.Equal(t, store.KindConflict, store.ErrorKind(err), "%v", err)
 	res, err := st.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 40, Kind: store.GrantAdmin, Actor: &admin.ID, Reason: "before 00009", Key: key, Via: "web"})
 	require.NoError(t, err)
 	require.True(t, res.Replayed)

@@ -512,12 +512,23 @@ SELECT created_at FROM credit_adjustments
 			// Additions keyed before credit_adjustments existed (migration
 			// 00009) were kept once by their grant's source alone, then
 			// "key:" + key: one sent again is a replay, not a new grant.
-			var legacy bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM grants WHERE user_id = $1 AND source_kind = 'adjustment' AND source_id = 'key:' || $2)`,
-				a.UserID, a.Key).Scan(&legacy); err != nil {
+			var amount int64
+			var kind string
+			var expires *time.Time
+			var reason *string
+			err := tx.QueryRow(ctx, `SELECT g.amount, g.kind, g.expires_at,
+       (SELECT e.reason FROM ledger_entries e WHERE e.user_id = g.user_id AND e.grant_id = g.id ORDER BY e.id LIMIT 1)
+  FROM grants g WHERE g.user_id = $1 AND g.source_kind = 'adjustment' AND g.source_id = 'key:' || $2`,
+				a.UserID, a.Key).Scan(&amount, &kind, &expires, &reason)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+			case err != nil:
 				return fmt.Errorf("adjust: legacy key: %w", err)
-			}
-			if legacy {
+			default:
+				sameExpiry := (expires == nil) == (a.ExpiresAt == nil) && (expires == nil || expires.Equal(*a.ExpiresAt))
+				if amount != a.Delta || kind != a.Kind || !sameExpiry || reason == nil || *reason != a.Reason {
+					return Errorf(KindConflict, "This form was already used for another adjustment (%+d %s credits); nothing was changed. Reload the page to make a new one.", amount, kind)
+				}
 				b, err := BalanceOf(ctx, tx, a.UserID)
 				res.Balance, res.Replayed = b.Total, true
 				return err

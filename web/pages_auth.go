@@ -222,16 +222,16 @@ func (s *Site) Login() http.Handler {
 		// own limit, so guesses from one IP never lock its owner out; and a
 		// browser the owner signed in with before is exempt from the
 		// address's limit, so guesses from many IPs do not either.
+		// The per-IP limits first: a refused guess costs no more reads.
+		if s.limited(w, r, limitCheck{"login:ip:" + ip, s.limits.LoginPerIP}, limitCheck{loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP}) {
+			return
+		}
 		known, err := s.knownDevice(r, f.raw("email"))
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		checks := []limitCheck{{"login:ip:" + ip, s.limits.LoginPerIP}, {loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP}}
-		if !known {
-			checks = append(checks, limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount})
-		}
-		if s.limited(w, r, checks...) {
+		if !known && s.limited(w, r, limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
 			return
 		}
 		u, err := s.store.UserByEmail(ctx, strings.TrimSpace(f.raw("email")))

@@ -146,13 +146,21 @@ func (s *Site) ChangeEmail() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
-		f, page, ok := s.settingsPost(w, r, func(p *settingsPage, f *form) { p.EmailForm = f }, "current_password", "email")
-		if !ok {
+		// Each request may send an email to the address typed: counted per
+		// user and per address before the password is checked (hashing is
+		// the expensive part), whether or not it is right, and never
+		// cleared by a right one.
+		checks := []limitCheck{{"change-email:user:" + formatInt(u.ID), s.limits.ChangeEmailPerUser}}
+		if typed, err := store.NormalizeNewEmail(r.PostFormValue("email")); err == nil {
+			// The address is emailed: bounded per address too, or many
+			// accounts could flood one mailbox (taken or not, alike).
+			checks = append(checks, limitCheck{accountKey("change-email", typed), s.limits.MailPerAddress})
+		}
+		if s.limited(w, r, checks...) {
 			return
 		}
-		// Each request sends an email to the address typed: counted per
-		// user, never cleared by a right password (the sign-in counter is).
-		if s.limited(w, r, limitCheck{"change-email:user:" + formatInt(u.ID), s.limits.ChangeEmailPerUser}) {
+		f, page, ok := s.settingsPost(w, r, func(p *settingsPage, f *form) { p.EmailForm = f }, "current_password", "email")
+		if !ok {
 			return
 		}
 		email, err := store.NormalizeNewEmail(f.raw("email"))
@@ -163,11 +171,6 @@ func (s *Site) ChangeEmail() http.Handler {
 		}
 		if !f.ok() {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
-			return
-		}
-		// The address typed is emailed: bounded per address too, or many
-		// accounts could flood one mailbox (taken or not, counted alike).
-		if s.limited(w, r, limitCheck{accountKey("change-email", email), s.limits.MailPerAddress}) {
 			return
 		}
 		owner, err := s.store.EmailOwner(ctx, email)

@@ -41,13 +41,10 @@ type StripeEventWorker struct {
 
 // refundWaitWindow is how long a refund for a payment we do not know yet
 // (its checkout.session.completed still in flight) is retried before it is
-// recorded as failed; up to refundWaitLimit while that completion is
-// stored but not yet processed (after the workers were down for longer
-// than the window, both wait in the queue).
-const (
-	refundWaitWindow = time.Hour
-	refundWaitLimit  = 24 * time.Hour
-)
+// recorded as failed; longer while that completion is stored and its job
+// still to run (after the workers were down for longer than the window,
+// both wait in the queue).
+const refundWaitWindow = time.Hour
 
 // effects are what to count once the transaction committed.
 type effects struct {
@@ -372,17 +369,20 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 			return "", "", fx, fmt.Errorf("waiting for the payment it refunds to be fulfilled (checked every 30 s for an hour after the refund): %w",
 				river.JobSnooze(30*time.Second))
 		}
-		if waited < refundWaitLimit {
-			pending, err := store.PendingCheckoutNames(ctx, tx, ch.PaymentIntent.ID)
-			if err != nil {
-				return "", "", fx, err
-			}
-			if pending {
-				return "", "", fx, fmt.Errorf("waiting for the purchase it refunds, received and not yet processed (checked every 30 s, for up to a day after the refund): %w",
-					river.JobSnooze(30*time.Second))
-			}
+		pending, err := store.PendingCheckoutNames(ctx, tx, ch.PaymentIntent.ID)
+		if err != nil {
+			return "", "", fx, err
 		}
-		return store.OutcomeFailed, "no fulfilled payment for payment intent " + ch.PaymentIntent.ID, fx, nil
+		if pending {
+			return "", "", fx, fmt.Errorf("waiting for the purchase it refunds, received and not yet processed (checked every 30 s while its job is queued): %w",
+				river.JobSnooze(30*time.Second))
+		}
+		// The purchase may have been applied between the two reads (each
+		// statement sees what is committed when it starts): look again.
+		pay, err = store.LockPaymentByIntent(ctx, tx, ch.PaymentIntent.ID)
+		if store.ErrorKind(err) == store.KindNotFound || (err == nil && pay.GrantID == nil) {
+			return store.OutcomeFailed, "no fulfilled payment for payment intent " + ch.PaymentIntent.ID, fx, nil
+		}
 	}
 	if err != nil {
 		return "", "", fx, err

@@ -164,10 +164,15 @@ func TestMailToOneAddressIsLimited(t *testing.T) {
 	}
 	require.Equal(t, 2*limit.Max, toVictim(), "emails to one address beyond its limits")
 
-	// An address without an account is counted alike: the same answers.
+	// An address without an account is counted alike: the same answers,
+	// and its counter grows the same.
 	for i := range limit.Max + 1 {
 		acctRequireStatus(t, ta.browser().post("/password/forgot", url.Values{"email": {"nobody@example.com"}}, acctFrom(fmt.Sprintf("192.0.2.%d", i+1))...), http.StatusOK)
 	}
+	var counted int
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(),
+		`SELECT hits FROM rate_limits WHERE key LIKE 'forgot:acct:%' AND hits = $1`, limit.Max+1).Scan(&counted))
+	require.Equal(t, limit.Max+1, counted)
 }
 
 // Each change of address emails the address typed: many accounts asking
