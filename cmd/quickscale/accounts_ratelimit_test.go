@@ -43,11 +43,7 @@ func TestLoginIsLimitedPerAccountAcrossIPs(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
 	storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "target@example.com"})
 	limits := web.DefaultLimits()
-	perIP := limits.LoginPerAccountIP.Max - 1
-	for i := range limits.LoginPerAccount.Max {
-		r := acctLogin(ta.browser(), "target@example.com", "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.0.%d.1", i/perIP))...)
-		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
-	}
+	acctFillAddressLimit(t, ta, "target@example.com", "10.0")
 
 	r := acctLogin(ta.browser(), "TARGET@example.com", "one more guess", acctFrom("10.1.0.1")...)
 
@@ -82,10 +78,7 @@ func TestKnownBrowserSignsInPastTheAddressLimit(t *testing.T) {
 	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom("192.0.2.10")...), "/dashboard")
 	require.Equal(t, http.StatusSeeOther, owner.post("/logout", nil).Status)
 	limits := web.DefaultLimits()
-	perIP := limits.LoginPerAccountIP.Max - 1
-	for i := range limits.LoginPerAccount.Max {
-		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.2.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
-	}
+	acctFillAddressLimit(t, ta, u.Email, "10.2")
 	acctRequireTooMany(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword, acctFrom("192.0.2.11")...), int(limits.LoginPerAccount.Window.Seconds()))
 
 	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom("192.0.2.12")...), "/dashboard")
@@ -94,9 +87,7 @@ func TestKnownBrowserSignsInPastTheAddressLimit(t *testing.T) {
 	// limit applies to it again.
 	mustRedirect(t, owner.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
 	require.Equal(t, http.StatusSeeOther, owner.post("/logout", nil).Status)
-	for i := range limits.LoginPerAccount.Max {
-		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.3.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
-	}
+	acctFillAddressLimit(t, ta, u.Email, "10.3")
 	acctRequireTooMany(t, acctLogin(owner, u.Email, acctNewPassword, acctFrom("192.0.2.13")...), int(limits.LoginPerAccount.Window.Seconds()))
 }
 
@@ -113,10 +104,7 @@ func TestKnownBrowserIsKnownToItsOwnAccountOnly(t *testing.T) {
 	mustRedirect(t, acctLogin(theirs, attacker.Email, storetest.DefaultPassword, acctFrom("192.0.2.20")...), "/dashboard")
 	require.Equal(t, http.StatusSeeOther, theirs.post("/logout", nil).Status)
 	limits := web.DefaultLimits()
-	perIP := limits.LoginPerAccountIP.Max - 1
-	for i := range limits.LoginPerAccount.Max {
-		acctRequireStatus(t, acctLogin(ta.browser(), victim.Email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("10.4.%d.1", i/perIP))...), http.StatusUnprocessableEntity)
-	}
+	acctFillAddressLimit(t, ta, victim.Email, "10.4")
 
 	acctRequireTooMany(t, acctLogin(theirs, victim.Email, "one more guess", acctFrom("192.0.2.21")...), int(limits.LoginPerAccount.Window.Seconds()))
 }
@@ -290,4 +278,16 @@ func TestRateLimitsHoldAcrossReplicas(t *testing.T) {
 	r := ta.browser().post(srv.URL+"/login", url.Values{"email": {"replicas@example.com"}, "password": {"wrong password"}})
 
 	acctRequireTooMany(t, r, 900)
+}
+
+// acctFillAddressLimit makes LoginPerAccount failed sign-ins at email, each
+// IP (prefix.N.1) staying under its own limit for the address.
+func acctFillAddressLimit(t *testing.T, ta *testApp, email, prefix string) {
+	t.Helper()
+	limits := web.DefaultLimits()
+	perIP := limits.LoginPerAccountIP.Max - 1
+	for i := range limits.LoginPerAccount.Max {
+		r := acctLogin(ta.browser(), email, "guess "+strconv.Itoa(i), acctFrom(fmt.Sprintf("%s.%d.1", prefix, i/perIP))...)
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	}
 }
