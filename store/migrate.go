@@ -55,7 +55,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (Migr
 	}
 	applied, err := provider.Up(ctx)
 	if err != nil {
-		return res, fmt.Errorf("apply app migrations: %w", err)
+		return res, fmt.Errorf("apply app migrations: %w%s", err, migrateHint(err))
 	}
 	for _, r := range applied {
 		res.App = append(res.App, path.Base(r.Source.Path))
@@ -75,6 +75,19 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (Migr
 		logger.Info("applied river migration", "version", v.Version, "name", v.Name)
 	}
 	return res, nil
+}
+
+// migrateHint adds what an operator can do about a migration error, when
+// there is something.
+func migrateHint(err error) string {
+	// PostgreSQL 15 lets only a superuser, or a role granted the parameter,
+	// name a parameter no extension defines in a function's SET clause
+	// (00005 onwards: SET quickscale.ledger = 'on').
+	if strings.Contains(err.Error(), `permission denied to set parameter "quickscale.`) {
+		return "; the ledger functions set quickscale.ledger, which PostgreSQL lets only a superuser or a role granted it put in a function:" +
+			" run `quickscale migrate up` as a superuser, or have one run GRANT SET ON PARAMETER quickscale.ledger TO <this role> (README, \"The database role\")"
+	}
+	return ""
 }
 
 // MigrationStatus describes how far the database is from the migrations

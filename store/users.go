@@ -365,10 +365,13 @@ func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit i
 	if n, err := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(q), "#"), 10, 64); err == nil {
 		id = n
 	}
+	// Planned with the pattern in hand (customPlan): a rare one is answered
+	// from the trigram index (00013), a common one by walking ids newest
+	// first; a generic plan would pick one way for both.
 	rows, err := s.pool.Query(ctx, `SELECT id, coalesce(email, '') AS email, coalesce(password_hash, '') AS password_hash,
        role, email_verified_at, session_epoch, created_at FROM users
  WHERE id < $1 AND ((deleted_at IS NULL AND lower(email) LIKE $2) OR id = $4)
- ORDER BY id DESC LIMIT $3`, before, pattern, limit+1, id)
+ ORDER BY id DESC LIMIT $3`, customPlan, before, pattern, limit+1, id)
 	if err != nil {
 		return UserPage{}, err
 	}
