@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -42,8 +43,10 @@ func TestMigrateFindsTrigramExtensionInAnotherSchema(t *testing.T) {
 	pool := emptyDatabase(t)
 	_, err := pool.Exec(ctx, `CREATE SCHEMA extensions; CREATE EXTENSION pg_trgm SCHEMA extensions`)
 	require.NoError(t, err)
-	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	var log bytes.Buffer
+	_, err = store.Migrate(ctx, pool, slog.New(slog.NewTextHandler(&log, nil)))
 	require.NoError(t, err)
+	require.NotContains(t, log.String(), "trigram")
 	require.Contains(t, searchIndexDef(t, pool), "USING gin (lower(email) extensions.gin_trgm_ops)")
 }
 
@@ -96,8 +99,10 @@ func TestMigrateAsAnOrdinaryRoleWithoutTrigramExtension(t *testing.T) {
 	require.ErrorContains(t, err, "GRANT SET ON PARAMETER quickscale.ledger TO")
 	_, err = admin.Exec(ctx, `GRANT SET ON PARAMETER quickscale.ledger TO `+role)
 	require.NoError(t, err)
-	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	var log bytes.Buffer
+	_, err = store.Migrate(ctx, pool, slog.New(slog.NewTextHandler(&log, nil)))
 	require.NoError(t, err)
+	require.Contains(t, log.String(), "level=WARN msg=\"admin search by address has no trigram index")
 	st, err := store.Status(ctx, pool)
 	require.NoError(t, err)
 	require.True(t, st.Current(), st.Problem())
