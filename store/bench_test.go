@@ -319,9 +319,18 @@ func BenchmarkAdminUserSearch(b *testing.B) {
 		b.Fatal(err)
 	}
 	_, err := st.Pool().Exec(ctx, `INSERT INTO users (email, password_hash, email_verified_at)
-SELECT 'p' || g || '.' || left(md5(g::text), 6) || '@' || (ARRAY['mail.example.com', 'example.org', 'corp.example.net', 'inbox.example'])[1 + g % 4],
+SELECT f || (ARRAY['.', '_', '', '.'])[1 + g % 4] || l || g || '@' ||
+       CASE WHEN g % 5 < 3 THEN (ARRAY['gmail.com', 'yahoo.com', 'outlook.com', 'hotmail.com', 'icloud.com', 'proton.me'])[1 + g % 6]
+            ELSE 'company' || ((g / 5) % 4000) || '.example' END,
        'not-a-hash', now()
-  FROM generate_series(1, $1::int) g`, n)
+  FROM generate_series(1, $1::int) g,
+       LATERAL (SELECT (ARRAY['anna', 'ben', 'carla', 'dmitri', 'elena', 'farid', 'grace', 'hugo', 'ines', 'jonas', 'kim', 'lena',
+                              'marco', 'nina', 'omar', 'paula', 'quinn', 'rosa', 'sam', 'tariq', 'uma', 'victor', 'wei', 'yusuf', 'zoë',
+                              'maria', 'john', 'li', 'ana', 'david', 'sara', 'peter', 'chen', 'fatima', 'luca', 'mia', 'noah', 'emma', 'adam', 'eva'])[1 + (g * 7) % 40] AS f,
+                       (ARRAY['smith', 'garcia', 'müller', 'rossi', 'kowalski', 'nguyen', 'kim', 'silva', 'jones', 'brown', 'dubois', 'novak',
+                              'ivanova', 'yilmaz', 'khan', 'tanaka', 'olsen', 'murphy', 'peña', 'costa', 'wang', 'lee', 'martin', 'bernard',
+                              'fischer', 'weber', 'moreau', 'lopez', 'ali', 'singh', 'cohen', 'walker', 'young', 'king', 'wright', 'scott',
+                              'green', 'baker', 'adams', 'hall'])[1 + (g / 40) % 40] AS l) names`, n)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -358,18 +367,29 @@ SELECT 'p' || g || '.' || left(md5(g::text), 6) || '@' || (ARRAY['mail.example.c
 		storetest.Report(os.Stdout, "admin user search, 1,000,000 users, "+name, float64(times)/time.Since(start).Seconds(),
 			lat.Quantile(.5), lat.Quantile(.99), nil, "")
 	}
-	one := func(k int) bool { return k == 1 }
+	some := func(k int) bool { return k >= 1 }
 	page := func(k int) bool { return k == 50 }
 	none := func(k int) bool { return k == 0 }
-	run("an address", 300, email, one)
-	run("part of a name", 300, func() string { e := email(); return e[:strings.IndexByte(e, '.')+1] }, one)
-	run("a domain (a full page)", 300, func() string { return "corp.example" }, page)
+	// Short fragments support might type: some match many users, some
+	// (with these addresses) nobody.
+	matching, matchless := []string{"a.c", "peña", "zoë", "ann", "1995"}, []string{"e@g", "n_s", "m@gmail.com"}
+	pick := func(from []string) func() string { return func() string { return from[r.IntN(len(from))] } }
+	anyCount := func(int) bool { return true }
+	run("an address", 300, email, some)
+	run("a name and number (anna.smith12)", 300, func() string { e := email(); return e[:strings.IndexByte(e, '@')] }, some)
+	run("a company's domain", 300, func() string { return fmt.Sprintf("@company%d.example", r.IntN(4000)) }, some)
+	run("a mail provider's domain", 300, func() string { return "gmail.com" }, page)
+	run("fragments with matches ("+strings.Join(matching, " ")+")", 100, pick(matching), anyCount)
+	run("fragments matching nobody ("+strings.Join(matchless, " ")+")", 30, pick(matchless), none)
 	run("nobody (no match)", 300, func() string { return fmt.Sprintf("nobody%d@", r.IntN(1000)) }, none)
 	run("everyone (the newest 50)", 300, func() string { return "" }, page)
 	if _, err := st.Pool().Exec(ctx, `DROP INDEX users_email_search_idx`); err != nil {
 		b.Fatal(err)
 	}
-	run("an address, without the index", 10, email, one)
+	run("an address, without the index", 10, email, some)
+	run("fragments with matches, without the index", 30, pick(matching), anyCount)
+	run("fragments matching nobody, without the index", 10, pick(matchless), none)
+	run("a company's domain, without the index", 10, func() string { return fmt.Sprintf("@company%d.example", r.IntN(4000)) }, some)
 }
 
 // seedHistory gives a user n usages of svc in bulk, with their entries

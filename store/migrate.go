@@ -62,14 +62,14 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (Migr
 		logger.Info("applied app migration", "file", path.Base(r.Source.Path), "duration", r.Duration)
 	}
 
-	// 00013 goes on without the admin search's index where the role cannot
-	// create pg_trgm; its own warning is a server notice nobody sees.
+	// 00013 goes on without the admin search's index where it cannot be
+	// made; its own warning is a server notice nobody sees.
 	var searchIndexed bool
 	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'users_email_search_idx')`).Scan(&searchIndexed); err != nil {
 		return res, fmt.Errorf("look for the search index: %w", err)
 	}
 	if !searchIndexed {
-		logger.Warn("admin search by address has no trigram index and reads every user: this role could not create the pg_trgm extension " +
+		logger.Warn("admin search by address has no trigram index and reads every user: pg_trgm or the index could not be made with this role " +
 			"(README, \"The database role\", says how to add the index later)")
 	}
 

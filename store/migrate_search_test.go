@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -30,9 +31,43 @@ func searchIndexDef(t *testing.T, pool *pgxpool.Pool) string {
 
 func TestUserSearchHasATrigramIndex(t *testing.T) {
 	t.Parallel()
-	def := searchIndexDef(t, storetest.NewPool(t))
+	pool := storetest.NewPool(t)
+	def := searchIndexDef(t, pool)
 	require.Contains(t, def, "USING gin (lower(email) gin_trgm_ops)")
-	require.NotContains(t, def, "WHERE", "a partial index keeps no statistics of lower(email) for the planner")
+	require.NotContains(t, def, "WHERE", "the planner ignores the statistics of a partial index's expression")
+	var target int
+	require.NoError(t, pool.QueryRow(context.Background(),
+		`SELECT attstattarget FROM pg_attribute WHERE attrelid = 'users_email_search_idx'::regclass AND attnum = 1`).Scan(&target))
+	require.Equal(t, 1000, target)
+}
+
+// Upgrading a database that has users: the index is made and its
+// statistics are there at once (autovacuum would wait for a tenth of the
+// users to change). An index of that name made beforehand (CONCURRENTLY,
+// by an operator avoiding the lock) is kept, not an error.
+func TestMigration13OnExistingUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, premade := range []bool{false, true} {
+		t.Run(fmt.Sprintf("index made beforehand %v", premade), func(t *testing.T) {
+			t.Parallel()
+			pool := migrateUpTo(t, 12)
+			_, err := pool.Exec(ctx, `INSERT INTO users (email, password_hash) SELECT 'u' || g || '@example.com', 'x' FROM generate_series(1, 2000) g`)
+			require.NoError(t, err)
+			if premade {
+				_, err = pool.Exec(ctx, `CREATE EXTENSION pg_trgm`)
+				require.NoError(t, err)
+				_, err = pool.Exec(ctx, `CREATE INDEX CONCURRENTLY users_email_search_idx ON users USING gin (lower(email) gin_trgm_ops)`)
+				require.NoError(t, err)
+			}
+			_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+			require.NoError(t, err)
+			require.Contains(t, searchIndexDef(t, pool), "gin_trgm_ops")
+			var sampled int
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_stats WHERE tablename = 'users_email_search_idx'`).Scan(&sampled))
+			require.Equal(t, 1, sampled, "no statistics of lower(email) after the migration")
+		})
+	}
 }
 
 // An installation where pg_trgm lives in a schema of its own (as on some
@@ -50,24 +85,17 @@ func TestMigrateFindsTrigramExtensionInAnotherSchema(t *testing.T) {
 	require.Contains(t, searchIndexDef(t, pool), "USING gin (lower(email) extensions.gin_trgm_ops)")
 }
 
-// A role that is not a superuser can migrate and run QuickScale once it is
-// granted quickscale.ledger (README, "The database role"). Where pg_trgm
-// cannot be created (here: the role has no CREATE on its database;
-// elsewhere: an installation without PostgreSQL's contrib), migrations
-// still complete, without the search index, and search still answers.
-func TestMigrateAsAnOrdinaryRoleWithoutTrigramExtension(t *testing.T) {
-	t.Parallel()
+// ordinaryRole creates a login role that is not a superuser, owning
+// nothing. Call it before making the test's database: the role is dropped
+// after it.
+func ordinaryRole(t *testing.T, admin *pgx.Conn) (role, password string) {
+	t.Helper()
 	ctx := context.Background()
 	secret := make([]byte, 8)
 	_, _ = rand.Read(secret)
-	role, password := "qs_t_notrgm_"+hex.EncodeToString(secret[:4]), hex.EncodeToString(secret)
-	admin, err := pgx.Connect(ctx, storetest.ServerURL())
+	role, password = "qs_t_role_"+hex.EncodeToString(secret[:4]), hex.EncodeToString(secret)
+	_, err := admin.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, role, password))
 	require.NoError(t, err)
-	defer admin.Close(ctx)
-	_, err = admin.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, role, password))
-	require.NoError(t, err)
-	// Registered before the database's own clean-up, so it runs after the
-	// database (and what the role owns in it) is gone.
 	t.Cleanup(func() {
 		c, err := pgx.Connect(context.Background(), storetest.ServerURL())
 		if err != nil {
@@ -75,6 +103,8 @@ func TestMigrateAsAnOrdinaryRoleWithoutTrigramExtension(t *testing.T) {
 			return
 		}
 		defer c.Close(context.Background())
+		// The database is dropped first (its clean-up was registered
+		// before this one), taking what the role owned in it.
 		if _, err := c.Exec(context.Background(), `REVOKE SET ON PARAMETER quickscale.ledger FROM `+role); err != nil {
 			t.Errorf("revoke from role %s: %v", role, err)
 		}
@@ -82,45 +112,152 @@ func TestMigrateAsAnOrdinaryRoleWithoutTrigramExtension(t *testing.T) {
 			t.Errorf("drop role %s: %v", role, err)
 		}
 	})
+	return role, password
+}
 
-	owner := emptyDatabase(t)
-	_, err = owner.Exec(ctx, `GRANT ALL ON SCHEMA public TO `+role)
-	require.NoError(t, err)
-	cfg := owner.Config().ConnConfig
+// roleURL is the URL of pool's database as role.
+func roleURL(pool *pgxpool.Pool, role, password string) string {
+	cfg := pool.Config().ConnConfig
 	u := url.URL{Scheme: "postgres", User: url.UserPassword(role, password), Host: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port),
 		Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
-	pool, err := store.OpenPool(ctx, u.String(), store.PoolOptions{MaxConns: 4})
-	require.NoError(t, err)
-	defer pool.Close()
+	return u.String()
+}
 
-	// Without the parameter granted, the ledger functions cannot be made,
-	// and the error says what to do.
-	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-	require.ErrorContains(t, err, "GRANT SET ON PARAMETER quickscale.ledger TO")
-	_, err = admin.Exec(ctx, `GRANT SET ON PARAMETER quickscale.ledger TO `+role)
-	require.NoError(t, err)
-	var log bytes.Buffer
-	_, err = store.Migrate(ctx, pool, slog.New(slog.NewTextHandler(&log, nil)))
-	require.NoError(t, err)
-	require.Contains(t, log.String(), "level=WARN msg=\"admin search by address has no trigram index")
-	st, err := store.Status(ctx, pool)
-	require.NoError(t, err)
-	require.True(t, st.Current(), st.Problem())
-	require.Empty(t, searchIndexDef(t, pool))
+// A role that is not a superuser can migrate and run QuickScale once it is
+// granted quickscale.ledger (README, "The database role"). Where the
+// search index cannot be made, migrations still complete without it, say
+// so, and search still answers: here because the role may not create
+// pg_trgm (no CREATE on its database; elsewhere: no contrib), or because
+// pg_trgm is installed in a schema the role may not use.
+func TestMigrateAsAnOrdinaryRoleWithoutTrigramIndex(t *testing.T) {
+	t.Parallel()
+	for _, why := range []string{"no CREATE on the database", "pg_trgm in a schema it may not use"} {
+		t.Run(why, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			admin, err := pgx.Connect(ctx, storetest.ServerURL())
+			require.NoError(t, err)
+			defer admin.Close(ctx)
+			role, password := ordinaryRole(t, admin)
+			owner := emptyDatabase(t)
+			_, err = owner.Exec(ctx, `GRANT ALL ON SCHEMA public TO `+role)
+			require.NoError(t, err)
+			if why == "pg_trgm in a schema it may not use" {
+				_, err = owner.Exec(ctx, `CREATE SCHEMA locked; CREATE EXTENSION pg_trgm SCHEMA locked`)
+				require.NoError(t, err)
+			}
+			pool, err := store.OpenPool(ctx, roleURL(owner, role, password), store.PoolOptions{MaxConns: 4})
+			require.NoError(t, err)
+			defer pool.Close()
 
-	s := store.New(pool, nil)
-	ann := storetest.NewUser(t, s, storetest.UserOpts{Email: "ann.search@example.com"})
-	storetest.NewUser(t, s, storetest.UserOpts{Email: "bob.search@example.com"})
-	page, err := s.SearchUsers(ctx, "ANN.SEARCH", 0, 10)
-	require.NoError(t, err)
-	require.Len(t, page.Users, 1)
-	require.Equal(t, ann.ID, page.Users[0].ID)
+			// Without the parameter granted, the ledger functions cannot be
+			// made, and the error says what to do.
+			_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+			require.ErrorContains(t, err, "GRANT SET ON PARAMETER quickscale.ledger TO")
+			_, err = admin.Exec(ctx, `GRANT SET ON PARAMETER quickscale.ledger TO `+role)
+			require.NoError(t, err)
+			var log bytes.Buffer
+			_, err = store.Migrate(ctx, pool, slog.New(slog.NewTextHandler(&log, nil)))
+			require.NoError(t, err)
+			require.Contains(t, log.String(), "level=WARN msg=\"admin search by address has no trigram index")
+			st, err := store.Status(ctx, pool)
+			require.NoError(t, err)
+			require.True(t, st.Current(), st.Problem())
+			require.Empty(t, searchIndexDef(t, pool))
 
-	// The ledger runs for a role that is not a superuser.
-	svc := storetest.NewService(t, s, storetest.ServiceOpts{Slug: "search-test", Cost: 3})
-	storetest.NewGrant(t, s, ann.ID, storetest.GrantOpts{Kind: "pack", Amount: 10})
-	usage, _, err := s.Consume(ctx, store.ConsumeRequest{UserID: ann.ID, Service: svc, IdempotencyKey: "k1"})
+			s := store.New(pool, nil)
+			ann := storetest.NewUser(t, s, storetest.UserOpts{Email: "ann.search@example.com"})
+			storetest.NewUser(t, s, storetest.UserOpts{Email: "bob.search@example.com"})
+			page, err := s.SearchUsers(ctx, "ANN.SEARCH", 0, 10)
+			require.NoError(t, err)
+			require.Len(t, page.Users, 1)
+			require.Equal(t, ann.ID, page.Users[0].ID)
+
+			// The ledger runs for a role that is not a superuser.
+			svc := storetest.NewService(t, s, storetest.ServiceOpts{Slug: "search-test", Cost: 3})
+			storetest.NewGrant(t, s, ann.ID, storetest.GrantOpts{Kind: "pack", Amount: 10})
+			usage, _, err := s.Consume(ctx, store.ConsumeRequest{UserID: ann.ID, Service: svc, IdempotencyKey: "k1"})
+			require.NoError(t, err)
+			require.Equal(t, int64(7), usage.Balance)
+			require.Empty(t, storetest.Violations(t, s))
+		})
+	}
+}
+
+// Search finds the same users, in the same pages, whether PostgreSQL reads
+// them through the trigram index or walks them: LIKE's wildcards in what
+// support typed match themselves, case does not matter, a number is also an
+// id (deleted accounts included).
+func TestSearchUsersSameThroughTrigramIndex(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := storetest.NewDatabase(t)
+	walk, err := store.OpenPool(ctx, dbURL, store.PoolOptions{MaxConns: 2})
 	require.NoError(t, err)
-	require.Equal(t, int64(7), usage.Balance)
-	require.Empty(t, storetest.Violations(t, s))
+	defer walk.Close()
+	// With plain index and sequential scans off, the only way left to the
+	// LIKE is the trigram index (a bitmap scan).
+	viaIndex, err := store.OpenPool(ctx, dbURL+"&enable_indexscan=off&enable_seqscan=off", store.PoolOptions{MaxConns: 2})
+	require.NoError(t, err)
+	defer viaIndex.Close()
+	// Enough other users that reading them all by id costs more than the
+	// trigram index (none matches a search below but "").
+	_, err = walk.Exec(ctx, `INSERT INTO users (email, password_hash) SELECT 'f' || g || '@filler.invalid', 'x' FROM generate_series(1, 100000) g`)
+	require.NoError(t, err)
+	_, err = walk.Exec(ctx, `ANALYZE users`)
+	require.NoError(t, err)
+	rows, err := viaIndex.Query(ctx, `EXPLAIN SELECT id FROM users WHERE id < 9223372036854775807 AND ((deleted_at IS NULL AND lower(email) LIKE '%ann%') OR id = 1) ORDER BY id DESC LIMIT 3`)
+	require.NoError(t, err)
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Contains(t, fmt.Sprint(lines), "users_email_search_idx", "the test's premise: the search reads the trigram index")
+
+	_, err = walk.Exec(ctx, `INSERT INTO users (email, password_hash) VALUES
+ ('ann_smith@example.com', 'x'), ('annXsmith@example.com', 'x'), ('ann%smith@example.com', 'x'),
+ ('ann\smith@example.com', 'x'), ('ANNE.Smith@Example.org', 'x'), ('joanna@example.net', 'x'),
+ ('zoë.ann@example.net', 'x'), ('bob@example.com', 'x'), ('b.o.b@example.com', 'x')`)
+	require.NoError(t, err)
+	var deleted int64
+	require.NoError(t, walk.QueryRow(ctx, `INSERT INTO users (email, password_hash, deleted_at) VALUES (NULL, NULL, now()) RETURNING id`).Scan(&deleted))
+
+	// The first pages of a search (at most five).
+	ids := func(pool *pgxpool.Pool, q string, pageSize int) [][]int64 {
+		st := store.New(pool, nil)
+		var pages [][]int64
+		for before := int64(0); len(pages) < 5; {
+			p, err := st.SearchUsers(ctx, q, before, pageSize)
+			require.NoError(t, err)
+			var page []int64
+			for _, u := range p.Users {
+				page = append(page, u.ID)
+			}
+			pages = append(pages, page)
+			if p.NextCursor == 0 {
+				return pages
+			}
+			before = p.NextCursor
+		}
+		return pages
+	}
+	emails := func(pool *pgxpool.Pool, q string) []string {
+		p, err := store.New(pool, nil).SearchUsers(ctx, q, 0, 50)
+		require.NoError(t, err)
+		var out []string
+		for _, u := range p.Users {
+			out = append(out, u.Email)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, q := range []string{"ann", "ANN_SMITH", "ann%s", `ann\s`, "smith@", "example", "zoë", "b.o", "nobody", "", fmt.Sprint(deleted)} {
+		for _, size := range []int{50, 2} {
+			require.Equal(t, ids(walk, q, size), ids(viaIndex, q, size), "search %q, %d a page", q, size)
+		}
+	}
+	require.Equal(t, []string{"ann_smith@example.com"}, emails(viaIndex, "ANN_SMITH"))
+	require.Equal(t, []string{"ann%smith@example.com"}, emails(viaIndex, "ann%s"))
+	require.Equal(t, []string{`ann\smith@example.com`}, emails(viaIndex, `ann\s`))
+	require.Equal(t, []string{"ANNE.Smith@Example.org", "ann%smith@example.com", "annXsmith@example.com", `ann\smith@example.com`, "ann_smith@example.com", "joanna@example.net", "zoë.ann@example.net"},
+		emails(viaIndex, "ann"))
+	require.Equal(t, [][]int64{{deleted}}, ids(viaIndex, fmt.Sprint(deleted), 50))
 }
