@@ -62,15 +62,8 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (Migr
 		logger.Info("applied app migration", "file", path.Base(r.Source.Path), "duration", r.Duration)
 	}
 
-	// 00013 goes on without the admin search's index where it cannot be
-	// made; its own warning is a server notice nobody sees.
-	var searchIndexed bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'users_email_search_idx')`).Scan(&searchIndexed); err != nil {
-		return res, fmt.Errorf("look for the search index: %w", err)
-	}
-	if !searchIndexed {
-		logger.Warn("admin search by address has no trigram index and reads every user: pg_trgm or the index could not be made with this role " +
-			"(README, \"The database role\", says how to add the index later)")
+	if err := checkSearchIndex(ctx, pool, logger); err != nil {
+		return res, err
 	}
 
 	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: logger})
@@ -86,6 +79,36 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) (Migr
 		logger.Info("applied river migration", "version", v.Version, "name", v.Name)
 	}
 	return res, nil
+}
+
+// checkSearchIndex warns when the admin search's trigram index (00013) is
+// missing or is not the index search needs: 00013 goes on without it where
+// it cannot be made, and keeps an index of that name made beforehand,
+// whatever it is (its own warnings are server notices, which only a
+// logging pool shows).
+func checkSearchIndex(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
+	var state string
+	err := pool.QueryRow(ctx, `SELECT CASE
+  WHEN to_regclass('users_email_search_idx') IS NULL THEN 'missing'
+  WHEN NOT EXISTS (SELECT 1 FROM pg_index i
+                    WHERE i.indexrelid = to_regclass('users_email_search_idx') AND i.indrelid = to_regclass('users')) THEN 'not an index of users'
+  WHEN (SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass('users_email_search_idx')) THEN 'invalid (a CREATE INDEX CONCURRENTLY that did not finish)'
+  WHEN (SELECT i.indpred IS NOT NULL FROM pg_index i WHERE i.indexrelid = to_regclass('users_email_search_idx')) THEN 'partial (the planner would ignore its statistics)'
+  WHEN pg_get_indexdef(to_regclass('users_email_search_idx')) !~ 'USING gin \(lower\(email\) ([a-z_0-9]+\.)?gin_trgm_ops\)$' THEN 'not a trigram index of lower(email)'
+  ELSE 'ok' END`).Scan(&state)
+	if err != nil {
+		return fmt.Errorf("look for the search index: %w", err)
+	}
+	switch state {
+	case "ok":
+	case "missing":
+		logger.Warn("admin search by address has no trigram index and reads every user: pg_trgm or the index could not be made with this role " +
+			"(README, \"The database role\", says how to add the index later)")
+	default:
+		logger.Warn("admin search by address will not use users_email_search_idx: the index of that name is "+state+
+			"; drop it and make it as README, \"The database role\", says", "index", state)
+	}
+	return nil
 }
 
 // migrateHint adds what an operator can do about a migration error, when

@@ -54,6 +54,9 @@ type PoolOptions struct {
 	MaxConns int32
 	// AppName shows in pg_stat_activity.
 	AppName string
+	// Logger, when set, receives what the server says besides answers:
+	// warnings (e.g. a migration's) at warn level, notices at debug.
+	Logger *slog.Logger
 }
 
 // OpenPool connects to Postgres with bounded pool settings and checks the
@@ -76,6 +79,15 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 	}
 	if opts.AppName != "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = opts.AppName
+	}
+	if l := opts.Logger; l != nil {
+		cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			level := slog.LevelDebug
+			if n.Severity == "WARNING" {
+				level = slog.LevelWarn
+			}
+			l.Log(context.Background(), level, "postgres: "+n.Message, "severity", n.Severity, "code", n.Code)
+		}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

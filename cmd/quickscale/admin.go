@@ -37,7 +37,7 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
-	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 4, AppName: "quickscale-" + name})
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 4, AppName: "quickscale-" + name, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}

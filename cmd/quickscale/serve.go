@@ -73,7 +73,7 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		}
 		defer stop()
 	}
-	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: cfg.DatabaseMaxConns, AppName: "quickscale-" + mode})
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: cfg.DatabaseMaxConns, AppName: "quickscale-" + mode, Logger: logger})
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
