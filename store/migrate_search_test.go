@@ -94,7 +94,7 @@ func TestMigration13FailsOnALockTimeout(t *testing.T) {
 	require.NoError(t, err)
 	_, err = holder.Exec(ctx, `LOCK TABLE users IN ROW EXCLUSIVE MODE`)
 	require.NoError(t, err)
-	impatient, err := store.OpenPool(ctx, connString(pool)+"&lock_timeout=300", store.PoolOptions{MaxConns: 2})
+	impatient, err := store.OpenPool(ctx, poolURL(pool, "", "")+"&lock_timeout=300", store.PoolOptions{MaxConns: 2})
 	require.NoError(t, err)
 	defer impatient.Close()
 	_, err = store.Migrate(ctx, impatient, slog.New(slog.DiscardHandler))
@@ -107,16 +107,6 @@ func TestMigration13FailsOnALockTimeout(t *testing.T) {
 	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Contains(t, searchIndexDef(t, pool), "gin_trgm_ops")
-}
-
-// connString is the URL of pool's database, as pool's user.
-func connString(pool *pgxpool.Pool) string {
-	cfg := pool.Config().ConnConfig
-	u := url.URL{Scheme: "postgres", Host: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
-	if cfg.User != "" {
-		u.User = url.UserPassword(cfg.User, cfg.Password)
-	}
-	return u.String()
 }
 
 // An installation where pg_trgm lives in a schema of its own (as on some
@@ -178,11 +168,17 @@ func onParameterACL(ctx context.Context, admin *pgx.Conn, stmt string) error {
 	})
 }
 
-// roleURL is the URL of pool's database as role.
-func roleURL(pool *pgxpool.Pool, role, password string) string {
+// poolURL is the URL of pool's database as user (pool's own when user is
+// "").
+func poolURL(pool *pgxpool.Pool, user, password string) string {
 	cfg := pool.Config().ConnConfig
-	u := url.URL{Scheme: "postgres", User: url.UserPassword(role, password), Host: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port),
-		Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
+	if user == "" {
+		user, password = cfg.User, cfg.Password
+	}
+	u := url.URL{Scheme: "postgres", Host: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
+	if user != "" {
+		u.User = url.UserPassword(user, password)
+	}
 	return u.String()
 }
 
@@ -209,7 +205,7 @@ func TestMigrateAsAnOrdinaryRoleWithoutTrigramIndex(t *testing.T) {
 				_, err = owner.Exec(ctx, `CREATE SCHEMA locked; CREATE EXTENSION pg_trgm SCHEMA locked`)
 				require.NoError(t, err)
 			}
-			pool, err := store.OpenPool(ctx, roleURL(owner, role, password), store.PoolOptions{MaxConns: 4})
+			pool, err := store.OpenPool(ctx, poolURL(owner, role, password), store.PoolOptions{MaxConns: 4})
 			require.NoError(t, err)
 			defer pool.Close()
 
