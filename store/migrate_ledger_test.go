@@ -150,50 +150,7 @@ func TestLedgerMigration11KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	_, err := st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 100}, nil)
 	require.NoError(t, err)
 
-	type snapshot struct {
-		balances []store.Balance
-		replays  []store.Usage
-		history  []store.HistoryItem
-		usages   []store.UsageRecord
-	}
-	take := func() snapshot {
-		var s snapshot
-		for _, id := range users {
-			b, err := st.Balance(ctx, id)
-			require.NoError(t, err)
-			s.balances = append(s.balances, b)
-			for cursor := int64(0); ; {
-				page, err := st.History(ctx, id, cursor, 2)
-				require.NoError(t, err)
-				s.history = append(s.history, page.Items...)
-				if cursor = page.NextCursor; cursor == 0 {
-					break
-				}
-			}
-			for cursor := int64(0); ; {
-				list, next, err := st.Usages(ctx, id, cursor, 2)
-				require.NoError(t, err)
-				s.usages = append(s.usages, list...)
-				if cursor = next; cursor == 0 {
-					break
-				}
-			}
-		}
-		// Replays through the lone path, then all at once through the batch
-		// function, which the migration replaced.
-		for _, r := range spends {
-			u, replayed, err := store.Consume(ctx, pool, r)
-			require.NoError(t, err)
-			require.True(t, replayed)
-			s.replays = append(s.replays, u)
-		}
-		for i, r := range st.ConsumeBatch(ctx, spends) {
-			require.NoError(t, r.Err)
-			require.True(t, r.Value.Replayed)
-			require.Equal(t, s.replays[i], r.Value.Usage, "spend %d replayed through the batch", i)
-		}
-		return s
-	}
+	take := func() ledgerSnapshot { return snapshotLedger(t, st, users, spends) }
 	before := take()
 	require.Len(t, before.replays[1].Drawn, 2, "the second spend should draw on two grants")
 	require.Empty(t, storetest.Violations(t, st))
@@ -259,4 +216,53 @@ func TestLedgerMigration11RefusesAnEntryNamingAnotherUsersUsage(t *testing.T) {
 	var pk string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usages_pkey'`).Scan(&pk))
 	require.Equal(t, "PRIMARY KEY (id)", pk, "nothing of 00011 should be applied")
+}
+
+// ledgerSnapshot is what a migration must leave as it was: users'
+// balances, history and usage pages, and what their spends replay (through
+// the lone path, then all at once through the batch function).
+type ledgerSnapshot struct {
+	balances []store.Balance
+	replays  []store.Usage
+	history  []store.HistoryItem
+	usages   []store.UsageRecord
+}
+
+func snapshotLedger(t *testing.T, st *store.Store, users []int64, spends []store.ConsumeRequest) ledgerSnapshot {
+	t.Helper()
+	ctx := context.Background()
+	var s ledgerSnapshot
+	for _, id := range users {
+		b, err := st.Balance(ctx, id)
+		require.NoError(t, err)
+		s.balances = append(s.balances, b)
+		for cursor := int64(0); ; {
+			page, err := st.History(ctx, id, cursor, 2)
+			require.NoError(t, err)
+			s.history = append(s.history, page.Items...)
+			if cursor = page.NextCursor; cursor == 0 {
+				break
+			}
+		}
+		for cursor := int64(0); ; {
+			list, next, err := st.Usages(ctx, id, cursor, 2)
+			require.NoError(t, err)
+			s.usages = append(s.usages, list...)
+			if cursor = next; cursor == 0 {
+				break
+			}
+		}
+	}
+	for _, r := range spends {
+		u, replayed, err := store.Consume(ctx, st.Pool(), r)
+		require.NoError(t, err)
+		require.True(t, replayed)
+		s.replays = append(s.replays, u)
+	}
+	for i, r := range st.ConsumeBatch(ctx, spends) {
+		require.NoError(t, r.Err)
+		require.True(t, r.Value.Replayed)
+		require.Equal(t, s.replays[i], r.Value.Usage, "spend %d replayed through the batch", i)
+	}
+	return s
 }

@@ -133,6 +133,16 @@ SELECT count(*) FROM ledger_entries e JOIN grants g ON g.id = e.grant_id WHERE g
 SELECT count(*) FROM ledger_entries e
  WHERE e.usage_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usages u WHERE u.user_id = e.user_id AND u.id = e.usage_id)`},
 	}
+	var keyed bool // grant_keys exists from migration 00015 on
+	if err := st.Pool().QueryRow(context.Background(), `SELECT to_regclass('grant_keys') IS NOT NULL`).Scan(&keyed); err != nil {
+		t.Fatalf("storetest: invariants: %v", err)
+	}
+	if keyed {
+		checks = append(checks, struct{ name, sql string }{"grant without its own key row, or a key row without its grant", `
+SELECT count(*) FROM grants g FULL JOIN grant_keys k ON k.grant_id = g.id
+ WHERE g.id IS NULL OR k.grant_id IS NULL
+    OR (k.user_id, k.source_kind, k.source_id) IS DISTINCT FROM (g.user_id, g.source_kind, g.source_id)`})
+	}
 	var out []string
 	for _, c := range checks {
 		var n int64
