@@ -31,6 +31,12 @@
 -- were); the uniqueness of a source is grant_keys_source_key's now, and
 -- ledger_grant looks a source up there.
 --
+-- It also drops two row locks that were logged for nothing: the grants'
+-- ledger guard becomes a statement trigger (a BEFORE ROW UPDATE trigger
+-- makes PostgreSQL lock every row it updates), and the sweep no longer
+-- locks the due grants (their accounts are locked). A spend writes one WAL
+-- record fewer per grant drawn, and the sweep one fewer per grant.
+--
 -- Like 00011 it re-checks every ledger entry's foreign key while holding
 -- the tables' locks: on a large database run it in a maintenance window.
 
@@ -69,9 +75,10 @@ BEGIN
 END;
 $$;
 -- +goose StatementEnd
--- Fires only for an UPDATE whose SET list names one of these columns: the
--- ledger's own updates (remaining, closed_at) never consider it.
-CREATE TRIGGER grants_identity_fixed BEFORE UPDATE OF id, user_id, source_kind, source_id ON grants
+-- Considered only for an UPDATE whose SET list names one of these columns:
+-- the ledger's own updates (remaining, closed_at) skip it. AFTER, not
+-- BEFORE: see below.
+CREATE TRIGGER grants_identity_fixed AFTER UPDATE OF id, user_id, source_kind, source_id ON grants
     FOR EACH ROW
     WHEN (NEW.id <> OLD.id OR NEW.user_id <> OLD.user_id
           OR NEW.source_kind <> OLD.source_kind OR NEW.source_id <> OLD.source_id)
@@ -80,6 +87,16 @@ CREATE TRIGGER grant_keys_append_only BEFORE UPDATE OR DELETE ON grant_keys
     FOR EACH ROW EXECUTE FUNCTION forbid_change();
 CREATE TRIGGER grant_keys_no_truncate BEFORE TRUNCATE ON grant_keys
     FOR EACH STATEMENT EXECUTE FUNCTION forbid_change();
+
+-- No BEFORE ROW UPDATE trigger on grants: with one, PostgreSQL locks each
+-- row before updating it, and logs that lock: one WAL record more for
+-- every grant a spend draws on and every grant the sweep closes. The
+-- ledger switch does not depend on the row, so its guard fires once per
+-- statement instead.
+DROP TRIGGER grants_change_only_in_ledger ON grants;
+CREATE TRIGGER grants_change_only_in_ledger BEFORE UPDATE ON grants FOR EACH STATEMENT
+    WHEN (current_setting('quickscale.ledger', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION ledger_refuse();
 
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_grant_id_user_id_fkey;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_grant_fkey
@@ -118,6 +135,53 @@ BEGIN
     VALUES (p_user_id, grant_id, p_entry_kind, p_amount, p_actor, p_reason);
     PERFORM set_config('quickscale.ledger', '', true);
     created := true;
+END;
+$$;
+-- +goose StatementEnd
+
+-- ledger_expire_due as in 00008, but the due grants are no longer locked
+-- before they are closed: the accounts of their users are (every writer of
+-- a grant locks its account first), and the lock was one more WAL record
+-- per grant, which the row trigger above used to write anyway.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION ledger_expire_due(p_max_grants integer, p_after timestamptz DEFAULT NULL)
+RETURNS TABLE (kind text, users bigint, grants bigint, credits bigint, last_expiry timestamptz)
+LANGUAGE plpgsql
+SET quickscale.ledger = 'on'
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_users bigint[];
+    v_last  timestamptz;
+    v_ignored text;
+BEGIN
+    v_ignored := set_config('synchronous_commit', 'off', true);
+    SELECT array_agg(DISTINCT d.user_id ORDER BY d.user_id), max(d.expires_at) INTO v_users, v_last
+      FROM (SELECT g.user_id, g.expires_at FROM grants g
+             WHERE g.closed_at IS NULL AND g.expires_at IS NOT NULL AND g.expires_at <= now()
+               AND g.expires_at >= coalesce(p_after, '-infinity')
+             ORDER BY g.expires_at
+             LIMIT p_max_grants) d;
+    IF v_users IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM accounts a WHERE a.user_id = ANY (v_users) ORDER BY a.user_id FOR UPDATE;
+    RETURN QUERY
+    WITH due AS (
+        SELECT g.id, g.user_id, g.kind, g.remaining
+          FROM grants g
+         WHERE g.user_id = ANY (v_users) AND g.closed_at IS NULL
+           AND g.expires_at IS NOT NULL AND g.expires_at <= now()
+         ORDER BY g.id
+    ), closed AS (
+        UPDATE grants g SET remaining = 0, closed_at = now() FROM due WHERE g.id = due.id
+    ), e AS (
+        INSERT INTO ledger_entries (user_id, grant_id, kind, amount)
+        SELECT due.user_id, due.id, 'expire', -due.remaining FROM due
+    )
+    SELECT due.kind::text, count(DISTINCT due.user_id), count(*), sum(due.remaining)::bigint, v_last
+      FROM due GROUP BY due.kind;
 END;
 $$;
 -- +goose StatementEnd
