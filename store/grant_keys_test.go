@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -244,5 +245,102 @@ func TestMigration15KeepsALedgerWrittenBeforeIt(t *testing.T) {
 	require.Equal(t, before.balances[0].Total-3, u.Balance)
 	_, err = st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 100}, nil)
 	require.NoError(t, err)
+	require.Empty(t, storetest.Violations(t, st))
+}
+
+// A temporary table named grant_keys, which comes first on the default
+// search path, neither takes a grant's key row nor answers for a source:
+// the two functions naming grant_keys use the migrated schema's.
+func TestGrantKeysIgnoreATemporaryTableOfTheSameName(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	ctx := b.ctx
+	first := storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 5})
+	key, _ := keyOf(t, b.st.Pool(), first.GrantID)
+	conn, err := b.st.Pool().Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	_, err = conn.Exec(ctx, `CREATE TEMP TABLE grant_keys (grant_id bigint, user_id bigint, source_kind text, source_id text)`)
+	require.NoError(t, err)
+	defer func() { _, _ = conn.Exec(ctx, `DROP TABLE pg_temp.grant_keys`) }()
+
+	again, err := store.Grant(ctx, conn, store.NewGrant{UserID: b.user.ID, Kind: store.GrantPack, Amount: 5, SourceKind: key.SourceKind, SourceID: key.SourceID})
+	require.NoError(t, err)
+	require.Equal(t, store.GrantResult{GrantID: first.GrantID, Created: false}, again)
+	fresh, err := store.Grant(ctx, conn, store.NewGrant{UserID: b.user.ID, Kind: store.GrantPack, Amount: 5, SourceKind: "temp", SourceID: store.NewSecret()[:12]})
+	require.NoError(t, err)
+	require.True(t, fresh.Created)
+	var inTemp int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM pg_temp.grant_keys`).Scan(&inTemp))
+	require.Zero(t, inTemp)
+	k, own := keyOf(t, b.st.Pool(), fresh.GrantID)
+	require.Equal(t, own, k)
+}
+
+// Migration 00015 under load: spends (which read grants, then write grants
+// and entries) keep running while it migrates. It takes its locks first, so
+// neither side deadlocks; taken piecemeal, a spend in flight deadlocked
+// with it.
+func TestMigration15WhileSpendsRun(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 14)
+	st := store.New(pool, nil)
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	var users []int64
+	for range 8 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 1_000_000})
+		users = append(users, u.ID)
+	}
+	stop := make(chan struct{})
+	spent := make(chan int, 4)
+	errs := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			n := 0
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					spent <- n
+					return
+				default:
+				}
+				// Through the lone path and the batch function, both.
+				u := users[(w*2+i)%len(users)]
+				var err error
+				if i%2 == 0 {
+					_, _, err = store.Consume(ctx, pool, store.ConsumeRequest{UserID: u, Service: svc, IdempotencyKey: fmt.Sprintf("w%d-%d", w, i)})
+				} else {
+					err = st.ConsumeBatch(ctx, []store.ConsumeRequest{{UserID: u, Service: svc, IdempotencyKey: fmt.Sprintf("w%d-%d", w, i)}})[0].Err
+				}
+				if err != nil {
+					errs <- err
+					spent <- n
+					return
+				}
+				n++
+			}
+		}()
+	}
+	// Let the spends get going before migrating.
+	storetest.WaitFor(t, "spends to run", func() bool {
+		var n int
+		require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM usages`).Scan(&n))
+		return n >= 40
+	})
+	_, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	close(stop)
+	total := 0
+	for range 4 {
+		total += <-spent
+	}
+	require.NoError(t, err, "the migration")
+	select {
+	case err := <-errs:
+		t.Fatalf("a spend failed during the migration: %v", err)
+	default:
+	}
+	require.Positive(t, total)
 	require.Empty(t, storetest.Violations(t, st))
 }

@@ -512,13 +512,15 @@ SELECT created_at FROM credit_adjustments
 			// Additions keyed before credit_adjustments existed (migration
 			// 00009) were kept once by their grant's source alone, then
 			// "key:" + key: one sent again is a replay, not a new grant.
+			// (Sources are indexed in grant_keys since migration 00015.)
 			var amount int64
 			var kind string
 			var expires *time.Time
 			var reason *string
 			err := tx.QueryRow(ctx, `SELECT g.amount, g.kind, g.expires_at,
        (SELECT e.reason FROM ledger_entries e WHERE e.user_id = g.user_id AND e.grant_id = g.id ORDER BY e.id LIMIT 1)
-  FROM grants g WHERE g.user_id = $1 AND g.source_kind = 'adjustment' AND g.source_id = 'key:' || $2`,
+  FROM grant_keys k JOIN grants g ON g.id = k.grant_id
+ WHERE k.source_kind = 'adjustment' AND k.source_id = 'key:' || $2 AND k.user_id = $1`,
 				a.UserID, a.Key).Scan(&amount, &kind, &expires, &reason)
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
