@@ -41,8 +41,8 @@
 -- before was already locked by the row trigger).
 --
 -- It takes both tables' locks first, and holds them while it copies every
--- grant's key and re-checks every ledger entry's foreign key (about 5 s per
--- million grants on the benchmark machine): stop the api and workers while
+-- grant's key and re-checks every ledger entry's foreign key (5.7 s for a
+-- million grants and three million entries on the benchmark machine): stop the api and workers while
 -- it runs (README). Taken piecemeal, as it first was, a spend in flight
 -- deadlocked with it and the migration failed.
 
