@@ -113,9 +113,16 @@ type ExpireCredits struct{}
 // Kind implements river.JobArgs.
 func (ExpireCredits) Kind() string { return "expire_credits" }
 
-// InsertOpts implements river.JobArgsWithInsertOpts.
+// InsertOpts implements river.JobArgsWithInsertOpts. Unique per scheduled
+// minute while waiting or running, not across minutes: the job of a worker
+// that died mid-sweep stays "running" until River rescues it (15 minutes),
+// and must not hold back the sweeps scheduled meanwhile. Sweeps do not
+// overlap all the same: a sweep holds a lock of the database while it runs
+// (store.ErrSweepRunning), which the dead worker's connection gave back.
 func (ExpireCredits) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: uniqueWhileActive()}
+	u := uniqueWhileActive()
+	u.ByPeriod = time.Minute
+	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: u}
 }
 
 // PruneExpired deletes expired sessions, tokens and rate-limit windows.

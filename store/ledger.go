@@ -802,10 +802,60 @@ type SweepOptions struct {
 	Deadline time.Time
 }
 
+// SweepLockKey is the SQL expression of the key of the session-level
+// advisory lock a sweep holds while it runs (exported for tests and
+// operators' queries): one sweep at a time per installation (database and
+// schema). The lock lives with the connection, so a sweeping process that
+// dies (SIGKILL, a crash, a lost network) frees it at once, and the next
+// scheduled sweep goes ahead instead of waiting for the dead one's job to
+// be rescued.
+const SweepLockKey = `hashtextextended('quickscale:expire-sweep:' || current_schema(), 0)`
+
+// ErrSweepRunning means another sweep holds the sweep lock: nothing was done.
+var ErrSweepRunning = errors.New("another expiry sweep is running")
+
+// takeSweepLock takes the sweep lock on a connection of its own, held until
+// release is called. If the lock cannot be given back (the connection
+// broke), the connection is closed rather than returned to the pool, which
+// frees the lock too.
+func (s *Store) takeSweepLock(ctx context.Context) (release func(), err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire a connection for the sweep lock: %w", err)
+	}
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+SweepLockKey+`)`).Scan(&got); err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("take the sweep lock: %w", err)
+	}
+	if !got {
+		conn.Release()
+		return nil, ErrSweepRunning
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		var freed bool
+		if err := conn.QueryRow(uctx, `SELECT pg_advisory_unlock(`+SweepLockKey+`)`).Scan(&freed); err != nil || !freed {
+			_ = conn.Hijack().Close(uctx)
+			return
+		}
+		conn.Release()
+	}, nil
+}
+
 // ExpireOverdue sweeps overdue grants in batches until none is left or ctx
-// ends, calling onBatch after each committed batch.
+// ends, calling onBatch after each committed batch. One sweep runs at a
+// time: while another holds the sweep lock it returns ErrSweepRunning at
+// once. (Two sweeps at once would be correct, each batch locking the
+// accounts it closes grants of, but would double the load.)
 func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(ExpireResult)) (ExpireResult, error) {
 	total := ExpireResult{ByKind: map[string]int64{}}
+	release, err := s.takeSweepLock(ctx)
+	if err != nil {
+		return total, err
+	}
+	defer release()
 	var backlog int64
 	if o.Pause > 0 && !o.Deadline.IsZero() {
 		// How much is due now; what falls due during the sweep is swept too

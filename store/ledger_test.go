@@ -673,3 +673,66 @@ func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {
 	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 15, Actor: &admin.ID, Reason: "goodwill", Key: fmt.Sprintf("%d:form-x", b.user.ID)})
 	require.NoError(t, err)
 }
+
+// One sweep at a time: while another holds the sweep lock, ExpireOverdue
+// does nothing and says so; a holder whose connection dies (a killed
+// worker) frees it at once; a sweep gives it back when it ends, also when
+// its context ends mid-sweep.
+func TestOneSweepAtATime(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	pool := b.st.Pool()
+	overdue := func() int {
+		var n int
+		require.NoError(t, pool.QueryRow(b.ctx, `SELECT count(*) FROM grants WHERE closed_at IS NULL AND expires_at <= now()`).Scan(&n))
+		return n
+	}
+	for range 3 {
+		storetest.BackdatedGrant(t, pool, b.user.ID, store.GrantPromo, 5, time.Now().Add(-time.Hour), time.Now().Add(-time.Minute))
+	}
+	holder, err := pgx.ConnectConfig(b.ctx, pool.Config().ConnConfig.Copy())
+	require.NoError(t, err)
+	t.Cleanup(func() { holder.Close(context.Background()) })
+	var got bool
+	require.NoError(t, holder.QueryRow(b.ctx, `SELECT pg_try_advisory_lock(`+store.SweepLockKey+`)`).Scan(&got))
+	require.True(t, got)
+	var holderPID int
+	require.NoError(t, holder.QueryRow(b.ctx, `SELECT pg_backend_pid()`).Scan(&holderPID))
+
+	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10}, nil)
+	require.ErrorIs(t, err, store.ErrSweepRunning)
+	require.Zero(t, res.Grants)
+	require.Equal(t, 3, overdue(), "a sweep ran beside the one holding the lock")
+
+	// The holder dies, as a killed worker's connection does.
+	require.NoError(t, pool.QueryRow(b.ctx, `SELECT pg_terminate_backend($1, 10000)`, holderPID).Scan(&got))
+	require.True(t, got)
+	res, err = b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10}, nil)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, res.Grants)
+
+	free := func(what string) {
+		t.Helper()
+		var got bool
+		// A connection of its own: a session holding the lock would be
+		// given it again.
+		c, err := pgx.ConnectConfig(b.ctx, pool.Config().ConnConfig.Copy())
+		require.NoError(t, err)
+		defer c.Close(b.ctx)
+		require.NoError(t, c.QueryRow(b.ctx, `SELECT pg_try_advisory_lock(`+store.SweepLockKey+`)`).Scan(&got))
+		require.True(t, got, "the sweep lock is still held after %s", what)
+		require.NoError(t, c.QueryRow(b.ctx, `SELECT pg_advisory_unlock(`+store.SweepLockKey+`)`).Scan(&got))
+	}
+	free("a sweep that ended")
+
+	// A sweep whose context ends while it rests gives the lock back too.
+	// (Two users: a batch closes every overdue grant of the users it picks.)
+	storetest.BackdatedGrant(t, pool, b.user.ID, store.GrantPromo, 5, time.Now().Add(-time.Hour), time.Now().Add(-time.Minute))
+	other := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	storetest.BackdatedGrant(t, pool, other.ID, store.GrantPromo, 5, time.Now().Add(-time.Hour), time.Now().Add(-2*time.Minute))
+	ctx, cancel := context.WithCancel(b.ctx)
+	_, err = b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1, Pause: 1e6}, func(store.ExpireResult) { cancel() })
+	require.ErrorIs(t, err, context.Canceled)
+	free("a cancelled sweep")
+	require.Equal(t, 1, overdue(), "the cancelled sweep should have closed one batch of one grant")
+}

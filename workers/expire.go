@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -64,6 +65,12 @@ func (w *ExpireCreditsWorker) Work(ctx context.Context, job *river.Job[jobs.Expi
 			w.metrics.CreditsExpired.WithLabelValues(kind).Add(float64(n))
 		}
 	})
+	if errors.Is(err, store.ErrSweepRunning) {
+		// The sweep still running (a long backlog) goes on with what
+		// this one would have done.
+		w.logger.InfoContext(ctx, "expiry sweep skipped: another sweep is running")
+		return nil
+	}
 	if total.Grants > 0 {
 		w.logger.InfoContext(ctx, "expired credits", "grants", total.Grants, "credits", total.Credits)
 	}
