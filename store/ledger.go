@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Grant kinds.
@@ -751,19 +752,19 @@ type ExpireResult struct {
 // a crash is simply redone, and balances exclude overdue grants whether or
 // not they were swept.
 func (s *Store) ExpireOverdueBatch(ctx context.Context, maxGrants int) (ExpireResult, error) {
-	res, _, err := s.expireBatch(ctx, maxGrants, nil)
+	res, _, err := expireBatch(ctx, s.pool, maxGrants, nil)
 	return res, err
 }
 
 // expireBatch is ExpireOverdueBatch for grants expiring at or after after
 // (nil: any), and returns the latest expiry it closed: where the next batch
 // of the same sweep starts.
-func (s *Store) expireBatch(ctx context.Context, maxGrants int, after *time.Time) (ExpireResult, *time.Time, error) {
+func expireBatch(ctx context.Context, db DBTX, maxGrants int, after *time.Time) (ExpireResult, *time.Time, error) {
 	var res ExpireResult
 	var last *time.Time
 	err := retry(ctx, func() error {
 		res, last = ExpireResult{ByKind: map[string]int64{}}, nil
-		rows, err := s.pool.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, maxGrants, after)
+		rows, err := db.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, maxGrants, after)
 		if err != nil {
 			return err
 		}
@@ -814,25 +815,25 @@ const SweepLockKey = `hashtextextended('quickscale:expire-sweep:' || current_sch
 // ErrSweepRunning means another sweep holds the sweep lock: nothing was done.
 var ErrSweepRunning = errors.New("another expiry sweep is running")
 
-// takeSweepLock takes the sweep lock on a connection of its own, held until
-// release is called. If the lock cannot be given back (the connection
-// broke), the connection is closed rather than returned to the pool, which
-// frees the lock too.
-func (s *Store) takeSweepLock(ctx context.Context) (release func(), err error) {
+// takeSweepLock takes the sweep lock on a connection, which the sweep then
+// runs its batches on (it needs no other), held until release is called.
+// If the lock cannot be given back (the connection broke), the connection
+// is closed rather than returned to the pool, which frees the lock too.
+func (s *Store) takeSweepLock(ctx context.Context) (_ *pgxpool.Conn, release func(), err error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("acquire a connection for the sweep lock: %w", err)
+		return nil, nil, fmt.Errorf("acquire a connection for the sweep: %w", err)
 	}
 	var got bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+SweepLockKey+`)`).Scan(&got); err != nil {
 		conn.Release()
-		return nil, fmt.Errorf("take the sweep lock: %w", err)
+		return nil, nil, fmt.Errorf("take the sweep lock: %w", err)
 	}
 	if !got {
 		conn.Release()
-		return nil, ErrSweepRunning
+		return nil, nil, ErrSweepRunning
 	}
-	return func() {
+	return conn, func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		var freed bool
@@ -851,7 +852,7 @@ func (s *Store) takeSweepLock(ctx context.Context) (release func(), err error) {
 // accounts it closes grants of, but would double the load.)
 func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(ExpireResult)) (ExpireResult, error) {
 	total := ExpireResult{ByKind: map[string]int64{}}
-	release, err := s.takeSweepLock(ctx)
+	conn, release, err := s.takeSweepLock(ctx)
 	if err != nil {
 		return total, err
 	}
@@ -860,7 +861,7 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 	if o.Pause > 0 && !o.Deadline.IsZero() {
 		// How much is due now; what falls due during the sweep is swept too
 		// but not planned for.
-		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM grants
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM grants
  WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()`).Scan(&backlog); err != nil {
 			return total, fmt.Errorf("count overdue grants: %w", err)
 		}
@@ -871,7 +872,7 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 	size := max(o.BatchSize, 1)
 	for {
 		start := time.Now()
-		res, last, err := s.expireBatch(ctx, size, after)
+		res, last, err := expireBatch(ctx, conn, size, after)
 		if err != nil {
 			return total, err
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -735,4 +736,17 @@ func TestOneSweepAtATime(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	free("a cancelled sweep")
 	require.Equal(t, 1, overdue(), "the cancelled sweep should have closed one batch of one grant")
+
+	// The sweep runs its batches on the connection holding the lock: a
+	// pool of one connection is enough (a worker's pool may be small, and
+	// a sweep holding one connection while waiting for another could wait
+	// on itself).
+	one, err := store.OpenPool(b.ctx, pool.Config().ConnString(), store.PoolOptions{MaxConns: 1})
+	require.NoError(t, err)
+	defer one.Close()
+	octx, ocancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer ocancel()
+	res, err = store.New(one, slog.New(slog.DiscardHandler)).ExpireOverdue(octx, store.SweepOptions{BatchSize: 10}, nil)
+	require.NoError(t, err, "a sweep on a pool of one connection")
+	require.EqualValues(t, 1, res.Grants)
 }
