@@ -805,12 +805,14 @@ type SweepOptions struct {
 
 // SweepLockKey is the SQL expression of the key of the session-level
 // advisory lock a sweep holds while it runs (exported for tests and
-// operators' queries): one sweep at a time per installation (database and
-// schema). The lock lives with the connection, so a sweeping process that
-// dies (SIGKILL, a crash, a lost network) frees it at once, and the next
-// scheduled sweep goes ahead instead of waiting for the dead one's job to
-// be rescued.
-const SweepLockKey = `hashtextextended('quickscale:expire-sweep:' || current_schema(), 0)`
+// operators' queries): one sweep at a time per installation, keyed by the
+// grants table the session's search path finds (the one the sweep closes
+// grants in), whichever role connects. The lock lives with the session, so
+// a sweeping process that dies (SIGKILL, a crash) frees it at once, one
+// whose host vanishes within about a minute (ServerKeepalives), and the
+// next scheduled sweep goes ahead instead of waiting for the dead one's job
+// to be rescued.
+const SweepLockKey = `hashtextextended('quickscale:expire-sweep:' || 'grants'::regclass::oid, 0)`
 
 // ErrSweepRunning means another sweep holds the sweep lock: nothing was done.
 var ErrSweepRunning = errors.New("another expiry sweep is running")

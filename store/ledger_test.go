@@ -750,3 +750,27 @@ func TestOneSweepAtATime(t *testing.T) {
 	require.NoError(t, err, "a sweep on a pool of one connection")
 	require.EqualValues(t, 1, res.Grants)
 }
+
+// A sweep started while another is between its batches is refused: the
+// lock is held for the whole sweep, not only while taking it.
+func TestASecondSweepIsRefusedMidSweep(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for i := range 3 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantPromo, 5, time.Now().Add(-time.Hour), time.Now().Add(-time.Duration(i+1)*time.Minute))
+	}
+	var during []error
+	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 1}, func(r store.ExpireResult) {
+		if r.Grants > 0 {
+			_, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 1}, nil)
+			during = append(during, err)
+		}
+	})
+	require.NoError(t, err)
+	require.EqualValues(t, 3, res.Grants)
+	require.Len(t, during, 3)
+	for i, err := range during {
+		require.ErrorIs(t, err, store.ErrSweepRunning, "a second sweep after the first's batch %d", i+1)
+	}
+}

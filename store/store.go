@@ -59,6 +59,17 @@ type PoolOptions struct {
 	Logger *slog.Logger
 }
 
+// ServerKeepalives are the server's TCP settings OpenPool asks for on each
+// connection unless the database URL sets them: keepalive probes after 30
+// idle seconds, every 10 s, 3 unanswered ending the session; unacknowledged
+// data for 60 s ends it too. (Ignored on Unix-domain sockets.)
+var ServerKeepalives = map[string]string{
+	"tcp_keepalives_idle":     "30",
+	"tcp_keepalives_interval": "10",
+	"tcp_keepalives_count":    "3",
+	"tcp_user_timeout":        "60000",
+}
+
 // OpenPool connects to Postgres with bounded pool settings and checks the
 // connection before returning.
 func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool, error) {
@@ -79,6 +90,16 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 	}
 	if opts.AppName != "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = opts.AppName
+	}
+	// The server notices a client that vanished without closing its
+	// connections (a lost network, a frozen host) within about a minute
+	// rather than the kernel's two hours, and ends its sessions: their
+	// transactions roll back and their locks (row locks, the expiry sweep's
+	// session lock) are freed. The database URL may set these itself.
+	for k, v := range ServerKeepalives {
+		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
 	}
 	if l := opts.Logger; l != nil {
 		cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
