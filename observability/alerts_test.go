@@ -127,7 +127,7 @@ func TestAlertRulesExplainWhatTheyMeanAndWhatToDo(t *testing.T) {
 }
 
 // leaderGaugeRE finds the leader-only gauges and what precedes them.
-var leaderGaugeRE = regexp.MustCompile(`quickscale_(river_queue_jobs|river_queue_oldest_available_age_seconds|credits_outstanding|credits_expiring_7d)\b`)
+var leaderGaugeRE = regexp.MustCompile(`quickscale_(river_queue_jobs|river_queue_oldest_available_age_seconds|credits_outstanding|credits_expiring_7d|credits_swept_through_timestamp_seconds|credits_sweep_schedule_gap_seconds)\b`)
 
 // maxAggregationRE is what must directly wrap a leader-only gauge.
 var maxAggregationRE = regexp.MustCompile(`max(\s+by\s*\([^)]*\))?\s*\(\s*$`)
@@ -382,6 +382,63 @@ tests:
         alertname: QuickScaleOldestJobTooOld
         exp_alerts:
           - exp_labels: {severity: warning, queue: email}
+
+  # Sweeps every minute (the longest gap 60 s: alert past 2 x 60 + 600 =
+  # 720 s of lag, for 5 minutes). The sweep keeps up for 5 minutes, then a
+  # grant that expired at 300 s stays open: over 720 s behind from 17m,
+  # firing from 22m.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_credits_swept_through_timestamp_seconds{job="worker", instance="w1:9464"}'
+        values: '0+60x5 300x30'
+      - series: 'quickscale_credits_sweep_schedule_gap_seconds{job="worker", instance="w1:9464"}'
+        values: '60x35'
+    alert_rule_test:
+      - eval_time: 16m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts: []
+      - eval_time: 21m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts: []
+      - eval_time: 23m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts:
+          - exp_labels: {severity: warning}
+
+  # Hourly sweeps (gap 3600 s): 100 minutes behind is within two periods,
+  # a sweep paced over its hour may leave that much; 2 x 3600 + 600 s =
+  # 130 minutes plus 5 is not.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_credits_swept_through_timestamp_seconds{job="worker", instance="w1:9464"}'
+        values: '0x140'
+      - series: 'quickscale_credits_sweep_schedule_gap_seconds{job="worker", instance="w1:9464"}'
+        values: '3600x140'
+    alert_rule_test:
+      - eval_time: 100m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts: []
+      - eval_time: 136m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts:
+          - exp_labels: {severity: warning}
+
+  # A leadership hand-over: the former leader's last watermark lingers
+  # beside the new leader's current one; max reads the current one.
+  - interval: 1m
+    input_series:
+      - series: 'quickscale_credits_swept_through_timestamp_seconds{job="worker", instance="w1:9464"}'
+        values: '0x40'
+      - series: 'quickscale_credits_swept_through_timestamp_seconds{job="worker", instance="w2:9464"}'
+        values: '0+60x40'
+      - series: 'quickscale_credits_sweep_schedule_gap_seconds{job="worker", instance="w1:9464"}'
+        values: '60x40'
+      - series: 'quickscale_credits_sweep_schedule_gap_seconds{job="worker", instance="w2:9464"}'
+        values: '60x40'
+    alert_rule_test:
+      - eval_time: 40m
+        alertname: QuickScaleExpirySweepBehind
+        exp_alerts: []
 
   # Failure ratio: send_email fails 1 in 6; expire_credits failed once
   # (too few to page anyone); stripe_event never fails.

@@ -44,6 +44,10 @@ type Metrics struct {
 	// loses River leadership can remove its series instead of exporting a
 	// stale value forever (max across instances would pick it up).
 	CreditsExpiring7d *prometheus.GaugeVec
+	// SweptThrough is the expiry sweep's watermark (store.SweptThrough), a
+	// leader-only vector like CreditsExpiring7d.
+	SweptThrough      *prometheus.GaugeVec
+	SweepScheduleGap  *prometheus.GaugeVec
 	MetricsRefreshAge *prometheus.GaugeVec // what
 }
 
@@ -132,6 +136,12 @@ func NewMetrics() *Metrics {
 		CreditsExpiring7d: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_credits_expiring_7d", Help: "Live credits that expire within the next 7 days (River leader only).",
 		}, nil),
+		SweptThrough: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quickscale_credits_swept_through_timestamp_seconds", Help: "Every grant that expired before this time has been swept: the oldest unswept expiry, or the refresh time when none is overdue (River leader only).",
+		}, nil),
+		SweepScheduleGap: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quickscale_credits_sweep_schedule_gap_seconds", Help: "Longest time between two scheduled expiry sweeps (EXPIRE_CREDITS_SCHEDULE; River leader only).",
+		}, nil),
 		MetricsRefreshAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_metrics_refreshed_timestamp_seconds", Help: "When the leader-only gauges were last refreshed, by group.",
 		}, []string{"what"}),
@@ -143,7 +153,7 @@ func NewMetrics() *Metrics {
 		m.JobsFinished, m.JobRunTime, m.JobQueueWait, m.JobsRunning, m.QueueJobs, m.QueueOldestAge,
 		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookIngestBatch, m.WebhookOutcomes,
 		m.CreditsGranted, m.CreditsConsumed, m.ConsumeBatch, m.CreditsExpired, m.CreditsClawedBack,
-		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.MetricsRefreshAge,
+		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.SweptThrough, m.SweepScheduleGap, m.MetricsRefreshAge,
 	)
 	return m
 }

@@ -675,6 +675,72 @@ func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestSweptThroughFollowsTheSweep: the watermark the sweep-lag gauge
+// exports is now while nothing is overdue, the oldest overdue expiry while
+// grants wait to be swept, moves forward batch by batch as a sweep closes
+// them in expiry order, and is now again when the sweep is done.
+func TestSweptThroughFollowsTheSweep(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	dbNow := func() time.Time {
+		t.Helper()
+		var now time.Time
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT now()`).Scan(&now))
+		return now
+	}
+	requireNow := func(what string) {
+		t.Helper()
+		before := dbNow()
+		got, err := b.st.SweptThrough(b.ctx)
+		require.NoError(t, err)
+		after := dbNow()
+		if got.Before(before) || got.After(after) {
+			t.Fatalf("%s: swept through %s, want the query's now() (between %s and %s)", what, got, before, after)
+		}
+	}
+	requireAt := func(what string, want time.Time) {
+		t.Helper()
+		got, err := b.st.SweptThrough(b.ctx)
+		require.NoError(t, err)
+		if !got.Equal(want.Truncate(time.Microsecond)) {
+			t.Fatalf("%s: swept through %s, want %s", what, got, want.Truncate(time.Microsecond))
+		}
+	}
+
+	requireNow("no grants at all")
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 10})
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 10, ExpiresAt: ptr(time.Now().Add(time.Hour))})
+	requireNow("only live grants")
+
+	other := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	now := dbNow()
+	oldest := now.Add(-10 * time.Minute)
+	middle := now.Add(-7 * time.Minute)
+	newest := now.Add(-3 * time.Minute)
+	born := now.Add(-24 * time.Hour)
+	storetest.BackdatedGrant(t, b.st.Pool(), other.ID, store.GrantPromo, 5, born, middle)
+	storetest.BackdatedGrant(t, b.st.Pool(), b.user.ID, store.GrantSubscription, 5, born, newest)
+	requireAt("two overdue grants", middle)
+	// Another user's, older: the watermark goes back to it.
+	third := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	storetest.BackdatedGrant(t, b.st.Pool(), third.ID, store.GrantSubscription, 1, born, oldest)
+	requireAt("an older overdue grant", oldest)
+
+	// One grant per batch: after the first batch the oldest is closed and
+	// the watermark is the next one's expiry, after the second the last's.
+	var seen []time.Time
+	_, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 1}, func(store.ExpireResult) {
+		got, err := b.st.SweptThrough(b.ctx)
+		require.NoError(t, err)
+		seen = append(seen, got)
+	})
+	require.NoError(t, err)
+	if len(seen) != 4 || !seen[0].Equal(middle.Truncate(time.Microsecond)) || !seen[1].Equal(newest.Truncate(time.Microsecond)) || seen[2].Before(now) || seen[3].Before(seen[2]) {
+		t.Fatalf("swept through after each batch: %v; want %s, %s, then now (after %s)", seen, middle, newest, now)
+	}
+	requireNow("after the sweep")
+}
+
 // One sweep at a time: while another holds the sweep lock, ExpireOverdue
 // does nothing and says so; a holder whose connection dies (a killed
 // worker) frees it at once; a sweep gives it back when it ends, also when

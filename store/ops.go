@@ -119,3 +119,17 @@ SELECT coalesce(sum(remaining), 0)::bigint FROM grants
  WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at > now() AND expires_at <= now() + interval '7 days'`).Scan(&l.Expiring7d)
 	return l, err
 }
+
+// SweptThrough is the expiry sweep's watermark: every grant that expired
+// before the returned instant has been swept. It is the expiry of the
+// oldest grant still open past its expiry, or the database's now() when
+// none is. The gap to now is how far the sweep is behind: about a minute
+// with sweeps every minute, growing while no sweep runs or one is stuck.
+// One probe of grants_expiring_idx, however many grants there are.
+func (s *Store) SweptThrough(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	err := s.pool.QueryRow(ctx, `
+SELECT coalesce((SELECT min(expires_at) FROM grants
+                  WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()), now())`).Scan(&t)
+	return t, err
+}

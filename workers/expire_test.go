@@ -26,3 +26,32 @@ func TestSweepBudgetFollowsTheSchedule(t *testing.T) {
 		}
 	}
 }
+
+func TestLongestScheduleGapSeesIrregularSchedules(t *testing.T) {
+	t.Parallel()
+	// A Friday, 10:00 UTC.
+	from := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	for spec, want := range map[string]time.Duration{
+		"* * * * *":        time.Minute,
+		"*/5 * * * *":      5 * time.Minute,
+		"0 9 * * 1-5":      72 * time.Hour,               // Friday 9:00 to Monday 9:00
+		"*/5 9-17 * * *":   15*time.Hour + 5*time.Minute, // 17:55 to 9:00
+		"0 0 1 * *":        31 * 24 * time.Hour,
+		"0 0 29 2 *":       5 * 366 * 24 * time.Hour, // once (2028) within the five years looked at
+		"30 2 * * *":       24 * time.Hour,
+		"0,30 * * * *":     30 * time.Minute,
+		"0 12 * * 6":       7 * 24 * time.Hour,
+		"0 0 1 1 *":        366 * 24 * time.Hour, // 2028 is a leap year
+		"not a cron":       -1,
+		"* * * * * *":      -1,
+		"0 9 * * 1-5 junk": -1,
+	} {
+		got, err := LongestScheduleGap(spec, from)
+		switch {
+		case want < 0 && err == nil:
+			t.Errorf("%q: gap %v, want an error", spec, got)
+		case want >= 0 && (err != nil || got != want):
+			t.Errorf("%q: gap %v (%v), want %v", spec, got, err, want)
+		}
+	}
+}

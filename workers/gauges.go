@@ -11,7 +11,8 @@ import (
 )
 
 // Gauges keeps the leader-only gauges fresh: queue depth and oldest job age
-// (a bounded, time-limited query) and the credit liability. Only the River
+// (a bounded, time-limited query), the expiry sweep's watermark and the
+// credit liability. Only the River
 // leader queries, so N workers cost one query, not N; the others clear
 // their gauges so dashboards never add stale copies.
 type Gauges struct {
@@ -21,11 +22,15 @@ type Gauges struct {
 	clientID          func() string
 	queueInterval     time.Duration
 	liabilityInterval time.Duration
+	sweepGap          time.Duration
 }
 
-// NewGauges builds the gauge loop; clientID is the River client's ID.
-func NewGauges(logger *slog.Logger, st *store.Store, m *observability.Metrics, clientID func() string, liabilityInterval time.Duration) *Gauges {
-	return &Gauges{logger: logger, store: st, metrics: m, clientID: clientID, queueInterval: 15 * time.Second, liabilityInterval: liabilityInterval}
+// NewGauges builds the gauge loop; clientID is the River client's ID and
+// sweepGap the longest time between two scheduled expiry sweeps
+// (LongestScheduleGap), exported beside the sweep's watermark so the lag
+// alert scales with EXPIRE_CREDITS_SCHEDULE.
+func NewGauges(logger *slog.Logger, st *store.Store, m *observability.Metrics, clientID func() string, liabilityInterval, sweepGap time.Duration) *Gauges {
+	return &Gauges{logger: logger, store: st, metrics: m, clientID: clientID, queueInterval: 15 * time.Second, liabilityInterval: liabilityInterval, sweepGap: sweepGap}
 }
 
 // Run refreshes the gauges until ctx ends.
@@ -40,6 +45,7 @@ func (g *Gauges) Run(ctx context.Context) {
 	leaderTick := time.NewTicker(2 * time.Second)
 	defer leaderTick.Stop()
 	g.RefreshQueues(ctx)
+	g.RefreshSweep(ctx)
 	g.RefreshLiability(ctx)
 	wasLeader := g.leader(ctx)
 	for {
@@ -48,12 +54,14 @@ func (g *Gauges) Run(ctx context.Context) {
 			return
 		case <-queueTick.C:
 			g.RefreshQueues(ctx)
+			g.RefreshSweep(ctx)
 		case <-liabilityTick.C:
 			g.RefreshLiability(ctx)
 		case <-leaderTick.C:
 			isLeader := g.leader(ctx)
 			if isLeader && !wasLeader {
 				g.RefreshQueues(ctx)
+				g.RefreshSweep(ctx)
 				g.RefreshLiability(ctx)
 			}
 			wasLeader = isLeader
@@ -100,6 +108,24 @@ func (g *Gauges) RefreshQueues(ctx context.Context) {
 		g.metrics.QueueOldestAge.WithLabelValues(q).Set(age)
 	}
 	g.metrics.MetricsRefreshAge.WithLabelValues("queues").SetToCurrentTime()
+}
+
+// RefreshSweep updates the expiry sweep's watermark when leader. A failed
+// read leaves the last value, which then ages like a sweep that is behind:
+// the lag alert cannot be silenced by the query that would show it.
+func (g *Gauges) RefreshSweep(ctx context.Context) {
+	if !g.leader(ctx) {
+		g.metrics.SweptThrough.Reset()
+		g.metrics.SweepScheduleGap.Reset()
+		return
+	}
+	g.metrics.SweepScheduleGap.WithLabelValues().Set(g.sweepGap.Seconds())
+	at, err := g.store.SweptThrough(ctx)
+	if err != nil {
+		g.logger.WarnContext(ctx, "expiry sweep watermark", "err", err)
+		return
+	}
+	g.metrics.SweptThrough.WithLabelValues().Set(float64(at.UnixMilli()) / 1000)
 }
 
 // RefreshLiability updates the outstanding-credit gauges when leader.

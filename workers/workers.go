@@ -62,6 +62,37 @@ func schedulePeriod(spec string) (time.Duration, error) {
 	return sched.Next(next).Sub(next), nil
 }
 
+// LongestScheduleGap is the longest time between two consecutive runs of a
+// five-field cron spec in UTC, looking ahead from from: one tick apart for
+// regular specs, over the weekend for "0 9 * * 1-5". It looks at most 20,000
+// runs or five years ahead; a spec that runs less than twice in that time
+// gets the five years.
+func LongestScheduleGap(spec string, from time.Time) (time.Duration, error) {
+	sched, err := cron.ParseStandard("CRON_TZ=UTC " + spec)
+	if err != nil {
+		return 0, err
+	}
+	const horizon = 5 * 366 * 24 * time.Hour
+	end := from.Add(horizon)
+	var longest time.Duration
+	prev := sched.Next(from)
+	for range 20_000 {
+		if prev.IsZero() || prev.After(end) {
+			break
+		}
+		next := sched.Next(prev)
+		if next.IsZero() || next.After(end) {
+			break
+		}
+		longest = max(longest, next.Sub(prev))
+		prev = next
+	}
+	if longest == 0 {
+		return horizon, nil
+	}
+	return longest, nil
+}
+
 // PeriodicJobs are the schedules the River leader enqueues (once across all
 // worker processes).
 func PeriodicJobs(cfg Config) ([]*river.PeriodicJob, error) {

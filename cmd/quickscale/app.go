@@ -119,7 +119,11 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		}
 		inserter.client = client
 		a.river = client
-		a.gauges = workers.NewGauges(logger, a.store, a.metrics, client.ID, cfg.LiabilityRefreshInterval)
+		sweepGap, err := workers.LongestScheduleGap(cfg.ExpireCreditsSchedule, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("expire schedule: %w", err)
+		}
+		a.gauges = workers.NewGauges(logger, a.store, a.metrics, client.ID, cfg.LiabilityRefreshInterval, sweepGap)
 	} else {
 		client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -474,6 +475,7 @@ func refreshLeaderGauges(t *testing.T, ta *testApp) {
 		return err == nil && id == ta.app.river.ID()
 	})
 	ta.app.gauges.RefreshQueues(ctx)
+	ta.app.gauges.RefreshSweep(ctx)
 	ta.app.gauges.RefreshLiability(ctx)
 	for _, name := range leaderOnlyGauges {
 		if len(seriesOf(t, ta.app.metrics, name)) == 0 {
@@ -485,6 +487,7 @@ func refreshLeaderGauges(t *testing.T, ta *testApp) {
 var leaderOnlyGauges = []string{
 	"quickscale_river_queue_jobs", "quickscale_river_queue_oldest_available_age_seconds",
 	"quickscale_credits_outstanding", "quickscale_credits_expiring_7d",
+	"quickscale_credits_swept_through_timestamp_seconds", "quickscale_credits_sweep_schedule_gap_seconds",
 	// and when they were refreshed: a former leader's would only age
 	"quickscale_metrics_refreshed_timestamp_seconds",
 }
@@ -740,6 +743,7 @@ func TestLeaderOnlyGaugesComeFromOneWorker(t *testing.T) {
 		t.Helper()
 		for _, a := range apps {
 			a.gauges.RefreshQueues(ctx)
+			a.gauges.RefreshSweep(ctx)
 			a.gauges.RefreshLiability(ctx)
 		}
 		for i, a := range apps {
@@ -755,6 +759,14 @@ func TestLeaderOnlyGaugesComeFromOneWorker(t *testing.T) {
 		}
 		if got := metricValue(t, apps[leader].metrics, "quickscale_credits_expiring_7d", nil); got != 120 {
 			t.Errorf("leader reports %v credits expiring within 7 days, want 120", got)
+		}
+		// Nothing is overdue: the sweep is behind by nothing, the
+		// watermark is the refresh's now; sweeps run every minute.
+		if got := metricValue(t, apps[leader].metrics, "quickscale_credits_swept_through_timestamp_seconds", nil); math.Abs(got-float64(time.Now().UnixMilli())/1000) > 5 {
+			t.Errorf("leader reports swept through %v, want about now (%v)", got, time.Now().Unix())
+		}
+		if got := metricValue(t, apps[leader].metrics, "quickscale_credits_sweep_schedule_gap_seconds", nil); got != 60 {
+			t.Errorf("leader reports %v s between scheduled sweeps, want 60", got)
 		}
 	}
 
