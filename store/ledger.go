@@ -747,7 +747,9 @@ type ExpireResult struct {
 
 // ExpireOverdueBatch expires up to maxGrants overdue grants (and the other
 // overdue grants of the same users) in one statement, a transaction of its
-// own: one round trip. Its commit does not wait for the WAL flush
+// own: one round trip. It never waits for an account another transaction
+// holds: it skips that user's grants (migration 00016), which a later
+// sweep closes. Its commit does not wait for the WAL flush
 // (ledger_expire_due turns synchronous_commit off for it): a sweep lost in
 // a crash is simply redone, and balances exclude overdue grants whether or
 // not they were swept.

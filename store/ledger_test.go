@@ -675,6 +675,64 @@ func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestSweepSkipsAnAccountHeldByAnOpenTransaction: a transaction left open
+// holding a user's account row (a stuck request, an operator's psql
+// session) does not stop the sweep: that user's grants are left for a
+// later sweep, everyone else's are swept, also when the batch picks one
+// grant at a time and the held account's grant is the oldest; the
+// watermark stays at the held grant's expiry, which is what the lag alert
+// sees.
+func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	held, free := b.user, storetest.NewUser(t, b.st, storetest.UserOpts{})
+	now := time.Now()
+	born := now.Add(-24 * time.Hour)
+	heldOldest := storetest.BackdatedGrant(t, b.st.Pool(), held.ID, store.GrantSubscription, 5, born, now.Add(-10*time.Minute))
+	heldNewest := storetest.BackdatedGrant(t, b.st.Pool(), held.ID, store.GrantPromo, 2, born, now.Add(-time.Minute))
+	freeGrant := storetest.BackdatedGrant(t, b.st.Pool(), free.ID, store.GrantSubscription, 7, born, now.Add(-5*time.Minute))
+
+	// Another session holds the account row, on a connection of its own.
+	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(b.ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
+	require.NoError(t, err)
+
+	open := func(id int64) bool {
+		t.Helper()
+		var closed bool
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT closed_at IS NOT NULL FROM grants WHERE id = $1`, id).Scan(&closed))
+		return !closed
+	}
+	// Waiting for the held row would run into this deadline.
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	res, err := b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1}, nil)
+	require.NoError(t, err, "the sweep must not wait for an account another transaction holds")
+	if res.Grants != 1 || res.Credits != 7 || open(freeGrant) {
+		t.Fatalf("swept %+v; want only the free user's grant (7 credits) closed", res)
+	}
+	if !open(heldOldest) || !open(heldNewest) {
+		t.Fatal("a grant of the held account was closed while another transaction held the account")
+	}
+	at, err := b.st.SweptThrough(b.ctx)
+	require.NoError(t, err)
+	if want := now.Add(-10 * time.Minute).Truncate(time.Microsecond); !at.Equal(want) {
+		t.Fatalf("swept through %s, want the held grant's expiry %s", at, want)
+	}
+
+	// Once the transaction ends, the next sweep takes the rest.
+	require.NoError(t, tx.Rollback(b.ctx))
+	res, err = b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1}, nil)
+	require.NoError(t, err)
+	if res.Grants != 2 || res.Credits != 7 || open(heldOldest) || open(heldNewest) {
+		t.Fatalf("second sweep %+v; want the held user's 2 grants (7 credits) closed", res)
+	}
+}
+
 // TestSweptThroughFollowsTheSweep: the watermark the sweep-lag gauge
 // exports is now while nothing is overdue, the oldest overdue expiry while
 // grants wait to be swept, moves forward batch by batch as a sweep closes
