@@ -211,6 +211,7 @@ func TestMigration15KeepsALedgerWrittenBeforeIt(t *testing.T) {
 
 	res, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
+	require.NotEmpty(t, res.App)
 	require.Equal(t, "00015_grant_keys.sql", res.App[0])
 	pool.Reset()
 	require.Equal(t, before, take())

@@ -743,13 +743,17 @@ type ExpireResult struct {
 	Users, Grants int64
 	Credits       int64
 	ByKind        map[string]int64 // credits expired per grant kind
+	// Held are users whose overdue grants a sweep left open because
+	// another transaction held their account past SweepOptions.HeldWait
+	// (at most maxHeldPerSweep of them); a later sweep closes them.
+	Held []int64
 }
 
 // ExpireOverdueBatch expires up to maxGrants overdue grants (and the other
 // overdue grants of the same users) in one statement, a transaction of its
 // own: one round trip. It never waits for an account another transaction
-// holds: it skips that user's grants (migration 00016), which a later
-// sweep closes. Its commit does not wait for the WAL flush
+// holds: it skips that user's grants (migration 00016), which the end of
+// ExpireOverdue or a later sweep closes. Its commit does not wait for the WAL flush
 // (ledger_expire_due turns synchronous_commit off for it): a sweep lost in
 // a crash is simply redone, and balances exclude overdue grants whether or
 // not they were swept.
@@ -765,23 +769,113 @@ func expireBatch(ctx context.Context, db DBTX, maxGrants int, after *time.Time) 
 	var res ExpireResult
 	var last *time.Time
 	err := retry(ctx, func() error {
-		res, last = ExpireResult{ByKind: map[string]int64{}}, nil
-		rows, err := db.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, maxGrants, after)
-		if err != nil {
-			return err
-		}
-		var kind string
-		var users, grants, credits int64
-		_, err = pgx.ForEachRow(rows, []any{&kind, &users, &grants, &credits, &last}, func() error {
-			res.Users += users // users with grants of several kinds count once per kind
-			res.Grants += grants
-			res.Credits += credits
-			res.ByKind[kind] += credits
-			return nil
-		})
+		var err error
+		res, last, err = readExpired(db.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, maxGrants, after))
 		return err
 	})
 	return res, last, err
+}
+
+// readExpired sums what ledger_expire_due returned.
+func readExpired(rows pgx.Rows, err error) (ExpireResult, *time.Time, error) {
+	res := ExpireResult{ByKind: map[string]int64{}}
+	if err != nil {
+		return res, nil, err
+	}
+	var last *time.Time
+	var kind string
+	var users, grants, credits int64
+	_, err = pgx.ForEachRow(rows, []any{&kind, &users, &grants, &credits, &last}, func() error {
+		res.Users += users // users with grants of several kinds count once per kind
+		res.Grants += grants
+		res.Credits += credits
+		res.ByKind[kind] += credits
+		return nil
+	})
+	return res, last, err
+}
+
+// HeldAccountWait is how long the end of a sweep waits by default for an
+// account another transaction holds: a request holds one for
+// milliseconds, so a busy user's account is had within it; a transaction
+// left open is not.
+const HeldAccountWait = 200 * time.Millisecond
+
+// maxHeldPerSweep bounds the accounts one sweep waits for in vain (and so
+// the time it spends waiting); heldUsersPerSweep bounds those it looks at.
+const (
+	maxHeldPerSweep   = 5
+	heldUsersPerSweep = 100
+)
+
+// expireHeld is the end of a sweep: the batches skip accounts another
+// transaction holds at that instant, and an account whose user spends
+// steadily is held most of the time, so skipping alone might never close
+// its grants. For each user whose overdue grants are still open (oldest
+// first), it waits for the account up to wait, holding no other
+// lock (so it cannot deadlock), and closes that user's overdue grants in
+// the same transaction. Users still held after the wait are returned in
+// Held and left for a later sweep.
+func expireHeld(ctx context.Context, conn *pgxpool.Conn, wait time.Duration, onBatch func(ExpireResult)) (ExpireResult, error) {
+	total := ExpireResult{ByKind: map[string]int64{}}
+	rows, err := conn.Query(ctx, `
+SELECT user_id FROM grants
+ WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()
+ GROUP BY user_id ORDER BY min(expires_at), user_id LIMIT $1`, heldUsersPerSweep)
+	if err != nil {
+		return total, fmt.Errorf("find accounts the sweep skipped: %w", err)
+	}
+	users, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return total, fmt.Errorf("find accounts the sweep skipped: %w", err)
+	}
+	if wait <= 0 {
+		wait = HeldAccountWait
+	}
+	setWait := fmt.Sprintf("SET LOCAL lock_timeout = %d", max(1, wait.Milliseconds()))
+	for _, userID := range users {
+		var res ExpireResult
+		err := retry(ctx, func() error {
+			return runTx(ctx, conn, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, setWait); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `SELECT FROM accounts WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
+					return err
+				}
+				var err error
+				res, _, err = readExpired(tx.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due(1, NULL, $1)`, userID))
+				return err
+			})
+		})
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+			total.Held = append(total.Held, userID)
+			if len(total.Held) >= maxHeldPerSweep {
+				break
+			}
+			continue
+		}
+		if err != nil {
+			return total, fmt.Errorf("expire the grants of user %d: %w", userID, err)
+		}
+		total.add(res)
+		if onBatch != nil {
+			onBatch(res)
+		}
+	}
+	return total, nil
+}
+
+// add sums o into r.
+func (r *ExpireResult) add(o ExpireResult) {
+	r.Users += o.Users
+	r.Grants += o.Grants
+	r.Credits += o.Credits
+	for k, n := range o.ByKind {
+		r.ByKind[k] += n
+	}
+	r.Held = append(r.Held, o.Held...)
 }
 
 // SweepOptions paces ExpireOverdue.
@@ -803,6 +897,10 @@ type SweepOptions struct {
 	// scheduled sweep): it rests only as long as the rest of the backlog,
 	// at the pace measured so far, still finishes by then.
 	Deadline time.Time
+	// HeldWait is how long the end of the sweep waits for each account
+	// the batches skipped because another transaction held it (0:
+	// HeldAccountWait).
+	HeldWait time.Duration
 }
 
 // SweepLockKey is the SQL expression of the key of the session-level
@@ -887,17 +985,14 @@ func (s *Store) ExpireOverdue(ctx context.Context, o SweepOptions, onBatch func(
 		took := time.Since(start)
 		worked += took
 		batches++
-		total.Users += res.Users
-		total.Grants += res.Grants
-		total.Credits += res.Credits
-		for k, n := range res.ByKind {
-			total.ByKind[k] += n
-		}
+		total.add(res)
 		if onBatch != nil {
 			onBatch(res)
 		}
 		if res.Grants == 0 {
-			return total, nil
+			held, err := expireHeld(ctx, conn, o.HeldWait, onBatch)
+			total.add(held)
+			return total, err
 		}
 		rest := sweepRest(o, took, worked, batches, total.Grants, backlog-total.Grants, time.Now())
 		if rest > 0 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -677,9 +678,10 @@ func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {
 
 // TestSweepSkipsAnAccountHeldByAnOpenTransaction: a transaction left open
 // holding a user's account row (a stuck request, an operator's psql
-// session) does not stop the sweep: that user's grants are left for a
-// later sweep, everyone else's are swept, also when the batch picks one
-// grant at a time and the held account's grant is the oldest; the
+// session) does not stop the sweep: everyone else's grants are swept, also
+// when the batch picks one grant at a time and the held account's grant is
+// the oldest; at the end the sweep waits for the held account a moment,
+// then leaves that user's grants for a later sweep and says whose; the
 // watermark stays at the held grant's expiry, which is what the lag alert
 // sees.
 func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
@@ -715,6 +717,9 @@ func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
 	if res.Grants != 1 || res.Credits != 7 || open(freeGrant) {
 		t.Fatalf("swept %+v; want only the free user's grant (7 credits) closed", res)
 	}
+	if len(res.Held) != 1 || res.Held[0] != held.ID {
+		t.Fatalf("held accounts %v, want [%d]", res.Held, held.ID)
+	}
 	if !open(heldOldest) || !open(heldNewest) {
 		t.Fatal("a grant of the held account was closed while another transaction held the account")
 	}
@@ -728,8 +733,136 @@ func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
 	require.NoError(t, tx.Rollback(b.ctx))
 	res, err = b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1}, nil)
 	require.NoError(t, err)
-	if res.Grants != 2 || res.Credits != 7 || open(heldOldest) || open(heldNewest) {
+	if res.Grants != 2 || res.Credits != 7 || open(heldOldest) || open(heldNewest) || len(res.Held) != 0 {
 		t.Fatalf("second sweep %+v; want the held user's 2 grants (7 credits) closed", res)
+	}
+}
+
+// TestSweepWaitsAMomentForAnAccountInUse: an account a request holds when
+// the batches pass is waited for at the end of the sweep (up to
+// store.HeldAccountWait), and its grants are closed by the same sweep once
+// the request ends.
+func TestSweepWaitsAMomentForAnAccountInUse(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	now := time.Now()
+	grant := storetest.BackdatedGrant(t, b.st.Pool(), b.user.ID, store.GrantSubscription, 4, now.Add(-time.Hour), now.Add(-time.Minute))
+
+	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(b.ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, b.user.ID)
+	require.NoError(t, err)
+
+	type outcome struct {
+		res store.ExpireResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		// Patient enough for the test to see it wait on a slow machine.
+		res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10, HeldWait: time.Minute}, nil)
+		done <- outcome{res, err}
+	}()
+	// The request ends while the sweep waits for its account.
+	storetest.WaitFor(t, "the sweep to wait for the account", func() bool {
+		var waiting bool
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_locks h
+  ON h.locktype = 'transactionid' AND h.transactionid = l.transactionid AND h.granted
+ WHERE l.locktype = 'transactionid' AND NOT l.granted AND h.pid = $1)`, conn.PgConn().PID()).Scan(&waiting))
+		return waiting
+	})
+	require.NoError(t, tx.Commit(b.ctx))
+	got := <-done
+	require.NoError(t, got.err)
+	if got.res.Grants != 1 || got.res.Credits != 4 || len(got.res.Held) != 0 {
+		t.Fatalf("sweep %+v; want the grant closed once the request ended", got.res)
+	}
+	var closed bool
+	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT closed_at IS NOT NULL FROM grants WHERE id = $1`, grant).Scan(&closed))
+	require.True(t, closed)
+}
+
+// TestSweepClosesTheGrantsOfAUserWhoSpendsSteadily: an account that three
+// clients spend on back to back is locked most of the time; skipping it
+// whenever it is locked would never close its user's expired grants.
+func TestSweepClosesTheGrantsOfAUserWhoSpendsSteadily(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 1_000_000})
+	now := time.Now()
+	for i := range 5 {
+		storetest.BackdatedGrant(t, b.st.Pool(), b.user.ID, store.GrantSubscription, 3, now.Add(-time.Hour), now.Add(-time.Duration(i+1)*time.Minute))
+	}
+	stop := make(chan struct{})
+	var spends sync.WaitGroup
+	errs := make(chan error, 3)
+	for c := range 3 {
+		spends.Add(1)
+		go func() {
+			defer spends.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, _, err := b.st.Consume(b.ctx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: fmt.Sprintf("c%d-%d", c, i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	// Sweep once they are under way; however slow the machine, a spend
+	// ends within the wait.
+	storetest.WaitFor(t, "spends", func() bool {
+		var n int
+		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT count(*) FROM usages WHERE user_id = $1`, b.user.ID).Scan(&n))
+		return n >= 20
+	})
+	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10, HeldWait: time.Minute}, nil)
+	require.NoError(t, err)
+	close(stop)
+	spends.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if res.Grants != 5 || len(res.Held) != 0 {
+		t.Fatalf("a sweep closed %d of the 5 expired grants (held: %v) while the user spent", res.Grants, res.Held)
+	}
+}
+
+// TestSweepClosesGrantsThatExpireAtTheSameInstant: batches that pick one
+// grant at a time go on past grants sharing one expiry (a period's end),
+// also past a held account among them.
+func TestSweepClosesGrantsThatExpireAtTheSameInstant(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	at := time.Now().Add(-time.Minute)
+	var users []int64
+	for range 6 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantSubscription, 2, at.Add(-time.Hour), at)
+		users = append(users, u.ID)
+	}
+	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(b.ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(b.ctx) //nolint:errcheck
+	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, users[2])
+	require.NoError(t, err)
+
+	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 1}, nil)
+	require.NoError(t, err)
+	if res.Grants != 5 || res.Credits != 10 || len(res.Held) != 1 || res.Held[0] != users[2] {
+		t.Fatalf("sweep %+v; want the 5 grants of free accounts closed and user %d held", res, users[2])
 	}
 }
 

@@ -266,3 +266,42 @@ func snapshotLedger(t *testing.T, st *store.Store, users []int64, spends []store
 	}
 	return s
 }
+
+// Migration 00016 replaces ledger_expire_due with one taking a third,
+// optional argument: a worker built before it keeps sweeping with the
+// statement it prepared before the migration, on the same connection.
+func TestLedgerMigration16KeepsOlderSweepersWorking(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 15)
+	st := store.New(pool, nil)
+	now := time.Now()
+	for range 2 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		storetest.BackdatedGrant(t, pool, u.ID, store.GrantSubscription, 3, now.Add(-time.Hour), now.Add(-time.Minute))
+	}
+	older, err := pgx.Connect(ctx, pool.Config().ConnConfig.ConnString())
+	require.NoError(t, err)
+	t.Cleanup(func() { older.Close(context.Background()) })
+	// The statement a version-15 worker runs, prepared and cached by pgx.
+	sweepOne := func() (grants int64) {
+		t.Helper()
+		rows, err := older.Query(ctx, `SELECT kind, users, grants, credits, last_expiry FROM ledger_expire_due($1, $2)`, 1, nil)
+		require.NoError(t, err)
+		var kind string
+		var u, g, c int64
+		var last *time.Time
+		_, err = pgx.ForEachRow(rows, []any{&kind, &u, &g, &c, &last}, func() error { grants += g; return nil })
+		require.NoError(t, err)
+		return grants
+	}
+	require.Equal(t, int64(1), sweepOne())
+
+	res, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.NotEmpty(t, res.App)
+	require.Equal(t, "00016_sweep_skips_busy_accounts.sql", res.App[0])
+	require.Equal(t, int64(1), sweepOne(), "the older worker's sweep after the migration")
+	require.Equal(t, int64(0), sweepOne())
+	require.Empty(t, storetest.Violations(t, st))
+}

@@ -74,6 +74,12 @@ func (w *ExpireCreditsWorker) Work(ctx context.Context, job *river.Job[jobs.Expi
 	if total.Grants > 0 {
 		w.logger.InfoContext(ctx, "expired credits", "grants", total.Grants, "credits", total.Credits)
 	}
+	if len(total.Held) > 0 {
+		// A transaction left open holds these accounts: their expired
+		// grants stay open (and unspendable) until a later sweep.
+		w.logger.WarnContext(ctx, "expiry sweep left users whose account another transaction holds",
+			"user_ids", total.Held, "waited", store.HeldAccountWait)
+	}
 	return err
 }
 

@@ -111,21 +111,25 @@ func (g *Gauges) RefreshQueues(ctx context.Context) {
 }
 
 // RefreshSweep updates the expiry sweep's watermark when leader. A failed
-// read leaves the last value, which then ages like a sweep that is behind:
-// the lag alert cannot be silenced by the query that would show it.
+// read (within 2 s) leaves the last value, which then ages like a sweep
+// that is behind, so a watermark query that keeps failing shows as a lag;
+// but while the database cannot be reached at all no worker knows it
+// leads, and every worker clears these gauges (other alerts fire then).
 func (g *Gauges) RefreshSweep(ctx context.Context) {
 	if !g.leader(ctx) {
 		g.metrics.SweptThrough.Reset()
 		g.metrics.SweepScheduleGap.Reset()
 		return
 	}
-	g.metrics.SweepScheduleGap.WithLabelValues().Set(g.sweepGap.Seconds())
-	at, err := g.store.SweptThrough(ctx)
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	at, err := g.store.SweptThrough(qctx)
 	if err != nil {
 		g.logger.WarnContext(ctx, "expiry sweep watermark", "err", err)
 		return
 	}
 	g.metrics.SweptThrough.WithLabelValues().Set(float64(at.UnixMilli()) / 1000)
+	g.metrics.SweepScheduleGap.WithLabelValues().Set(g.sweepGap.Seconds())
 }
 
 // RefreshLiability updates the outstanding-credit gauges when leader.

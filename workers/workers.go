@@ -63,10 +63,13 @@ func schedulePeriod(spec string) (time.Duration, error) {
 }
 
 // LongestScheduleGap is the longest time between two consecutive runs of a
-// five-field cron spec in UTC, looking ahead from from: one tick apart for
-// regular specs, over the weekend for "0 9 * * 1-5". It looks at most 20,000
-// runs or five years ahead; a spec that runs less than twice in that time
-// gets the five years.
+// five-field cron spec in UTC, looking five years ahead from from: one
+// tick apart for regular specs, over the weekend for "0 9 * * 1-5", eleven
+// months for "* * * 2 *". The gaps of the first 20,000 runs are measured
+// exactly; beyond them it measures the wait for the next run from every
+// hour (and from each run, where runs are further apart), so a gap found
+// there may be short by up to an hour. A spec that does not run within
+// five years is an error.
 func LongestScheduleGap(spec string, from time.Time) (time.Duration, error) {
 	sched, err := cron.ParseStandard("CRON_TZ=UTC " + spec)
 	if err != nil {
@@ -74,21 +77,32 @@ func LongestScheduleGap(spec string, from time.Time) (time.Duration, error) {
 	}
 	const horizon = 5 * 366 * 24 * time.Hour
 	end := from.Add(horizon)
+	first := sched.Next(from)
+	if first.IsZero() || first.After(end) {
+		return 0, fmt.Errorf("%q does not run within five years", spec)
+	}
 	var longest time.Duration
-	prev := sched.Next(from)
+	prev := first
 	for range 20_000 {
-		if prev.IsZero() || prev.After(end) {
-			break
-		}
 		next := sched.Next(prev)
-		if next.IsZero() || next.After(end) {
-			break
+		if next.IsZero() { // none within five years of prev
+			return horizon, nil
 		}
 		longest = max(longest, next.Sub(prev))
+		if next.After(end) {
+			return longest, nil
+		}
 		prev = next
 	}
-	if longest == 0 {
-		return horizon, nil
+	for x := prev; !x.After(end); {
+		next := sched.Next(x)
+		if next.IsZero() {
+			return horizon, nil
+		}
+		longest = max(longest, next.Sub(x))
+		if x = x.Add(time.Hour); next.After(x) {
+			x = next
+		}
 	}
 	return longest, nil
 }

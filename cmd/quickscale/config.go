@@ -233,8 +233,10 @@ func loadConfig(getenv func(string) string) (Config, error) {
 			bad("STRIPE_API_URL", c.StripeAPIURL, "want an absolute http(s) URL")
 		}
 	}
-	if _, err := cron.ParseStandard("CRON_TZ=UTC " + c.ExpireCreditsSchedule); err != nil {
+	if sched, err := cron.ParseStandard("CRON_TZ=UTC " + c.ExpireCreditsSchedule); err != nil {
 		bad("EXPIRE_CREDITS_SCHEDULE", c.ExpireCreditsSchedule, "want a five-field cron spec such as '* * * * *'")
+	} else if sched.Next(time.Now()).IsZero() {
+		bad("EXPIRE_CREDITS_SCHEDULE", c.ExpireCreditsSchedule, "it never runs (no such date within five years)")
 	}
 	return c, errors.Join(errs...)
 }

@@ -59,6 +59,8 @@ func TestConfigRefusesAlmostRightValues(t *testing.T) {
 		"LOG_LEVEL": "warn-4",
 		// QuickScaleLiabilityStale fires at 10 minutes old.
 		"LIABILITY_REFRESH_INTERVAL": "20m",
+		// February 31st: a sweep that never runs.
+		"EXPIRE_CREDITS_SCHEDULE": "0 0 31 2 *",
 	} {
 		_, err := loadConfig(envFrom(map[string]string{name: value}))
 		if err == nil || !strings.Contains(err.Error(), name) {
