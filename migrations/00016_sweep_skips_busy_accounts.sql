@@ -28,7 +28,8 @@
 -- Lock order: batches used to lock accounts in user-id order, as every
 -- writer that locks several accounts does, so that two of them could not
 -- wait on each other. A batch now locks in expiry order but never waits,
--- and the final pass waits for one account at a time, holding no other, so
+-- and the final pass waits for one account at a time, holding no other
+-- row lock (only the sweep's advisory lock, which nothing waits for), so
 -- a sweep cannot be part of a deadlock; other writers wait for the sweep's
 -- locks for as long as a batch runs, as before.
 --

@@ -744,8 +744,8 @@ type ExpireResult struct {
 	Credits       int64
 	ByKind        map[string]int64 // credits expired per grant kind
 	// Held are users whose overdue grants a sweep left open because
-	// another transaction held their account past SweepOptions.HeldWait
-	// (at most maxHeldPerSweep of them); a later sweep closes them.
+	// another transaction held their account (past SweepOptions.HeldWait,
+	// for the first maxHeldWaits of them); a later sweep closes them.
 	Held []int64
 }
 
@@ -801,10 +801,11 @@ func readExpired(rows pgx.Rows, err error) (ExpireResult, *time.Time, error) {
 // left open is not.
 const HeldAccountWait = 200 * time.Millisecond
 
-// maxHeldPerSweep bounds the accounts one sweep waits for in vain (and so
-// the time it spends waiting); heldUsersPerSweep bounds those it looks at.
+// maxHeldWaits bounds the accounts one sweep waits for in vain (and so the
+// time it spends waiting): after that many, it tries the rest without
+// waiting. heldUsersPerSweep bounds the users it comes back to.
 const (
-	maxHeldPerSweep   = 5
+	maxHeldWaits      = 5
 	heldUsersPerSweep = 100
 )
 
@@ -812,15 +813,21 @@ const (
 // transaction holds at that instant, and an account whose user spends
 // steadily is held most of the time, so skipping alone might never close
 // its grants. For each user whose overdue grants are still open (oldest
-// first), it waits for the account up to wait, holding no other
-// lock (so it cannot deadlock), and closes that user's overdue grants in
-// the same transaction. Users still held after the wait are returned in
-// Held and left for a later sweep.
+// first), it waits for the account up to wait, holding no other row
+// lock (so it cannot deadlock; the session's sweep lock is only ever
+// tried), and closes that user's overdue grants in the same transaction.
+// After maxHeldWaits accounts were waited for in vain, the rest are tried
+// without waiting. Users still held are returned in Held and left for a
+// later sweep.
 func expireHeld(ctx context.Context, conn *pgxpool.Conn, wait time.Duration, onBatch func(ExpireResult)) (ExpireResult, error) {
 	total := ExpireResult{ByKind: map[string]int64{}}
+	// Among the 1,000 oldest overdue grants still open, so that the query
+	// stays one short index scan however many are held.
 	rows, err := conn.Query(ctx, `
-SELECT user_id FROM grants
- WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()
+SELECT user_id FROM (
+    SELECT user_id, expires_at FROM grants
+     WHERE closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()
+     ORDER BY expires_at LIMIT 1000) g
  GROUP BY user_id ORDER BY min(expires_at), user_id LIMIT $1`, heldUsersPerSweep)
 	if err != nil {
 		return total, fmt.Errorf("find accounts the sweep skipped: %w", err)
@@ -840,7 +847,11 @@ SELECT user_id FROM grants
 				if _, err := tx.Exec(ctx, setWait); err != nil {
 					return err
 				}
-				if _, err := tx.Exec(ctx, `SELECT FROM accounts WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
+				lock := `SELECT FROM accounts WHERE user_id = $1 FOR UPDATE`
+				if len(total.Held) >= maxHeldWaits {
+					lock += ` NOWAIT`
+				}
+				if _, err := tx.Exec(ctx, lock, userID); err != nil {
 					return err
 				}
 				var err error
@@ -851,9 +862,6 @@ SELECT user_id FROM grants
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
 			total.Held = append(total.Held, userID)
-			if len(total.Held) >= maxHeldPerSweep {
-				break
-			}
 			continue
 		}
 		if err != nil {

@@ -695,13 +695,7 @@ func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
 	freeGrant := storetest.BackdatedGrant(t, b.st.Pool(), free.ID, store.GrantSubscription, 7, born, now.Add(-5*time.Minute))
 
 	// Another session holds the account row, on a connection of its own.
-	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	tx, err := conn.Begin(b.ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
-	require.NoError(t, err)
+	tx, _ := holdAccounts(t, b, held.ID)
 
 	open := func(id int64) bool {
 		t.Helper()
@@ -741,29 +735,29 @@ func TestSweepSkipsAnAccountHeldByAnOpenTransaction(t *testing.T) {
 // TestSweepWaitsAMomentForAnAccountInUse: an account a request holds when
 // the batches pass is waited for at the end of the sweep (up to
 // store.HeldAccountWait), and its grants are closed by the same sweep once
-// the request ends.
+// the request ends, reported like a batch's; the wait's lock_timeout does
+// not stay on the connection, which goes back to the pool.
 func TestSweepWaitsAMomentForAnAccountInUse(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)
 	now := time.Now()
 	grant := storetest.BackdatedGrant(t, b.st.Pool(), b.user.ID, store.GrantSubscription, 4, now.Add(-time.Hour), now.Add(-time.Minute))
 
-	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	tx, err := conn.Begin(b.ctx)
-	require.NoError(t, err)
-	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, b.user.ID)
-	require.NoError(t, err)
+	tx, holder := holdAccounts(t, b, b.user.ID)
 
 	type outcome struct {
 		res store.ExpireResult
 		err error
 	}
+	// A pool of one connection: the sweep's is the one asked afterwards.
+	one, err := store.OpenPool(b.ctx, b.st.Pool().Config().ConnString(), store.PoolOptions{MaxConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(one.Close)
+	var reported int64
 	done := make(chan outcome, 1)
 	go func() {
 		// Patient enough for the test to see it wait on a slow machine.
-		res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10, HeldWait: time.Minute}, nil)
+		res, err := store.New(one, nil).ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 10, HeldWait: time.Minute}, func(r store.ExpireResult) { reported += r.Credits })
 		done <- outcome{res, err}
 	}()
 	// The request ends while the sweep waits for its account.
@@ -771,18 +765,50 @@ func TestSweepWaitsAMomentForAnAccountInUse(t *testing.T) {
 		var waiting bool
 		require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_locks h
   ON h.locktype = 'transactionid' AND h.transactionid = l.transactionid AND h.granted
- WHERE l.locktype = 'transactionid' AND NOT l.granted AND h.pid = $1)`, conn.PgConn().PID()).Scan(&waiting))
+ WHERE l.locktype = 'transactionid' AND NOT l.granted AND h.pid = $1)`, holder).Scan(&waiting))
 		return waiting
 	})
 	require.NoError(t, tx.Commit(b.ctx))
 	got := <-done
 	require.NoError(t, got.err)
-	if got.res.Grants != 1 || got.res.Credits != 4 || len(got.res.Held) != 0 {
-		t.Fatalf("sweep %+v; want the grant closed once the request ended", got.res)
+	if got.res.Grants != 1 || got.res.Credits != 4 || len(got.res.Held) != 0 || reported != 4 {
+		t.Fatalf("sweep %+v (%d credits reported to onBatch); want the grant closed once the request ended", got.res, reported)
 	}
 	var closed bool
 	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT closed_at IS NOT NULL FROM grants WHERE id = $1`, grant).Scan(&closed))
 	require.True(t, closed)
+	var lockTimeout string
+	require.NoError(t, one.QueryRow(b.ctx, `SHOW lock_timeout`).Scan(&lockTimeout))
+	require.Equal(t, "0", lockTimeout, "the sweep's wait must not outlive its transaction")
+}
+
+// TestSweepReportsEveryHeldAccount: past the first few accounts held in
+// vain the sweep stops waiting but still tries, and reports, every user it
+// comes back to.
+func TestSweepReportsEveryHeldAccount(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	now := time.Now()
+	var held []int64
+	for i := range 8 {
+		u := storetest.NewUser(t, b.st, storetest.UserOpts{})
+		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(-time.Duration(10-i)*time.Minute))
+		held = append(held, u.ID)
+	}
+	holdAccounts(t, b, held...)
+	// The youngest overdue grant's account is free.
+	storetest.BackdatedGrant(t, b.st.Pool(), b.user.ID, store.GrantPromo, 3, now.Add(-time.Hour), now.Add(-time.Minute))
+
+	ctx, cancel := context.WithTimeout(b.ctx, time.Minute)
+	defer cancel()
+	res, err := b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 2, HeldWait: 20 * time.Millisecond}, nil)
+	require.NoError(t, err)
+	if res.Grants != 1 || res.Credits != 3 {
+		t.Fatalf("sweep %+v; want only the free user's grant closed", res)
+	}
+	if d := cmp.Diff(held, res.Held); d != "" {
+		t.Fatalf("held users, oldest grant first (-want +got):\n%s", d)
+	}
 }
 
 // TestSweepClosesTheGrantsOfAUserWhoSpendsSteadily: an account that three
@@ -850,20 +876,33 @@ func TestSweepClosesGrantsThatExpireAtTheSameInstant(t *testing.T) {
 		storetest.BackdatedGrant(t, b.st.Pool(), u.ID, store.GrantSubscription, 2, at.Add(-time.Hour), at)
 		users = append(users, u.ID)
 	}
+	holdAccounts(t, b, users[2])
+
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	res, err := b.st.ExpireOverdue(ctx, store.SweepOptions{BatchSize: 1}, nil)
+	require.NoError(t, err)
+	if res.Grants != 5 || res.Credits != 10 || len(res.Held) != 1 || res.Held[0] != users[2] {
+		t.Fatalf("sweep %+v; want the 5 grants of free accounts closed and user %d held", res, users[2])
+	}
+}
+
+// holdAccounts locks the users' account rows in a transaction of another
+// session, as a request in flight (or one left open) does, and returns it
+// and that session's process id; the test may end it, else closing the
+// connection at cleanup rolls it back.
+func holdAccounts(t *testing.T, b *ledgerBundle, userIDs ...int64) (pgx.Tx, uint32) {
+	t.Helper()
 	conn, err := pgx.Connect(b.ctx, b.st.Pool().Config().ConnConfig.ConnString())
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	tx, err := conn.Begin(b.ctx)
 	require.NoError(t, err)
-	defer tx.Rollback(b.ctx) //nolint:errcheck
-	_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, users[2])
-	require.NoError(t, err)
-
-	res, err := b.st.ExpireOverdue(b.ctx, store.SweepOptions{BatchSize: 1}, nil)
-	require.NoError(t, err)
-	if res.Grants != 5 || res.Credits != 10 || len(res.Held) != 1 || res.Held[0] != users[2] {
-		t.Fatalf("sweep %+v; want the 5 grants of free accounts closed and user %d held", res, users[2])
+	for _, id := range userIDs {
+		_, err = tx.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, id)
+		require.NoError(t, err)
 	}
+	return tx, conn.PgConn().PID()
 }
 
 // TestSweptThroughFollowsTheSweep: the watermark the sweep-lag gauge
