@@ -12,9 +12,9 @@ import (
 
 // Gauges keeps the leader-only gauges fresh: queue depth and oldest job age
 // (a bounded, time-limited query), the expiry sweep's watermark and the
-// credit liability. Only the River
-// leader queries, so N workers cost one query, not N; the others clear
-// their gauges so dashboards never add stale copies.
+// credit liability. Only the River leader queries, so N workers cost one
+// query, not N; the others clear their gauges so dashboards never add
+// stale copies.
 type Gauges struct {
 	logger            *slog.Logger
 	store             *store.Store
