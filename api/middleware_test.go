@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func newTestServerShell(logs *bytes.Buffer) *server {
@@ -38,6 +39,29 @@ func TestRecovererTurnsAPanicIntoAGeneric500AndLogsIt(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "secret internal detail") || !strings.Contains(logs.String(), "stack") {
 		t.Fatalf("panic not logged with its stack: %s", logs.String())
+	}
+}
+
+// An answer JSON cannot carry is not sent as its status with an empty
+// body: it is a logged 500 problem.
+func TestAnAnswerJSONCannotCarryIsALogged500(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	s := newTestServerShell(&logs)
+	h := requestID(s.recoverer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"next_expiry": time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)})
+	})))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/balance", nil))
+	if rec.Code != http.StatusInternalServerError {
+		t.Fatalf("status %d, want 500; body %q", rec.Code, rec.Body.String())
+	}
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || p.Error != "internal_error" || p.RequestID == "" {
+		t.Fatalf("body %q is not a 500 problem with the request id (%v)", rec.Body.String(), err)
+	}
+	if !strings.Contains(logs.String(), "year outside of range") {
+		t.Fatalf("the encoding error is not logged: %s", logs.String())
 	}
 }
 

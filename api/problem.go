@@ -1,7 +1,9 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 )
 
@@ -15,13 +17,22 @@ type problem struct {
 	Required  *int64 `json:"required,omitempty"`
 }
 
+// writeJSON encodes v before it sends the status. A value JSON cannot
+// carry (a time after year 9999, say) is a bug: it panics, before anything
+// is written, so that the recoverer logs it with its stack and answers a
+// 500 problem with the request id, instead of the status promised with an
+// empty body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(true)
+	if err := enc.Encode(v); err != nil {
+		panic(fmt.Errorf("api: encoding a %T answer: %w", v, err))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(true)
-	_ = enc.Encode(v)
+	_, _ = w.Write(buf.Bytes())
 }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, status int, code, msg string) {

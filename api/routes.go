@@ -30,13 +30,20 @@ func (s *server) routes() http.Handler {
 
 	// JSON API (bearer API keys; no cookies, so no CSRF exposure).
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Use(timeout(s.cfg.RequestTimeout), s.requireAPIKey)
-		r.Get("/balance", s.handleAPIBalance().ServeHTTP)
-		r.Get("/services", s.handleAPIServices().ServeHTTP)
-		r.Post("/usage", s.handleAPIConsume().ServeHTTP)
-		r.Get("/usage", s.handleAPIUsageList().ServeHTTP)
-		r.NotFound(apiNotFound)
-		r.MethodNotAllowed(apiMethodNotAllowed)
+		r.Use(timeout(s.cfg.RequestTimeout))
+		// The key is checked after routing (a group's middleware wraps each
+		// route's handler), so that a refused key is logged and counted
+		// under the route it was for; unknown paths and methods check it
+		// too, first.
+		r.Group(func(r chi.Router) {
+			r.Use(s.requireAPIKey)
+			r.Get("/balance", s.handleAPIBalance().ServeHTTP)
+			r.Get("/services", s.handleAPIServices().ServeHTTP)
+			r.Post("/usage", s.handleAPIConsume().ServeHTTP)
+			r.Get("/usage", s.handleAPIUsageList().ServeHTTP)
+		})
+		r.NotFound(s.requireAPIKey(http.HandlerFunc(apiNotFound)).ServeHTTP)
+		r.MethodNotAllowed(s.requireAPIKey(http.HandlerFunc(apiMethodNotAllowed)).ServeHTTP)
 	})
 
 	// The web dashboard: sessions, cross-origin protection on every

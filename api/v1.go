@@ -77,9 +77,20 @@ func (s *server) requireAPIKey(next http.Handler) http.Handler {
 	})
 }
 
+// StatusClientClosedRequest answers a request whose client closed its
+// connection first (nginx's 499): logged and counted as a 4xx.
+const StatusClientClosedRequest = 499
+
 // apiError turns an unexpected error into a 500 problem; the detail is
 // logged, never sent.
 func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The client closed its connection before the answer (it gave up
+		// waiting): nobody reads this, and it is no fault of ours, so it
+		// is not a 5xx for the error-ratio alert.
+		writeProblem(w, r, StatusClientClosedRequest, "client_closed_request", "The client closed the connection before the answer.")
+		return
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
@@ -148,6 +159,13 @@ func (s *server) handleAPIConsume() http.Handler {
 		}
 		if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
 			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")
+			return
+		}
+		// A declared length over the cap is refused before reading
+		// (limitBody leaves it to here, after the key): reading would wait
+		// for bytes a short body never sends, until the read timeout.
+		if r.ContentLength > s.cfg.MaxBodyBytes {
+			writeProblem(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "The request body is too large.")
 			return
 		}
 		service, status, code, msg := decodeUsageBody(r.Body)

@@ -99,13 +99,38 @@ func RevokeAllAPIKeys(ctx context.Context, db DBTX, userID int64) (int64, error)
 	return tag.RowsAffected(), err
 }
 
-// APIKeys lists a user's keys, newest first, revoked ones included.
-func (s *Store) APIKeys(ctx context.Context, userID int64) ([]APIKey, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE user_id = $1 ORDER BY id DESC LIMIT 100`, userID)
+// RevokedKeysListed is how many revoked keys APIKeys lists at most, the
+// most recently made.
+const RevokedKeysListed = 25
+
+// APIKeys lists a user's keys, newest first: every live key (so each can
+// be seen and revoked, however many were revoked since it was made) and
+// the RevokedKeysListed newest revoked ones. olderRevoked says whether
+// older revoked keys were left out.
+func (s *Store) APIKeys(ctx context.Context, userID int64) (keys []APIKey, olderRevoked bool, err error) {
+	rows, err := s.pool.Query(ctx, `(SELECT `+apiKeyColumns+` FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL)
+UNION ALL
+(SELECT `+apiKeyColumns+` FROM api_keys WHERE user_id = $1 AND revoked_at IS NOT NULL ORDER BY id DESC LIMIT $2)
+ORDER BY id DESC`, userID, RevokedKeysListed+1)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return pgx.CollectRows(rows, pgx.RowToStructByName[APIKey])
+	keys, err = pgx.CollectRows(rows, pgx.RowToStructByName[APIKey])
+	if err != nil {
+		return nil, false, err
+	}
+	revoked := 0
+	for i, k := range keys {
+		if k.RevokedAt == nil {
+			continue
+		}
+		if revoked++; revoked > RevokedKeysListed {
+			// The oldest revoked key read (live keys older than it may
+			// follow): it only told that there are more.
+			return append(keys[:i], keys[i+1:]...), true, nil
+		}
+	}
+	return keys, false, nil
 }
 
 // RevokeAPIKey revokes one of the user's keys. Another user's key is not found.

@@ -37,7 +37,7 @@ func TestAPIKeyLimitHoldsUnderConcurrentCreation(t *testing.T) {
 			t.Fatalf("unexpected error: %v", err)
 		}
 	}
-	keys, err := st.APIKeys(ctx, u.ID)
+	keys, _, err := st.APIKeys(ctx, u.ID)
 	require.NoError(t, err)
 	require.Len(t, keys, created)
 	require.Equal(t, attempts, created+refused)
@@ -57,4 +57,36 @@ func TestAPIKeyNameIsBoundedInCharacters(t *testing.T) {
 		_, _, err = st.CreateAPIKey(ctx, u.ID, name)
 		require.Equal(t, store.KindInvalid, store.ErrorKind(err), "name %q: %v", name, err)
 	}
+}
+
+// APIKeys lists every live key and the RevokedKeysListed newest revoked
+// ones, and says when older revoked keys were left out — not before.
+func TestAPIKeysListsLiveKeysAndTheNewestRevoked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	_, oldest, err := st.CreateAPIKey(ctx, u.ID, "oldest live")
+	require.NoError(t, err)
+	for i := range store.RevokedKeysListed {
+		_, k, err := st.CreateAPIKey(ctx, u.ID, fmt.Sprintf("r%d", i))
+		require.NoError(t, err)
+		require.NoError(t, st.RevokeAPIKey(ctx, u.ID, k.ID))
+	}
+	keys, older, err := st.APIKeys(ctx, u.ID)
+	require.NoError(t, err)
+	require.False(t, older, "exactly RevokedKeysListed revoked keys: none left out")
+	require.Len(t, keys, store.RevokedKeysListed+1)
+	require.Equal(t, oldest.ID, keys[len(keys)-1].ID, "newest first, the live key last")
+
+	_, newest, err := st.CreateAPIKey(ctx, u.ID, "r-last")
+	require.NoError(t, err)
+	require.NoError(t, st.RevokeAPIKey(ctx, u.ID, newest.ID))
+	keys, older, err = st.APIKeys(ctx, u.ID)
+	require.NoError(t, err)
+	require.True(t, older)
+	require.Len(t, keys, store.RevokedKeysListed+1)
+	require.Equal(t, newest.ID, keys[0].ID)
+	require.Equal(t, oldest.ID, keys[len(keys)-1].ID, "the live key stays listed")
+	require.Equal(t, "r1", keys[len(keys)-2].Name, "the oldest revoked key (r0) is the one left out")
 }

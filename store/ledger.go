@@ -90,10 +90,27 @@ func (g NewGrant) validate() error {
 		return Errorf(KindInvalid, "Pack credits never expire.")
 	case g.ExpiresAt != nil && !g.ExpiresAt.After(time.Now()):
 		return Errorf(KindInvalid, "The expiry must be in the future.")
+	case g.ExpiresAt != nil && ExpiryTooFar(*g.ExpiresAt, time.Now()):
+		return Errorf(KindInvalid, "The expiry must be at most %d years ahead; credits meant to last longer never expire (no expiry).", MaxExpiryYears)
 	case g.SourceKind == "" || g.SourceID == "":
 		return Errorf(KindInvalid, "A grant needs a source.")
 	}
 	return nil
+}
+
+// MaxExpiryYears is how far ahead of its making a grant may expire at
+// most (a database constraint too, in grants_expiry, migration 00017):
+// credits meant to last longer never expire. It keeps every expiry a date
+// JSON can carry and the pages can count down to.
+const MaxExpiryYears = 100
+
+// ExpiryTooFar reports whether t is too far ahead of now to be a grant's
+// expiry. It is a day stricter than the database, which counts 100
+// calendar years from the grant's creation in UTC: a day covers the
+// difference from a 29 February (Go moves it to 1 March, PostgreSQL to 28
+// February) and between this clock and the database's.
+func ExpiryTooFar(t, now time.Time) bool {
+	return t.After(now.UTC().AddDate(MaxExpiryYears, 0, -1))
 }
 
 // MaxGrantCredits is the most one grant holds (a database constraint too),

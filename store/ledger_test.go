@@ -461,6 +461,7 @@ func TestLedgerRefusesValuesThatBreakARule(t *testing.T) {
 	valid := []string{
 		grant(`'pack'`, `5`, `NULL`, src),
 		grant(`'subscription'`, `5`, soon, src),
+		grant(`'promo'`, `5`, `now() + interval '100 years'`, src),
 		entry(`'adjust'`, `1`, `NULL`, `'why'`),
 		entry(`'consume'`, `-1`, `$2`, `NULL`),
 		usage(`0`, `'another-key'`, `'fp'`, `0`),
@@ -475,6 +476,8 @@ func TestLedgerRefusesValuesThatBreakARule(t *testing.T) {
 		"subscription without expiry":  grant(`'subscription'`, `5`, `NULL`, src),
 		"expiring pack":                grant(`'pack'`, `5`, soon, src),
 		"expires before it is granted": grant(`'admin'`, `5`, `now() - interval '1 day'`, src),
+		"expires over 100 years ahead": grant(`'promo'`, `5`, `now() + interval '100 years 1 second'`, src),
+		"expires after year 9999":      grant(`'admin'`, `5`, `'10000-01-01 00:00:00+00'`, src),
 		"unknown entry kind":           entry(`'bonus'`, `1`, `NULL`, `'why'`),
 		"zero entry":                   entry(`'adjust'`, `0`, `NULL`, `'why'`),
 		"blank adjust reason":          entry(`'adjust'`, `1`, `NULL`, `'  '`),
@@ -503,6 +506,12 @@ func TestAdjustAddsAndRemovesWithReasonAndAudit(t *testing.T) {
 
 	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 5, Actor: &admin.ID, Reason: "  "})
 	require.Equal(t, store.KindInvalid, store.ErrorKind(err), "a blank reason must be refused")
+	// An expiry further than MaxExpiryYears is refused in words before the
+	// database's rule would refuse it.
+	far := time.Now().AddDate(store.MaxExpiryYears, 0, 1)
+	_, err = b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 5, Kind: store.GrantPromo, ExpiresAt: &far, Actor: &admin.ID, Reason: "forever"})
+	require.Equal(t, store.KindInvalid, store.ErrorKind(err), "an expiry over 100 years ahead: %v", err)
+	require.ErrorContains(t, err, "at most 100 years ahead")
 
 	add, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 5, Actor: &admin.ID, Reason: "goodwill"})
 	require.NoError(t, err)

@@ -305,3 +305,51 @@ func TestLedgerMigration16KeepsOlderSweepersWorking(t *testing.T) {
 	require.Equal(t, int64(0), sweepOne())
 	require.Empty(t, storetest.Violations(t, st))
 }
+
+// Migration 00017 bounds expiries at 100 years after a grant is made. A
+// ledger holding a grant that expires later fails it, nothing applied,
+// until README's query finds the grant and README's fix (never expires)
+// is applied; grants within the bound migrate as they are.
+func TestLedgerMigration17RefusesAGrantExpiringBeyondACentury(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 16)
+	st := store.New(pool, nil)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	in99 := time.Now().AddDate(99, 0, 0)
+	near := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 5, Kind: store.GrantPromo, ExpiresAt: &in99})
+	// As the admin form could make one before the rule: good through
+	// 9999-12-31 in New York, a year 10000 date in UTC.
+	var far int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT grant_id FROM ledger_grant($1, 'admin', 7, '9999-12-31 23:00:00-05', 'test', 'far', 'adjust', NULL, 'forever')`, u.ID).Scan(&far))
+
+	_, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "grants_expiry")
+	var version int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT max(version_id) FROM goose_db_version WHERE is_applied`).Scan(&version))
+	require.EqualValues(t, 16, version)
+
+	// README's query finds it, and README's fix lets the migration through.
+	rows, err := pool.Query(ctx, `SELECT id FROM grants WHERE expires_at > created_at + interval '100 years'`)
+	require.NoError(t, err)
+	found, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{far}, found)
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `UPDATE grants SET expires_at = NULL WHERE kind IN ('admin', 'promo') AND expires_at > created_at + interval '100 years'`)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+
+	bal, err := st.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 12, bal.Total)
+	require.NotNil(t, bal.NextExpiry)
+	var nearExpiry time.Time
+	require.NoError(t, pool.QueryRow(ctx, `SELECT expires_at FROM grants WHERE id = $1`, near.GrantID).Scan(&nearExpiry))
+	require.True(t, bal.NextExpiry.Equal(nearExpiry), "the 99-year grant keeps its expiry")
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -12,6 +13,14 @@ import (
 
 // formatInt writes n with thousands separators.
 func formatInt(n int64) string { return billing.FormatCredits(n) }
+
+// formatCredits counts credits: "1 credit", "-1 credit", "1,000 credits".
+func formatCredits(n int64) string {
+	if n == 1 || n == -1 {
+		return formatInt(n) + " credit"
+	}
+	return formatInt(n) + " credits"
+}
 
 // formatMoney shows integer minor units as money.
 func formatMoney(minor int64, currency string) string { return billing.FormatMoney(minor, currency) }
@@ -28,10 +37,13 @@ func perCredit(minor, credits int64) string {
 
 // relativeTime says how long ago (or until) t is, for people.
 func relativeTime(t time.Time) string {
-	d := time.Since(t)
-	future := d < 0
+	// Measured from the earlier end, so that a far-off time saturates to
+	// the longest Duration instead of overflowing when negated.
+	now := time.Now()
+	future := t.After(now)
+	d := now.Sub(t)
 	if future {
-		d = -d
+		d = t.Sub(now)
 	}
 	// To the nearest unit: 9 days 23 hours is "in 10 days", not "in 9
 	// days", which reads as a day more than there is.
@@ -45,8 +57,11 @@ func relativeTime(t time.Time) string {
 		s = plural(int64(d.Round(time.Minute)/time.Minute), "minute")
 	case d.Round(time.Hour) < 48*time.Hour:
 		s = plural(int64(d.Round(time.Hour)/time.Hour), "hour")
-	default:
+	case d.Round(24*time.Hour) < 730*24*time.Hour:
 		s = plural(int64(d.Round(24*time.Hour)/(24*time.Hour)), "day")
+	default:
+		// In seconds, which reach further than a Duration (about 292 years).
+		s = plural(int64(math.Round(math.Abs(float64(t.Unix()-now.Unix()))/(365.25*24*3600))), "year")
 	}
 	if future {
 		return "in " + s

@@ -21,9 +21,25 @@ func TestRelativeTimeSaysWhichWay(t *testing.T) {
 		{now.Add(time.Minute + 59*time.Second), "in 2 minutes"},
 		{now.Add(59*time.Minute + 40*time.Second), "in 1 hour"},
 		{now.Add(-47*time.Hour - 50*time.Minute), "2 days ago"},
+		{now.AddDate(0, 0, 729), "in 729 days"},
+		{now.AddDate(0, 0, 731), "in 2 years"},
+		{now.AddDate(100, 0, 0), "in 100 years"},
+		// Further than a time.Duration reaches (about 292 years): it used to
+		// overflow and read "in under a minute".
+		{now.AddDate(400, 0, 0), "in 400 years"},
+		{now.AddDate(-400, 0, 0), "400 years ago"},
 	} {
 		if got := relativeTime(c.at); got != c.want {
 			t.Errorf("relativeTime(now%+v) = %q, want %q", c.at.Sub(now).Round(time.Second), got, c.want)
+		}
+	}
+}
+
+func TestFormatCreditsCountsOneCreditAsOne(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[int64]string{1: "1 credit", -1: "-1 credit", 0: "0 credits", 2: "2 credits", 1000: "1,000 credits"} {
+		if got := formatCredits(n); got != want {
+			t.Errorf("formatCredits(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -201,9 +201,13 @@ func (s *Site) AdminCredits() http.Handler {
 			// The credits are good through the whole of the day chosen:
 			// they expire when it ends (UTC), so today is a valid choice.
 			t, err := time.Parse("2006-01-02", v)
-			if end := t.AddDate(0, 0, 1); err != nil || !end.After(time.Now()) {
+			end := t.AddDate(0, 0, 1)
+			switch {
+			case err != nil || !end.After(time.Now()):
 				f.fail("expires", "Give today or a later date (YYYY-MM-DD), or leave it empty for credits that never expire.")
-			} else {
+			case store.ExpiryTooFar(end, time.Now()):
+				f.fail("expires", "Give a date at most "+strconv.Itoa(store.MaxExpiryYears)+" years ahead, or leave it empty for credits that never expire.")
+			default:
 				expires = &end
 			}
 		}
@@ -219,6 +223,14 @@ func (s *Site) AdminCredits() http.Handler {
 			delta = -amount
 		}
 		key := adjustKey(target.ID, f.raw("nonce"))
+		if key == "" {
+			// The page gives every form a key; without one a resubmission
+			// could not be told apart from a new adjustment, nor a repeat
+			// asked about.
+			f.Message = "This form has lost its key; reload the page and try again."
+			s.renderAdminUser(w, r, http.StatusBadRequest, "admin_credits", target, f)
+			return
+		}
 		// The same adjustment made a moment ago under another key is most
 		// likely the form sent again after Back: ask before doing it twice.
 		var ask time.Duration
@@ -233,7 +245,7 @@ func (s *Site) AdminCredits() http.Handler {
 		var repeated *store.RepeatedAdjustmentError
 		switch {
 		case errors.As(err, &repeated):
-			f.Message = "You made this same adjustment (" + formatInt(delta) + " credits, same reason) " + relativeTime(repeated.At) +
+			f.Message = "You made this same adjustment (" + formatCredits(delta) + ", same reason) " + relativeTime(repeated.At) +
 				". Nothing was changed now. To apply it again, tick the box below and Apply."
 			f.Values["confirm_repeat"] = "ask"
 			s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
@@ -266,7 +278,7 @@ func (s *Site) AdminCredits() http.Handler {
 		if delta < 0 {
 			verb = "Removed "
 		}
-		s.flash(r.Context(), verb+formatInt(amount)+" credits. Balance now "+formatInt(res.Balance)+".")
+		s.flash(r.Context(), verb+formatCredits(amount)+". Balance now "+formatInt(res.Balance)+".")
 		redirect(w, r, "/admin/users/"+strconv.FormatInt(target.ID, 10))
 	})
 }
@@ -275,7 +287,8 @@ func (s *Site) AdminCredits() http.Handler {
 // user, amount and reason) asks for confirmation.
 const repeatWindow = 10 * time.Minute
 
-// adjustKey scopes the form's nonce to the user ("" without a nonce).
+// adjustKey scopes the form's nonce to the user ("" without a nonce, or
+// with one no page gave).
 func adjustKey(userID int64, nonce string) string {
 	if nonce == "" || len(nonce) > 64 {
 		return ""

@@ -202,20 +202,24 @@ func RecordConsumption(m *observability.Metrics, u store.Usage) {
 }
 
 type apiKeysPage struct {
-	Keys    []store.APIKey
-	Form    *form
-	NewKey  string
-	NewName string
-	APIBase string // e.g. https://example.com/api/v1, for the examples
+	Keys []store.APIKey
+	// OlderRevoked: revoked keys older than the RevokedListed newest are
+	// not listed.
+	OlderRevoked  bool
+	RevokedListed int
+	Form          *form
+	NewKey        string
+	NewName       string
+	APIBase       string // e.g. https://example.com/api/v1, for the examples
 }
 
 func (s *Site) renderAPIKeys(w http.ResponseWriter, r *http.Request, status int, p apiKeysPage) {
-	keys, err := s.store.APIKeys(r.Context(), CurrentUser(r.Context()).ID)
+	keys, older, err := s.store.APIKeys(r.Context(), CurrentUser(r.Context()).ID)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	p.Keys = keys
+	p.Keys, p.OlderRevoked, p.RevokedListed = keys, older, store.RevokedKeysListed
 	p.APIBase = s.absURL("/api/v1")
 	if p.Form == nil {
 		p.Form = newForm()

@@ -51,6 +51,9 @@ func withUser(ctx context.Context, getenv func(string) string, stderr io.Writer,
 	if strings.TrimSpace(email) == "" {
 		return usageError{"--email is required"}
 	}
+	if !utf8.ValidString(email) {
+		return usageError{"--email is not valid text (UTF-8)"}
+	}
 	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
 		u, err := env.userByEmail(ctx, email)
 		if err != nil {
@@ -247,6 +250,9 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			if !t.After(time.Now()) {
 				return usageError{fmt.Sprintf("--expires %q is not in the future", *expires)}
 			}
+			if store.ExpiryTooFar(t, time.Now()) {
+				return usageError{fmt.Sprintf("--expires %q is more than %d years ahead (leave it out for admin or promo credits that never expire)", *expires, store.MaxExpiryYears)}
+			}
 			exp = &t
 		}
 		if *key != "" && !validCLIKey(*key) {
@@ -289,16 +295,24 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "%s: %d credits\n", u.Email, b.Total)
+			fmt.Fprintf(stdout, "%s: %s\n", u.Email, countCredits(b.Total))
 			for _, k := range store.GrantKinds() {
 				fmt.Fprintf(stdout, "  %-13s %d\n", k, b.ByKind[k])
 			}
 			if b.NextExpiry != nil {
-				fmt.Fprintf(stdout, "  next expiry   %d credits at %s\n", b.ExpiringNext, b.NextExpiry.UTC().Format(time.RFC3339))
+				fmt.Fprintf(stdout, "  next expiry   %s at %s\n", countCredits(b.ExpiringNext), b.NextExpiry.UTC().Format(time.RFC3339))
 			}
 			return nil
 		})
 	}
+}
+
+// countCredits is "1 credit" or "N credits".
+func countCredits(n int64) string {
+	if n == 1 {
+		return "1 credit"
+	}
+	return fmt.Sprintf("%d credits", n)
 }
 
 func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

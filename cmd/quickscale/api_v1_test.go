@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -313,6 +315,95 @@ func TestAPIUsageWithoutEnoughCreditsIs402AndChargesNothing(t *testing.T) {
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM usages`))
 }
 
+// holdAccount begins a transaction holding the user's account row, as a
+// stuck request would, until the returned release (also run at cleanup).
+func holdAccount(t *testing.T, ta *testApp, userID int64) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	holder, err := ta.store.Pool().Begin(ctx)
+	require.NoError(t, err)
+	release = func() { _ = holder.Rollback(ctx) }
+	t.Cleanup(release)
+	_, err = holder.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, userID)
+	require.NoError(t, err)
+	return release
+}
+
+// sendAndAbandon sends req with client, waits until its spend waits for a
+// held account (alone on its own connection, after its batch's 100 ms
+// wait ended), closes the connection as a client that gives up does, and
+// returns once the server has logged the request.
+func sendAndAbandon(t *testing.T, ta *testApp, client *http.Client, req *http.Request) {
+	t.Helper()
+	ctx, giveUp := context.WithCancel(req.Context())
+	sent := make(chan error, 1)
+	go func() {
+		res, err := client.Do(req.WithContext(ctx))
+		if err == nil {
+			res.Body.Close()
+		}
+		sent <- err
+	}()
+	require.Eventually(t, func() bool {
+		var waiting int
+		err := ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%ledger_consume(%'`).Scan(&waiting)
+		return err == nil && waiting > 0
+	}, 20*time.Second, 5*time.Millisecond, "the spend never waited for the held account")
+	giveUp()
+	require.ErrorIs(t, <-sent, context.Canceled)
+	require.Eventually(t, func() bool {
+		return strings.Contains(ta.logs.String(), "path="+req.URL.Path)
+	}, 20*time.Second, 5*time.Millisecond, "no access log line for the abandoned request")
+}
+
+// A client that gives up while its spend waits (here for an account a
+// transaction holds) and closes its connection is not a server error: the
+// answer nobody reads is a 499, logged at info and counted as a 4xx (the
+// 5xx ratio pages someone). Nothing is charged; the same key spends later.
+func TestAPIClientThatGivesUpIsNotAServerError(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 3})
+	release := holdAccount(t, ta, u.ID)
+	req, err := http.NewRequest(http.MethodPost, ta.URL+"/api/v1/usage", strings.NewReader(`{"service":"`+svc+`"}`))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "gave-up")
+	sendAndAbandon(t, ta, http.DefaultClient, req)
+	logs := ta.logs.String()
+	require.Contains(t, logs, "status=499")
+	require.NotContains(t, logs, "level=ERROR")
+	require.Zero(t, ta.metric("quickscale_http_requests_total", map[string]string{"code": "5xx"}))
+	require.Equal(t, 1.0, ta.metric("quickscale_http_requests_total", map[string]string{"code": "4xx", "route": "/api/v1/usage"}))
+
+	release()
+	r := v1Spend(t, ta, key, svc, "gave-up")
+	require.Equal(t, http.StatusCreated, r.Status, "the key is free: nothing was charged (%s)", r.Body)
+	require.Equal(t, int64(7), v1Balanceof(t, ta, key).Balance)
+}
+
+// A request refused for its key is logged and counted under the route it
+// was for (so that refusals can be told apart per endpoint); unknown paths
+// still check the key first and count as /api/v1/*.
+func TestAPIRefusedKeysAreCountedUnderTheirRoute(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	count := func(route string) float64 {
+		return ta.metric("quickscale_http_requests_total", map[string]string{"route": route, "code": "4xx"})
+	}
+	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodGet, "/api/v1/balance", "", "").Status)
+	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodPost, "/api/v1/usage", "qs_not-a-key", `{}`, "Idempotency-Key", "k").Status)
+	require.Equal(t, http.StatusUnauthorized, v1Do(t, ta, http.MethodGet, "/api/v1/nothing-here", "", "").Status)
+	require.Equal(t, 1.0, count("/api/v1/balance"))
+	require.Equal(t, 1.0, count("/api/v1/usage"))
+	require.Equal(t, 1.0, count("/api/v1/*"))
+	require.Contains(t, ta.logs.String(), "path=/api/v1/balance route=/api/v1/balance status=401")
+}
+
 func TestAPIUsageKeyReusedForAnotherServiceIs409(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
@@ -479,7 +570,7 @@ func TestAPIProblems(t *testing.T) {
 	t.Run("revoked key is 401", func(t *testing.T) {
 		t.Parallel()
 		u, key := spender(t)
-		keys, err := ta.store.APIKeys(context.Background(), u.ID)
+		keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
 		require.NoError(t, err)
 		require.Len(t, keys, 1)
 		require.NoError(t, ta.store.RevokeAPIKey(context.Background(), u.ID, keys[0].ID))
@@ -544,6 +635,22 @@ func TestAPIProblems(t *testing.T) {
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		check(t, response{Status: resp.StatusCode, Body: buf.String(), Header: resp.Header}, http.StatusRequestEntityTooLarge, "body_too_large", u)
+		// Declared over the cap, then a short body: refused at once, not
+		// after the server's read timeout waiting for the rest.
+		conn, err := net.Dial("tcp", strings.TrimPrefix(ta.URL, "http://"))
+		require.NoError(t, err)
+		defer conn.Close()
+		short := `{"service":"` + svc + `"}`
+		_, err = fmt.Fprintf(conn, "POST /api/v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nIdempotency-Key: k\r\n"+
+			"Content-Type: application/json\r\nContent-Length: 99999999\r\n\r\n%s", key, short)
+		require.NoError(t, err)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second))) // a bound, not a wait
+		resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err, "no answer before the read deadline")
+		buf.Reset()
 		_, _ = buf.ReadFrom(resp.Body)
 		resp.Body.Close()
 		check(t, response{Status: resp.StatusCode, Body: buf.String(), Header: resp.Header}, http.StatusRequestEntityTooLarge, "body_too_large", u)

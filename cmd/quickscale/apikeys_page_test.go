@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/PuerkitoBio/goquery"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/jobs"
@@ -70,6 +72,45 @@ func TestAPIKeyIsShownOnceAndWorksUntilRevoked(t *testing.T) {
 	}
 }
 
+// A user who rotates keys keeps seeing every live one, however many were
+// revoked since: the page listed the 100 newest keys of any state, so
+// after 100 rotations the older live keys (still working, still counting
+// towards the cap) could no longer be seen or revoked there.
+func TestEveryLiveAPIKeyIsListedAfterManyRotations(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := context.Background()
+	live := map[string]bool{}
+	for i := range store.MaxAPIKeysPerUser - 1 {
+		_, k, err := ta.store.CreateAPIKey(ctx, u.ID, fmt.Sprintf("old%d", i))
+		require.NoError(t, err)
+		live[strconv.FormatInt(k.ID, 10)] = true
+	}
+	for i := range 101 {
+		_, k, err := ta.store.CreateAPIKey(ctx, u.ID, fmt.Sprintf("tmp%d", i))
+		require.NoError(t, err)
+		require.NoError(t, ta.store.RevokeAPIKey(ctx, u.ID, k.ID))
+	}
+	doc := ta.signIn(u.Email).get("/settings/api-keys").Doc(t)
+	rows := doc.Find("tr.api-key")
+	listed, revoked := map[string]bool{}, 0
+	rows.Each(func(_ int, r *goquery.Selection) {
+		if r.AttrOr("data-revoked", "") == "true" {
+			revoked++
+			return
+		}
+		listed[r.AttrOr("data-id", "")] = true
+		require.Equal(t, 1, r.Find("form[action$=\"/revoke\"]").Length(), "a live key without its revoke form")
+	})
+	require.Equal(t, live, listed, "every live key, and only those, listed as live")
+	require.Equal(t, store.RevokedKeysListed, revoked, "the newest revoked keys")
+	require.Contains(t, doc.Find("#older-revoked").Text(), "only the 25 most recent")
+	// Newest first throughout: the revoked keys (made last) come first.
+	require.Equal(t, "true", rows.First().AttrOr("data-revoked", ""))
+	require.Equal(t, "false", rows.Last().AttrOr("data-revoked", ""))
+}
+
 func TestAPIKeyNeedsAName(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
@@ -91,7 +132,7 @@ func TestUserCannotRevokeAnotherUsersKey(t *testing.T) {
 	r := ta.signIn(other.Email).post(fmt.Sprintf("/settings/api-keys/%d/revoke", key.ID), nil)
 	require.Equal(t, http.StatusNotFound, r.Status)
 	require.Contains(t, r.Doc(t).Find("#error-message").Text(), "You have no such API key", "the refusal says what was not found")
-	keys, err := ta.store.APIKeys(context.Background(), owner.ID)
+	keys, _, err := ta.store.APIKeys(context.Background(), owner.ID)
 	require.NoError(t, err)
 	require.Nil(t, keys[0].RevokedAt)
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -50,6 +51,12 @@ func TestCreditsGrantAddsCreditsWithReasonAndAudit(t *testing.T) {
 	code, stdout, stderr = runCmd(t, env, "", "credits", "grant", "--email", u.Email, "--amount", "1", "--kind", "promo", "--reason", "one for luck")
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "granted 1 promo credit to")
+	// One credit is "1 credit" in the balance too.
+	other := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, other.ID, storetest.GrantOpts{Amount: 1})
+	code, stdout, _ = runCmd(t, env, "", "credits", "balance", "--email", other.Email)
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, other.Email+": 1 credit\n")
 }
 
 // A script that runs the same grant again with its --key (it lost the
@@ -99,18 +106,21 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		args []string
 		says string
 	}{
-		"no reason":          {[]string{"--email", u.Email, "--amount", "5"}, "--reason is required"},
-		"zero amount":        {[]string{"--email", u.Email, "--amount", "0", "--reason", "x"}, "--amount must be"},
-		"bad kind":           {[]string{"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"}, `--kind "gift"`},
-		"bad expiry":         {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"}, "want RFC 3339"},
-		"pack with expiry":   {[]string{"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"}, "takes no --expires"},
-		"sub without expiry": {[]string{"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"}, "needs --expires"},
-		"unknown user":       {[]string{"--email", "nobody@example.com", "--amount", "5", "--reason", "x"}, "no user with email"},
-		"huge amount":        {[]string{"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"}, "--amount must be"},
-		"over the cap":       {[]string{"--email", u.Email, "--amount", "1000000001", "--reason", "x"}, "from 1 to 1000000000"},
-		"past expiry":        {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"}, "not in the future"},
-		"long reason":        {[]string{"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)}, "at most 500 characters"},
-		"bad key":            {[]string{"--email", u.Email, "--amount", "5", "--reason", "x", "--key", "two words"}, "--key must be"},
+		"no reason":           {[]string{"--email", u.Email, "--amount", "5"}, "--reason is required"},
+		"zero amount":         {[]string{"--email", u.Email, "--amount", "0", "--reason", "x"}, "--amount must be"},
+		"bad kind":            {[]string{"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"}, `--kind "gift"`},
+		"bad expiry":          {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"}, "want RFC 3339"},
+		"pack with expiry":    {[]string{"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"}, "takes no --expires"},
+		"sub without expiry":  {[]string{"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"}, "needs --expires"},
+		"unknown user":        {[]string{"--email", "nobody@example.com", "--amount", "5", "--reason", "x"}, "no user with email"},
+		"huge amount":         {[]string{"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"}, "--amount must be"},
+		"over the cap":        {[]string{"--email", u.Email, "--amount", "1000000001", "--reason", "x"}, "from 1 to 1000000000"},
+		"past expiry":         {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"}, "not in the future"},
+		"expiry after 9999":   {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "9999-12-31T23:59:59-01:00", "--reason", "x"}, "more than 100 years ahead"},
+		"expiry in 101 years": {[]string{"--email", u.Email, "--amount", "5", "--kind", "admin", "--expires", time.Now().UTC().AddDate(101, 0, 0).Format(time.RFC3339), "--reason", "x"}, "more than 100 years ahead"},
+		"email not UTF-8":     {[]string{"--email", u.Email + "\xff", "--amount", "5", "--reason", "x"}, "--email is not valid text"},
+		"long reason":         {[]string{"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)}, "at most 500 characters"},
+		"bad key":             {[]string{"--email", u.Email, "--amount", "5", "--reason", "x", "--key", "two words"}, "--key must be"},
 	}
 	for name, c := range cases {
 		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, c.args...)...)
@@ -143,7 +153,7 @@ func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	keys, err := ta.store.APIKeys(context.Background(), u.ID)
+	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
 	require.NoError(t, err)
 	if len(keys) != 1 || keys[0].Name != "ci" || keys[0].LastUsedAt == nil {
 		t.Fatalf("keys after use: %+v", keys)

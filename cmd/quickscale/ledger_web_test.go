@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -48,6 +49,35 @@ func TestServicesPageListsActiveServicesWithCosts(t *testing.T) {
 	if doc.Find(`.service[data-service="retired"]`).Length() != 0 {
 		t.Fatal("an inactive service is listed")
 	}
+}
+
+// A browser that leaves while its Use waits (here for an account a
+// transaction holds) is not a server error: a 499 logged at info, no
+// error line, nothing charged.
+func TestUseAbandonedByTheBrowserIsNotAServerError(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	key := serviceKey(t, b.get("/services").Doc(t), "render")
+	release := holdAccount(t, ta, u.ID)
+	req, err := http.NewRequest(http.MethodPost, b.url("/services/render/use"),
+		strings.NewReader(url.Values{"idempotency_key": {key}}.Encode()))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", ta.URL)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	sendAndAbandon(t, ta, b.client, req)
+	logs := ta.logs.String()
+	require.Contains(t, logs, "request abandoned by the client")
+	require.Contains(t, logs, "status=499")
+	require.NotContains(t, logs, "level=ERROR")
+	release()
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100, bal.Total, "nothing charged")
 }
 
 func TestUseServiceWithHtmxUpdatesResultAndBalanceInPlace(t *testing.T) {
@@ -433,14 +463,14 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	if r.Doc(t).Find(`.field-error[data-field="reason"]`).Length() != 1 {
 		t.Fatal("a missing reason is not shown next to the field")
 	}
-	mustRedirect(t, b.post(path, url.Values{"direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {"launch promo"}}),
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"t1"}, "direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {"launch promo"}}),
 		fmt.Sprintf("/admin/users/%d", u.ID))
-	r = b.post(path, url.Values{"direction": {"remove"}, "amount": {"100"}, "reason": {"too much"}})
+	r = b.post(path, url.Values{"nonce": {"t2"}, "direction": {"remove"}, "amount": {"100"}, "reason": {"too much"}})
 	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
 	if !strings.Contains(r.Doc(t).Find(`.field-error[data-field="amount"]`).Text(), "only 35 credits") {
 		t.Fatal("removing more than the balance is not explained")
 	}
-	mustRedirect(t, b.post(path, url.Values{"direction": {"remove"}, "amount": {"5"}, "reason": {"chargeback"}}), "/admin/users/")
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"t3"}, "direction": {"remove"}, "amount": {"5"}, "reason": {"chargeback"}}), "/admin/users/")
 
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
@@ -461,7 +491,7 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	require.Equal(t, 2, hist.Length())
 	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Pack credits removed by support -5 5 pack · chargeback")
 	// A removal drawing on two grants is one line, as a use is.
-	mustRedirect(t, b.post(path, url.Values{"direction": {"remove"}, "amount": {"12"}, "reason": {"goodwill reversed"}}), "/admin/users/")
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"t4"}, "direction": {"remove"}, "amount": {"12"}, "reason": {"goodwill reversed"}}), "/admin/users/")
 	hist = ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="adjust"]`)
 	require.Equal(t, 3, hist.Length(), "one line for the removal, not one per grant")
 	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Credits removed by support -12 5 pack, 7 promo · goodwill reversed")
@@ -520,13 +550,19 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, r.Status, "a query that is not text is refused, not a 500")
 }
 
+// adminOnCreditsPage makes an admin and a user, and returns the admin's
+// signed-in browser, the user and the user's adjust-credits page.
+func adminOnCreditsPage(t *testing.T, ta *testApp) (*browser, store.User, string) {
+	t.Helper()
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	return ta.signIn(admin.Email), u, fmt.Sprintf("/admin/users/%d/credits", u.ID)
+}
+
 func TestAdminAddFormResubmittedAddsOnce(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(admin.Email)
-	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	b, u, path := adminOnCreditsPage(t, ta)
 	page := b.get(path).Doc(t)
 	nonce := page.Find(`#adjust-form input[name="nonce"]`).AttrOr("value", "")
 	require.NotEmpty(t, nonce)
@@ -550,10 +586,7 @@ func TestAdminSameAdjustmentAgainUnderAFreshKeyAsksFirst(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(admin.Email)
-	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	b, u, path := adminOnCreditsPage(t, ta)
 	fresh := func() url.Values {
 		page := b.get(path).Doc(t)
 		require.Equal(t, "off", page.Find("#adjust-form").AttrOr("autocomplete", ""))
@@ -625,21 +658,73 @@ func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing
 	require.Error(t, err)
 }
 
+// The form's key is what makes a resubmission harmless and a repeat
+// asked about: a post without one (or with one no page gave) is refused,
+// not applied without either safeguard.
+func TestAdminAdjustmentWithoutTheFormsKeyIsRefused(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	b, u, path := adminOnCreditsPage(t, ta)
+	for name, nonce := range map[string][]string{"none": nil, "empty": {""}, "too long": {strings.Repeat("n", 65)}} {
+		form := url.Values{"direction": {"add"}, "amount": {"6"}, "kind": {"admin"}, "reason": {"no key"}}
+		if nonce != nil {
+			form["nonce"] = nonce
+		}
+		r := b.post(path, form)
+		require.Equal(t, http.StatusBadRequest, r.Status, name)
+		require.Contains(t, r.Doc(t).Find("#adjust-form").Text(), "lost its key", name)
+	}
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total, "nothing applied")
+}
+
+// An expiry further than 100 years away is refused in words (the JSON
+// API could not write a year after 9999, and credits meant to last that
+// long never expire); 99 years is fine.
+func TestAdminCreditsExpireWithinACentury(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u, key := ta.userWithKey(storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	for i, day := range []string{"9999-12-31", time.Now().UTC().AddDate(100, 0, 1).Format("2006-01-02")} {
+		r := b.post(path, url.Values{"nonce": {fmt.Sprintf("far%d", i)}, "direction": {"add"}, "amount": {"3"}, "kind": {"promo"}, "expires": {day}, "reason": {"forever"}})
+		require.Equal(t, http.StatusUnprocessableEntity, r.Status, day)
+		require.Contains(t, r.Doc(t).Find(`.field-error[data-field="expires"]`).Text(), "at most 100 years ahead", day)
+	}
+	day := time.Now().UTC().AddDate(99, 0, 0).Format("2006-01-02")
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"near"}, "direction": {"add"}, "amount": {"3"}, "kind": {"promo"}, "expires": {day}, "reason": {"long"}}), "/admin/users/")
+	// The pages count down to it in years, and the API writes it.
+	require.Contains(t, ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Text(), "in 99 years")
+	req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	var body struct {
+		Balance    int64   `json:"balance"`
+		NextExpiry *string `json:"next_expiry"`
+	}
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
+	require.EqualValues(t, 3, body.Balance)
+	require.NotNil(t, body.NextExpiry)
+	require.True(t, strings.HasPrefix(*body.NextExpiry, day[:4]), "next_expiry %s", *body.NextExpiry)
+}
+
 // An expiry date in the form means the credits are good through that
 // day: today is accepted, and they expire when the day ends (UTC).
 func TestAdminAddsCreditsGoodThroughADay(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(admin.Email)
-	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	b, u, path := adminOnCreditsPage(t, ta)
 	today := time.Now().UTC()
 	if today.Hour() == 23 && today.Minute() >= 58 {
 		today = today.Add(5 * time.Minute) // do not race midnight
 	}
 	day := today.Format("2006-01-02")
-	mustRedirect(t, b.post(path, url.Values{"direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {day}, "reason": {"today only"}}), "/admin/users/")
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"t5"}, "direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {day}, "reason": {"today only"}}), "/admin/users/")
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 8, bal.Total)
