@@ -118,35 +118,47 @@ func (s *Simulator) Decline(ctx context.Context, id string, userID int64) (strin
 }
 
 func (s *Simulator) finish(ctx context.Context, id string, userID int64, paid bool) (string, error) {
-	ss, err := s.store.SimSessionOfUser(ctx, id, userID)
-	if err != nil {
-		return "", err
-	}
-	next := strings.ReplaceAll(ss.SuccessURL, "{CHECKOUT_SESSION_ID}", ss.ID)
-	if ss.Status != "open" {
-		// Already finished (a double click): nothing more to send.
-		return next, nil
-	}
 	status := "unpaid"
 	if paid {
 		status = "paid"
 	}
-	// Deliver first, then close the session: if delivery fails the
-	// session stays open and Pay can be pressed again. A second delivery
-	// is harmless (grants are keyed by the session).
-	ss.Status, ss.PaymentStatus = "complete", status
+	// Deliver under the session's lock, then close it: if delivery fails
+	// the session stays open and Pay can be pressed again (a second
+	// delivery is harmless: grants are keyed by the session); a concurrent
+	// click waits, then finds it finished and sends nothing, so Pay and
+	// Decline pressed together cannot both be delivered.
+	ss, _, err := s.store.FinishSimSession(ctx, id, userID, status, func(ss store.SimSession) error {
+		return s.deliver(ctx, ss)
+	})
+	if err != nil {
+		return "", err
+	}
+	return strings.ReplaceAll(ss.SuccessURL, "{CHECKOUT_SESSION_ID}", ss.ID), nil
+}
+
+// deliver emits what finishing ss tells Stripe's webhooks: completed (and,
+// unpaid, async_payment_failed), or expired.
+func (s *Simulator) deliver(ctx context.Context, ss store.SimSession) error {
+	if ss.Status == "expired" {
+		return s.Emit(ctx, stripe.EventTypeCheckoutSessionExpired, CheckoutSessionObject(ss))
+	}
 	if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionCompleted, CheckoutSessionObject(ss)); err != nil {
-		return "", err
+		return err
 	}
-	if !paid {
-		if err := s.Emit(ctx, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, CheckoutSessionObject(ss)); err != nil {
-			return "", err
-		}
+	if ss.PaymentStatus != "paid" {
+		return s.Emit(ctx, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, CheckoutSessionObject(ss))
 	}
-	if _, err := s.store.CompleteSimSession(ctx, id, userID, status); err != nil {
-		return "", err
-	}
-	return next, nil
+	return nil
+}
+
+// ExpireAbandoned expires checkouts left open past store.SimSessionExpiry
+// (24 hours), as Stripe does, delivering checkout.session.expired for each
+// (up to 100 a call). The processes that serve the simulator call it every
+// minute; Pay and Decline on such a checkout expire it too.
+func (s *Simulator) ExpireAbandoned(ctx context.Context) (int, error) {
+	return s.store.ExpireSimSessions(ctx, 100, func(ss store.SimSession) error {
+		return s.deliver(ctx, ss)
+	})
 }
 
 // CheckoutSessionObject renders a simulator session as Stripe's

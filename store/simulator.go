@@ -55,10 +55,93 @@ func (s *Store) SimSessionOfUser(ctx context.Context, id string, userID int64) (
 	return ss, err
 }
 
-// CompleteSimSession moves an open session to complete with the payment
-// status given, once: it reports false when the session was not open.
-func (s *Store) CompleteSimSession(ctx context.Context, id string, userID int64, paymentStatus string) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE simulator_sessions SET status = 'complete', payment_status = $3
- WHERE id = $1 AND user_id = $2 AND status = 'open'`, id, userID, paymentStatus)
-	return tag.RowsAffected() == 1, err
+// SimSessionExpiry is how long a simulator checkout stays open, as
+// Stripe's default of 24 hours.
+const SimSessionExpiry = 24 * time.Hour
+
+// ErrSimSessionExpired answers an attempt to finish a simulator checkout
+// that had expired (it is marked expired, and its expiry delivered, then).
+var ErrSimSessionExpired = Errorf(KindConflict, "This checkout expired and can no longer be paid.")
+
+// FinishSimSession finishes an open session once, as paid or unpaid:
+// holding the session's row lock it calls deliver with the session as it
+// will be, and records the change only if deliver succeeds (otherwise the
+// session stays open and can be finished again). A session already
+// finished, by a concurrent click too, is returned as it is with done
+// false and deliver is not called; one open past SimSessionExpiry is
+// expired instead (deliver gets it expired) and ErrSimSessionExpired is
+// returned.
+func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, paymentStatus string, deliver func(SimSession) error) (ss SimSession, done bool, err error) {
+	expired := false
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE`, id, userID)
+		if err != nil {
+			return err
+		}
+		ss, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindNotFound, "No such checkout session.")
+		}
+		if err != nil || ss.Status != "open" {
+			return err
+		}
+		var open bool
+		if err := tx.QueryRow(ctx, `SELECT created_at > now() - $1::interval FROM simulator_sessions WHERE id = $2`, SimSessionExpiry.String(), id).Scan(&open); err != nil {
+			return err
+		}
+		if !open {
+			expired = true
+			ss.Status = "expired"
+		} else {
+			ss.Status, ss.PaymentStatus = "complete", paymentStatus
+		}
+		if err := deliver(ss); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_sessions SET status = $2, payment_status = $3 WHERE id = $1`, id, ss.Status, ss.PaymentStatus)
+		done = !expired
+		return err
+	})
+	if err == nil && expired {
+		err = ErrSimSessionExpired
+	}
+	return ss, done, err
+}
+
+// ExpireSimSessions expires up to limit sessions left open past
+// SimSessionExpiry, oldest first, each as FinishSimSession would: deliver
+// is called under the session's lock (sessions another process is
+// finishing are skipped) and the session is marked expired only if it
+// succeeds. It returns how many it expired.
+func (s *Store) ExpireSimSessions(ctx context.Context, limit int, deliver func(SimSession) error) (int, error) {
+	n := 0
+	for n < limit {
+		found := false
+		err := s.InTx(ctx, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions
+ WHERE status = 'open' AND created_at <= now() - $1::interval ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`, SimSessionExpiry.String())
+			if err != nil {
+				return err
+			}
+			ss, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			found = true
+			ss.Status = "expired"
+			if err := deliver(ss); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `UPDATE simulator_sessions SET status = 'expired' WHERE id = $1`, ss.ID)
+			return err
+		})
+		if err != nil || !found {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -85,10 +86,23 @@ func (s *Site) StartCheckout() http.Handler {
 		if params.IdempotencyKey != "" {
 			// The same form again (a double click) reuses its checkout; but
 			// once that checkout is finished (paid, declined, expired), the
-			// same form (a page restored from history) buys again.
-			if prev, err := s.store.UserPaymentBySession(ctx, u.ID, sess.ID); err == nil && prev.Status != store.PaymentPending {
-				// A key of its own, so that a double click here opens one.
-				params.IdempotencyKey += "-after-" + sess.ID
+			// same form (a page restored from history) buys again, under a
+			// key of its own derived from the finished checkout (so that a
+			// double click here opens one), and again after that one is
+			// finished too: the chain of keys is followed to its open end.
+			base := params.IdempotencyKey
+			for hops := 0; ; hops++ {
+				prev, err := s.store.UserPaymentBySession(ctx, u.ID, sess.ID)
+				if err != nil || prev.Status == store.PaymentPending {
+					break // a new checkout (no payment yet) or one still open
+				}
+				if hops == maxCheckoutResubmits {
+					s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This page is too old",
+						Message:   "It has bought this pack many times already. Nothing was charged now.",
+						ActionURL: "/dashboard/buy-credits", ActionLabel: "Back to the packs"})
+					return
+				}
+				params.IdempotencyKey = base + "-after-" + sess.ID
 				if sess, err = s.gateway.CreateCheckoutSession(ctx, params); err != nil {
 					s.paymentProviderError(w, r, err)
 					return
@@ -109,6 +123,11 @@ func (s *Site) StartCheckout() http.Handler {
 		http.Redirect(w, r, sess.URL, http.StatusSeeOther)
 	})
 }
+
+// maxCheckoutResubmits bounds the finished checkouts one Buy form (one
+// nonce) follows to open a new one: each costs a call to the payment
+// provider.
+const maxCheckoutResubmits = 20
 
 func (s *Site) paymentProviderError(w http.ResponseWriter, r *http.Request, err error) {
 	s.logger.ErrorContext(r.Context(), "payment provider", "err", err)
@@ -294,7 +313,16 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Choose Pay or Decline", Message: "Use one of the buttons on the checkout page."})
 			return
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, store.ErrSimSessionExpired):
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
+				Message:   "It expired and can no longer be paid. Nothing was charged.",
+				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
+			return
+		case store.ErrorKind(err) == store.KindNotFound:
+			s.handleError(w, r, err)
+			return
+		case err != nil:
 			// The simulated "Stripe" could not deliver its webhook: like a
 			// provider outage. The session stays open; Pay can be retried.
 			s.paymentProviderError(w, r, err)

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/quickscale/quickscale/api"
+	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/observability"
 	"github.com/quickscale/quickscale/store"
 )
@@ -181,6 +183,9 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 		addrText = mainAddr.String()
 	}
 	a.logger.Info("started", "mode", a.mode, "addr", addrText, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
+	if sim, ok := a.gateway.(*billing.Simulator); ok && mainLn != nil {
+		go expireSimulatedCheckouts(bg, sim, a.logger, time.Minute)
+	}
 
 	var runErr error
 	riverStarted := false
@@ -302,6 +307,30 @@ func (a *app) printBanner(w io.Writer, addr net.Addr, seeded *devSeed) {
 			fmt.Fprintf(w, "QuickScale api listening on %s (%s); metrics %s\n", addr, a.cfg.BaseURL, metrics)
 		} else {
 			fmt.Fprintf(w, "QuickScale worker running; metrics %s\n", metrics)
+		}
+	}
+}
+
+// expireSimulatedCheckouts expires the simulator's abandoned checkouts (as
+// Stripe does after 24 hours) at start and then every period, until ctx
+// ends. It runs in the processes that serve the simulator (dev, and api
+// with SIMULATE_PAYMENTS); several replicas share the work (each
+// checkout is expired once, under its row lock).
+func expireSimulatedCheckouts(ctx context.Context, sim *billing.Simulator, logger *slog.Logger, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		n, err := sim.ExpireAbandoned(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.Warn("simulator: expiring abandoned checkouts", "err", err, "expired", n)
+		case n > 0:
+			logger.Info("simulator: expired abandoned checkouts", "expired", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -4,11 +4,15 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
 
@@ -77,6 +81,110 @@ func TestSimulatorDoubleClickedBuyOpensOneCheckout(t *testing.T) {
 	// again instead of sending the customer to the finished checkout.
 	again := mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/")
 	require.NotEqual(t, first, again)
+	require.Equal(t, again, mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/"),
+		"a double click on the restored page opens one checkout too")
+	// And again once that one is finished (declined, here): a third
+	// checkout, not the finished second one.
+	mustRedirect(t, b.post(again[len(ta.URL):], url.Values{"action": {"decline"}}), "/dashboard/buy-credits/success")
+	eventually(t, 10*time.Second, "the declined payment", func() bool {
+		p, err := ta.store.UserPaymentBySession(ctx, u.ID, again[len(ta.URL+"/simulator/checkout/"):])
+		return err == nil && p.Status == store.PaymentFailed
+	})
+	third := mustRedirect(t, b.post("/dashboard/buy-credits", form), ta.URL+"/simulator/checkout/")
+	require.NotEqual(t, first, third)
+	require.NotEqual(t, again, third)
+	r := b.get(third[len(ta.URL):])
+	require.Equal(t, "open", r.Doc(t).Find("#simulator-session").AttrOr("data-status", ""))
+}
+
+// Pay and Decline pressed at once on one checkout deliver one outcome, as
+// Stripe finishes a checkout once: the other click finds it finished.
+func TestSimulatorPayAndDeclineAtOnceDeliverOneOutcome(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	for round := range 5 {
+		checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}}), ta.URL+"/simulator/checkout/")
+		path, id := checkout[len(ta.URL):], checkout[len(ta.URL+"/simulator/checkout/"):]
+		var wg sync.WaitGroup
+		for _, action := range []string{"pay", "decline", "pay", "decline"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequest(http.MethodPost, b.url(path), strings.NewReader(url.Values{"action": {action}}.Encode()))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				req.Header.Set("Origin", ta.URL)
+				req.Header.Set("Sec-Fetch-Site", "same-origin")
+				if res, err := b.client.Do(req); err == nil {
+					res.Body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		var completed, failed int
+		require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT
+  count(*) FILTER (WHERE type = 'checkout.session.completed'),
+  count(*) FILTER (WHERE type = 'checkout.session.async_payment_failed')
+  FROM stripe_events WHERE payload::jsonb->'data'->'object'->>'id' = $1`, id).Scan(&completed, &failed))
+		require.Equal(t, 1, completed, "round %d: one completed event", round)
+		require.LessOrEqual(t, failed, 1, "round %d", round)
+	}
+}
+
+// A simulated checkout left open for 24 hours expires, as Stripe's do: the
+// simulator delivers checkout.session.expired (every minute, for the ones
+// nobody touches) and refuses to take payment for it.
+func TestSimulatorExpiresAbandonedCheckouts(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	sim := ta.app.gateway.(*billing.Simulator)
+	open := func() (path, id string) {
+		checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}}), ta.URL+"/simulator/checkout/")
+		return checkout[len(ta.URL):], checkout[len(ta.URL+"/simulator/checkout/"):]
+	}
+	age := func(id string, d string) {
+		_, err := ta.store.Pool().Exec(ctx, `UPDATE simulator_sessions SET created_at = now() - $2::interval WHERE id = $1`, id, d)
+		require.NoError(t, err)
+	}
+	abandoned, recent := "", ""
+	_, abandoned = open()
+	_, recent = open()
+	payPath, paid := open()
+	age(abandoned, "25 hours")
+	age(recent, "23 hours")
+
+	n, err := sim.ExpireAbandoned(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "only the checkout open for more than 24 hours")
+	eventually(t, 10*time.Second, "the abandoned payment expired", func() bool {
+		p, err := ta.store.UserPaymentBySession(ctx, u.ID, abandoned)
+		return err == nil && p.Status == store.PaymentExpired
+	})
+	p, err := ta.store.UserPaymentBySession(ctx, u.ID, recent)
+	require.NoError(t, err)
+	require.Equal(t, store.PaymentPending, p.Status)
+	n, err = sim.ExpireAbandoned(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "expired once")
+
+	// Pressing Pay on a checkout that expired, before the minute's pass
+	// reached it, expires it instead: 409, nothing charged.
+	age(paid, "2 days")
+	r := b.post(payPath, url.Values{"action": {"pay"}})
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	require.Contains(t, r.Doc(t).Text(), "It expired and can no longer be paid")
+	eventually(t, 10*time.Second, "the payment pressed too late expired", func() bool {
+		p, err := ta.store.UserPaymentBySession(ctx, u.ID, paid)
+		return err == nil && p.Status == store.PaymentExpired
+	})
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total)
 }
 
 // A purchase still pending well after checkout (a bank payment clearing,
