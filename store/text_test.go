@@ -58,6 +58,38 @@ func TestNewEmailAddressesHoldNothingInvisible(t *testing.T) {
 	}
 }
 
+// An address an account takes cannot stand in for another one (uniqueness
+// compares lower(email)) and keeps to the limits of mail; ordinary
+// addresses, accented ones included, are taken as typed.
+func TestNewEmailAddressesCannotStandInForAnother(t *testing.T) {
+	t.Parallel()
+	for name, addr := range map[string]string{
+		"Kelvin sign for K":     "\u212Aate@example.com",
+		"dotted capital I":      "\u0130nfo@example.com",
+		"decomposed ü":          "u\u0308ni@example.com",
+		"fullwidth letters":     "u@\uFF25\uFF38AMPLE.com",
+		"Angstrom sign":         "\u212Bsa@example.com",
+		"65-octet local part":   strings.Repeat("a", 65) + "@example.com",
+		"64-octet label":        "a@" + strings.Repeat("b", 64) + ".com",
+		"label starting with -": "a@-example.com",
+		"label ending with -":   "a@example-.com",
+		"IP literal":            "x@[127.0.0.1]",
+		"IP address":            "x@127.0.0.1",
+		"underscore in domain":  "x@ex_ample.com",
+		"empty label":           "x@example..com",
+	} {
+		if _, err := store.NormalizeNewEmail(addr); store.ErrorKind(err) != store.KindInvalid {
+			t.Errorf("%s: NormalizeNewEmail(%q) = %v, want refused", name, addr, err)
+		}
+	}
+	for _, addr := range []string{"Zoë@example.com", "ÜNÏ@exämple.com", "Σίσυφος@παράδειγμα.δοκιμή", strings.Repeat("a", 64) + "@example.com",
+		"a@" + strings.Repeat("b", 63) + ".com", "first.last+tag@sub-domain.example.co.uk", "x@123.example.com"} {
+		if got, err := store.NormalizeNewEmail(addr); err != nil || got != addr {
+			t.Errorf("NormalizeNewEmail(%q) = %q, %v, want it as typed", addr, got, err)
+		}
+	}
+}
+
 // Service names and descriptions, shown to every user and served by the
 // API, are one line of visible text, whoever writes them.
 func TestServiceTextIsOneVisibleLine(t *testing.T) {

@@ -11,8 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Roles.
@@ -62,12 +64,61 @@ func NormalizeEmail(s string) (string, error) {
 // invisible character (spaces of any kind, joiners, direction marks), so
 // that no two accounts can look alike. Look-ups (sign-in, reset links) use
 // NormalizeEmail, so that an address stored before this rule still works.
+//
+// It also refuses what would let one address stand in for another: a form
+// other than the usual (NFKC) one of its text — a decomposed "ü", fullwidth
+// letters, the Kelvin sign for K — and a letter whose lower case belongs
+// to another capital (the dotted İ lowers to i, whose capital is I), since
+// uniqueness compares lower(email): "İnfo@…" would otherwise take, and
+// receive the resets of, "info@…". And it holds the address to the limits
+// of mail (a local part of at most 64 octets; a domain of labels of 1 to 63
+// octets, letters, digits and inner hyphens, not an IP address).
 func NormalizeNewEmail(s string) (string, error) {
 	s, err := NormalizeEmail(s)
-	if err == nil && strings.ContainsFunc(s, invisibleInAddress) {
+	if err != nil {
+		return "", err
+	}
+	if strings.ContainsFunc(s, invisibleInAddress) {
 		return "", Errorf(KindInvalid, "Enter an email address without spaces or invisible characters.")
 	}
-	return s, err
+	if !norm.NFKC.IsNormalString(s) || strings.ContainsFunc(s, lowersIntoAnother) {
+		return "", Errorf(KindInvalid, "Enter the email address as it is usually written: some of its characters stand in for others.")
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at > 64 {
+		return "", Errorf(KindInvalid, "The part of the address before the @ is at most 64 characters.")
+	}
+	if !mailDomain(s[at+1:]) {
+		return "", Errorf(KindInvalid, "Enter an email address with a domain name like example.com.")
+	}
+	return s, nil
+}
+
+// lowersIntoAnother reports a letter whose lower case is not its own: the
+// capital of that lower case is another letter (İ, K the Kelvin sign).
+func lowersIntoAnother(r rune) bool {
+	l := unicode.ToLower(r)
+	return l != r && unicode.ToUpper(l) != r
+}
+
+// mailDomain reports whether d is a domain name mail can be sent to: no IP
+// address or literal, labels of 1 to 63 octets that neither start nor end
+// with a hyphen, ASCII ones of letters, digits and hyphens, and a top-level
+// label that is not all digits.
+func mailDomain(d string) bool {
+	labels := strings.Split(d, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(l) {
+			if c < 0x80 && !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	tld := labels[len(labels)-1]
+	return strings.Trim(tld, "0123456789") != ""
 }
 
 // CreateUser inserts a live user and its credit account. A taken address is a
@@ -182,9 +233,33 @@ func SetRole(ctx context.Context, db DBTX, userID int64, role string) error {
 	return nil
 }
 
+// ErrLastAdmin refuses what would leave no live admin: nobody could reach
+// the admin pages after it.
+var ErrLastAdmin = Errorf(KindConflict, "This is the last admin; make another user an admin first (quickscale users promote).")
+
+// RefuseLastAdmin, in the caller's transaction, returns ErrLastAdmin when
+// userID is the only live admin. It locks the live admins' rows, so that
+// two demotions or deletions at once cannot both pass.
+func RefuseLastAdmin(ctx context.Context, db DBTX, userID int64) error {
+	var admins int
+	var isAdmin bool
+	if err := db.QueryRow(ctx, `SELECT count(*), coalesce(bool_or(id = $1), false)
+  FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL FOR UPDATE) a`, userID).Scan(&admins, &isAdmin); err != nil {
+		return err
+	}
+	if isAdmin && admins <= 1 {
+		return ErrLastAdmin
+	}
+	return nil
+}
+
 // DeleteUser anonymises a user: the address and password go, sessions end,
-// and the row stays because payments and ledger entries refer to it.
+// and the row stays because payments and ledger entries refer to it. The
+// last live admin cannot be deleted (ErrLastAdmin).
 func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
+	if err := RefuseLastAdmin(ctx, db, userID); err != nil {
+		return err
+	}
 	tag, err := db.Exec(ctx, `
 UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
        session_epoch = session_epoch + 1

@@ -14,14 +14,6 @@ import (
 // formatInt writes n with thousands separators.
 func formatInt(n int64) string { return billing.FormatCredits(n) }
 
-// formatCredits counts credits: "1 credit", "-1 credit", "1,000 credits".
-func formatCredits(n int64) string {
-	if n == 1 || n == -1 {
-		return formatInt(n) + " credit"
-	}
-	return formatInt(n) + " credits"
-}
-
 // formatMoney shows integer minor units as money.
 func formatMoney(minor int64, currency string) string { return billing.FormatMoney(minor, currency) }
 

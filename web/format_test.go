@@ -35,11 +35,11 @@ func TestRelativeTimeSaysWhichWay(t *testing.T) {
 	}
 }
 
-func TestFormatCreditsCountsOneCreditAsOne(t *testing.T) {
+func TestCountNounCountsOneAsOne(t *testing.T) {
 	t.Parallel()
 	for n, want := range map[int64]string{1: "1 credit", -1: "-1 credit", 0: "0 credits", 2: "2 credits", 1000: "1,000 credits"} {
-		if got := formatCredits(n); got != want {
-			t.Errorf("formatCredits(%d) = %q, want %q", n, got, want)
+		if got := countNoun(n, "credit"); got != want {
+			t.Errorf("countNoun(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

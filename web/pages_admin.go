@@ -245,7 +245,7 @@ func (s *Site) AdminCredits() http.Handler {
 		var repeated *store.RepeatedAdjustmentError
 		switch {
 		case errors.As(err, &repeated):
-			f.Message = "You made this same adjustment (" + formatCredits(delta) + ", same reason) " + relativeTime(repeated.At) +
+			f.Message = "You made this same adjustment (" + countNoun(delta, "credit") + ", same reason) " + relativeTime(repeated.At) +
 				". Nothing was changed now. To apply it again, tick the box below and Apply."
 			f.Values["confirm_repeat"] = "ask"
 			s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
@@ -278,7 +278,7 @@ func (s *Site) AdminCredits() http.Handler {
 		if delta < 0 {
 			verb = "Removed "
 		}
-		s.flash(r.Context(), verb+formatCredits(amount)+". Balance now "+formatInt(res.Balance)+".")
+		s.flash(r.Context(), verb+countNoun(amount, "credit")+". Balance now "+formatInt(res.Balance)+".")
 		redirect(w, r, "/admin/users/"+strconv.FormatInt(target.ID, 10))
 	})
 }

@@ -220,10 +220,12 @@ func (s *Site) Login() http.Handler {
 		ctx := r.Context()
 		// One IP reaches its limit for an address long before the address's
 		// own limit, so guesses from one IP never lock its owner out; and a
-		// browser the owner signed in with before is exempt from the
-		// address's limit, so guesses from many IPs do not either.
-		// The per-IP limits first: a refused guess costs no more reads.
-		if s.limited(w, r, limitCheck{"login:ip:" + ip, s.limits.LoginPerIP}, limitCheck{loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP}) {
+		// browser the owner signed in with before is exempt from both limits
+		// of the address, so guesses from many IPs do not either, nor
+		// guesses from the owner's own IP (a shared NAT).
+		// The per-IP limit first: a refused guess costs no more reads (and
+		// a browser without the device cookie costs none for the check).
+		if s.limited(w, r, limitCheck{"login:ip:" + ip, s.limits.LoginPerIP}) {
 			return
 		}
 		known, err := s.knownDevice(r, f.raw("email"))
@@ -231,7 +233,8 @@ func (s *Site) Login() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		if !known && s.limited(w, r, limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
+		if !known && s.limited(w, r, limitCheck{loginKey(f.raw("email"), ip), s.limits.LoginPerAccountIP},
+			limitCheck{accountKey("login", f.raw("email")), s.limits.LoginPerAccount}) {
 			return
 		}
 		u, err := s.store.UserByEmail(ctx, strings.TrimSpace(f.raw("email")))

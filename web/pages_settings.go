@@ -1,6 +1,7 @@
 package web
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -217,6 +218,11 @@ func (s *Site) DeleteAccount() http.Handler {
 			return
 		}
 		err := s.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) })
+		if errors.Is(err, store.ErrLastAdmin) {
+			f.fail("confirm", "You are the last admin: nobody could reach the admin pages after you. Make another user an admin first (quickscale users promote).")
+			s.renderSettings(w, r, http.StatusConflict, page)
+			return
+		}
 		if err != nil {
 			s.serverError(w, r, err)
 			return

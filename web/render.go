@@ -142,6 +142,7 @@ func (t *templates) lookup(page string) (*template.Template, error) {
 
 func (t *templates) funcs() template.FuncMap {
 	return template.FuncMap{
+		"upper":     strings.ToUpper,
 		"static":    func(name string) string { return t.static.url(name) },
 		"credits":   formatInt,
 		"ncredits":  func(n int64) string { return countNoun(n, "credit") },

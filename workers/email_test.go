@@ -44,6 +44,28 @@ func TestEmailsQueuedBeforeNewKeysStillRender(t *testing.T) {
 	}
 }
 
+// A balance of one credit reads "1 credit", in both parts of both emails
+// that state a balance.
+func TestEmailsCountOneCreditAsOne(t *testing.T) {
+	t.Parallel()
+	tpl, err := loadEmailTemplates()
+	require.NoError(t, err)
+	for name, data := range map[string]map[string]string{
+		jobs.EmailPurchase: {"Credits": "100", "Amount": "$5.00", "Balance": "1", "PaymentsLink": "https://x/dashboard/payments"},
+		jobs.EmailRefund: {"Payment": "#5", "Amount": "$19.99", "Total": "$20.00", "Credits": "500", "Full": "", "TakenBack": "499",
+			"Shortfall": "0", "Balance": "1", "PaymentsLink": "https://x/dashboard/payments"},
+	} {
+		_, text, html, err := tpl.render(name, data)
+		require.NoError(t, err, name)
+		require.Contains(t, text, "Balance now: 1 credit\n", name)
+		require.Contains(t, html, ">1 credit<", name)
+		data["Balance"] = "1,000"
+		_, text, _, err = tpl.render(name, data)
+		require.NoError(t, err, name)
+		require.Contains(t, text, "Balance now: 1,000 credits\n", name)
+	}
+}
+
 // A sent email's job is completed at once, in the database, not in River's
 // next completion batch: a worker killed just after sending must not leave
 // the job to run (and the email to be sent) again. A middleware looks at

@@ -66,6 +66,26 @@ func TestLoginGuessesFromOneIPDoNotLockTheOwnerOut(t *testing.T) {
 	mustRedirect(t, acctLogin(ta.browser(), "owner@example.com", storetest.DefaultPassword, acctFrom("203.0.113.5")...), "/dashboard")
 }
 
+// Guesses from the owner's own IP (a shared NAT) fill that IP's limit for
+// the address, but the owner's known browser still signs in there; a new
+// browser behind it waits.
+func TestKnownBrowserSignsInPastItsIPsLimitForTheAddress(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"TRUST_PROXY": "true"}})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{Email: "natted@example.com"})
+	const nat = "198.51.100.77"
+	owner := ta.browser()
+	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom(nat)...), "/dashboard")
+	require.Equal(t, http.StatusSeeOther, owner.post("/logout", nil).Status)
+	limit := web.DefaultLimits().LoginPerAccountIP
+	for i := range limit.Max {
+		acctRequireStatus(t, acctLogin(ta.browser(), u.Email, "guess "+strconv.Itoa(i), acctFrom(nat)...), http.StatusUnprocessableEntity)
+	}
+	acctRequireTooMany(t, acctLogin(ta.browser(), u.Email, storetest.DefaultPassword, acctFrom(nat)...), int(limit.Window.Seconds()))
+
+	mustRedirect(t, acctLogin(owner, u.Email, storetest.DefaultPassword, acctFrom(nat)...), "/dashboard")
+}
+
 // Guesses from many IPs can fill an address's limit, but not lock its
 // owner out: a browser the owner signed in with before is exempt from that
 // limit (not from the per-IP ones); a browser never used is refused, and a

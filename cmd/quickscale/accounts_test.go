@@ -44,6 +44,9 @@ func TestSignupRejectsInvalidInputNextToFieldsKeepingEmail(t *testing.T) {
 		// Hidden characters would make two accounts read the same.
 		{"zero-width space in the email", "alice@example.com\u200b", storetest.DefaultPassword, "email"},
 		{"direction override in the email", "alice\u202e@example.com", storetest.DefaultPassword, "email"},
+		// A look-alike would take (and receive the resets of) kate@…
+		{"Kelvin sign for K in the email", "\u212Aate@example.com", storetest.DefaultPassword, "email"},
+		{"IP-literal domain", "x@[127.0.0.1]", storetest.DefaultPassword, "email"},
 		{"password of 7 characters", "short@example.com", "1234567", "password"},
 		{"password of 257 characters", "long@example.com", strings.Repeat("p", 257), "password"},
 	}

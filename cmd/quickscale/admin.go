@@ -161,14 +161,11 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 			err := env.store.InTx(ctx, func(tx pgx.Tx) error {
 				if role == store.RoleUser {
 					// Never the last admin: nobody could reach the admin
-					// pages after it. The admins' rows are locked so that
-					// two demotions at once cannot both pass.
-					var admins int
-					if err := tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL FOR UPDATE) a`).Scan(&admins); err != nil {
-						return err
-					}
-					if admins <= 1 {
+					// pages after it.
+					if err := store.RefuseLastAdmin(ctx, tx, u.ID); errors.Is(err, store.ErrLastAdmin) {
 						return store.Errorf(store.KindConflict, "%s is the last admin; promote another user first.", u.Email)
+					} else if err != nil {
+						return err
 					}
 				}
 				if err := store.SetRole(ctx, tx, u.ID, role); err != nil {

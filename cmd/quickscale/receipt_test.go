@@ -37,6 +37,7 @@ func TestReceiptOfAPaidPurchase(t *testing.T) {
 	require.Equal(t, p.Intent, acctText(doc, "#receipt-reference"))
 	require.Contains(t, acctText(doc, "#receipt-paid"), pay.PaidAt.UTC().Format("2006"))
 	require.Zero(t, doc.Find("#receipt-refunded").Length(), "a refund shown before any")
+	require.Contains(t, doc.Find("#receipt").Text(), "Amounts in USD.", "the currency as its code is written")
 
 	id, body := p.refunded(t, 500)
 	whApply(t, ta, id, body, store.OutcomeApplied)

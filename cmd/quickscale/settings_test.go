@@ -384,3 +384,34 @@ func TestPendingEmailChangeIsTheUsersAndEndsWithAPasswordChange(t *testing.T) {
 	mustRedirect(t, b.post("/settings/password", url.Values{"current_password": {storetest.DefaultPassword}, "new_password": {acctNewPassword}}), "/settings")
 	require.Zero(t, b.get("/settings").Doc(t).Find("#pending-email").Length(), "the password change cancelled the link")
 }
+
+// The last live admin cannot delete their account (nobody could reach the
+// admin pages after it), as they cannot be demoted; once another admin
+// exists they can, and what they did stays attributed to their (deleted)
+// account in the audit log, not to "CLI / system".
+func TestLastAdminCannotDeleteTheirAccountAndAnAdminsActsStayTheirs(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(admin.Email)
+	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"n1"}, "direction": {"add"}, "amount": {"7"}, "kind": {"admin"}, "reason": {"goodwill"}}), "/admin/users/")
+
+	del := url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}
+	r := b.post("/settings/delete", del)
+	require.Equal(t, http.StatusConflict, r.Status)
+	require.Contains(t, r.Doc(t).Find(`.field-error[data-field="confirm"]`).Text(), "You are the last admin")
+	_, err := ta.store.UserByEmail(context.Background(), admin.Email)
+	require.NoError(t, err, "the account is still there")
+
+	other := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	mustRedirect(t, b.post("/settings/delete", del), "/")
+	doc := ta.signIn(other.Email).get("/admin/audit").Doc(t)
+	actor := doc.Find(`tr.audit-entry[data-action="credits.adjust"] td.audit-actor`)
+	require.Equal(t, 1, actor.Length())
+	require.Equal(t, fmt.Sprintf("Deleted account #%d", admin.ID), strings.TrimSpace(actor.Text()))
+	require.Equal(t, fmt.Sprintf("/admin/users/%d", admin.ID), actor.Find("a").AttrOr("href", ""))
+	userPage := ta.signIn(other.Email).get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t)
+	require.Contains(t, userPage.Find(`#audit td.audit-actor`).Text(), fmt.Sprintf("Deleted account #%d", admin.ID))
+}
