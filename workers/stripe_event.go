@@ -398,7 +398,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	// Proportional clawback of the pack's credits, floored, minus what
 	// earlier refunds of this payment already accounted for.
 	owed := pay.Credits*refunded/pay.AmountMinor - pay.CreditsClawedBack - pay.ClawbackShortfall
-	taken, err := store.Clawback(ctx, tx, *pay.GrantID, owed, "refund of payment "+strconv.FormatInt(pay.ID, 10))
+	taken, err := store.Clawback(ctx, tx, *pay.GrantID, owed, "refund of payment #"+strconv.FormatInt(pay.ID, 10))
 	if err != nil {
 		return "", "", fx, err
 	}

@@ -346,6 +346,8 @@ func TestPipelineRepeatedAndOlderRefundEventsClawBackOnce(t *testing.T) {
 	}
 	require.Equal(t, int64(375), whBalance(t, ta, p.User.ID))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM ledger_entries WHERE kind = 'clawback'`))
+	// The history names the payment as the payments page does ("#N").
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM ledger_entries WHERE kind = 'clawback' AND reason = 'refund of payment #' || $1`, strconv.FormatInt(pay.ID, 10)))
 	// One refund, one email: the repeat and the older event add nothing.
 	require.Equal(t, 1, emailJobsOf(ta, jobs.EmailRefund, p.User.Email))
 }
