@@ -191,3 +191,31 @@ func TestDecodeUsageBodyIsStrict(t *testing.T) {
 		t.Errorf("body over the cap: %d %q, want 413 body_too_large", status, code)
 	}
 }
+
+// Our own deadline (the timeout middleware's) is a 503 to retry, not a
+// client that gave up; a client that gave up is a 499, its error logged.
+func TestOwnTimeoutIs503AndAClientGoneIs499(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	s := newTestServerShell(&logs)
+	waitThenFail := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		s.apiError(w, r, fmt.Errorf("consume: %w", r.Context().Err()))
+	})
+	rec := httptest.NewRecorder()
+	requestID(timeout(20*time.Millisecond)(waitThenFail)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/balance", nil))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("our own deadline: status %d, Retry-After %q, want 503 with one; body %s", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
+	}
+
+	ctx, hangUp := context.WithCancel(context.Background())
+	hangUp()
+	rec = httptest.NewRecorder()
+	requestID(timeout(time.Minute)(waitThenFail)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/balance", nil).WithContext(ctx))
+	if rec.Code != StatusClientClosedRequest {
+		t.Fatalf("a client gone: status %d, want 499", rec.Code)
+	}
+	if !strings.Contains(logs.String(), "request abandoned by the client") || !strings.Contains(logs.String(), "consume: context canceled") {
+		t.Fatalf("the abandoned request's error is not logged: %s", logs.String())
+	}
+}

@@ -84,10 +84,14 @@ const StatusClientClosedRequest = 499
 // apiError turns an unexpected error into a 500 problem; the detail is
 // logged, never sent.
 func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
+	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The client closed its connection before the answer (it gave up
 		// waiting): nobody reads this, and it is no fault of ours, so it
-		// is not a 5xx for the error-ratio alert.
+		// is not a 5xx for the error-ratio alert. (Our own deadline, the
+		// timeout middleware's, ends the context with DeadlineExceeded:
+		// that is a 503 below.)
+		s.logger.InfoContext(r.Context(), "request abandoned by the client", "err", err, "path", r.URL.Path,
+			"request_id", RequestIDFrom(r.Context()))
 		writeProblem(w, r, StatusClientClosedRequest, "client_closed_request", "The client closed the connection before the answer.")
 		return
 	}

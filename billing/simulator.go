@@ -35,6 +35,13 @@ type Simulator struct {
 	webhookSecret string
 	http          *http.Client
 	logger        *slog.Logger
+	// finishing admits one finishing checkout at a time: one holds a
+	// database connection (and the session's row lock) while it delivers
+	// its webhooks, which our own endpoint stores with another connection
+	// of the same pool. Any number at once could hold every connection
+	// the webhooks wait for (with a pool of 4, 12 Pays at once all failed
+	// after 30 s). A finish takes milliseconds; a demo never notices.
+	finishing chan struct{}
 }
 
 // NewSimulator returns a simulator that delivers events to baseURL.
@@ -42,7 +49,20 @@ func NewSimulator(st *store.Store, baseURL, webhookSecret string, logger *slog.L
 	return &Simulator{
 		store: st, baseURL: strings.TrimRight(baseURL, "/"), webhookSecret: webhookSecret,
 		http: &http.Client{Timeout: 15 * time.Second}, logger: logger,
+		finishing: make(chan struct{}, 1),
 	}
+}
+
+// oneAtATime runs fn as the only finish (or expiry pass) of this process,
+// waiting for its turn until ctx ends.
+func (s *Simulator) oneAtATime(ctx context.Context, fn func() error) error {
+	select {
+	case s.finishing <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.finishing }()
+	return fn()
 }
 
 // Simulated implements Gateway.
@@ -127,8 +147,12 @@ func (s *Simulator) finish(ctx context.Context, id string, userID int64, paid bo
 	// delivery is harmless: grants are keyed by the session); a concurrent
 	// click waits, then finds it finished and sends nothing, so Pay and
 	// Decline pressed together cannot both be delivered.
-	ss, _, err := s.store.FinishSimSession(ctx, id, userID, status, func(ss store.SimSession) error {
-		return s.deliver(ctx, ss)
+	var ss store.SimSession
+	err := s.oneAtATime(ctx, func() (err error) {
+		ss, _, err = s.store.FinishSimSession(ctx, id, userID, status, func(ss store.SimSession) error {
+			return s.deliver(ctx, ss)
+		})
+		return err
 	})
 	if err != nil {
 		return "", err
@@ -155,10 +179,14 @@ func (s *Simulator) deliver(ctx context.Context, ss store.SimSession) error {
 // (24 hours), as Stripe does, delivering checkout.session.expired for each
 // (up to 100 a call). The processes that serve the simulator call it every
 // minute; Pay and Decline on such a checkout expire it too.
-func (s *Simulator) ExpireAbandoned(ctx context.Context) (int, error) {
-	return s.store.ExpireSimSessions(ctx, 100, func(ss store.SimSession) error {
-		return s.deliver(ctx, ss)
+func (s *Simulator) ExpireAbandoned(ctx context.Context) (n int, err error) {
+	err = s.oneAtATime(ctx, func() (err error) {
+		n, err = s.store.ExpireSimSessions(ctx, 100, func(ss store.SimSession) error {
+			return s.deliver(ctx, ss)
+		})
+		return err
 	})
+	return n, err
 }
 
 // CheckoutSessionObject renders a simulator session as Stripe's

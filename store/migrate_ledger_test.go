@@ -330,7 +330,7 @@ func TestLedgerMigration17RefusesAGrantExpiringBeyondACentury(t *testing.T) {
 	require.EqualValues(t, 16, version)
 
 	// README's query finds it, and README's fix lets the migration through.
-	rows, err := pool.Query(ctx, `SELECT id FROM grants WHERE expires_at > created_at + interval '100 years'`)
+	rows, err := pool.Query(ctx, `SELECT id FROM grants WHERE (expires_at AT TIME ZONE 'UTC') > (created_at AT TIME ZONE 'UTC') + interval '100 years'`)
 	require.NoError(t, err)
 	found, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	require.NoError(t, err)
@@ -339,7 +339,7 @@ func TestLedgerMigration17RefusesAGrantExpiringBeyondACentury(t *testing.T) {
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `UPDATE grants SET expires_at = NULL WHERE kind IN ('admin', 'promo') AND expires_at > created_at + interval '100 years'`)
+	_, err = tx.Exec(ctx, `UPDATE grants SET expires_at = NULL WHERE kind IN ('admin', 'promo') AND (expires_at AT TIME ZONE 'UTC') > (created_at AT TIME ZONE 'UTC') + interval '100 years'`)
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))
 	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))

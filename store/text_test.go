@@ -64,26 +64,34 @@ func TestNewEmailAddressesHoldNothingInvisible(t *testing.T) {
 func TestNewEmailAddressesCannotStandInForAnother(t *testing.T) {
 	t.Parallel()
 	for name, addr := range map[string]string{
-		"Kelvin sign for K":     "\u212Aate@example.com",
-		"dotted capital I":      "\u0130nfo@example.com",
-		"decomposed ü":          "u\u0308ni@example.com",
-		"fullwidth letters":     "u@\uFF25\uFF38AMPLE.com",
-		"Angstrom sign":         "\u212Bsa@example.com",
-		"65-octet local part":   strings.Repeat("a", 65) + "@example.com",
-		"64-octet label":        "a@" + strings.Repeat("b", 64) + ".com",
-		"label starting with -": "a@-example.com",
-		"label ending with -":   "a@example-.com",
-		"IP literal":            "x@[127.0.0.1]",
-		"IP address":            "x@127.0.0.1",
-		"underscore in domain":  "x@ex_ample.com",
-		"empty label":           "x@example..com",
+		"Kelvin sign for K":        "\u212Aate@example.com",
+		"dotted capital I":         "\u0130nfo@example.com",
+		"decomposed ü":             "u\u0308ni@example.com",
+		"fullwidth letters":        "u@\uFF25\uFF38AMPLE.com",
+		"Angstrom sign":            "\u212Bsa@example.com",
+		"65-octet local part":      strings.Repeat("a", 65) + "@example.com",
+		"64-octet label":           "a@" + strings.Repeat("b", 64) + ".com",
+		"label starting with -":    "a@-example.com",
+		"label ending with -":      "a@example-.com",
+		"IP literal":               "x@[127.0.0.1]",
+		"IP address":               "x@127.0.0.1",
+		"underscore in domain":     "x@ex_ample.com",
+		"empty label":              "x@example..com",
+		"IDN label over 63 as DNS": "user@" + strings.Repeat("中", 60) + ".cn",
 	} {
 		if _, err := store.NormalizeNewEmail(addr); store.ErrorKind(err) != store.KindInvalid {
 			t.Errorf("%s: NormalizeNewEmail(%q) = %v, want refused", name, addr, err)
 		}
 	}
+	// The refusal of a capital that stands in for another letter names it.
+	_, err := store.NormalizeNewEmail("\u0130pek@example.com")
+	if err == nil || !strings.Contains(err.Error(), `Write 'İ' in lower case`) {
+		t.Errorf("İpek@: %v", err)
+	}
 	for _, addr := range []string{"Zoë@example.com", "ÜNÏ@exämple.com", "Σίσυφος@παράδειγμα.δοκιμή", strings.Repeat("a", 64) + "@example.com",
-		"a@" + strings.Repeat("b", 63) + ".com", "first.last+tag@sub-domain.example.co.uk", "x@123.example.com"} {
+		"a@" + strings.Repeat("b", 63) + ".com", "first.last+tag@sub-domain.example.co.uk", "x@123.example.com",
+		// 66 octets of UTF-8, 28 as DNS writes it (xn--…).
+		"user@" + strings.Repeat("中", 22) + ".cn", "ayşe@örnek.com.tr", "Işık@example.com", "Müller@bücher.de"} {
 		if got, err := store.NormalizeNewEmail(addr); err != nil || got != addr {
 			t.Errorf("NormalizeNewEmail(%q) = %q, %v, want it as typed", addr, got, err)
 		}

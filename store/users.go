@@ -12,8 +12,10 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/net/idna"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -81,8 +83,12 @@ func NormalizeNewEmail(s string) (string, error) {
 	if strings.ContainsFunc(s, invisibleInAddress) {
 		return "", Errorf(KindInvalid, "Enter an email address without spaces or invisible characters.")
 	}
-	if !norm.NFKC.IsNormalString(s) || strings.ContainsFunc(s, lowersIntoAnother) {
-		return "", Errorf(KindInvalid, "Enter the email address as it is usually written: some of its characters stand in for others.")
+	if !norm.NFKC.IsNormalString(s) {
+		return "", Errorf(KindInvalid, "Enter the email address as it is usually written: some of its characters stand in for others (a decomposed accent, a fullwidth letter, a symbol for a letter).")
+	}
+	if i := strings.IndexFunc(s, lowersIntoAnother); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return "", Errorf(KindInvalid, "Write %q in lower case: as a capital in an address it stands in for another letter.", r)
 	}
 	at := strings.LastIndexByte(s, '@')
 	if at > 64 {
@@ -102,13 +108,15 @@ func lowersIntoAnother(r rune) bool {
 }
 
 // mailDomain reports whether d is a domain name mail can be sent to: no IP
-// address or literal, labels of 1 to 63 octets that neither start nor end
-// with a hyphen, ASCII ones of letters, digits and hyphens, and a top-level
+// address or literal, labels of 1 to 63 octets as DNS writes them
+// (punycode for an internationalised one) that neither start nor end with
+// a hyphen, ASCII ones of letters, digits and hyphens, and a top-level
 // label that is not all digits.
 func mailDomain(d string) bool {
 	labels := strings.Split(d, ".")
 	for _, l := range labels {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		encoded, err := idna.Punycode.ToASCII(l)
+		if l == "" || err != nil || len(encoded) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return false
 		}
 		for _, c := range []byte(l) {
@@ -238,13 +246,20 @@ func SetRole(ctx context.Context, db DBTX, userID int64, role string) error {
 var ErrLastAdmin = Errorf(KindConflict, "This is the last admin; make another user an admin first (quickscale users promote).")
 
 // RefuseLastAdmin, in the caller's transaction, returns ErrLastAdmin when
-// userID is the only live admin. It locks the live admins' rows, so that
-// two demotions or deletions at once cannot both pass.
+// userID is the only live admin. When userID is an admin it locks the live
+// admins' rows, so that two demotions or deletions at once cannot both
+// pass; FOR NO KEY UPDATE, which the key checks of rows naming an admin
+// (an adjustment's actor, say) do not wait for: FOR UPDATE made deleting
+// an account deadlock with an admin's adjustment of it (the adjustment
+// holds the account and checks its actor; the deletion held every admin
+// and waited for the account). A user who is not an admin locks nothing.
 func RefuseLastAdmin(ctx context.Context, db DBTX, userID int64) error {
 	var admins int
 	var isAdmin bool
 	if err := db.QueryRow(ctx, `SELECT count(*), coalesce(bool_or(id = $1), false)
-  FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL FOR UPDATE) a`, userID).Scan(&admins, &isAdmin); err != nil {
+  FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL
+          AND EXISTS (SELECT FROM users t WHERE t.id = $1 AND t.role = 'admin')
+        FOR NO KEY UPDATE) a`, userID).Scan(&admins, &isAdmin); err != nil {
 		return err
 	}
 	if isAdmin && admins <= 1 {

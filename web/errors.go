@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -71,10 +72,11 @@ func (s *Site) tooManyRequests(w http.ResponseWriter, r *http.Request, retryAfte
 // serverError logs an unexpected error and shows the generic 500 page;
 // internal error text never reaches the client.
 func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
+	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The browser closed its connection before the answer (the user
 		// left or gave up): nobody reads a page, and it is no fault of
-		// ours (nginx's 499; logged and counted as a 4xx).
+		// ours (nginx's 499; logged and counted as a 4xx). Our own
+		// deadline ends the context with DeadlineExceeded instead.
 		s.logger.InfoContext(r.Context(), "request abandoned by the client", "err", err, "method", r.Method, "path", r.URL.Path)
 		w.WriteHeader(499)
 		return

@@ -288,7 +288,7 @@ func (s *Site) AdminCredits() http.Handler {
 const repeatWindow = 10 * time.Minute
 
 // adjustKey scopes the form's nonce to the user ("" without a nonce, or
-// with one no page gave).
+// with one longer than a page's).
 func adjustKey(userID int64, nonce string) string {
 	if nonce == "" || len(nonce) > 64 {
 		return ""

@@ -223,8 +223,9 @@ func (s *Site) Login() http.Handler {
 		// browser the owner signed in with before is exempt from both limits
 		// of the address, so guesses from many IPs do not either, nor
 		// guesses from the owner's own IP (a shared NAT).
-		// The per-IP limit first: a refused guess costs no more reads (and
-		// a browser without the device cookie costs none for the check).
+		// The per-IP limit first: a guess it refuses costs no more reads.
+		// Past it, a browser with a device cookie costs a read or two for
+		// the check (bounded by that limit), one without costs none.
 		if s.limited(w, r, limitCheck{"login:ip:" + ip, s.limits.LoginPerIP}) {
 			return
 		}

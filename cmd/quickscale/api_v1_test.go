@@ -332,7 +332,7 @@ func holdAccount(t *testing.T, ta *testApp, userID int64) (release func()) {
 // sendAndAbandon sends req with client, waits until its spend waits for a
 // held account (alone on its own connection, after its batch's 100 ms
 // wait ended), closes the connection as a client that gives up does, and
-// returns once the server has logged the request.
+// returns once the server's access log has the request.
 func sendAndAbandon(t *testing.T, ta *testApp, client *http.Client, req *http.Request) {
 	t.Helper()
 	ctx, giveUp := context.WithCancel(req.Context())
@@ -353,7 +353,9 @@ func sendAndAbandon(t *testing.T, ta *testApp, client *http.Client, req *http.Re
 	giveUp()
 	require.ErrorIs(t, <-sent, context.Canceled)
 	require.Eventually(t, func() bool {
-		return strings.Contains(ta.logs.String(), "path="+req.URL.Path)
+		// The access log's line (path, then route), not the handler's own
+		// line about the abandoned request, which comes first.
+		return strings.Contains(ta.logs.String(), "path="+req.URL.Path+" route=")
 	}, 20*time.Second, 5*time.Millisecond, "no access log line for the abandoned request")
 }
 

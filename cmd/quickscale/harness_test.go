@@ -92,7 +92,11 @@ func newTestApp(t testing.TB, opts testAppOpts) *testApp {
 		logger = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 		env["LOG_LEVEL"] = "info"
 	}
-	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 20, AppName: "quickscale-test"})
+	maxConns := int32(20)
+	if _, set := opts.Env["DATABASE_MAX_CONNS"]; set {
+		maxConns = cfg.DatabaseMaxConns
+	}
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: maxConns, AppName: "quickscale-test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -659,7 +659,7 @@ func TestAdminRemoveFormResubmittedRemovesOnceAndAReusedFormIsRefused(t *testing
 }
 
 // The form's key is what makes a resubmission harmless and a repeat
-// asked about: a post without one (or with one no page gave) is refused,
+// asked about: a post without one (or with one longer than a page's) is refused,
 // not applied without either safeguard.
 func TestAdminAdjustmentWithoutTheFormsKeyIsRefused(t *testing.T) {
 	t.Parallel()

@@ -133,6 +133,49 @@ func TestSimulatorPayAndDeclineAtOnceDeliverOneOutcome(t *testing.T) {
 	}
 }
 
+// Pays at once, more than the database pool has connections, all go
+// through: a finishing checkout holds a connection while it delivers its
+// webhook, which needs another; the simulator finishes one checkout at a
+// time, so it never holds the connections its own webhooks wait for.
+func TestSimulatorPaysAtOnceDoNotStarveThePool(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true, Env: map[string]string{"DATABASE_MAX_CONNS": "4"}})
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	const pays = 12
+	paths := make([]string, pays)
+	for i := range paths {
+		checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}}), ta.URL+"/simulator/checkout/")
+		paths[i] = checkout[len(ta.URL):]
+	}
+	statuses := make([]int, pays)
+	var wg sync.WaitGroup
+	for i, path := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, b.url(path), strings.NewReader(url.Values{"action": {"pay"}}.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Origin", ta.URL)
+			req.Header.Set("Sec-Fetch-Site", "same-origin")
+			client := *b.client
+			client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+			if res, err := client.Do(req); err == nil {
+				res.Body.Close()
+				statuses[i] = res.StatusCode
+			}
+		}()
+	}
+	wg.Wait()
+	for i, st := range statuses {
+		require.Equal(t, http.StatusSeeOther, st, "pay %d", i)
+	}
+	var completed int
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'`).Scan(&completed))
+	require.Equal(t, pays, completed)
+}
+
 // A simulated checkout left open for 24 hours expires, as Stripe's do: the
 // simulator delivers checkout.session.expired (every minute, for the ones
 // nobody touches) and refuses to take payment for it.
