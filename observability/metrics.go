@@ -72,7 +72,7 @@ func NewMetrics() *Metrics {
 			Name: "quickscale_http_requests_in_flight", Help: "HTTP requests being served.",
 		}),
 		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "quickscale_river_jobs_total", Help: "River jobs worked by kind, queue and outcome (completed, failed, cancelled, snoozed).",
+			Name: "quickscale_river_jobs_total", Help: "River jobs worked by kind, queue and outcome (completed, failed, discarded, cancelled, snoozed).",
 		}, []string{"kind", "queue", "outcome"}),
 		JobRunTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "quickscale_river_job_run_duration_seconds", Help: "Time River jobs spent running, by kind.", Buckets: latencyBuckets(),

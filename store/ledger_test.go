@@ -1082,43 +1082,46 @@ func TestASecondSweepIsRefusedMidSweep(t *testing.T) {
 
 // Deleting an account while an admin's adjustment of it is under way (the
 // adjustment holds the account, then checks its actor's row) waits for the
-// adjustment, not deadlocks with it: the deletion used to lock every live
-// admin's row FOR UPDATE first, which the actor's key check waits for.
+// adjustment, not deadlocks with it: the deletion locks every live admin's
+// row (against losing the last one) before the account, and with FOR
+// UPDATE the actor's key check waited for that. Both for a user and for an
+// admin deleted while another admin adjusts their account.
 func TestDeletingAnAccountWaitsForAnAdminsAdjustmentOfIt(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	st := storetest.NewStore(t)
-	pool := st.Pool()
-	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
-	u := storetest.NewUser(t, st, storetest.UserOpts{})
-	adjusting, err := pool.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = adjusting.Rollback(ctx) }()
-	// As Adjust with a key and a repeat check: the account, then the key.
-	_, err = adjusting.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
-	require.NoError(t, err)
+	for _, target := range []storetest.UserOpts{{}, {Admin: true}} {
+		ctx := context.Background()
+		st := storetest.NewStore(t)
+		pool := st.Pool()
+		admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
+		u := storetest.NewUser(t, st, target)
+		adjusting, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		// As Adjust with a key and a repeat check: the account, then the key.
+		_, err = adjusting.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
+		require.NoError(t, err)
 
-	deleted := make(chan error, 1)
-	go func() {
-		tx, err := pool.Begin(ctx)
-		if err == nil {
-			if err = store.DeleteUser(ctx, tx, u.ID); err == nil {
-				err = tx.Commit(ctx)
-			} else {
-				_ = tx.Rollback(ctx)
+		deleted := make(chan error, 1)
+		go func() {
+			tx, err := pool.Begin(ctx)
+			if err == nil {
+				if err = store.DeleteUser(ctx, tx, u.ID); err == nil {
+					err = tx.Commit(ctx)
+				} else {
+					_ = tx.Rollback(ctx)
+				}
 			}
-		}
-		deleted <- err
-	}()
-	require.Eventually(t, func() bool {
-		var waiting int
-		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			deleted <- err
+		}()
+		require.Eventually(t, func() bool {
+			var waiting int
+			err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
  WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%accounts%'`).Scan(&waiting)
-		return err == nil && waiting > 0
-	}, 20*time.Second, 5*time.Millisecond, "the deletion never waited for the account")
-	_, err = adjusting.Exec(ctx, `INSERT INTO credit_adjustments (user_id, key, delta, kind, reason, actor_user_id)
+			return err == nil && waiting > 0
+		}, 20*time.Second, 5*time.Millisecond, "the deletion never waited for the account")
+		_, err = adjusting.Exec(ctx, `INSERT INTO credit_adjustments (user_id, key, delta, kind, reason, actor_user_id)
 VALUES ($1, 'k', 5, 'admin', 'goodwill', $2)`, u.ID, admin.ID)
-	require.NoError(t, err, "the adjustment's actor check must not deadlock with the deletion")
-	require.NoError(t, adjusting.Commit(ctx))
-	require.NoError(t, <-deleted)
+		require.NoError(t, err, "admin target %v: the adjustment's actor check must not deadlock with the deletion", target.Admin)
+		require.NoError(t, adjusting.Commit(ctx))
+		require.NoError(t, <-deleted)
+	}
 }

@@ -320,22 +320,39 @@ func TestLedgerMigration17RefusesAGrantExpiringBeyondACentury(t *testing.T) {
 	near := storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 5, Kind: store.GrantPromo, ExpiresAt: &in99})
 	// As the admin form could make one before the rule: good through
 	// 9999-12-31 in New York, a year 10000 date in UTC.
-	var far int64
+	var far, dst int64
 	require.NoError(t, pool.QueryRow(ctx, `SELECT grant_id FROM ledger_grant($1, 'admin', 7, '9999-12-31 23:00:00-05', 'test', 'far', 'adjust', NULL, 'forever')`, u.ID).Scan(&far))
+	// And one 30 minutes past the bound in UTC, made on the day New York
+	// moved its clocks: in a New York session, a query adding 100 years
+	// in local time would not see it (the hour moves).
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
+	require.NoError(t, err)
+	require.NoError(t, tx.QueryRow(ctx, `INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id, created_at)
+VALUES ($1, 'promo', 3, 3, '2124-03-10 12:30+00', 'test', 'dst', '2024-03-10 12:00+00') RETURNING id`, u.ID).Scan(&dst))
+	require.NoError(t, tx.Commit(ctx))
 
-	_, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	_, err = store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, "grants_expiry")
 	var version int64
 	require.NoError(t, pool.QueryRow(ctx, `SELECT max(version_id) FROM goose_db_version WHERE is_applied`).Scan(&version))
 	require.EqualValues(t, 16, version)
 
-	// README's query finds it, and README's fix lets the migration through.
-	rows, err := pool.Query(ctx, `SELECT id FROM grants WHERE (expires_at AT TIME ZONE 'UTC') > (created_at AT TIME ZONE 'UTC') + interval '100 years'`)
+	// README's query finds both, in any session time zone, and README's
+	// fix lets the migration through.
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	_, err = conn.Exec(ctx, `SET timezone = 'America/New_York'`)
+	require.NoError(t, err)
+	defer func() { _, _ = conn.Exec(ctx, `RESET timezone`) }()
+	rows, err := conn.Query(ctx, `SELECT id FROM grants WHERE (expires_at AT TIME ZONE 'UTC') > (created_at AT TIME ZONE 'UTC') + interval '100 years' ORDER BY id`)
 	require.NoError(t, err)
 	found, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	require.NoError(t, err)
-	require.Equal(t, []int64{far}, found)
-	tx, err := pool.Begin(ctx)
+	require.Equal(t, []int64{far, dst}, found)
+	tx, err = conn.Begin(ctx)
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
 	require.NoError(t, err)
@@ -347,7 +364,7 @@ func TestLedgerMigration17RefusesAGrantExpiringBeyondACentury(t *testing.T) {
 
 	bal, err := st.Balance(ctx, u.ID)
 	require.NoError(t, err)
-	require.EqualValues(t, 12, bal.Total)
+	require.EqualValues(t, 15, bal.Total)
 	require.NotNil(t, bal.NextExpiry)
 	var nearExpiry time.Time
 	require.NoError(t, pool.QueryRow(ctx, `SELECT expires_at FROM grants WHERE id = $1`, near.GrantID).Scan(&nearExpiry))

@@ -78,6 +78,11 @@ func TestNewEmailAddressesCannotStandInForAnother(t *testing.T) {
 		"underscore in domain":     "x@ex_ample.com",
 		"empty label":              "x@example..com",
 		"IDN label over 63 as DNS": "user@" + strings.Repeat("中", 60) + ".cn",
+		// Labels already in DNS form pass the same checks as typed ones.
+		"A-label of a capital İ":  "a@xn--nfo-eua.com",
+		"A-label of a zero width": "a@xn--info-w76a.com",
+		"A-label of fullwidth":    "a@xn--th7cjb.com",
+		"A-label of a control":    "a@xn--a.com",
 	} {
 		if _, err := store.NormalizeNewEmail(addr); store.ErrorKind(err) != store.KindInvalid {
 			t.Errorf("%s: NormalizeNewEmail(%q) = %v, want refused", name, addr, err)
@@ -91,7 +96,8 @@ func TestNewEmailAddressesCannotStandInForAnother(t *testing.T) {
 	for _, addr := range []string{"Zoë@example.com", "ÜNÏ@exämple.com", "Σίσυφος@παράδειγμα.δοκιμή", strings.Repeat("a", 64) + "@example.com",
 		"a@" + strings.Repeat("b", 63) + ".com", "first.last+tag@sub-domain.example.co.uk", "x@123.example.com",
 		// 66 octets of UTF-8, 28 as DNS writes it (xn--…).
-		"user@" + strings.Repeat("中", 22) + ".cn", "ayşe@örnek.com.tr", "Işık@example.com", "Müller@bücher.de"} {
+		"user@" + strings.Repeat("中", 22) + ".cn", "ayşe@örnek.com.tr", "Işık@example.com", "Müller@bücher.de",
+		"info@xn--bcher-kva.de", "info@XN--BCHER-KVA.de"} {
 		if got, err := store.NormalizeNewEmail(addr); err != nil || got != addr {
 			t.Errorf("NormalizeNewEmail(%q) = %q, %v, want it as typed", addr, got, err)
 		}

@@ -119,6 +119,15 @@ func mailDomain(d string) bool {
 		if l == "" || err != nil || len(encoded) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return false
 		}
+		// A label already in DNS form (xn--…) stands for Unicode text,
+		// which must pass what a label typed in Unicode passes.
+		if lower := strings.ToLower(l); strings.HasPrefix(lower, "xn--") {
+			u, err := idna.Punycode.ToUnicode(lower)
+			if err != nil || u == lower || u != strings.ToLower(u) || !norm.NFKC.IsNormalString(u) || strings.ContainsFunc(u, invisibleInAddress) ||
+				strings.IndexFunc(u, func(r rune) bool { return r >= utf8.RuneSelf }) < 0 {
+				return false
+			}
+		}
 		for _, c := range []byte(l) {
 			if c < 0x80 && !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
 				return false
@@ -246,20 +255,19 @@ func SetRole(ctx context.Context, db DBTX, userID int64, role string) error {
 var ErrLastAdmin = Errorf(KindConflict, "This is the last admin; make another user an admin first (quickscale users promote).")
 
 // RefuseLastAdmin, in the caller's transaction, returns ErrLastAdmin when
-// userID is the only live admin. When userID is an admin it locks the live
-// admins' rows, so that two demotions or deletions at once cannot both
-// pass; FOR NO KEY UPDATE, which the key checks of rows naming an admin
-// (an adjustment's actor, say) do not wait for: FOR UPDATE made deleting
-// an account deadlock with an admin's adjustment of it (the adjustment
-// holds the account and checks its actor; the deletion held every admin
-// and waited for the account). A user who is not an admin locks nothing.
+// userID is the only live admin. It locks the live admins' rows, so that
+// two demotions or deletions at once cannot both pass (nor a deletion of
+// a user being promoted meanwhile pass as a plain user's); FOR NO KEY
+// UPDATE, which the key checks of rows naming an admin (an adjustment's
+// actor, say) do not wait for: FOR UPDATE made deleting an account
+// deadlock with an admin's adjustment of it (the adjustment holds the
+// account and checks its actor; the deletion held every admin and waited
+// for the account).
 func RefuseLastAdmin(ctx context.Context, db DBTX, userID int64) error {
 	var admins int
 	var isAdmin bool
 	if err := db.QueryRow(ctx, `SELECT count(*), coalesce(bool_or(id = $1), false)
-  FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL
-          AND EXISTS (SELECT FROM users t WHERE t.id = $1 AND t.role = 'admin')
-        FOR NO KEY UPDATE) a`, userID).Scan(&admins, &isAdmin); err != nil {
+  FROM (SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL FOR NO KEY UPDATE) a`, userID).Scan(&admins, &isAdmin); err != nil {
 		return err
 	}
 	if isAdmin && admins <= 1 {

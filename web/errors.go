@@ -81,6 +81,15 @@ func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
 		w.WriteHeader(499)
 		return
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Our own deadline (the request timeout): as the JSON API, a 503 to
+		// retry, not the "unexpected problem" page.
+		s.logger.WarnContext(r.Context(), "request timed out", "err", err, "method", r.Method, "path", r.URL.Path)
+		w.Header().Set("Retry-After", "5")
+		s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "That took too long",
+			Message: "We could not finish it in time. Please try again in a few seconds."})
+		return
+	}
 	if store.IsBadInput(err) {
 		// Postgres refused the request's data: a client mistake CleanInput
 		// did not foresee, not a fault of ours.

@@ -48,7 +48,8 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 // runs fn with both.
 func withUser(ctx context.Context, getenv func(string) string, stderr io.Writer, email string, fn func(env *cliEnv, u store.User) error) error {
 	// A missing flag is a usage error whether or not the database answers.
-	if strings.TrimSpace(email) == "" {
+	email = strings.TrimSpace(email)
+	if email == "" {
 		return usageError{"--email is required"}
 	}
 	if !utf8.ValidString(email) {
@@ -214,9 +215,10 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	switch sub {
 	case "grant":
-		fs := newFlags("credits grant", "credits grant --email E --amount N --kind subscription|pack|admin|promo [--expires RFC3339] --reason TEXT [--key K]", stderr)
+		fs := newFlags("credits grant", "credits grant --email E --amount N [--kind subscription|pack|admin|promo] [--expires RFC3339] --reason TEXT [--key K]", stderr)
 		email := fs.String("email", "", "the user's email address (required)")
-		amount := fs.Int64("amount", 0, "credits to add, a positive whole number (required)")
+		amount := new(int64)
+		fs.Var((*decimalFlag)(amount), "amount", "credits to add, a positive whole number in decimal (required)")
 		kind := fs.String("kind", store.GrantAdmin, "subscription, pack, admin or promo")
 		expires := fs.String("expires", "", "expiry as RFC 3339, e.g. 2026-12-31T23:59:59Z (required for subscription, not allowed for pack)")
 		reason := fs.String("reason", "", "why, kept in the ledger and the audit log (required)")
@@ -236,7 +238,7 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			return usageError{"--reason is required"}
 		}
 		if !utf8.ValidString(*reason) || utf8.RuneCountInString(strings.TrimSpace(*reason)) > 500 || store.UnsafeLine(strings.TrimSpace(*reason)) {
-			return usageError{"--reason must be one line of text of at most 500 characters"}
+			return usageError{"--reason must be one line of visible text (no tabs, control or hidden characters) of at most 500 characters"}
 		}
 		var exp *time.Time
 		if *expires != "" {
@@ -302,6 +304,22 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			return nil
 		})
 	}
+}
+
+// decimalFlag is an int64 flag written in decimal only: Go's own reads
+// "010" as octal 8, "0x10" as 16 and "1_000" as 1000, and an operator's
+// zero-padded amount must not grant another number of credits.
+type decimalFlag int64
+
+func (d *decimalFlag) String() string { return strconv.FormatInt(int64(*d), 10) }
+
+func (d *decimalFlag) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return errors.New("want a whole number in decimal, e.g. 500")
+	}
+	*d = decimalFlag(n)
+	return nil
 }
 
 // countCredits is "1 credit" or "N credits".

@@ -51,6 +51,11 @@ func TestCreditsGrantAddsCreditsWithReasonAndAudit(t *testing.T) {
 	code, stdout, stderr = runCmd(t, env, "", "credits", "grant", "--email", u.Email, "--amount", "1", "--kind", "promo", "--reason", "one for luck")
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "granted 1 promo credit to")
+	// A zero-padded amount is decimal (Go's flags read 010 as octal 8), and
+	// an address pasted with spaces around it is found.
+	code, stdout, stderr = runCmd(t, env, "", "credits", "grant", "--email", " "+u.Email+" ", "--amount", "010", "--kind", "promo", "--reason", "padded")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "granted 10 promo credits to")
 	// One credit is "1 credit" in the balance too.
 	other := storetest.NewUser(t, st, storetest.UserOpts{})
 	storetest.NewGrant(t, st, other.ID, storetest.GrantOpts{Amount: 1})
@@ -106,14 +111,17 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		args []string
 		says string
 	}{
-		"no reason":           {[]string{"--email", u.Email, "--amount", "5"}, "--reason is required"},
-		"zero amount":         {[]string{"--email", u.Email, "--amount", "0", "--reason", "x"}, "--amount must be"},
-		"bad kind":            {[]string{"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"}, `--kind "gift"`},
-		"bad expiry":          {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"}, "want RFC 3339"},
-		"pack with expiry":    {[]string{"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"}, "takes no --expires"},
-		"sub without expiry":  {[]string{"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"}, "needs --expires"},
-		"unknown user":        {[]string{"--email", "nobody@example.com", "--amount", "5", "--reason", "x"}, "no user with email"},
-		"huge amount":         {[]string{"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"}, "--amount must be"},
+		"no reason":          {[]string{"--email", u.Email, "--amount", "5"}, "--reason is required"},
+		"zero amount":        {[]string{"--email", u.Email, "--amount", "0", "--reason", "x"}, "--amount must be"},
+		"bad kind":           {[]string{"--email", u.Email, "--amount", "5", "--kind", "gift", "--reason", "x"}, `--kind "gift"`},
+		"bad expiry":         {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "tomorrow", "--reason", "x"}, "want RFC 3339"},
+		"pack with expiry":   {[]string{"--email", u.Email, "--amount", "5", "--kind", "pack", "--expires", "2099-01-01T00:00:00Z", "--reason", "x"}, "takes no --expires"},
+		"sub without expiry": {[]string{"--email", u.Email, "--amount", "5", "--kind", "subscription", "--reason", "x"}, "needs --expires"},
+		"unknown user":       {[]string{"--email", "nobody@example.com", "--amount", "5", "--reason", "x"}, "no user with email"},
+		"huge amount":        {[]string{"--email", u.Email, "--amount", "9223372036854775807", "--reason", "x"}, "--amount must be"},
+		// Go's own int flags read these as 16 and 1000.
+		"hex amount":          {[]string{"--email", u.Email, "--amount", "0x10", "--reason", "x"}, "want a whole number in decimal"},
+		"underscored amount":  {[]string{"--email", u.Email, "--amount", "1_000", "--reason", "x"}, "want a whole number in decimal"},
 		"over the cap":        {[]string{"--email", u.Email, "--amount", "1000000001", "--reason", "x"}, "from 1 to 1000000000"},
 		"past expiry":         {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "2001-01-01T00:00:00Z", "--reason", "x"}, "not in the future"},
 		"expiry after 9999":   {[]string{"--email", u.Email, "--amount", "5", "--kind", "promo", "--expires", "9999-12-31T23:59:59-01:00", "--reason", "x"}, "more than 100 years ahead"},

@@ -51,18 +51,34 @@ func TestServicesPageListsActiveServicesWithCosts(t *testing.T) {
 	}
 }
 
+// useWhileTheAccountIsHeld signs in a user with 100 credits on a
+// /services page offering "render" (10 credits), and holds the user's
+// account in a transaction, as a stuck request would, until release.
+// It returns the Use button's key.
+func useWhileTheAccountIsHeld(t *testing.T) (ta *testApp, b *browser, u store.User, key string, release func()) {
+	t.Helper()
+	ta = newTestApp(t, testAppOpts{NoWorkers: true})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u = storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b = ta.signIn(u.Email)
+	key = serviceKey(t, b.get("/services").Doc(t), "render")
+	return ta, b, u, key, holdAccount(t, ta, u.ID)
+}
+
+func requireNothingCharged(t *testing.T, ta *testApp, u store.User) {
+	t.Helper()
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100, bal.Total, "nothing charged")
+}
+
 // A browser that leaves while its Use waits (here for an account a
 // transaction holds) is not a server error: a 499 logged at info, no
 // error line, nothing charged.
 func TestUseAbandonedByTheBrowserIsNotAServerError(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
-	b := ta.signIn(u.Email)
-	key := serviceKey(t, b.get("/services").Doc(t), "render")
-	release := holdAccount(t, ta, u.ID)
+	ta, b, u, key, release := useWhileTheAccountIsHeld(t)
 	req, err := http.NewRequest(http.MethodPost, b.url("/services/render/use"),
 		strings.NewReader(url.Values{"idempotency_key": {key}}.Encode()))
 	require.NoError(t, err)
@@ -75,9 +91,27 @@ func TestUseAbandonedByTheBrowserIsNotAServerError(t *testing.T) {
 	require.Contains(t, logs, "status=499")
 	require.NotContains(t, logs, "level=ERROR")
 	release()
-	bal, err := ta.store.Balance(context.Background(), u.ID)
-	require.NoError(t, err)
-	require.EqualValues(t, 100, bal.Total, "nothing charged")
+	requireNothingCharged(t, ta, u)
+}
+
+// A use that runs into the request timeout (here waiting 30 s for an
+// account a transaction holds) is a 503 to retry, as on the JSON API, not
+// the "unexpected problem" page; nothing is charged.
+func TestUseThatTimesOutIs503(t *testing.T) {
+	t.Parallel()
+	ta, b, u, key, release := useWhileTheAccountIsHeld(t)
+	// A client that waits longer than the server's 30 s (the harness's
+	// gives up at 30 s too).
+	patient := *b.client
+	patient.Timeout = 2 * time.Minute
+	b.client = &patient
+	r := b.post("/services/render/use", url.Values{"idempotency_key": {key}})
+	require.Equal(t, http.StatusServiceUnavailable, r.Status)
+	require.NotEmpty(t, r.Header.Get("Retry-After"))
+	require.Contains(t, r.Doc(t).Find("#error-page h1").Text(), "That took too long")
+	require.NotContains(t, ta.logs.String(), "level=ERROR msg=\"request failed\"")
+	release()
+	requireNothingCharged(t, ta, u)
 }
 
 func TestUseServiceWithHtmxUpdatesResultAndBalanceInPlace(t *testing.T) {

@@ -47,9 +47,10 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(stdout, "river migrations: version %d of %d\n", st.RiverCurrent, st.RiverTarget)
 		if st.Current() {
 			fmt.Fprintln(stdout, "status: current")
-		} else {
-			fmt.Fprintln(stdout, "status: NOT current:", st.Problem())
+			return nil
 		}
-		return nil
+		fmt.Fprintln(stdout, "status: NOT current:", st.Problem())
+		// A script (a deploy's check) sees it in the exit code too.
+		return exitWith{code: exitNotCurrent}
 	}
 }

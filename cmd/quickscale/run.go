@@ -76,11 +76,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
 
+// exitWith ends a command with a particular exit code, having said why on
+// stdout already.
+type exitWith struct{ code int }
+
+func (e exitWith) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// exitNotCurrent is `migrate status`'s exit code when migrations are
+// pending.
+const exitNotCurrent = 3
+
 // exitCode prints err for people and maps it to the process exit code:
-// 0 on success, 2 for usage mistakes, 1 for everything else.
+// 0 on success, 2 for usage mistakes, an exitWith's own code, 1 for
+// everything else.
 func exitCode(err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
+	}
+	var ew exitWith
+	if errors.As(err, &ew) {
+		return ew.code
 	}
 	var ue usageError
 	if errors.As(err, &ue) {

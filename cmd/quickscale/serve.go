@@ -182,7 +182,13 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 	if mainAddr != nil {
 		addrText = mainAddr.String()
 	}
-	a.logger.Info("started", "mode", a.mode, "addr", addrText, "metrics_addr", a.cfg.MetricsAddr, "simulated_payments", a.cfg.Simulated())
+	metricsText := ""
+	if metricsLn != nil {
+		metricsText = metricsLn.Addr().String()
+	} else if a.mode == "dev" && mainAddr != nil {
+		metricsText = mainAddr.String() // dev serves /metrics there too
+	}
+	a.logger.Info("started", "mode", a.mode, "addr", addrText, "metrics_addr", metricsText, "simulated_payments", a.cfg.Simulated())
 	if sim, ok := a.gateway.(*billing.Simulator); ok && mainLn != nil {
 		go expireSimulatedCheckouts(bg, sim, a.logger, time.Minute)
 	}
