@@ -104,7 +104,7 @@ func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, http.StatusBadRequest, "invalid_request", "Part of the request could not be processed.")
 		return
 	}
-	if store.IsUnavailable(err) {
+	if store.IsUnavailable(err) || s.store.NotMigrated(r.Context(), err) {
 		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "path", r.URL.Path)
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The service is briefly unavailable; please retry.")

@@ -103,7 +103,7 @@ func NewMetrics() *Metrics {
 			Name: "quickscale_webhook_duplicates_total", Help: "Webhook deliveries of events already stored.",
 		}),
 		WebhookOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "quickscale_webhook_events_processed_total", Help: "Stripe events processed by workers, by type and outcome (applied, ignored, failed).",
+			Name: "quickscale_webhook_events_processed_total", Help: "Stripe events processed by workers, by type and outcome (applied, ignored, failed); an event applied or ignored again (re-processed) counts once.",
 		}, []string{"type", "outcome"}),
 		CreditsGranted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_credits_granted_total", Help: "Credits granted, by grant kind.",

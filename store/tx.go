@@ -123,6 +123,22 @@ func IsUnavailable(err error) bool {
 	return pgconn.SafeToRetry(err) || errors.Is(err, net.ErrClosed)
 }
 
+// NotMigrated reports whether err is a missing table of a database whose
+// migrations are not current (an api started before `quickscale migrate
+// up`): not a fault of the request, and over once they run (/readyz says
+// so meanwhile). A missing table of a migrated database is a bug, and
+// stays one. It asks the database only for a missing table.
+func (s *Store) NotMigrated(ctx context.Context, err error) bool {
+	var pgErr *pgconn.PgError
+	if s == nil || !errors.As(err, &pgErr) || pgErr.Code != "42P01" { // undefined_table
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	st, serr := Status(ctx, s.pool)
+	return serr == nil && !st.Current()
+}
+
 // IsBadInput reports whether Postgres refused the data it was given
 // (class 22, data exception, e.g. invalid UTF-8 or a NUL byte; or 54000, a
 // value too large for an index): the request, not the server, is at fault.

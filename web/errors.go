@@ -98,10 +98,11 @@ func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
 			Message: "Part of that request could not be processed. Check what you typed and try again."})
 		return
 	}
-	if store.IsUnavailable(err) {
+	if store.IsUnavailable(err) || s.store.NotMigrated(r.Context(), err) {
 		// The database is briefly out of reach (a restart, a failover, a
-		// dropped connection): nothing is wrong with the request, and the
-		// JSON API and /readyz say 503 too.
+		// dropped connection), or not migrated yet (an api started before
+		// `migrate up`): nothing is wrong with the request, and the JSON
+		// API and /readyz say 503 too.
 		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "method", r.Method, "path", r.URL.Path)
 		w.Header().Set("Retry-After", "5")
 		s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Briefly unavailable",

@@ -67,6 +67,9 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 	var (
 		evType, outcome, detail string
 		fx                      effects
+		// before is the outcome recorded by an earlier processing (an
+		// admin's re-process, a retried job), "" the first time.
+		before string
 	)
 	err := w.store.InTx(ctx, func(tx pgx.Tx) error {
 		ev, err := store.LockStripeEvent(ctx, tx, job.Args.EventID)
@@ -77,6 +80,9 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 			return err
 		}
 		evType = ev.Type
+		if ev.Outcome != nil {
+			before = *ev.Outcome
+		}
 		outcome, detail, fx, err = w.apply(ctx, tx, ev)
 		if err != nil {
 			return err
@@ -116,7 +122,7 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 			return err
 		}
 	}
-	w.record(evType, outcome, fx)
+	w.record(evType, before, outcome, fx)
 	if outcome == store.OutcomeFailed {
 		w.logger.WarnContext(ctx, "stripe event failed", "event", job.Args.EventID, "type", evType, "reason", detail)
 	}
@@ -152,12 +158,18 @@ func (w *StripeEventWorker) fail(ctx context.Context, job *river.Job[jobs.Stripe
 	})
 }
 
-func (w *StripeEventWorker) record(evType, outcome string, fx effects) {
+// record counts what one processing did: the event's outcome when it is
+// new (its first, or a change, e.g. failed then applied once fixed) or a
+// failure (each one is news for the failed-events alert); an event applied
+// or ignored again, re-processed, counts once. And the effects.
+func (w *StripeEventWorker) record(evType, before, outcome string, fx effects) {
 	m := w.metrics
 	if m == nil {
 		return
 	}
-	m.WebhookOutcomes.WithLabelValues(observability.EventTypeLabel(evType), outcome).Inc()
+	if (outcome != before || outcome == store.OutcomeFailed) && !(fx.noChange && before != "") {
+		m.WebhookOutcomes.WithLabelValues(observability.EventTypeLabel(evType), outcome).Inc()
+	}
 	if fx.granted > 0 {
 		m.CreditsGranted.WithLabelValues(store.GrantPack).Add(float64(fx.granted))
 	}

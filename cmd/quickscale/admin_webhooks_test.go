@@ -150,6 +150,8 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 	require.True(t, ok, "the event page has a re-process form")
 	require.Equal(t, "post", strings.ToLower(form.AttrOr("method", "")))
 
+	appliedBefore := ta.metric("quickscale_webhook_events_processed_total", map[string]string{"outcome": store.OutcomeApplied})
+	require.Positive(t, appliedBefore)
 	r := b.post(action, url.Values{})
 
 	mustRedirect(t, r, "/admin/webhooks/"+e.applied)
@@ -165,8 +167,10 @@ func TestAdminReprocessEnqueuesTheEventAgainAndIsAudited(t *testing.T) {
 		`SELECT actor_user_id, details FROM audit_log WHERE action = 'webhook.reprocess'`).Scan(&actor, &details))
 	require.Equal(t, admin.ID, actor)
 	require.Equal(t, e.applied, details["event_id"])
-	// Processing is idempotent: nothing was granted twice.
+	// Processing is idempotent: nothing was granted twice, and the event,
+	// applied again, is not counted as applied twice.
 	require.Equal(t, e.purchase.Credits, whBalance(t, ta, e.purchase.User.ID))
+	require.Equal(t, appliedBefore, ta.metric("quickscale_webhook_events_processed_total", map[string]string{"outcome": store.OutcomeApplied}))
 	require.Equal(t, 1, whGrantsOf(t, ta, e.purchase.SessionID))
 	whNoViolations(t, ta)
 	// The record keeps what moved the money, and adds what this found.

@@ -123,7 +123,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		if err != nil {
 			return nil, fmt.Errorf("expire schedule: %w", err)
 		}
-		a.gauges = workers.NewGauges(logger, a.store, a.metrics, client.ID, cfg.LiabilityRefreshInterval, sweepGap)
+		a.gauges = workers.NewGauges(repeatsLimited(cfg, logger), a.store, a.metrics, client.ID, cfg.LiabilityRefreshInterval, sweepGap)
 	} else {
 		client, err := river.NewClient(riverpgxv5.New(pool), riverCfg)
 		if err != nil {
@@ -139,7 +139,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	uiHandler, err := riverui.NewHandler(&riverui.HandlerOpts{
 		Endpoints:                riverui.NewEndpoints(a.river, nil),
 		JobListHideArgsByDefault: true,
-		Logger:                   logger.With("component", "riverui"),
+		Logger:                   repeatsLimited(cfg, logger).With("component", "riverui"),
 		Prefix:                   "/admin/river",
 	})
 	if err != nil {
@@ -207,6 +207,18 @@ func riverLogger(cfg Config, base *slog.Logger) *slog.Logger {
 
 const riverRepeatWindow = 30 * time.Second
 
+// repeatsLimited is base saying a repeated warning or error (same level
+// and message) once per riverRepeatWindow, with how many it dropped, for
+// the loops that log each failed poll of an unreachable database: the
+// leader's gauges (every 2 s) and River UI's query cache (every 10 s).
+// At LOG_LEVEL=debug everything is said.
+func repeatsLimited(cfg Config, base *slog.Logger) *slog.Logger {
+	if cfg.LogLevel <= slog.LevelDebug {
+		return base
+	}
+	return slog.New(&repeatLimiter{Handler: base.Handler(), window: riverRepeatWindow, state: &repeatState{last: map[string]repeatSeen{}}, from: slog.LevelWarn})
+}
+
 // repeatLimiter passes a record on, then drops records of the same level
 // and message for window; the next one passed on says how many it dropped
 // ("repeated"). Handlers derived with WithAttrs or WithGroup share one
@@ -215,6 +227,8 @@ type repeatLimiter struct {
 	slog.Handler
 	window time.Duration
 	state  *repeatState
+	// from is the lowest level limited; records below it pass.
+	from slog.Level
 }
 
 type repeatState struct {
@@ -228,6 +242,9 @@ type repeatSeen struct {
 }
 
 func (h *repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < h.from {
+		return h.Handler.Handle(ctx, r)
+	}
 	key := r.Level.String() + "\x00" + r.Message
 	h.state.mu.Lock()
 	seen, ok := h.state.last[key]
@@ -250,11 +267,11 @@ func (h *repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *repeatLimiter) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &repeatLimiter{h.Handler.WithAttrs(attrs), h.window, h.state}
+	return &repeatLimiter{h.Handler.WithAttrs(attrs), h.window, h.state, h.from}
 }
 
 func (h *repeatLimiter) WithGroup(name string) slog.Handler {
-	return &repeatLimiter{h.Handler.WithGroup(name), h.window, h.state}
+	return &repeatLimiter{h.Handler.WithGroup(name), h.window, h.state, h.from}
 }
 
 // minLevel drops records below a level.

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/migrations"
+	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
 
@@ -271,6 +272,15 @@ func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 		t.Fatalf("503 body does not give the reason: %q", body)
 	}
 	waitHTTP(t, "http://"+addr+"/healthz", http.StatusOK, time.Second)
+	// Pages and the API answer 503 meanwhile, not 500.
+	waitHTTP(t, "http://"+addr+"/", http.StatusServiceUnavailable, time.Second)
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/api/v1/balance", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+store.APIKeyPrefix+"whatever")
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	res.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
 	code, stdout, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up")
 	if code != 0 {
 		t.Fatalf("migrate up: exit %d\n%s", code, stderr)
@@ -483,6 +493,32 @@ func TestRiverLoggerSaysARepeatedErrorOncePerWindow(t *testing.T) {
 	require.Equal(t, "producer: Error fetching jobs", lines[2]["msg"])
 	require.EqualValues(t, 99, lines[2]["repeated"], "the next line says how many were dropped")
 	require.Equal(t, "river", lines[2]["component"])
+}
+
+// The leader gauges' and River UI's loggers say a repeated warning or
+// error once per window (a database outage made the gauges warn every 2 s
+// and River UI's cache log an error every 10 s); their info lines all
+// pass; at debug level nothing is dropped.
+func TestLoopLoggersSayARepeatedWarningOncePerWindow(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	logger := repeatsLimited(Config{LogLevel: slog.LevelInfo}, slog.New(slog.NewJSONHandler(&buf, nil)))
+	t0 := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for i := range 15 { // 30 s of failed leader reads, every 2 s
+		require.NoError(t, logger.Handler().Handle(context.Background(), slog.NewRecord(t0.Add(time.Duration(i)*2*time.Second), slog.LevelWarn, "read river leader", 0)))
+		require.NoError(t, logger.Handler().Handle(context.Background(), slog.NewRecord(t0.Add(time.Duration(i)*2*time.Second), slog.LevelInfo, "refreshed", 0)))
+	}
+	require.NoError(t, logger.Handler().Handle(context.Background(), slog.NewRecord(t0.Add(riverRepeatWindow+time.Second), slog.LevelWarn, "read river leader", 0)))
+	require.Equal(t, 2, strings.Count(buf.String(), `"msg":"read river leader"`), buf.String())
+	require.Contains(t, buf.String(), `"repeated":14`)
+	require.Equal(t, 15, strings.Count(buf.String(), `"msg":"refreshed"`), "info lines pass")
+
+	buf.Reset()
+	debug := repeatsLimited(Config{LogLevel: slog.LevelDebug}, slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	for range 3 {
+		debug.Warn("read river leader")
+	}
+	require.Equal(t, 3, strings.Count(buf.String(), `"msg":"read river leader"`))
 }
 
 // dev shows every account's mail at /dev/mailbox and lets anyone pay:
