@@ -15,13 +15,22 @@ import (
 type Readiness struct {
 	store           *store.Store
 	migrationsReady atomic.Bool
+	// draining: the process is shutting down (finishing the requests in
+	// flight); it takes no new work, so a load balancer should send none.
+	draining atomic.Bool
 }
+
+// Drain makes Check answer "shutting down" from now on.
+func (rd *Readiness) Drain() { rd.draining.Store(true) }
 
 // NewReadiness checks st.
 func NewReadiness(st *store.Store) *Readiness { return &Readiness{store: st} }
 
 // Check returns "" when ready, else the reason.
 func (rd *Readiness) Check(ctx context.Context) string {
+	if rd.draining.Load() {
+		return "shutting down"
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := rd.store.Ping(ctx); err != nil {
@@ -50,9 +59,9 @@ func Healthz() http.Handler {
 	})
 }
 
-// Readyz answers 200 when st is ready to serve, else 503 with the reason.
-func Readyz(st *store.Store) http.Handler {
-	return readyzHandler(NewReadiness(st))
+// Readyz answers 200 when rd is ready to serve, else 503 with the reason.
+func Readyz(rd *Readiness) http.Handler {
+	return readyzHandler(rd)
 }
 
 func readyzHandler(rd *Readiness) http.Handler {

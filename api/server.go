@@ -24,6 +24,10 @@ type Config struct {
 	WebhookSecret    string
 	IgnoreAPIVersion bool
 	TrustProxy       bool
+	// Readiness answers /readyz (a new one on the store when nil); the
+	// process shares it so that /readyz says "shutting down" while it
+	// drains.
+	Readiness *Readiness
 	// MaxBodyBytes caps request bodies (default 1 MiB).
 	MaxBodyBytes int64
 	// RequestTimeout bounds each request (default 30s).
@@ -51,7 +55,10 @@ func NewServer(
 	s := &server{
 		logger: logger, cfg: cfg, store: st, jobs: inserter, gateway: gateway,
 		site: site, metrics: metrics, riverUI: riverUI,
-		ready: NewReadiness(st),
+		ready: cfg.Readiness,
+	}
+	if s.ready == nil {
+		s.ready = NewReadiness(st)
 	}
 	s.ingest = newIngester(st, inserter, logger, cfg.RequestTimeout, ingestLanes, ingestMaxBatch)
 	if metrics != nil {

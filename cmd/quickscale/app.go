@@ -40,6 +40,8 @@ type app struct {
 	handler http.Handler // nil for worker
 	riverUI *riverui.Handler
 	gauges  *workers.Gauges
+	// readiness answers /readyz on both addresses and quickscale_ready.
+	readiness *api.Readiness
 }
 
 // runsWorkers reports whether this process works jobs.
@@ -53,6 +55,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	a.metrics.RegisterPool(pool.Stat)
 	a.store.ObserveConsumeBatches(func(n int) { a.metrics.ConsumeBatch.Observe(float64(n)) })
 	readiness := api.NewReadiness(a.store)
+	a.readiness = readiness
 	a.metrics.RegisterReady(func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
@@ -163,6 +166,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	a.handler = api.NewServer(logger, api.Config{
 		Dev: mode == "dev", BaseURL: cfg.BaseURL, WebhookSecret: cfg.StripeWebhookSecret,
 		IgnoreAPIVersion: mode == "dev" && cfg.StripeIgnoreAPIVersion, TrustProxy: cfg.TrustProxy,
+		Readiness: readiness,
 	}, a.store, a.river, a.gateway, site, a.metrics, uiHandler)
 	return a, nil
 }

@@ -291,6 +291,33 @@ func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 10*time.Second)
 }
 
+// While an api drains at shutdown (finishing a request in flight), its
+// /readyz on METRICS_ADDR says it is shutting down, so that a load balancer
+// sends it nothing more; it used to answer "ready" until the end.
+func TestReadyzSaysShuttingDownWhileTheAPIDrains(t *testing.T) {
+	t.Parallel()
+	dbURL := storetest.NewDatabase(t)
+	addr, metrics := freeAddr(t), freeAddr(t)
+	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": addr, "METRICS_ADDR": metrics,
+		"SIMULATE_PAYMENTS": "true", "SHUTDOWN_TIMEOUT": "20s"}, "api")
+	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusOK, 30*time.Second)
+	// A request in flight: its body promised and not sent.
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	require.NoError(t, err)
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := stop()
+		stopped <- err
+	}()
+	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
+	require.Contains(t, body, "shutting down")
+	conn.Close() // the request in flight ends; the process finishes stopping
+	require.NoError(t, <-stopped)
+}
+
 // A worker started before `migrate up` (a deploy racing its migration job)
 // waits with /readyz saying why, then starts working: it must not crash-loop.
 func TestWorkerStartedBeforeMigrationsWaitsThenWorks(t *testing.T) {

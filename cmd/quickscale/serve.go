@@ -174,7 +174,7 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", a.metrics.Handler())
 		mux.Handle("GET /healthz", api.Healthz())
-		mux.Handle("GET /readyz", api.Readyz(a.store))
+		mux.Handle("GET /readyz", api.Readyz(a.readiness))
 		serveOn(metricsLn, mux)
 	}
 	a.printBanner(stdout, mainAddr, seeded)
@@ -219,6 +219,10 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			a.logger.Error("server failed, shutting down", "err", runErr)
 		}
 	}
+	// Not ready from now on (/readyz, quickscale_ready): the main address
+	// stops taking connections, the metrics one keeps answering while the
+	// requests in flight finish.
+	a.readiness.Drain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
 	for _, srv := range servers {
