@@ -753,7 +753,8 @@ func TestAdminAddsCreditsGoodThroughADay(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
 	b, u, path := adminOnCreditsPage(t, ta)
-	today := time.Now().UTC()
+	now := time.Now().UTC()
+	today := now
 	if today.Hour() == 23 && today.Minute() >= 58 {
 		today = today.Add(5 * time.Minute) // do not race midnight
 	}
@@ -765,8 +766,10 @@ func TestAdminAddsCreditsGoodThroughADay(t *testing.T) {
 	require.NotNil(t, bal.NextExpiry)
 	want, _ := time.Parse("2006-01-02", day)
 	require.True(t, bal.NextExpiry.Equal(want.AddDate(0, 0, 1)), "expires %s, want the end of %s", bal.NextExpiry, day)
-	yesterday := today.AddDate(0, 0, -1).Format("2006-01-02")
-	r := b.post(path, url.Values{"direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {yesterday}, "reason": {"late"}})
+	// Yesterday by the real clock: the shifted "today" may be tomorrow,
+	// and its yesterday a day that has not ended.
+	yesterday := now.AddDate(0, 0, -1).Format("2006-01-02")
+	r := b.post(path, url.Values{"nonce": {"t6"}, "direction": {"add"}, "amount": {"8"}, "kind": {"promo"}, "expires": {yesterday}, "reason": {"late"}})
 	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
 }
 
