@@ -11,13 +11,18 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/migrations"
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
@@ -318,6 +323,67 @@ func TestReadyzSaysShuttingDownWhileTheAPIDrains(t *testing.T) {
 	require.NoError(t, <-stopped)
 }
 
+// A worker's /readyz keeps answering "shutting down" while its jobs in
+// flight finish at shutdown: the metrics server used to close before River
+// stopped, so a probe (and Prometheus) got connection refused instead.
+func TestReadyzSaysShuttingDownWhileAWorkerFinishesItsJobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := storetest.NewDatabase(t)
+	// An SMTP server that takes the connection and never greets: the
+	// email job runs until the test lets it go.
+	smtp, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer smtp.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := smtp.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	metrics := freeAddr(t)
+	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics, "BASE_URL": "http://quickscale.example",
+		"SMTP_URL": "smtp://" + smtp.Addr().String(), "SHUTDOWN_TIMEOUT": "20s"}, "worker")
+	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusOK, 30*time.Second)
+
+	pool, err := pgxpool.New(ctx, dbURL)
+	require.NoError(t, err)
+	defer pool.Close()
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	require.NoError(t, err)
+	_, err = client.Insert(ctx, jobs.SendEmail{Template: jobs.EmailWelcome, To: "kim@example.com",
+		Data: map[string]string{"DashboardLink": "http://quickscale.example/dashboard"}}, nil)
+	require.NoError(t, err)
+	var held net.Conn
+	select {
+	case held = <-accepted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker never connected to the SMTP server")
+	}
+	defer held.Close()
+
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := stop()
+		stopped <- err
+	}()
+	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
+	require.Contains(t, body, "shutting down")
+	// Still answering a moment later: the job is still running.
+	var state string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT state FROM river_job WHERE kind = 'send_email'`).Scan(&state))
+	require.Equal(t, "running", state)
+	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, time.Second)
+	held.Close() // the job fails (and will be retried); the worker finishes stopping
+	require.NoError(t, <-stopped)
+	_, err = http.Get("http://" + metrics + "/readyz")
+	require.Error(t, err, "the metrics server closes once River has stopped")
+}
+
 // A worker started before `migrate up` (a deploy racing its migration job)
 // waits with /readyz saying why, then starts working: it must not crash-loop.
 func TestWorkerStartedBeforeMigrationsWaitsThenWorks(t *testing.T) {
@@ -381,8 +447,13 @@ func TestDevAsRootWithoutPostgresSaysWhatToDo(t *testing.T) {
 
 func TestDevCreatesItsDatabaseWhenMissing(t *testing.T) {
 	t.Parallel()
-	name := fmt.Sprintf("qs_t_%d_devcreate", time.Now().UnixNano())
-	url := strings.Replace(storetest.ServerURL(), "/postgres", "/"+name, 1)
+	name := fmt.Sprintf("qs_t_%d_devcreate%d", time.Now().Unix(), rand.IntN(1e6))
+	// The server's URL with the database replaced (its user may be named
+	// postgres too).
+	u, err := neturl.Parse(storetest.ServerURL())
+	require.NoError(t, err)
+	u.Path = "/" + name
+	url := u.String()
 	t.Cleanup(func() {
 		c, err := pgx.Connect(context.Background(), storetest.ServerURL())
 		if err == nil {

@@ -147,9 +147,8 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			return fmt.Errorf("river ui: %w", err)
 		}
 	}
-	var servers []*http.Server
 	errCh := make(chan error, 2)
-	serveOn := func(ln net.Listener, h http.Handler) {
+	serveOn := func(ln net.Listener, h http.Handler) *http.Server {
 		srv := &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
@@ -158,24 +157,25 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			IdleTimeout:       120 * time.Second,
 			ErrorLog:          nil,
 		}
-		servers = append(servers, srv)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errCh <- fmt.Errorf("http server on %s: %w", ln.Addr(), err)
 			}
 		}()
+		return srv
 	}
 	var mainAddr net.Addr
+	var mainSrv, metricsSrv *http.Server
 	if mainLn != nil {
 		mainAddr = mainLn.Addr()
-		serveOn(mainLn, a.handler)
+		mainSrv = serveOn(mainLn, a.handler)
 	}
 	if metricsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", a.metrics.Handler())
 		mux.Handle("GET /healthz", api.Healthz())
 		mux.Handle("GET /readyz", api.Readyz(a.readiness))
-		serveOn(metricsLn, mux)
+		metricsSrv = serveOn(metricsLn, mux)
 	}
 	a.printBanner(stdout, mainAddr, seeded)
 	addrText := ""
@@ -220,20 +220,25 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 		}
 	}
 	// Not ready from now on (/readyz, quickscale_ready): the main address
-	// stops taking connections, the metrics one keeps answering while the
-	// requests in flight finish.
+	// stops taking connections; the metrics one keeps answering (and being
+	// scraped) while the requests and then the jobs in flight finish.
 	a.readiness.Drain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
-	for _, srv := range servers {
+	shutdown := func(srv *http.Server) {
+		if srv == nil {
+			return
+		}
 		if err := srv.Shutdown(shutdownCtx); err != nil {
 			a.logger.Warn("http shutdown", "err", err)
 			_ = srv.Close()
 		}
 	}
+	shutdown(mainSrv)
 	if riverStarted {
 		a.stopRiverWithin(shutdownCtx)
 	}
+	shutdown(metricsSrv)
 	stopBG()
 	a.logger.Info("stopped", "mode", a.mode)
 	return runErr
