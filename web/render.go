@@ -201,10 +201,14 @@ func (s *Site) newView(r *http.Request, title string, data any) view {
 	return v
 }
 
-// isPartialRequest reports whether htmx asked for a fragment (not a boosted
-// navigation, which wants the whole page).
+// isPartialRequest reports whether htmx asked for a fragment: not a
+// boosted navigation, and not a history restore (Back to a page htmx no
+// longer has cached, past its ten), which both want the whole page. A
+// restore sends HX-Request without HX-Boosted, and used to get the bare
+// content block: the page came back without its navbar and footer.
 func isPartialRequest(r *http.Request) bool {
-	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") != "true"
+	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") != "true" &&
+		r.Header.Get("HX-History-Restore-Request") != "true"
 }
 
 // render writes a page: the whole layout, or only its "content" block for

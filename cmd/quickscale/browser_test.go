@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -241,5 +242,68 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 	blocked := cspBlocked(t, ctx)
 	if expanded.Value != "true" || len(blocked) > 0 {
 		t.Fatalf("menu open: aria-expanded %q; blocked by the Content Security Policy: %q", expanded.Value, blocked)
+	}
+}
+
+// Back through more pages than htmx keeps (ten) shows whole pages: htmx
+// fetches a page it no longer has with HX-Request, and the site used to
+// answer with the bare content block, without the navbar and footer.
+func TestBrowserBackThroughManyPagesKeepsTheLayout(t *testing.T) {
+	t.Parallel()
+	bin := chromium(t)
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	for range 14 * 25 {
+		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1})
+	}
+	ctx := browserContext(t, bin)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/login"),
+		chromedp.WaitVisible(css(`#login-form`)),
+		chromedp.SendKeys(css(`#f-email`), u.Email),
+		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
+		chromedp.Submit(css(`#login-form`)),
+		chromedp.WaitVisible(css(`#account-email`)),
+		chromedp.Navigate(ta.URL+"/dashboard/credits"),
+		chromedp.WaitVisible(css(`#history-older`)),
+	)
+	if err != nil {
+		t.Fatalf("open the credits page: %v", err)
+	}
+	// Each page is told apart by its Older link; follow it 12 times.
+	older := func() string {
+		href, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("history-older").getAttribute("href")`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return href
+	}
+	var pages []string
+	for range 12 {
+		pages = append(pages, older())
+		err := chromedp.Do(ctx, chromedp.Click(css(`#history-older`)))
+		if err == nil {
+			_, err = chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`location.search === %q && document.getElementById("history-older").getAttribute("href") !== %q`,
+				strings.TrimPrefix(pages[len(pages)-1], "/dashboard/credits"), pages[len(pages)-1])))
+		}
+		if err != nil {
+			t.Fatalf("page %d: %v", len(pages), err)
+		}
+	}
+	for i := len(pages) - 1; i >= 0; i-- {
+		err := chromedp.Do(ctx, chromedp.NavigateBack())
+		if err == nil {
+			_, err = chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`document.getElementById("history-older") !== null && document.getElementById("history-older").getAttribute("href") === %q`, pages[i])))
+		}
+		if err != nil {
+			t.Fatalf("back to page %d: %v", i, err)
+		}
+		hasNav, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("nav-logout") !== null && document.querySelector("footer") !== null`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hasNav {
+			t.Fatalf("back to page %d (of %d) shows the page without its layout", i, len(pages))
+		}
 	}
 }

@@ -40,3 +40,18 @@ func TestAdminAdjustCreditsPageTitle(t *testing.T) {
 	require.Equal(t, "Adjust credits: "+u.Email+" · QuickScale", acctText(b.get(fmt.Sprintf("/admin/users/%d/credits", u.ID)).Doc(t), "title"))
 	require.Equal(t, u.Email+" · QuickScale", acctText(b.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t), "title"))
 }
+
+// htmx restoring a page it no longer has cached (Back past its ten) asks
+// with HX-Request but without HX-Boosted; the answer is the whole page,
+// while a real fragment request still gets the content block alone.
+func TestHistoryRestoreGetsTheWholePage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	doc := b.get("/dashboard/credits", "HX-Request", "true", "HX-History-Restore-Request", "true").Doc(t)
+	require.Equal(t, 1, doc.Find("#nav-logout").Length(), "a restored page has its navbar")
+	require.Equal(t, 1, doc.Find("footer").Length(), "a restored page has its footer")
+	doc = b.get("/dashboard/credits", "HX-Request", "true").Doc(t)
+	require.Zero(t, doc.Find("#nav-logout").Length(), "a fragment request gets the content alone")
+}
