@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -197,4 +198,75 @@ func TestLedgerInvariantsHoldUnderConcurrentLoad(t *testing.T) {
 			expireEntries, shortages.Load(), replays.Load(), sweeps.Load())
 	}
 	t.Logf("ops %d, replays %d, insufficient %d, sweeps %d, expire entries %d", workers*opsPerWorker, replays.Load(), shortages.Load(), sweeps.Load(), expireEntries)
+}
+
+// A user's spends (usages and their entries) are stamped in the order they
+// were made: spends that waited for the account lock used to carry the time
+// their transaction began, earlier than the spend they waited for, so a
+// client reading "usages since T" could miss some. Replays answer the
+// stored time.
+func TestLedgerTimesFollowIdsUnderConcurrentSpends(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	// A second process's pool: its batches contend with this one's too.
+	pool, err := store.OpenPool(ctx, st.Pool().Config().ConnString(), store.PoolOptions{MaxConns: 8, AppName: "quickscale-test-2"})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	other := store.New(pool, slog.New(slog.DiscardHandler))
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 5000})
+
+	type answer struct {
+		key string
+		at  time.Time
+	}
+	answers := make(chan answer, 2000)
+	var wg sync.WaitGroup
+	for c := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			on := st
+			if c%2 == 1 {
+				on = other
+			}
+			for i := range 60 {
+				key := fmt.Sprintf("c%d-%d", c, i)
+				if c == 0 && i%10 == 0 {
+					// Adjustments write entries of their own.
+					_, err := on.Adjust(ctx, store.Adjustment{UserID: u.ID, Delta: 1, Reason: "goodwill"})
+					require.NoError(t, err)
+				}
+				usage, _, err := on.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: key})
+				require.NoError(t, err)
+				answers <- answer{key, usage.CreatedAt}
+			}
+		}()
+	}
+	wg.Wait()
+	close(answers)
+
+	for what, rows := range map[string]string{
+		"usages":              `SELECT id, created_at FROM usages WHERE user_id = $1`,
+		"the spends' entries": `SELECT id, created_at FROM ledger_entries WHERE user_id = $1 AND usage_id IS NOT NULL`,
+	} {
+		var back, n int
+		require.NoError(t, st.Pool().QueryRow(ctx, `
+SELECT count(*) FILTER (WHERE created_at < prev), count(*)
+  FROM (SELECT created_at, lag(created_at) OVER (ORDER BY id) AS prev FROM (`+rows+`) r) x`, u.ID).Scan(&back, &n))
+		require.Greater(t, n, 900, what)
+		require.Zero(t, back, "%s: stamped earlier than the one before them", what)
+	}
+	n := 0
+	for a := range answers {
+		if n++; n%50 != 0 {
+			continue
+		}
+		again, replayed, err := st.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: a.key})
+		require.NoError(t, err)
+		require.True(t, replayed)
+		require.True(t, again.CreatedAt.Equal(a.at), "replay of %s: %s, first answer %s", a.key, again.CreatedAt, a.at)
+	}
 }
