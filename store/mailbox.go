@@ -24,11 +24,21 @@ func (s *Store) DeliverToMailbox(ctx context.Context, m Mail) error {
 	return err
 }
 
-// Mailbox lists the newest messages first.
-func (s *Store) Mailbox(ctx context.Context, limit int) ([]Mail, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, to_addr, subject, text_body, html_body, sent_at FROM dev_mailbox ORDER BY id DESC LIMIT $1`, limit)
-	if err != nil {
-		return nil, err
+// Mailbox lists up to limit messages older than before (0: the newest),
+// newest first, and the cursor of the next older page (0 when none).
+func (s *Store) Mailbox(ctx context.Context, before int64, limit int) ([]Mail, int64, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
 	}
-	return pgx.CollectRows(rows, pgx.RowToStructByName[Mail])
+	rows, err := s.pool.Query(ctx, `SELECT id, to_addr, subject, text_body, html_body, sent_at FROM dev_mailbox
+ WHERE id < $1 ORDER BY id DESC LIMIT $2`, before, limit+1)
+	if err != nil {
+		return nil, 0, err
+	}
+	mails, err := pgx.CollectRows(rows, pgx.RowToStructByName[Mail])
+	if err != nil || len(mails) <= limit {
+		return mails, 0, err
+	}
+	mails = mails[:limit]
+	return mails, mails[limit-1].ID, nil
 }

@@ -3,6 +3,7 @@ package web
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 
 	"github.com/quickscale/quickscale/store"
 )
@@ -11,19 +12,33 @@ import (
 // is configured. Mounted only in dev.
 func (s *Site) Mailbox() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mails, err := s.store.Mailbox(r.Context(), 100)
+		mails, next, err := s.store.Mailbox(r.Context(), cursorParam(r), MailboxPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "mailbox", "Dev mailbox", map[string]any{"Mails": mails})
+		s.render(w, r, http.StatusOK, "mailbox", "Dev mailbox", map[string]any{"Mails": mails, "NextCursor": next, "Paged": cursorParam(r) > 0})
 	})
 }
 
-// MailboxJSON serves GET /dev/mailbox.json, newest first.
+// MailboxPageSize is how many mails a page of the dev mailbox shows.
+const MailboxPageSize = 100
+
+// MailboxJSON serves GET /dev/mailbox.json: a page of mails, newest first,
+// and the cursor of the next older page, if any, in the Link header
+// (rel="next"). A cursor that is not a positive whole number is a 400.
 func (s *Site) MailboxJSON() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mails, err := s.store.Mailbox(r.Context(), 100)
+		var before int64
+		if c := r.URL.Query().Get("cursor"); c != "" {
+			n, err := strconv.ParseInt(c, 10, 64)
+			if err != nil || n <= 0 {
+				http.Error(w, "cursor: want the next_cursor of a page", http.StatusBadRequest)
+				return
+			}
+			before = n
+		}
+		mails, next, err := s.store.Mailbox(r.Context(), before, MailboxPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
@@ -33,6 +48,9 @@ func (s *Site) MailboxJSON() http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
+		if next > 0 {
+			w.Header().Set("Link", `</dev/mailbox.json?cursor=`+strconv.FormatInt(next, 10)+`>; rel="next"`)
+		}
 		_ = json.NewEncoder(w).Encode(mails)
 	})
 }

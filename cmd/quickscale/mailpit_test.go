@@ -22,6 +22,7 @@ import (
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
+	"github.com/quickscale/quickscale/web"
 )
 
 // acctMailpit is a real SMTP server (github.com/axllent/mailpit) run for
@@ -399,4 +400,50 @@ func TestNewUserJourneyOverSMTP(t *testing.T) {
 	require.Equal(t, 1, b.get(loc).Doc(t).Find("#reset-notice").Length())
 	acctRequireStatus(t, acctLogin(b, email, acctNewPassword), http.StatusUnprocessableEntity)
 	mustRedirect(t, acctLogin(b, email, "the third password"), "/dashboard")
+}
+
+// The dev mailbox pages through every mail, not only the newest 100: after
+// a burst, an older confirmation link is still reachable.
+func TestDevMailboxPagesThroughEveryMail(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	for i := range web.MailboxPageSize + 5 {
+		require.NoError(t, ta.store.DeliverToMailbox(t.Context(), store.Mail{To: "burst@example.com", Subject: fmt.Sprintf("Mail %d", i), Text: "x", HTML: "<p>x</p>"}))
+	}
+	b := ta.browser()
+	doc := b.get("/dev/mailbox").Doc(t)
+	require.Equal(t, web.MailboxPageSize, doc.Find(".mail").Length())
+	require.Equal(t, fmt.Sprintf("Mail %d", web.MailboxPageSize+4), doc.Find(".mail strong").First().Text())
+	older, ok := doc.Find("#mailbox-older").Attr("href")
+	require.True(t, ok, "a link to the older mail")
+	doc = b.get(older).Doc(t)
+	subjects := doc.Find(".mail strong").Map(func(_ int, s *goquery.Selection) string { return s.Text() })
+	require.Equal(t, []string{"Mail 4", "Mail 3", "Mail 2", "Mail 1", "Mail 0"}, subjects)
+	require.Zero(t, doc.Find("#mailbox-older").Length())
+	require.Equal(t, 1, doc.Find(`nav[aria-label="mailbox pages"] .pagination-previous`).Length())
+
+	getJSON := func(path string) (int, []store.Mail, string) {
+		resp, err := http.Get(ta.URL + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var mails []store.Mail
+		if resp.StatusCode == http.StatusOK {
+			require.NoError(t, json.NewDecoder(resp.Body).Decode(&mails))
+		}
+		return resp.StatusCode, mails, resp.Header.Get("Link")
+	}
+	code, mails, link := getJSON("/dev/mailbox.json")
+	require.Equal(t, http.StatusOK, code)
+	require.Len(t, mails, web.MailboxPageSize)
+	next, ok := strings.CutPrefix(link, "<")
+	require.True(t, ok, "Link: %q", link)
+	next, _, _ = strings.Cut(next, ">")
+	code, mails, link = getJSON(next)
+	require.Equal(t, http.StatusOK, code)
+	require.Len(t, mails, 5)
+	require.Empty(t, link)
+	for _, bad := range []string{"abc", "0", "-3", "99999999999999999999"} {
+		code, _, _ = getJSON("/dev/mailbox.json?cursor=" + bad)
+		require.Equal(t, http.StatusBadRequest, code, bad)
+	}
 }
