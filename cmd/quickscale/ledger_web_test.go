@@ -744,7 +744,12 @@ func TestAdminCreditsExpireWithinACentury(t *testing.T) {
 	require.NoError(t, json.NewDecoder(res.Body).Decode(&body))
 	require.EqualValues(t, 3, body.Balance)
 	require.NotNil(t, body.NextExpiry)
-	require.True(t, strings.HasPrefix(*body.NextExpiry, day[:4]), "next_expiry %s", *body.NextExpiry)
+	// Good through day: it expires when day ends, which on 31 December is
+	// in the next year.
+	end, _ := time.Parse("2006-01-02", day)
+	got, err := time.Parse(time.RFC3339, *body.NextExpiry)
+	require.NoError(t, err)
+	require.True(t, got.Equal(end.AddDate(0, 0, 1)), "next_expiry %s, want the end of %s", *body.NextExpiry, day)
 }
 
 // An expiry date in the form means the credits are good through that
