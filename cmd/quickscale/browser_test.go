@@ -64,6 +64,18 @@ document.addEventListener("securitypolicyviolation", function (e) { window.cspBl
 	return ctx
 }
 
+// browserSignIn signs email in through the login form, as a person would.
+func browserSignIn(baseURL, email string) chromedp.Action[chromedp.Void] {
+	return chromedp.Steps(
+		chromedp.Navigate(baseURL+"/login"),
+		chromedp.WaitVisible(css(`#login-form`)),
+		chromedp.SendKeys(css(`#f-email`), email),
+		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
+		chromedp.Submit(css(`#login-form`)),
+		chromedp.WaitVisible(css(`#account-email`)),
+	)
+}
+
 // cspBlocked returns what the open page's Content Security Policy blocked.
 func cspBlocked(t *testing.T, ctx context.Context) []string {
 	t.Helper()
@@ -83,12 +95,7 @@ func TestBrowserRiverUIRunsUnderTheSiteCSP(t *testing.T) {
 	bu := setupRiverUI(t)
 	ctx := browserContext(t, bin)
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(bu.ta.URL+"/login"),
-		chromedp.WaitVisible(css(`#login-form`)),
-		chromedp.SendKeys(css(`#f-email`), bu.adminEmail),
-		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
-		chromedp.Submit(css(`#login-form`)),
-		chromedp.WaitVisible(css(`#account-email`)),
+		browserSignIn(bu.ta.URL, bu.adminEmail),
 		chromedp.Navigate(bu.ta.URL+"/admin/river/jobs?state=available"),
 	)
 	if err != nil {
@@ -117,12 +124,7 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 
 	ctx := browserContext(t, bin)
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(ta.URL+"/login"),
-		chromedp.WaitVisible(css(`#login-form`)),
-		chromedp.SendKeys(css(`#f-email`), u.Email),
-		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
-		chromedp.Submit(css(`#login-form`)),
-		chromedp.WaitVisible(css(`#account-email`)),
+		browserSignIn(ta.URL, u.Email),
 
 		// Spend: htmx swaps the result in and the balance out of band.
 		chromedp.Navigate(ta.URL+"/services"),
@@ -258,12 +260,7 @@ func TestBrowserBackThroughManyPagesKeepsTheLayout(t *testing.T) {
 	}
 	ctx := browserContext(t, bin)
 	err := chromedp.Do(ctx,
-		chromedp.Navigate(ta.URL+"/login"),
-		chromedp.WaitVisible(css(`#login-form`)),
-		chromedp.SendKeys(css(`#f-email`), u.Email),
-		chromedp.SendKeys(css(`#f-password`), storetest.DefaultPassword),
-		chromedp.Submit(css(`#login-form`)),
-		chromedp.WaitVisible(css(`#account-email`)),
+		browserSignIn(ta.URL, u.Email),
 		chromedp.Navigate(ta.URL+"/dashboard/credits"),
 		chromedp.WaitVisible(css(`#history-older`)),
 	)

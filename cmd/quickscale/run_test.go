@@ -246,6 +246,17 @@ func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
 	}
 }
 
+// stopInBackground stops a process started by startRun without waiting;
+// the channel gets stop's error once it has stopped.
+func stopInBackground(stop func() (time.Duration, error)) <-chan error {
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := stop()
+		stopped <- err
+	}()
+	return stopped
+}
+
 // emptyDatabase returns the URL of a database with nothing in it.
 func emptyDatabase(t *testing.T) string {
 	t.Helper()
@@ -312,11 +323,7 @@ func TestReadyzSaysShuttingDownWhileTheAPIDrains(t *testing.T) {
 	defer conn.Close()
 	_, err = fmt.Fprintf(conn, "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
 	require.NoError(t, err)
-	stopped := make(chan error, 1)
-	go func() {
-		_, err := stop()
-		stopped <- err
-	}()
+	stopped := stopInBackground(stop)
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
 	require.Contains(t, body, "shutting down")
 	conn.Close() // the request in flight ends; the process finishes stopping
@@ -366,11 +373,7 @@ func TestReadyzSaysShuttingDownWhileAWorkerFinishesItsJobs(t *testing.T) {
 	}
 	defer held.Close()
 
-	stopped := make(chan error, 1)
-	go func() {
-		_, err := stop()
-		stopped <- err
-	}()
+	stopped := stopInBackground(stop)
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
 	require.Contains(t, body, "shutting down")
 	// Still answering a moment later: the job is still running.

@@ -238,12 +238,7 @@ func uiPhone(t *testing.T, ta *testApp, email string) context.Context {
 	ctx := browserContext(t, chromium(t))
 	err := chromedp.Do(ctx,
 		chromedp.EmulateViewport(375, 812),
-		chromedp.Navigate(ta.URL+"/login"),
-		chromedp.WaitVisible(chromedp.CSS(`#login-form`)),
-		chromedp.SendKeys(chromedp.CSS(`#f-email`), email),
-		chromedp.SendKeys(chromedp.CSS(`#f-password`), storetest.DefaultPassword),
-		chromedp.Submit(chromedp.CSS(`#login-form`)),
-		chromedp.WaitVisible(chromedp.CSS(`#account-email`)),
+		browserSignIn(ta.URL, email),
 	)
 	if err != nil {
 		t.Fatalf("sign in at phone width: %v", err)
