@@ -80,9 +80,12 @@ func (s *Site) flash(ctx context.Context, msg string) { s.sessions.Put(ctx, sess
 func (s *Site) popFlash(r *http.Request) string { return s.sessions.PopString(r.Context(), sessFlash) }
 
 // redirect sends a plain 303, or an HX-Redirect for htmx requests (which
-// would otherwise follow the redirect inside the swapped fragment).
+// would otherwise follow the redirect inside the swapped fragment). A
+// history restore gets the 303 too: htmx's restore ignores HX-Redirect and
+// would swap in the empty answer (a tab whose htmx still asks restores with
+// HX-Request, as htmx does by default).
 func redirect(w http.ResponseWriter, r *http.Request, to string) {
-	if r.Header.Get("HX-Request") == "true" {
+	if r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-History-Restore-Request") != "true" {
 		w.Header().Set("HX-Redirect", to)
 		w.WriteHeader(http.StatusNoContent)
 		return

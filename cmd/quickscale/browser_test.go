@@ -278,7 +278,11 @@ func TestBrowserBackThroughManyPagesKeepsTheLayout(t *testing.T) {
 	var pages []string
 	for range 12 {
 		pages = append(pages, older())
-		err := chromedp.Do(ctx, chromedp.Click(css(`#history-older`)))
+		// Through htmx (a boosted link), once htmx has taken the link over.
+		_, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("history-older")["htmx-internal-data"] !== undefined`))
+		if err == nil {
+			err = chromedp.Do(ctx, chromedp.Click(css(`#history-older`)))
+		}
 		if err == nil {
 			_, err = chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`location.search === %q && document.getElementById("history-older").getAttribute("href") !== %q`,
 				strings.TrimPrefix(pages[len(pages)-1], "/dashboard/credits"), pages[len(pages)-1])))
@@ -301,6 +305,64 @@ func TestBrowserBackThroughManyPagesKeepsTheLayout(t *testing.T) {
 		}
 		if !hasNav {
 			t.Fatalf("back to page %d (of %d) shows the page without its layout", i, len(pages))
+		}
+	}
+}
+
+// Back to a page htmx no longer has cached, which now answers an error,
+// shows that page's error: htmx swaps nothing on a failed restore, and the
+// previous page's content stayed under the restored address.
+func TestBrowserBackToAFailingPageShowsItsError(t *testing.T) {
+	t.Parallel()
+	bin := chromium(t)
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := browserContext(t, bin)
+	err := chromedp.Do(ctx,
+		browserSignIn(ta.URL, u.Email),
+		chromedp.Navigate(ta.URL+"/dashboard/credits"),
+		chromedp.WaitVisible(css(`#balance-summary`)),
+	)
+	if err != nil {
+		t.Fatalf("open the credits page: %v", err)
+	}
+	// Follow the navbar's Payments link through htmx (once htmx has taken
+	// the link over), then make the credits page fail and forget it.
+	payments := `document.querySelector('a.navbar-item[href="/dashboard/payments"]')`
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](payments+` !== null && `+payments+`["htmx-internal-data"] !== undefined`)); err != nil {
+		t.Fatalf("htmx never took the link over: %v", err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](payments+`.click(); true`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`location.pathname === "/dashboard/payments" && document.querySelector('a.navbar-item[href="/dashboard/payments"][aria-current="page"]') !== null`)); err != nil {
+		t.Fatalf("go to payments: %v", err)
+	}
+	_, err = ta.store.Pool().Exec(context.Background(), `ALTER TABLE ledger_entries RENAME TO ledger_entries_gone`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`sessionStorage.removeItem("htmx-history-cache"); true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.NavigateBack()); err != nil {
+		t.Fatal(err)
+	}
+	if err := pollAcrossLoads(ctx, 15*time.Second, `location.pathname === "/dashboard/credits" && document.getElementById("error-page") !== null`); err != nil {
+		shown, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.pathname + ": " + document.title`))
+		t.Fatalf("back to the failing page shows %q, not its error page: %v", shown, err)
+	}
+}
+
+// pollAcrossLoads polls expr until it is true, through page loads (a poll
+// ends with an error when its page navigates away), for at most within.
+func pollAcrossLoads(ctx context.Context, within time.Duration, expr string) error {
+	wait, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		_, err := chromedp.Run(wait, chromedp.Poll[bool](expr))
+		if err == nil || wait.Err() != nil {
+			return err
 		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -54,4 +55,20 @@ func TestHistoryRestoreGetsTheWholePage(t *testing.T) {
 	require.Equal(t, 1, doc.Find("footer").Length(), "a restored page has its footer")
 	doc = b.get("/dashboard/credits", "HX-Request", "true").Doc(t)
 	require.Zero(t, doc.Find("#nav-logout").Length(), "a fragment request gets the content alone")
+}
+
+// A history restore of a page that needs a session, once the session has
+// ended, is answered with a plain redirect to sign in: htmx's restore does
+// not follow HX-Redirect and swapped in the empty 204 (a blank page).
+func TestHistoryRestoreOfASignedOutPageRedirects(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	r := ta.browser().get("/dashboard/credits", "HX-Request", "true", "HX-History-Restore-Request", "true")
+	require.Equal(t, http.StatusSeeOther, r.Status)
+	require.Empty(t, r.Header.Get("HX-Redirect"))
+	require.True(t, strings.HasPrefix(r.Header.Get("Location"), "/login"), "Location %q", r.Header.Get("Location"))
+	// A plain htmx request still gets HX-Redirect.
+	r = ta.browser().get("/dashboard/credits", "HX-Request", "true")
+	require.Equal(t, http.StatusNoContent, r.Status)
+	require.True(t, strings.HasPrefix(r.Header.Get("HX-Redirect"), "/login"))
 }

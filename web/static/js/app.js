@@ -101,3 +101,10 @@ document.addEventListener("htmx:afterRequest", function (e) {
   // Without scrolling: a result brought into view (above) stays in view.
   setTimeout(function () { button.focus({preventScroll: true}); }, 0);
 });
+
+// Back to a page htmx no longer has cached, which now answers an error:
+// htmx swaps nothing and would leave the previous page under the restored
+// address. Load the address as a whole page instead (its error page).
+document.addEventListener("htmx:historyCacheMissLoadError", function () {
+  window.location.reload();
+});
