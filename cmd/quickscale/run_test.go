@@ -323,6 +323,18 @@ func TestReadyzSaysShuttingDownWhileTheAPIDrains(t *testing.T) {
 	defer conn.Close()
 	_, err = fmt.Fprintf(conn, "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
 	require.NoError(t, err)
+	// Stop only once the api is serving it (the connection accepted and the
+	// handler waiting for the body): before, a shutdown could close the
+	// listener first and have nothing to drain.
+	eventually(t, 15*time.Second, "the request to be in flight", func() bool {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "\nquickscale_http_requests_in_flight 1\n")
+	})
 	stopped := stopInBackground(stop)
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
 	require.Contains(t, body, "shutting down")
