@@ -207,8 +207,14 @@ func (s *Site) newView(r *http.Request, title string, data any) view {
 // restore sends HX-Request without HX-Boosted, and used to get the bare
 // content block: the page came back without its navbar and footer.
 func isPartialRequest(r *http.Request) bool {
-	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") != "true" &&
-		r.Header.Get("HX-History-Restore-Request") != "true"
+	return isHtmxRequest(r) && r.Header.Get("HX-Boosted") != "true"
+}
+
+// isHtmxRequest reports whether htmx made the request and will act on
+// htmx's answers (a fragment, HX-Redirect). A history restore is not one:
+// htmx swaps its answer in as a whole page, whatever headers it sent.
+func isHtmxRequest(r *http.Request) bool {
+	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-History-Restore-Request") != "true"
 }
 
 // render writes a page: the whole layout, or only its "content" block for

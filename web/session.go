@@ -85,7 +85,7 @@ func (s *Site) popFlash(r *http.Request) string { return s.sessions.PopString(r.
 // would swap in the empty answer (a tab whose htmx still asks restores with
 // HX-Request, as htmx does by default).
 func redirect(w http.ResponseWriter, r *http.Request, to string) {
-	if r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-History-Restore-Request") != "true" {
+	if isHtmxRequest(r) {
 		w.Header().Set("HX-Redirect", to)
 		w.WriteHeader(http.StatusNoContent)
 		return
