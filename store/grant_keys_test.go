@@ -61,13 +61,14 @@ func TestGrantKeysHoldEachGrantsIdentity(t *testing.T) {
 	// statement-level).
 	tx, err := b.st.Pool().Begin(ctx)
 	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
+	require.NoError(t, err)
 	rows, err := tx.Query(ctx, `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id)
 SELECT u, 'pack', 5, 5, 'bulk', u || '-' || k FROM unnest($1::bigint[]) u, generate_series(1, 3) k RETURNING id`,
 		[]int64{b.user.ID, other.ID})
 	require.NoError(t, err)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `SELECT set_config('quickscale.ledger', 'on', true)`)
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'grant', amount FROM grants WHERE id = ANY ($1)`, ids)
 	require.NoError(t, err)
@@ -83,7 +84,8 @@ SELECT u, 'pack', 5, 5, 'bulk', u || '-' || k FROM unnest($1::bigint[]) u, gener
 	var before int64
 	require.NoError(t, b.st.Pool().QueryRow(ctx, `SELECT count(*) FROM grants`).Scan(&before))
 	for _, u := range []int64{b.user.ID, other.ID} {
-		_, err := b.st.Pool().Exec(ctx, `INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) VALUES ($1, 'pack', 5, 5, $2, $3)`,
+		_, err := b.st.Pool().Exec(ctx, `WITH cfg AS (SELECT set_config('quickscale.ledger', 'on', true))
+INSERT INTO grants (user_id, kind, amount, remaining, source_kind, source_id) SELECT $1, 'pack', 5, 5, $2, $3 FROM cfg`,
 			u, key.SourceKind, key.SourceID)
 		require.Equal(t, "23505 grant_keys_source_key", pgCode(err), "user %d", u)
 	}

@@ -492,13 +492,21 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 		source = "key:" + strconv.FormatInt(a.UserID, 10) + ":" + a.Key
 	}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		if a.AskRepeatWithin > 0 {
-			// The account lock first (the lock order), so that two
-			// identical adjustments sent at once are checked one after the
-			// other: the second sees the first.
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, a.UserID); err != nil {
-				return fmt.Errorf("adjust: lock account: %w", err)
-			}
+		// The account lock first (the lock order), so that two identical
+		// adjustments sent at once are checked one after the other (the
+		// second sees the first), and so that a deletion committed while
+		// this one waited is seen: a deleted account's credits were
+		// forfeited, and credits added now could never be spent.
+		var deleted bool
+		err := tx.QueryRow(ctx, `SELECT u.deleted_at IS NOT NULL FROM accounts a JOIN users u ON u.id = a.user_id
+ WHERE a.user_id = $1 FOR UPDATE OF a`, a.UserID).Scan(&deleted)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return Errorf(KindNotFound, "There is no such user.")
+		case err != nil:
+			return fmt.Errorf("adjust: lock account: %w", err)
+		case deleted:
+			return Errorf(KindConflict, "This account was deleted; its credits can no longer change.")
 		}
 		if a.Key != "" {
 			// Claim the key first: a concurrent twin waits here for this
@@ -650,8 +658,11 @@ type Balance struct {
 }
 
 // liveGrant is the condition on grants (unqualified columns) that makes a
-// grant spendable now: open and not past its expiry, swept or not.
-const liveGrant = `closed_at IS NULL AND (expires_at IS NULL OR expires_at > now())`
+// grant spendable now: open and not past its expiry, swept or not. "Now"
+// is the statement's start, not the transaction's (now()): a statement
+// after a wait for the account lock must not count credits that expired
+// during the wait.
+const liveGrant = `closed_at IS NULL AND (expires_at IS NULL OR expires_at > statement_timestamp())`
 
 // BalanceOf sums the live grants of a user. Grants past their expiry count
 // for nothing from that instant on, swept or not.

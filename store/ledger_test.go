@@ -189,31 +189,49 @@ func TestExpiredGrantIsUnspendableFromItsExpiryInstant(t *testing.T) {
 	tx, err := b.st.Pool().Begin(b.ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(b.ctx) //nolint:errcheck
-	// Inside one transaction now() is fixed, which pins "the instant".
+	// The condition itself: a grant expiring at the very instant of the
+	// statement counts for nothing, one a microsecond later still counts.
+	for _, tc := range []struct {
+		expires string
+		live    int
+	}{{"statement_timestamp()", 0}, {"statement_timestamp() + interval '1 microsecond'", 1}} {
+		var n int
+		require.NoError(t, tx.QueryRow(b.ctx, `SELECT count(*) FROM (SELECT NULL::timestamptz AS closed_at, `+tc.expires+` AS expires_at) g
+ WHERE `+store.LiveGrant).Scan(&n))
+		require.Equal(t, tc.live, n, "a grant expiring at %s", tc.expires)
+	}
 	var now time.Time
 	require.NoError(t, tx.QueryRow(b.ctx, `SELECT now()`).Scan(&now))
-	// Grants born an hour ago: one expires exactly now, one a microsecond later.
-	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 5, now.Add(-time.Hour), now)
-	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(time.Microsecond))
-
-	// Read at the instant: the grant expiring exactly now counts for nothing,
-	// the one a microsecond later still counts.
+	// Grants born an hour ago: one expires 50 ms after the transaction
+	// began, one an hour after.
+	storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 5, now.Add(-time.Hour), now.Add(50*time.Millisecond))
+	later := storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 2, now.Add(-time.Hour), now.Add(time.Hour))
+	storetest.WaitFor(t, "the first grant's expiry to pass", func() bool {
+		var past bool
+		require.NoError(t, tx.QueryRow(b.ctx, `SELECT clock_timestamp() > $1`, now.Add(50*time.Millisecond)).Scan(&past))
+		return past
+	})
+	// Read after it, in the same transaction (as a read after a wait for
+	// the account lock is): the grant that expired meanwhile counts for
+	// nothing, though the transaction began before its expiry.
 	bal, err := store.BalanceOf(b.ctx, tx, b.user.ID)
 	require.NoError(t, err)
 	if bal.Total != 2 || bal.ByKind[store.GrantSubscription] != 2 {
-		t.Fatalf("balance at the expiry instant = %+v, want only the 2 credits expiring later", bal)
+		t.Fatalf("balance after an expiry within the transaction = %+v, want only the 2 credits expiring later", bal)
 	}
-	// A spend happens at its own instant (after the account lock), by when
-	// both have expired: nothing is spendable.
-	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
+	// A spend happens at its own instant (after the account lock): it
+	// draws on the grant expiring in an hour, not on the one drawn first
+	// until it expired, and then there is nothing left.
+	for i, want := range []int64{1, 0} {
+		u, _, err := store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: fmt.Sprint("k", i)})
+		require.NoError(t, err)
+		if len(u.Drawn) != 1 || u.Drawn[0].GrantID != later || u.Balance != want {
+			t.Fatalf("spend %d drew %+v leaving %d, want only the live grant, leaving %d", i, u.Drawn, u.Balance, want)
+		}
+	}
+	_, _, err = store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k2"})
 	var ie *store.InsufficientCreditsError
 	require.ErrorAs(t, err, &ie, "a grant past its expiry at the moment of the spend must not be spendable")
-	later := storetest.BackdatedGrant(t, tx, b.user.ID, store.GrantSubscription, 1, now.Add(-time.Hour), now.Add(time.Hour))
-	u, _, err := store.Consume(b.ctx, tx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k2"})
-	require.NoError(t, err)
-	if len(u.Drawn) != 1 || u.Drawn[0].GrantID != later {
-		t.Fatalf("drew %+v, want only the live grant", u.Drawn)
-	}
 }
 
 func TestExpireOverdueWritesExpireEntriesOnlyForOverdueGrants(t *testing.T) {

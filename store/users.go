@@ -316,17 +316,24 @@ func ForfeitCredits(ctx context.Context, db DBTX, userID int64) error {
 	if err := db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants WHERE user_id = $1 AND `+liveGrant, userID).Scan(&balance); err != nil {
 		return err
 	}
-	if balance == 0 {
-		return nil
+	// Under the lock the balance can only fall, as grants reach their
+	// expiry between the read and the debit: then the debit answers what is
+	// live at its own instant, and that is taken instead.
+	for range 5 {
+		if balance == 0 {
+			return nil
+		}
+		var ok bool
+		var live int64
+		if err := db.QueryRow(ctx, `SELECT ok, balance FROM ledger_debit($1, $2, 'adjust', $1, $3)`, userID, balance, ForfeitReason).Scan(&ok, &live); err != nil {
+			return fmt.Errorf("forfeit credits: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		balance = live
 	}
-	var ok bool
-	if err := db.QueryRow(ctx, `SELECT ok FROM ledger_debit($1, $2, 'adjust', $1, $3)`, userID, balance, ForfeitReason).Scan(&ok); err != nil {
-		return fmt.Errorf("forfeit credits: %w", err)
-	}
-	if !ok {
-		return fmt.Errorf("forfeit credits: balance %d changed under the account lock", balance)
-	}
-	return nil
+	return fmt.Errorf("forfeit credits: balance still %d after five tries under the account lock", balance)
 }
 
 // Token purposes and lifetimes.
