@@ -9,9 +9,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 func newTestServerShell(logs *bytes.Buffer) *server {
@@ -217,5 +221,38 @@ func TestOwnTimeoutIs503AndAClientGoneIs499(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "request abandoned by the client") || !strings.Contains(logs.String(), "consume: context canceled") {
 		t.Fatalf("the abandoned request's error is not logged: %s", logs.String())
+	}
+}
+
+// timeoutReader fails as a connection's read deadline does.
+type timeoutReader struct{}
+
+func (timeoutReader) Read([]byte) (int, error) { return 0, os.ErrDeadlineExceeded }
+
+// A body that stops coming is not bad JSON: one cut short is 400
+// invalid_request, one that came too slowly 408 (retry it); only a body
+// that arrived whole and is not the JSON object is invalid_json.
+func TestAPIUsageTellsABodyThatStoppedComingFromBadJSON(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		body   io.Reader
+		status int
+		code   string
+	}{
+		"too slow":  {io.MultiReader(strings.NewReader(`{"serv`), timeoutReader{}), http.StatusRequestTimeout, "request_timeout"},
+		"cut short": {io.MultiReader(strings.NewReader(`{"serv`), iotest.ErrReader(io.ErrUnexpectedEOF)), http.StatusBadRequest, "invalid_request"},
+		"bad JSON":  {io.MultiReader(strings.NewReader(`{"serv`)), http.StatusBadRequest, "invalid_json"},
+	} {
+		var logs bytes.Buffer
+		s := newTestServerShell(&logs)
+		req := httptest.NewRequest(http.MethodPost, "/api/v1/usage", tc.body)
+		req.Header.Set("Idempotency-Key", "k")
+		rec := httptest.NewRecorder()
+		requestID(s.handleAPIConsume()).ServeHTTP(rec, req)
+		var p problem
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &p), name)
+		if rec.Code != tc.status || p.Error != tc.code {
+			t.Errorf("%s: %d %q, want %d %q", name, rec.Code, p.Error, tc.status, tc.code)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -162,7 +163,13 @@ func (s *server) handleAPIConsume() http.Handler {
 			return
 		}
 		if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
-			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json.")
+			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body as application/json, in UTF-8.")
+			return
+		}
+		// A compressed body would be read as JSON text and refused as
+		// malformed, or worse, taken: say what is wrong instead.
+		if ce := r.Header.Values("Content-Encoding"); len(ce) > 0 && !(len(ce) == 1 && strings.EqualFold(strings.TrimSpace(ce[0]), "identity")) {
+			writeProblem(w, r, http.StatusUnsupportedMediaType, "unsupported_media_type", "Send the body uncompressed, without a Content-Encoding.")
 			return
 		}
 		// A declared length over the cap is refused before reading
@@ -172,7 +179,16 @@ func (s *server) handleAPIConsume() http.Handler {
 			writeProblem(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "The request body is too large.")
 			return
 		}
-		service, status, code, msg := decodeUsageBody(r.Body)
+		body := &readErrorRecorder{r: r.Body}
+		service, status, code, msg := decodeUsageBody(body)
+		if status == http.StatusBadRequest && body.err != nil {
+			// Not the JSON's fault: the body stopped coming.
+			status, code, msg = http.StatusBadRequest, "invalid_request", "The request body was cut short; send it again (with the same Idempotency-Key)."
+			var ne net.Error
+			if errors.As(body.err, &ne) && ne.Timeout() {
+				status, code, msg = http.StatusRequestTimeout, "request_timeout", "The request body came too slowly; send it again (with the same Idempotency-Key)."
+			}
+		}
 		if status != 0 {
 			writeProblem(w, r, status, code, msg)
 			return
@@ -294,9 +310,28 @@ func (s *server) handleAPIUsageList() http.Handler {
 	})
 }
 
-// isJSONMediaType reports whether a Content-Type is application/json,
-// parameters (e.g. charset) allowed.
+// isJSONMediaType reports whether a Content-Type is application/json, in
+// UTF-8 (JSON's only encoding, RFC 8259) if it names a charset.
 func isJSONMediaType(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && mt == "application/json"
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
+		return false
+	}
+	cs, ok := params["charset"]
+	return !ok || strings.EqualFold(cs, "utf-8") || strings.EqualFold(cs, "utf8")
+}
+
+// readErrorRecorder keeps the first error reading the body gave other than
+// its end, so that a body that stopped coming is not answered as bad JSON.
+type readErrorRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (b *readErrorRecorder) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil && !isMaxBytesError(err) {
+		b.err = err
+	}
+	return n, err
 }

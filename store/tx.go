@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -100,8 +101,8 @@ func IsRefused(err error) bool {
 }
 
 // IsUnavailable reports whether err means the database could not be
-// reached or is shutting down (so a retry later may succeed), as opposed
-// to an error in the request.
+// reached, is shutting down, or was lost in the middle of a statement (so
+// a retry later may succeed), as opposed to an error in the request.
 func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
@@ -119,6 +120,14 @@ func IsUnavailable(err error) bool {
 	if errors.As(err, &pgErr) {
 		// 08: connection exception; 57P: operator intervention (shutdown).
 		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "53300"
+	}
+	// A connection lost in the middle of a statement (the server or the
+	// network went away): nothing is wrong with the request. The statement
+	// may or may not have been applied, so a spend answered 503 may have
+	// been made; a retry with its Idempotency-Key answers it either way.
+	var opErr *net.OpError
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.As(err, &opErr) {
+		return true
 	}
 	return pgconn.SafeToRetry(err) || errors.Is(err, net.ErrClosed)
 }

@@ -686,8 +686,37 @@ func TestAPIProblems(t *testing.T) {
 		check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
 		r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k", "Content-Type", "application/jsonx")
 		check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
-		r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k2", "Content-Type", "Application/JSON; charset=utf-8")
+		// JSON is UTF-8 only, and a body is read as sent: another charset
+		// or a compressed body is refused, not misread.
+		for i, h := range [][]string{
+			{"Content-Type", "application/json; charset=utf-16"},
+			{"Content-Type", "application/json; charset=latin1"},
+			{"Content-Encoding", "gzip"},
+			{"Content-Encoding", "identity, gzip"},
+		} {
+			r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", fmt.Sprint("enc", i), h[0], h[1])
+			check(t, r, http.StatusUnsupportedMediaType, "unsupported_media_type", u)
+		}
+		r = v1Do(t, ta, http.MethodPost, "/api/v1/usage", key, body, "Idempotency-Key", "k2", "Content-Type", "Application/JSON; charset=utf-8", "Content-Encoding", "identity")
 		require.Equal(t, http.StatusCreated, r.Status, r.Body)
+	})
+	t.Run("a body cut short is 400 invalid_request, not invalid_json", func(t *testing.T) {
+		t.Parallel()
+		u, key := spender(t)
+		conn, err := net.Dial("tcp", strings.TrimPrefix(ta.URL, "http://"))
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = fmt.Fprintf(conn, "POST /api/v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nIdempotency-Key: k\r\n"+
+			"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"serv", key)
+		require.NoError(t, err)
+		require.NoError(t, conn.(*net.TCPConn).CloseWrite(), "the client sends no more")
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second))) // a bound, not a wait
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err)
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		check(t, response{Status: resp.StatusCode, Body: buf.String(), Header: resp.Header}, http.StatusBadRequest, "invalid_request", u)
 	})
 	t.Run("invalid cursor is 400", func(t *testing.T) {
 		t.Parallel()
