@@ -29,10 +29,12 @@ func UnsafeLine(s string) bool {
 }
 
 // BlankText reports whether s has nothing visible: only spaces and
-// invisible characters.
+// invisible characters. The braille blank (U+2800) is a symbol, not a
+// space, to Unicode, but it shows as one: a name of it alone reads as
+// empty.
 func BlankText(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool {
-		return !unicode.IsSpace(r) && !unicode.IsControl(r) && !unicode.Is(unicode.Cf, r) && !hiddenFormatting(r)
+		return !unicode.IsSpace(r) && !unicode.IsControl(r) && !unicode.Is(unicode.Cf, r) && !hiddenFormatting(r) && r != '\u2800'
 	})
 }
 

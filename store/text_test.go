@@ -29,6 +29,8 @@ func TestUnsafeLineAndBlankText(t *testing.T) {
 		{"\u3164", true, true}, // Hangul filler
 		{"\u200b", true, true},
 		{" \u00a0 ", false, true},
+		{"\u2800\u2800", false, true}, // braille blank
+		{"a\u2800b", false, false},
 		{"", false, true},
 	} {
 		if got := store.UnsafeLine(c.s); got != c.unsafe {

@@ -204,7 +204,7 @@ func (s *Site) AdminCredits() http.Handler {
 			end := t.AddDate(0, 0, 1)
 			switch {
 			case err != nil || !end.After(time.Now()):
-				f.fail("expires", "Give today or a later date (YYYY-MM-DD), or leave it empty for credits that never expire.")
+				f.fail("expires", "Give today or a later date (YYYY-MM-DD; days are counted in UTC, where it is now "+time.Now().UTC().Format("2 Jan 15:04")+"), or leave it empty for credits that never expire.")
 			case store.ExpiryTooFar(end, time.Now()):
 				f.fail("expires", "Give a date at most "+strconv.Itoa(store.MaxExpiryYears)+" years ahead, or leave it empty for credits that never expire.")
 			default:
@@ -245,13 +245,21 @@ func (s *Site) AdminCredits() http.Handler {
 		var repeated *store.RepeatedAdjustmentError
 		switch {
 		case errors.As(err, &repeated):
-			f.Message = "You made this same adjustment (" + countNoun(delta, "credit") + ", same reason) " + relativeTime(repeated.At) +
+			what := "adding " + countNoun(amount, "credit")
+			if delta < 0 {
+				what = "removing " + countNoun(amount, "credit")
+			}
+			f.Message = "You made this same adjustment (" + what + ", same reason) " + relativeTime(repeated.At) +
 				". Nothing was changed now. To apply it again, tick the box below and Apply."
 			f.Values["confirm_repeat"] = "ask"
 			s.renderAdminUser(w, r, http.StatusConflict, "admin_credits", target, f)
 			return
 		case errors.As(err, &short):
-			f.fail("amount", "The user has only "+formatInt(short.Balance)+" credits; you cannot remove more than that.")
+			has := "The user has only " + countNoun(short.Balance, "credit")
+			if short.Balance == 0 {
+				has = "The user has no credits"
+			}
+			f.fail("amount", has+"; you cannot remove more than that.")
 			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)
 			return
 		case store.ErrorKind(err) == store.KindInvalid:

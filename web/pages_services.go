@@ -210,6 +210,7 @@ type apiKeysPage struct {
 	Form          *form
 	NewKey        string
 	NewName       string
+	FormKey       string // the create form's key, new on every page
 	APIBase       string // e.g. https://example.com/api/v1, for the examples
 }
 
@@ -224,6 +225,7 @@ func (s *Site) renderAPIKeys(w http.ResponseWriter, r *http.Request, status int,
 	if p.Form == nil {
 		p.Form = newForm()
 	}
+	p.FormKey = store.NewSecret()[:24]
 	s.render(w, r, status, "apikeys", "API keys", p)
 }
 
@@ -238,7 +240,14 @@ func (s *Site) APIKeys() http.Handler {
 // this response, and never again.
 func (s *Site) CreateAPIKey() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, _ := parseForm(r, "name")
+		f, _ := parseForm(r, "name", "form_key")
+		formKey := f.raw("form_key")
+		if formKey != "" && formKey == s.sessions.GetString(r.Context(), sessAPIKeyForm) {
+			f.Message = "This form was sent before, and its key was created and shown then; no other key was made. " +
+				"If you did not copy it, revoke it below and create another."
+			s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{Form: f})
+			return
+		}
 		raw, key, err := s.store.CreateAPIKey(r.Context(), CurrentUser(r.Context()).ID, f.raw("name"))
 		if err != nil {
 			if k := store.ErrorKind(err); k == store.KindInvalid || k == store.KindConflict {
@@ -248,6 +257,9 @@ func (s *Site) CreateAPIKey() http.Handler {
 			}
 			s.serverError(w, r, err)
 			return
+		}
+		if formKey != "" {
+			s.sessions.Put(r.Context(), sessAPIKeyForm, formKey)
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{NewKey: raw, NewName: key.Name})

@@ -152,6 +152,7 @@ func (t *templates) funcs() template.FuncMap {
 		"isotime":   func(tm time.Time) string { return tm.UTC().Format(time.RFC3339) },
 		"ago":       relativeTime,
 		"deref":     func(t *time.Time) time.Time { return *t },
+		"past":      func(t time.Time) bool { return !t.After(time.Now()) },
 		"neg":       func(n int64) int64 { return -n },
 		"title":     titleCase,
 		"perCredit": perCredit,

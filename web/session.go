@@ -26,6 +26,10 @@ const (
 	sessPendingEmail     = "pending_email"
 	sessPendingEmailAt   = "pending_email_at"
 	sessPendingEmailUser = "pending_email_user"
+	// The form key of the last API key created in this session: the same
+	// form sent again (F5 on the page showing the key, without
+	// JavaScript) makes no second key.
+	sessAPIKeyForm = "api_key_form"
 )
 
 const sessionLoadedKey ctxKey = 100
@@ -108,9 +112,26 @@ func safeNext(next string) string {
 func (s *Site) RequireUser(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if CurrentUser(r.Context()) == nil {
-			to := "/login"
+			// Back, after signing in, to the page the visitor was on. An
+			// htmx request that is not a navigation (a poll, Use, a form
+			// sent in place) asked for a fragment of the page it names in
+			// HX-Current-URL: that page, not the fragment, is where to go.
+			back := ""
 			if r.Method == http.MethodGet {
-				to += "?next=" + url.QueryEscape(r.URL.RequestURI())
+				back = r.URL.RequestURI()
+			}
+			if isHtmxRequest(r) && r.Header.Get("HX-Boosted") != "true" {
+				back = ""
+				if cur, err := url.Parse(r.Header.Get("HX-Current-URL")); err == nil && cur.Path != "" {
+					back = cur.RequestURI() // its path and query only; sign-in checks it (safeNext)
+				}
+			}
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				s.flash(r.Context(), "You were signed out, so that was not done. Sign in and try again.")
+			}
+			to := "/login"
+			if back != "" {
+				to += "?next=" + url.QueryEscape(back)
 			}
 			redirect(w, r, to)
 			return

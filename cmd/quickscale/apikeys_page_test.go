@@ -194,3 +194,35 @@ func TestAPIAnswers503WhenTheDatabaseIsUnavailable(t *testing.T) {
 	require.Equal(t, "unavailable", p.Error)
 	require.NotEmpty(t, resp.Header.Get("Retry-After"))
 }
+
+// The create form sent again (F5 on the page showing the new key, without
+// JavaScript, posts it again) makes no second key: it says the key was
+// made and shown before. A new page's form makes a new key.
+func TestAPIKeyFormSentTwiceMakesOneKey(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	formKey := b.get("/settings/api-keys").Doc(t).Find(`#apikey-form input[name="form_key"]`).AttrOr("value", "")
+	require.NotEmpty(t, formKey)
+	first := b.post("/settings/api-keys", url.Values{"name": {"cron"}, "form_key": {formKey}})
+	require.Equal(t, http.StatusOK, first.Status)
+	doc := first.Doc(t)
+	require.Equal(t, 1, doc.Find("#new-key").Length())
+	next := doc.Find(`#apikey-form input[name="form_key"]`).AttrOr("value", "")
+	require.NotEqual(t, formKey, next, "the page showing the key has a new form")
+
+	again := b.post("/settings/api-keys", url.Values{"name": {"cron"}, "form_key": {formKey}})
+	require.Equal(t, http.StatusOK, again.Status)
+	doc = again.Doc(t)
+	require.Zero(t, doc.Find("#new-key").Length(), "a second key was shown")
+	require.Contains(t, doc.Find("#apikey-form .form-message").Text(), "no other key was made")
+	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+
+	require.Equal(t, 1, b.post("/settings/api-keys", url.Values{"name": {"cron 2"}, "form_key": {next}}).Doc(t).Find("#new-key").Length())
+	keys, _, err = ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 2)
+}

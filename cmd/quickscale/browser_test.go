@@ -6,13 +6,16 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store/storetest"
 )
@@ -259,6 +262,29 @@ func TestBrowserBackThroughManyPagesKeepsTheLayout(t *testing.T) {
 		storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 1})
 	}
 	ctx := browserContext(t, bin)
+	// The pages' scripts must not fail on a restored page either (app.js
+	// read the swap target of a restore, which has none).
+	var mu sync.Mutex
+	var thrown []string
+	require.NoError(t, chromedp.Listen(ctx, func(ev any) {
+		if e, ok := ev.(*runtime.EventExceptionThrown); ok {
+			mu.Lock()
+			defer mu.Unlock()
+			d := e.ExceptionDetails
+			what := d.Text
+			if d.Exception != nil {
+				what += " " + d.Exception.Description
+			}
+			thrown = append(thrown, fmt.Sprintf("%s (%s:%d)", what, d.URL, d.LineNumber+1))
+		}
+	}))
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(thrown) > 0 {
+			t.Errorf("the page threw %d JavaScript exceptions, the first: %s", len(thrown), thrown[0])
+		}
+	})
 	err := chromedp.Do(ctx,
 		browserSignIn(ta.URL, u.Email),
 		chromedp.Navigate(ta.URL+"/dashboard/credits"),

@@ -528,6 +528,11 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	mustRedirect(t, b.post(path, url.Values{"nonce": {"t4"}, "direction": {"remove"}, "amount": {"12"}, "reason": {"goodwill reversed"}}), "/admin/users/")
 	hist = ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="adjust"]`)
 	require.Equal(t, 3, hist.Length(), "one line for the removal, not one per grant")
+	// One credit is "1 credit".
+	mustRedirect(t, b.post(path, url.Values{"nonce": {"t5"}, "direction": {"remove"}, "amount": {"17"}, "reason": {"all but one"}}), "/admin/users/")
+	r = b.post(path, url.Values{"nonce": {"t6"}, "direction": {"remove"}, "amount": {"2"}, "reason": {"too much"}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+	require.Contains(t, r.Doc(t).Find(`.field-error[data-field="amount"]`).Text(), "The user has only 1 credit;")
 	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Credits removed by support -12 5 pack, 7 promo · goodwill reversed")
 }
 
@@ -944,4 +949,20 @@ func TestAdminAuditLogFiltersByUser(t *testing.T) {
 		}
 	}
 	require.Equal(t, 55, seen)
+}
+
+// A grant's line in the history says "expires" while its expiry is ahead
+// and "expired" once it has passed, before the sweep's own line as after.
+func TestCreditHistorySaysExpiredOnceTheExpiryHasPassed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.BackdatedGrant(t, ta.store.Pool(), u.ID, store.GrantSubscription, 5, time.Now().Add(-time.Hour), time.Now().Add(-time.Minute))
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 7, ExpiresAt: v1Ptr(time.Now().Add(24 * time.Hour))})
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	said := map[string]string{} // by the line's credits
+	doc.Find(`tr.history-item[data-kind="grant"]`).Each(func(_ int, s *goquery.Selection) {
+		said[strings.TrimSpace(s.Find("td").Eq(2).Text())] = strings.Fields(s.Find(".grant-expiry").Text())[0]
+	})
+	require.Equal(t, map[string]string{"+5": "expired", "+7": "expires"}, said)
 }

@@ -341,3 +341,27 @@ func TestContactFormHtmxAnswersCarryWhatIsSwappedIn(t *testing.T) {
 	acctRequireStatus(t, limited, http.StatusTooManyRequests)
 	require.Equal(t, "429", selected(limited).Find("#error-page").AttrOr("data-status", ""), "the swapped part lacks the 429 page")
 }
+
+// A visitor signed out while a page polls or sends a form in place (htmx)
+// is sent to sign in with the page as next, not the fragment it asked for
+// (a purchase's status, which after sign-in showed a bare fragment or
+// nothing); a form sent while signed out also says it was not done.
+func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	page := "/dashboard/buy-credits/success?session_id=cs_x"
+	anon := ta.browser()
+	r := anon.get("/dashboard/buy-credits/status?session_id=cs_x&shown=pending",
+		"HX-Request", "true", "HX-Current-URL", ta.URL+page)
+	require.Equal(t, "/login?next="+url.QueryEscape(page), r.Header.Get("HX-Redirect"), "a poll")
+
+	r = anon.post("/services/some-service/use", url.Values{"idempotency_key": {"k"}},
+		"HX-Request", "true", "HX-Current-URL", ta.URL+"/services")
+	require.Equal(t, "/login?next=%2Fservices", r.Header.Get("HX-Redirect"), "Use")
+	login := anon.get("/login?next=%2Fservices")
+	require.Contains(t, acctText(login.Doc(t), "#flash"), "You were signed out, so that was not done.")
+
+	// A boosted navigation is a page of its own: it is next.
+	r = anon.get("/dashboard/credits", "HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/services")
+	require.Equal(t, "/login?next=%2Fdashboard%2Fcredits", r.Header.Get("HX-Redirect"))
+}

@@ -253,11 +253,23 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
 	u, _ := ta.userWithKey(storetest.UserOpts{})
 	uiPayments(t, ta, u.ID, 3)
+	// Long words people type: a key's name, a service's name and
+	// description, an adjustment's reason, wrap rather than widen the page.
+	long := strings.Repeat("W", 100)
+	_, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, long)
+	require.NoError(t, err)
+	_, err = ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 5, Reason: strings.Repeat("R", 480)})
+	require.NoError(t, err)
+	name, desc := strings.Repeat("N", 100), strings.Repeat("D", 600)
+	_, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: "long-words", Name: &name, Description: &desc, CreditCost: v1Ptr[int64](1000)}, "test")
+	require.NoError(t, err)
 	ctx := uiPhone(t, ta, u.Email)
 
 	for _, page := range []struct{ path, row string }{
 		{"/settings/api-keys", "#api-keys tr.api-key"},
 		{"/dashboard/payments", "#payments tr.payment"},
+		{"/services", "#use-form-long-words"},
+		{"/dashboard/credits", "tr.history-item"},
 	} {
 		if err := chromedp.Do(ctx, chromedp.Navigate(ta.URL+page.path), chromedp.WaitVisible(chromedp.CSS(page.row))); err != nil {
 			t.Fatalf("open %s: %v", page.path, err)
@@ -269,6 +281,25 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 		if overflow > 0 {
 			t.Errorf("at 375 px %s is %d px wider than the screen", page.path, overflow)
 		}
+		// Nor does a table inside its scroll box: the long word wraps.
+		wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Math.max(0, ...Array.from(document.querySelectorAll(".table-container")).map(function(e){return e.scrollWidth - e.clientWidth;}))`))
+		require.NoError(t, err)
+		if wide > 375 {
+			t.Errorf("at 375 px a table of %s is %d px wider than its box", page.path, wide)
+		}
+	}
+	// Using the service: the answer ("not enough credits") wraps too.
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-long-words button`)),
+		chromedp.Click(chromedp.CSS(`#use-form-long-words button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="insufficient"]`)),
+	)
+	require.NoError(t, err)
+	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+	require.NoError(t, err)
+	if overflow > 0 {
+		t.Errorf("at 375 px /services with the answer to Use is %d px wider than the screen", overflow)
 	}
 }
 
@@ -382,6 +413,39 @@ func TestBrowserPhoneUseResultComesIntoView(t *testing.T) {
 	}
 }
 
+// Use on a service retired since the page was shown redraws the list
+// without it: the keyboard focus goes to the answer's message, not to the
+// first remaining service's Use button (where Enter would use that one).
+func TestBrowserUseOfARetiredServiceDoesNotFocusAnotherService(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	first := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "aaa-first", Cost: 1})
+	retired := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "zzz-retired", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-`+retired+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-`+first+` button`)),
+	)
+	require.NoError(t, err)
+	inactive := false
+	_, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: retired, Active: &inactive}, "test")
+	require.NoError(t, err)
+	err = chromedp.Do(ctx,
+		chromedp.Focus(chromedp.CSS(`#use-form-`+retired+` button`)),
+		chromedp.KeyEvent("\r"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="gone"]`)),
+		chromedp.Poll[chromedp.Void](`document.activeElement === document.getElementById("use-outcome")`),
+	)
+	if err != nil {
+		focused, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.activeElement.outerHTML.slice(0, 200)`))
+		t.Fatalf("the focus did not go to the answer (%v); it is on %s", err, focused)
+	}
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID), "nothing was used")
+}
+
 // uiOneOfEachList gives every list page one row: a user with a grant, a
 // payment and an admin adjustment (the audit log), and a webhook event. It
 // returns the user and an admin's browser.
@@ -397,4 +461,48 @@ func uiOneOfEachList(t *testing.T, ta *testApp) (store.User, *browser) {
 	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'customer.created', now(), '{}')`, whID("evt"))
 	require.NoError(t, err)
 	return u, b
+}
+
+// A new API key is shown once: htmx's history cache (sessionStorage) keeps
+// no copy of the page that shows it, and Back asks the server again, which
+// shows only the key's prefix.
+func TestBrowserNewAPIKeyIsNotKeptInTheHistoryCache(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := uiPhone(t, ta, u.Email)
+	var key string
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/settings/api-keys"),
+		chromedp.WaitVisible(chromedp.CSS(`#apikey-form`)),
+		chromedp.Poll[chromedp.Void](`document.getElementById("apikey-form")["htmx-internal-data"] !== undefined`),
+		chromedp.SendKeys(chromedp.CSS(`#f-name`), "phone"),
+		chromedp.Click(chromedp.CSS(`#apikey-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#new-key`)),
+	)
+	require.NoError(t, err)
+	key, err = chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("new-key").textContent.trim()`))
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(key, store.APIKeyPrefix), "key %q", key)
+	// Away through a boosted link (htmx snapshots the page it leaves), then Back.
+	err = chromedp.Do(ctx,
+		chromedp.Poll[chromedp.Void](`document.querySelector("a[href='/dashboard']")["htmx-internal-data"] !== undefined`),
+		chromedp.Evaluate[chromedp.Void](`document.querySelector("a[href='/dashboard']").click()`),
+		chromedp.Poll[chromedp.Void](`location.pathname === "/dashboard"`),
+	)
+	require.NoError(t, err)
+	cached, err := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(sessionStorage)`))
+	require.NoError(t, err)
+	require.NotContains(t, cached, key, "htmx's history cache holds the key")
+	err = chromedp.Do(ctx,
+		chromedp.NavigateBack(),
+		chromedp.Poll[chromedp.Void](`location.pathname === "/settings/api-keys" && document.querySelectorAll("#api-keys tr.api-key").length === 1`),
+	)
+	if err != nil {
+		st, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + " | " + document.title + " | " + history.length + " | " + JSON.stringify(history.state)`))
+		t.Fatalf("back: %v; %s", err, st)
+	}
+	html, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
+	require.NoError(t, err)
+	require.NotContains(t, html, key, "Back shows the key again")
 }

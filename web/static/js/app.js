@@ -76,14 +76,20 @@ document.addEventListener("htmx:responseError", function (e) {
 // button far below it) is scrolled into view; one in sight stays put.
 document.addEventListener("htmx:afterSwap", function (e) {
   var t = e.detail.target;
-  if (t.id !== "use-result") { return; }
+  // (A page restored from htmx's history cache has no target.)
+  if (!t || t.id !== "use-result") { return; }
   var r = t.getBoundingClientRect();
   if (r.top < 0 || r.bottom > window.innerHeight) { t.scrollIntoView({block: "nearest"}); }
 });
 
 // A new request starts afresh: the last one's error no longer applies.
-document.addEventListener("htmx:beforeRequest", function () {
+// The button that keeps the focus (below) is noted with its request.
+document.addEventListener("htmx:beforeRequest", function (e) {
   document.getElementById("htmx-error").classList.add("is-hidden");
+  var elt = e.detail.elt;
+  if (e.detail.xhr && elt && elt.tagName === "FORM") {
+    e.detail.xhr.keepFocus = elt.querySelector("[data-keep-focus]");
+  }
 });
 
 document.addEventListener("htmx:sendError", function () {
@@ -92,14 +98,35 @@ document.addEventListener("htmx:sendError", function () {
 
 // A button disabled while its request ran (hx-disabled-elt) lost the
 // keyboard focus to the page; it gets it back, so a keyboard or screen
-// reader user stays where they were.
+// reader user stays where they were. If the answer took the button away
+// (a service no longer offered: the list is redrawn), the focus goes to
+// the answer's message, never to another service's button, where Enter
+// would use that one.
 document.addEventListener("htmx:afterRequest", function (e) {
-  var elt = e.detail.elt;
-  var button = elt && elt.querySelector ? elt.querySelector("[data-keep-focus]") : null;
+  var button = e.detail.xhr ? e.detail.xhr.keepFocus : null;
   if (!button || document.activeElement !== document.body) { return; }
   // htmx re-enables the button after this event.
   // Without scrolling: a result brought into view (above) stays in view.
-  setTimeout(function () { button.focus({preventScroll: true}); }, 0);
+  setTimeout(function () {
+    if (button.isConnected) {
+      button.focus({preventScroll: true});
+      return;
+    }
+    var outcome = document.getElementById("use-outcome");
+    if (outcome) {
+      outcome.setAttribute("tabindex", "-1");
+      outcome.focus({preventScroll: true});
+    }
+  }, 0);
+});
+
+// A new API key is shown once: the copy of the page that htmx keeps for
+// Back (in sessionStorage, in clear) is taken without it, so Back shows
+// the list of keys, the new one by its prefix only. (hx-history="false"
+// would keep no copy, and Back would show the copy from before the key.)
+document.addEventListener("htmx:beforeHistorySave", function () {
+  var box = document.getElementById("new-key-box");
+  if (box) { box.remove(); }
 });
 
 // Back to a page htmx no longer has cached, which now answers an error:
