@@ -102,7 +102,7 @@ SELECT a.id, a.actor_user_id, u.email AS actor_email, a.action, a.target_user_id
 		dec := json.NewDecoder(bytes.NewReader(details))
 		dec.UseNumber()
 		if err := dec.Decode(&e.Details); err != nil {
-			return nil, fmt.Errorf("audit entry %d: details: %w", e.ID, err)
+			return nil, fmt.Errorf("audit entry %d: details: %v", e.ID, err) // %v: a decoder's io.EOF is not a lost connection (IsUnavailable)
 		}
 		out = append(out, e)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -100,6 +101,15 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
 			cfg.ConnConfig.RuntimeParams[k] = v
 		}
+	}
+	// A statement whose context ends (a request's deadline, a client that
+	// left, a job cancelled) is cancelled in the server too, and pgx waits
+	// for that answer (up to two seconds, then it drops the connection).
+	// pgx's default only drops the connection, and a server that does not
+	// notice went on: a spend waiting for an account lock was made once the
+	// lock was free, after its request had been answered 503 or abandoned.
+	cfg.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 2 * time.Second}
 	}
 	if l := opts.Logger; l != nil {
 		cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {

@@ -68,6 +68,13 @@ func useWhileTheAccountIsHeld(t *testing.T) (ta *testApp, b *browser, u store.Us
 
 func requireNothingCharged(t *testing.T, ta *testApp, u store.User) {
 	t.Helper()
+	// Not before every spend the database was asked for has ended: one it
+	// carried on with after the request was answered (its client gone)
+	// would take the account once released, and be made then.
+	storetest.WaitFor(t, "no spend left running in the database", func() bool {
+		return whCount(t, ta, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND state <> 'idle' AND query LIKE '%ledger_consume%' AND pid <> pg_backend_pid()`) == 0
+	})
 	bal, err := ta.store.Balance(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 100, bal.Total, "nothing charged")
