@@ -15,6 +15,9 @@
 -- * A payment could name another user's grant (a refund of it would have
 --   clawed back that user's credits), and a usage another user's API key.
 --   Both keys now include the user.
+-- * The settings page's API key form made a key each time it was sent
+--   (F5 on the page showing a key, without JavaScript; a double click):
+--   a key now records its form's key, unique per user.
 -- * ledger_clawback took credits from a grant past its expiry that the
 --   sweep had not closed yet, so a refund took back credits (as clawback)
 --   or recorded a shortfall depending on when the sweep last ran. Credits
@@ -26,15 +29,37 @@
 -- Adding the two foreign keys checks every existing payment and usage
 -- (one index probe per row; a usage without an API key is skipped) while
 -- the tables are locked: stop the api and workers while it runs, as for
--- 00015 (README). It takes its table locks first, in the order the
--- application's transactions take theirs (a purchase and a refund lock the
--- payment before the grants, an admin adjustment its key before the
--- grants, a spend its usages, then grants, then the API key its usage
--- names), so that a transaction in flight finishes before it instead of
--- deadlocking with it.
+-- 00015 (README). It takes all its table locks first, all or none: no
+-- order suits every reader (a spend reads usages before grants, the credit
+-- history grants before usages), so it waits at most 200 ms for each and,
+-- if one is still held, lets go of all and tries again, up to 300 times,
+-- rather than hold some while it waits for others (a deadlock, which
+-- failed the migration in a review's trials). A grant whose call began
+-- before it committed and inserts after (the old ledger_grant turns the
+-- switch on after its insert) fails once, and a webhook job retries it.
 
 -- +goose Up
-LOCK TABLE payments, credit_adjustments, usages, grants, api_keys IN ACCESS EXCLUSIVE MODE;
+-- +goose StatementBegin
+DO $$
+DECLARE
+    v_before text := current_setting('lock_timeout');
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        BEGIN
+            -- A subtransaction: when it fails, the locks it took go too.
+            PERFORM set_config('lock_timeout', '200ms', true);
+            LOCK TABLE payments, credit_adjustments, usages, grants, api_keys IN ACCESS EXCLUSIVE MODE;
+            PERFORM set_config('lock_timeout', v_before, true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            PERFORM pg_sleep(0.05 * random());
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'could not lock the ledger tables in 300 tries: stop the api and worker processes and migrate again'
+        USING ERRCODE = 'lock_not_available';
+END;
+$$;
+-- +goose StatementEnd
 CREATE TRIGGER grants_born_in_ledger BEFORE INSERT ON grants FOR EACH ROW
     WHEN (current_setting('quickscale.ledger', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION ledger_refuse();
@@ -48,6 +73,10 @@ ALTER TABLE payments DROP CONSTRAINT payments_grant_id_fkey,
     ADD CONSTRAINT payments_grant_of_user_fkey FOREIGN KEY (grant_id, user_id) REFERENCES grant_keys (grant_id, user_id);
 
 CREATE UNIQUE INDEX api_keys_user_id_key ON api_keys (user_id, id);
+-- The settings page's form makes one key at most: sent again (F5, a
+-- double click without JavaScript, at once or later), it finds its key.
+ALTER TABLE api_keys ADD COLUMN form_key text CHECK (length(form_key) BETWEEN 1 AND 64);
+CREATE UNIQUE INDEX api_keys_form_key ON api_keys (user_id, form_key) WHERE form_key IS NOT NULL;
 DROP INDEX api_keys_user_idx;
 ALTER TABLE usages DROP CONSTRAINT usages_api_key_fk,
     ADD CONSTRAINT usages_api_key_of_user_fkey FOREIGN KEY (user_id, api_key_id) REFERENCES api_keys (user_id, id);

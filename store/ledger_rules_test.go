@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -221,4 +222,66 @@ func TestAdjustRefusesADeletedAccount(t *testing.T) {
 	bal, err := b.st.Balance(b.ctx, b.user.ID)
 	require.NoError(t, err)
 	require.Zero(t, bal.Total)
+}
+
+// Migration 00019 locks five tables; no order of them suits every reader
+// (a spend reads usages before grants, the credit history grants before
+// usages). Taken one after the other, a history read queued while the
+// migration waited for usages deadlocked with it, and one of the two
+// failed. It now takes all or none, waiting briefly, and tries again.
+func TestMigration19DoesNotDeadlockWithAHistoryRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrateUpTo(t, 18)
+	st := store.New(pool, nil)
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 100})
+	_, _, err := st.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "a"})
+	require.NoError(t, err)
+
+	// A reader of usages in flight, so that the migration waits for it.
+	holder, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `SELECT count(*) FROM usages`)
+	require.NoError(t, err)
+	waitingForUsages := func() int {
+		var n int
+		require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'usages'::regclass`).Scan(&n))
+		return n
+	}
+	migrated := make(chan error, 1)
+	go func() {
+		_, err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+		migrated <- err
+	}()
+	storetest.WaitFor(t, "the migration to wait for usages", func() bool { return waitingForUsages() > 0 })
+	read := make(chan error, 1)
+	go func() {
+		_, err := st.History(ctx, u.ID, 0, 20)
+		read <- err
+	}()
+	// The read either waits behind the migration (holding grants) or, the
+	// migration having let go, is done.
+	var readErr error
+	readDone := false
+	storetest.WaitFor(t, "the history read to wait for usages or finish", func() bool {
+		select {
+		case readErr = <-read:
+			readDone = true
+			return true
+		default:
+			return waitingForUsages() > 1
+		}
+	})
+	require.NoError(t, holder.Commit(ctx))
+	if !readDone {
+		readErr = <-read
+	}
+	require.NoError(t, readErr, "the history read")
+	require.NoError(t, <-migrated, "the migration")
+	var version int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT max(version_id) FROM goose_db_version WHERE is_applied`).Scan(&version))
+	require.GreaterOrEqual(t, version, int64(19))
 }
