@@ -32,14 +32,29 @@ const apiKeyColumns = `id, user_id, name, prefix, created_at, last_used_at, revo
 // CreateAPIKey issues a key and returns it in clear: the only time it is
 // ever available. Only its SHA-256 is stored.
 func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (string, APIKey, error) {
-	return s.createAPIKey(ctx, userID, name, nil)
+	return s.createAPIKey(ctx, userID, name, "", nil)
+}
+
+// ErrAPIKeyFormUsed answers CreateAPIKeyFromForm for a form that made a
+// key already: none is made now (and that one cannot be shown again).
+var ErrAPIKeyFormUsed = Errorf(KindConflict, "This form was sent before, and its key was created and shown then; no other key was made. If you did not copy it, revoke it below and create another.")
+
+// CreateAPIKeyFromForm is CreateAPIKey for the settings page's form, whose
+// key (up to 64 characters) makes one API key at most: the same form sent
+// again, at once or later (F5), answers ErrAPIKeyFormUsed. Without a key
+// (a page from before forms had one) it is CreateAPIKey.
+func (s *Store) CreateAPIKeyFromForm(ctx context.Context, userID int64, name, formKey string) (string, APIKey, error) {
+	if len(formKey) > 64 {
+		return "", APIKey{}, Errorf(KindInvalid, "This form's key is not one this site made; reload the page and try again.")
+	}
+	return s.createAPIKey(ctx, userID, name, formKey, nil)
 }
 
 // IssueAPIKey is CreateAPIKey done by an operator for a user (actor nil
 // for the CLI): the key's issue is written to the audit log in the same
 // transaction, since the key can spend the user's credits.
 func (s *Store) IssueAPIKey(ctx context.Context, actor *int64, userID int64, name, via string) (string, APIKey, error) {
-	return s.createAPIKey(ctx, userID, name, func(tx pgx.Tx, k APIKey) error {
+	return s.createAPIKey(ctx, userID, name, "", func(tx pgx.Tx, k APIKey) error {
 		return Audit(ctx, tx, actor, "apikey.issue", &userID, map[string]any{"key_id": k.ID, "name": k.Name, "prefix": k.Prefix, "via": via})
 	})
 }
@@ -54,7 +69,7 @@ func CheckAPIKeyName(name string) error {
 	return nil
 }
 
-func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
+func (s *Store) createAPIKey(ctx context.Context, userID int64, name, formKey string, audit func(pgx.Tx, APIKey) error) (string, APIKey, error) {
 	name = strings.TrimSpace(name)
 	if err := CheckAPIKeyName(name); err != nil {
 		return "", APIKey{}, err
@@ -72,11 +87,22 @@ func (s *Store) createAPIKey(ctx context.Context, userID int64, name string, aud
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL`, userID).Scan(&live); err != nil {
 			return err
 		}
+		if formKey != "" {
+			// Under the same lock: a twin sent at once waits, then finds
+			// the key its form made (api_keys_form_key holds the rule).
+			var used bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM api_keys WHERE user_id = $1 AND form_key = $2)`, userID, formKey).Scan(&used); err != nil {
+				return err
+			}
+			if used {
+				return ErrAPIKeyFormUsed
+			}
+		}
 		if live >= MaxAPIKeysPerUser {
 			return Errorf(KindConflict, "You have %d active keys, the most allowed. Revoke one first.", live)
 		}
-		rows, err := tx.Query(ctx, `INSERT INTO api_keys (user_id, name, prefix, hash) VALUES ($1, $2, $3, $4) RETURNING `+apiKeyColumns,
-			userID, name, raw[:len(APIKeyPrefix)+6], hashSecret(raw))
+		rows, err := tx.Query(ctx, `INSERT INTO api_keys (user_id, name, prefix, hash, form_key) VALUES ($1, $2, $3, $4, NULLIF($5, '')) RETURNING `+apiKeyColumns,
+			userID, name, raw[:len(APIKeyPrefix)+6], hashSecret(raw), formKey)
 		if err != nil {
 			return err
 		}

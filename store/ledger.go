@@ -697,8 +697,10 @@ SELECT kind, sum(remaining)::bigint, min(expires_at)
 		return b, err
 	}
 	if b.NextExpiry != nil {
+		// Still live at this statement's time: the instant may have passed
+		// since the statement above.
 		err = db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants
- WHERE user_id = $1 AND closed_at IS NULL AND expires_at = $2`, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
+ WHERE user_id = $1 AND expires_at = $2 AND `+liveGrant, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
 	}
 	return b, err
 }

@@ -241,14 +241,12 @@ func (s *Site) APIKeys() http.Handler {
 func (s *Site) CreateAPIKey() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, _ := parseForm(r, "name", "form_key")
-		formKey := f.raw("form_key")
-		if formKey != "" && formKey == s.sessions.GetString(r.Context(), sessAPIKeyForm) {
-			f.Message = "This form was sent before, and its key was created and shown then; no other key was made. " +
-				"If you did not copy it, revoke it below and create another."
+		raw, key, err := s.store.CreateAPIKeyFromForm(r.Context(), CurrentUser(r.Context()).ID, f.raw("name"), f.raw("form_key"))
+		if errors.Is(err, store.ErrAPIKeyFormUsed) {
+			f.Message = err.Error()
 			s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{Form: f})
 			return
 		}
-		raw, key, err := s.store.CreateAPIKey(r.Context(), CurrentUser(r.Context()).ID, f.raw("name"))
 		if err != nil {
 			if k := store.ErrorKind(err); k == store.KindInvalid || k == store.KindConflict {
 				f.fail("name", err.Error())
@@ -257,9 +255,6 @@ func (s *Site) CreateAPIKey() http.Handler {
 			}
 			s.serverError(w, r, err)
 			return
-		}
-		if formKey != "" {
-			s.sessions.Put(r.Context(), sessAPIKeyForm, formKey)
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		s.renderAPIKeys(w, r, http.StatusOK, apiKeysPage{NewKey: raw, NewName: key.Name})

@@ -26,10 +26,6 @@ const (
 	sessPendingEmail     = "pending_email"
 	sessPendingEmailAt   = "pending_email_at"
 	sessPendingEmailUser = "pending_email_user"
-	// The form key of the last API key created in this session: the same
-	// form sent again (F5 on the page showing the key, without
-	// JavaScript) makes no second key.
-	sessAPIKeyForm = "api_key_form"
 )
 
 const sessionLoadedKey ctxKey = 100

@@ -225,4 +225,33 @@ func TestAPIKeyFormSentTwiceMakesOneKey(t *testing.T) {
 	keys, _, err = ta.store.APIKeys(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.Len(t, keys, 2)
+
+	// Sent four times at once (a double click without JavaScript): one key.
+	third := b.get("/settings/api-keys").Doc(t).Find(`#apikey-form input[name="form_key"]`).AttrOr("value", "")
+	statuses := make([]int, 4)
+	errs := make([]error, 4)
+	storetest.AllAtOnce(4, func(i int) {
+		req, err := http.NewRequest(http.MethodPost, b.url("/settings/api-keys"), strings.NewReader(url.Values{"name": {"burst"}, "form_key": {third}}.Encode()))
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", ta.URL)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := b.client.Do(req)
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		resp.Body.Close()
+		statuses[i] = resp.StatusCode
+	})
+	for i := range 4 {
+		require.NoError(t, errs[i])
+		require.Equal(t, http.StatusOK, statuses[i])
+	}
+	keys, _, err = ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 3, "four sends of one form at once made one key")
 }
