@@ -98,6 +98,9 @@ func (s *server) routes() http.Handler {
 			// The forms' addresses, reached by a reload or a bookmark, show
 			// the page the forms are on.
 			r.Get("/settings/{form:password|email|delete}", http.RedirectHandler("/settings", http.StatusSeeOther).ServeHTTP)
+			// Where a Use without JavaScript leaves the browser: a reload
+			// shows the services (it never uses one again).
+			r.Get("/services/{slug}/use", http.RedirectHandler("/services", http.StatusSeeOther).ServeHTTP)
 			r.Get("/settings/api-keys", site.APIKeys().ServeHTTP)
 			r.Post("/settings/api-keys/{id}/revoke", site.RevokeAPIKey().ServeHTTP)
 		})

@@ -439,6 +439,23 @@ type Adjustment struct {
 // maxReasonChars bounds an adjustment's reason, in characters.
 const maxReasonChars = 500
 
+// CheckAdjustmentReason refuses a reason Adjust would refuse (KindInvalid,
+// saying why), so that a form can show it next to its field.
+func CheckAdjustmentReason(reason string) error {
+	reason = strings.TrimSpace(reason)
+	switch {
+	case BlankText(reason):
+		return Errorf(KindInvalid, "Give a reason for the adjustment.")
+	case UnsafeLine(reason):
+		return Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
+	case !utf8.ValidString(reason):
+		return Errorf(KindInvalid, "The reason is not valid text (UTF-8).")
+	case utf8.RuneCountInString(reason) > maxReasonChars:
+		return Errorf(KindInvalid, "Keep the reason to 500 characters or fewer.")
+	}
+	return nil
+}
+
 // AdjustResult reports an adjustment.
 type AdjustResult struct {
 	Balance  int64
@@ -460,15 +477,10 @@ func (e *RepeatedAdjustmentError) Error() string {
 func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) {
 	var res AdjustResult
 	a.Reason = strings.TrimSpace(a.Reason)
+	if err := CheckAdjustmentReason(a.Reason); err != nil {
+		return res, err
+	}
 	switch {
-	case BlankText(a.Reason):
-		return res, Errorf(KindInvalid, "Give a reason for the adjustment.")
-	case UnsafeLine(a.Reason):
-		return res, Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
-	case !utf8.ValidString(a.Reason):
-		return res, Errorf(KindInvalid, "The reason is not valid text (UTF-8).")
-	case utf8.RuneCountInString(a.Reason) > maxReasonChars:
-		return res, Errorf(KindInvalid, "Keep the reason to 500 characters or fewer.")
 	case a.Delta == 0:
 		return res, Errorf(KindInvalid, "The amount must not be zero.")
 	case a.Delta > MaxGrantCredits || a.Delta < -MaxGrantCredits:

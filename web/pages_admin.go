@@ -213,6 +213,8 @@ func (s *Site) AdminCredits() http.Handler {
 		}
 		if f.raw("reason") == "" {
 			f.fail("reason", "Say why: the reason is kept in the ledger and the audit log.")
+		} else if err := store.CheckAdjustmentReason(f.raw("reason")); err != nil {
+			f.fail("reason", err.Error())
 		}
 		if !f.ok() {
 			s.renderAdminUser(w, r, http.StatusUnprocessableEntity, "admin_credits", target, f)

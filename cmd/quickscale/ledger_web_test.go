@@ -504,6 +504,12 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	if r.Doc(t).Find(`.field-error[data-field="reason"]`).Length() != 1 {
 		t.Fatal("a missing reason is not shown next to the field")
 	}
+	// So is any reason the ledger would refuse, with why.
+	for reason, why := range map[string]string{strings.Repeat("r", 501): "500 characters or fewer", "refund \u202egnp": "on one line"} {
+		r = b.post(path, url.Values{"nonce": {"t0"}, "direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {reason}})
+		require.Equal(t, http.StatusUnprocessableEntity, r.Status)
+		require.Contains(t, r.Doc(t).Find(`.field-error[data-field="reason"]`).Text(), why)
+	}
 	mustRedirect(t, b.post(path, url.Values{"nonce": {"t1"}, "direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {"launch promo"}}),
 		fmt.Sprintf("/admin/users/%d", u.ID))
 	r = b.post(path, url.Values{"nonce": {"t2"}, "direction": {"remove"}, "amount": {"100"}, "reason": {"too much"}})

@@ -365,3 +365,22 @@ func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 	r = anon.get("/dashboard/credits", "HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/services")
 	require.Equal(t, "/login?next=%2Fdashboard%2Fcredits", r.Header.Get("HX-Redirect"))
 }
+
+// A form's address reached by GET (a reload of the page a form without
+// JavaScript left, a bookmark) shows the page the form is on: it never
+// repeats the form's action, and is not a 405.
+func TestFormAddressesReachedByGetShowTheirPage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	for path, page := range map[string]string{
+		"/services/some-service/use": "/services",
+		"/settings/password":         "/settings",
+		"/settings/delete":           "/settings",
+	} {
+		r := b.get(path)
+		require.Equal(t, http.StatusSeeOther, r.Status, path)
+		require.Equal(t, page, r.Header.Get("Location"), path)
+	}
+}

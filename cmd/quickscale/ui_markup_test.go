@@ -365,6 +365,12 @@ func TestEveryTableScrollsInsideItsContainer(t *testing.T) {
 			if !tb.Parent().HasClass("table-container") {
 				t.Errorf("%s: table#%s is not inside a .table-container", path, tb.AttrOr("id", "?"))
 			}
+			// The box scrolls sideways on a phone: the keyboard must reach
+			// it (Tab, then the arrow keys), and a screen reader name it.
+			box := tb.Parent()
+			if box.AttrOr("tabindex", "") != "0" || box.AttrOr("role", "") != "region" || box.AttrOr("aria-label", "") == "" {
+				t.Errorf("%s: the scroll box of table#%s is not a focusable, named region", path, tb.AttrOr("id", "?"))
+			}
 		})
 		doc.Find("nav.pagination").Each(func(_ int, nav *goquery.Selection) {
 			if nav.AttrOr("aria-label", "") == "" {
