@@ -289,9 +289,44 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 		// Its batch waited too long for an account lock, or the database
 		// refused another spend in it: this spend runs on its own
 		// connection, waiting for locks there, not in a lane.
-		return Consume(ctx, s.pool, req)
+		return s.consumeAlone(ctx, req)
 	}
 	return r.Usage, r.Replayed, err
+}
+
+// aloneDeadlineMargin is how long before its caller's deadline a spend
+// running alone gives up waiting for its account.
+const aloneDeadlineMargin = 250 * time.Millisecond
+
+// consumeAlone is Consume on its own connection, whose wait for the account
+// lock ends, in the server, before ctx's deadline. When a context ends, pgx
+// answers at once and leaves the server's statement to a cancel request it
+// sends afterwards: a spend still waiting for the lock could take it, and
+// be made, after its request had been answered 503 (seen in a test). With
+// the server's own lock_timeout the spend is refused before the answer,
+// and the error wraps context.DeadlineExceeded (a 503, nothing charged).
+func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bool, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return Consume(ctx, s.pool, req)
+	}
+	wait := time.Until(deadline) - aloneDeadlineMargin
+	if wait <= 0 {
+		return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
+	}
+	var row consumeRow
+	err := s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
+  FROM ledger_consume_many(ARRAY[$1::bigint], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::bigint], $6)`,
+		req.UserID, req.Service, req.IdempotencyKey, req.Fingerprint(), req.APIKeyID, fmt.Sprintf("%dms", wait.Milliseconds())).
+		Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+		return Usage{}, false, fmt.Errorf("consume: the account stayed busy until the deadline: %w (%w)", context.DeadlineExceeded, err)
+	}
+	if err != nil {
+		return Usage{}, false, fmt.Errorf("consume: %w", err)
+	}
+	return row.result(req)
 }
 
 // Spends gathered into one call of ledger_consume_many: one transaction
@@ -407,7 +442,13 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 func (s *Store) consumeOneByOne(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
 	results := make([]BatchResult[Spent], len(reqs))
 	for i, r := range reqs {
-		u, replayed, err := Consume(ctx, s.pool, r)
+		key, err := consumeKey(r)
+		if err != nil {
+			results[i] = BatchResult[Spent]{Err: err}
+			continue
+		}
+		r.IdempotencyKey = key
+		u, replayed, err := s.consumeAlone(ctx, r)
 		results[i] = BatchResult[Spent]{Value: Spent{u, replayed}, Err: err}
 	}
 	return results

@@ -285,3 +285,35 @@ func TestMigration19DoesNotDeadlockWithAHistoryRead(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `SELECT max(version_id) FROM goose_db_version WHERE is_applied`).Scan(&version))
 	require.GreaterOrEqual(t, version, int64(19))
 }
+
+// A spend that runs alone (its batch gave up on a held account) waits for
+// the account, in the server, only until just before its caller's
+// deadline: the call returns context.DeadlineExceeded with nothing left
+// waiting in the database, so nothing is charged once the account is free.
+func TestSpendRunningAloneGivesUpBeforeItsDeadlineInTheServer(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 3})
+	holder, err := b.st.Pool().Begin(b.ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(b.ctx) }()
+	_, err = holder.Exec(b.ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, b.user.ID)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(b.ctx, time.Second)
+	defer cancel()
+	_, _, err = b.st.Consume(ctx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// The server ended the wait (lock_timeout), before the deadline: not
+	// pgx, which answers at once and cancels the server's statement after.
+	require.Equal(t, "55P03", pgErrCode(err), "%v", err)
+	var waiting int
+	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND state <> 'idle' AND query LIKE '%ledger_consume%' AND pid <> pg_backend_pid()`).Scan(&waiting))
+	require.Zero(t, waiting, "a spend still waits in the database after its caller was answered")
+	require.NoError(t, holder.Commit(b.ctx))
+	bal, err := b.st.Balance(b.ctx, b.user.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 10, bal.Total, "nothing charged")
+}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -71,10 +70,6 @@ var ServerKeepalives = map[string]string{
 	"tcp_user_timeout":        "60000",
 }
 
-// cancelWait bounds how long a statement whose context ended waits for the
-// server to answer its cancel request.
-const cancelWait = 500 * time.Millisecond
-
 // OpenPool connects to Postgres with bounded pool settings and checks the
 // connection before returning.
 func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool, error) {
@@ -105,17 +100,6 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
 			cfg.ConnConfig.RuntimeParams[k] = v
 		}
-	}
-	// A statement whose context ends (a request's deadline, a client that
-	// left, a job cancelled) is cancelled in the server too, and pgx waits
-	// for that answer, up to half a second; then it drops the connection
-	// (and sends the cancel again), as pgx's default does at once. With the
-	// default a server that did not notice went on: a spend waiting for an
-	// account lock was made once the lock was free, after its request had
-	// been answered 503 or abandoned. The bound is what a cancelled wait
-	// with no statement to cancel costs (River's listener, at shutdown).
-	cfg.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: cancelWait}
 	}
 	if l := opts.Logger; l != nil {
 		cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {

@@ -347,7 +347,7 @@ func sendAndAbandon(t *testing.T, ta *testApp, client *http.Client, req *http.Re
 	require.Eventually(t, func() bool {
 		var waiting int
 		err := ta.store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
- WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%ledger_consume(%'`).Scan(&waiting)
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%ledger_consume_many(ARRAY[%'`).Scan(&waiting)
 		return err == nil && waiting > 0
 	}, 20*time.Second, 5*time.Millisecond, "the spend never waited for the held account")
 	giveUp()
