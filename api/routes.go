@@ -98,8 +98,8 @@ func (s *server) routes() http.Handler {
 			// The forms' addresses, reached by a reload or a bookmark, show
 			// the page the forms are on.
 			r.Get("/settings/{form:password|email|delete}", http.RedirectHandler("/settings", http.StatusSeeOther).ServeHTTP)
-			// Where a Use without JavaScript leaves the browser: a reload
-			// shows the services (it never uses one again).
+			// Where a Use without JavaScript leaves the browser: reached by
+			// GET (the address bar, a bookmark), it shows the services.
 			r.Get("/services/{slug}/use", http.RedirectHandler("/services", http.StatusSeeOther).ServeHTTP)
 			r.Get("/settings/api-keys", site.APIKeys().ServeHTTP)
 			r.Post("/settings/api-keys/{id}/revoke", site.RevokeAPIKey().ServeHTTP)

@@ -37,7 +37,7 @@ func (s *Store) CreateAPIKey(ctx context.Context, userID int64, name string) (st
 
 // ErrAPIKeyFormUsed answers CreateAPIKeyFromForm for a form that made a
 // key already: none is made now (and that one cannot be shown again).
-var ErrAPIKeyFormUsed = Errorf(KindConflict, "This form was sent before, and its key was created and shown then; no other key was made. If you did not copy it, revoke it below and create another.")
+var ErrAPIKeyFormUsed = Errorf(KindConflict, "This form was sent before, and its key was created and shown then; no other key was made. If you did not copy it, create another (and revoke that one, if it is still listed).")
 
 // CreateAPIKeyFromForm is CreateAPIKey for the settings page's form, whose
 // key (up to 64 characters) makes one API key at most: the same form sent

@@ -366,9 +366,9 @@ func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 	require.Equal(t, "/login?next=%2Fdashboard%2Fcredits", r.Header.Get("HX-Redirect"))
 }
 
-// A form's address reached by GET (a reload of the page a form without
-// JavaScript left, a bookmark) shows the page the form is on: it never
-// repeats the form's action, and is not a 405.
+// A form's address reached by GET (the address bar or a bookmark, on the
+// page a form without JavaScript left) shows the page the form is on: it
+// never repeats the form's action, and is not a 405.
 func TestFormAddressesReachedByGetShowTheirPage(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})

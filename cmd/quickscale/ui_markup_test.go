@@ -511,4 +511,43 @@ func TestBrowserNewAPIKeyIsNotKeptInTheHistoryCache(t *testing.T) {
 	html, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
 	require.NoError(t, err)
 	require.NotContains(t, html, key, "Back shows the key again")
+	// The restored page's form makes a new key (its used form key is gone).
+	err = chromedp.Do(ctx,
+		chromedp.Poll[chromedp.Void](`document.getElementById("apikey-form")["htmx-internal-data"] !== undefined`),
+		chromedp.SendKeys(chromedp.CSS(`#f-name`), "laptop"),
+		chromedp.Click(chromedp.CSS(`#apikey-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#new-key`)),
+	)
+	require.NoError(t, err, "a key made from the page Back restored")
+	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 2)
+}
+
+// Back right after making a key restores the page as it was when its form
+// was sent: that form's key was used, and a new key made from the
+// restored page must not be refused as the same form sent again.
+func TestBrowserKeyFormRestoredByBackMakesANewKey(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := uiPhone(t, ta, u.Email)
+	create := func(name string) error {
+		return chromedp.Do(ctx,
+			chromedp.Poll[chromedp.Void](`document.getElementById("apikey-form") !== null && document.getElementById("apikey-form")["htmx-internal-data"] !== undefined && document.getElementById("new-key") === null`),
+			chromedp.SendKeys(chromedp.CSS(`#f-name`), name),
+			chromedp.Click(chromedp.CSS(`#apikey-form button[type=submit]`)),
+			chromedp.WaitVisible(chromedp.CSS(`#new-key`)),
+		)
+	}
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/settings/api-keys")))
+	require.NoError(t, create("first"))
+	require.NoError(t, chromedp.Do(ctx, chromedp.NavigateBack()))
+	if err := create("second"); err != nil {
+		msg, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector("#apikey-form .form-message") || {}).textContent || ""`))
+		t.Fatalf("no key from the page Back restored (%v): %q", err, msg)
+	}
+	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 2)
 }

@@ -124,9 +124,14 @@ document.addEventListener("htmx:afterRequest", function (e) {
 // Back (in sessionStorage, in clear) is taken without it, so Back shows
 // the list of keys, the new one by its prefix only. (hx-history="false"
 // would keep no copy, and Back would show the copy from before the key.)
+// The create form's key goes too: a page restored by Back would carry a
+// form already used, and a new key made from it would be refused as the
+// same form sent again (without a key, the form simply makes one).
 document.addEventListener("htmx:beforeHistorySave", function () {
   var box = document.getElementById("new-key-box");
   if (box) { box.remove(); }
+  var formKey = document.querySelector('#apikey-form input[name="form_key"]');
+  if (formKey) { formKey.setAttribute("value", ""); }
 });
 
 // Back to a page htmx no longer has cached, which now answers an error:
