@@ -96,7 +96,7 @@ func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, StatusClientClosedRequest, "client_closed_request", "The client closed the connection before the answer.")
 		return
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The request took too long; please retry.")
 		return

@@ -314,6 +314,8 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 	if wait <= 0 {
 		return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
 	}
+	// ledger_consume_many itself, with its lock timeout: ledger_consume
+	// (Consume's, kept for databases migrated before 00006) has none.
 	var row consumeRow
 	err := s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many(ARRAY[$1::bigint], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::bigint], $6)`,

@@ -81,11 +81,9 @@ func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
 		w.WriteHeader(499)
 		return
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) {
 		// Our own deadline (the request timeout): as the JSON API, a 503 to
-		// retry, not the "unexpected problem" page. (A statement the
-		// deadline cancelled in the server answers "canceling statement due
-		// to user request", not the context's error.)
+		// retry, not the "unexpected problem" page.
 		s.logger.WarnContext(r.Context(), "request timed out", "err", err, "method", r.Method, "path", r.URL.Path)
 		w.Header().Set("Retry-After", "5")
 		s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "That took too long",
