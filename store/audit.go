@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,37 +41,21 @@ func (s *Store) AuditFor(ctx context.Context, target int64, limit int) ([]AuditE
 	return s.auditEntries(ctx, `WHERE a.target_user_id = $1 ORDER BY a.id DESC LIMIT $2`, target, limit)
 }
 
-// AuditPage is a page of the whole audit log, newest first.
-type AuditPage struct {
-	Entries []AuditEntry
-	// NextCursor is the id to pass for the next (older) page; 0 on the last.
-	NextCursor int64
-}
-
-// AuditLog lists audit entries older than before (0: the newest), newest
-// first, of one action or of an action family ("riverui." for every River
-// UI action) when action is set, about one user when userID is set.
-func (s *Store) AuditLog(ctx context.Context, action string, userID, before int64, limit int) (AuditPage, error) {
-	if before <= 0 {
-		before = 1<<63 - 1
-	}
-	actionIs := `($2 = '' OR a.action = $2 OR (right($2, 1) = '.' AND starts_with(a.action, $2)))`
-	var entries []AuditEntry
-	var err error
+// AuditLog lists audit entries, newest first: older than before (0: the
+// newest) or, given after, those right above it (keysetList); of one
+// action or of an action family ("riverui." for every River UI action)
+// when action is set, about one user when userID is set.
+func (s *Store) AuditLog(ctx context.Context, action string, userID, before, after int64, limit int) (ListPage[AuditEntry], error) {
+	where := `WHERE ($1 = '' OR a.action = $1 OR (right($1, 1) = '.' AND starts_with(a.action, $1)))`
+	args := []any{action}
 	if userID > 0 {
 		// One user's entries, through the (target_user_id, id) index.
-		entries, err = s.auditEntries(ctx, `WHERE a.target_user_id = $4 AND a.id < $1 AND `+actionIs+`
- ORDER BY a.id DESC LIMIT $3`, before, action, limit+1, userID)
-	} else {
-		entries, err = s.auditEntries(ctx, `WHERE a.id < $1 AND `+actionIs+`
- ORDER BY a.id DESC LIMIT $3`, before, action, limit+1)
+		where += ` AND a.target_user_id = $2`
+		args = append(args, userID)
 	}
-	if err != nil {
-		return AuditPage{}, err
-	}
-	var p AuditPage
-	p.Entries, p.NextCursor = keysetPage(entries, limit, func(e AuditEntry) int64 { return e.ID })
-	return p, nil
+	return keysetList(len(args), "a.id", func(cond, tail string, extra ...any) ([]AuditEntry, error) {
+		return s.auditEntries(ctx, where+` AND `+cond+tail, append(slices.Clip(args), extra...)...)
+	}, func(e AuditEntry) int64 { return e.ID }, before, after, limit)
 }
 
 // AuditActions lists the actions of the latest 10,000 entries, for the

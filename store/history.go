@@ -35,6 +35,11 @@ type HistoryPage struct {
 	Items []HistoryItem
 	// NextCursor continues with older items (0: no more).
 	NextCursor int64
+	// NewerAfter continues with newer items, through HistoryNewer (0: this
+	// is the newest page).
+	NewerAfter int64
+	// Newest is set when the page is the newest one.
+	Newest bool
 }
 
 type historyRow struct {
@@ -46,9 +51,15 @@ type historyRow struct {
 	GrantID        int64      `db:"grant_id"`
 	GrantKind      string     `db:"grant_kind"`
 	GrantExpiresAt *time.Time `db:"grant_expires_at"`
+	GrantCreatedAt time.Time  `db:"grant_created_at"`
 	UsageID        *int64     `db:"usage_id"`
 	Service        *string    `db:"service"`
 	ByOwner        bool       `db:"by_owner"`
+}
+
+// drawn is what the entry took from its grant.
+func (e historyRow) drawn() Drawn {
+	return Drawn{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount, GrantExpiresAt: e.GrantExpiresAt, GrantCreatedAt: e.GrantCreatedAt}
 }
 
 // historyQuery selects the history rows of the entries that inner (a
@@ -59,7 +70,7 @@ type historyRow struct {
 func historyQuery(inner, order string) string {
 	return `
 SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
-       g.kind AS grant_kind, g.expires_at AS grant_expires_at, e.usage_id, s.name AS service,
+       g.kind AS grant_kind, g.expires_at AS grant_expires_at, g.created_at AS grant_created_at, e.usage_id, s.name AS service,
        (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner
   FROM (` + inner + `) e
   JOIN grants g ON g.id = e.grant_id
@@ -90,7 +101,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 	}
 	entries, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
 	if err != nil || len(entries) == 0 {
-		return HistoryPage{}, err
+		return HistoryPage{Newest: cursor == 1<<63-1}, err
 	}
 	// Complete the last usage if the page cut through it.
 	last := entries[len(entries)-1]
@@ -108,7 +119,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 		// walk the primary key instead of the usage index.
 		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(b.ID, a.ID) })
 		entries = append(entries, rest...)
-	} else if last.Kind == "adjust" && last.Amount < 0 && last.Reason != nil {
+	} else if last.isRemoval() {
 		// Likewise one removal by support: its other entries are the same
 		// transaction's (same instant, same reason), right before it. Read
 		// a bounded run of older entries and keep those: a filter in SQL
@@ -123,13 +134,86 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 			return HistoryPage{}, err
 		}
 		for _, e := range rest {
-			if e.Kind != "adjust" || e.Amount >= 0 || e.UsageID != nil || e.Reason == nil || *e.Reason != *last.Reason ||
-				!e.CreatedAt.Equal(last.CreatedAt) || e.ByOwner != last.ByOwner {
+			if !e.sameRemoval(last) {
 				break
 			}
 			entries = append(entries, e)
 		}
 	}
+	return s.historyPage(ctx, userID, entries)
+}
+
+// HistoryNewer returns the page of about limit items newer than the entry
+// after (a page's NewerAfter), completing the newest usage or removal the
+// page would cut through. Where fewer than limit entries are newer, it is
+// the newest page (History's first).
+func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int) (HistoryPage, error) {
+	rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, after, limit)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	entries, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	if len(entries) < limit {
+		return s.History(ctx, userID, 0, limit)
+	}
+	// Complete the newest usage if the page cut through it (its other
+	// entries are newer), or the newest removal by support.
+	last := entries[len(entries)-1]
+	if last.UsageID != nil {
+		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND usage_id = $2 AND id > $3`, ``), customPlan, userID, *last.UsageID, last.ID)
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(a.ID, b.ID) })
+		entries = append(entries, rest...)
+	} else if last.isRemoval() {
+		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
+ WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, last.ID, maxRemovalTail)
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		for _, e := range rest {
+			if !e.sameRemoval(last) {
+				break
+			}
+			entries = append(entries, e)
+		}
+	}
+	slices.Reverse(entries)
+	return s.historyPage(ctx, userID, entries)
+}
+
+// isRemoval says whether the entry is part of a removal by support (or a
+// forfeiture), which draws like a spend: one entry per grant, all in one
+// transaction, shown as one line.
+func (e historyRow) isRemoval() bool {
+	return e.UsageID == nil && e.Kind == "adjust" && e.Amount < 0 && e.Reason != nil
+}
+
+// sameRemoval says whether e belongs to the removal that other belongs to:
+// same transaction instant, reason and cause.
+func (e historyRow) sameRemoval(other historyRow) bool {
+	return e.isRemoval() && other.isRemoval() && *e.Reason == *other.Reason &&
+		e.CreatedAt.Equal(other.CreatedAt) && e.ByOwner == other.ByOwner
+}
+
+// historyPage groups entries (newest first, no usage or removal cut
+// through) into a page's items, and finds whether older and newer entries
+// exist.
+func (s *Store) historyPage(ctx context.Context, userID int64, entries []historyRow) (HistoryPage, error) {
 	var page HistoryPage
 	for _, e := range entries {
 		if e.UsageID != nil {
@@ -137,7 +221,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 				it := &page.Items[n-1]
 				it.Credits += e.Amount
 				// Entries come newest first; keep drawn in the order drawn.
-				it.Drawn = append([]Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}, it.Drawn...)
+				it.Drawn = append([]Drawn{e.drawn()}, it.Drawn...)
 				continue
 			}
 		}
@@ -153,7 +237,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 						it.GrantKind = ""
 					}
 					it.GrantExpiresAt = nil
-					it.Drawn = append([]Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}, it.Drawn...)
+					it.Drawn = append([]Drawn{e.drawn()}, it.Drawn...)
 					continue
 				}
 			}
@@ -164,25 +248,30 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 			it.Reason = *e.Reason
 		}
 		if e.UsageID == nil && e.Kind == "adjust" && e.Amount < 0 {
-			it.Drawn = []Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}
+			it.Drawn = []Drawn{e.drawn()}
 		}
 		if e.UsageID != nil {
 			it.UsageID = *e.UsageID
-			it.Drawn = []Drawn{{GrantID: e.GrantID, Kind: e.GrantKind, Credits: -e.Amount}}
+			it.Drawn = []Drawn{e.drawn()}
 			if e.Service != nil {
 				it.Service = *e.Service
 			}
 		}
 		page.Items = append(page.Items, it)
 	}
-	oldest := entries[len(entries)-1].ID
-	var older int64
-	err = s.pool.QueryRow(ctx, `SELECT id FROM ledger_entries WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT 1`, customPlan, userID, oldest).Scan(&older)
-	switch {
-	case err == nil:
-		page.NextCursor = oldest
-	case !ErrNoRows(err):
+	oldest, newest := entries[len(entries)-1].ID, entries[0].ID
+	var older, newer bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id < $2),
+       EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id > $3)`, customPlan, userID, oldest, newest).Scan(&older, &newer)
+	if err != nil {
 		return HistoryPage{}, err
 	}
+	if older {
+		page.NextCursor = oldest
+	}
+	if newer {
+		page.NewerAfter = newest
+	}
+	page.Newest = !newer
 	return page, nil
 }

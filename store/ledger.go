@@ -157,6 +157,10 @@ type Drawn struct {
 	GrantID int64  `json:"grant_id"`
 	Kind    string `json:"kind"`
 	Credits int64  `json:"credits"`
+	// Set by History only, to tell apart two grants of one kind: the
+	// grant's expiry (nil: never) and when it was made.
+	GrantExpiresAt *time.Time `json:"-"`
+	GrantCreatedAt time.Time  `json:"-"`
 }
 
 // Usage is one spend on a service.

@@ -405,7 +405,8 @@ func TestLedgerMatchesModel(t *testing.T) {
 				break
 			}
 		}
-		if d := gocmp.Diff(want, got, cmpopts.EquateEmpty()); d != "" {
+		// The grants' times History adds to each draw are checked elsewhere.
+		if d := gocmp.Diff(want, got, cmpopts.EquateEmpty(), cmpopts.IgnoreFields(store.Drawn{}, "GrantExpiresAt", "GrantCreatedAt")); d != "" {
 			fail("history of user %d, consume entries (-model +store):\n%s", u.id, d)
 		}
 	}

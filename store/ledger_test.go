@@ -669,6 +669,59 @@ func TestHistoryKeepsOneRemovalOnOneLineAcrossAPageCut(t *testing.T) {
 	require.Equal(t, "grant", next.Items[0].Kind, "the next page starts below the removal")
 }
 
+// Going up the history (HistoryNewer) also keeps one removal on one line
+// when a page of newer entries cuts through it, and the pages it makes
+// meet the older ones with nothing left out.
+func TestHistoryNewerKeepsOneRemovalOnOneLine(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	for range 60 {
+		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
+	}
+	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
+	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -55, Actor: &admin.ID, Reason: "big removal"})
+	require.NoError(t, err)
+	for range 30 {
+		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
+	}
+	var ids []int64
+	rows, err := b.st.Pool().Query(b.ctx, `SELECT id FROM ledger_entries WHERE user_id = $1 ORDER BY id`, b.user.ID)
+	require.NoError(t, err)
+	ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Len(t, ids, 60+55+30)
+
+	// Newer than the 60th grant: 25 entries are the removal's first 25.
+	page, err := b.st.HistoryNewer(b.ctx, b.user.ID, ids[59], 25)
+	require.NoError(t, err)
+	require.Len(t, page.Items, 1)
+	require.Equal(t, "adjust", page.Items[0].Kind)
+	require.EqualValues(t, -55, page.Items[0].Credits, "the whole removal on the page")
+	require.Len(t, page.Items[0].Drawn, 55)
+	require.Equal(t, ids[59+55], page.NewerAfter, "newer pages go on above the removal")
+	require.Equal(t, ids[60], page.NextCursor, "older pages go on below it")
+	require.False(t, page.Newest)
+	older, err := b.st.History(b.ctx, b.user.ID, page.NextCursor, 25)
+	require.NoError(t, err)
+	require.Len(t, older.Items, 25)
+	require.Equal(t, "grant", older.Items[0].Kind)
+	require.Equal(t, ids[59], older.NewerAfter, "and come back to the same place")
+
+	// Above it, 30 grants: a full page, then the newest page.
+	page, err = b.st.HistoryNewer(b.ctx, b.user.ID, page.NewerAfter, 25)
+	require.NoError(t, err)
+	require.Len(t, page.Items, 25)
+	require.Equal(t, ids[60+55+24], page.NewerAfter)
+	page, err = b.st.HistoryNewer(b.ctx, b.user.ID, page.NewerAfter, 25)
+	require.NoError(t, err)
+	require.True(t, page.Newest, "fewer than a page above: the newest page")
+	require.Zero(t, page.NewerAfter)
+	require.Len(t, page.Items, 25)
+	first, err := b.st.History(b.ctx, b.user.ID, 0, 25)
+	require.NoError(t, err)
+	require.Equal(t, first, page)
+}
+
 // The same adjustment sent several times at once under fresh keys (Back
 // and Apply, double-clicked): one is applied, the others are asked about.
 func TestRepeatedAdjustmentsAtOnceApplyOnce(t *testing.T) {

@@ -159,21 +159,18 @@ func (s *Store) UserPayment(ctx context.Context, userID, id int64) (Payment, err
 	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id = $2`, userID, id))
 }
 
-// PaymentsOfUser lists a user's payments older than cursor, newest first.
-func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor int64, limit int) ([]Payment, int64, error) {
-	if cursor <= 0 {
-		cursor = 1<<63 - 1
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, customPlan, userID, cursor, limit+1)
-	if err != nil {
-		return nil, 0, err
-	}
-	ps, err := pgx.CollectRows(rows, pgx.RowToStructByName[Payment])
-	if err != nil {
-		return nil, 0, err
-	}
-	ps, next := keysetPage(ps, limit, func(p Payment) int64 { return p.ID })
-	return ps, next, nil
+// PaymentsOfUser lists a user's payments, newest first: those older than
+// cursor (0: the newest) or, given after, those right above it
+// (keysetList).
+func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor, after int64, limit int) (ListPage[Payment], error) {
+	return keysetList(1, "id", func(cond, tail string, extra ...any) ([]Payment, error) {
+		rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND `+cond+tail,
+			append([]any{customPlan, userID}, extra...)...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowToStructByName[Payment])
+	}, func(p Payment) int64 { return p.ID }, cursor, after, limit)
 }
 
 // LockPaymentBySession loads a payment for update in tx.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
 )
 
 // formatInt writes n with thousands separators.
@@ -61,6 +62,23 @@ func relativeTime(t time.Time) string {
 	return s + " ago"
 }
 
+// within says whether the page at path is section or below it:
+// "/admin/users" is within "/admin", "/administrators" is not.
+func within(path, section string) bool {
+	return path == section || strings.HasPrefix(path, section+"/")
+}
+
+// kindTwice says whether more than one of the grants drawn is of kind.
+func kindTwice(drawn []store.Drawn, kind string) bool {
+	n := 0
+	for _, d := range drawn {
+		if d.Kind == kind {
+			n++
+		}
+	}
+	return n > 1
+}
+
 func plural(n int64, unit string) string {
 	if n == 1 {
 		return "1 " + unit
@@ -92,14 +110,20 @@ func countNoun(n int64, noun string) string {
 	return formatInt(n) + " " + noun + "s"
 }
 
-// auditDetail prints one value of an audit entry's details: text and
-// numbers as they are, nested objects and lists as compact JSON (not Go's
-// map[...] notation).
-func auditDetail(v any) string {
-	switch v.(type) {
+// auditDetail prints one value of an audit entry's details (key: its
+// name): text as it is; whole numbers with thousands separators ("delta:
+// -1,500"), except ids ("grant_id: 12345"); nested objects and lists as
+// compact JSON (not Go's map[...] notation), whose numbers are left as
+// JSON writes them.
+func auditDetail(key string, v any) string {
+	switch v := v.(type) {
 	case map[string]any, []any:
 		if b, err := json.Marshal(v); err == nil {
 			return string(b)
+		}
+	case json.Number:
+		if n, err := v.Int64(); err == nil && key != "id" && !strings.HasSuffix(key, "_id") {
+			return formatInt(n)
 		}
 	}
 	return fmt.Sprint(v)

@@ -47,16 +47,22 @@ func TestCountNounCountsOneAsOne(t *testing.T) {
 func TestAuditDetailPrintsNestedValuesAsJSON(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
+		key  string
 		v    any
 		want string
 	}{
-		{"text", "text"},
-		{json.Number("1000000"), "1000000"},
-		{map[string]any{"active": true, "credit_cost": json.Number("5")}, `{"active":true,"credit_cost":5}`},
-		{[]any{map[string]any{"grant_id": json.Number("3")}}, `[{"grant_id":3}]`},
+		{"reason", "text", "text"},
+		{"reason", "1000000", "1000000"},
+		{"delta", json.Number("1000000"), "1,000,000"},
+		{"balance_after", json.Number("-1500"), "-1,500"},
+		{"delta", json.Number("2.5"), "2.5"},
+		{"grant_id", json.Number("1000000"), "1000000"},
+		{"id", json.Number("12345"), "12345"},
+		{"service", map[string]any{"active": true, "credit_cost": json.Number("5000")}, `{"active":true,"credit_cost":5000}`},
+		{"drawn", []any{map[string]any{"grant_id": json.Number("3")}}, `[{"grant_id":3}]`},
 	} {
-		if got := auditDetail(c.v); got != c.want {
-			t.Errorf("auditDetail(%#v) = %q, want %q", c.v, got, c.want)
+		if got := auditDetail(c.key, c.v); got != c.want {
+			t.Errorf("auditDetail(%q, %#v) = %q, want %q", c.key, c.v, got, c.want)
 		}
 	}
 }

@@ -68,7 +68,7 @@ type adminUserPage struct {
 	Target   store.User
 	Balance  store.Balance
 	Audit    []store.AuditEntry
-	Payments []store.Payment
+	Payments store.ListPage[store.Payment]
 	Form     *form
 	Kinds    []string
 	// Nonce makes a resubmitted "add" form add nothing the second time.
@@ -77,14 +77,15 @@ type adminUserPage struct {
 	DeletedAt *time.Time
 	// The user page's credit history and payments, each paged by its own
 	// cursor (?history=, ?payments=).
-	History         store.HistoryPage
-	HistoryPaged    bool
-	NextPayments    int64
-	PaymentsPaged   bool
-	HistoryOlderURL string
-	HistoryNewest   string
-	PaymentsURL     string
-	PaymentsNewest  string
+	History          store.HistoryPage
+	HistoryPaged     bool
+	PaymentsPaged    bool
+	HistoryOlderURL  string
+	HistoryNewerURL  string
+	HistoryNewest    string
+	PaymentsURL      string
+	PaymentsNewerURL string
+	PaymentsNewest   string
 }
 
 func (s *Site) renderAdminUser(w http.ResponseWriter, r *http.Request, status int, page string, target store.User, f *form) {
@@ -108,16 +109,16 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		s.serverError(w, r, err)
 		return
 	}
-	payCursor := cursorValue(r, "payments")
-	if p.Payments, p.NextPayments, err = s.store.PaymentsOfUser(ctx, target.ID, payCursor, 10); err != nil {
+	payCursor, payAfter := cursorValue(r, "payments"), cursorValue(r, "payments_after")
+	if p.Payments, err = s.store.PaymentsOfUser(ctx, target.ID, payCursor, payAfter, 10); err != nil {
 		s.serverError(w, r, err)
 		return
 	}
 	if page == "admin_user" {
 		// What support needs to answer "my credits vanished": every ledger
 		// movement, as the user sees it on /dashboard/credits.
-		histCursor := cursorValue(r, "history")
-		if p.History, err = s.store.History(ctx, target.ID, histCursor, historyPageSize); err != nil {
+		histCursor, histAfter := cursorValue(r, "history"), cursorValue(r, "history_after")
+		if p.History, err = s.history(r, target.ID, histCursor, histAfter); err != nil {
 			s.serverError(w, r, err)
 			return
 		}
@@ -125,11 +126,17 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		base := "/admin/users/" + strconv.FormatInt(target.ID, 10)
 		p.HistoryPaged, p.PaymentsPaged = histCursor != 0, payCursor != 0
 		pay, hist := "?payments="+strconv.FormatInt(payCursor, 10), "?history="+strconv.FormatInt(histCursor, 10)
-		p.HistoryOlderURL = base + pay + "&history="
-		if p.HistoryPaged {
-			p.HistoryNewest = base + pay
+		if payAfter > 0 {
+			pay = "?payments_after=" + strconv.FormatInt(payAfter, 10)
 		}
+		if histAfter > 0 {
+			hist = "?history_after=" + strconv.FormatInt(histAfter, 10)
+		}
+		p.HistoryOlderURL = base + pay + "&history="
+		p.HistoryNewerURL = base + pay + "&history_after="
+		p.HistoryNewest = base + pay
 		p.PaymentsURL = base + hist + "&payments="
+		p.PaymentsNewerURL = base + hist + "&payments_after="
 		p.PaymentsNewest = base + hist
 	}
 	title := target.Email
@@ -428,7 +435,7 @@ func (s *Site) AdminAudit() http.Handler {
 			userID = id
 		}
 		cursor := cursorParam(r)
-		page, err := s.store.AuditLog(ctx, action, userID, cursor, auditPageSize)
+		page, err := s.store.AuditLog(ctx, action, userID, cursor, cursorValue(r, "after"), auditPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return

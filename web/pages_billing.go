@@ -231,12 +231,12 @@ func (s *Site) CheckoutCancel() http.Handler {
 func (s *Site) Payments() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cursor := cursorParam(r)
-		ps, next, err := s.store.PaymentsOfUser(r.Context(), CurrentUser(r.Context()).ID, cursor, paymentsPageSize)
+		page, err := s.store.PaymentsOfUser(r.Context(), CurrentUser(r.Context()).ID, cursor, cursorValue(r, "after"), paymentsPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "payments", "Payments", map[string]any{"Payments": ps, "Next": next, "Paged": cursor != 0})
+		s.render(w, r, http.StatusOK, "payments", "Payments", map[string]any{"Page": page, "Paged": cursor != 0})
 	})
 }
 

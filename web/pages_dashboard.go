@@ -25,6 +25,15 @@ func cursorValue(r *http.Request, name string) int64 {
 	return c
 }
 
+// history reads the page of a user's credit history older than cursor or,
+// given after (a page's NewerAfter), newer than that entry.
+func (s *Site) history(r *http.Request, userID, cursor, after int64) (store.HistoryPage, error) {
+	if after > 0 {
+		return s.store.HistoryNewer(r.Context(), userID, after, historyPageSize)
+	}
+	return s.store.History(r.Context(), userID, cursor, historyPageSize)
+}
+
 // Dashboard serves GET /dashboard.
 func (s *Site) Dashboard() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -61,7 +70,7 @@ func (s *Site) Credits() http.Handler {
 			byKind[e.Kind] = append(byKind[e.Kind], e)
 		}
 		cursor := cursorParam(r)
-		hist, err := s.store.History(ctx, u.ID, cursor, historyPageSize)
+		hist, err := s.history(r, u.ID, cursor, cursorValue(r, "after"))
 		if err != nil {
 			s.serverError(w, r, err)
 			return

@@ -1,7 +1,10 @@
 package web
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -19,7 +22,13 @@ type serviceCard struct {
 }
 
 type servicesPage struct {
-	Cards   []serviceCard
+	Cards []serviceCard
+	// Shown fingerprints the list as the page shows it (each service's
+	// slug, name, description and cost). A Use sends it back, and the
+	// answer redraws the list if it is no longer the one offered: a
+	// service added, retired (other than the one used) or renamed since
+	// the page was loaded.
+	Shown   string
 	Balance store.Balance
 	// Result of the last Use, when the page answers one.
 	Result *useResult
@@ -40,6 +49,9 @@ type useResult struct {
 	// Gone is set when the service was retired since the page showed it:
 	// nothing was charged, and the page's list of services is refreshed.
 	Gone bool
+	// Changed is set when the list the page showed is no longer the one
+	// offered (servicesPage.Shown): the answer redraws it.
+	Changed bool
 }
 
 func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
@@ -48,9 +60,12 @@ func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
 	if err != nil {
 		return p, err
 	}
+	h := sha256.New()
 	for _, sv := range services {
 		p.Cards = append(p.Cards, serviceCard{Service: sv, Key: store.NewSecret()[:24]})
+		fmt.Fprintf(h, "%q %q %q %d\n", sv.Slug, sv.Name, sv.Description, sv.CreditCost)
 	}
+	p.Shown = hex.EncodeToString(h.Sum(nil)[:12])
 	if u := CurrentUser(r.Context()); u != nil {
 		if p.Balance, err = s.store.Balance(r.Context(), u.ID); err != nil {
 			return p, err
@@ -78,7 +93,7 @@ func (s *Site) UseService() http.Handler {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
 		slug := chi.URLParam(r, "slug")
-		f, _ := parseForm(r, "idempotency_key", "cost")
+		f, _ := parseForm(r, "idempotency_key", "cost", "shown")
 		// The page gives every button a key; a post without one is not
 		// charged (it could not be told apart from its own resubmission).
 		key := f.raw("idempotency_key")
@@ -151,6 +166,8 @@ func (s *Site) UseService() http.Handler {
 				return
 			}
 		}
+		// Sent by htmx only: a plain form post gets the whole page anyway.
+		res.Changed = f.raw("shown") != "" && f.raw("shown") != p.Shown
 		p.Result = res
 		if isPartialRequest(r) {
 			s.renderBlock(w, r, status, "services", "use-response", "Services", p)

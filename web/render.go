@@ -153,6 +153,8 @@ func (t *templates) funcs() template.FuncMap {
 		"ago":       relativeTime,
 		"deref":     func(t *time.Time) time.Time { return *t },
 		"past":      func(t time.Time) bool { return !t.After(time.Now()) },
+		"within":    within,
+		"kindTwice": kindTwice,
 		"neg":       func(n int64) int64 { return -n },
 		"title":     titleCase,
 		"perCredit": perCredit,

@@ -219,6 +219,13 @@ func TestAdminAuditLogListsEveryActionAndFilters(t *testing.T) {
 	doc = b.get(older).Doc(t)
 	require.Equal(t, 6, doc.Find("#audit tr.audit-entry").Length(), "55 fillers and the re-process")
 	require.Equal(t, 1, doc.Find(`#audit tr.audit-entry[data-action="webhook.reprocess"]`).Length())
+	newer, ok := doc.Find("#audit-newer").Attr("href")
+	require.True(t, ok, "a link to newer entries")
+	require.Contains(t, newer, "after=")
+	require.Equal(t, "/admin/audit?action=", doc.Find("#audit-newest").AttrOr("href", ""))
+	back := b.get(newer).Doc(t)
+	require.Equal(t, 50, back.Find("#audit tr.audit-entry").Length(), "Newer from the last page is the first")
+	require.Zero(t, back.Find("#audit-newer").Length())
 
 	doc = b.get("/admin/audit?action=webhook.reprocess").Doc(t)
 	rows := doc.Find("#audit tr.audit-entry")

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/PuerkitoBio/goquery"
+	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
@@ -233,6 +234,63 @@ func TestUseServiceRetiredSinceThePageShowedIt(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, b.post("/services/never-was/use", use, "HX-Request", "true").Status)
 }
 
+// A Use answers with the whole list of services when the list the page
+// showed is no longer the one offered (a service added or renamed since it
+// was loaded); otherwise only with the used card's fresh key.
+func TestUseRedrawsAListOfServicesThatChangedSinceThePageShowedIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 1})
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "resize", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 100})
+	b := ta.signIn(u.Email)
+	page := b.get("/services").Doc(t)
+	shown := page.Find("#shown-services").AttrOr("value", "")
+	require.NotEmpty(t, shown, "the page says which list it shows")
+	require.Equal(t, "#shown-services", page.Find("#use-form-render").AttrOr("hx-include", ""), "Use sends it")
+	use := func(key, shown string) *goquery.Document {
+		r := b.post("/services/render/use", url.Values{"idempotency_key": {key}, "cost": {"1"}, "shown": {shown}}, "HX-Request", "true")
+		require.Equal(t, http.StatusOK, r.Status, r.Body)
+		doc := r.Doc(t)
+		require.Equal(t, "used", doc.Find("#use-outcome").AttrOr("data-outcome", ""))
+		return doc
+	}
+
+	// Unchanged: no list, fresh keys for the cards shown.
+	doc := use(serviceKey(t, page, "render"), shown)
+	require.Zero(t, doc.Find("#service-cards").Length(), "an unchanged list is not redrawn")
+	require.Zero(t, doc.Find("#services-changed").Length())
+	require.Equal(t, "true", doc.Find("#key-render").AttrOr("hx-swap-oob", ""))
+
+	// A service added: the list is redrawn with it, and says so.
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "upscale", Cost: 2})
+	doc = use(serviceKey(t, doc, "render"), shown)
+	cards := doc.Find("#service-cards")
+	require.Equal(t, "innerHTML", cards.AttrOr("hx-swap-oob", ""), "the changed list is swapped in")
+	require.Equal(t, 1, cards.Find(`.service[data-service="upscale"] form`).Length(), "the new service can be used")
+	require.Contains(t, doc.Find("#services-changed").Text(), "list of services changed")
+	again := cards.Find("#shown-services").AttrOr("value", "")
+	require.NotEmpty(t, again)
+	require.NotEqual(t, shown, again, "the redrawn list carries its own fingerprint")
+	require.Zero(t, doc.Find(`#key-render[hx-swap-oob]`).Length(), "no separate key besides the redrawn list")
+
+	// Renamed: redrawn again with the new name; then unchanged again.
+	name := "Resize, faster"
+	_, err := ta.store.SetService(ctx, nil, store.ServiceChange{Slug: "resize", Name: &name}, "test")
+	require.NoError(t, err)
+	doc = use(serviceKey(t, doc, "render"), again)
+	require.Contains(t, doc.Find(`#service-cards .service[data-service="resize"]`).Text(), name)
+	latest := doc.Find("#shown-services").AttrOr("value", "")
+	doc = use(serviceKey(t, doc, "render"), latest)
+	require.Zero(t, doc.Find("#service-cards").Length(), "an unchanged list is not redrawn")
+
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 96, bal.Total, "each of the four uses was charged once")
+}
+
 // A price raised while the page was open is not charged: the form says
 // what it showed, and the answer shows the new price instead. A use made
 // before the rise and resubmitted after it is a replay, and a lowered price
@@ -380,6 +438,65 @@ func TestCreditsPageShowsBalanceByKindAndWhichGrantsPaid(t *testing.T) {
 	}
 }
 
+// Two grants of one kind on a history line are told apart: by their
+// expiry, or by when they were added if they never expire. One grant of
+// a kind needs no more than its kind.
+func TestCreditsHistoryTellsApartTwoGrantsOfOneKind(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 10})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	soon, later := time.Now().Add(48*time.Hour).UTC(), time.Now().Add(30*24*time.Hour).UTC()
+	sub1 := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 4, ExpiresAt: &soon})
+	sub2 := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantSubscription, Amount: 3, ExpiresAt: &later})
+	pack1 := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 5})
+	pack2 := storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Kind: store.GrantPack, Amount: 50})
+	// 4 + 3 subscription + 3 pack; then 2 + 8 pack from two packs.
+	_, _, err := ta.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "k1"})
+	require.NoError(t, err)
+	_, _, err = ta.store.Consume(ctx, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "k2"})
+	require.NoError(t, err)
+	created := map[int64]time.Time{}
+	rows, err := ta.app.pool.Query(ctx, `SELECT id, created_at FROM grants WHERE user_id = $1`, u.ID)
+	require.NoError(t, err)
+	for rows.Next() {
+		var id int64
+		var at time.Time
+		require.NoError(t, rows.Scan(&id, &at))
+		created[id] = at
+	}
+	require.NoError(t, rows.Err())
+
+	uses := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="consume"]`)
+	require.Equal(t, 2, uses.Length())
+	read := func(use *goquery.Selection) map[string]string {
+		got := map[string]string{}
+		use.Find(".drawn").Each(func(_ int, d *goquery.Selection) {
+			got[d.AttrOr("data-grant", "")] = strings.Join(strings.Fields(d.Text()), " ")
+		})
+		return got
+	}
+	at := func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04 UTC") }
+	first := read(uses.Eq(1)) // newest first
+	want := map[string]string{
+		fmt.Sprint(sub1.GrantID):  "4 subscription (expires " + at(soon) + ")",
+		fmt.Sprint(sub2.GrantID):  "3 subscription (expires " + at(later) + ")",
+		fmt.Sprint(pack1.GrantID): "3 pack",
+	}
+	if diff := cmp.Diff(want, first); diff != "" {
+		t.Errorf("first use's grants (-want +got):\n%s", diff)
+	}
+	second := read(uses.Eq(0))
+	want = map[string]string{
+		fmt.Sprint(pack1.GrantID): "2 pack (added " + at(created[pack1.GrantID]) + ")",
+		fmt.Sprint(pack2.GrantID): "8 pack (added " + at(created[pack2.GrantID]) + ")",
+	}
+	if diff := cmp.Diff(want, second); diff != "" {
+		t.Errorf("second use's grants (-want +got):\n%s", diff)
+	}
+}
+
 func TestCreditsHistoryPagesWithoutSplittingAUsage(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
@@ -396,12 +513,11 @@ func TestCreditsHistoryPagesWithoutSplittingAUsage(t *testing.T) {
 	b := ta.signIn(u.Email)
 	seen := 0
 	var consumedShown int
-	path := "/dashboard/credits"
-	for pages := 0; path != ""; pages++ {
-		require.Less(t, pages, 20, "pagination does not end")
-		doc := b.get(path).Doc(t)
+	// rows reads a page's lines (as text), checking that no usage is split.
+	rows := func(doc *goquery.Document) []string {
+		var lines []string
 		doc.Find("tr.history-item").Each(func(_ int, s *goquery.Selection) {
-			seen++
+			lines = append(lines, strings.Join(strings.Fields(s.Text()), " "))
 			if s.AttrOr("data-kind", "") == "consume" {
 				total := 0
 				s.Find(".drawn").Each(func(_ int, d *goquery.Selection) {
@@ -412,14 +528,54 @@ func TestCreditsHistoryPagesWithoutSplittingAUsage(t *testing.T) {
 				if total != 3 {
 					t.Errorf("a usage shows %d credits drawn, want 3 (split across pages?)", total)
 				}
-				consumedShown++
 			}
 		})
+		return lines
+	}
+	var all, last []string
+	var doc *goquery.Document
+	path := "/dashboard/credits"
+	for pages := 0; path != ""; pages++ {
+		require.Less(t, pages, 20, "pagination does not end")
+		doc = b.get(path).Doc(t)
+		if pages == 0 {
+			require.Zero(t, doc.Find("#history-newer, #history-newest").Length(), "the newest page links to no newer one")
+		} else {
+			require.Equal(t, "/dashboard/credits", doc.Find("#history-newest").AttrOr("href", ""))
+		}
+		last = rows(doc)
+		all = append(all, last...)
+		consumedShown += doc.Find(`tr.history-item[data-kind="consume"]`).Length()
+		seen += len(last)
 		path, _ = doc.Find("#history-older").Attr("href")
 	}
 	if consumedShown != 26 || seen != 26+40 {
 		t.Fatalf("walked %d items (%d usages), want 66 (26 usages)", seen, consumedShown)
 	}
+
+	// Back up with Newer from the oldest page: each page is the one right
+	// above the last, with no usage split, up to the newest page.
+	tail := last
+	var newest []string
+	for pages := 0; ; pages++ {
+		require.Less(t, pages, 20, "Newer does not end")
+		newer, ok := doc.Find("#history-newer").Attr("href")
+		if !ok {
+			newest = rows(doc)
+			break
+		}
+		require.Contains(t, newer, "/dashboard/credits?after=")
+		doc = b.get(newer).Doc(t)
+		require.Equal(t, 1, doc.Find("#history-older").Length(), "a newer page links to an older one")
+		if doc.Find("#history-newer").Length() == 0 {
+			newest = rows(doc)
+			break
+		}
+		tail = append(rows(doc), tail...)
+	}
+	require.Equal(t, all[len(all)-len(tail):], tail, "the pages Newer went through are the history's lines above the oldest page, in order")
+	require.Equal(t, all[:len(newest)], newest, "Newer ends on the newest page")
+	require.GreaterOrEqual(t, len(newest)+len(tail), len(all), "Newer skipped lines")
 }
 
 func TestCreditsPageEmptyState(t *testing.T) {
@@ -834,9 +990,17 @@ func TestAdminUserPageShowsCreditHistoryAndEveryPayment(t *testing.T) {
 	// Paging one list keeps the other where it was.
 	newest, _ := doc.Find(`nav[aria-label="payment pages"] .pagination-previous`).Attr("href")
 	require.Equal(t, fmt.Sprintf("/admin/users/%d?history=0", u.ID), newest)
+	newer, ok := doc.Find("#payments-newer").Attr("href")
+	require.True(t, ok, "a link to the newer payments")
+	require.True(t, strings.HasPrefix(newer, fmt.Sprintf("/admin/users/%d?history=0&payments_after=", u.ID)), newer)
+	doc = b.get(newer).Doc(t)
+	require.Equal(t, 10, doc.Find("#payments tr.payment-row").Length(), "Newer from the last page is the first")
+	require.Zero(t, doc.Find("#payments-newer").Length())
+	require.Equal(t, 1, doc.Find("#payments-older").Length())
 }
 
-// The audit log shows credits as whole numbers, however large.
+// The audit log shows credits as whole numbers, however large, with
+// thousands separators as every other page (ids without).
 func TestAdminAuditLogShowsLargeAmountsInFull(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
@@ -844,10 +1008,16 @@ func TestAdminAuditLogShowsLargeAmountsInFull(t *testing.T) {
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	_, err := ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 987_654_321, Reason: "migration", Actor: &admin.ID})
 	require.NoError(t, err)
-	details := ta.signIn(admin.Email).get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find(`#audit tr.audit-entry[data-action="credits.adjust"]`).Text()
-	require.Contains(t, details, "delta: 987654321")
-	require.Contains(t, details, "balance_after: 987654321")
-	require.NotContains(t, details, "e+")
+	res, err := ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 987_654_321, Reason: "migration", Actor: &admin.ID})
+	require.NoError(t, err)
+	asAdmin := ta.signIn(admin.Email)
+	for _, page := range []string{fmt.Sprintf("/admin/users/%d", u.ID), "/admin/audit?action=credits.adjust"} {
+		details := asAdmin.get(page).Doc(t).Find(`#audit tr.audit-entry[data-action="credits.adjust"]`).First().Text()
+		require.Contains(t, details, "delta: 987,654,321", page)
+		require.Contains(t, details, "balance_after: 1,975,308,642", page)
+		require.Contains(t, details, fmt.Sprintf("grant_id: %d;", res.GrantID), page)
+		require.NotContains(t, details, "e+", page)
+	}
 }
 
 // A swept grant's entry says its credits expired (past tense), and when.

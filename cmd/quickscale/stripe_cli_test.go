@@ -58,8 +58,9 @@ func TestBuyingWithStripeRecordsTheSessionAndRedirectsToCheckout(t *testing.T) {
 	if !strings.HasPrefix(loc, "https://checkout.stripe.com/") {
 		t.Fatalf("redirected to %q, want Stripe Checkout", loc)
 	}
-	ps, _, err := ta.store.PaymentsOfUser(context.Background(), u.ID, 0, 10)
+	page, err := ta.store.PaymentsOfUser(context.Background(), u.ID, 0, 0, 10)
 	require.NoError(t, err)
+	ps := page.Items
 	if len(ps) != 1 || ps[0].Status != "pending" || !strings.HasPrefix(ps[0].CheckoutSessionID, "cs_") || ps[0].AmountMinor != 500 {
 		t.Fatalf("payments after checkout: %+v", ps)
 	}

@@ -94,12 +94,22 @@ func TestPaymentsPaginationIsLabelled(t *testing.T) {
 	if got := nav.AttrOr("aria-label", ""); got != "payment pages" {
 		t.Errorf("the pager's aria-label is %q, want %q", got, "payment pages")
 	}
-	// The second page's pager (Newest, no Older) is labelled too.
+	// The second page's pager (Newest and Newer, no Older) is labelled too.
 	second := b.get(older.AttrOr("href", "")).Doc(t)
-	require.Equal(t, 1, second.Find("nav.pagination .pagination-previous").Length(), "no way back to the newest payments")
+	require.Equal(t, "/dashboard/payments", second.Find("nav.pagination #payments-newest").AttrOr("href", ""), "no way back to the newest payments")
+	require.Zero(t, second.Find("#payments-older").Length())
 	if got := second.Find("nav.pagination").AttrOr("aria-label", ""); got != "payment pages" {
 		t.Errorf("the second page's pager is labelled %q", got)
 	}
+	// Newer from the second page is the first page again.
+	ids := func(doc *goquery.Document) []string {
+		return doc.Find("#payments td.payment-id").Map(func(_ int, s *goquery.Selection) string { return s.Text() })
+	}
+	newer, ok := second.Find("#payments-newer").Attr("href")
+	require.True(t, ok, "no link to newer payments")
+	back := b.get(newer).Doc(t)
+	require.Equal(t, ids(doc), ids(back))
+	require.Zero(t, back.Find("#payments-newer, #payments-newest").Length(), "the newest page links to no newer one")
 }
 
 // The burger is a real button: it is in the tab order, says whether the
@@ -159,9 +169,30 @@ func TestNavMarksTheCurrentPage(t *testing.T) {
 			t.Errorf("%s: the current link is %v, want the one to %s", tc.path, current.Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("href", "?") }), tc.path)
 		}
 	}
-	// A page with no link of its own marks none.
-	if n := signedIn.get("/settings/api-keys").Doc(t).Find(`nav.navbar [aria-current]`).Length(); n != 0 {
-		t.Errorf("/settings/api-keys marks %d navbar links as current", n)
+	// A page with no link of its own marks its section's link, as the
+	// section ("true"), not as the page shown.
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	asAdmin := ta.signIn(admin.Email)
+	for _, tc := range []struct {
+		b             *browser
+		path, section string
+	}{
+		{signedIn, "/settings/api-keys", "/settings"},
+		{asAdmin, "/admin/users", "/admin"},
+		{asAdmin, fmt.Sprintf("/admin/users/%d", u.ID), "/admin"},
+	} {
+		doc := tc.b.get(tc.path).Doc(t)
+		if n := doc.Find(`nav.navbar [aria-current="page"]`).Length(); n != 0 {
+			t.Errorf("%s marks %d navbar links as the page shown", tc.path, n)
+		}
+		current := doc.Find(`nav.navbar [aria-current="true"]`)
+		if current.Length() != 1 || current.AttrOr("href", "") != tc.section {
+			t.Errorf("%s: the section marked is %v, want %s", tc.path, current.Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("href", "?") }), tc.section)
+		}
+	}
+	// Marked by more than colour: the layout underlines the marked link.
+	if css := signedIn.get("/dashboard").Doc(t).Find("head style").Text(); !strings.Contains(css, ".navbar-item[aria-current]{text-decoration:underline") {
+		t.Errorf("no underline for the marked navbar link in the layout's style: %s", css)
 	}
 }
 
@@ -450,6 +481,40 @@ func TestBrowserUseOfARetiredServiceDoesNotFocusAnotherService(t *testing.T) {
 		t.Fatalf("the focus did not go to the answer (%v); it is on %s", err, focused)
 	}
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID), "nothing was used")
+}
+
+// A service added while /services is open appears with the next Use, in
+// place, without htmx errors, and the focus stays on the button used.
+func TestBrowserUseShowsAServiceAddedSinceThePageWasLoaded(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	first := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "aaa-first", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-`+first+` button`)),
+		chromedp.Poll[chromedp.Void](`document.getElementById("use-form-`+first+`")["htmx-internal-data"] !== undefined`),
+		chromedp.Evaluate[chromedp.Void](`window.oobErrors = 0; document.body.addEventListener("htmx:oobErrorNoTarget", function () { window.oobErrors++; })`),
+	)
+	require.NoError(t, err)
+	added := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "mmm-added", Cost: 1})
+	err = chromedp.Do(ctx,
+		chromedp.Focus(chromedp.CSS(`#use-form-`+first+` button`)),
+		chromedp.KeyEvent("\r"),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-form-`+added+` button`)),
+		chromedp.Poll[chromedp.Void](`document.activeElement === document.querySelector("#use-form-`+first+` button")`),
+	)
+	if err != nil {
+		focused, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.activeElement.outerHTML.slice(0, 200)`))
+		t.Fatalf("the new service or the focus (%v); the focus is on %s", err, focused)
+	}
+	oobErrors, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.oobErrors`))
+	require.NoError(t, err)
+	require.Zero(t, oobErrors, "htmx found no place for part of the answer")
+	require.EqualValues(t, 1, whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID), "one use")
 }
 
 // uiOneOfEachList gives every list page one row: a user with a grant, a

@@ -89,6 +89,7 @@ document.addEventListener("htmx:beforeRequest", function (e) {
   var elt = e.detail.elt;
   if (e.detail.xhr && elt && elt.tagName === "FORM") {
     e.detail.xhr.keepFocus = elt.querySelector("[data-keep-focus]");
+    e.detail.xhr.keepFocusForm = elt.id;
   }
 });
 
@@ -98,16 +99,22 @@ document.addEventListener("htmx:sendError", function () {
 
 // A button disabled while its request ran (hx-disabled-elt) lost the
 // keyboard focus to the page; it gets it back, so a keyboard or screen
-// reader user stays where they were. If the answer took the button away
-// (a service no longer offered: the list is redrawn), the focus goes to
-// the answer's message, never to another service's button, where Enter
-// would use that one.
+// reader user stays where they were. If the answer redrew the list (it
+// had changed since the page was loaded), the focus goes to the same
+// form's new button; if it took the button away (a service no longer
+// offered), to the answer's message, never to another service's button,
+// where Enter would use that one.
 document.addEventListener("htmx:afterRequest", function (e) {
   var button = e.detail.xhr ? e.detail.xhr.keepFocus : null;
   if (!button || document.activeElement !== document.body) { return; }
+  var formId = e.detail.xhr.keepFocusForm;
   // htmx re-enables the button after this event.
   // Without scrolling: a result brought into view (above) stays in view.
   setTimeout(function () {
+    if (!button.isConnected && formId) {
+      var form = document.getElementById(formId);
+      button = form ? form.querySelector("[data-keep-focus]") : button;
+    }
     if (button.isConnected) {
       button.focus({preventScroll: true});
       return;
