@@ -91,65 +91,39 @@ const maxRemovalTail = 500
 // plan, made once for "any user", walks the primary key backwards through
 // other users' entries when one heavy user dominates the statistics.
 func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (HistoryPage, error) {
-	if cursor <= 0 {
+	first := cursor <= 0
+	if first {
 		cursor = 1<<63 - 1
 	}
+	// One entry more than the page: it tells whether older entries exist
+	// and whether the page cuts through a use or a removal.
 	rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, ` ORDER BY e.id DESC`), customPlan, userID, cursor, limit)
+ WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, ` ORDER BY e.id DESC`), customPlan, userID, cursor, limit+1)
 	if err != nil {
 		return HistoryPage{}, err
 	}
 	entries, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
 	if err != nil || len(entries) == 0 {
-		return HistoryPage{Newest: cursor == 1<<63-1}, err
+		return HistoryPage{Newest: first}, err
 	}
-	// Complete the last usage if the page cut through it.
-	last := entries[len(entries)-1]
-	if last.UsageID != nil {
-		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND usage_id = $2 AND id < $3`, ``), customPlan, userID, *last.UsageID, last.ID)
-		if err != nil {
-			return HistoryPage{}, err
-		}
-		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
-		if err != nil {
-			return HistoryPage{}, err
-		}
-		// Sorted here, not by the query: "ORDER BY id" would let the planner
-		// walk the primary key instead of the usage index.
-		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(b.ID, a.ID) })
-		entries = append(entries, rest...)
-	} else if last.isRemoval() {
-		// Likewise one removal by support: its other entries are the same
-		// transaction's (same instant, same reason), right before it. Read
-		// a bounded run of older entries and keep those: a filter in SQL
-		// would scan the whole older history when there are none.
-		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, ` ORDER BY e.id DESC`), customPlan, userID, last.ID, maxRemovalTail)
-		if err != nil {
-			return HistoryPage{}, err
-		}
-		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
-		if err != nil {
-			return HistoryPage{}, err
-		}
-		for _, e := range rest {
-			if !e.sameRemoval(last) {
-				break
-			}
-			entries = append(entries, e)
-		}
+	entries, older, err := s.completeGroup(ctx, userID, entries, limit, true)
+	if err != nil {
+		return HistoryPage{}, err
 	}
-	return s.historyPage(ctx, userID, entries)
+	var newer *bool
+	if first {
+		newer = new(bool)
+	}
+	return s.historyPage(ctx, userID, entries, older, newer)
 }
 
 // HistoryNewer returns the page of about limit items newer than the entry
 // after (a page's NewerAfter), completing the newest usage or removal the
-// page would cut through. Where fewer than limit entries are newer, it is
-// the newest page (History's first).
+// page would cut through. Where no more than limit entries are newer, it
+// is the newest page (History's first).
 func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int) (HistoryPage, error) {
 	rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, after, limit)
+ WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, after, limit+1)
 	if err != nil {
 		return HistoryPage{}, err
 	}
@@ -157,33 +131,70 @@ func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int
 	if err != nil {
 		return HistoryPage{}, err
 	}
-	if len(entries) < limit {
+	if len(entries) <= limit {
 		return s.History(ctx, userID, 0, limit)
 	}
-	// Complete the newest usage if the page cut through it (its other
-	// entries are newer), or the newest removal by support.
+	entries, newer, err := s.completeGroup(ctx, userID, entries, limit, false)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	slices.Reverse(entries)
+	return s.historyPage(ctx, userID, entries, nil, newer)
+}
+
+// completeGroup trims entries, read one past limit in one direction (down:
+// newest first; up: oldest first), to the page, and completes the use or
+// removal by support that the page would cut through: the entry past the
+// page belongs to the same one as the page's last. A user's entries of one
+// use or one removal are consecutive among the user's (written in one
+// statement under the account's lock). It answers whether entries exist
+// beyond the page in that direction, or nil when it read more and does not
+// know.
+func (s *Store) completeGroup(ctx context.Context, userID int64, entries []historyRow, limit int, down bool) ([]historyRow, *bool, error) {
+	beyond := len(entries) > limit
+	if !beyond {
+		return entries, &beyond, nil
+	}
+	next := entries[limit]
+	entries = entries[:limit]
 	last := entries[len(entries)-1]
-	if last.UsageID != nil {
+	cmpID, order := "<", " DESC"
+	if !down {
+		cmpID, order = ">", ""
+	}
+	switch {
+	case last.UsageID != nil && next.UsageID != nil && *next.UsageID == *last.UsageID:
 		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND usage_id = $2 AND id > $3`, ``), customPlan, userID, *last.UsageID, last.ID)
+ WHERE user_id = $1 AND usage_id = $2 AND id `+cmpID+` $3`, ``), customPlan, userID, *last.UsageID, last.ID)
 		if err != nil {
-			return HistoryPage{}, err
+			return nil, nil, err
 		}
 		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
 		if err != nil {
-			return HistoryPage{}, err
+			return nil, nil, err
 		}
-		slices.SortFunc(rest, func(a, b historyRow) int { return cmp.Compare(a.ID, b.ID) })
-		entries = append(entries, rest...)
-	} else if last.isRemoval() {
+		// Sorted here, not by the query: "ORDER BY id" would let the planner
+		// walk the primary key instead of the usage index.
+		slices.SortFunc(rest, func(a, b historyRow) int {
+			if down {
+				return cmp.Compare(b.ID, a.ID)
+			}
+			return cmp.Compare(a.ID, b.ID)
+		})
+		return append(entries, rest...), nil, nil
+	case last.isRemoval() && next.sameRemoval(last):
+		// A removal's other entries are the same transaction's (same
+		// instant, same reason), next to it. Read a bounded run and keep
+		// those: a filter in SQL would scan the whole rest of the history
+		// when there are none.
 		rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
- WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, last.ID, maxRemovalTail)
+ WHERE user_id = $1 AND id `+cmpID+` $2 ORDER BY id`+order+` LIMIT $3`, ` ORDER BY e.id`+order), customPlan, userID, last.ID, maxRemovalTail)
 		if err != nil {
-			return HistoryPage{}, err
+			return nil, nil, err
 		}
 		rest, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
 		if err != nil {
-			return HistoryPage{}, err
+			return nil, nil, err
 		}
 		for _, e := range rest {
 			if !e.sameRemoval(last) {
@@ -191,9 +202,9 @@ func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int
 			}
 			entries = append(entries, e)
 		}
+		return entries, nil, nil
 	}
-	slices.Reverse(entries)
-	return s.historyPage(ctx, userID, entries)
+	return entries, &beyond, nil
 }
 
 // isRemoval says whether the entry is part of a removal by support (or a
@@ -212,8 +223,8 @@ func (e historyRow) sameRemoval(other historyRow) bool {
 
 // historyPage groups entries (newest first, no usage or removal cut
 // through) into a page's items, and finds whether older and newer entries
-// exist.
-func (s *Store) historyPage(ctx context.Context, userID int64, entries []historyRow) (HistoryPage, error) {
+// exist where older or newer (nil: unknown) does not say.
+func (s *Store) historyPage(ctx context.Context, userID int64, entries []historyRow, older, newer *bool) (HistoryPage, error) {
 	var page HistoryPage
 	for _, e := range entries {
 		if e.UsageID != nil {
@@ -260,18 +271,26 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 		page.Items = append(page.Items, it)
 	}
 	oldest, newest := entries[len(entries)-1].ID, entries[0].ID
-	var older, newer bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id < $2),
-       EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id > $3)`, customPlan, userID, oldest, newest).Scan(&older, &newer)
-	if err != nil {
-		return HistoryPage{}, err
+	if older == nil || newer == nil {
+		var o, n bool
+		err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id < $2),
+       EXISTS (SELECT FROM ledger_entries WHERE user_id = $1 AND id > $3)`, customPlan, userID, oldest, newest).Scan(&o, &n)
+		if err != nil {
+			return HistoryPage{}, err
+		}
+		if older == nil {
+			older = &o
+		}
+		if newer == nil {
+			newer = &n
+		}
 	}
-	if older {
+	if *older {
 		page.NextCursor = oldest
 	}
-	if newer {
+	if *newer {
 		page.NewerAfter = newest
 	}
-	page.Newest = !newer
+	page.Newest = !*newer
 	return page, nil
 }
