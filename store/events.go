@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -161,46 +162,92 @@ type EventFilter struct {
 	// Cursor continues after the event received at CursorTime with CursorID.
 	CursorTime time.Time
 	CursorID   string
+	// After, instead, lists the page right above the event received at
+	// AfterTime with AfterID (a page's newest: EventPage.NewerTime,
+	// NewerID), or the newest page where no more than a page is above it.
+	AfterTime time.Time
+	AfterID   string
 }
 
 // EventPage is one page of events, newest first.
 type EventPage struct {
-	Events     []StripeEvent
-	NextTime   time.Time
-	NextID     string
-	HasMore    bool
+	Events   []StripeEvent
+	NextTime time.Time
+	NextID   string
+	HasMore  bool
+	// HasNewer: newer events match the filter, from the one received at
+	// NewerTime with NewerID (the page's newest) up.
+	NewerTime  time.Time
+	NewerID    string
+	HasNewer   bool
 	EventTypes []string
 }
 
 // ListStripeEvents lists stored events, newest first, keyset-paginated.
 func (s *Store) ListStripeEvents(ctx context.Context, f EventFilter, limit int) (EventPage, error) {
 	var page EventPage
-	args := []any{strings.TrimSpace(f.Type), f.Outcome, limit + 1}
-	cursor := ""
-	if !f.CursorTime.IsZero() {
-		args = append(args, f.CursorTime, f.CursorID)
-		cursor = ` AND (received_at, id) < ($4, $5)`
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM stripe_events
+	list := func(cond, order string, extra ...any) ([]StripeEvent, error) {
+		rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM stripe_events
  WHERE ($1 = '' OR type = $1)
-   AND ($2 = '' OR ($2 = 'pending' AND outcome IS NULL) OR outcome = $2)`+cursor+`
- ORDER BY received_at DESC, id DESC LIMIT $3`, args...)
-	if err != nil {
-		return page, err
+   AND ($2 = '' OR ($2 = 'pending' AND outcome IS NULL) OR outcome = $2)`+cond+`
+ ORDER BY `+order+` LIMIT $3`, append([]any{strings.TrimSpace(f.Type), f.Outcome}, extra...)...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowToStructByName[StripeEvent])
 	}
-	evs, err := pgx.CollectRows(rows, pgx.RowToStructByName[StripeEvent])
-	if err != nil {
-		return page, err
+	const older, down = ` AND (received_at, id) < ($4, $5)`, `received_at DESC, id DESC`
+	const newer, up = ` AND (received_at, id) > ($4, $5)`, `received_at, id`
+	var evs []StripeEvent
+	var err error
+	if !f.AfterTime.IsZero() {
+		if evs, err = list(newer, up, limit+1, f.AfterTime, f.AfterID); err != nil {
+			return page, err
+		}
+		if len(evs) > limit {
+			evs = evs[:limit]
+			slices.Reverse(evs)
+			page.HasNewer, page.NewerTime, page.NewerID = true, evs[0].ReceivedAt, evs[0].ID
+			last := evs[len(evs)-1]
+			below, err := list(older, down, 1, last.ReceivedAt, last.ID)
+			if err != nil {
+				return page, err
+			}
+			if len(below) > 0 {
+				page.HasMore, page.NextTime, page.NextID = true, last.ReceivedAt, last.ID
+			}
+		} else {
+			evs, f.CursorTime = nil, time.Time{} // the newest page
+		}
 	}
-	if len(evs) > limit {
-		evs = evs[:limit]
-		last := evs[len(evs)-1]
-		page.HasMore, page.NextTime, page.NextID = true, last.ReceivedAt, last.ID
+	if evs == nil {
+		if f.CursorTime.IsZero() {
+			evs, err = list("", down, limit+1)
+		} else {
+			evs, err = list(older, down, limit+1, f.CursorTime, f.CursorID)
+		}
+		if err != nil {
+			return page, err
+		}
+		if len(evs) > limit {
+			evs = evs[:limit]
+			last := evs[len(evs)-1]
+			page.HasMore, page.NextTime, page.NextID = true, last.ReceivedAt, last.ID
+		}
+		if len(evs) > 0 && !f.CursorTime.IsZero() {
+			above, err := list(newer, up, 1, evs[0].ReceivedAt, evs[0].ID)
+			if err != nil {
+				return page, err
+			}
+			if len(above) > 0 {
+				page.HasNewer, page.NewerTime, page.NewerID = true, evs[0].ReceivedAt, evs[0].ID
+			}
+		}
 	}
 	page.Events = evs
 	// A skip scan over the type index: cost grows with the number of types,
 	// not of events.
-	rows, err = s.pool.Query(ctx, `
+	rows, err := s.pool.Query(ctx, `
 WITH RECURSIVE t AS (
     (SELECT type FROM stripe_events ORDER BY type LIMIT 1)
     UNION ALL

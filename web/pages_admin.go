@@ -332,6 +332,9 @@ func (s *Site) AdminWebhooks() http.Handler {
 		if ts, err := strconv.ParseInt(q.Get("before_ts"), 10, 64); err == nil && q.Get("before_id") != "" {
 			f.CursorTime, f.CursorID = time.Unix(0, ts), q.Get("before_id")
 		}
+		if ts, err := strconv.ParseInt(q.Get("after_ts"), 10, 64); err == nil && q.Get("after_id") != "" {
+			f.AfterTime, f.AfterID = time.Unix(0, ts), q.Get("after_id")
+		}
 		page, err := s.store.ListStripeEvents(r.Context(), f, eventsPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
@@ -339,10 +342,14 @@ func (s *Site) AdminWebhooks() http.Handler {
 		}
 		// The first page of the same filter, for "Newest".
 		newest := "/admin/webhooks?" + url.Values{"type": {f.Type}, "outcome": {f.Outcome}}.Encode()
-		next := ""
+		next, newer := "", ""
 		if page.HasMore {
 			v := url.Values{"type": {f.Type}, "outcome": {f.Outcome}, "before_ts": {strconv.FormatInt(page.NextTime.UnixNano(), 10)}, "before_id": {page.NextID}}
 			next = "/admin/webhooks?" + v.Encode()
+		}
+		if page.HasNewer {
+			v := url.Values{"type": {f.Type}, "outcome": {f.Outcome}, "after_ts": {strconv.FormatInt(page.NewerTime.UnixNano(), 10)}, "after_id": {page.NewerID}}
+			newer = "/admin/webhooks?" + v.Encode()
 		}
 		rows := make([]eventRow, len(page.Events))
 		for i, ev := range page.Events {
@@ -352,7 +359,7 @@ func (s *Site) AdminWebhooks() http.Handler {
 			}
 		}
 		s.render(w, r, http.StatusOK, "admin_webhooks", "Webhook events", map[string]any{
-			"Filter": f, "Page": page, "Rows": rows, "Next": next, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
+			"Filter": f, "Page": page, "Rows": rows, "Next": next, "Newer": newer, "Outcomes": []string{"applied", "ignored", "failed", "pending"},
 			"Paged": !f.CursorTime.IsZero(), "Newest": newest,
 		})
 	})
