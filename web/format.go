@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/store"
 )
+
+// dateTimeLayout is how pages write an instant ("datetime").
+const dateTimeLayout = "2 Jan 2006 15:04 UTC"
 
 // formatInt writes n with thousands separators.
 func formatInt(n int64) string { return billing.FormatCredits(n) }
@@ -62,21 +66,59 @@ func relativeTime(t time.Time) string {
 	return s + " ago"
 }
 
+// navMark is a navbar link's aria-current: "page" when the page shown is
+// the link's (linkPage: its template, e.g. after a form's POST answered
+// with it), "true" when the address is below the link's (href) and
+// section says the link heads a section ("/admin/users/7" under Admin),
+// "" otherwise.
+func navMark(page, path, linkPage, href string, section bool) string {
+	switch {
+	case page == linkPage || path == href:
+		return "page"
+	case section && within(path, href):
+		return "true"
+	}
+	return ""
+}
+
 // within says whether the page at path is section or below it:
 // "/admin/users" is within "/admin", "/administrators" is not.
 func within(path, section string) bool {
 	return path == section || strings.HasPrefix(path, section+"/")
 }
 
-// kindTwice says whether more than one of the grants drawn is of kind.
-func kindTwice(drawn []store.Drawn, kind string) bool {
-	n := 0
-	for _, d := range drawn {
-		if d.Kind == kind {
-			n++
+// drawnLabel tells apart the i-th grant a history line drew on from the
+// others of its kind on that line: by its expiry, or by when it was added
+// if it never expires, and by its number where those are the same (two
+// packs bought in one minute). "" when it is the only one of its kind.
+func drawnLabel(drawn []store.Drawn, i int) string {
+	label := func(d store.Drawn) string {
+		switch {
+		case d.GrantExpiresAt == nil:
+			return "added " + d.GrantCreatedAt.UTC().Format(dateTimeLayout)
+		case d.GrantExpiresAt.After(time.Now()):
+			return "expires " + d.GrantExpiresAt.UTC().Format(dateTimeLayout)
+		default:
+			return "expired " + d.GrantExpiresAt.UTC().Format(dateTimeLayout)
 		}
 	}
-	return n > 1
+	mine, twice, same := label(drawn[i]), false, false
+	for j, d := range drawn {
+		if j == i || d.Kind != drawn[i].Kind {
+			continue
+		}
+		twice = true
+		if label(d) == mine {
+			same = true
+		}
+	}
+	switch {
+	case !twice:
+		return ""
+	case same:
+		return mine + ", grant #" + strconv.FormatInt(drawn[i].GrantID, 10)
+	}
+	return mine
 }
 
 func plural(n int64, unit string) string {
@@ -110,11 +152,15 @@ func countNoun(n int64, noun string) string {
 	return formatInt(n) + " " + noun + "s"
 }
 
+// auditAmounts are the details' keys that hold credits: printed with
+// thousands separators. Others (ids, a River UI request's body as sent)
+// are printed as they are.
+var auditAmounts = map[string]bool{"delta": true, "balance_after": true, "credit_cost": true}
+
 // auditDetail prints one value of an audit entry's details (key: its
-// name): text as it is; whole numbers with thousands separators ("delta:
-// -1,500"), except ids ("grant_id: 12345"); nested objects and lists as
-// compact JSON (not Go's map[...] notation), whose numbers are left as
-// JSON writes them.
+// name): text as it is; amounts with thousands separators ("delta:
+// -1,500"); nested objects and lists as compact JSON (not Go's map[...]
+// notation), exactly as stored.
 func auditDetail(key string, v any) string {
 	switch v := v.(type) {
 	case map[string]any, []any:
@@ -122,7 +168,7 @@ func auditDetail(key string, v any) string {
 			return string(b)
 		}
 	case json.Number:
-		if n, err := v.Int64(); err == nil && key != "id" && !strings.HasSuffix(key, "_id") {
+		if n, err := v.Int64(); err == nil && auditAmounts[key] {
 			return formatInt(n)
 		}
 	}

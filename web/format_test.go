@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/quickscale/quickscale/store"
 )
 
 func TestRelativeTimeSaysWhichWay(t *testing.T) {
@@ -56,8 +58,10 @@ func TestAuditDetailPrintsNestedValuesAsJSON(t *testing.T) {
 		{"delta", json.Number("1000000"), "1,000,000"},
 		{"balance_after", json.Number("-1500"), "-1,500"},
 		{"delta", json.Number("2.5"), "2.5"},
+		{"credit_cost", json.Number("2000"), "2,000"},
 		{"grant_id", json.Number("1000000"), "1000000"},
 		{"id", json.Number("12345"), "12345"},
+		{"request", json.Number("20261127"), "20261127"}, // a River UI body, as sent
 		{"service", map[string]any{"active": true, "credit_cost": json.Number("5000")}, `{"active":true,"credit_cost":5000}`},
 		{"drawn", []any{map[string]any{"grant_id": json.Number("3")}}, `[{"grant_id":3}]`},
 	} {
@@ -78,6 +82,40 @@ func TestUserLinksLinkUsersAndEscapeTheRest(t *testing.T) {
 	} {
 		if got := string(userLinks(in)); got != want {
 			t.Errorf("userLinks(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// Grants of one kind on a history line are told apart by expiry, by when
+// they were added, and by number when those read alike; a kind drawn once
+// needs no label.
+func TestDrawnLabelTellsGrantsOfOneKindApart(t *testing.T) {
+	t.Parallel()
+	soon := time.Now().Add(time.Hour).UTC().Truncate(time.Minute)
+	later := soon.Add(24 * time.Hour)
+	gone := soon.Add(-48 * time.Hour)
+	added := time.Date(2026, 11, 2, 10, 4, 5, 0, time.UTC)
+	drawn := []store.Drawn{
+		{GrantID: 1, Kind: "subscription", GrantExpiresAt: &gone},
+		{GrantID: 2, Kind: "subscription", GrantExpiresAt: &later},
+		{GrantID: 3, Kind: "promo", GrantExpiresAt: &soon},
+		{GrantID: 4, Kind: "promo", GrantExpiresAt: &soon},
+		{GrantID: 5, Kind: "pack", GrantCreatedAt: added},
+		{GrantID: 6, Kind: "pack", GrantCreatedAt: added.Add(time.Second)},
+		{GrantID: 7, Kind: "admin", GrantCreatedAt: added},
+	}
+	at := func(tm time.Time) string { return tm.Format("2 Jan 2006 15:04 UTC") }
+	for i, want := range []string{
+		"expired " + at(gone),
+		"expires " + at(later),
+		"expires " + at(soon) + ", grant #3",
+		"expires " + at(soon) + ", grant #4",
+		"added 2 Nov 2026 10:04 UTC, grant #5",
+		"added 2 Nov 2026 10:04 UTC, grant #6",
+		"",
+	} {
+		if got := drawnLabel(drawn, i); got != want {
+			t.Errorf("drawnLabel(grant %d) = %q, want %q", drawn[i].GrantID, got, want)
 		}
 	}
 }

@@ -148,13 +148,14 @@ func (t *templates) funcs() template.FuncMap {
 		"ncredits":  func(n int64) string { return countNoun(n, "credit") },
 		"money":     formatMoney,
 		"date":      func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006") },
-		"datetime":  func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04 UTC") },
+		"datetime":  func(tm time.Time) string { return tm.UTC().Format(dateTimeLayout) },
 		"isotime":   func(tm time.Time) string { return tm.UTC().Format(time.RFC3339) },
 		"ago":       relativeTime,
 		"deref":     func(t *time.Time) time.Time { return *t },
 		"past":      func(t time.Time) bool { return !t.After(time.Now()) },
 		"within":    within,
-		"kindTwice": kindTwice,
+		"navMark":   navMark,
+		"drawnTag":  drawnLabel,
 		"neg":       func(n int64) int64 { return -n },
 		"title":     titleCase,
 		"perCredit": perCredit,
@@ -186,7 +187,10 @@ type view struct {
 	Simulated bool
 	Dev       bool
 	Path      string
-	Data      any
+	// Page is the page template rendered ("settings"), whatever the
+	// address (a form's POST answered with its page).
+	Page string
+	Data any
 }
 
 func (s *Site) newView(r *http.Request, title string, data any) view {
@@ -239,7 +243,9 @@ func (s *Site) renderBlock(w http.ResponseWriter, r *http.Request, status int, p
 		return
 	}
 	var buf bytes.Buffer
-	if err := tmpl.ExecuteTemplate(&buf, block, s.newView(r, title, data)); err != nil {
+	v := s.newView(r, title, data)
+	v.Page = page
+	if err := tmpl.ExecuteTemplate(&buf, block, v); err != nil {
 		s.renderFailure(w, r, fmt.Errorf("render %s/%s: %w", page, block, err))
 		return
 	}

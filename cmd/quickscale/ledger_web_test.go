@@ -488,13 +488,27 @@ func TestCreditsHistoryTellsApartTwoGrantsOfOneKind(t *testing.T) {
 		t.Errorf("first use's grants (-want +got):\n%s", diff)
 	}
 	second := read(uses.Eq(0))
+	// Both packs added within the test's minute or so: if their times read
+	// alike, their numbers tell them apart.
+	label := func(id int64) string {
+		l := "added " + at(created[id])
+		if at(created[pack1.GrantID]) == at(created[pack2.GrantID]) {
+			l += fmt.Sprintf(", grant #%d", id)
+		}
+		return l
+	}
 	want = map[string]string{
-		fmt.Sprint(pack1.GrantID): "2 pack (added " + at(created[pack1.GrantID]) + ")",
-		fmt.Sprint(pack2.GrantID): "8 pack (added " + at(created[pack2.GrantID]) + ")",
+		fmt.Sprint(pack1.GrantID): "2 pack (" + label(pack1.GrantID) + ")",
+		fmt.Sprint(pack2.GrantID): "8 pack (" + label(pack2.GrantID) + ")",
 	}
 	if diff := cmp.Diff(want, second); diff != "" {
 		t.Errorf("second use's grants (-want +got):\n%s", diff)
 	}
+	require.NotEqual(t, second[fmt.Sprint(pack1.GrantID)][2:], second[fmt.Sprint(pack2.GrantID)][2:], "the two packs read alike")
+	// The numbers are on the grants' own lines.
+	grants := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="grant"] .grant-ref`).Map(func(_ int, s *goquery.Selection) string { return s.Text() })
+	require.Contains(t, grants, fmt.Sprintf("grant #%d", pack1.GrantID))
+	require.Contains(t, grants, fmt.Sprintf("grant #%d", pack2.GrantID))
 }
 
 func TestCreditsHistoryPagesWithoutSplittingAUsage(t *testing.T) {

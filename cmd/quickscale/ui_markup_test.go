@@ -178,6 +178,7 @@ func TestNavMarksTheCurrentPage(t *testing.T) {
 		path, section string
 	}{
 		{signedIn, "/settings/api-keys", "/settings"},
+		{signedIn, "/dashboard/buy-credits/cancel", "/dashboard/buy-credits"},
 		{asAdmin, "/admin/users", "/admin"},
 		{asAdmin, fmt.Sprintf("/admin/users/%d", u.ID), "/admin"},
 	} {
@@ -189,6 +190,16 @@ func TestNavMarksTheCurrentPage(t *testing.T) {
 		if current.Length() != 1 || current.AttrOr("href", "") != tc.section {
 			t.Errorf("%s: the section marked is %v, want %s", tc.path, current.Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("href", "?") }), tc.section)
 		}
+	}
+	// A form's POST answered with its page marks that page's link as the
+	// page shown, whatever its address.
+	r := signedIn.post("/settings/password", url.Values{"current_password": {"not the password"}, "new_password": {"another good password"}})
+	require.Equal(t, http.StatusUnprocessableEntity, r.Status, r.Body)
+	current := r.Doc(t).Find(`nav.navbar [aria-current]`)
+	if current.Length() != 1 || current.AttrOr("href", "") != "/settings" || current.AttrOr("aria-current", "") != "page" {
+		t.Errorf("POST /settings/password marks %v", current.Map(func(_ int, s *goquery.Selection) string {
+			return s.AttrOr("href", "?") + "=" + s.AttrOr("aria-current", "")
+		}))
 	}
 	// Marked by more than colour: the layout underlines the marked link.
 	if css := signedIn.get("/dashboard").Doc(t).Find("head style").Text(); !strings.Contains(css, ".navbar-item[aria-current]{text-decoration:underline") {
