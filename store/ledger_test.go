@@ -644,17 +644,24 @@ func TestInTxRetriesSerializationFailures(t *testing.T) {
 	require.Equal(t, 5, calls, "retries must be bounded")
 }
 
-// One removal by support drawing on more grants than a page holds is one
-// history line, however the page cuts it; the next page goes on below it.
-func TestHistoryKeepsOneRemovalOnOneLineAcrossAPageCut(t *testing.T) {
-	t.Parallel()
-	b := setupLedger(t)
+// bigRemoval gives b's user 60 grants of 1 credit, then removes 55 of
+// them in one adjustment by support: 55 entries, more than a page.
+func bigRemoval(t *testing.T, b *ledgerBundle) {
+	t.Helper()
 	for range 60 {
 		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
 	}
 	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
 	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -55, Actor: &admin.ID, Reason: "big removal"})
 	require.NoError(t, err)
+}
+
+// One removal by support drawing on more grants than a page holds is one
+// history line, however the page cuts it; the next page goes on below it.
+func TestHistoryKeepsOneRemovalOnOneLineAcrossAPageCut(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	bigRemoval(t, b)
 	page, err := b.st.History(b.ctx, b.user.ID, 0, 25)
 	require.NoError(t, err)
 	require.NotEmpty(t, page.Items)
@@ -675,19 +682,13 @@ func TestHistoryKeepsOneRemovalOnOneLineAcrossAPageCut(t *testing.T) {
 func TestHistoryNewerKeepsOneRemovalOnOneLine(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)
-	for range 60 {
-		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
-	}
-	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
-	_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -55, Actor: &admin.ID, Reason: "big removal"})
-	require.NoError(t, err)
+	bigRemoval(t, b)
 	for range 30 {
 		storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 1})
 	}
-	var ids []int64
 	rows, err := b.st.Pool().Query(b.ctx, `SELECT id FROM ledger_entries WHERE user_id = $1 ORDER BY id`, b.user.ID)
 	require.NoError(t, err)
-	ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	require.NoError(t, err)
 	require.Len(t, ids, 60+55+30)
 
