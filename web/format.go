@@ -70,9 +70,12 @@ func relativeTime(t time.Time) string {
 // the link's (linkPage: its template, e.g. after a form's POST answered
 // with it), "true" when the address is below the link's (href) and
 // section says the link heads a section ("/admin/users/7" under Admin),
-// "" otherwise.
+// "" otherwise — and for an error page ("Page not found" at
+// /admin/nope is in no section).
 func navMark(page, path, linkPage, href string, section bool) string {
 	switch {
+	case page == "error":
+		return ""
 	case page == linkPage || path == href:
 		return "page"
 	case section && within(path, href):

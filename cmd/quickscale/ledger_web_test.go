@@ -329,6 +329,15 @@ func TestUseServiceAfterAPriceRiseChargesNothingAndShowsTheNewPrice(t *testing.T
 	require.Equal(t, "4", doc.Find(`input#shown-cost-render[hx-swap-oob]`).AttrOr("value", ""))
 	require.Equal(t, "4 credits", strings.TrimSpace(doc.Find(`#cost-render[hx-swap-oob]`).Text()))
 	require.EqualValues(t, 99, balance(), "nothing was charged")
+	// Sent with the page's list (htmx): the list is redrawn at the new
+	// price, and only the price change is said.
+	withList := url.Values{"idempotency_key": {serviceKey(t, second, "render")}, "cost": {"1"}, "shown": {second.Find("#shown-services").AttrOr("value", "")}}
+	r = b.post("/services/render/use", withList, "HX-Request", "true")
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	doc = r.Doc(t)
+	require.Equal(t, "4 credits", strings.TrimSpace(doc.Find(`#service-cards #cost-render`).Text()))
+	require.Zero(t, doc.Find("#services-changed").Length(), "the list's change is the price, said once")
+	require.EqualValues(t, 99, balance(), "nothing was charged")
 
 	// At the price now shown, it is charged.
 	stale.Set("cost", "4")

@@ -191,6 +191,14 @@ func TestNavMarksTheCurrentPage(t *testing.T) {
 			t.Errorf("%s: the section marked is %v, want %s", tc.path, current.Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("href", "?") }), tc.section)
 		}
 	}
+	// An error page is in no section.
+	for _, path := range []string{"/admin/nope", "/settings/nope", "/dashboard/payments/999999/receipt"} {
+		r := asAdmin.get(path)
+		require.Equal(t, http.StatusNotFound, r.Status, path)
+		if n := r.Doc(t).Find(`nav.navbar [aria-current]`).Length(); n != 0 {
+			t.Errorf("%s (not found) marks %d navbar links", path, n)
+		}
+	}
 	// A form's POST answered with its page marks that page's link as the
 	// page shown, whatever its address.
 	r := signedIn.post("/settings/password", url.Values{"current_password": {"not the password"}, "new_password": {"another good password"}})
