@@ -364,9 +364,9 @@ SELECT f || (ARRAY['.', '_', '', '.'])[1 + g % 4] || l || g || '@' ||
 		for range times {
 			q := query()
 			t0 := time.Now()
-			page, err := st.SearchUsers(ctx, q, 0, 50)
-			if err != nil || !want(len(page.Users)) {
-				b.Fatalf("search %q: %v, %d users", q, err, len(page.Users))
+			page, err := st.SearchUsers(ctx, q, 0, 0, 50)
+			if err != nil || !want(len(page.Items)) {
+				b.Fatalf("search %q: %v, %d users", q, err, len(page.Items))
 			}
 			lat.Add(time.Since(t0))
 		}

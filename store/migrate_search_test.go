@@ -226,10 +226,10 @@ func TestMigrateAsAnOrdinaryRoleWithoutTrigramIndex(t *testing.T) {
 			s := store.New(pool, nil)
 			ann := storetest.NewUser(t, s, storetest.UserOpts{Email: "ann.search@example.com"})
 			storetest.NewUser(t, s, storetest.UserOpts{Email: "bob.search@example.com"})
-			page, err := s.SearchUsers(ctx, "ANN.SEARCH", 0, 10)
+			page, err := s.SearchUsers(ctx, "ANN.SEARCH", 0, 0, 10)
 			require.NoError(t, err)
-			require.Len(t, page.Users, 1)
-			require.Equal(t, ann.ID, page.Users[0].ID)
+			require.Len(t, page.Items, 1)
+			require.Equal(t, ann.ID, page.Items[0].ID)
 
 			// The ledger runs for a role that is not a superuser.
 			svc := storetest.NewService(t, s, storetest.ServiceOpts{Slug: "search-test", Cost: 3})
@@ -293,10 +293,10 @@ func TestSearchUsersSameThroughTrigramIndex(t *testing.T) {
 		st := store.New(pool, nil)
 		var pages [][]int64
 		for before := int64(0); len(pages) < 5; {
-			p, err := st.SearchUsers(ctx, q, before, pageSize)
+			p, err := st.SearchUsers(ctx, q, before, 0, pageSize)
 			require.NoError(t, err)
 			var page []int64
-			for _, u := range p.Users {
+			for _, u := range p.Items {
 				page = append(page, u.ID)
 			}
 			pages = append(pages, page)
@@ -308,10 +308,10 @@ func TestSearchUsersSameThroughTrigramIndex(t *testing.T) {
 		return pages
 	}
 	emails := func(pool *pgxpool.Pool, q string) []string {
-		p, err := store.New(pool, nil).SearchUsers(ctx, q, 0, 50)
+		p, err := store.New(pool, nil).SearchUsers(ctx, q, 0, 0, 50)
 		require.NoError(t, err)
 		var out []string
-		for _, u := range p.Users {
+		for _, u := range p.Items {
 			out = append(out, u.Email)
 		}
 		slices.Sort(out)

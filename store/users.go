@@ -449,19 +449,12 @@ func (s *Store) EmailOwner(ctx context.Context, email string) (string, error) {
 	return stored, err
 }
 
-// UserPage is one page of the admin user list.
-type UserPage struct {
-	Users      []User
-	NextCursor int64 // 0 when there is no next page
-}
-
 // SearchUsers lists live users whose address contains q (all when q is
 // empty) and, when q is a number (or #number), the user with that id,
-// deleted or not; newest first, keyset-paginated by id.
-func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit int) (UserPage, error) {
-	if before <= 0 {
-		before = 1<<63 - 1
-	}
+// deleted or not; newest first, keyset-paginated by id: those older than
+// before (0: the newest) or, given after, those right above it
+// (keysetList).
+func (s *Store) SearchUsers(ctx context.Context, q string, before, after int64, limit int) (ListPage[User], error) {
 	pattern := "%" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(strings.ToLower(strings.TrimSpace(q))) + "%"
 	// A number (or #number) is also a user id, deleted accounts included:
 	// support gets ids from payments, events and emails. A deleted
@@ -473,20 +466,16 @@ func (s *Store) SearchUsers(ctx context.Context, q string, before int64, limit i
 	// Planned with the pattern in hand (customPlan): a rare one is answered
 	// from the trigram index (00013), a common one by walking ids newest
 	// first; a generic plan would pick one way for both.
-	rows, err := s.pool.Query(ctx, `SELECT id, coalesce(email, '') AS email, coalesce(password_hash, '') AS password_hash,
+	return keysetList(2, "id", func(cond, tail string, extra ...any) ([]User, error) {
+		rows, err := s.pool.Query(ctx, `SELECT id, coalesce(email, '') AS email, coalesce(password_hash, '') AS password_hash,
        role, email_verified_at, session_epoch, created_at FROM users
- WHERE id < $1 AND ((deleted_at IS NULL AND lower(email) LIKE $2) OR id = $4)
- ORDER BY id DESC LIMIT $3`, customPlan, before, pattern, limit+1, id)
-	if err != nil {
-		return UserPage{}, err
-	}
-	users, err := pgx.CollectRows(rows, pgx.RowToStructByName[User])
-	if err != nil {
-		return UserPage{}, err
-	}
-	var p UserPage
-	p.Users, p.NextCursor = keysetPage(users, limit, func(u User) int64 { return u.ID })
-	return p, nil
+ WHERE ((deleted_at IS NULL AND lower(email) LIKE $1) OR id = $2) AND `+cond+tail,
+			append([]any{customPlan, pattern, id}, extra...)...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowToStructByName[User])
+	}, func(u User) int64 { return u.ID }, before, after, limit)
 }
 
 // EmailAndBalance returns a user's address ("" once the account is

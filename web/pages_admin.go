@@ -29,7 +29,7 @@ func (s *Site) AdminHome() http.Handler {
 	})
 }
 
-// AdminUsers serves GET /admin/users?q=…&cursor=…
+// AdminUsers serves GET /admin/users?q=…&cursor=… (or &after=…)
 func (s *Site) AdminUsers() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Text only, at most an address long, cut at a character: bytes
@@ -39,7 +39,7 @@ func (s *Site) AdminUsers() http.Handler {
 		if len(q) > 254 {
 			q = strings.ToValidUTF8(q[:254], "")
 		}
-		page, err := s.store.SearchUsers(r.Context(), q, cursorParam(r), 50)
+		page, err := s.store.SearchUsers(r.Context(), q, cursorParam(r), cursorValue(r, "after"), 50)
 		if err != nil {
 			s.serverError(w, r, err)
 			return

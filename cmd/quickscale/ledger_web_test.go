@@ -746,6 +746,40 @@ func TestAdminPagesRefuseNonAdmins(t *testing.T) {
 	mustRedirect(t, anon.get("/admin/users"), "/login?next=")
 }
 
+// The admin's user search pages both ways: Next, Previous (the page right
+// above) and First page, keeping the query.
+func TestAdminUserSearchPagesBothWays(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	_, err := ta.store.Pool().Exec(context.Background(), `INSERT INTO users (email, password_hash)
+SELECT 'u' || g || '@paging.example', 'not a hash' FROM generate_series(1, 120) g`)
+	require.NoError(t, err)
+	b := ta.signIn(admin.Email)
+	ids := func(doc *goquery.Document) []string {
+		return doc.Find("#users tr.user-row").Map(func(_ int, s *goquery.Selection) string { return s.AttrOr("data-id", "") })
+	}
+	var pages [][]string
+	var docs []*goquery.Document
+	for path := "/admin/users?q=paging.example"; path != ""; {
+		require.Less(t, len(pages), 5, "Next does not end")
+		doc := b.get(path).Doc(t)
+		pages, docs = append(pages, ids(doc)), append(docs, doc)
+		path = doc.Find("#users-next").AttrOr("href", "")
+	}
+	require.Len(t, pages, 3)
+	require.Len(t, pages[0], 50)
+	require.Len(t, pages[2], 20)
+	require.Zero(t, docs[0].Find("#users-previous, #users-first").Length(), "the first page has nothing before it")
+	for i := 2; i > 0; i-- {
+		prev, ok := docs[i].Find("#users-previous").Attr("href")
+		require.True(t, ok, "page %d links to the one before", i+1)
+		require.Contains(t, prev, "q=paging.example")
+		require.Equal(t, "/admin/users?q=paging.example", docs[i].Find("#users-first").AttrOr("href", ""))
+		require.Equal(t, pages[i-1], ids(b.get(prev).Doc(t)), "Previous from page %d", i+1)
+	}
+}
+
 func TestAdminSearchesUsersByEmail(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{})
