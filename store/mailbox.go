@@ -24,21 +24,15 @@ func (s *Store) DeliverToMailbox(ctx context.Context, m Mail) error {
 	return err
 }
 
-// Mailbox lists up to limit messages older than before (0: the newest),
-// newest first, and the cursor of the next older page (0 when none).
-func (s *Store) Mailbox(ctx context.Context, before int64, limit int) ([]Mail, int64, error) {
-	if before <= 0 {
-		before = 1<<63 - 1
-	}
-	rows, err := s.pool.Query(ctx, `SELECT id, to_addr, subject, text_body, html_body, sent_at FROM dev_mailbox
- WHERE id < $1 ORDER BY id DESC LIMIT $2`, before, limit+1)
-	if err != nil {
-		return nil, 0, err
-	}
-	mails, err := pgx.CollectRows(rows, pgx.RowToStructByName[Mail])
-	if err != nil || len(mails) <= limit {
-		return mails, 0, err
-	}
-	mails = mails[:limit]
-	return mails, mails[limit-1].ID, nil
+// Mailbox lists messages, newest first: those older than before (0: the
+// newest) or, given after, those right above it (keysetList).
+func (s *Store) Mailbox(ctx context.Context, before, after int64, limit int) (ListPage[Mail], error) {
+	return keysetList(0, "id", func(cond, tail string, extra ...any) ([]Mail, error) {
+		rows, err := s.pool.Query(ctx, `SELECT id, to_addr, subject, text_body, html_body, sent_at FROM dev_mailbox
+ WHERE `+cond+tail, extra...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowToStructByName[Mail])
+	}, func(m Mail) int64 { return m.ID }, before, after, limit)
 }

@@ -12,12 +12,12 @@ import (
 // is configured. Mounted only in dev.
 func (s *Site) Mailbox() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mails, next, err := s.store.Mailbox(r.Context(), cursorParam(r), MailboxPageSize)
+		page, err := s.store.Mailbox(r.Context(), cursorParam(r), cursorValue(r, "after"), MailboxPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "mailbox", "Dev mailbox", map[string]any{"Mails": mails, "NextCursor": next, "Paged": cursorParam(r) > 0})
+		s.render(w, r, http.StatusOK, "mailbox", "Dev mailbox", map[string]any{"Page": page, "Paged": cursorParam(r) > 0})
 	})
 }
 
@@ -38,11 +38,12 @@ func (s *Site) MailboxJSON() http.Handler {
 			}
 			before = n
 		}
-		mails, next, err := s.store.Mailbox(r.Context(), before, MailboxPageSize)
+		page, err := s.store.Mailbox(r.Context(), before, 0, MailboxPageSize)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
+		mails, next := page.Items, page.NextCursor
 		if mails == nil {
 			mails = []store.Mail{}
 		}

@@ -420,7 +420,14 @@ func TestDevMailboxPagesThroughEveryMail(t *testing.T) {
 	subjects := doc.Find(".mail strong").Map(func(_ int, s *goquery.Selection) string { return s.Text() })
 	require.Equal(t, []string{"Mail 4", "Mail 3", "Mail 2", "Mail 1", "Mail 0"}, subjects)
 	require.Zero(t, doc.Find("#mailbox-older").Length())
-	require.Equal(t, 1, doc.Find(`nav[aria-label="mailbox pages"] .pagination-previous`).Length())
+	require.Equal(t, "/dev/mailbox", doc.Find(`nav[aria-label="mailbox pages"] #mailbox-newest`).AttrOr("href", ""))
+	// Newer from the last page: the newest page again.
+	newer, ok := doc.Find("#mailbox-newer").Attr("href")
+	require.True(t, ok, "a link to newer mail")
+	back := b.get(newer).Doc(t)
+	require.Equal(t, web.MailboxPageSize, back.Find(".mail").Length())
+	require.Equal(t, fmt.Sprintf("Mail %d", web.MailboxPageSize+4), back.Find(".mail strong").First().Text())
+	require.Zero(t, back.Find("#mailbox-newer").Length())
 
 	getJSON := func(path string) (int, []store.Mail, string) {
 		resp, err := http.Get(ta.URL + path)
