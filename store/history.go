@@ -38,8 +38,6 @@ type HistoryPage struct {
 	// NewerAfter continues with newer items, through HistoryNewer (0: this
 	// is the newest page).
 	NewerAfter int64
-	// Newest is set when the page is the newest one.
-	Newest bool
 }
 
 type historyRow struct {
@@ -104,7 +102,7 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 	}
 	entries, err := pgx.CollectRows(rows, pgx.RowToStructByName[historyRow])
 	if err != nil || len(entries) == 0 {
-		return HistoryPage{Newest: first}, err
+		return HistoryPage{}, err
 	}
 	entries, older, err := s.completeGroup(ctx, userID, entries, limit, true)
 	if err != nil {
@@ -291,6 +289,5 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 	if *newer {
 		page.NewerAfter = newest
 	}
-	page.Newest = !*newer
 	return page, nil
 }

@@ -117,7 +117,7 @@ func TestHistoryPagesBothWaysOnAMixedHistory(t *testing.T) {
 			at := indexOfRun(canon, historySigs(n.Items))
 			require.GreaterOrEqual(t, at, 0, "limit %d: Newer page from page %d is not a run of the history", limit, i)
 			here := indexOfRun(canon, historySigs(p.Items))
-			if n.Newest {
+			if n.NewerAfter == 0 {
 				require.Zero(t, at)
 				require.GreaterOrEqual(t, len(n.Items), here, "limit %d: newest page leaves a gap above page %d", limit, i)
 			} else {

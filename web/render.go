@@ -153,7 +153,6 @@ func (t *templates) funcs() template.FuncMap {
 		"ago":       relativeTime,
 		"deref":     func(t *time.Time) time.Time { return *t },
 		"past":      func(t time.Time) bool { return !t.After(time.Now()) },
-		"within":    within,
 		"navMark":   navMark,
 		"drawnTag":  drawnLabel,
 		"neg":       func(n int64) int64 { return -n },
