@@ -127,11 +127,20 @@ func migrateHint(err error) string {
 // MigrationStatus describes how far the database is from the migrations
 // this binary carries.
 type MigrationStatus struct {
-	AppApplied   []int64  // versions recorded in goose_db_version
-	AppPending   []string // embedded files not yet applied
-	AppTarget    int64
+	AppApplied []int64  // versions recorded in goose_db_version
+	AppPending []string // embedded files not yet applied
+	AppTarget  int64
+	// AppUnknown are applied versions this binary has no file for: the
+	// database was migrated by a newer binary.
+	AppUnknown   []int64
 	RiverCurrent int // highest applied River version (0 when none)
 	RiverTarget  int
+}
+
+// Ahead reports whether the database holds migrations this binary does
+// not know (a newer binary migrated it; this one is older).
+func (s MigrationStatus) Ahead() bool {
+	return len(s.AppUnknown) > 0 || s.RiverCurrent > s.RiverTarget
 }
 
 // Current reports whether both migration sets are fully applied.
@@ -183,10 +192,17 @@ func Status(ctx context.Context, pool *pgxpool.Pool) (MigrationStatus, error) {
 			return st, err
 		}
 	}
+	known := map[int64]bool{}
 	for _, f := range files {
+		known[f.version] = true
 		st.AppTarget = max(st.AppTarget, f.version)
 		if !slices.Contains(st.AppApplied, f.version) {
 			st.AppPending = append(st.AppPending, f.name)
+		}
+	}
+	for _, v := range st.AppApplied {
+		if !known[v] {
+			st.AppUnknown = append(st.AppUnknown, v)
 		}
 	}
 

@@ -46,10 +46,10 @@ type ServiceChange struct {
 // SetService creates the service with c's slug or changes the fields c
 // names, by an operator (actor nil for the CLI), written to the audit log
 // in the same transaction with the values before and after, so that no
-// change is lost to history.
-func (s *Store) SetService(ctx context.Context, actor *int64, c ServiceChange, via string) (Service, error) {
-	var out Service
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
+// change is lost to history. A change that changes nothing writes nothing
+// and is reported as such (changed false).
+func (s *Store) SetService(ctx context.Context, actor *int64, c ServiceChange, via string) (out Service, changed bool, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT id, slug, name, description, credit_cost, active, created_at FROM services WHERE slug = $1 FOR UPDATE`, strings.TrimSpace(c.Slug))
 		if err != nil {
 			return err
@@ -78,6 +78,12 @@ func (s *Store) SetService(ctx context.Context, actor *int64, c ServiceChange, v
 		if c.Active != nil {
 			sv.Active = *c.Active
 		}
+		if len(before) == 1 && strings.TrimSpace(sv.Name) == before[0].Name && sv.Description == before[0].Description &&
+			sv.CreditCost == before[0].CreditCost && sv.Active == before[0].Active {
+			out = before[0]
+			return nil
+		}
+		changed = true
 		if out, err = upsertService(ctx, tx, sv); err != nil {
 			return err
 		}
@@ -86,7 +92,7 @@ func (s *Store) SetService(ctx context.Context, actor *int64, c ServiceChange, v
 		}
 		return Audit(ctx, tx, actor, "service.set", nil, details)
 	})
-	return out, err
+	return out, changed, err
 }
 
 func serviceDetails(sv Service) map[string]any {
@@ -125,12 +131,13 @@ func CheckServiceDescription(d string) error {
 	case !utf8.ValidString(d) || UnsafeLine(d):
 		return Errorf(KindInvalid, "A service's description must be one line of visible text: no line breaks, control or hidden characters.")
 	case utf8.RuneCountInString(d) > 1000:
-		return Errorf(KindInvalid, "Keep a service's description under 1,000 characters.")
+		return Errorf(KindInvalid, "Keep a service's description to 1,000 characters or fewer.")
 	}
 	return nil
 }
 
-func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
+// checkService trims a service's slug and name and checks its fields.
+func checkService(sv Service) (Service, error) {
 	sv.Slug = strings.TrimSpace(sv.Slug)
 	sv.Name = strings.TrimSpace(sv.Name)
 	if !ValidSlug(sv.Slug) {
@@ -144,6 +151,27 @@ func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
 	}
 	if sv.CreditCost < 0 || sv.CreditCost > MaxGrantCredits {
 		return sv, Errorf(KindInvalid, "A service costs from 0 to 1,000,000,000 credits.")
+	}
+	return sv, nil
+}
+
+// AddServiceIfMissing adds sv unless a service with its slug exists,
+// which then stays as it is (dev's demo services: an operator's change
+// to one survives the next start). It reports whether sv was added.
+func (s *Store) AddServiceIfMissing(ctx context.Context, sv Service) (bool, error) {
+	sv, err := checkService(sv)
+	if err != nil {
+		return false, err
+	}
+	tag, err := s.pool.Exec(ctx, `INSERT INTO services (slug, name, description, credit_cost, active) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (slug) DO NOTHING`, sv.Slug, sv.Name, sv.Description, sv.CreditCost, sv.Active)
+	return tag.RowsAffected() == 1, err
+}
+
+func upsertService(ctx context.Context, db DBTX, sv Service) (Service, error) {
+	sv, err := checkService(sv)
+	if err != nil {
+		return sv, err
 	}
 	rows, err := db.Query(ctx, `
 INSERT INTO services (slug, name, description, credit_cost, active) VALUES ($1, $2, $3, $4, $5)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -162,11 +163,29 @@ var auditAmounts = map[string]bool{"delta": true, "balance_after": true, "credit
 
 // auditDetail prints one value of an audit entry's details (key: its
 // name): text as it is; amounts with thousands separators ("delta:
-// -1,500"); nested objects and lists as compact JSON (not Go's map[...]
-// notation), exactly as stored.
+// -1,500"); a service's details before a change (service.set's "before")
+// as the entry's own values are printed, "{credit_cost: 1,500, name:
+// Foo}"; other nested objects and lists as compact JSON (not Go's
+// map[...] notation), exactly as stored.
 func auditDetail(key string, v any) string {
 	switch v := v.(type) {
-	case map[string]any, []any:
+	case map[string]any:
+		if key == "before" {
+			keys := make([]string, 0, len(v))
+			for k := range v {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			parts := make([]string, len(keys))
+			for i, k := range keys {
+				parts[i] = k + ": " + auditDetail(k, v[k])
+			}
+			return "{" + strings.Join(parts, ", ") + "}"
+		}
+		if b, err := json.Marshal(v); err == nil {
+			return string(b)
+		}
+	case []any:
 		if b, err := json.Marshal(v); err == nil {
 			return string(b)
 		}

@@ -64,6 +64,8 @@ func TestAuditDetailPrintsNestedValuesAsJSON(t *testing.T) {
 		{"request", json.Number("20261127"), "20261127"}, // a River UI body, as sent
 		{"service", map[string]any{"active": true, "credit_cost": json.Number("5000")}, `{"active":true,"credit_cost":5000}`},
 		{"drawn", []any{map[string]any{"grant_id": json.Number("3")}}, `[{"grant_id":3}]`},
+		{"before", map[string]any{"slug": "ocr", "credit_cost": json.Number("1500"), "active": true}, "{active: true, credit_cost: 1,500, slug: ocr}"},
+		{"request", map[string]any{"before": json.Number("1500")}, `{"before":1500}`},
 	} {
 		if got := auditDetail(c.key, c.v); got != c.want {
 			t.Errorf("auditDetail(%q, %#v) = %q, want %q", c.key, c.v, got, c.want)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -40,6 +39,23 @@ func openEnv(ctx context.Context, getenv func(string) string, stderr io.Writer, 
 	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 4, AppName: "quickscale-" + name, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
+	}
+	if name != "migrate" {
+		// An operator command on a database not yet migrated for this
+		// binary (an upgrade whose `migrate up` has not run) would work
+		// on an older schema, or fail halfway with a missing column.
+		st, err := store.Status(ctx, pool)
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("database: read its migrations: %w", err)
+		}
+		if !st.Current() {
+			pool.Close()
+			return nil, fmt.Errorf("the database is not migrated for this binary: %s first (same DATABASE_URL)", st.Problem())
+		}
+		if st.Ahead() {
+			fmt.Fprintln(stderr, "quickscale: warning: the database was migrated by a newer quickscale than this one ("+version+"); this command may fail on its schema")
+		}
 	}
 	return &cliEnv{cfg: cfg, logger: logger, pool: pool, store: store.New(pool, logger)}, nil
 }
@@ -108,7 +124,7 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return usageError{"--email: " + err.Error()}
 		}
-		password, generated, err := readPassword(stdin)
+		password, generated, err := readPassword(ctx, stdin)
 		if err != nil {
 			return err
 		}
@@ -128,11 +144,15 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 		if *admin {
 			role = store.RoleAdmin
 		}
-		u, err := env.store.CreateUser(ctx, addr, hash, role, *verified)
-		if err != nil {
-			return err
-		}
+		// The user and its audit entry commit together: a user whose
+		// creation failed halfway (and whose generated password was never
+		// shown) would block the retry as "already exists".
+		var u store.User
 		if err := env.store.InTx(ctx, func(tx pgx.Tx) error {
+			var err error
+			if u, err = store.CreateUser(ctx, tx, addr, hash, role, *verified); err != nil {
+				return err
+			}
 			return store.Audit(ctx, tx, nil, "user.create", &u.ID, map[string]any{"role": role, "verified": *verified, "via": "cli"})
 		}); err != nil {
 			return err
@@ -183,9 +203,17 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 	}
 }
 
-// readPassword takes the first line of stdin; a terminal or empty input
-// gets a generated password instead.
-func readPassword(stdin io.Reader) (string, bool, error) {
+// maxPasswordLine bounds the line readPassword reads (the password rules
+// then bound the password itself).
+const maxPasswordLine = 4096
+
+// readPassword takes the first line of stdin and nothing after it (a
+// script's loop feeding one command per line keeps the rest). A terminal,
+// or input that ends before its first byte (</dev/null), gets a generated
+// password instead; an empty first line is refused, as it is usually an
+// unset variable (echo "$PW"). It gives up when ctx ends (Ctrl-C), even
+// while stdin has nothing to read.
+func readPassword(ctx context.Context, stdin io.Reader) (string, bool, error) {
 	if f, ok := stdin.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 			return store.NewSecret()[:20], true, nil
@@ -194,13 +222,50 @@ func readPassword(stdin io.Reader) (string, bool, error) {
 	if stdin == nil {
 		return store.NewSecret()[:20], true, nil
 	}
-	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", false, fmt.Errorf("read password from stdin: %w", err)
+	type result struct {
+		line    []byte
+		newline bool
+		err     error
 	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		b := make([]byte, 1)
+		for len(r.line) <= maxPasswordLine {
+			n, err := stdin.Read(b)
+			if n == 1 {
+				if b[0] == '\n' {
+					r.newline = true
+					break
+				}
+				r.line = append(r.line, b[0])
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					r.err = err
+				}
+				break
+			}
+		}
+		done <- r
+	}()
+	var r result
+	select {
+	case <-ctx.Done():
+		return "", false, fmt.Errorf("read password from stdin: %w", ctx.Err())
+	case r = <-done:
+	}
+	switch {
+	case r.err != nil:
+		return "", false, fmt.Errorf("read password from stdin: %w", r.err)
+	case len(r.line) > maxPasswordLine:
+		return "", false, usageError{fmt.Sprintf("the password on stdin is longer than %d bytes", maxPasswordLine)}
+	case len(r.line) == 0 && !r.newline:
 		return store.NewSecret()[:20], true, nil
+	}
+	line := strings.TrimSuffix(string(r.line), "\r")
+	if line == "" {
+		return "", false, usageError{"the first line of stdin is empty: pipe the password in, or give no input at all (</dev/null) to have one generated"}
 	}
 	return line, false, nil
 }
@@ -299,7 +364,7 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 				fmt.Fprintf(stdout, "  %-13s %d\n", k, b.ByKind[k])
 			}
 			if b.NextExpiry != nil {
-				fmt.Fprintf(stdout, "  next expiry   %s at %s\n", countCredits(b.ExpiringNext), b.NextExpiry.UTC().Format(time.RFC3339))
+				fmt.Fprintf(stdout, "  next expiry   %s at %s\n", countCredits(b.ExpiringNext), b.NextExpiry.UTC().Format(time.RFC3339Nano))
 			}
 			return nil
 		})
@@ -421,7 +486,8 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 				return err
 			}
 			if len(svcs) == 0 {
-				fmt.Fprintln(stdout, "no services yet: add one with quickscale services set --slug S --name N --cost C")
+				// On stderr: a script reading the list reads nothing.
+				fmt.Fprintln(stderr, "no services yet: add one with quickscale services set --slug S --name N --cost C")
 				return nil
 			}
 			for _, sv := range svcs {
@@ -472,18 +538,25 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 	switch {
 	case len(given) == 1:
 		return usageError{"nothing to change: give --name, --cost, --description, --inactive or --active"}
-	case *inactive && *active:
-		return usageError{"--inactive and --active contradict each other"}
-	case *inactive || *active:
-		on := *active
+	case given["inactive"] && given["active"]:
+		return usageError{"give one of --inactive and --active"}
+	case given["inactive"]:
+		// --inactive=false is --active, as an operator means it.
+		on := !*inactive
 		change.Active = &on
+	case given["active"]:
+		change.Active = active
 	}
 	return withEnv(ctx, getenv, stderr, func(env *cliEnv) error {
-		sv, err := env.store.SetService(ctx, nil, change, "cli")
+		sv, changed, err := env.store.SetService(ctx, nil, change, "cli")
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "service %s: %s, %s per use, %s\n", sv.Slug, sv.Name, creditsText(sv.CreditCost), serviceState(sv))
+		unchanged := ""
+		if !changed {
+			unchanged = " (it was so already: nothing changed)"
+		}
+		fmt.Fprintf(stdout, "service %s: %s, %s per use, %s%s\n", sv.Slug, sv.Name, creditsText(sv.CreditCost), serviceState(sv), unchanged)
 		return nil
 	})
 }

@@ -163,6 +163,9 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	if err != nil {
 		return nil, err
 	}
+	if mode != "dev" && cfg.StripeIgnoreAPIVersion {
+		logger.Warn("STRIPE_WEBHOOK_IGNORE_API_VERSION is for dev only: ignored, events of another API version are refused", "mode", mode)
+	}
 	a.handler = api.NewServer(logger, api.Config{
 		Dev: mode == "dev", BaseURL: cfg.BaseURL, WebhookSecret: cfg.StripeWebhookSecret,
 		IgnoreAPIVersion: mode == "dev" && cfg.StripeIgnoreAPIVersion, TrustProxy: cfg.TrustProxy,

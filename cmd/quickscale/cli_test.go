@@ -204,7 +204,8 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}
 	code, stdout, stderr := runCmd(t, env, "", "services", "list")
 	require.Equal(t, 0, code, stderr)
-	require.NotContains(t, stdout, "ocr-scan")
+	require.Empty(t, stdout, "an empty list is empty for a script; the hint is on stderr")
+	require.Contains(t, stderr, "no services yet")
 
 	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--name", "OCR scan", "--cost", "7", "--description", "Text from an image")
 	require.Equal(t, 0, code, stderr)
@@ -238,6 +239,19 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--active")
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "service ocr-scan: OCR scan, 9 credits per use, active")
+	// --active=false retires it, as --inactive does; --inactive=false brings it back.
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--active=false")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "9 credits per use, inactive")
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--inactive=false")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "9 credits per use, active")
+	// A change to what is already so writes nothing, and says so.
+	audits := whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'service.set'`)
+	code, stdout, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr-scan", "--cost", "9", "--name", " OCR scan ", "--active")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "nothing changed")
+	require.Equal(t, audits, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'service.set'`), "an unchanged service was audited as set")
 	code, _, stderr = runCmd(t, env, "", "services", "set", "--slug", "new-one", "--cost", "1")
 	require.Equal(t, 1, code)
 	require.Contains(t, stderr, "A new service needs a name and a cost.")
@@ -247,6 +261,7 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 		"no slug":                             {"--name", "x", "--cost", "1"},
 		"empty name":                          {"--slug", "ocr-scan", "--name", " ", "--cost", "1"},
 		"both states":                         {"--slug", "ocr-scan", "--inactive", "--active"},
+		"both states, one false":              {"--slug", "ocr-scan", "--inactive=false", "--active"},
 		"no change":                           {"--slug", "ocr-scan"},
 		"negative cost":                       {"--slug", "ocr-scan", "--name", "x", "--cost", "-1"},
 		"text cost":                           {"--slug", "ocr-scan", "--name", "x", "--cost", "seven"},

@@ -133,12 +133,12 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		ExpireCreditsSchedule: get("EXPIRE_CREDITS_SCHEDULE"),
 		DevDataDir:            get("DEV_DATA_DIR"),
 	}
-	if c.MetricsAddr == "off" {
+	if strings.EqualFold(c.MetricsAddr, "off") {
 		c.MetricsAddr = ""
 	}
 
 	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
-		bad("DATABASE_URL", redactURL(c.DatabaseURL), "not a PostgreSQL connection string")
+		bad("DATABASE_URL", redactURL(c.DatabaseURL), "not a PostgreSQL connection string"+parseConfigReason(err))
 	}
 	if n, err := strconv.Atoi(get("DATABASE_MAX_CONNS")); err != nil || n < 2 || n > 1000 {
 		bad("DATABASE_MAX_CONNS", get("DATABASE_MAX_CONNS"), "want a whole number from 2 to 1000")
@@ -271,4 +271,15 @@ func validListenAddr(addr string) bool {
 	}
 	n, err := strconv.Atoi(port)
 	return err == nil && n >= 0 && n <= 65535
+}
+
+// parseConfigReason is pgx's reason for refusing a connection string
+// (": sslmode is invalid"), without the string itself, which its error
+// quotes first ("cannot parse `…`: "); "" when it has no such form.
+func parseConfigReason(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "`: "); strings.HasPrefix(msg, "cannot parse `") && i > 0 {
+		return ": " + msg[i+3:]
+	}
+	return ""
 }

@@ -72,9 +72,16 @@ func TestConfigRefusesAlmostRightValues(t *testing.T) {
 			t.Errorf("BASE_URL=%q: error %v, want it refused", v, err)
 		}
 	}
-	for _, v := range []string{"postgres://u:s3cret@db:abc/x", "host=db password=s3cret port=x"} {
-		if _, err := loadConfig(envFrom(map[string]string{"DATABASE_URL": v})); err == nil || strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("DATABASE_URL=%q: error %v (want one, without the password)", v, err)
+	// Refused with pgx's reason, never with the password.
+	for v, reason := range map[string]string{
+		"postgres://u:s3cret@db:abc/x":          "invalid port",
+		"host=db password=s3cret port=x":        "invalid port",
+		"postgres://u:s3cret@db/x?sslmode=nope": "sslmode is invalid",
+		"postgres://u:s3cret@[::1/x":            "failed to parse as URL",
+		"postgres://u:s3c%zzret@db/x":           "failed to parse as URL",
+	} {
+		if _, err := loadConfig(envFrom(map[string]string{"DATABASE_URL": v})); err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), reason) {
+			t.Errorf("DATABASE_URL=%q: error %v (want one saying %q, without the password)", v, err, reason)
 		}
 	}
 	for name, value := range map[string]string{"MAIL_FROM": "no-reply@example.com", "ADDR": "127.0.0.1:0",
@@ -99,9 +106,11 @@ func TestConfigStripeKeyNeedsWebhookSecret(t *testing.T) {
 
 func TestConfigMetricsAddrOffDisablesIt(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(envFrom(map[string]string{"METRICS_ADDR": "off"}))
-	if err != nil || cfg.MetricsAddr != "" {
-		t.Fatalf("METRICS_ADDR=off: %q %v", cfg.MetricsAddr, err)
+	for _, v := range []string{"off", "OFF", "Off"} {
+		cfg, err := loadConfig(envFrom(map[string]string{"METRICS_ADDR": v}))
+		if err != nil || cfg.MetricsAddr != "" {
+			t.Fatalf("METRICS_ADDR=%s: %q %v", v, cfg.MetricsAddr, err)
+		}
 	}
 }
 

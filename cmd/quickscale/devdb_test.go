@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
@@ -157,4 +158,35 @@ func TestDevSeedNewPasswordEndsOldSessions(t *testing.T) {
 	if acctSignedIn(b) {
 		t.Error("a session signed in with the old password survived the new one")
 	}
+}
+
+// dev adds the demo services that are missing at each start, and leaves
+// one an operator changed or retired as they left it.
+func TestDevSeedKeepsAnOperatorsChangesToDemoServices(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	_, err := seedDev(ctx, ta.store)
+	require.NoError(t, err)
+	demo := demoServices()
+	require.GreaterOrEqual(t, len(demo), 2)
+	cost, off := int64(7777), false
+	_, _, err = ta.store.SetService(ctx, nil, store.ServiceChange{Slug: demo[0].Slug, CreditCost: &cost}, "test")
+	require.NoError(t, err)
+	_, _, err = ta.store.SetService(ctx, nil, store.ServiceChange{Slug: demo[1].Slug, Active: &off}, "test")
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM services WHERE slug = $1`, demo[len(demo)-1].Slug)
+	require.NoError(t, err)
+
+	_, err = seedDev(ctx, ta.store)
+	require.NoError(t, err)
+	svcs, err := ta.store.Services(ctx)
+	require.NoError(t, err)
+	bySlug := map[string]store.Service{}
+	for _, sv := range svcs {
+		bySlug[sv.Slug] = sv
+	}
+	require.EqualValues(t, 7777, bySlug[demo[0].Slug].CreditCost, "the operator's cost was put back")
+	require.False(t, bySlug[demo[1].Slug].Active, "the retired demo service came back")
+	require.Contains(t, bySlug, demo[len(demo)-1].Slug, "a missing demo service was not added")
 }

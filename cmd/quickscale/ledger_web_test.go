@@ -278,7 +278,7 @@ func TestUseRedrawsAListOfServicesThatChangedSinceThePageShowedIt(t *testing.T) 
 
 	// Renamed: redrawn again with the new name; then unchanged again.
 	name := "Resize, faster"
-	_, err := ta.store.SetService(ctx, nil, store.ServiceChange{Slug: "resize", Name: &name}, "test")
+	_, _, err := ta.store.SetService(ctx, nil, store.ServiceChange{Slug: "resize", Name: &name}, "test")
 	require.NoError(t, err)
 	doc = use(serviceKey(t, doc, "render"), again)
 	require.Contains(t, doc.Find(`#service-cards .service[data-service="resize"]`).Text(), name)

@@ -45,6 +45,16 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 			fmt.Fprintf(stdout, "  pending: %s\n", p)
 		}
 		fmt.Fprintf(stdout, "river migrations: version %d of %d\n", st.RiverCurrent, st.RiverTarget)
+		for _, v := range st.AppUnknown {
+			fmt.Fprintf(stdout, "  unknown to this binary: app migration %d\n", v)
+		}
+		if st.Current() && st.Ahead() {
+			// A rolled-back binary on a schema migrated by a newer one:
+			// the processes run (an upgrade migrates before it replaces
+			// them), but a deploy's check should see it.
+			fmt.Fprintln(stdout, "status: AHEAD of this binary: the database was migrated by a newer quickscale (this is", version+"); run the binary that migrated it, or check that this one still works on its schema")
+			return exitWith{code: exitAhead}
+		}
 		if st.Current() {
 			fmt.Fprintln(stdout, "status: current")
 			return nil

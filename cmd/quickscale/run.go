@@ -59,21 +59,47 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runVersion(rest, stdout, stderr)
 	case "dev", "api", "worker":
 		return runServe(ctx, cmd, rest, getenv, stdout, stderr)
-	case "migrate":
-		return runMigrate(ctx, rest, getenv, stdout, stderr)
-	case "users":
-		return runUsers(ctx, rest, getenv, stdin, stdout, stderr)
-	case "credits":
-		return runCredits(ctx, rest, getenv, stdout, stderr)
-	case "apikeys":
-		return runAPIKeys(ctx, rest, getenv, stdout, stderr)
-	case "services":
-		return runServices(ctx, rest, getenv, stdout, stderr)
-	case "stripe":
-		return runStripe(ctx, rest, getenv, stdout, stderr)
 	}
-	fmt.Fprint(stderr, usageText)
-	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+	// An operator command's output is what a script reads (an API key or a
+	// generated password is shown only there): output that could not be
+	// written fails the command.
+	out := &checkedWriter{w: stdout}
+	var err error
+	switch cmd {
+	case "migrate":
+		err = runMigrate(ctx, rest, getenv, out, stderr)
+	case "users":
+		err = runUsers(ctx, rest, getenv, stdin, out, stderr)
+	case "credits":
+		err = runCredits(ctx, rest, getenv, out, stderr)
+	case "apikeys":
+		err = runAPIKeys(ctx, rest, getenv, out, stderr)
+	case "services":
+		err = runServices(ctx, rest, getenv, out, stderr)
+	case "stripe":
+		err = runStripe(ctx, rest, getenv, out, stderr)
+	default:
+		fmt.Fprint(stderr, usageText)
+		return usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+	if err == nil && out.err != nil {
+		return fmt.Errorf("could not write the output (%w); what the command did stands — an API key or a generated password that was to be shown is lost: revoke the key, or reset the password", out.err)
+	}
+	return err
+}
+
+// checkedWriter remembers the first error writing to w.
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
 }
 
 // exitWith ends a command with a particular exit code, having said why on
@@ -85,6 +111,14 @@ func (e exitWith) Error() string { return fmt.Sprintf("exit status %d", e.code) 
 // exitNotCurrent is `migrate status`'s exit code when migrations are
 // pending.
 const exitNotCurrent = 3
+
+// exitAhead is `migrate status`'s exit code when the database holds
+// migrations this binary does not know.
+const exitAhead = 4
+
+// exitInterrupted is the exit code of a command stopped by SIGINT or
+// SIGTERM before it finished (128 + SIGINT, as shells report Ctrl-C).
+const exitInterrupted = 130
 
 // exitCode prints err for people and maps it to the process exit code:
 // 0 on success, 2 for usage mistakes, an exitWith's own code, 1 for
@@ -101,6 +135,12 @@ func exitCode(err error, stderr io.Writer) int {
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "quickscale:", ue.msg)
 		return 2
+	}
+	// The command's context ends only on SIGINT or SIGTERM (main): the
+	// transaction it was in is rolled back.
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "quickscale: interrupted:", err)
+		return exitInterrupted
 	}
 	fmt.Fprintln(stderr, "quickscale: error:", err)
 	var pgErr *pgconn.PgError
@@ -137,7 +177,17 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	stderr, usage := fs.Output(), fs.Usage
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
+	// A flag given twice is a mistake, not "the last one wins": on a
+	// command that moves credits, --amount 5 … --amount 500 must not
+	// quietly grant 500.
+	// (Wrapped for the parse only: the help text reads the values' types.)
+	var twice string
+	fs.VisitAll(func(f *flag.Flag) { f.Value = &onceValue{Value: f.Value, name: f.Name, twice: &twice} })
 	err := fs.Parse(args)
+	fs.VisitAll(func(f *flag.Flag) { f.Value = f.Value.(*onceValue).Value })
+	if err != nil && twice != "" {
+		err = fmt.Errorf("--%s is given twice: give each flag once", twice)
+	}
 	fs.SetOutput(stderr)
 	fs.Usage = usage
 	if err != nil {
@@ -155,6 +205,29 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
 	return nil
+}
+
+// onceValue is a flag's value that can be set once.
+type onceValue struct {
+	flag.Value
+	name  string
+	twice *string // set to name when it is given again
+	set   bool
+}
+
+func (o *onceValue) Set(s string) error {
+	if o.set {
+		*o.twice = o.name
+		return errors.New("given twice")
+	}
+	o.set = true
+	return o.Value.Set(s)
+}
+
+// IsBoolFlag keeps a boolean flag usable without a value (--verified).
+func (o *onceValue) IsBoolFlag() bool {
+	b, ok := o.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // errHelp ends a command after printing its help.

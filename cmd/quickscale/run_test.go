@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	neturl "net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +107,40 @@ func TestBadFlagValueIsReportedOnce(t *testing.T) {
 	require.Empty(t, stdout)
 	require.Equal(t, 1, strings.Count(stderr, `invalid value "abc"`), stderr)
 	require.Equal(t, 1, strings.Count(stderr, "Usage: quickscale credits grant"), stderr)
+}
+
+// A flag given twice is refused before anything is done, not "the last
+// one wins" (--amount 5 … --amount 500 granted 500).
+func TestAFlagGivenTwiceIsAUsageError(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none?sslmode=disable&connect_timeout=2"}
+	for _, args := range [][]string{
+		{"credits", "grant", "--email", "a@example.com", "--amount", "5", "--reason", "x", "--amount", "500"},
+		{"users", "create", "--email", "a@example.com", "--email=b@example.com"},
+		{"users", "create", "--email", "a@example.com", "--verified", "--verified=false"},
+		{"services", "set", "--slug", "ocr", "--inactive", "--inactive"},
+	} {
+		code, stdout, stderr := runCmd(t, env, "", args...)
+		if code != 2 || !strings.Contains(stderr, "is given twice") || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr:\n%s", args, code, stdout, stderr)
+		}
+	}
+}
+
+// failingWriter fails every write, as stdout redirected to a full disk.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// Output that cannot be written fails the command, and says that what it
+// did stands: an API key or a generated password shown nowhere is lost.
+func TestAnOperatorCommandWhoseOutputCannotBeWrittenFails(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"quickscale", "services", "set", "--help"}, envFrom(nil), strings.NewReader(""), failingWriter{}, io.Discard)
+	require.ErrorContains(t, err, "could not write the output")
+	require.ErrorContains(t, err, "no space left on device")
+	var stderr bytes.Buffer
+	require.Equal(t, 1, exitCode(err, &stderr))
 }
 
 func TestVersionPrintsTheVersion(t *testing.T) {
@@ -214,6 +250,19 @@ func TestDevStartsThroughRunServesAndShutsDownCleanly(t *testing.T) {
 	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
 		t.Fatal("still serving after shutdown")
 	}
+}
+
+// ADDR with port 0 takes a free port, and the default BASE_URL (the
+// banner, links in emails, redirects) names that port, not 0.
+func TestDevOnPortZeroNamesThePortItTook(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": storetest.NewDatabase(t), "ADDR": "127.0.0.1:0", "METRICS_ADDR": "off"}
+	_, stdout := startRun(t, env, "dev")
+	re := regexp.MustCompile(`QuickScale is running: (http://127\.0\.0\.1:(\d+))\n`)
+	eventually(t, 30*time.Second, "the banner", func() bool { return re.MatchString(stdout.String()) })
+	m := re.FindStringSubmatch(stdout.String())
+	require.NotEqual(t, "0", m[2], stdout.String())
+	waitHTTP(t, m[1]+"/healthz", http.StatusOK, 5*time.Second)
 }
 
 func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
@@ -443,6 +492,40 @@ func TestMigrateStatusShowsBothSets(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "app migrations applied: 0") || !strings.Contains(stdout, "river migrations applied: 0") {
 		t.Fatalf("second migrate up: exit %d\n%s", code, stdout)
 	}
+}
+
+// Operator commands refuse a database whose migrations are behind the
+// binary (an upgrade before its `migrate up`: they would work on the old
+// schema or fail halfway), and warn on one migrated by a newer binary,
+// which `migrate status` reports with its own exit code.
+func TestOperatorCommandsAndMigrateStatusOnADatabaseOfAnotherVersion(t *testing.T) {
+	t.Parallel()
+	dbURL := emptyDatabase(t)
+	env := map[string]string{"DATABASE_URL": dbURL}
+	code, _, stderr := runCmd(t, env, "", "migrate", "up")
+	require.Equal(t, 0, code, stderr)
+
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	// Partly migrated: the newest migration not applied.
+	var last int64
+	require.NoError(t, conn.QueryRow(context.Background(), `DELETE FROM goose_db_version WHERE version_id = (SELECT max(version_id) FROM goose_db_version) RETURNING version_id`).Scan(&last))
+	code, _, stderr = runCmd(t, env, "", "services", "set", "--slug", "ocr", "--name", "OCR", "--cost", "3")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "not migrated for this binary: 1 app migration(s) pending")
+	require.Contains(t, stderr, "run `quickscale migrate up` first")
+	// Ahead: a version this binary has no file for.
+	_, err = conn.Exec(context.Background(), `INSERT INTO goose_db_version (version_id, is_applied) VALUES ($1, true), ($2, true)`, last, last+1000)
+	require.NoError(t, err)
+	code, stdout, _ := runCmd(t, env, "", "migrate", "status")
+	require.Equal(t, exitAhead, code, stdout)
+	require.Contains(t, stdout, fmt.Sprintf("unknown to this binary: app migration %d", last+1000))
+	require.Contains(t, stdout, "status: AHEAD of this binary")
+	code, stdout, stderr = runCmd(t, env, "", "services", "list")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stderr, "migrated by a newer quickscale")
+	require.NotContains(t, stdout, "newer", "the warning belongs on stderr")
 }
 
 func TestDevAsRootWithoutPostgresSaysWhatToDo(t *testing.T) {

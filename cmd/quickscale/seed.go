@@ -31,8 +31,10 @@ func demoServices() []store.Service {
 // seedDev adds the demo services and gives the demo admin a fresh random
 // password, which `dev` prints.
 func seedDev(ctx context.Context, st *store.Store) (*devSeed, error) {
+	// Only the missing ones: a demo service an operator changed or
+	// retired stays as they left it.
 	for _, sv := range demoServices() {
-		if _, err := st.UpsertService(ctx, sv); err != nil {
+		if _, err := st.AddServiceIfMissing(ctx, sv); err != nil {
 			return nil, err
 		}
 	}

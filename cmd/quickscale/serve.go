@@ -65,6 +65,13 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 			return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 		}
 		defer func() { _ = mainLn.Close() }()
+		// ADDR with port 0 takes a free port: the default BASE_URL (links
+		// in emails, redirects, the banner) names the port taken, not 0.
+		if host, port, err := net.SplitHostPort(cfg.Addr); err == nil && port == "0" && !cfg.baseURLSet {
+			if _, taken, err := net.SplitHostPort(mainLn.Addr().String()); err == nil {
+				cfg.BaseURL = "http://" + net.JoinHostPort(host, taken)
+			}
+		}
 	}
 
 	var seeded *devSeed

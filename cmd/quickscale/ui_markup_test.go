@@ -311,7 +311,7 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 	_, err = ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 5, Reason: strings.Repeat("R", 480)})
 	require.NoError(t, err)
 	name, desc := strings.Repeat("N", 100), strings.Repeat("D", 600)
-	_, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: "long-words", Name: &name, Description: &desc, CreditCost: v1Ptr[int64](1000)}, "test")
+	_, _, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: "long-words", Name: &name, Description: &desc, CreditCost: v1Ptr[int64](1000)}, "test")
 	require.NoError(t, err)
 	ctx := uiPhone(t, ta, u.Email)
 
@@ -487,7 +487,7 @@ func TestBrowserUseOfARetiredServiceDoesNotFocusAnotherService(t *testing.T) {
 	)
 	require.NoError(t, err)
 	inactive := false
-	_, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: retired, Active: &inactive}, "test")
+	_, _, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: retired, Active: &inactive}, "test")
 	require.NoError(t, err)
 	err = chromedp.Do(ctx,
 		chromedp.Focus(chromedp.CSS(`#use-form-`+retired+` button`)),

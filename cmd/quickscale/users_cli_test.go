@@ -199,3 +199,91 @@ func TestUserCreatedByCLISignsInOnTheSite(t *testing.T) {
 
 	require.Equal(t, "/admin", b.get("/dashboard").Doc(t).Find("nav #nav-admin").AttrOr("href", ""))
 }
+
+// A script creating one user per line of a file feeds every command the
+// same stdin: each must take its own line and leave the rest.
+func TestUsersCreateReadsOnlyTheFirstLineOfStdin(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	stdin := strings.NewReader("first password 123\nsecond password 456\n")
+
+	_, errOut, code := cli.run(stdin, "users", "create", "--email", "one@example.com")
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	rest, err := io.ReadAll(stdin)
+	require.NoError(t, err)
+	require.Equal(t, "second password 456\n", string(rest), "the command read past its line")
+	ok, _ := store.VerifyPassword("first password 123", cli.user("one@example.com").PasswordHash)
+	require.True(t, ok)
+}
+
+// An empty first line is an unset variable (echo "$PW"), not a request for
+// a generated password: refused, nothing created.
+func TestUsersCreateRefusesAnEmptyPasswordLine(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+
+	out, errOut, code := cli.run(strings.NewReader("\n"), "users", "create", "--email", "unset@example.com")
+
+	require.Equal(t, 2, code, "stdout: %s", out)
+	require.Contains(t, errOut, "first line of stdin is empty")
+	_, err := cli.store.UserByEmail(context.Background(), "unset@example.com")
+	require.Equal(t, store.KindNotFound, store.ErrorKind(err), "a user was created without the password meant")
+}
+
+// Ctrl-C while the command waits for a password that never comes ends it.
+func TestUsersCreateGivesUpWaitingForStdinWhenInterrupted(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	r, w := io.Pipe() // a writer that holds the pipe open and writes nothing
+	t.Cleanup(func() { w.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	var out, errb bytes.Buffer
+	err := run(ctx, []string{"quickscale", "users", "create", "--email", "waits@example.com"}, func(k string) string { return cli.env[k] }, r, &out, &errb)
+
+	require.ErrorIs(t, err, context.Canceled)
+	require.Equal(t, exitInterrupted, exitCode(err, &errb))
+	_, err = cli.store.UserByEmail(context.Background(), "waits@example.com")
+	require.Equal(t, store.KindNotFound, store.ErrorKind(err))
+}
+
+// The user and its audit entry are one transaction: when the audit entry
+// cannot be written there is no user either, and a retry is not refused
+// as "already exists".
+func TestUsersCreateWritesNoUserWithoutItsAuditEntry(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	ctx := context.Background()
+	_, err := cli.store.Pool().Exec(ctx, `
+CREATE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$;
+CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION test_refuse_audit();`)
+	require.NoError(t, err)
+
+	_, errOut, code := cli.run(strings.NewReader("a password 1234\n"), "users", "create", "--email", "atomic@example.com")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "audit refused")
+	_, err = cli.store.UserByEmail(ctx, "atomic@example.com")
+	require.Equal(t, store.KindNotFound, store.ErrorKind(err), "the user was written without its audit entry")
+
+	_, err = cli.store.Pool().Exec(ctx, `DROP TRIGGER test_refuse_audit ON audit_log`)
+	require.NoError(t, err)
+	_, errOut, code = cli.run(strings.NewReader("a password 1234\n"), "users", "create", "--email", "atomic@example.com")
+	require.Equal(t, 0, code, "the retry: %s", errOut)
+}
+
+// An API key printed to a stdout that cannot take it is lost: the command
+// fails (exit 1) and says so, instead of reporting success.
+func TestAPIKeyCreateFailsWhenTheKeyCannotBePrinted(t *testing.T) {
+	t.Parallel()
+	cli := acctNewCLI(t)
+	storetest.NewUser(t, cli.store, storetest.UserOpts{Email: "full@example.com"})
+
+	var errb bytes.Buffer
+	err := run(context.Background(), []string{"quickscale", "apikeys", "create", "--email", "full@example.com", "--name", "ci"},
+		func(k string) string { return cli.env[k] }, strings.NewReader(""), failingWriter{}, &errb)
+
+	require.Equal(t, 1, exitCode(err, &errb))
+	require.Contains(t, errb.String(), "could not write the output")
+	require.Contains(t, errb.String(), "revoke the key")
+}
