@@ -91,7 +91,7 @@ func (g NewGrant) validate() error {
 	case g.ExpiresAt != nil && !g.ExpiresAt.After(time.Now()):
 		return Errorf(KindInvalid, "The expiry must be in the future.")
 	case g.ExpiresAt != nil && ExpiryTooFar(*g.ExpiresAt, time.Now()):
-		return Errorf(KindInvalid, "The expiry must be at most %d years ahead; credits meant to last longer never expire (no expiry).", MaxExpiryYears)
+		return Errorf(KindInvalid, "The expiry must be less than %d years ahead (a day less at most); credits meant to last longer never expire (no expiry).", MaxExpiryYears)
 	case g.SourceKind == "" || g.SourceID == "":
 		return Errorf(KindInvalid, "A grant needs a source.")
 	}
@@ -288,6 +288,11 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 		return Usage{}, false, err
 	}
 	req.IdempotencyKey = key
+	if s.alone.busy(req.UserID) {
+		// The account is held elsewhere and earlier spends of it wait:
+		// this one waits behind them, not in a batch it would hold up.
+		return s.consumeAlone(ctx, req)
+	}
 	r, err := s.consumes.Do(ctx, req)
 	if errors.Is(err, errRunAlone) {
 		// Its batch waited too long for an account lock, or the database
@@ -310,6 +315,11 @@ const aloneDeadlineMargin = 250 * time.Millisecond
 // the server's own lock_timeout the spend is refused before the answer,
 // and the error wraps context.DeadlineExceeded (a 503, nothing charged).
 func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bool, error) {
+	release, err := s.alone.enter(ctx, req.UserID)
+	if err != nil {
+		return Usage{}, false, err
+	}
+	defer release()
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return Consume(ctx, s.pool, req)
@@ -321,7 +331,7 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 	// ledger_consume_many itself, with its lock timeout: ledger_consume
 	// (Consume's, kept for databases migrated before 00006) has none.
 	var row consumeRow
-	err := s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
+	err = s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many(ARRAY[$1::bigint], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::bigint], $6)`,
 		req.UserID, req.Service, req.IdempotencyKey, req.Fingerprint(), req.APIKeyID, fmt.Sprintf("%dms", wait.Milliseconds())).
 		Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)

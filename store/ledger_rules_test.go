@@ -317,3 +317,68 @@ func TestSpendRunningAloneGivesUpBeforeItsDeadlineInTheServer(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 10, bal.Total, "nothing charged")
 }
+
+// Spends of an account held elsewhere (a stuck session) wait for it one at
+// a time, on one connection: the pool stays open to every other user. (Each
+// used to wait on a connection of its own until its deadline: 25 of them
+// stalled every other API call for 28 s.) Once the account is free, they
+// all go through.
+func TestSpendsOfAHeldAccountLeaveThePoolToOtherUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := storetest.NewDatabase(t)
+	pool, err := store.OpenPool(ctx, dbURL, store.PoolOptions{MaxConns: 6})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	st := store.New(pool, slog.New(slog.DiscardHandler))
+	held := storetest.NewUser(t, st, storetest.UserOpts{})
+	other := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 100})
+	storetest.NewGrant(t, st, other.ID, storetest.GrantOpts{Amount: 100})
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	holder, err := pgx.Connect(ctx, dbURL) // outside the pool
+	require.NoError(t, err)
+	defer holder.Close(ctx)
+	_, err = holder.Exec(ctx, `BEGIN; SELECT 1 FROM accounts WHERE user_id = `+fmt.Sprint(held.ID)+` FOR UPDATE`)
+	require.NoError(t, err)
+
+	const spends = 12
+	spendCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	results := make(chan error, spends)
+	for i := range spends {
+		go func() {
+			_, _, err := st.Consume(spendCtx, store.ConsumeRequest{UserID: held.ID, Service: svc, IdempotencyKey: fmt.Sprint("held-", i)})
+			results <- err
+		}()
+	}
+	// (Not from the holder's session: in a transaction, pg_stat_activity
+	// is a snapshot taken at its first read.)
+	watcher, err := pgx.Connect(ctx, dbURL)
+	require.NoError(t, err)
+	defer watcher.Close(ctx)
+	lockWaiters := func() int {
+		var n int
+		require.NoError(t, watcher.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%ledger_consume_many%'`).Scan(&n))
+		return n
+	}
+	storetest.WaitFor(t, "a spend of the held account to wait for it", func() bool { return lockWaiters() > 0 })
+
+	otherCtx, cancelOther := context.WithTimeout(ctx, 5*time.Second)
+	defer cancelOther()
+	_, _, err = st.Consume(otherCtx, store.ConsumeRequest{UserID: other.ID, Service: svc, IdempotencyKey: "other"})
+	require.NoError(t, err, "another user's spend waited behind the held account's")
+	_, err = st.Balance(otherCtx, other.ID)
+	require.NoError(t, err)
+	storetest.WaitFor(t, "the held account's spends to wait on one connection", func() bool { return lockWaiters() == 1 })
+
+	_, err = holder.Exec(ctx, `COMMIT`)
+	require.NoError(t, err)
+	for range spends {
+		require.NoError(t, <-results)
+	}
+	bal, err := st.Balance(ctx, held.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 100-spends, bal.Total)
+}

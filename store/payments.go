@@ -64,15 +64,19 @@ func (s *Store) CustomerID(ctx context.Context, userID int64) (string, error) {
 
 // SaveCustomerID remembers the user's Stripe customer; the first one saved
 // wins and is returned.
+//
+// Two statements: when another request's insert of the user's row is in
+// flight, the insert waits for it and then does nothing, and only a
+// statement started after that sees the row it committed (one statement
+// reading the table as well answered no row, a 500 on a new user's first
+// two overlapping purchases).
 func (s *Store) SaveCustomerID(ctx context.Context, userID int64, customerID string) (string, error) {
 	var id string
-	err := s.pool.QueryRow(ctx, `
-WITH ins AS (
-    INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, $2)
-    ON CONFLICT (user_id) DO NOTHING RETURNING customer_id
-)
-SELECT customer_id FROM ins UNION ALL SELECT customer_id FROM stripe_customers WHERE user_id = $1
-LIMIT 1`, userID, customerID).Scan(&id)
+	err := s.pool.QueryRow(ctx, `INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, $2)
+ON CONFLICT (user_id) DO NOTHING RETURNING customer_id`, userID, customerID).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = s.pool.QueryRow(ctx, `SELECT customer_id FROM stripe_customers WHERE user_id = $1`, userID).Scan(&id)
+	}
 	return id, err
 }
 

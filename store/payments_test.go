@@ -55,3 +55,42 @@ func TestPaymentTotalsCountPaymentsWhenPaid(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.PaymentTotals{Succeeded: 1, RevenueMinor: pack.PriceMinor, RefundedMinor: 100, Pending: 1}, totals)
 }
+
+// Two requests saving a new user's first customer at once (two Buy
+// clicks): the second waits for the first's insert and answers the
+// customer it saved, not an error (it answered "no rows", a 500).
+func TestSaveCustomerIDWaitingForAnotherSaveAnswersItsCustomer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	first, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer first.Rollback(ctx)
+	_, err = first.Exec(ctx, `INSERT INTO stripe_customers (user_id, customer_id) VALUES ($1, 'cus_first')`, u.ID)
+	require.NoError(t, err)
+
+	type answer struct {
+		id  string
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		id, err := st.SaveCustomerID(ctx, u.ID, "cus_second")
+		done <- answer{id, err}
+	}()
+	storetest.WaitFor(t, "the second save to wait for the first", func() bool {
+		var n int
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%stripe_customers%'`).Scan(&n))
+		return n == 1
+	})
+	require.NoError(t, first.Commit(ctx))
+	select {
+	case a := <-done:
+		require.NoError(t, a.err)
+		require.Equal(t, "cus_first", a.id, "the first customer saved wins")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second save never answered")
+	}
+}

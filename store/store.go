@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -30,6 +31,8 @@ type Store struct {
 	pool     *pgxpool.Pool
 	logger   *slog.Logger
 	consumes *Batcher[ConsumeRequest, Spent]
+	// alone bounds the connections spends running alone wait on.
+	alone *aloneGate
 	// observeConsumes, when set, is told the size of every batch of
 	// spends committed.
 	observeConsumes func(n int)
@@ -43,6 +46,8 @@ func (s *Store) ObserveConsumeBatches(fn func(n int)) { s.observeConsumes = fn }
 func New(pool *pgxpool.Pool, logger *slog.Logger) *Store {
 	s := &Store{pool: pool, logger: logger}
 	s.consumes = NewBatcher(consumeLanes, consumeMaxBatch, s.consumeGathered)
+	// Half the pool: the other half serves everything else.
+	s.alone = newAloneGate(int(pool.Config().MaxConns) / 2)
 	return s
 }
 
@@ -109,6 +114,13 @@ func OpenPool(ctx context.Context, url string, opts PoolOptions) (*pgxpool.Pool,
 			}
 			l.Log(context.Background(), level, "postgres: "+n.Message, "severity", n.Severity, "code", n.Code)
 		}
+	}
+	// Times come back in UTC, whatever the process's time zone (TZ): the
+	// JSON API writes them as they are, and a replay answered by a process
+	// in another zone must be the same body.
+	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		conn.TypeMap().RegisterType(&pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC}})
+		return nil
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -50,20 +50,6 @@ func (s *Site) AdminUsers() http.Handler {
 	})
 }
 
-func (s *Site) adminTarget(w http.ResponseWriter, r *http.Request) (store.User, bool) {
-	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-	if err != nil {
-		s.NotFound().ServeHTTP(w, r)
-		return store.User{}, false
-	}
-	u, err := s.store.UserByID(r.Context(), id)
-	if err != nil {
-		s.handleError(w, r, err)
-		return store.User{}, false
-	}
-	return u, true
-}
-
 type adminUserPage struct {
 	Target   store.User
 	Balance  store.Balance
@@ -179,8 +165,24 @@ func (s *Site) AdminUser() http.Handler {
 // audit log in one transaction.
 func (s *Site) AdminCredits() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		target, ok := s.adminTarget(w, r)
-		if !ok {
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		target, err := s.store.UserByID(r.Context(), id)
+		if store.ErrorKind(err) == store.KindNotFound {
+			// An account deleted since the form was loaded: say so (409),
+			// not "not found", which leaves the admin guessing.
+			if _, deletedAt, derr := s.store.DeletedUserByID(r.Context(), id); derr == nil {
+				s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This account was deleted",
+					Message:   "Its owner deleted it on " + deletedAt.UTC().Format("2 Jan 2006 15:04") + " UTC, and its credits were forfeited then. Nothing was changed.",
+					ActionURL: "/admin/users/" + strconv.FormatInt(id, 10), ActionLabel: "See the account"})
+				return
+			}
+		}
+		if err != nil {
+			s.handleError(w, r, err)
 			return
 		}
 		if r.Method != http.MethodPost {
@@ -213,7 +215,7 @@ func (s *Site) AdminCredits() http.Handler {
 			case err != nil || !end.After(time.Now()):
 				f.fail("expires", "Give today or a later date (YYYY-MM-DD; days are counted in UTC, where it is now "+time.Now().UTC().Format("2 Jan 15:04")+"), or leave it empty for credits that never expire.")
 			case store.ExpiryTooFar(end, time.Now()):
-				f.fail("expires", "Give a date at most "+strconv.Itoa(store.MaxExpiryYears)+" years ahead, or leave it empty for credits that never expire.")
+				f.fail("expires", "Give a date less than "+strconv.Itoa(store.MaxExpiryYears)+" years ahead (100 years less a day at most), or leave it empty for credits that never expire.")
 			default:
 				expires = &end
 			}

@@ -315,7 +315,7 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 				return usageError{fmt.Sprintf("--expires %q is not in the future", *expires)}
 			}
 			if store.ExpiryTooFar(t, time.Now()) {
-				return usageError{fmt.Sprintf("--expires %q is more than %d years ahead (leave it out for admin or promo credits that never expire)", *expires, store.MaxExpiryYears)}
+				return usageError{fmt.Sprintf("--expires %q is too far ahead: at most %d years less a day (leave it out for admin or promo credits that never expire)", *expires, store.MaxExpiryYears)}
 			}
 			exp = &t
 		}

@@ -189,4 +189,18 @@ func TestDevSeedKeepsAnOperatorsChangesToDemoServices(t *testing.T) {
 	require.EqualValues(t, 7777, bySlug[demo[0].Slug].CreditCost, "the operator's cost was put back")
 	require.False(t, bySlug[demo[1].Slug].Active, "the retired demo service came back")
 	require.Contains(t, bySlug, demo[len(demo)-1].Slug, "a missing demo service was not added")
+
+	// The demo admin, demoted, is an admin again at the next start, and
+	// the audit log says so.
+	admin, err := ta.store.UserByEmail(ctx, demoAdminEmail)
+	require.NoError(t, err)
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.SetRole(ctx, tx, admin.ID, store.RoleUser) }))
+	_, err = seedDev(ctx, ta.store)
+	require.NoError(t, err)
+	admin, err = ta.store.UserByEmail(ctx, demoAdminEmail)
+	require.NoError(t, err)
+	require.True(t, admin.IsAdmin())
+	var audited int
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'user.promote' AND target_user_id = $1`, admin.ID).Scan(&audited))
+	require.Equal(t, 1, audited, "the demo admin's promotion was not audited")
 }

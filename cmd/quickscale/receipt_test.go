@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -66,4 +67,26 @@ func TestReceiptIsTheBuyersOnlyAndOnlyOncePaid(t *testing.T) {
 		acctRequireStatus(t, p.Browser.get(bad), http.StatusNotFound)
 	}
 	mustRedirect(t, ta.browser().get(path), "/login")
+}
+
+// At a phone's width the receipt fits the screen: the payment's reference,
+// one long word, wraps instead of pushing the page sideways.
+func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	pay := whPayment(t, ta, p)
+	ctx := uiPhone(t, ta, p.User.Email)
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/dashboard/payments/%d/receipt", ta.URL, pay.ID)),
+		chromedp.WaitVisible(chromedp.CSS("#receipt-reference"))))
+	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, overflow, 0, "the receipt is wider than a 375 px screen")
+	// The payments list shows each payment's status on screen, its table
+	// not scrolling sideways.
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/payments"), chromedp.WaitVisible(chromedp.CSS("#payments .receipt-link"))))
+	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(function(){var e=document.querySelector("#payments").closest(".table-container");return e.scrollWidth-e.clientWidth;})()`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, wide, 0, "the payments table scrolls sideways at 375 px: its status is off screen")
 }

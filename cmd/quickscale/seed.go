@@ -52,7 +52,14 @@ func seedDev(ctx context.Context, st *store.Store) (*devSeed, error) {
 			return nil, err
 		}
 		if !u.IsAdmin() {
-			if err := st.InTx(ctx, func(tx pgx.Tx) error { return store.SetRole(ctx, tx, u.ID, store.RoleAdmin) }); err != nil {
+			// Demoted since the last start: the demo admin is an admin
+			// again, and the audit log says so, as for any promotion.
+			if err := st.InTx(ctx, func(tx pgx.Tx) error {
+				if err := store.SetRole(ctx, tx, u.ID, store.RoleAdmin); err != nil {
+					return err
+				}
+				return store.Audit(ctx, tx, nil, "user.promote", &u.ID, map[string]any{"role": store.RoleAdmin, "via": "dev start (the demo admin)"})
+			}); err != nil {
 				return nil, err
 			}
 		}

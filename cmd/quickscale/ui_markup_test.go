@@ -103,7 +103,7 @@ func TestPaymentsPaginationIsLabelled(t *testing.T) {
 	}
 	// Newer from the second page is the first page again.
 	ids := func(doc *goquery.Document) []string {
-		return doc.Find("#payments td.payment-id").Map(func(_ int, s *goquery.Selection) string { return s.Text() })
+		return doc.Find("#payments .payment-id").Map(func(_ int, s *goquery.Selection) string { return s.Text() })
 	}
 	newer, ok := second.Find("#payments-newer").Attr("href")
 	require.True(t, ok, "no link to newer payments")
@@ -338,6 +338,16 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 			t.Errorf("at 375 px a table of %s is %d px wider than its box", page.path, wide)
 		}
 	}
+	// In the credit history only what people typed breaks mid-word: the
+	// words around it ("Credits added by support") stay whole, however long
+	// the reason beside them (they broke as "Admi n credi ts").
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/credits"), chromedp.WaitVisible(chromedp.CSS("tr.history-item"))))
+	broken, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(function(){var bad=[];document.querySelectorAll("tr.history-item td").forEach(function(td){
+  var w=document.createTreeWalker(td,NodeFilter.SHOW_TEXT),n;while((n=w.nextNode())){var re=/\S+/g,m;while((m=re.exec(n.data))){
+    if(m[0].length>=30)continue;var r=document.createRange();r.setStart(n,m.index);r.setEnd(n,m.index+m[0].length);
+    if(r.getClientRects().length>1)bad.push(m[0]);}}});return bad.join(" ");})()`))
+	require.NoError(t, err)
+	require.Empty(t, broken, "words broken across lines in the credit history at 375 px")
 	// Using the service: the answer ("not enough credits") wraps too.
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/services"),
