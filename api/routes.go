@@ -91,6 +91,8 @@ func (s *server) routes() http.Handler {
 			r.Get("/dashboard/buy-credits/cancel", site.CheckoutCancel().ServeHTTP)
 			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
 			r.Get("/dashboard/payments/{id}/receipt", site.Receipt().ServeHTTP)
+			r.Post("/dashboard/payments/{id}/cancel", site.CancelCheckout().ServeHTTP)
+			r.Get("/dashboard/payments/{id}/cancel", http.RedirectHandler("/dashboard/payments", http.StatusSeeOther).ServeHTTP)
 			r.Get("/settings", site.Settings().ServeHTTP)
 			r.Post("/settings/password", site.ChangePassword().ServeHTTP)
 			r.Post("/settings/email", site.ChangeEmail().ServeHTTP)

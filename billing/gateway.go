@@ -5,6 +5,7 @@ package billing
 
 import (
 	"context"
+	"errors"
 
 	"github.com/quickscale/quickscale/store"
 )
@@ -18,6 +19,12 @@ type Gateway interface {
 	CreateCustomer(ctx context.Context, c CustomerParams) (string, error)
 	// CreateCheckoutSession opens a hosted checkout for one pack.
 	CreateCheckoutSession(ctx context.Context, p CheckoutParams) (CheckoutSession, error)
+	// ExpireCheckoutSession closes an open checkout (the buyer cancelled
+	// it): it can no longer be paid, and the provider then sends
+	// checkout.session.expired, which marks the payment expired. A session
+	// no longer open (paid, declined or expired meanwhile) is
+	// ErrCheckoutNotOpen.
+	ExpireCheckoutSession(ctx context.Context, id string) error
 	// SyncCatalog creates or updates the products and prices of the packs,
 	// idempotently, and returns each pack's price id by pack code.
 	SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error)
@@ -52,3 +59,7 @@ const (
 	MetaUserID   = "quickscale_user_id"
 	MetaPackCode = "quickscale_pack"
 )
+
+// ErrCheckoutNotOpen is ExpireCheckoutSession's answer for a checkout that
+// was finished (paid, declined or expired) before it could be closed.
+var ErrCheckoutNotOpen = errors.New("the checkout is no longer open")

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -173,6 +174,18 @@ func (s *Simulator) deliver(ctx context.Context, ss store.SimSession) error {
 		return s.Emit(ctx, stripe.EventTypeCheckoutSessionAsyncPaymentFailed, CheckoutSessionObject(ss))
 	}
 	return nil
+}
+
+// ExpireCheckoutSession implements Gateway: the session is expired at
+// once and checkout.session.expired delivered, as Stripe does.
+func (s *Simulator) ExpireCheckoutSession(ctx context.Context, id string) error {
+	return s.oneAtATime(ctx, func() error {
+		err := s.store.ExpireSimSession(ctx, id, func(ss store.SimSession) error { return s.deliver(ctx, ss) })
+		if errors.Is(err, store.ErrSimSessionNotOpen) {
+			return fmt.Errorf("simulator: expire checkout %s: %w", id, ErrCheckoutNotOpen)
+		}
+		return err
+	})
 }
 
 // ExpireAbandoned expires checkouts left open past store.SimSessionExpiry

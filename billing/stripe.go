@@ -65,6 +65,22 @@ func (s *Stripe) CreateCustomer(ctx context.Context, c CustomerParams) (string, 
 	return cust.ID, nil
 }
 
+// ExpireCheckoutSession implements Gateway. Stripe refuses to expire a
+// session that is not open with a 400 (invalid_request_error).
+func (s *Stripe) ExpireCheckoutSession(ctx context.Context, id string) error {
+	p := &stripe.CheckoutSessionExpireParams{}
+	p.Context = ctx
+	_, err := s.api.CheckoutSessions.Expire(id, p)
+	var se *stripe.Error
+	if errors.As(err, &se) && se.HTTPStatusCode == http.StatusBadRequest && se.Type == stripe.ErrorTypeInvalidRequest {
+		return fmt.Errorf("stripe: expire checkout %s: %w (%s)", id, ErrCheckoutNotOpen, se.Msg)
+	}
+	if err != nil {
+		return fmt.Errorf("stripe: expire checkout %s: %w", id, err)
+	}
+	return nil
+}
+
 // CreateCheckoutSession implements Gateway: a one-off payment for a pack,
 // by its synced price when known, else with inline price data.
 func (s *Stripe) CreateCheckoutSession(ctx context.Context, cp CheckoutParams) (CheckoutSession, error) {

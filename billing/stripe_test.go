@@ -255,3 +255,14 @@ func TestStripeSyncCatalogCreatesAMissingProduct(t *testing.T) {
 	require.Equal(t, "QuickScale pack_1000 credits", created.Form.Get("name"))
 	require.Equal(t, "pack_1000", created.Form.Get("metadata["+billing.MetaPackCode+"]"))
 }
+
+func TestStripeExpireCheckoutSessionSendsAValidRequest(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+
+	require.NoError(t, gw.ExpireCheckoutSession(context.Background(), "cs_test_abc"))
+
+	s := rc.only(t)
+	requirePinnedVersion(t, s)
+	require.Equal(t, "POST /v1/checkout/sessions/cs_test_abc/expire", s.Method+" "+s.Path)
+}

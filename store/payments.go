@@ -163,6 +163,16 @@ func (s *Store) UserPayment(ctx context.Context, userID, id int64) (Payment, err
 	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id = $2`, userID, id))
 }
 
+// OpenCheckoutsOfUser lists a user's checkouts still pending (opened, not
+// paid, declined or expired), newest first, at most limit.
+func (s *Store) OpenCheckoutsOfUser(ctx context.Context, userID int64, limit int) ([]Payment, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND status = 'pending' ORDER BY id DESC LIMIT $2`, userID, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Payment])
+}
+
 // PaymentsOfUser lists a user's payments, newest first: those older than
 // cursor (0: the newest) or, given after, those right above it
 // (keysetList).

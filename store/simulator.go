@@ -108,6 +108,38 @@ func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, p
 	return ss, done, err
 }
 
+// ErrSimSessionNotOpen is ExpireSimSession's answer for a session already
+// finished or expired.
+var ErrSimSessionNotOpen = errors.New("simulator: the session is not open")
+
+// ExpireSimSession expires one open session now (its buyer cancelled it),
+// calling deliver under its lock as FinishSimSession does; a session not
+// open is ErrSimSessionNotOpen, one that does not exist KindNotFound.
+func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(SimSession) error) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 FOR UPDATE`, id)
+		if err != nil {
+			return err
+		}
+		ss, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindNotFound, "No such checkout session.")
+		}
+		if err != nil {
+			return err
+		}
+		if ss.Status != "open" {
+			return ErrSimSessionNotOpen
+		}
+		ss.Status = "expired"
+		if err := deliver(ss); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_sessions SET status = 'expired' WHERE id = $1`, id)
+		return err
+	})
+}
+
 // ExpireSimSessions expires up to limit sessions left open past
 // SimSessionExpiry, oldest first, each as FinishSimSession would: deliver
 // is called under the session's lock (sessions another process is

@@ -221,10 +221,80 @@ func (s *Site) CheckoutStatus() http.Handler {
 }
 
 // CheckoutCancel serves GET /dashboard/buy-credits/cancel.
+//
+// Stripe's cancel address carries no session, so the page says only what
+// it knows (the buyer left the checkout page; they may have paid in another
+// tab) and lists the buyer's checkouts still open, each of which can be
+// closed here rather than left open until it expires a day later.
 func (s *Site) CheckoutCancel() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.render(w, r, http.StatusOK, "checkout_cancel", "Checkout cancelled", nil)
+		open, err := s.store.OpenCheckoutsOfUser(r.Context(), CurrentUser(r.Context()).ID, 10)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "checkout_cancel", "Checkout cancelled", map[string]any{"Open": open})
 	})
+}
+
+// CancelCheckout serves POST /dashboard/payments/{id}/cancel: the buyer
+// closes a checkout still open, at the payment provider, so that it can no
+// longer be paid. The provider's checkout.session.expired event then marks
+// the payment expired, through the webhook pipeline like any other.
+func (s *Site) CancelCheckout() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		pay, err := s.store.UserPayment(ctx, CurrentUser(ctx).ID, id)
+		if err != nil {
+			if store.ErrorKind(err) == store.KindNotFound {
+				err = store.Errorf(store.KindNotFound, "You have no such payment.")
+			}
+			s.handleError(w, r, err)
+			return
+		}
+		ref := "#" + formatInt(pay.ID)
+		if pay.Status != store.PaymentPending {
+			s.flash(ctx, "Payment "+ref+" is no longer open ("+paymentStatusWord(pay.Status)+"): there was nothing to cancel.")
+			redirect(w, r, "/dashboard/payments")
+			return
+		}
+		err = s.gateway.ExpireCheckoutSession(ctx, pay.CheckoutSessionID)
+		switch {
+		case errors.Is(err, billing.ErrCheckoutNotOpen):
+			s.flash(ctx, "Payment "+ref+" was finished at the checkout before it could be cancelled: its status below is updated as soon as the payment provider tells us.")
+		case err != nil:
+			s.logger.ErrorContext(ctx, "payment provider: cancel checkout", "payment", pay.ID, "err", err)
+			s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "The checkout could not be cancelled",
+				Message:   "We could not reach our payment provider, so payment " + ref + " stays open. Nothing was charged for it. Please try again in a few minutes.",
+				ActionURL: "/dashboard/payments", ActionLabel: "Back to your payments"})
+			return
+		default:
+			s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it. It shows as Expired once the payment provider confirms, usually within seconds.")
+		}
+		redirect(w, r, "/dashboard/payments")
+	})
+}
+
+// paymentStatusWord is a payment status as the payments page names it.
+func paymentStatusWord(status string) string {
+	switch status {
+	case store.PaymentSucceeded:
+		return "paid"
+	case store.PaymentFailed:
+		return "failed"
+	case store.PaymentExpired:
+		return "expired"
+	case store.PaymentRefunded:
+		return "refunded"
+	case store.PaymentPartiallyRefunded:
+		return "partly refunded"
+	}
+	return status
 }
 
 // Payments serves GET /dashboard/payments, newest first.

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// A buyer who left the checkout finds it on the cancel page and can close
+// it: it can no longer be paid, and the provider's expired event marks the
+// payment expired (it used to stay "Pending" for a day). The cancel page
+// says only what it knows.
+func TestACheckoutLeftOpenCanBeCancelled(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	pay := whPayment(t, ta, p)
+	cancelPath := fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID)
+
+	doc := p.Browser.get("/dashboard/buy-credits/cancel").Doc(t)
+	require.Contains(t, doc.Find("#checkout-cancelled").Text(), "If you did not pay there, nothing was charged")
+	require.Equal(t, 1, doc.Find(`#open-checkouts form[action="`+cancelPath+`"]`).Length(), "the open checkout is not offered for cancelling")
+	require.Equal(t, 1, p.Browser.get("/dashboard/payments").Doc(t).Find(`#payments form.cancel-checkout[action="`+cancelPath+`"]`).Length())
+
+	// Nobody else can cancel it.
+	other := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	require.Equal(t, http.StatusNotFound, whLogin(t, ta, other.Email).post(cancelPath, nil).Status)
+
+	mustRedirect(t, p.Browser.post(cancelPath, nil), "/dashboard/payments")
+	page := p.Browser.get("/dashboard/payments").Doc(t)
+	require.Contains(t, strings.Join(strings.Fields(page.Find("main").Text()), " "), fmt.Sprintf("Checkout #%d is cancelled", pay.ID))
+	eventually(t, 15*time.Second, "the payment to turn expired", func() bool { return whPayment(t, ta, p).Status == store.PaymentExpired })
+	require.Zero(t, p.Browser.get("/dashboard/payments").Doc(t).Find(`form.cancel-checkout`).Length(), "an expired payment still offers Cancel")
+
+	// It can no longer be paid.
+	r := p.Browser.post("/simulator/checkout/"+p.SessionID, url.Values{"action": {"pay"}})
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	require.Zero(t, whBalance(t, ta, p.User.ID))
+
+	// Cancelling it again (a form from before) says there is nothing to do.
+	mustRedirect(t, p.Browser.post(cancelPath, nil), "/dashboard/payments")
+	require.Contains(t, p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text(), "no longer open (expired)")
+	require.Equal(t, 1, p.Browser.get("/dashboard/buy-credits/cancel").Doc(t).Find("#no-open-checkouts").Length())
+}
+
+// A checkout paid (in another tab) before the buyer cancelled it is not
+// cancelled, and the buyer is told.
+func TestCancellingACheckoutPaidMeanwhileSaysSo(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	pay := whPayment(t, ta, p)
+	// Paid at the simulator; the form on the payments page still says pending.
+	r := p.Browser.post("/simulator/checkout/"+p.SessionID, url.Values{"action": {"pay"}})
+	require.Less(t, r.Status, 400, r.Body)
+	eventually(t, 15*time.Second, "the payment to be paid", func() bool { return whPayment(t, ta, p).Status == store.PaymentSucceeded })
+	mustRedirect(t, p.Browser.post(fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID), nil), "/dashboard/payments")
+	require.Contains(t, p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text(), "no longer open (paid)")
+	require.Equal(t, p.Credits, whBalance(t, ta, p.User.ID))
+}
