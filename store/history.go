@@ -28,6 +28,9 @@ type HistoryItem struct {
 	// ByOwner: the account's owner caused this entry (credits forfeited when
 	// they deleted the account, ForfeitCredits), not support.
 	ByOwner bool
+	// PaymentID is the purchase a grant line's credits were bought with
+	// (0: none), so that the line can be matched to the payments list.
+	PaymentID int64
 }
 
 // HistoryPage is one page of history, newest first.
@@ -53,6 +56,7 @@ type historyRow struct {
 	UsageID        *int64     `db:"usage_id"`
 	Service        *string    `db:"service"`
 	ByOwner        bool       `db:"by_owner"`
+	PaymentID      *int64     `db:"payment_id"`
 }
 
 // drawn is what the entry took from its grant.
@@ -69,11 +73,13 @@ func historyQuery(inner, order string) string {
 	return `
 SELECT e.id, e.kind, e.amount, e.created_at, e.reason, e.grant_id,
        g.kind AS grant_kind, g.expires_at AS grant_expires_at, g.created_at AS grant_created_at, e.usage_id, s.name AS service,
-       (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner
+       (e.actor_user_id IS NOT DISTINCT FROM e.user_id AND e.reason IS NOT DISTINCT FROM '` + ForfeitReason + `') AS by_owner,
+       p.id AS payment_id
   FROM (` + inner + `) e
   JOIN grants g ON g.id = e.grant_id
   LEFT JOIN usages u ON u.user_id = e.user_id AND u.id = e.usage_id
-  LEFT JOIN services s ON s.id = u.service_id` + order
+  LEFT JOIN services s ON s.id = u.service_id
+  LEFT JOIN payments p ON e.kind = 'grant' AND p.grant_id = e.grant_id` + order
 }
 
 // maxRemovalTail bounds how many entries History reads to complete a
@@ -253,6 +259,9 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 		}
 		it := HistoryItem{Kind: e.Kind, Credits: e.Amount, CreatedAt: e.CreatedAt, GrantID: e.GrantID,
 			GrantKind: e.GrantKind, GrantExpiresAt: e.GrantExpiresAt, ByOwner: e.ByOwner}
+		if e.PaymentID != nil {
+			it.PaymentID = *e.PaymentID
+		}
 		if e.Reason != nil {
 			it.Reason = *e.Reason
 		}

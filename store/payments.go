@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -161,6 +164,46 @@ func (s *Store) UserPaymentBySession(ctx context.Context, userID int64, sessionI
 // found.
 func (s *Store) UserPayment(ctx context.Context, userID, id int64) (Payment, error) {
 	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE user_id = $1 AND id = $2`, userID, id))
+}
+
+// paymentNumber is how the pages and emails name a payment: "payment
+// #81", "Payment 81", "receipt #81".
+var paymentNumber = regexp.MustCompile(`^(?i)(?:payment|receipt)\s*#?\s*([0-9]{1,18})$`)
+
+// FindPayment finds the payment a support search names, as customers see
+// it: "payment #81" (or "receipt #81"), the payment reference on a receipt
+// (a PaymentIntent, pi_…) or a checkout session (cs_…). found is false when
+// q names none (a bare "#81" is a user id, for SearchUsers).
+func (s *Store) FindPayment(ctx context.Context, q string) (p Payment, found bool, err error) {
+	q = strings.TrimSpace(q)
+	var rows pgx.Rows
+	switch m := paymentNumber.FindStringSubmatch(q); {
+	case m != nil:
+		id, perr := strconv.ParseInt(m[1], 10, 64)
+		if perr != nil {
+			return p, false, nil
+		}
+		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id)
+	case strings.HasPrefix(q, "pi_") || strings.HasPrefix(q, "cs_"):
+		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 OR checkout_session_id = $1`, q)
+	default:
+		return p, false, nil
+	}
+	p, err = onePayment(rows, err)
+	if errors.Is(err, ErrNotFound) {
+		return p, false, nil
+	}
+	return p, err == nil, err
+}
+
+// UserOfCustomer finds the user a Stripe customer id (cus_…) belongs to.
+func (s *Store) UserOfCustomer(ctx context.Context, customerID string) (int64, bool, error) {
+	var id int64
+	err := s.pool.QueryRow(ctx, `SELECT user_id FROM stripe_customers WHERE customer_id = $1`, strings.TrimSpace(customerID)).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return id, err == nil, err
 }
 
 // OpenCheckoutsOfUser lists a user's checkouts still pending (opened, not

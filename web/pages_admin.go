@@ -44,9 +44,26 @@ func (s *Site) AdminUsers() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "admin_users", "Users", map[string]any{
-			"Q": q, "Page": page, "QEscaped": url.QueryEscape(q), "Paged": cursorParam(r) != 0,
-		})
+		data := map[string]any{"Q": q, "Page": page, "QEscaped": url.QueryEscape(q), "Paged": cursorParam(r) != 0}
+		// What customers quote from their receipts and emails ("payment
+		// #81", its pi_… reference) or Stripe's dashboard shows (cs_…,
+		// cus_…) leads to the customer too.
+		pay, found, err := s.store.FindPayment(r.Context(), q)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if found {
+			data["Payment"] = pay
+		} else if strings.HasPrefix(strings.TrimSpace(q), "cus_") {
+			if id, ok, err := s.store.UserOfCustomer(r.Context(), q); err != nil {
+				s.serverError(w, r, err)
+				return
+			} else if ok {
+				data["CustomerUser"] = id
+			}
+		}
+		s.render(w, r, http.StatusOK, "admin_users", "Users", data)
 	})
 }
 

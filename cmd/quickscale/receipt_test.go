@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -26,6 +28,13 @@ func TestReceiptOfAPaidPurchase(t *testing.T) {
 
 	list := p.Browser.get("/dashboard/payments").Doc(t)
 	require.Equal(t, path, list.Find("tr.payment .receipt-link").AttrOr("href", ""), "the payments list does not link the receipt")
+	// The credit history's line of the purchase names the payment, as the
+	// list and the receipt do; the admin's view of the history too.
+	hist := p.Browser.get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="grant"]`)
+	require.Equal(t, 1, hist.Length())
+	require.Equal(t, fmt.Sprintf("payment #%d", pay.ID), strings.TrimSpace(hist.Find(".payment-ref").Text()))
+	_, admin := whAdmin(t, ta)
+	require.Equal(t, fmt.Sprintf("payment #%d", pay.ID), strings.TrimSpace(admin.get(fmt.Sprintf("/admin/users/%d", p.User.ID)).Doc(t).Find(`tr.history-item[data-kind="grant"] .payment-ref`).Text()))
 
 	r := p.Browser.get(path)
 	acctRequireStatus(t, r, http.StatusOK)
@@ -89,4 +98,37 @@ func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
 	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(function(){var e=document.querySelector("#payments").closest(".table-container");return e.scrollWidth-e.clientWidth;})()`))
 	require.NoError(t, err)
 	require.LessOrEqual(t, wide, 0, "the payments table scrolls sideways at 375 px: its status is off screen")
+}
+
+// Support finds the customer from what the customer quotes: "payment #N"
+// or the receipt's payment reference, or from Stripe's checkout and
+// customer ids. A bare "#N" stays a user id.
+func TestAdminFindsTheCustomerOfAPayment(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	pay := whPayment(t, ta, p)
+	require.NotNil(t, pay.PaymentIntentID)
+	customer, err := ta.store.CustomerID(context.Background(), p.User.ID)
+	require.NoError(t, err)
+	_, admin := whAdmin(t, ta)
+	userLink := fmt.Sprintf(`a[href="/admin/users/%d"]`, p.User.ID)
+
+	for _, q := range []string{fmt.Sprintf("payment #%d", pay.ID), fmt.Sprintf("Receipt %d", pay.ID), *pay.PaymentIntentID, " " + p.SessionID + " "} {
+		doc := admin.get("/admin/users?q=" + url.QueryEscape(q)).Doc(t)
+		found := doc.Find("#payment-found")
+		require.Equal(t, 1, found.Length(), "q=%q", q)
+		require.Contains(t, found.Text(), fmt.Sprintf("Payment #%d", pay.ID), "q=%q", q)
+		require.Equal(t, 1, found.Find(userLink).Length(), "q=%q", q)
+		require.Zero(t, doc.Find("#no-users").Length(), "q=%q: 'no users match' beside the payment found", q)
+	}
+	doc := admin.get("/admin/users?q=" + url.QueryEscape(customer)).Doc(t)
+	require.Equal(t, 1, doc.Find("#customer-found "+userLink).Length())
+	// Nothing found: no notice, and the usual "no users match".
+	doc = admin.get("/admin/users?q=" + url.QueryEscape("payment #999999999")).Doc(t)
+	require.Zero(t, doc.Find("#payment-found").Length())
+	require.Equal(t, 1, doc.Find("#no-users").Length())
+	doc = admin.get(fmt.Sprintf("/admin/users?q=%%23%d", pay.ID)).Doc(t)
+	require.Zero(t, doc.Find("#payment-found").Length(), "#N is a user id, not a payment")
 }
