@@ -289,7 +289,10 @@ func TestDeleteAccountForfeitsItsCredits(t *testing.T) {
 	require.Equal(t, 1, doc.Find("#deleted-account").Length())
 	require.Contains(t, doc.Find("h1").Text(), fmt.Sprintf("Deleted account #%d", u.ID))
 	require.Zero(t, doc.Find(fmt.Sprintf(`a[href="/admin/users/%d/credits"]`, u.ID)).Length(), "a deleted account offers an adjustment")
-	require.Equal(t, http.StatusNotFound, ab.get(fmt.Sprintf("/admin/users/%d/credits", u.ID)).Status)
+	// Its adjustment form says why there is none (409), not "not found".
+	r = ab.get(fmt.Sprintf("/admin/users/%d/credits", u.ID))
+	require.Equal(t, http.StatusConflict, r.Status)
+	require.Contains(t, r.Doc(t).Find("main").Text(), "This account was deleted")
 	require.Equal(t, http.StatusNotFound, ab.get("/admin/users/999999999").Status)
 }
 
