@@ -171,6 +171,35 @@ func (s *Store) RevokeAPIKey(ctx context.Context, userID, keyID int64) error {
 	return nil
 }
 
+// RevokeAPIKeyAsOperator revokes one of the user's keys for an operator
+// (actor nil for the CLI) and audits it in the same transaction. It
+// reports when the key had been revoked already (then nothing is written);
+// another user's key is not found.
+func (s *Store) RevokeAPIKeyAsOperator(ctx context.Context, actor *int64, userID, keyID int64, via string) (key APIKey, already bool, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id = $1 AND user_id = $2 FOR UPDATE`, keyID, userID)
+		if err != nil {
+			return err
+		}
+		key, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[APIKey])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindNotFound, "The user has no API key %d.", keyID)
+		}
+		if err != nil {
+			return err
+		}
+		if key.RevokedAt != nil {
+			already = true
+			return nil
+		}
+		if err := tx.QueryRow(ctx, `UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at`, keyID).Scan(&key.RevokedAt); err != nil {
+			return err
+		}
+		return Audit(ctx, tx, actor, "apikey.revoke", &userID, map[string]any{"key_id": keyID, "name": key.Name, "via": via})
+	})
+	return key, already, err
+}
+
 // AuthenticateAPIKey finds the live key and its live user. Its last-used
 // time is refreshed at most once a minute, so busy keys do not turn every
 // read into a write.

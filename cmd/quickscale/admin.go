@@ -398,11 +398,68 @@ func countCredits(n int64) string {
 func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	sub, rest, err := subcommand("apikeys", args, map[string]string{
 		"create": "issue an API key for a user and print it (it is shown only once)",
+		"list":   "list a user's keys (live ones, and the newest revoked)",
+		"revoke": "revoke one of a user's keys (audited)",
 	}, stdout, stderr)
 	if err != nil {
 		return helpOK(err)
 	}
-	_ = sub
+	switch sub {
+	case "list":
+		fs := newFlags("apikeys list", "apikeys list --email E", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			keys, older, err := env.store.APIKeys(ctx, u.ID)
+			if err != nil {
+				return err
+			}
+			if len(keys) == 0 {
+				fmt.Fprintf(stderr, "%s has no API keys\n", u.Email)
+				return nil
+			}
+			// One key a line: id, prefix, state, created, last used, name
+			// (last: it may hold spaces).
+			for _, k := range keys {
+				state, used := "live", "never"
+				if k.RevokedAt != nil {
+					state = "revoked:" + k.RevokedAt.UTC().Format(time.RFC3339)
+				}
+				if k.LastUsedAt != nil {
+					used = k.LastUsedAt.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(stdout, "%d\t%s…\t%s\t%s\t%s\t%s\n", k.ID, k.Prefix, state, k.CreatedAt.UTC().Format(time.RFC3339), used, k.Name)
+			}
+			if older {
+				fmt.Fprintf(stderr, "(older revoked keys are not listed)\n")
+			}
+			return nil
+		})
+	case "revoke":
+		fs := newFlags("apikeys revoke", "apikeys revoke --email E --id N", stderr)
+		email := fs.String("email", "", "the user's email address (required)")
+		id := fs.Int64("id", 0, "the key's id, as apikeys list prints it (required)")
+		if err := parseFlags(fs, rest, stdout); err != nil {
+			return helpOK(err)
+		}
+		if *id <= 0 {
+			return usageError{"--id is required: a key's id, as `quickscale apikeys list` prints it"}
+		}
+		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
+			key, already, err := env.store.RevokeAPIKeyAsOperator(ctx, nil, u.ID, *id, "cli")
+			if err != nil {
+				return err
+			}
+			if already {
+				fmt.Fprintf(stdout, "key %d %q of %s was revoked already (%s); nothing changed\n", key.ID, key.Name, u.Email, key.RevokedAt.UTC().Format(time.RFC3339))
+				return nil
+			}
+			fmt.Fprintf(stdout, "revoked key %d %q of %s: programs using it can no longer call the API\n", key.ID, key.Name, u.Email)
+			return nil
+		})
+	}
 	fs := newFlags("apikeys create", "apikeys create --email E --name N", stderr)
 	email := fs.String("email", "", "the user's email address (required)")
 	name := fs.String("name", "", "a name for the key (required)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -185,6 +186,65 @@ func TestAPIKeysCreatePrintsAWorkingKeyOnce(t *testing.T) {
 	if len(audit) != 1 || audit[0].Action != "apikey.issue" || audit[0].Details["name"] != "ci" || audit[0].Details["via"] != "cli" {
 		t.Fatalf("audit after issuing a key from the CLI: %+v", audit)
 	}
+}
+
+// An operator lists a user's keys and revokes one (audited): the key stops
+// working at once; revoking it again changes nothing and says so.
+func TestAPIKeysListAndRevoke(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	env := map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}
+	u, raw := ta.userWithKey(storetest.UserOpts{})
+	other, _ := ta.userWithKey(storetest.UserOpts{})
+	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+	k := keys[0]
+	balance := func() int {
+		req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
+		req.Header.Set("Authorization", "Bearer "+raw)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, balance())
+
+	code, stdout, stderr := runCmd(t, env, "", "apikeys", "list", "--email", u.Email)
+	require.Equal(t, 0, code, stderr)
+	fields := strings.Split(strings.TrimSpace(stdout), "\t")
+	require.Len(t, fields, 6, stdout)
+	require.Equal(t, fmt.Sprint(k.ID), fields[0])
+	require.Equal(t, k.Prefix+"…", fields[1])
+	require.Equal(t, "live", fields[2])
+	require.Equal(t, k.Name, fields[5])
+
+	// Another user's key is not theirs to revoke.
+	code, _, stderr = runCmd(t, env, "", "apikeys", "revoke", "--email", other.Email, "--id", fmt.Sprint(k.ID))
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "has no API key")
+	require.Equal(t, http.StatusOK, balance())
+
+	code, stdout, stderr = runCmd(t, env, "", "apikeys", "revoke", "--email", u.Email, "--id", fmt.Sprint(k.ID))
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, fmt.Sprintf("revoked key %d", k.ID))
+	require.Equal(t, http.StatusUnauthorized, balance())
+	code, stdout, _ = runCmd(t, env, "", "apikeys", "revoke", "--email", u.Email, "--id", fmt.Sprint(k.ID))
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, "revoked already")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'apikey.revoke' AND target_user_id = `+fmt.Sprint(u.ID)+` AND details->>'via' = 'cli'`))
+	code, stdout, _ = runCmd(t, env, "", "apikeys", "list", "--email", u.Email)
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, "\trevoked:")
+
+	code, _, stderr = runCmd(t, env, "", "apikeys", "revoke", "--email", u.Email)
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "--id is required")
+	fresh := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	code, stdout, stderr = runCmd(t, env, "", "apikeys", "list", "--email", fresh.Email)
+	require.Equal(t, 0, code)
+	require.Empty(t, stdout)
+	require.Contains(t, stderr, "has no API keys")
 }
 
 func TestStripeSyncWithoutAKeySaysPaymentsAreSimulated(t *testing.T) {

@@ -35,7 +35,7 @@ Processes:
 Operators:
   users create|promote|demote  manage accounts and the admin role
   credits grant|balance   adjust and inspect credit balances
-  apikeys create          issue an API key for a user
+  apikeys create|list|revoke  issue, list and revoke a user's API keys
   services set|list       manage the services users spend credits on
   stripe sync             create or update the Stripe products and prices of the credit packs
   version                 print the version

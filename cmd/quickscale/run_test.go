@@ -90,7 +90,7 @@ func TestEverySubcommandHasHelp(t *testing.T) {
 	for _, args := range [][]string{
 		{"dev"}, {"api"}, {"worker"}, {"migrate", "up"}, {"migrate", "status"}, {"migrate"}, {"version"},
 		{"users", "create"}, {"users", "promote"}, {"users", "demote"}, {"credits", "grant"}, {"credits", "balance"},
-		{"apikeys", "create"}, {"stripe", "sync"}, {"users"}, {"services", "set"}, {"services", "list"}, {"services"},
+		{"apikeys", "create"}, {"apikeys", "list"}, {"apikeys", "revoke"}, {"stripe", "sync"}, {"users"}, {"services", "set"}, {"services", "list"}, {"services"},
 	} {
 		code, stdout, stderr := runCmd(t, nil, "", append(args, "--help")...)
 		if code != 0 || !strings.Contains(stdout, "Usage: quickscale "+args[0]) || stderr != "" || strings.Count(stdout, "Flags:") > 1 {
