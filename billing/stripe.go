@@ -73,7 +73,13 @@ func (s *Stripe) ExpireCheckoutSession(ctx context.Context, id string) error {
 	_, err := s.api.CheckoutSessions.Expire(id, p)
 	var se *stripe.Error
 	if errors.As(err, &se) && se.HTTPStatusCode == http.StatusBadRequest && se.Type == stripe.ErrorTypeInvalidRequest {
-		return fmt.Errorf("stripe: expire checkout %s: %w (%s)", id, ErrCheckoutNotOpen, se.Msg)
+		// Refused: "not open" only if the session says so; any other
+		// refusal stays an error of its own.
+		gp := &stripe.CheckoutSessionParams{}
+		gp.Context = ctx
+		if sess, gerr := s.api.CheckoutSessions.Get(id, gp); gerr == nil && sess.Status != stripe.CheckoutSessionStatusOpen {
+			return fmt.Errorf("stripe: expire checkout %s: %w (%s)", id, ErrCheckoutNotOpen, sess.Status)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("stripe: expire checkout %s: %w", id, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // aloneGate bounds the connections that spends running alone hold while
@@ -16,31 +17,43 @@ import (
 //
 // So a user's spends run alone one at a time (the others wait for their
 // turn here, holding no connection), and all users' together hold at most
-// slots connections. While spends of a user wait here, that user's new
-// spends join them rather than the lanes, where each would hold up a batch
-// for its lock timeout.
+// slots connections. While a spend of a user has waited for the account
+// longer than a batch would (the account is still held), that user's new
+// spends join the queue rather than the lanes, where each would hold up a
+// batch for its lock timeout; once the account is free, spends take their
+// turns quickly and new ones go back to the lanes.
 type aloneGate struct {
 	slots chan struct{}
 	mu    sync.Mutex
 	users map[int64]*aloneTurn
+	now   func() time.Time
 }
 
-// aloneTurn is one user's queue: a token held by the spend running, and
-// how many spends hold or wait for it.
+// aloneTurn is one user's queue: a token held by the spend running, how
+// many spends hold or wait for it, and since when the spend holding it
+// has run (zero: none runs).
 type aloneTurn struct {
 	token   chan struct{}
 	waiting int
+	since   time.Time
 }
+
+// aloneHeldAfter is how long a spend running alone must have waited for
+// its account before the user's new spends queue behind it: as long as a
+// batch waits for an account lock (consumeLockTimeout).
+const aloneHeldAfter = 100 * time.Millisecond
 
 func newAloneGate(slots int) *aloneGate {
-	return &aloneGate{slots: make(chan struct{}, max(1, slots)), users: map[int64]*aloneTurn{}}
+	return &aloneGate{slots: make(chan struct{}, max(1, slots)), users: map[int64]*aloneTurn{}, now: time.Now}
 }
 
-// busy reports whether spends of user are running alone or waiting to.
+// busy reports whether a spend of user running alone has waited for the
+// account for aloneHeldAfter or more: the account is held.
 func (g *aloneGate) busy(user int64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.users[user] != nil
+	t := g.users[user]
+	return t != nil && !t.since.IsZero() && g.now().Sub(t.since) >= aloneHeldAfter
 }
 
 // enter waits for user's turn and then for a slot, until ctx ends (the
@@ -74,7 +87,13 @@ func (g *aloneGate) enter(ctx context.Context, user int64) (release func(), err 
 		leave()
 		return nil, fmt.Errorf("consume: other accounts' spends held every connection spends may wait on: %w", ctx.Err())
 	}
+	g.mu.Lock()
+	turn.since = g.now()
+	g.mu.Unlock()
 	return func() {
+		g.mu.Lock()
+		turn.since = time.Time{}
+		g.mu.Unlock()
 		<-g.slots
 		<-turn.token
 		leave()

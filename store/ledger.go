@@ -325,7 +325,9 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 		return Consume(ctx, s.pool, req)
 	}
 	wait := time.Until(deadline) - aloneDeadlineMargin
-	if wait <= 0 {
+	// Under a millisecond would be "0ms", which PostgreSQL reads as no
+	// lock timeout at all.
+	if wait < time.Millisecond {
 		return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
 	}
 	// ledger_consume_many itself, with its lock timeout: ledger_consume

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/store"
@@ -274,7 +275,23 @@ func (s *Site) CancelCheckout() http.Handler {
 				ActionURL: "/dashboard/payments", ActionLabel: "Back to your payments"})
 			return
 		default:
-			s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it. It shows as Expired once the payment provider confirms, usually within seconds.")
+			// The provider has closed it: it is expired now, not when its
+			// event arrives (a delivery may fail and be retried for days;
+			// meanwhile a form sent again would reopen the dead checkout).
+			// The event then finds it expired and changes nothing.
+			var changed bool
+			err := s.store.InTx(ctx, func(tx pgx.Tx) (err error) {
+				changed, err = store.MarkPaymentUnsuccessful(ctx, tx, pay.ID, store.PaymentExpired, "Cancelled by the buyer before it was paid.")
+				return err
+			})
+			if err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+			if changed && s.metrics != nil {
+				s.metrics.Payments.WithLabelValues("pack", store.PaymentExpired, pay.Currency).Inc()
+			}
+			s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it.")
 		}
 		redirect(w, r, "/dashboard/payments")
 	})

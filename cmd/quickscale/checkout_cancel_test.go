@@ -37,8 +37,17 @@ func TestACheckoutLeftOpenCanBeCancelled(t *testing.T) {
 	mustRedirect(t, p.Browser.post(cancelPath, nil), "/dashboard/payments")
 	page := p.Browser.get("/dashboard/payments").Doc(t)
 	require.Contains(t, strings.Join(strings.Fields(page.Find("main").Text()), " "), fmt.Sprintf("Checkout #%d is cancelled", pay.ID))
-	eventually(t, 15*time.Second, "the payment to turn expired", func() bool { return whPayment(t, ta, p).Status == store.PaymentExpired })
+	// Expired at once, not when the provider's event arrives (a form sent
+	// again meanwhile would have led back to the dead checkout).
+	pay = whPayment(t, ta, p)
+	require.Equal(t, store.PaymentExpired, pay.Status)
+	require.Equal(t, "Cancelled by the buyer before it was paid.", *pay.FailureReason)
 	require.Zero(t, p.Browser.get("/dashboard/payments").Doc(t).Find(`form.cancel-checkout`).Length(), "an expired payment still offers Cancel")
+	// The provider's expired event, when it is applied, changes nothing.
+	eventually(t, 15*time.Second, "the expired event to be applied", func() bool {
+		return whCount(t, ta, `SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.expired' AND outcome IS NOT NULL`) == 1
+	})
+	require.Equal(t, store.PaymentExpired, whPayment(t, ta, p).Status)
 
 	// It can no longer be paid.
 	r := p.Browser.post("/simulator/checkout/"+p.SessionID, url.Values{"action": {"pay"}})

@@ -93,8 +93,11 @@ func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
 	require.NoError(t, err)
 	require.LessOrEqual(t, overflow, 0, "the receipt is wider than a 375 px screen")
 	// The payments list shows each payment's status on screen, its table
-	// not scrolling sideways.
-	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/payments"), chromedp.WaitVisible(chromedp.CSS("#payments .receipt-link"))))
+	// not scrolling sideways: a paid one and a checkout still open, with
+	// its Cancel button.
+	mustRedirect(t, p.Browser.post("/dashboard/buy-credits", url.Values{"pack": {"pack_1000"}, "nonce": {"phone-open"}}), ta.URL+"/simulator/checkout/")
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/payments"), chromedp.WaitVisible(chromedp.CSS("#payments .receipt-link")),
+		chromedp.WaitVisible(chromedp.CSS("#payments form.cancel-checkout button"))))
 	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(function(){var e=document.querySelector("#payments").closest(".table-container");return e.scrollWidth-e.clientWidth;})()`))
 	require.NoError(t, err)
 	require.LessOrEqual(t, wide, 0, "the payments table scrolls sideways at 375 px: its status is off screen")
