@@ -115,11 +115,14 @@ type Payment struct {
 	CreatedAt           time.Time  `db:"created_at"`
 	UpdatedAt           time.Time  `db:"updated_at"`
 	PaidAt              *time.Time `db:"paid_at"`
+	// RefundedAt is when the latest refund was made (nil: none, or made
+	// before migration 00020 recorded it).
+	RefundedAt *time.Time `db:"refunded_at"`
 }
 
 const paymentColumns = `id, user_id, product, pack_code, credits, amount_minor, currency, status, checkout_session_id,
        checkout_url, customer_id, payment_intent_id, grant_id, amount_refunded_minor, credits_clawed_back,
-       clawback_shortfall, failure_reason, created_at, updated_at, paid_at`
+       clawback_shortfall, failure_reason, created_at, updated_at, paid_at, refunded_at`
 
 func onePayment(rows pgx.Rows, err error) (Payment, error) {
 	if err != nil {
@@ -272,11 +275,12 @@ func MarkPaymentUnsuccessful(ctx context.Context, tx pgx.Tx, id int64, status, r
 	return tag.RowsAffected() == 1, err
 }
 
-// RecordRefund stores the cumulative refunded amount and clawback of a payment.
-func RecordRefund(ctx context.Context, tx pgx.Tx, id, amountRefunded, clawedBack, shortfall int64) error {
+// RecordRefund stores the cumulative refunded amount and clawback of a
+// payment, and when it was refunded (Stripe's time of the refund event).
+func RecordRefund(ctx context.Context, tx pgx.Tx, id, amountRefunded, clawedBack, shortfall int64, at time.Time) error {
 	_, err := tx.Exec(ctx, `UPDATE payments SET amount_refunded_minor = $2, credits_clawed_back = $3, clawback_shortfall = $4,
-       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now()
- WHERE id = $1`, id, amountRefunded, clawedBack, shortfall)
+       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now(), refunded_at = $5
+ WHERE id = $1`, id, amountRefunded, clawedBack, shortfall, at)
 	return err
 }
 

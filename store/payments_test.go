@@ -39,7 +39,7 @@ func TestPaymentTotalsCountPaymentsWhenPaid(t *testing.T) {
 				return err
 			}
 			if refunded > 0 {
-				if err := store.RecordRefund(ctx, tx, p.ID, refunded, 0, 0); err != nil {
+				if err := store.RecordRefund(ctx, tx, p.ID, refunded, 0, 0, time.Now()); err != nil {
 					return err
 				}
 			}

@@ -415,7 +415,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		return "", "", fx, err
 	}
 	shortfall := owed - taken
-	if err := store.RecordRefund(ctx, tx, pay.ID, refunded, pay.CreditsClawedBack+taken, pay.ClawbackShortfall+shortfall); err != nil {
+	if err := store.RecordRefund(ctx, tx, pay.ID, refunded, pay.CreditsClawedBack+taken, pay.ClawbackShortfall+shortfall, ev.Created); err != nil {
 		return "", "", fx, err
 	}
 	status := store.PaymentPartiallyRefunded

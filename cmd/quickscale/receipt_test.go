@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
@@ -52,7 +53,14 @@ func TestReceiptOfAPaidPurchase(t *testing.T) {
 	id, body := p.refunded(t, 500)
 	whApply(t, ta, id, body, store.OutcomeApplied)
 	doc = p.Browser.get(path).Doc(t)
-	require.Equal(t, "$5.00", acctText(doc, "#receipt-refunded"))
+	refunded := whPayment(t, ta, p)
+	require.NotNil(t, refunded.RefundedAt, "the refund's time is not recorded")
+	var created time.Time
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT created FROM stripe_events WHERE id = $1`, id).Scan(&created))
+	require.True(t, refunded.RefundedAt.Equal(created), "refunded at %s, want the refund event's time %s", refunded.RefundedAt, created)
+	require.True(t, strings.HasPrefix(acctText(doc, "#receipt-refunded"), "$5.00, "), acctText(doc, "#receipt-refunded"))
+	require.NotEmpty(t, acctText(doc, "#receipt-refunded-at"))
+	require.Equal(t, 1, p.Browser.get("/dashboard/payments").Doc(t).Find("tr.payment .refunded-at").Length())
 }
 
 // Nobody sees another user's receipt, and a payment never paid has none.
