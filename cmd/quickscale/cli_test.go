@@ -200,14 +200,7 @@ func TestAPIKeysListAndRevoke(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, keys, 1)
 	k := keys[0]
-	balance := func() int {
-		req, _ := http.NewRequest(http.MethodGet, ta.URL+"/api/v1/balance", nil)
-		req.Header.Set("Authorization", "Bearer "+raw)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	balance := func() int { return v1Do(t, ta, http.MethodGet, "/api/v1/balance", raw, "").Status }
 	require.Equal(t, http.StatusOK, balance())
 
 	code, stdout, stderr := runCmd(t, env, "", "apikeys", "list", "--email", u.Email)
