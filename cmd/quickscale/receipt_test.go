@@ -21,10 +21,7 @@ import (
 // on it once made.
 func TestReceiptOfAPaidPurchase(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	whPaid(t, ta, p)
-	pay := whPayment(t, ta, p)
+	ta, p, pay := paidPurchase(t)
 	path := fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)
 
 	list := p.Browser.get("/dashboard/payments").Doc(t)
@@ -90,10 +87,7 @@ func TestReceiptIsTheBuyersOnlyAndOnlyOncePaid(t *testing.T) {
 // one long word, wraps instead of pushing the page sideways.
 func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	whPaid(t, ta, p)
-	pay := whPayment(t, ta, p)
+	ta, p, pay := paidPurchase(t)
 	ctx := uiPhone(t, ta, p.User.Email)
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/dashboard/payments/%d/receipt", ta.URL, pay.ID)),
 		chromedp.WaitVisible(chromedp.CSS("#receipt-reference"))))
@@ -116,10 +110,7 @@ func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
 // customer ids. A bare "#N" stays a user id.
 func TestAdminFindsTheCustomerOfAPayment(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	whPaid(t, ta, p)
-	pay := whPayment(t, ta, p)
+	ta, p, pay := paidPurchase(t)
 	require.NotNil(t, pay.PaymentIntentID)
 	customer, err := ta.store.CustomerID(context.Background(), p.User.ID)
 	require.NoError(t, err)
@@ -142,4 +133,14 @@ func TestAdminFindsTheCustomerOfAPayment(t *testing.T) {
 	require.Equal(t, 1, doc.Find("#no-users").Length())
 	doc = admin.get(fmt.Sprintf("/admin/users?q=%%23%d", pay.ID)).Doc(t)
 	require.Zero(t, doc.Find("#payment-found").Length(), "#N is a user id, not a payment")
+}
+
+// paidPurchase is a test app with one pack bought and paid (the workers
+// applied its event).
+func paidPurchase(t *testing.T) (*testApp, whPurchase, store.Payment) {
+	t.Helper()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	return ta, p, whPayment(t, ta, p)
 }
