@@ -22,8 +22,8 @@ type Gateway interface {
 	// ExpireCheckoutSession closes an open checkout (the buyer cancelled
 	// it): it can no longer be paid, and the provider then sends
 	// checkout.session.expired, which marks the payment expired. A session
-	// no longer open (paid, declined or expired meanwhile) is
-	// ErrCheckoutNotOpen.
+	// completed meanwhile (paid or declined) is ErrCheckoutNotOpen, one
+	// expired already ErrCheckoutExpired.
 	ExpireCheckoutSession(ctx context.Context, id string) error
 	// SyncCatalog creates or updates the products and prices of the packs,
 	// idempotently, and returns each pack's price id by pack code.
@@ -61,5 +61,10 @@ const (
 )
 
 // ErrCheckoutNotOpen is ExpireCheckoutSession's answer for a checkout that
-// was finished (paid, declined or expired) before it could be closed.
+// was completed (paid, or declined) before it could be closed.
 var ErrCheckoutNotOpen = errors.New("the checkout is no longer open")
+
+// ErrCheckoutExpired is ExpireCheckoutSession's answer for a checkout that
+// is expired already (an earlier cancel whose answer was lost, or its day
+// ran out): as closed as the caller wanted.
+var ErrCheckoutExpired = errors.New("the checkout is expired already")

@@ -181,6 +181,9 @@ func (s *Simulator) deliver(ctx context.Context, ss store.SimSession) error {
 func (s *Simulator) ExpireCheckoutSession(ctx context.Context, id string) error {
 	return s.oneAtATime(ctx, func() error {
 		err := s.store.ExpireSimSession(ctx, id, func(ss store.SimSession) error { return s.deliver(ctx, ss) })
+		if errors.Is(err, store.ErrSimSessionExpired) {
+			return fmt.Errorf("simulator: expire checkout %s: %w", id, ErrCheckoutExpired)
+		}
 		if errors.Is(err, store.ErrSimSessionNotOpen) {
 			return fmt.Errorf("simulator: expire checkout %s: %w", id, ErrCheckoutNotOpen)
 		}

@@ -77,7 +77,9 @@ func (s *Stripe) ExpireCheckoutSession(ctx context.Context, id string) error {
 		// refusal stays an error of its own.
 		gp := &stripe.CheckoutSessionParams{}
 		gp.Context = ctx
-		if sess, gerr := s.api.CheckoutSessions.Get(id, gp); gerr == nil && sess.Status != stripe.CheckoutSessionStatusOpen {
+		if sess, gerr := s.api.CheckoutSessions.Get(id, gp); gerr == nil && sess.Status == stripe.CheckoutSessionStatusExpired {
+			return fmt.Errorf("stripe: expire checkout %s: %w", id, ErrCheckoutExpired)
+		} else if gerr == nil && sess.Status != stripe.CheckoutSessionStatusOpen {
 			return fmt.Errorf("stripe: expire checkout %s: %w (%s)", id, ErrCheckoutNotOpen, sess.Status)
 		}
 	}

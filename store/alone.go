@@ -29,9 +29,9 @@ type aloneGate struct {
 	now   func() time.Time
 }
 
-// aloneTurn is one user's queue: a token held by the spend running, how
-// many spends hold or wait for it, and since when the spend holding it
-// has run (zero: none runs).
+// aloneTurn is one user's queue: a token held by the spend whose turn it
+// is, how many spends hold or wait for it, and since when the token has
+// been held (zero: by none).
 type aloneTurn struct {
 	token   chan struct{}
 	waiting int
@@ -47,8 +47,9 @@ func newAloneGate(slots int) *aloneGate {
 	return &aloneGate{slots: make(chan struct{}, max(1, slots)), users: map[int64]*aloneTurn{}, now: time.Now}
 }
 
-// busy reports whether a spend of user running alone has waited for the
-// account for aloneHeldAfter or more: the account is held.
+// busy reports whether a spend of user has held the user's turn for
+// aloneHeldAfter or more (waiting for a slot or for the account): the
+// account is held.
 func (g *aloneGate) busy(user int64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -80,22 +81,26 @@ func (g *aloneGate) enter(ctx context.Context, user int64) (release func(), err 
 		leave()
 		return nil, fmt.Errorf("consume: the account's earlier spends were still waiting for it: %w", ctx.Err())
 	}
-	select {
-	case g.slots <- struct{}{}:
-	case <-ctx.Done():
-		<-turn.token
-		leave()
-		return nil, fmt.Errorf("consume: other accounts' spends held every connection spends may wait on: %w", ctx.Err())
-	}
+	// The turn is taken: from now its holder waits for the account (here
+	// for a slot, then in the database) on the user's behalf.
 	g.mu.Lock()
 	turn.since = g.now()
 	g.mu.Unlock()
-	return func() {
+	endTurn := func() {
 		g.mu.Lock()
 		turn.since = time.Time{}
 		g.mu.Unlock()
-		<-g.slots
 		<-turn.token
 		leave()
+	}
+	select {
+	case g.slots <- struct{}{}:
+	case <-ctx.Done():
+		endTurn()
+		return nil, fmt.Errorf("consume: other accounts' spends held every connection spends may wait on: %w", ctx.Err())
+	}
+	return func() {
+		<-g.slots
+		endTurn()
 	}, nil
 }

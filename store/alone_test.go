@@ -70,6 +70,38 @@ func TestAloneGateIsBusyOnlyWhileItsHeadWaits(t *testing.T) {
 	require.Empty(t, g.users, "a user's queue outlived its spends")
 	g.mu.Unlock()
 
+	// A spend whose turn it is but which waits for a slot (other held
+	// accounts' spends take them all) is waiting for its account too.
+	narrow := newAloneGate(1)
+	narrow.now = g.now
+	other, err := narrow.enter(ctx, 8)
+	require.NoError(t, err)
+	slotted := make(chan func(), 1)
+	go func() {
+		release, err := narrow.enter(ctx, 7)
+		if err == nil {
+			slotted <- release
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for {
+		narrow.mu.Lock()
+		taken := narrow.users[7] != nil && !narrow.users[7].since.IsZero()
+		narrow.mu.Unlock()
+		if taken {
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatal("user 7's spend never took its turn")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	advance(10 * time.Second)
+	require.True(t, narrow.busy(7), "a spend waiting for a slot on its user's turn does not count")
+	other()
+	(<-slotted)()
+
 	// A context that ends while waiting for the turn leaves no trace.
 	third, err := g.enter(ctx, 9)
 	require.NoError(t, err)

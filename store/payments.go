@@ -244,14 +244,17 @@ func LockPaymentByIntent(ctx context.Context, tx pgx.Tx, intentID string) (Payme
 }
 
 // MarkPaymentPaid records a successful payment and the grant it produced.
-func MarkPaymentPaid(ctx context.Context, tx pgx.Tx, id int64, intentID string, grantID int64) error {
+// at is when it was paid: Stripe's time of the event that says so (not
+// when a worker applied it, hours later after an outage), and never later
+// than now.
+func MarkPaymentPaid(ctx context.Context, tx pgx.Tx, id int64, intentID string, grantID int64, at time.Time) error {
 	var pi *string
 	if intentID != "" {
 		pi = &intentID
 	}
 	_, err := tx.Exec(ctx, `UPDATE payments SET status = 'succeeded', grant_id = $2, payment_intent_id = coalesce(payment_intent_id, $3),
-       paid_at = coalesce(paid_at, now()), failure_reason = NULL, updated_at = now()
- WHERE id = $1 AND status IN ('pending', 'failed', 'expired')`, id, grantID, pi)
+       paid_at = coalesce(paid_at, least(now(), $4)), failure_reason = NULL, updated_at = now()
+ WHERE id = $1 AND status IN ('pending', 'failed', 'expired')`, id, grantID, pi, at)
 	return err
 }
 
@@ -276,10 +279,13 @@ func MarkPaymentUnsuccessful(ctx context.Context, tx pgx.Tx, id int64, status, r
 }
 
 // RecordRefund stores the cumulative refunded amount and clawback of a
-// payment, and when it was refunded (Stripe's time of the refund event).
+// payment, and when it was refunded: Stripe's time of the refund event,
+// within [paid_at, now] (a payment paid before 00020 has its paid_at from
+// when the worker applied it, which can be later than its refund).
 func RecordRefund(ctx context.Context, tx pgx.Tx, id, amountRefunded, clawedBack, shortfall int64, at time.Time) error {
 	_, err := tx.Exec(ctx, `UPDATE payments SET amount_refunded_minor = $2, credits_clawed_back = $3, clawback_shortfall = $4,
-       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now(), refunded_at = $5
+       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now(),
+       refunded_at = greatest(least(now(), $5), paid_at)
  WHERE id = $1`, id, amountRefunded, clawedBack, shortfall, at)
 	return err
 }

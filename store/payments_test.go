@@ -35,7 +35,7 @@ func TestPaymentTotalsCountPaymentsWhenPaid(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if err := store.MarkPaymentPaid(ctx, tx, p.ID, fmt.Sprintf("pi_totals_%d_%d", u.ID, i), g.GrantID); err != nil {
+			if err := store.MarkPaymentPaid(ctx, tx, p.ID, fmt.Sprintf("pi_totals_%d_%d", u.ID, i), g.GrantID, time.Now()); err != nil {
 				return err
 			}
 			if refunded > 0 {

@@ -113,8 +113,9 @@ func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, p
 var ErrSimSessionNotOpen = errors.New("simulator: the session is not open")
 
 // ExpireSimSession expires one open session now (its buyer cancelled it),
-// calling deliver under its lock as FinishSimSession does; a session not
-// open is ErrSimSessionNotOpen, one that does not exist KindNotFound.
+// calling deliver under its lock as FinishSimSession does; a session
+// expired already is ErrSimSessionExpired, one completed
+// ErrSimSessionNotOpen, one that does not exist KindNotFound.
 func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(SimSession) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 FOR UPDATE`, id)
@@ -127,6 +128,9 @@ func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(Si
 		}
 		if err != nil {
 			return err
+		}
+		if ss.Status == "expired" {
+			return ErrSimSessionExpired
 		}
 		if ss.Status != "open" {
 			return ErrSimSessionNotOpen

@@ -36,7 +36,7 @@ func TestExpireSimSessionExpiresOnlyAnOpenSession(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "expired", ss.Status)
 
-	require.ErrorIs(t, st.ExpireSimSession(ctx, "cs_sim_open", deliver), store.ErrSimSessionNotOpen, "expired twice")
+	require.ErrorIs(t, st.ExpireSimSession(ctx, "cs_sim_open", deliver), store.ErrSimSessionExpired, "expired twice")
 	require.ErrorIs(t, st.ExpireSimSession(ctx, "cs_sim_paid", deliver), store.ErrSimSessionNotOpen, "a paid session expired")
 	require.Len(t, delivered, 1, "an event delivered for a session not open")
 	require.Equal(t, store.KindNotFound, store.ErrorKind(st.ExpireSimSession(ctx, "cs_sim_none", deliver)))

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -265,6 +266,11 @@ func (s *Site) CancelCheckout() http.Handler {
 			return
 		}
 		err = s.gateway.ExpireCheckoutSession(ctx, pay.CheckoutSessionID)
+		if errors.Is(err, billing.ErrCheckoutExpired) {
+			// Closed already at the provider (an earlier cancel whose
+			// answer was lost): as cancelled as asked.
+			err = nil
+		}
 		switch {
 		case errors.Is(err, billing.ErrCheckoutNotOpen):
 			s.flash(ctx, "Payment "+ref+" was finished at the checkout before it could be cancelled: its status below is updated as soon as the payment provider tells us.")
@@ -279,9 +285,12 @@ func (s *Site) CancelCheckout() http.Handler {
 			// event arrives (a delivery may fail and be retried for days;
 			// meanwhile a form sent again would reopen the dead checkout).
 			// The event then finds it expired and changes nothing.
+			// Done even if the buyer's request ends now: the provider has
+			// expired the session.
+			mctx := context.WithoutCancel(ctx)
 			var changed bool
-			err := s.store.InTx(ctx, func(tx pgx.Tx) (err error) {
-				changed, err = store.MarkPaymentUnsuccessful(ctx, tx, pay.ID, store.PaymentExpired, "Cancelled by the buyer before it was paid.")
+			err := s.store.InTx(mctx, func(tx pgx.Tx) (err error) {
+				changed, err = store.MarkPaymentUnsuccessful(mctx, tx, pay.ID, store.PaymentExpired, "Cancelled by the buyer before it was paid.")
 				return err
 			})
 			if err != nil {

@@ -277,7 +277,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 	if err != nil {
 		return "", "", fx, err
 	}
-	if err := store.MarkPaymentPaid(ctx, tx, pay.ID, intent, g.GrantID); err != nil {
+	if err := store.MarkPaymentPaid(ctx, tx, pay.ID, intent, g.GrantID, ev.Created); err != nil {
 		return "", "", fx, err
 	}
 	if !g.Created {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -74,4 +75,21 @@ func TestCancellingACheckoutPaidMeanwhileSaysSo(t *testing.T) {
 	mustRedirect(t, p.Browser.post(fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID), nil), "/dashboard/payments")
 	require.Contains(t, p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text(), "no longer open (paid)")
 	require.Equal(t, p.Credits, whBalance(t, ta, p.User.ID))
+}
+
+// A cancel whose answer was lost (the provider expired the session, our
+// record still says pending): sent again, it marks the payment expired
+// and says it is cancelled, not that it was finished at the checkout.
+func TestCancellingACheckoutTheProviderExpiredAlready(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	pay := whPayment(t, ta, p)
+	// Expired at the provider, its event not (yet) delivered.
+	require.NoError(t, ta.store.ExpireSimSession(context.Background(), p.SessionID, func(store.SimSession) error { return nil }))
+	require.Equal(t, store.PaymentPending, whPayment(t, ta, p).Status)
+
+	mustRedirect(t, p.Browser.post(fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID), nil), "/dashboard/payments")
+	require.Equal(t, store.PaymentExpired, whPayment(t, ta, p).Status)
+	require.Contains(t, strings.Join(strings.Fields(p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text()), " "), fmt.Sprintf("Checkout #%d is cancelled", pay.ID))
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
@@ -143,4 +144,22 @@ func paidPurchase(t *testing.T) (*testApp, whPurchase, store.Payment) {
 	p := whBuy(t, ta)
 	whPaid(t, ta, p)
 	return ta, p, whPayment(t, ta, p)
+}
+
+// After a worker outage the payment and its refund are applied late, at
+// about the same moment: each keeps Stripe's time of its event, so the
+// receipt never says the payment was refunded before it was paid.
+func TestPaidAndRefundedTimesAreStripesAfterAnOutage(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	paidAt, refundedAt := time.Now().Add(-3*time.Hour).Truncate(time.Second), time.Now().Add(-150*time.Minute).Truncate(time.Second)
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), paidAt)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	id, body = whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, p.Intent, p.Amount, 500), refundedAt)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+
+	pay := whPayment(t, ta, p)
+	require.True(t, pay.PaidAt.Equal(paidAt), "paid at %s, want the completed event's %s", pay.PaidAt, paidAt)
+	require.True(t, pay.RefundedAt.Equal(refundedAt), "refunded at %s, want the refund event's %s", pay.RefundedAt, refundedAt)
 }
