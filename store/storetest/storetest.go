@@ -128,7 +128,7 @@ func buildTemplate(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name := "qs_tmpl_" + sum
+	prefix := "qs_tmpl_" + sum + "_"
 	conn, err := pgx.Connect(ctx, ServerURL())
 	if err != nil {
 		return "", err
@@ -139,16 +139,23 @@ func buildTemplate(ctx context.Context) (string, error) {
 	}
 	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", templateLockKey) //nolint:errcheck
 
-	dropStale(ctx, conn, name)
+	dropStale(ctx, conn, prefix)
 
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+	// qs_tmpl_<hash>_<unix time made>: the time lets a run of other
+	// migrations leave it alone for an hour.
+	var found []string
+	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname <> $2 ORDER BY datname DESC LIMIT 1", prefix, prefix+"build")
+	if err == nil {
+		found, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
 		return "", err
 	}
-	if exists {
-		return name, nil
+	if len(found) == 1 {
+		return found[0], nil
 	}
-	building := name + "_build"
+	name := prefix + strconv.FormatInt(time.Now().Unix(), 10)
+	building := prefix + "build"
 	if _, err := conn.Exec(ctx, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", pgx.Identifier{building}.Sanitize())); err != nil {
 		return "", err
 	}
@@ -186,8 +193,16 @@ func dropStale(ctx context.Context, conn *pgx.Conn, keep string) {
 		stale := false
 		switch {
 		case strings.HasPrefix(n, "qs_tmpl_"):
-			// Templates of other migrations, and half-built ones of them.
-			stale = n != keep && n != keep+"_build"
+			// Templates of other migrations made over an hour ago (a run
+			// of other code may be using a newer one: two checkouts tested
+			// at once), half-built ones, and ones named before templates
+			// carried their time.
+			if strings.HasPrefix(n, keep) {
+				break
+			}
+			_, ts, _ := strings.Cut(strings.TrimPrefix(n, "qs_tmpl_"), "_")
+			sec, err := strconv.ParseInt(ts, 10, 64)
+			stale = err != nil || sec < cutoff
 		case strings.HasPrefix(n, "qs_t_"):
 			ts, _, _ := strings.Cut(strings.TrimPrefix(n, "qs_t_"), "_")
 			sec, err := strconv.ParseInt(ts, 10, 64)
