@@ -203,6 +203,10 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 	}
 }
 
+// cliWaitNotice is how long an operator command waits for a user's
+// account before it says it is waiting.
+var cliWaitNotice = 2 * time.Second
+
 // maxPasswordLine bounds the line readPassword reads (the password rules
 // then bound the password itself).
 const maxPasswordLine = 4096
@@ -333,7 +337,14 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			if *key != "" {
 				adj.Key = "cli:" + *key
 			}
+			// The grant waits for the account, which another operation
+			// may hold for long (an admin's removal, a stuck session):
+			// say so rather than hang silently. Ctrl-C gives up.
+			waiting := time.AfterFunc(cliWaitNotice, func() {
+				fmt.Fprintf(stderr, "quickscale: waiting for %s's account, which another operation holds (Ctrl-C gives up; nothing is granted then)…\n", u.Email)
+			})
 			res, err := env.store.Adjust(ctx, adj)
+			waiting.Stop()
 			if err != nil {
 				return err
 			}

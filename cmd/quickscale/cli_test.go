@@ -332,3 +332,34 @@ func TestServicesSetMakesAServiceUsersCanSpendOn(t *testing.T) {
 		t.Errorf("cost over the cap: exit %d %s", code, stderr)
 	}
 }
+
+// A grant whose account another operation holds says it is waiting (it
+// used to hang silently for as long), and goes through once the account
+// is free.
+func TestCreditsGrantSaysItWaitsForAHeldAccount(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	ctx := context.Background()
+	holder, err := ta.store.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
+	require.NoError(t, err)
+
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"quickscale", "credits", "grant", "--email", u.Email, "--amount", "5", "--reason", "held"},
+			envFrom(map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}), strings.NewReader(""), &stdout, &stderr)
+	}()
+	eventually(t, 30*time.Second, "the grant to say it waits", func() bool { return strings.Contains(stderr.String(), "waiting for "+u.Email+"'s account") })
+	require.NoError(t, holder.Commit(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err, stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("the grant never finished")
+	}
+	require.Contains(t, stdout.String(), "granted 5 admin credits")
+}
