@@ -171,7 +171,7 @@ func (s *Store) UserPayment(ctx context.Context, userID, id int64) (Payment, err
 
 // paymentNumber is how the pages and emails name a payment: "payment
 // #81", "Payment 81", "receipt #81".
-var paymentNumber = regexp.MustCompile(`^(?i)(?:payment|receipt)\s*#?\s*([0-9]{1,18})$`)
+var paymentNumber = regexp.MustCompile(`^(?i)(?:payment|receipt)\s*#?\s*([0-9]{1,18})[.,;:!?)]*$`)
 
 // FindPayment finds the payment a support search names, as customers see
 // it: "payment #81" (or "receipt #81"), the payment reference on a receipt
@@ -188,6 +188,7 @@ func (s *Store) FindPayment(ctx context.Context, q string) (p Payment, found boo
 		}
 		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id)
 	case strings.HasPrefix(q, "pi_") || strings.HasPrefix(q, "cs_"):
+		q = strings.TrimRight(q, ".,;:!?)")
 		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 OR checkout_session_id = $1`, q)
 	default:
 		return p, false, nil
@@ -276,6 +277,30 @@ func MarkPaymentUnsuccessful(ctx context.Context, tx pgx.Tx, id int64, status, r
 	}
 	tag, err := tx.Exec(ctx, `UPDATE payments SET status = $2, failure_reason = $3, updated_at = now() WHERE id = $1 AND status = 'pending'`, id, status, reason)
 	return tag.RowsAffected() == 1, err
+}
+
+// CancelledByBuyer is the failure reason of a checkout its buyer cancelled.
+const CancelledByBuyer = "Cancelled by the buyer before it was paid."
+
+// Cancelled reports whether the payment is a checkout its buyer cancelled
+// (expired at their request, not left to run out).
+func (p Payment) Cancelled() bool {
+	return p.Status == PaymentExpired && p.FailureReason != nil && *p.FailureReason == CancelledByBuyer
+}
+
+// MarkPaymentCancelled records that the buyer cancelled a checkout the
+// provider has expired: expired, with CancelledByBuyer as its reason, also
+// when the provider's expired event was applied first (the simulator
+// delivers it during the cancel). wasPending reports whether it was still
+// pending (the event not applied yet), which is when it is counted.
+func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64) (wasPending bool, err error) {
+	var old string
+	err = tx.QueryRow(ctx, `SELECT status FROM payments WHERE id = $1 FOR UPDATE`, id).Scan(&old)
+	if err != nil || (old != PaymentPending && old != PaymentExpired) {
+		return false, err
+	}
+	_, err = tx.Exec(ctx, `UPDATE payments SET status = 'expired', failure_reason = $2, updated_at = now() WHERE id = $1`, id, CancelledByBuyer)
+	return old == PaymentPending, err
 }
 
 // RecordRefund stores the cumulative refunded amount and clawback of a

@@ -260,6 +260,12 @@ func (s *Site) CancelCheckout() http.Handler {
 			return
 		}
 		ref := "#" + formatInt(pay.ID)
+		if pay.Cancelled() {
+			// A second click, or a form from before: say it is done.
+			s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it.")
+			redirect(w, r, "/dashboard/payments")
+			return
+		}
 		if pay.Status != store.PaymentPending {
 			s.flash(ctx, "Payment "+ref+" is no longer open ("+paymentStatusWord(pay.Status)+"): there was nothing to cancel.")
 			redirect(w, r, "/dashboard/payments")
@@ -273,7 +279,7 @@ func (s *Site) CancelCheckout() http.Handler {
 		}
 		switch {
 		case errors.Is(err, billing.ErrCheckoutNotOpen):
-			s.flash(ctx, "Payment "+ref+" was finished at the checkout before it could be cancelled: its status below is updated as soon as the payment provider tells us.")
+			s.flash(ctx, "Payment "+ref+" was finished at the checkout before it could be cancelled: reload this page in a moment to see its status.")
 		case err != nil:
 			s.logger.ErrorContext(ctx, "payment provider: cancel checkout", "payment", pay.ID, "err", err)
 			s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "The checkout could not be cancelled",
@@ -290,7 +296,7 @@ func (s *Site) CancelCheckout() http.Handler {
 			mctx := context.WithoutCancel(ctx)
 			var changed bool
 			err := s.store.InTx(mctx, func(tx pgx.Tx) (err error) {
-				changed, err = store.MarkPaymentUnsuccessful(mctx, tx, pay.ID, store.PaymentExpired, "Cancelled by the buyer before it was paid.")
+				changed, err = store.MarkPaymentCancelled(mctx, tx, pay.ID)
 				return err
 			})
 			if err != nil {

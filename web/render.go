@@ -147,6 +147,7 @@ func (t *templates) funcs() template.FuncMap {
 		"credits":   formatInt,
 		"ncredits":  func(n int64) string { return countNoun(n, "credit") },
 		"money":     formatMoney,
+		"payStatus": paymentStatusWord,
 		"date":      func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006") },
 		"datetime":  func(tm time.Time) string { return tm.UTC().Format(dateTimeLayout) },
 		"isotime":   func(tm time.Time) string { return tm.UTC().Format(time.RFC3339) },

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
@@ -48,16 +50,19 @@ func TestACheckoutLeftOpenCanBeCancelled(t *testing.T) {
 	eventually(t, 15*time.Second, "the expired event to be applied", func() bool {
 		return whCount(t, ta, `SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.expired' AND outcome IS NOT NULL`) == 1
 	})
-	require.Equal(t, store.PaymentExpired, whPayment(t, ta, p).Status)
+	require.True(t, whPayment(t, ta, p).Cancelled(), "the expired event's reason replaced the buyer's cancel")
 
 	// It can no longer be paid.
 	r := p.Browser.post("/simulator/checkout/"+p.SessionID, url.Values{"action": {"pay"}})
 	require.Equal(t, http.StatusConflict, r.Status, r.Body)
 	require.Zero(t, whBalance(t, ta, p.User.ID))
 
-	// Cancelling it again (a form from before) says there is nothing to do.
+	// Cancelling it again (a double click, a form from before) says it is
+	// cancelled, and it shows as such, not as run out.
 	mustRedirect(t, p.Browser.post(cancelPath, nil), "/dashboard/payments")
-	require.Contains(t, p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text(), "no longer open (expired)")
+	page = p.Browser.get("/dashboard/payments").Doc(t)
+	require.Contains(t, strings.Join(strings.Fields(page.Find("main").Text()), " "), fmt.Sprintf("Checkout #%d is cancelled", pay.ID))
+	require.Equal(t, "Cancelled", strings.TrimSpace(page.Find(`tr.payment .tag`).Text()))
 	require.Equal(t, 1, p.Browser.get("/dashboard/buy-credits/cancel").Doc(t).Find("#no-open-checkouts").Length())
 }
 
@@ -92,4 +97,35 @@ func TestCancellingACheckoutTheProviderExpiredAlready(t *testing.T) {
 	mustRedirect(t, p.Browser.post(fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID), nil), "/dashboard/payments")
 	require.Equal(t, store.PaymentExpired, whPayment(t, ta, p).Status)
 	require.Contains(t, strings.Join(strings.Fields(p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text()), " "), fmt.Sprintf("Checkout #%d is cancelled", pay.ID))
+}
+
+// The provider's expired event may be applied before the cancel's own
+// record (the simulator delivers it during the cancel): the payment still
+// reads as cancelled by its buyer, counted once.
+func TestACancelRecordedAfterTheExpiredEventStillSaysCancelled(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	pay := whPayment(t, ta, p)
+	obj := whSession(t, p.SessionID, "unpaid", p.Amount, p.Intent)
+	obj["status"], obj["payment_intent"] = "expired", nil
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionExpired, obj, time.Now())
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	require.False(t, whPayment(t, ta, p).Cancelled())
+
+	err := ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
+		wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, pay.ID)
+		require.False(t, wasPending, "counted twice: the event counted it")
+		return err
+	})
+	require.NoError(t, err)
+	require.True(t, whPayment(t, ta, p).Cancelled())
+	// A paid payment is never marked cancelled.
+	paid := whBuy(t, ta)
+	whPaid(t, ta, paid)
+	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
+		_, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, paid).ID)
+		return err
+	}))
+	require.Equal(t, store.PaymentSucceeded, whPayment(t, ta, paid).Status)
 }

@@ -99,6 +99,8 @@ func TestBrowserPhoneReceiptFitsTheScreen(t *testing.T) {
 	// not scrolling sideways: a paid one and a checkout still open, with
 	// its Cancel button.
 	mustRedirect(t, p.Browser.post("/dashboard/buy-credits", url.Values{"pack": {"pack_1000"}, "nonce": {"phone-open"}}), ta.URL+"/simulator/checkout/")
+	id, body := p.refunded(t, 500) // in part: its tag and amount
+	whApply(t, ta, id, body, store.OutcomeApplied)
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/payments"), chromedp.WaitVisible(chromedp.CSS("#payments .receipt-link")),
 		chromedp.WaitVisible(chromedp.CSS("#payments form.cancel-checkout button"))))
 	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(function(){var e=document.querySelector("#payments").closest(".table-container");return e.scrollWidth-e.clientWidth;})()`))
@@ -162,4 +164,18 @@ func TestPaidAndRefundedTimesAreStripesAfterAnOutage(t *testing.T) {
 	pay := whPayment(t, ta, p)
 	require.True(t, pay.PaidAt.Equal(paidAt), "paid at %s, want the completed event's %s", pay.PaidAt, paidAt)
 	require.True(t, pay.RefundedAt.Equal(refundedAt), "refunded at %s, want the refund event's %s", pay.RefundedAt, refundedAt)
+}
+
+// A refund that could not take back credits already spent says so on the
+// receipt, as the payments list does.
+func TestReceiptSaysWhatARefundCouldNotTakeBack(t *testing.T) {
+	t.Parallel()
+	ta, p, pay := paidPurchase(t)
+	_, err := ta.store.Adjust(context.Background(), store.Adjustment{UserID: p.User.ID, Delta: -400, Reason: "used elsewhere"})
+	require.NoError(t, err)
+	id, body := p.refunded(t, p.Amount)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+
+	doc := p.Browser.get(fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)).Doc(t)
+	require.True(t, strings.HasPrefix(acctText(doc, "#receipt-shortfall"), "400 credits"), acctText(doc, "#receipt-shortfall"))
 }
