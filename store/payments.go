@@ -288,19 +288,30 @@ func (p Payment) Cancelled() bool {
 	return p.Status == PaymentExpired && p.FailureReason != nil && *p.FailureReason == CancelledByBuyer
 }
 
-// MarkPaymentCancelled records that the buyer cancelled a checkout the
-// provider has expired: expired, with CancelledByBuyer as its reason, also
-// when the provider's expired event was applied first (the simulator
-// delivers it during the cancel). wasPending reports whether it was still
-// pending (the event not applied yet), which is when it is counted.
-func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64) (wasPending bool, err error) {
+// MarkPaymentCancelled records that the buyer cancelled a checkout that the
+// provider reports expired: expired, with CancelledByBuyer as its reason.
+// accepted: the provider expired it at this request, so an expiry already
+// applied (the simulator delivers its event during the cancel) is this
+// cancel's, and gets its reason too. Otherwise (the provider found it
+// expired already) only a pending payment is marked, and as cancelled only
+// within its checkout's day (SimSessionExpiry, Stripe's too): after it, it
+// ran out on its own. wasPending reports whether it was still pending,
+// which is when it is counted.
+func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64, accepted bool) (wasPending bool, err error) {
 	var old string
-	err = tx.QueryRow(ctx, `SELECT status FROM payments WHERE id = $1 FOR UPDATE`, id).Scan(&old)
-	if err != nil || (old != PaymentPending && old != PaymentExpired) {
+	var ranOut bool
+	err = tx.QueryRow(ctx, `SELECT status, created_at <= now() - $2::interval FROM payments WHERE id = $1 FOR UPDATE`, id, SimSessionExpiry.String()).Scan(&old, &ranOut)
+	switch {
+	case err != nil:
 		return false, err
+	case old == PaymentPending && !accepted && ranOut:
+		_, err = MarkPaymentUnsuccessful(ctx, tx, id, PaymentExpired, "The checkout expired before it was paid.")
+		return err == nil, err
+	case old == PaymentPending, old == PaymentExpired && accepted:
+		_, err = tx.Exec(ctx, `UPDATE payments SET status = 'expired', failure_reason = $2, updated_at = now() WHERE id = $1`, id, CancelledByBuyer)
+		return old == PaymentPending, err
 	}
-	_, err = tx.Exec(ctx, `UPDATE payments SET status = 'expired', failure_reason = $2, updated_at = now() WHERE id = $1`, id, CancelledByBuyer)
-	return old == PaymentPending, err
+	return false, nil
 }
 
 // RecordRefund stores the cumulative refunded amount and clawback of a

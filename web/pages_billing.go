@@ -272,9 +272,11 @@ func (s *Site) CancelCheckout() http.Handler {
 			return
 		}
 		err = s.gateway.ExpireCheckoutSession(ctx, pay.CheckoutSessionID)
+		// Accepted: the provider expired it now, at this request. Expired
+		// already: an earlier cancel whose answer was lost, or its day ran
+		// out (the event not applied yet); either way as closed as asked.
+		accepted := err == nil
 		if errors.Is(err, billing.ErrCheckoutExpired) {
-			// Closed already at the provider (an earlier cancel whose
-			// answer was lost): as cancelled as asked.
 			err = nil
 		}
 		switch {
@@ -296,7 +298,7 @@ func (s *Site) CancelCheckout() http.Handler {
 			mctx := context.WithoutCancel(ctx)
 			var changed bool
 			err := s.store.InTx(mctx, func(tx pgx.Tx) (err error) {
-				changed, err = store.MarkPaymentCancelled(mctx, tx, pay.ID)
+				changed, err = store.MarkPaymentCancelled(mctx, tx, pay.ID, accepted)
 				return err
 			})
 			if err != nil {
@@ -400,8 +402,12 @@ func (s *Site) SimulatorCheckout() http.Handler {
 		// paid any more.
 		if pay, err := s.store.UserPaymentBySession(ctx, u.ID, id); err == nil && f.raw("action") == "pay" &&
 			(pay.Status == store.PaymentExpired || pay.Status == store.PaymentFailed) {
+			why := map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status]
+			if pay.Cancelled() {
+				why = "was cancelled"
+			}
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
-				Message:   "It " + map[string]string{store.PaymentExpired: "expired", store.PaymentFailed: "was declined"}[pay.Status] + " and can no longer be paid. Nothing was charged.",
+				Message:   "It " + why + " and can no longer be paid. Nothing was charged.",
 				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
 			return
 		}

@@ -340,11 +340,20 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			// The grant waits for the account, which another operation
 			// may hold for long (an admin's removal, a stuck session):
 			// say so rather than hang silently. Ctrl-C gives up.
-			waiting := time.AfterFunc(cliWaitNotice, func() {
-				fmt.Fprintf(stderr, "quickscale: waiting for %s's account, which another operation holds (Ctrl-C gives up; nothing is granted then)…\n", u.Email)
-			})
+			// The notice is written, if at all, before the answer: the
+			// waiter ends before anything else is printed.
+			done, ended := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(ended)
+				select {
+				case <-done:
+				case <-time.After(cliWaitNotice):
+					fmt.Fprintf(stderr, "quickscale: still waiting for %s's account, probably held by another operation (Ctrl-C gives up; nothing is granted then)…\n", u.Email)
+				}
+			}()
 			res, err := env.store.Adjust(ctx, adj)
-			waiting.Stop()
+			close(done)
+			<-ended
 			if err != nil {
 				return err
 			}

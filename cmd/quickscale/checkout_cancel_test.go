@@ -114,17 +114,44 @@ func TestACancelRecordedAfterTheExpiredEventStillSaysCancelled(t *testing.T) {
 	require.False(t, whPayment(t, ta, p).Cancelled())
 
 	err := ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
-		wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, pay.ID)
+		wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, pay.ID, true)
 		require.False(t, wasPending, "counted twice: the event counted it")
 		return err
 	})
 	require.NoError(t, err)
 	require.True(t, whPayment(t, ta, p).Cancelled())
+
+	// Not accepted by the provider (it found the checkout expired already):
+	// an expiry applied already is not turned into a cancel, and a pending
+	// checkout past its day ran out on its own.
+	ranOut := whBuy(t, ta)
+	obj = whSession(t, ranOut.SessionID, "unpaid", ranOut.Amount, ranOut.Intent)
+	obj["status"], obj["payment_intent"] = "expired", nil
+	id, body = whEvent(t, stripe.EventTypeCheckoutSessionExpired, obj, time.Now())
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	old := whBuy(t, ta)
+	_, err = ta.store.Pool().Exec(context.Background(), `UPDATE payments SET created_at = now() - interval '25 hours' WHERE id = $1`, whPayment(t, ta, old).ID)
+	require.NoError(t, err)
+	recent := whBuy(t, ta)
+	for _, c := range []struct {
+		p         whPurchase
+		pending   bool
+		cancelled bool
+	}{{ranOut, false, false}, {old, true, false}, {recent, true, true}} {
+		require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
+			wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, c.p).ID, false)
+			require.Equal(t, c.pending, wasPending)
+			return err
+		}))
+		got := whPayment(t, ta, c.p)
+		require.Equal(t, store.PaymentExpired, got.Status)
+		require.Equal(t, c.cancelled, got.Cancelled(), "payment #%d: %v", got.ID, *got.FailureReason)
+	}
 	// A paid payment is never marked cancelled.
 	paid := whBuy(t, ta)
 	whPaid(t, ta, paid)
 	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
-		_, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, paid).ID)
+		_, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, paid).ID, true)
 		return err
 	}))
 	require.Equal(t, store.PaymentSucceeded, whPayment(t, ta, paid).Status)

@@ -353,7 +353,7 @@ func TestCreditsGrantSaysItWaitsForAHeldAccount(t *testing.T) {
 		done <- run(ctx, []string{"quickscale", "credits", "grant", "--email", u.Email, "--amount", "5", "--reason", "held"},
 			envFrom(map[string]string{"DATABASE_URL": ta.app.cfg.DatabaseURL}), strings.NewReader(""), &stdout, &stderr)
 	}()
-	eventually(t, 30*time.Second, "the grant to say it waits", func() bool { return strings.Contains(stderr.String(), "waiting for "+u.Email+"'s account") })
+	eventually(t, 30*time.Second, "the grant to say it waits", func() bool { return strings.Contains(stderr.String(), "still waiting for "+u.Email+"'s account") })
 	require.NoError(t, holder.Commit(ctx))
 	select {
 	case err := <-done:

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"log/slog"
 	"net/url"
@@ -42,7 +43,12 @@ const templateLockKey int64 = 0x71735f746d706c
 var (
 	templateOnce sync.Once
 	templateName string
-	templateErr  error
+	// templateInUse is a session held for the life of the test process,
+	// holding a shared advisory lock on its template (templateUseKey):
+	// a run of other migrations drops the template only when no process
+	// holds it.
+	templateInUse *pgx.Conn
+	templateErr   error
 )
 
 // ServerURL returns the URL of the test server's maintenance database.
@@ -141,8 +147,7 @@ func buildTemplate(ctx context.Context) (string, error) {
 
 	dropStale(ctx, conn, prefix)
 
-	// qs_tmpl_<hash>_<unix time made>: the time lets a run of other
-	// migrations leave it alone for an hour.
+	// qs_tmpl_<hash>_<unix time made>.
 	var found []string
 	rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname <> $2 ORDER BY datname DESC LIMIT 1", prefix, prefix+"build")
 	if err == nil {
@@ -152,7 +157,7 @@ func buildTemplate(ctx context.Context) (string, error) {
 		return "", err
 	}
 	if len(found) == 1 {
-		return found[0], nil
+		return found[0], holdTemplate(ctx, found[0])
 	}
 	name := prefix + strconv.FormatInt(time.Now().Unix(), 10)
 	building := prefix + "build"
@@ -174,7 +179,31 @@ func buildTemplate(ctx context.Context) (string, error) {
 	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s RENAME TO %s", pgx.Identifier{building}.Sanitize(), pgx.Identifier{name}.Sanitize())); err != nil {
 		return "", err
 	}
-	return name, nil
+	return name, holdTemplate(ctx, name)
+}
+
+// templateUseKey is the advisory lock key of a template's users: a hash of
+// its migrations (the name up to its time).
+func templateUseKey(name string) int64 {
+	h := fnv.New64a()
+	hash, _, _ := strings.Cut(strings.TrimPrefix(name, "qs_tmpl_"), "_")
+	h.Write([]byte(hash))
+	return int64(h.Sum64())
+}
+
+// holdTemplate marks the template as used by this process until it ends
+// (called under the build lock, before any run could drop it).
+func holdTemplate(ctx context.Context, name string) error {
+	c, err := pgx.Connect(ctx, ServerURL())
+	if err != nil {
+		return err
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_advisory_lock_shared($1)", templateUseKey(name)); err != nil {
+		c.Close(ctx)
+		return err
+	}
+	templateInUse = c
+	return nil
 }
 
 // dropStale removes templates of older migrations and test databases left
@@ -193,16 +222,19 @@ func dropStale(ctx context.Context, conn *pgx.Conn, keep string) {
 		stale := false
 		switch {
 		case strings.HasPrefix(n, "qs_tmpl_"):
-			// Templates of other migrations made over an hour ago (a run
-			// of other code may be using a newer one: two checkouts tested
-			// at once), half-built ones, and ones named before templates
-			// carried their time.
+			// Templates of other migrations (and half-built ones) that no
+			// test process is using: a run of another checkout may be
+			// cloning one (it holds the shared lock, holdTemplate).
 			if strings.HasPrefix(n, keep) {
 				break
 			}
-			_, ts, _ := strings.Cut(strings.TrimPrefix(n, "qs_tmpl_"), "_")
-			sec, err := strconv.ParseInt(ts, 10, 64)
-			stale = err != nil || sec < cutoff
+			key := templateUseKey(n)
+			var free bool
+			if conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&free) != nil || !free {
+				break
+			}
+			_, _ = conn.Exec(ctx, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", pgx.Identifier{n}.Sanitize()))
+			_, _ = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", key)
 		case strings.HasPrefix(n, "qs_t_"):
 			ts, _, _ := strings.Cut(strings.TrimPrefix(n, "qs_t_"), "_")
 			sec, err := strconv.ParseInt(ts, 10, 64)
