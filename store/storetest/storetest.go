@@ -202,6 +202,9 @@ func holdTemplate(ctx context.Context, name string) error {
 		c.Close(ctx)
 		return err
 	}
+	if templateInUse != nil { // held once per process; never twice
+		templateInUse.Close(ctx)
+	}
 	templateInUse = c
 	return nil
 }
