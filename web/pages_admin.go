@@ -152,25 +152,37 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 	s.render(w, r, status, page, title, p)
 }
 
+// adminUserOf resolves /admin/users/{id}: the live user, or the account
+// its owner deleted (deletedAt set); not found, or an error, is answered.
+func (s *Site) adminUserOf(w http.ResponseWriter, r *http.Request) (u store.User, deletedAt *time.Time, ok bool) {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		s.NotFound().ServeHTTP(w, r)
+		return u, nil, false
+	}
+	u, err = s.store.UserByID(r.Context(), id)
+	if store.ErrorKind(err) == store.KindNotFound {
+		if d, at, derr := s.store.DeletedUserByID(r.Context(), id); derr == nil {
+			return d, &at, true
+		}
+	}
+	if err != nil {
+		s.handleError(w, r, err)
+		return u, nil, false
+	}
+	return u, nil, true
+}
+
 // AdminUser serves GET /admin/users/{id}. An account its owner deleted is
 // shown too, read-only: its payments and ledger stay (refunds, disputes).
 func (s *Site) AdminUser() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-		if err != nil {
-			s.NotFound().ServeHTTP(w, r)
+		target, deletedAt, ok := s.adminUserOf(w, r)
+		if !ok {
 			return
 		}
-		target, err := s.store.UserByID(r.Context(), id)
-		if store.ErrorKind(err) == store.KindNotFound {
-			var deletedAt time.Time
-			if target, deletedAt, err = s.store.DeletedUserByID(r.Context(), id); err == nil {
-				s.renderAdminUserPage(w, r, http.StatusOK, "admin_user", adminUserPage{Target: target, DeletedAt: &deletedAt})
-				return
-			}
-		}
-		if err != nil {
-			s.handleError(w, r, err)
+		if deletedAt != nil {
+			s.renderAdminUserPage(w, r, http.StatusOK, "admin_user", adminUserPage{Target: target, DeletedAt: deletedAt})
 			return
 		}
 		s.renderAdminUser(w, r, http.StatusOK, "admin_user", target, nil)
@@ -182,24 +194,16 @@ func (s *Site) AdminUser() http.Handler {
 // audit log in one transaction.
 func (s *Site) AdminCredits() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-		if err != nil {
-			s.NotFound().ServeHTTP(w, r)
+		target, deletedAt, ok := s.adminUserOf(w, r)
+		if !ok {
 			return
 		}
-		target, err := s.store.UserByID(r.Context(), id)
-		if store.ErrorKind(err) == store.KindNotFound {
+		if deletedAt != nil {
 			// An account deleted since the form was loaded: say so (409),
 			// not "not found", which leaves the admin guessing.
-			if _, deletedAt, derr := s.store.DeletedUserByID(r.Context(), id); derr == nil {
-				s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This account was deleted",
-					Message:   "Its owner deleted it on " + deletedAt.UTC().Format("2 Jan 2006 15:04") + " UTC, and its credits were forfeited then. Nothing was changed.",
-					ActionURL: "/admin/users/" + strconv.FormatInt(id, 10), ActionLabel: "See the account"})
-				return
-			}
-		}
-		if err != nil {
-			s.handleError(w, r, err)
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This account was deleted",
+				Message:   "Its owner deleted it on " + deletedAt.UTC().Format("2 Jan 2006 15:04") + " UTC, and its credits were forfeited then. Nothing was changed.",
+				ActionURL: "/admin/users/" + strconv.FormatInt(target.ID, 10), ActionLabel: "See the account"})
 			return
 		}
 		if r.Method != http.MethodPost {
