@@ -288,6 +288,19 @@ func (p Payment) Cancelled() bool {
 	return p.Status == PaymentExpired && p.FailureReason != nil && *p.FailureReason == CancelledByBuyer
 }
 
+// CancelOutcome is what MarkPaymentCancelled recorded.
+type CancelOutcome int
+
+const (
+	// CancelRecorded: expired, its reason CancelledByBuyer.
+	CancelRecorded CancelOutcome = iota
+	// CancelRanOut: it had run out on its own: expired as such.
+	CancelRanOut
+	// CancelUnchanged: nothing written (paid, declined, or expired by its
+	// event meanwhile when the provider did not expire it at this request).
+	CancelUnchanged
+)
+
 // MarkPaymentCancelled records that the buyer cancelled a checkout that the
 // provider reports expired: expired, with CancelledByBuyer as its reason.
 // accepted: the provider expired it at this request, so an expiry already
@@ -295,23 +308,23 @@ func (p Payment) Cancelled() bool {
 // cancel's, and gets its reason too. Otherwise (the provider found it
 // expired already) only a pending payment is marked, and as cancelled only
 // within its checkout's day (SimSessionExpiry, Stripe's too): after it, it
-// ran out on its own. wasPending reports whether it was still pending,
-// which is when it is counted.
-func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64, accepted bool) (wasPending bool, err error) {
+// ran out on its own. counted reports whether it was still pending, which
+// is when it is counted.
+func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64, accepted bool) (outcome CancelOutcome, counted bool, err error) {
 	var old string
 	var ranOut bool
 	err = tx.QueryRow(ctx, `SELECT status, created_at <= now() - $2::interval FROM payments WHERE id = $1 FOR UPDATE`, id, SimSessionExpiry.String()).Scan(&old, &ranOut)
 	switch {
 	case err != nil:
-		return false, err
+		return CancelUnchanged, false, err
 	case old == PaymentPending && !accepted && ranOut:
 		_, err = MarkPaymentUnsuccessful(ctx, tx, id, PaymentExpired, "The checkout expired before it was paid.")
-		return err == nil, err
+		return CancelRanOut, err == nil, err
 	case old == PaymentPending, old == PaymentExpired && accepted:
 		_, err = tx.Exec(ctx, `UPDATE payments SET status = 'expired', failure_reason = $2, updated_at = now() WHERE id = $1`, id, CancelledByBuyer)
-		return old == PaymentPending, err
+		return CancelRecorded, old == PaymentPending, err
 	}
-	return false, nil
+	return CancelUnchanged, false, nil
 }
 
 // RecordRefund stores the cumulative refunded amount and clawback of a

@@ -114,10 +114,12 @@ var ErrSimSessionNotOpen = errors.New("simulator: the session is not open")
 
 // ExpireSimSession expires one open session now (its buyer cancelled it),
 // calling deliver under its lock as FinishSimSession does; a session
-// expired already is ErrSimSessionExpired, one completed
-// ErrSimSessionNotOpen, one that does not exist KindNotFound.
+// expired already, or past its day (expired now all the same), is
+// ErrSimSessionExpired, one completed ErrSimSessionNotOpen, one that does
+// not exist KindNotFound.
 func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(SimSession) error) error {
-	return s.InTx(ctx, func(tx pgx.Tx) error {
+	var ranOut bool
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 FOR UPDATE`, id)
 		if err != nil {
 			return err
@@ -135,6 +137,12 @@ func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(Si
 		if ss.Status != "open" {
 			return ErrSimSessionNotOpen
 		}
+		// Past its day it ran out, as Stripe's would have (the sweep that
+		// expires such sessions runs each minute): expired all the same,
+		// and said so.
+		if err := tx.QueryRow(ctx, `SELECT created_at <= now() - $1::interval FROM simulator_sessions WHERE id = $2`, SimSessionExpiry.String(), id).Scan(&ranOut); err != nil {
+			return err
+		}
 		ss.Status = "expired"
 		if err := deliver(ss); err != nil {
 			return err
@@ -142,6 +150,10 @@ func (s *Store) ExpireSimSession(ctx context.Context, id string, deliver func(Si
 		_, err = tx.Exec(ctx, `UPDATE simulator_sessions SET status = 'expired' WHERE id = $1`, id)
 		return err
 	})
+	if err == nil && ranOut {
+		return ErrSimSessionExpired
+	}
+	return err
 }
 
 // ExpireSimSessions expires up to limit sessions left open past

@@ -296,19 +296,27 @@ func (s *Site) CancelCheckout() http.Handler {
 			// Done even if the buyer's request ends now: the provider has
 			// expired the session.
 			mctx := context.WithoutCancel(ctx)
-			var changed bool
+			var outcome store.CancelOutcome
+			var counted bool
 			err := s.store.InTx(mctx, func(tx pgx.Tx) (err error) {
-				changed, err = store.MarkPaymentCancelled(mctx, tx, pay.ID, accepted)
+				outcome, counted, err = store.MarkPaymentCancelled(mctx, tx, pay.ID, accepted)
 				return err
 			})
 			if err != nil {
 				s.serverError(w, r, err)
 				return
 			}
-			if changed && s.metrics != nil {
+			if counted && s.metrics != nil {
 				s.metrics.Payments.WithLabelValues("pack", store.PaymentExpired, pay.Currency).Inc()
 			}
-			s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it.")
+			switch outcome {
+			case store.CancelRecorded:
+				s.flash(ctx, "Checkout "+ref+" is cancelled: it can no longer be paid, and nothing was charged for it.")
+			default:
+				// It ran out on its own, or its expiry was recorded
+				// meanwhile: the same for the buyer, said as it is.
+				s.flash(ctx, "Checkout "+ref+" had expired already: it can no longer be paid, and nothing was charged for it.")
+			}
 		}
 		redirect(w, r, "/dashboard/payments")
 	})

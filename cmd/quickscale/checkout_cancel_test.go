@@ -114,8 +114,9 @@ func TestACancelRecordedAfterTheExpiredEventStillSaysCancelled(t *testing.T) {
 	require.False(t, whPayment(t, ta, p).Cancelled())
 
 	err := ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
-		wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, pay.ID, true)
-		require.False(t, wasPending, "counted twice: the event counted it")
+		outcome, counted, err := store.MarkPaymentCancelled(context.Background(), tx, pay.ID, true)
+		require.Equal(t, store.CancelRecorded, outcome)
+		require.False(t, counted, "counted twice: the event counted it")
 		return err
 	})
 	require.NoError(t, err)
@@ -139,8 +140,8 @@ func TestACancelRecordedAfterTheExpiredEventStillSaysCancelled(t *testing.T) {
 		cancelled bool
 	}{{ranOut, false, false}, {old, true, false}, {recent, true, true}} {
 		require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
-			wasPending, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, c.p).ID, false)
-			require.Equal(t, c.pending, wasPending)
+			_, counted, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, c.p).ID, false)
+			require.Equal(t, c.pending, counted)
 			return err
 		}))
 		got := whPayment(t, ta, c.p)
@@ -151,8 +152,29 @@ func TestACancelRecordedAfterTheExpiredEventStillSaysCancelled(t *testing.T) {
 	paid := whBuy(t, ta)
 	whPaid(t, ta, paid)
 	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
-		_, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, paid).ID, true)
+		_, _, err := store.MarkPaymentCancelled(context.Background(), tx, whPayment(t, ta, paid).ID, true)
 		return err
 	}))
 	require.Equal(t, store.PaymentSucceeded, whPayment(t, ta, paid).Status)
+}
+
+// A checkout past its day that the buyer "cancels" had run out on its own:
+// recorded as such, and said so (the handler passes on that the provider
+// did not expire it at this request).
+func TestCancellingACheckoutPastItsDaySaysItExpired(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	pay := whPayment(t, ta, p)
+	ctx := context.Background()
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE payments SET created_at = now() - interval '25 hours' WHERE id = $1`, pay.ID)
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE simulator_sessions SET created_at = now() - interval '25 hours' WHERE id = $1`, p.SessionID)
+	require.NoError(t, err)
+
+	mustRedirect(t, p.Browser.post(fmt.Sprintf("/dashboard/payments/%d/cancel", pay.ID), nil), "/dashboard/payments")
+	got := whPayment(t, ta, p)
+	require.Equal(t, store.PaymentExpired, got.Status)
+	require.False(t, got.Cancelled(), "a checkout that ran out is recorded as cancelled by its buyer")
+	require.Contains(t, strings.Join(strings.Fields(p.Browser.get("/dashboard/payments").Doc(t).Find("main").Text()), " "), fmt.Sprintf("Checkout #%d had expired already", pay.ID))
 }

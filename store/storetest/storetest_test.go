@@ -23,8 +23,19 @@ func TestDropStaleKeepsATemplateAnotherProcessUses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+		c, err := pgx.Connect(context.Background(), ServerURL())
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
 	})
+	// dropStale runs under the build lock, as buildTemplate calls it: no
+	// other process is building or naming a template meanwhile.
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", templateLockKey); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", templateLockKey) //nolint:errcheck
 	user, err := pgx.Connect(ctx, ServerURL()) // the other process
 	if err != nil {
 		t.Fatal(err)
