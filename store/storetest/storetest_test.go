@@ -36,7 +36,8 @@ func TestDropStaleKeepsATemplateAnotherProcessUses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", templateLockKey) //nolint:errcheck
-	user, err := pgx.Connect(ctx, ServerURL()) // the other process
+	// The other process, using the template.
+	user, err := pgx.Connect(ctx, ServerURL())
 	if err != nil {
 		t.Fatal(err)
 	}
