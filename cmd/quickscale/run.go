@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/quickscale/quickscale/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -85,8 +87,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err == nil && out.err != nil {
 		return fmt.Errorf("could not write the output (%w); what the command did stands — an API key or a generated password that was to be shown is lost: revoke the key, or reset the password", out.err)
 	}
+	if err != nil && !errors.Is(err, context.Canceled) && store.IsUnavailable(err) {
+		// A script may retry this one (the database was down or the
+		// connection lost), unlike a refusal: its own exit code.
+		return unavailableError{err}
+	}
 	return err
 }
+
+// unavailableError is an operator command that failed because the database
+// could not be reached or the connection was lost: exit exitUnavailable.
+type unavailableError struct{ err error }
+
+func (e unavailableError) Error() string { return e.err.Error() }
+func (e unavailableError) Unwrap() error { return e.err }
 
 // checkedWriter remembers the first error writing to w.
 type checkedWriter struct {
@@ -116,6 +130,13 @@ const exitNotCurrent = 3
 // migrations this binary does not know.
 const exitAhead = 4
 
+// exitUnavailable is an operator command's exit code when the database
+// could not be reached or the connection was lost: EX_TEMPFAIL of
+// sysexits.h, "try again later". A transaction under way was rolled back,
+// or (a lost connection at its commit) may have been applied: operator
+// commands that change things say so on a retry (credits grant --key).
+const exitUnavailable = 75
+
 // exitInterrupted is the exit code of a command stopped by SIGINT or
 // SIGTERM before it finished (128 + SIGINT, as shells report Ctrl-C).
 const exitInterrupted = 130
@@ -141,6 +162,12 @@ func exitCode(err error, stderr io.Writer) int {
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintln(stderr, "quickscale: interrupted:", err)
 		return exitInterrupted
+	}
+	var ue2 unavailableError
+	if errors.As(err, &ue2) {
+		fmt.Fprintln(stderr, "quickscale: error:", err)
+		fmt.Fprintln(stderr, "quickscale: the database is unavailable; try again later (exit 75)")
+		return exitUnavailable
 	}
 	fmt.Fprintln(stderr, "quickscale: error:", err)
 	var pgErr *pgconn.PgError

@@ -109,6 +109,25 @@ func TestBadFlagValueIsReportedOnce(t *testing.T) {
 	require.Equal(t, 1, strings.Count(stderr, "Usage: quickscale credits grant"), stderr)
 }
 
+// An operator command that cannot reach the database exits 75 (EX_TEMPFAIL:
+// a script may retry), apart from a refusal, which is 1.
+func TestOperatorCommandsWithoutADatabaseExit75(t *testing.T) {
+	t.Parallel()
+	down := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none?sslmode=disable&connect_timeout=2"}
+	for _, args := range [][]string{
+		{"services", "list"}, {"credits", "balance", "--email", "a@example.com"}, {"migrate", "status"},
+		{"credits", "grant", "--email", "a@example.com", "--amount", "5", "--reason", "x", "--key", "k1"},
+	} {
+		code, stdout, stderr := runCmd(t, down, "", args...)
+		if code != exitUnavailable || !strings.Contains(stderr, "try again later") || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr:\n%s", args, code, stdout, stderr)
+		}
+	}
+	_, env := cliStore(t)
+	code, _, stderr := runCmd(t, env, "", "credits", "balance", "--email", "nobody@example.com")
+	require.Equal(t, 1, code, stderr)
+}
+
 // A flag given twice is refused before anything is done, not "the last
 // one wins" (--amount 5 … --amount 500 granted 500).
 func TestAFlagGivenTwiceIsAUsageError(t *testing.T) {
