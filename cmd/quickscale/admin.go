@@ -129,7 +129,8 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		if err := store.CheckPasswordRules(password); err != nil {
-			return fmt.Errorf("password: %w", err)
+			// The command sees this itself: a usage mistake, exit 2.
+			return usageError{"password: " + err.Error()}
 		}
 		env, err := openEnv(ctx, getenv, stderr, "cli")
 		if err != nil {
@@ -268,7 +269,7 @@ func readPassword(ctx context.Context, stdin io.Reader) (string, bool, error) {
 		return store.NewSecret()[:20], true, nil
 	}
 	line := strings.TrimSuffix(string(r.line), "\r")
-	if line == "" {
+	if strings.TrimSpace(line) == "" {
 		return "", false, usageError{"the first line of stdin is empty: pipe the password in, or give no input at all (</dev/null) to have one generated"}
 	}
 	return line, false, nil
@@ -323,7 +324,11 @@ func runCredits(ctx context.Context, args []string, getenv func(string) string, 
 			}
 			exp = &t
 		}
-		if *key != "" && !validCLIKey(*key) {
+		keyGiven := false
+		fs.Visit(func(f *flag.Flag) { keyGiven = keyGiven || f.Name == "key" })
+		// Given but empty is an unset variable in a script (--key "$K"):
+		// refused, not a grant that a retry would repeat.
+		if keyGiven && !validCLIKey(*key) {
 			return usageError{"--key must be 1 to 90 letters, digits or . _ : - characters"}
 		}
 		switch {
@@ -465,7 +470,7 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 			return helpOK(err)
 		}
 		if *id <= 0 {
-			return usageError{"--id is required: a key's id, as `quickscale apikeys list` prints it"}
+			return usageError{"--id must be a key's id (a positive number), as `quickscale apikeys list` prints it"}
 		}
 		return withUser(ctx, getenv, stderr, *email, func(env *cliEnv, u store.User) error {
 			key, already, err := env.store.RevokeAPIKeyAsOperator(ctx, nil, u.ID, *id, "cli")

@@ -130,6 +130,7 @@ func TestCreditsGrantRefusesBadInput(t *testing.T) {
 		"email not UTF-8":     {[]string{"--email", u.Email + "\xff", "--amount", "5", "--reason", "x"}, "--email is not valid text"},
 		"long reason":         {[]string{"--email", u.Email, "--amount", "5", "--reason", strings.Repeat("é", 501)}, "at most 500 characters"},
 		"bad key":             {[]string{"--email", u.Email, "--amount", "5", "--reason", "x", "--key", "two words"}, "--key must be"},
+		"empty key":           {[]string{"--email", u.Email, "--amount", "5", "--reason", "x", "--key", ""}, "--key must be"}, // an unset variable
 	}
 	for name, c := range cases {
 		code, _, stderr := runCmd(t, env, "", append([]string{"credits", "grant"}, c.args...)...)
@@ -232,7 +233,10 @@ func TestAPIKeysListAndRevoke(t *testing.T) {
 
 	code, _, stderr = runCmd(t, env, "", "apikeys", "revoke", "--email", u.Email)
 	require.Equal(t, 2, code)
-	require.Contains(t, stderr, "--id is required")
+	require.Contains(t, stderr, "--id must be a key's id")
+	code, _, stderr = runCmd(t, env, "", "apikeys", "revoke", "--email", u.Email, "--id", "-5")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "a positive number")
 	fresh := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	code, stdout, stderr = runCmd(t, env, "", "apikeys", "list", "--email", fresh.Email)
 	require.Equal(t, 0, code)

@@ -57,8 +57,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return nil
-	case "version", "--version":
-		return runVersion(rest, stdout, stderr)
 	case "dev", "api", "worker":
 		return runServe(ctx, cmd, rest, getenv, stdout, stderr)
 	}
@@ -68,6 +66,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	out := &checkedWriter{w: stdout}
 	var err error
 	switch cmd {
+	case "version", "--version":
+		err = runVersion(rest, out, stderr)
 	case "migrate":
 		err = runMigrate(ctx, rest, getenv, out, stderr)
 	case "users":

@@ -155,7 +155,9 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space
 // did stands: an API key or a generated password shown nowhere is lost.
 func TestAnOperatorCommandWhoseOutputCannotBeWrittenFails(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), []string{"quickscale", "services", "set", "--help"}, envFrom(nil), strings.NewReader(""), failingWriter{}, io.Discard)
+	err := run(context.Background(), []string{"quickscale", "version"}, envFrom(nil), strings.NewReader(""), failingWriter{}, io.Discard)
+	require.ErrorContains(t, err, "could not write the output", "version")
+	err = run(context.Background(), []string{"quickscale", "services", "set", "--help"}, envFrom(nil), strings.NewReader(""), failingWriter{}, io.Discard)
 	require.ErrorContains(t, err, "could not write the output")
 	require.ErrorContains(t, err, "no space left on device")
 	var stderr bytes.Buffer

@@ -97,7 +97,7 @@ func TestUsersCreateRejectsTooShortPassword(t *testing.T) {
 
 	_, errOut, code := cli.run(strings.NewReader("short\n"), "users", "create", "--email", "weak@example.com")
 
-	require.Equal(t, 1, code)
+	require.Equal(t, 2, code, "a password the command can judge itself is a usage mistake")
 	require.Contains(t, errOut, "password")
 	_, err := cli.store.UserByEmail(context.Background(), "weak@example.com")
 	require.Equal(t, store.KindNotFound, store.ErrorKind(err), "a user was created with a short password")
@@ -226,6 +226,9 @@ func TestUsersCreateRefusesAnEmptyPasswordLine(t *testing.T) {
 
 	require.Equal(t, 2, code, "stdout: %s", out)
 	require.Contains(t, errOut, "first line of stdin is empty")
+	_, errOut, code = cli.run(strings.NewReader("   \t \n"), "users", "create", "--email", "unset@example.com")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "first line of stdin is empty", "a line of spaces is empty too")
 	_, err := cli.store.UserByEmail(context.Background(), "unset@example.com")
 	require.Equal(t, store.KindNotFound, store.ErrorKind(err), "a user was created without the password meant")
 }
