@@ -282,6 +282,9 @@ func MarkPaymentUnsuccessful(ctx context.Context, tx pgx.Tx, id int64, status, r
 // CancelledByBuyer is the failure reason of a checkout its buyer cancelled.
 const CancelledByBuyer = "Cancelled by the buyer before it was paid."
 
+// ExpiredUnpaid is the failure reason of a checkout that ran out unpaid.
+const ExpiredUnpaid = "The checkout expired before it was paid."
+
 // Cancelled reports whether the payment is a checkout its buyer cancelled
 // (expired at their request, not left to run out).
 func (p Payment) Cancelled() bool {
@@ -318,7 +321,7 @@ func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64, accepted boo
 	case err != nil:
 		return CancelUnchanged, false, err
 	case old == PaymentPending && !accepted && ranOut:
-		_, err = MarkPaymentUnsuccessful(ctx, tx, id, PaymentExpired, "The checkout expired before it was paid.")
+		_, err = MarkPaymentUnsuccessful(ctx, tx, id, PaymentExpired, ExpiredUnpaid)
 		return CancelRanOut, err == nil, err
 	case old == PaymentPending, old == PaymentExpired && accepted:
 		_, err = tx.Exec(ctx, `UPDATE payments SET status = 'expired', failure_reason = $2, updated_at = now() WHERE id = $1`, id, CancelledByBuyer)

@@ -213,7 +213,7 @@ func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.Strip
 	case stripe.EventTypeCheckoutSessionAsyncPaymentFailed:
 		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentFailed, "The payment was declined by the bank.")
 	case stripe.EventTypeCheckoutSessionExpired:
-		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentExpired, "The checkout expired before it was paid.")
+		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentExpired, store.ExpiredUnpaid)
 	case stripe.EventTypeChargeRefunded:
 		return w.applyRefund(ctx, tx, ev)
 	}
