@@ -95,6 +95,51 @@ func TestConsumeDrawsSubscriptionBeforePackAndSoonestExpiryFirst(t *testing.T) {
 	}
 }
 
+// A spend or a removal drawing on hundreds of grants lists each of them, in
+// drawing order, as the ledger recorded them (migration 00021 builds the
+// list once instead of copying it for every grant).
+func TestDrawsOnManyGrantsListEachInOrder(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	admin := storetest.NewUser(t, b.st, storetest.UserOpts{Admin: true})
+	packs := storetest.ManyGrants(t, b.st.Pool(), b.user.ID, store.GrantPack, 200, nil)
+	subs := storetest.ManyGrants(t, b.st.Pool(), b.user.ID, store.GrantSubscription, 200, ptr(time.Now().Add(time.Hour)))
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 300})
+
+	// Subscription credits first, soonest expiry first (the last made),
+	// then packs oldest first.
+	var want []store.Drawn
+	for i := len(subs) - 1; i >= 0; i-- {
+		want = append(want, store.Drawn{GrantID: subs[i], Kind: store.GrantSubscription, Credits: 1})
+	}
+	for _, id := range packs[:100] {
+		want = append(want, store.Drawn{GrantID: id, Kind: store.GrantPack, Credits: 1})
+	}
+	u, _, err := b.consume(t, svc, "many")
+	require.NoError(t, err)
+	if diff := cmp.Diff(want, u.Drawn); diff != "" {
+		t.Fatalf("drawn (-want +got):\n%s", diff)
+	}
+	require.EqualValues(t, 100, u.Balance)
+	again, replayed, err := b.consume(t, svc, "many")
+	require.NoError(t, err)
+	require.True(t, replayed)
+	if diff := cmp.Diff(u.Drawn, again.Drawn); diff != "" {
+		t.Fatalf("the replay's drawn list differs (-first +replay):\n%s", diff)
+	}
+
+	rm, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -60, Actor: &admin.ID, Reason: "many"})
+	require.NoError(t, err)
+	var wantRm []store.Drawn
+	for _, id := range packs[100:160] {
+		wantRm = append(wantRm, store.Drawn{GrantID: id, Kind: store.GrantPack, Credits: 1})
+	}
+	if diff := cmp.Diff(wantRm, rm.Drawn); diff != "" {
+		t.Fatalf("removal drawn (-want +got):\n%s", diff)
+	}
+	require.EqualValues(t, 40, rm.Balance)
+}
+
 func TestConsumeInsufficientWritesNothingAndCarriesBalance(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/quickscale/quickscale/store"
 )
 
@@ -177,6 +179,36 @@ SELECT id FROM g`, userID, kind, amount, expiresAt, createdAt).Scan(&id)
 		t.Fatalf("storetest: backdated grant: %v", err)
 	}
 	return id
+}
+
+// ManyGrants gives a user n one-credit grants of kind in one statement,
+// each with its grant entry, and returns their ids in id order. With
+// firstExpiry set, the grants expire a minute apart, the last made first
+// (so drawing order, soonest expiry first, is the reverse of id order);
+// without it they never expire.
+func ManyGrants(t testing.TB, db store.DBTX, userID int64, kind string, n int, firstExpiry *time.Time) []int64 {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `
+WITH cfg AS (SELECT set_config('quickscale.ledger', 'on', true) AS on),
+g AS (
+    INSERT INTO grants (user_id, kind, amount, remaining, expires_at, source_kind, source_id)
+    SELECT $1::bigint, $2, 1, 1, $4::timestamptz + ($3::int - i) * interval '1 minute', 'test-many',
+           $1::bigint::text || '-' || nextval(pg_get_serial_sequence('grants', 'id'))
+      FROM cfg, generate_series(1, $3::int) i
+     ORDER BY i
+    RETURNING id, user_id, amount
+), e AS (
+    INSERT INTO ledger_entries (user_id, grant_id, kind, amount) SELECT user_id, id, 'grant', amount FROM g
+)
+SELECT id FROM g ORDER BY id`, userID, kind, n, firstExpiry)
+	if err != nil {
+		t.Fatalf("storetest: many grants: %v", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(ids) != n {
+		t.Fatalf("storetest: many grants: %d of %d made: %v", len(ids), n, err)
+	}
+	return ids
 }
 
 // AllAtOnce runs fn(0) … fn(n-1) on n goroutines released together, to race
