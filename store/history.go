@@ -120,8 +120,8 @@ func (s *Store) History(ctx context.Context, userID, cursor int64, limit int) (H
 
 // HistoryNewer returns the page of about limit items newer than the entry
 // after (a page's NewerAfter), completing the newest usage or removal the
-// page would cut through. Where no more than limit entries are newer, it
-// is the newest page (History's first).
+// page would cut through. Where the entries newer than after are all on the
+// newest page (History's first), it is that page.
 func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int) (HistoryPage, error) {
 	rows, err := s.pool.Query(ctx, historyQuery(`SELECT * FROM ledger_entries
  WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`, ` ORDER BY e.id`), customPlan, userID, after, limit+1)
@@ -134,6 +134,17 @@ func (s *Store) HistoryNewer(ctx context.Context, userID, after int64, limit int
 	}
 	if len(entries) <= limit {
 		return s.History(ctx, userID, 0, limit)
+	}
+	// The newest page can hold more than limit entries (it completes the
+	// use or removal its last line cuts through). Where every entry newer
+	// than after is on it, Newer goes back to it, the page Older came from
+	// (it showed a page of its own, which repeated most of the newest).
+	newest, err := s.History(ctx, userID, 0, limit)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	if newest.NextCursor == 0 || entries[0].ID >= newest.NextCursor {
+		return newest, nil
 	}
 	entries, newer, err := s.completeGroup(ctx, userID, entries, limit, false)
 	if err != nil {

@@ -130,3 +130,33 @@ func TestHistoryPagesBothWaysOnAMixedHistory(t *testing.T) {
 		}
 	}
 }
+
+// The newest page, lengthened to finish a use drawing on many grants,
+// is where Newer from the next page goes back to: it showed a page of its
+// own that repeated most of the newest.
+func TestHistoryNewerFromTheSecondPageIsTheNewest(t *testing.T) {
+	t.Parallel()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.ManyGrants(t, st.Pool(), u.ID, store.GrantPack, 12, nil)
+	storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Kind: store.GrantAdmin, Amount: 100})
+	big := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 13})
+	one := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	_, _, err := st.Consume(t.Context(), store.ConsumeRequest{UserID: u.ID, Service: big, IdempotencyKey: "big"})
+	require.NoError(t, err)
+	for i := range 15 {
+		_, _, err := st.Consume(t.Context(), store.ConsumeRequest{UserID: u.ID, Service: one, IdempotencyKey: fmt.Sprint("one-", i)})
+		require.NoError(t, err)
+	}
+	const limit = 25
+	first, err := st.History(t.Context(), u.ID, 0, limit)
+	require.NoError(t, err)
+	require.NotZero(t, first.NextCursor)
+	second, err := st.History(t.Context(), u.ID, first.NextCursor, limit)
+	require.NoError(t, err)
+	require.NotZero(t, second.NewerAfter)
+	back, err := st.HistoryNewer(t.Context(), u.ID, second.NewerAfter, limit)
+	require.NoError(t, err)
+	require.Equal(t, historySigs(first.Items), historySigs(back.Items), "Newer from the second page")
+	require.Zero(t, back.NewerAfter, "the newest page has nothing newer")
+}

@@ -555,6 +555,12 @@ func (s *Store) Adjust(ctx context.Context, a Adjustment) (AdjustResult, error) 
 	if a.Delta < 0 {
 		a.ExpiresAt = nil
 	}
+	if a.ExpiresAt != nil {
+		// As the database keeps it (microseconds): a keyed adjustment run
+		// again compares its expiry with the one recorded.
+		exp := a.ExpiresAt.Round(time.Microsecond)
+		a.ExpiresAt = &exp
+	}
 	source := NewSecret()
 	if a.Key != "" {
 		// Keys are the user's (credit_adjustments is keyed by user and
@@ -674,7 +680,7 @@ SELECT created_at FROM credit_adjustments
 		if a.Delta > 0 {
 			details["kind"], details["grant_id"] = a.Kind, res.GrantID
 			if a.ExpiresAt != nil {
-				details["expires_at"] = a.ExpiresAt.UTC().Format(time.RFC3339)
+				details["expires_at"] = a.ExpiresAt.UTC().Format(time.RFC3339Nano)
 			}
 		} else {
 			details["drawn"] = res.Drawn
@@ -742,38 +748,35 @@ func BalanceOf(ctx context.Context, db DBTX, userID int64) (Balance, error) {
 	for _, k := range GrantKinds() {
 		b.ByKind[k] = 0
 	}
+	// One statement, one instant: the credits due at the next expiry are
+	// read with it (in a second statement that instant could have passed,
+	// and "0 credits expire just now" was shown).
 	rows, err := db.Query(ctx, `
-SELECT kind, sum(remaining)::bigint, min(expires_at)
-  FROM grants
- WHERE user_id = $1 AND `+liveGrant+`
- GROUP BY kind`, userID)
+WITH live AS (SELECT kind, remaining, expires_at FROM grants WHERE user_id = $1 AND `+liveGrant+`),
+     first AS (SELECT min(expires_at) AS at FROM live)
+SELECT l.kind, sum(l.remaining)::bigint, min(l.expires_at),
+       coalesce(sum(l.remaining) FILTER (WHERE l.expires_at = f.at), 0)::bigint
+  FROM live l CROSS JOIN first f
+ GROUP BY l.kind`, userID)
 	if err != nil {
 		return b, err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var kind string
-		var sum int64
+		var sum, due int64
 		var exp *time.Time
-		if err := rows.Scan(&kind, &sum, &exp); err != nil {
+		if err := rows.Scan(&kind, &sum, &exp, &due); err != nil {
 			return b, err
 		}
+		b.ExpiringNext += due
 		b.ByKind[kind] = sum
 		b.Total += sum
 		if exp != nil && (b.NextExpiry == nil || exp.Before(*b.NextExpiry)) {
 			b.NextExpiry = exp
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return b, err
-	}
-	if b.NextExpiry != nil {
-		// Still live at this statement's time: the instant may have passed
-		// since the statement above.
-		err = db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants
- WHERE user_id = $1 AND expires_at = $2 AND `+liveGrant, userID, *b.NextExpiry).Scan(&b.ExpiringNext)
-	}
-	return b, err
+	return b, rows.Err()
 }
 
 // Balance returns a user's live balance.
@@ -781,35 +784,42 @@ func (s *Store) Balance(ctx context.Context, userID int64) (Balance, error) {
 	return BalanceOf(ctx, s.pool, userID)
 }
 
-// Expiring is how many live credits of one kind expire at one instant.
+// Expiring is how many live credits of one kind expire at one instant;
+// or, with Later set, at the Later instants after the ones listed, the
+// last at ExpiresAt.
 type Expiring struct {
 	Kind      string
 	Credits   int64
 	ExpiresAt time.Time
+	Later     int64
 }
 
 // maxExpiringListed bounds ExpiringCredits, per kind: a user with more
-// expiry dates of a kind than this sees its soonest.
+// expiry dates of a kind than this sees its soonest, then one line for
+// the rest.
 const maxExpiringListed = 50
 
 // ExpiringCredits lists a user's live credits that expire, by kind and
-// expiry, soonest first (at most 50 dates per kind), and how many live credits of
-// each kind never expire (kinds with none are absent), read together.
+// expiry, soonest first (at most 50 dates per kind, then the rest of the
+// kind's as one Later line), and how many live credits of each kind never
+// expire (kinds with none are absent), read together.
 func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, map[string]int64, error) {
 	// One statement, one snapshot: both parts agree with each other.
 	rows, err := s.pool.Query(ctx, `
-(SELECT kind, sum(remaining)::bigint, NULL::timestamptz
+WITH d AS (
+    SELECT kind, sum(remaining)::bigint AS credits, expires_at,
+           row_number() OVER (PARTITION BY kind ORDER BY expires_at) AS n
+      FROM grants
+     WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
+     GROUP BY kind, expires_at)
+(SELECT kind, sum(remaining)::bigint, NULL::timestamptz, 0::bigint
    FROM grants
   WHERE user_id = $1 AND expires_at IS NULL AND `+liveGrant+`
   GROUP BY kind)
 UNION ALL
-(SELECT kind, credits, expires_at
-   FROM (SELECT kind, sum(remaining)::bigint AS credits, expires_at,
-                row_number() OVER (PARTITION BY kind ORDER BY expires_at) AS n
-           FROM grants
-          WHERE user_id = $1 AND expires_at IS NOT NULL AND `+liveGrant+`
-          GROUP BY kind, expires_at) d
-  WHERE n <= $2)`, userID, maxExpiringListed)
+(SELECT kind, credits, expires_at, 0::bigint FROM d WHERE n <= $2)
+UNION ALL
+(SELECT kind, sum(credits)::bigint, max(expires_at), count(*) FROM d WHERE n > $2 GROUP BY kind)`, userID, maxExpiringListed)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -819,7 +829,7 @@ UNION ALL
 	for rows.Next() {
 		var e Expiring
 		var at *time.Time
-		if err := rows.Scan(&e.Kind, &e.Credits, &at); err != nil {
+		if err := rows.Scan(&e.Kind, &e.Credits, &at, &e.Later); err != nil {
 			return nil, nil, err
 		}
 		if at == nil {
@@ -832,9 +842,10 @@ UNION ALL
 	if err := rows.Err(); err != nil {
 		return nil, nil, err
 	}
-	// UNION ALL keeps no order by itself.
+	// UNION ALL keeps no order by itself. A kind's Later line comes after
+	// its dates (its ExpiresAt, the last, is after them all).
 	slices.SortFunc(expiring, func(a, b Expiring) int {
-		return cmp.Or(a.ExpiresAt.Compare(b.ExpiresAt), cmp.Compare(a.Kind, b.Kind))
+		return cmp.Or(a.ExpiresAt.Compare(b.ExpiresAt), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Later, b.Later))
 	})
 	return expiring, never, nil
 }

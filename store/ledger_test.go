@@ -1241,3 +1241,26 @@ VALUES ($1, 'k', 5, 'admin', 'goodwill', $2)`, u.ID, admin.ID)
 		require.NoError(t, <-deleted)
 	}
 }
+
+// A keyed grant run again with an expiry finer than a microsecond (the
+// database keeps microseconds) is the same grant, not a conflict; its
+// audit entry keeps the expiry's fraction of a second.
+func TestKeyedGrantWithANanosecondExpiryReplays(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	exp := time.Now().Add(48 * time.Hour).Truncate(time.Second).Add(123456789 * time.Nanosecond)
+	grant := func() (store.AdjustResult, error) {
+		return b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: 10, Kind: store.GrantPromo, ExpiresAt: &exp,
+			Reason: "script", Key: "nskey", Via: "cli"})
+	}
+	first, err := grant()
+	require.NoError(t, err)
+	again, err := grant()
+	require.NoError(t, err, "the same keyed grant run again")
+	require.True(t, again.Replayed)
+	require.EqualValues(t, 10, again.Balance, "granted once")
+	require.NotZero(t, first.GrantID)
+	var audited string
+	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT details->>'expires_at' FROM audit_log WHERE target_user_id = $1 ORDER BY id DESC LIMIT 1`, b.user.ID).Scan(&audited))
+	require.Equal(t, exp.Round(time.Microsecond).UTC().Format(time.RFC3339Nano), audited)
+}

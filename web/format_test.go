@@ -107,6 +107,7 @@ func TestDrawnLabelTellsGrantsOfOneKindApart(t *testing.T) {
 		{GrantID: 7, Kind: "admin", GrantCreatedAt: added},
 	}
 	at := func(tm time.Time) string { return tm.Format("2 Jan 2006 15:04 UTC") }
+	got := drawnLabels(drawn)
 	for i, want := range []string{
 		"expired " + at(gone),
 		"expires " + at(later),
@@ -116,8 +117,26 @@ func TestDrawnLabelTellsGrantsOfOneKindApart(t *testing.T) {
 		"added 2 Nov 2026 10:04 UTC, grant #6",
 		"",
 	} {
-		if got := drawnLabel(drawn, i); got != want {
-			t.Errorf("drawnLabel(grant %d) = %q, want %q", drawn[i].GrantID, got, want)
+		if got[i] != want {
+			t.Errorf("label of grant %d = %q, want %q", drawn[i].GrantID, got[i], want)
+		}
+	}
+}
+
+// Expiries a few seconds apart read apart; one on a whole minute reads as
+// every other time on the pages.
+func TestExpiryTimeShowsSecondsOnlyWhenThereAreAny(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 27, 12, 5, 0, 0, time.UTC)
+	for tm, want := range map[time.Time]string{
+		at:                                   "27 Nov 2026 12:05 UTC",
+		at.Add(10 * time.Second):             "27 Nov 2026 12:05:10 UTC",
+		at.Add(50 * time.Second):             "27 Nov 2026 12:05:50 UTC",
+		at.Add(time.Millisecond):             "27 Nov 2026 12:05:00 UTC",
+		at.In(time.FixedZone("NST", -12600)): "27 Nov 2026 12:05 UTC",
+	} {
+		if got := expiryTime(tm); got != want {
+			t.Errorf("expiryTime(%v) = %q, want %q", tm, got, want)
 		}
 	}
 }

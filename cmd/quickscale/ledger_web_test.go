@@ -338,6 +338,15 @@ func TestUseServiceAfterAPriceRiseChargesNothingAndShowsTheNewPrice(t *testing.T
 	require.Equal(t, "4 credits", strings.TrimSpace(doc.Find(`#service-cards #cost-render`).Text()))
 	require.Zero(t, doc.Find("#services-changed").Length(), "the list's change is the price, said once")
 	require.EqualValues(t, 99, balance(), "nothing was charged")
+	// With another change to the list besides the price (a service
+	// added), that is said too.
+	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "transcribe", Cost: 1})
+	r = b.post("/services/render/use", withList, "HX-Request", "true")
+	require.Equal(t, http.StatusConflict, r.Status, r.Body)
+	doc = r.Doc(t)
+	require.Equal(t, "repriced", doc.Find("#use-outcome").AttrOr("data-outcome", ""))
+	require.Contains(t, doc.Find("#services-changed").Text(), "list of services changed", "a service added besides the new price")
+	require.Equal(t, 1, doc.Find(`#service-cards #use-form-transcribe`).Length())
 
 	// At the price now shown, it is charged.
 	stale.Set("cost", "4")
@@ -487,10 +496,12 @@ func TestCreditsHistoryTellsApartTwoGrantsOfOneKind(t *testing.T) {
 		return got
 	}
 	at := func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04 UTC") }
+	// Expiries to the second (these are not on a whole minute).
+	expAt := func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006 15:04:05 UTC") }
 	first := read(uses.Eq(1)) // newest first
 	want := map[string]string{
-		fmt.Sprint(sub1.GrantID):  "4 subscription (expires " + at(soon) + ")",
-		fmt.Sprint(sub2.GrantID):  "3 subscription (expires " + at(later) + ")",
+		fmt.Sprint(sub1.GrantID):  "4 subscription (expires " + expAt(soon) + ")",
+		fmt.Sprint(sub2.GrantID):  "3 subscription (expires " + expAt(later) + ")",
 		fmt.Sprint(pack1.GrantID): "3 pack",
 	}
 	if diff := cmp.Diff(want, first); diff != "" {
@@ -1231,4 +1242,20 @@ func TestAdminAdjustmentToADeletedAccountSaysItWasDeleted(t *testing.T) {
 	require.Zero(t, n)
 	// A user that never existed is still not found.
 	require.Equal(t, http.StatusNotFound, b.get("/admin/users/999999999/credits").Status)
+}
+
+// A kind with more expiry dates than the page lists (50) ends its list with
+// one line for the rest: every credit is on a line.
+func TestCreditsPageSaysWhatExpiresAfterTheDatesListed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	first := time.Now().Add(24 * time.Hour).UTC().Truncate(time.Minute)
+	storetest.ManyGrants(t, ta.store.Pool(), u.ID, store.GrantPromo, 55, &first)
+	doc := ta.signIn(u.Email).get("/dashboard/credits").Doc(t)
+	row := doc.Find(`#balance-by-kind tr[data-kind="promo"]`)
+	require.Equal(t, 50, row.Find(".expiring").Length())
+	last := first.Add(54 * time.Minute)
+	require.Equal(t, "5 more expire later, at 5 more times up to "+last.Format("2 Jan 2006 15:04 MST"),
+		strings.Join(strings.Fields(row.Find(".expiring-later").Text()), " "))
 }
