@@ -50,8 +50,24 @@ type useResult struct {
 	// nothing was charged, and the page's list of services is refreshed.
 	Gone bool
 	// Changed is set when the list the page showed is no longer the one
-	// offered (servicesPage.Shown): the answer redraws it.
-	Changed bool
+	// offered (servicesPage.Shown): the answer redraws it. OnlyRepriced:
+	// the one change is the new price of the service used.
+	Changed      bool
+	OnlyRepriced bool
+}
+
+// shownList fingerprints a list of services (servicesPage.Shown); with
+// slug set, as it reads with that service at cost.
+func shownList(cards []serviceCard, slug string, cost int64) string {
+	h := sha256.New()
+	for _, c := range cards {
+		sv := c.Service
+		if sv.Slug == slug {
+			sv.CreditCost = cost
+		}
+		fmt.Fprintf(h, "%q %q %q %d\n", sv.Slug, sv.Name, sv.Description, sv.CreditCost)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
 }
 
 func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
@@ -60,12 +76,10 @@ func (s *Site) servicesPage(r *http.Request) (servicesPage, error) {
 	if err != nil {
 		return p, err
 	}
-	h := sha256.New()
 	for _, sv := range services {
 		p.Cards = append(p.Cards, serviceCard{Service: sv, Key: store.NewSecret()[:24]})
-		fmt.Fprintf(h, "%q %q %q %d\n", sv.Slug, sv.Name, sv.Description, sv.CreditCost)
 	}
-	p.Shown = hex.EncodeToString(h.Sum(nil)[:12])
+	p.Shown = shownList(p.Cards, "", 0)
 	if u := CurrentUser(r.Context()); u != nil {
 		if p.Balance, err = s.store.Balance(r.Context(), u.ID); err != nil {
 			return p, err
@@ -168,6 +182,10 @@ func (s *Site) UseService() http.Handler {
 		}
 		// Sent by htmx only: a plain form post gets the whole page anyway.
 		res.Changed = f.raw("shown") != "" && f.raw("shown") != p.Shown
+		// A new price of the service used is said by the answer; other
+		// changes to the list (a service back, another renamed) are said
+		// too.
+		res.OnlyRepriced = res.Repriced && res.Changed && f.raw("shown") == shownList(p.Cards, slug, res.ShownCost)
 		p.Result = res
 		if isPartialRequest(r) {
 			s.renderBlock(w, r, status, "services", "use-response", "Services", p)

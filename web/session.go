@@ -93,6 +93,16 @@ func redirect(w http.ResponseWriter, r *http.Request, to string) {
 	http.Redirect(w, r, to, http.StatusSeeOther)
 }
 
+// pathOf is the path and query of a URL, or "": only those are kept, as
+// a page of this site (sign-in checks it again, safeNext).
+func pathOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Path == "" {
+		return ""
+	}
+	return u.RequestURI()
+}
+
 // safeNext keeps a post-login destination on this site.
 func safeNext(next string) string {
 	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
@@ -108,19 +118,22 @@ func safeNext(next string) string {
 func (s *Site) RequireUser(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if CurrentUser(r.Context()) == nil {
-			// Back, after signing in, to the page the visitor was on. An
-			// htmx request that is not a navigation (a poll, Use, a form
-			// sent in place) asked for a fragment of the page it names in
-			// HX-Current-URL: that page, not the fragment, is where to go.
+			// Back, after signing in, to the page the visitor was on. A
+			// page asked for (GET, boosted or not) is that page. An htmx
+			// request that is not a navigation (a poll, Use, a form sent in
+			// place, a boosted form's POST) names in HX-Current-URL the page
+			// it was made from: that page, not the fragment or the form's
+			// action, is where to go; a form sent without JavaScript names
+			// it in Referer.
+			get := r.Method == http.MethodGet
 			back := ""
-			if r.Method == http.MethodGet {
+			switch {
+			case isHtmxRequest(r) && (r.Header.Get("HX-Boosted") != "true" || !get):
+				back = pathOf(r.Header.Get("HX-Current-URL"))
+			case get:
 				back = r.URL.RequestURI()
-			}
-			if isHtmxRequest(r) && r.Header.Get("HX-Boosted") != "true" {
-				back = ""
-				if cur, err := url.Parse(r.Header.Get("HX-Current-URL")); err == nil && cur.Path != "" {
-					back = cur.RequestURI() // its path and query only; sign-in checks it (safeNext)
-				}
+			default:
+				back = pathOf(r.Header.Get("Referer"))
 			}
 			if r.Method != http.MethodGet && r.Method != http.MethodHead {
 				s.flash(r.Context(), "You were signed out, so that was not done. Sign in and try again.")

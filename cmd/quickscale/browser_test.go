@@ -152,7 +152,11 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 
 	// A refusal htmx does not swap in (here a form that lost its key: 400)
 	// shows the server's message, not a generic one.
+	// (Once the form has cooled down: a click within a second of an
+	// answer is taken for the second click of a double click.)
+	cooled := chromedp.Poll[chromedp.Void](`!document.getElementById("use-form-render").hasAttribute("data-cooling")`)
 	err = chromedp.Do(ctx,
+		cooled,
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("key-render").value = ""`),
 		chromedp.Click(css(`#use-form-render button`)),
 		chromedp.WaitVisible(css(`#htmx-error`)),
@@ -171,6 +175,7 @@ func TestBrowserSpendsAndBuysWithHtmx(t *testing.T) {
 	// open answers in place and takes its card off the page.
 	storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "render", Cost: 7, Inactive: true})
 	err = chromedp.Do(ctx,
+		cooled,
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("key-render").value = "a-fresh-key"`),
 		chromedp.Click(css(`#use-form-render button`)),
 		chromedp.WaitVisible(css(`#use-outcome[data-outcome="gone"]`)),

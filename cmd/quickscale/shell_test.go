@@ -364,6 +364,16 @@ func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 	// A boosted navigation is a page of its own: it is next.
 	r = anon.get("/dashboard/credits", "HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/services")
 	require.Equal(t, "/login?next=%2Fdashboard%2Fcredits", r.Header.Get("HX-Redirect"))
+
+	// A boosted form (an admin's adjustment, a new API key) comes back to
+	// the page it was sent from, not its action; so does a form sent
+	// without JavaScript, by its Referer.
+	r = anon.post("/admin/users/7/credits", url.Values{"delta": {"5"}},
+		"HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/admin/users/7/credits?from=search")
+	require.Equal(t, "/login?next="+url.QueryEscape("/admin/users/7/credits?from=search"), r.Header.Get("HX-Redirect"), "a boosted form")
+	r = anon.post("/settings/api-keys", url.Values{"name": {"ci"}}, "Referer", ta.URL+"/settings/api-keys")
+	require.Equal(t, http.StatusSeeOther, r.Status)
+	require.Equal(t, "/login?next=%2Fsettings%2Fapi-keys", r.Header.Get("Location"), "a form without JavaScript")
 }
 
 // A form's address reached by GET (the address bar or a bookmark, on the

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/PuerkitoBio/goquery"
 	"github.com/chromedp/chromedp"
@@ -308,6 +309,19 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 	long := strings.Repeat("W", 100)
 	_, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, long)
 	require.NoError(t, err)
+	for _, name := range []string{"second", "loader"} {
+		_, _, err := ta.store.CreateAPIKey(context.Background(), u.ID, name)
+		require.NoError(t, err)
+	}
+	// Keys in use show when they were last used.
+	_, err = ta.store.Pool().Exec(context.Background(), `UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE user_id = $1`, u.ID)
+	require.NoError(t, err)
+	// A use of a service with an ordinary name, beside the long words.
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	_, _, err = ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: "transcription", Name: v1Ptr("Transcription"), CreditCost: v1Ptr[int64](1)}, "test")
+	require.NoError(t, err)
+	_, _, err = ta.store.Consume(context.Background(), store.ConsumeRequest{UserID: u.ID, Service: "transcription", IdempotencyKey: "t1"})
+	require.NoError(t, err)
 	_, err = ta.store.Adjust(context.Background(), store.Adjustment{UserID: u.ID, Delta: 5, Reason: strings.Repeat("R", 480)})
 	require.NoError(t, err)
 	name, desc := strings.Repeat("N", 100), strings.Repeat("D", 600)
@@ -338,16 +352,28 @@ func TestBrowserPhonePagesWithTablesDoNotScrollSideways(t *testing.T) {
 			t.Errorf("at 375 px a table of %s is %d px wider than its box", page.path, wide)
 		}
 	}
-	// In the credit history only what people typed breaks mid-word: the
-	// words around it ("Credits added by support") stay whole, however long
-	// the reason beside them (they broke as "Admi n credi ts").
-	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+"/dashboard/credits"), chromedp.WaitVisible(chromedp.CSS("tr.history-item"))))
-	broken, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(function(){var bad=[];document.querySelectorAll("tr.history-item td").forEach(function(td){
+	// In the credit history and the list of keys only long words people
+	// typed break mid-word: the words around them ("Credits added by
+	// support") and ordinary names ("Transcription", a key "second") stay
+	// whole, however long the text beside them (they broke as "Admi n
+	// credi ts", "Transcri ption", "secon d").
+	for _, page := range []struct{ path, cells string }{
+		{"/dashboard/credits", "tr.history-item td"},
+		{"/settings/api-keys", "#api-keys tr.api-key td"},
+	} {
+		require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(ta.URL+page.path), chromedp.WaitVisible(chromedp.CSS(page.cells))))
+		broken, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(function(){var bad=[];document.querySelectorAll(`+"`"+page.cells+"`"+`).forEach(function(td){
   var w=document.createTreeWalker(td,NodeFilter.SHOW_TEXT),n;while((n=w.nextNode())){var re=/\S+/g,m;while((m=re.exec(n.data))){
     if(m[0].length>=30)continue;var r=document.createRange();r.setStart(n,m.index);r.setEnd(n,m.index+m[0].length);
     if(r.getClientRects().length>1)bad.push(m[0]);}}});return bad.join(" ");})()`))
+		require.NoError(t, err)
+		require.Empty(t, broken, "words broken across lines in %s at 375 px", page.path)
+	}
+	// Each key's Revoke button is on the screen without scrolling the list
+	// sideways.
+	off, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Array.from(document.querySelectorAll("#api-keys summary")).filter(function(b){return b.getBoundingClientRect().right > window.innerWidth;}).length`))
 	require.NoError(t, err)
-	require.Empty(t, broken, "words broken across lines in the credit history at 375 px")
+	require.Zero(t, off, "Revoke buttons off the screen at 375 px")
 	// Using the service: the answer ("not enough credits") wraps too.
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/services"),
@@ -644,4 +670,79 @@ func TestBrowserKeyFormRestoredByBackMakesANewKey(t *testing.T) {
 	keys, _, err := ta.store.APIKeys(context.Background(), u.ID)
 	require.NoError(t, err)
 	require.Len(t, keys, 2)
+}
+
+// A double click on Use spends once: the answer (tens of milliseconds)
+// brings fresh keys, and the second click, landing after it, was a second
+// spend. A click once the form has cooled down spends again, and two
+// submits of one form in the same instant spend once.
+func TestBrowserDoubleClickOnUseSpendsOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "twice", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	form := `document.getElementById("use-form-` + svc + `")`
+	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	// settled: no request of the form running and its cool-down over.
+	settled := chromedp.Poll[chromedp.Void](`!` + form + `.classList.contains("htmx-request") && !` + form + `.hasAttribute("data-cooling")`)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.Poll[chromedp.Void](form+` !== null && `+form+`["htmx-internal-data"] !== undefined`),
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		// The second click of the double click, after the answer.
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		settled,
+	)
+	require.NoError(t, err)
+	require.Equal(t, 1, usages(), "a double click spent twice")
+
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		chromedp.Poll[chromedp.Void](form+`.hasAttribute("data-cooling")`),
+		settled,
+	)
+	require.NoError(t, err)
+	require.Equal(t, 2, usages(), "a click after the cool-down did not spend")
+
+	err = chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](form+`.requestSubmit(); `+form+`.requestSubmit();`),
+		chromedp.Poll[chromedp.Void](form+`.hasAttribute("data-cooling")`),
+		settled,
+	)
+	require.NoError(t, err)
+	require.Equal(t, 3, usages(), "two submits at once")
+	shown, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#balance-total`)))
+	require.NoError(t, err)
+	require.Equal(t, "7", strings.TrimSpace(shown))
+}
+
+// Back to a page showing the balance shows it as it is now, not as it
+// was when the page was left (htmx kept a copy of the page for Back).
+func TestBrowserBackShowsTheBalanceAsItIsNow(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "back", Cost: 3})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	link := `document.querySelector('a[href="/services"]')`
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/dashboard/credits"),
+		chromedp.WaitVisible(chromedp.CSS(`#balance-total`)),
+		// Through a boosted link, once htmx has taken it over.
+		chromedp.Poll[chromedp.Void](link+` !== null && `+link+`["htmx-internal-data"] !== undefined`),
+		chromedp.Evaluate[chromedp.Void](link+`.click()`),
+		chromedp.Poll[chromedp.Void](`location.pathname === "/services" && document.getElementById("use-form-`+svc+`") !== null && document.getElementById("use-form-`+svc+`")["htmx-internal-data"] !== undefined`),
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		chromedp.NavigateBack(),
+	)
+	require.NoError(t, err)
+	if err := pollAcrossLoads(ctx, 15*time.Second, `location.pathname === "/dashboard/credits" && document.getElementById("balance-total") !== null && document.getElementById("balance-total").textContent.trim() === "7"`); err != nil {
+		shown, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.pathname + ": " + (document.getElementById("balance-total") || {}).textContent`))
+		t.Fatalf("Back shows %q, want the balance 7: %v", shown, err)
+	}
 }

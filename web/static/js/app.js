@@ -127,22 +127,49 @@ document.addEventListener("htmx:afterRequest", function (e) {
   }, 0);
 });
 
-// A new API key is shown once: the copy of the page that htmx keeps for
-// Back (in sessionStorage, in clear) is taken without it, so Back shows
-// the list of keys, the new one by its prefix only. (hx-history="false"
-// would keep no copy, and Back would show the copy from before the key.)
-// The create form's key goes too: a page restored by Back would carry a
-// form already used, and a new key made from it would be refused as the
-// same form sent again (without a key, the form simply makes one).
-document.addEventListener("htmx:beforeHistorySave", function () {
-  var box = document.getElementById("new-key-box");
-  if (box) { box.remove(); }
-  var formKey = document.querySelector('#apikey-form input[name="form_key"]');
-  if (formKey) { formKey.setAttribute("value", ""); }
+// A double click on Use (or Enter pressed twice) spends once. Each
+// answer brings the forms fresh keys, and it comes back within tens of
+// milliseconds, so the second click of a double click would be a new
+// spend. A form marked data-once-per-click drops a submit while its
+// request runs and for a second after its answer (data-cooling marks that
+// second, on the form of that id: a list redrawn by the answer keeps it).
+// The Use forms of a page also queue behind each other (hx-sync), so
+// their answers, and the balance each shows, arrive in order.
+var onceBusy = {};
+var onceCoolUntil = {};
+var onceCoolMs = 1000;
+document.addEventListener("submit", function (e) {
+  var form = e.target;
+  var fid = form.getAttribute && form.getAttribute("id");
+  if (!fid || !form.hasAttribute("data-once-per-click")) { return; }
+  if (onceBusy[fid] || Date.now() < (onceCoolUntil[fid] || 0)) {
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    return;
+  }
+  // Busy from the submit: a request queued behind another form's counts.
+  onceBusy[fid] = true;
+}, true);
+document.addEventListener("htmx:afterRequest", function (e) {
+  // The form that sent it, also when the answer redrew it (the event then
+  // comes from a part of the page still there).
+  var form = e.detail.requestConfig ? e.detail.requestConfig.elt : e.detail.elt;
+  var id = form && form.getAttribute && form.getAttribute("id");
+  if (!id || !onceBusy[id]) { return; }
+  delete onceBusy[id];
+  onceCoolUntil[id] = Date.now() + onceCoolMs;
+  var now = document.getElementById(id);
+  if (now) { now.setAttribute("data-cooling", ""); }
+  setTimeout(function () {
+    var f = document.getElementById(id);
+    if (f) { f.removeAttribute("data-cooling"); }
+  }, onceCoolMs);
 });
 
-// Back to a page htmx no longer has cached, which now answers an error:
-// htmx swaps nothing and would leave the previous page under the restored
+// htmx keeps no copies of pages for Back (historyCacheSize 0, base.html):
+// a restored page would show a balance, a history or a new API key as
+// they were. Back fetches the page; when it now answers an error, htmx
+// swaps nothing and would leave the previous page under the restored
 // address. Load the address as a whole page instead (its error page).
 document.addEventListener("htmx:historyCacheMissLoadError", function () {
   window.location.reload();
