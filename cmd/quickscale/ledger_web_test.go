@@ -657,6 +657,15 @@ func TestCreditsPageShowsWhenEachKindExpires(t *testing.T) {
 	require.Empty(t, doc.Find(`#balance-by-kind tr[data-kind="subscription"] .never-expiring`).Text())
 	require.Equal(t, "—", strings.TrimSpace(doc.Find(`#balance-by-kind tr[data-kind="admin"] td`).Last().Text()))
 	require.Contains(t, doc.Find("#spending-order").Text(), "soonest expiry first")
+	// The totals, summed from the same read as the lines, are the balance.
+	bal, err := ta.store.Balance(context.Background(), u.ID)
+	require.NoError(t, err)
+	for _, kind := range store.GrantKinds() {
+		require.Equal(t, fmt.Sprint(bal.ByKind[kind]), strings.TrimSpace(doc.Find(`#balance-by-kind tr[data-kind="`+kind+`"] td`).Eq(1).Text()), kind)
+	}
+	require.Equal(t, "188", doc.Find("#balance-total").Text())
+	require.EqualValues(t, 188, bal.Total)
+	require.Contains(t, strings.Join(strings.Fields(doc.Find("#next-expiry").Text()), " "), "5 credits expire in 2 days ("+at(promo)+")")
 }
 
 // Past the last page the history says so, not "no activity yet".
