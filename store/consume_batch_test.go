@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
@@ -476,4 +477,77 @@ func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
 	if strings.Contains(log.String(), "not kept") {
 		t.Errorf("a batch was not kept:\n%s", log.String())
 	}
+}
+
+// A batch that gives up on a held account runs the spends of accounts
+// nobody holds together at once: they do not wait, one by one, behind the
+// held account's spend (which waits for its lock until its deadline), nor
+// for a connection kept for spends running alone.
+func TestConsumeBatchRunsSpendsOfFreeAccountsAtOnceWhenOneIsHeld(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	held := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
+	blocker, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = blocker.Rollback(ctx) }()
+	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
+	require.NoError(t, err)
+
+	// The held account's spend first: run one by one, it would wait until
+	// a quarter second before the deadline and leave the next none.
+	soon, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	results := st.ConsumeBatch(soon, []store.ConsumeRequest{
+		{UserID: held.ID, Service: svc, IdempotencyKey: "held"},
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "free-1"},
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "free-2"},
+	})
+	require.ErrorIs(t, results[0].Err, context.DeadlineExceeded, "the held account's spend")
+	require.NoError(t, results[1].Err, "a spend of an account nobody holds")
+	require.NoError(t, results[2].Err, "a spend of an account nobody holds")
+	require.EqualValues(t, 8, results[2].Value.Usage.Balance)
+	bal, err := st.Balance(ctx, held.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 10, bal.Total, "nothing spent of the held account")
+}
+
+// A batch whose statement is cancelled (a statement_timeout shorter than
+// its lock wait, an operator's pg_cancel_backend) is not kept, and its
+// spends are answered as a passing outage (a 503, retry), not as a fault.
+func TestConsumeCancelledByAStatementTimeoutIsUnavailable(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	held := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
+	_, err := st.Pool().Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L', current_database(), '40ms'); END $$`)
+	require.NoError(t, err)
+	st.Pool().Reset() // new connections take the setting
+	blocker, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = blocker.Rollback(ctx) }()
+	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
+	require.NoError(t, err)
+
+	soon, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	results := st.ConsumeBatch(soon, []store.ConsumeRequest{
+		{UserID: held.ID, Service: svc, IdempotencyKey: "held"},
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "free"},
+	})
+	// (The free account's spend, run again at once, is made, or cut by the
+	// timeout too on a slow machine: never a fault.)
+	if err := results[1].Err; err != nil && !store.IsUnavailable(err) {
+		t.Errorf("a spend of an account nobody holds: %v", err)
+	}
+	require.Error(t, results[0].Err)
+	require.True(t, store.IsUnavailable(results[0].Err), "the held account's spend, cut by the statement timeout: %v", results[0].Err)
+	_, err = blocker.Exec(ctx, `SELECT 1`) // the blocker's own session is older than the setting
+	require.NoError(t, err)
 }

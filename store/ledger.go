@@ -380,8 +380,11 @@ type Spent struct {
 func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	ctx, cancel := context.WithTimeout(context.Background(), consumeTimeout)
 	defer cancel()
-	results, alone, committed := s.consumeMany(ctx, reqs)
+	results, alone, held, committed := s.consumeMany(ctx, s.pool, reqs)
 	if alone {
+		if held {
+			return s.consumeUnheld(ctx, reqs)
+		}
 		for i := range results {
 			results[i] = BatchResult[Spent]{Err: errRunAlone}
 		}
@@ -393,6 +396,68 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	return results
 }
 
+// consumeUnheld runs again, in one transaction, the spends of a batch that
+// gave up on a held account, leaving out the spends of accounts another
+// transaction holds now: it locks the batch's accounts with SKIP LOCKED
+// first, so it waits for none. Those left out answer errRunAlone. Run
+// alone, every spend of the batch would need a connection of the few the
+// store keeps for spends running alone, and spends of accounts nobody
+// held waited for one behind spends of held accounts, which keep theirs
+// until their deadline (a review: 503s after 30 s for users whose accounts
+// were free, once as many accounts were held as those connections).
+func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
+	results := make([]BatchResult[Spent], len(reqs))
+	for i := range results {
+		results[i] = BatchResult[Spent]{Err: errRunAlone}
+	}
+	users := make([]int64, 0, len(reqs))
+	for _, r := range reqs {
+		users = append(users, r.UserID)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return results
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	rows, err := tx.Query(ctx, `SELECT user_id FROM accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`, users)
+	if err != nil {
+		return results
+	}
+	free, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(free) == 0 {
+		return results
+	}
+	var subset []ConsumeRequest
+	var at []int
+	for i, r := range reqs {
+		if slices.Contains(free, r.UserID) {
+			subset = append(subset, r)
+			at = append(at, i)
+		}
+	}
+	if len(subset) == 0 {
+		return results
+	}
+	sub, alone, _, committed := s.consumeMany(ctx, tx, subset)
+	if alone || !committed {
+		// A refused spend among them, or an error: all run alone.
+		return results
+	}
+	if err := tx.Commit(ctx); err != nil {
+		for _, i := range at {
+			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: %w", err)}
+		}
+		return results
+	}
+	for k, i := range at {
+		results[i] = sub[k]
+	}
+	if s.observeConsumes != nil {
+		s.observeConsumes(len(subset))
+	}
+	return results
+}
+
 // ConsumeBatch runs spends in one call of ledger_consume_many (one
 // transaction, one round trip), each with exactly Consume's answer: in
 // user-id order, and in the given order for one user. If the batch waits
@@ -400,17 +465,36 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 // spends (store.IsRefused), nothing of it is kept and the spends are run
 // one by one, so that only that spend fails.
 func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
-	results, alone, _ := s.consumeMany(ctx, reqs)
-	if alone {
-		return s.consumeOneByOne(ctx, reqs)
+	results, alone, held, _ := s.consumeMany(ctx, s.pool, reqs)
+	if !alone {
+		return results
 	}
-	return results
+	if held {
+		// The spends of accounts nobody holds now run together at once;
+		// the rest one by one.
+		results = s.consumeUnheld(ctx, reqs)
+		var rest []ConsumeRequest
+		var at []int
+		for i, r := range results {
+			if errors.Is(r.Err, errRunAlone) {
+				rest = append(rest, reqs[i])
+				at = append(at, i)
+			}
+		}
+		for k, r := range s.consumeOneByOne(ctx, rest) {
+			results[at[k]] = r
+		}
+		return results
+	}
+	return s.consumeOneByOne(ctx, reqs)
 }
 
-// consumeMany runs spends in one call of ledger_consume_many, or reports
-// that they must run alone (alone: nothing was written). committed: the
-// call succeeded and every spend has its answer.
-func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results []BatchResult[Spent], alone, committed bool) {
+// consumeMany runs spends in one call of ledger_consume_many on db, or
+// reports that they must run alone (alone: nothing was written; held: it
+// gave up waiting for an account lock, or its statement was cancelled,
+// a statement_timeout for instance, rather than a spend being refused).
+// committed: the call succeeded and every spend has its answer.
+func (s *Store) consumeMany(ctx context.Context, db DBTX, reqs []ConsumeRequest) (results []BatchResult[Spent], alone, held, committed bool) {
 	n := len(reqs)
 	results = make([]BatchResult[Spent], n)
 	users, services, keys, fingerprints, apiKeys := make([]int64, n), make([]string, n), make([]string, n), make([]string, n), make([]*int64, n)
@@ -418,11 +502,11 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 		key, err := consumeKey(r)
 		if err != nil {
 			// Refused before the database: the others still run.
-			return results, true, false
+			return results, true, false, false
 		}
 		users[i], services[i], keys[i], fingerprints[i], apiKeys[i] = r.UserID, r.Service, key, r.Fingerprint(), r.APIKeyID
 	}
-	rows, err := s.pool.Query(ctx, `SELECT ord, status, usage_id, service_slug, credits, balance, drawn, created_at
+	rows, err := db.Query(ctx, `SELECT ord, status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many($1, $2, $3, $4, $5, $6)`, users, services, keys, fingerprints, apiKeys, consumeLockTimeout)
 	answered := make([]bool, n)
 	if err == nil {
@@ -439,11 +523,15 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 		})
 	}
 	var pgErr *pgconn.PgError
-	if (errors.As(err, &pgErr) && pgErr.Code == "55P03") || IsRefused(err) {
+	// 55P03: its lock wait ran out; 57014: its statement was cancelled
+	// (a statement_timeout shorter than that wait, an operator's
+	// pg_cancel_backend), not by our context (then the callers are gone).
+	held = errors.As(err, &pgErr) && (pgErr.Code == "55P03" || (pgErr.Code == "57014" && ctx.Err() == nil))
+	if held || IsRefused(err) {
 		if s.logger != nil {
 			s.logger.Warn("consume batch not kept; its spends run one by one", "spends", n, "err", err)
 		}
-		return results, true, false
+		return results, true, held, false
 	}
 	committed = err == nil
 	for i := range results {
@@ -454,7 +542,7 @@ func (s *Store) consumeMany(ctx context.Context, reqs []ConsumeRequest) (results
 			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: no answer for spend %d of %d", i+1, n)}
 		}
 	}
-	return results, false, committed
+	return results, false, false, committed
 }
 
 func (s *Store) consumeOneByOne(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {

@@ -118,8 +118,10 @@ func IsUnavailable(err error) bool {
 		return true
 	}
 	if errors.As(err, &pgErr) {
-		// 08: connection exception; 57P: operator intervention (shutdown).
-		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "53300"
+		// 08: connection exception; 57P: operator intervention (shutdown);
+		// 57014: a statement cancelled (a statement_timeout, an operator's
+		// pg_cancel_backend): nothing was applied, a retry may succeed.
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") || pgErr.Code == "57014" || pgErr.Code == "53300"
 	}
 	// A connection lost in the middle of a statement (the server or the
 	// network went away): nothing is wrong with the request. The statement
