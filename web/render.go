@@ -157,6 +157,8 @@ func (t *templates) funcs() template.FuncMap {
 		"past":       func(t time.Time) bool { return !t.After(time.Now()) },
 		"navMark":    navMark,
 		"drawnTags":  drawnLabels,
+		"drawnFirst": drawnFirst,
+		"drawnRest":  drawnRest,
 		"neg":        func(n int64) int64 { return -n },
 		"title":      titleCase,
 		"perCredit":  perCredit,

@@ -1268,3 +1268,20 @@ func TestCreditsPageSaysWhatExpiresAfterTheDatesListed(t *testing.T) {
 	require.Equal(t, "5 more expire later, at 5 more times up to "+last.Format("2 Jan 2006 15:04 MST"),
 		strings.Join(strings.Fields(row.Find(".expiring-later").Text()), " "))
 }
+
+// A use drawing on more grants than a history line lists (50) sums the
+// rest on the line (a use drawing on 16,000 made a 2 MB page); the API's
+// usage still lists every grant.
+func TestCreditsHistorySumsTheGrantsALineDoesNotList(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.ManyGrants(t, ta.store.Pool(), u.ID, store.GrantPromo, 60, nil)
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 60})
+	used, _, err := ta.store.Consume(context.Background(), store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "many"})
+	require.NoError(t, err)
+	require.Len(t, used.Drawn, 60)
+	line := ta.signIn(u.Email).get("/dashboard/credits").Doc(t).Find(`tr.history-item[data-kind="consume"]`)
+	require.Equal(t, 50, line.Find(".drawn").Length())
+	require.Equal(t, "and 10 more from 10 more grants", strings.Join(strings.Fields(line.Find(".drawn-rest").Text()), " "))
+}
