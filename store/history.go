@@ -243,8 +243,10 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 			if n := len(page.Items); n > 0 && page.Items[n-1].UsageID == *e.UsageID {
 				it := &page.Items[n-1]
 				it.Credits += e.Amount
-				// Entries come newest first; keep drawn in the order drawn.
-				it.Drawn = append([]Drawn{e.drawn()}, it.Drawn...)
+				// Entries come newest first: drawn is put in the order
+				// drawn below (prepended here, a use drawing on 16,000
+				// grants copied its list 16,000 times: 3 s a page).
+				it.Drawn = append(it.Drawn, e.drawn())
 				continue
 			}
 		}
@@ -260,7 +262,7 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 						it.GrantKind = ""
 					}
 					it.GrantExpiresAt = nil
-					it.Drawn = append([]Drawn{e.drawn()}, it.Drawn...)
+					it.Drawn = append(it.Drawn, e.drawn())
 					continue
 				}
 			}
@@ -281,6 +283,9 @@ func (s *Store) historyPage(ctx context.Context, userID int64, entries []history
 			}
 		}
 		page.Items = append(page.Items, it)
+	}
+	for i := range page.Items {
+		slices.Reverse(page.Items[i].Drawn) // in the order drawn
 	}
 	oldest, newest := entries[len(entries)-1].ID, entries[0].ID
 	if older == nil || newer == nil {

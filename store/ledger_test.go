@@ -127,6 +127,17 @@ func TestDrawsOnManyGrantsListEachInOrder(t *testing.T) {
 	if diff := cmp.Diff(u.Drawn, again.Drawn); diff != "" {
 		t.Fatalf("the replay's drawn list differs (-first +replay):\n%s", diff)
 	}
+	// The credit history's line of the use lists them in the same order.
+	page, err := b.st.History(b.ctx, b.user.ID, 0, 25)
+	require.NoError(t, err)
+	require.Equal(t, u.ID, page.Items[0].UsageID)
+	var lined []store.Drawn
+	for _, d := range page.Items[0].Drawn {
+		lined = append(lined, store.Drawn{GrantID: d.GrantID, Kind: d.Kind, Credits: d.Credits})
+	}
+	if diff := cmp.Diff(u.Drawn, lined); diff != "" {
+		t.Fatalf("the history's line (-spend +history):\n%s", diff)
+	}
 
 	rm, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: -60, Actor: &admin.ID, Reason: "many"})
 	require.NoError(t, err)
