@@ -36,6 +36,8 @@ type aloneTurn struct {
 	token   chan struct{}
 	waiting int
 	since   time.Time
+	// slotted: the spend whose turn it is holds a slot (see requeue).
+	slotted bool
 }
 
 // aloneHeldAfter is how long a spend running alone must have waited for
@@ -99,8 +101,51 @@ func (g *aloneGate) enter(ctx context.Context, user int64) (release func(), err 
 		endTurn()
 		return nil, fmt.Errorf("consume: other accounts' spends held every connection spends may wait on: %w", ctx.Err())
 	}
+	g.setSlotted(turn, true)
 	return func() {
-		<-g.slots
+		if g.slotted(turn) {
+			<-g.slots
+		}
 		endTurn()
 	}, nil
+}
+
+// requeue gives up the slot of the spend whose turn it is (of user, from
+// enter) and waits for one again behind the spends already waiting for
+// one (a channel's blocked senders go first in, first out), keeping the
+// turn. A spend waiting for a held account waits in short tries and
+// requeues between them: otherwise spends of held accounts, each keeping
+// its slot until its deadline, would keep every other user's spend that
+// had to run alone waiting for a slot (a review: 503s after 30 s for
+// accounts nobody held, once as many accounts were held as there are
+// slots). When ctx ends first, the spend holds no slot; its release still
+// ends the turn.
+func (g *aloneGate) requeue(ctx context.Context, user int64) error {
+	g.mu.Lock()
+	turn := g.users[user]
+	g.mu.Unlock()
+	if turn == nil || !g.slotted(turn) {
+		return fmt.Errorf("consume: requeue without a slot")
+	}
+	<-g.slots
+	g.setSlotted(turn, false)
+	select {
+	case g.slots <- struct{}{}:
+		g.setSlotted(turn, true)
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("consume: other accounts' spends held every connection spends may wait on: %w", ctx.Err())
+	}
+}
+
+func (g *aloneGate) slotted(turn *aloneTurn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return turn.slotted
+}
+
+func (g *aloneGate) setSlotted(turn *aloneTurn, v bool) {
+	g.mu.Lock()
+	turn.slotted = v
+	g.mu.Unlock()
 }

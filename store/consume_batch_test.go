@@ -551,3 +551,63 @@ func TestConsumeCancelledByAStatementTimeoutIsUnavailable(t *testing.T) {
 	_, err = blocker.Exec(ctx, `SELECT 1`) // the blocker's own session is older than the setting
 	require.NoError(t, err)
 }
+
+// Spends running alone of held accounts, as many as the connections kept
+// for spends running alone (half the pool), leave a spend of a free
+// account running alone a connection between their tries: it waited for
+// one behind them until its deadline (503s after 30 s, a review).
+func TestASpendRunningAloneIsNotStarvedByHeldAccounts(t *testing.T) {
+	t.Parallel()
+	url := storetest.NewDatabase(t)
+	pool, err := store.OpenPool(context.Background(), url, store.PoolOptions{MaxConns: 4})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	st := store.New(pool, nil) // two connections for spends running alone
+	ctx := context.Background()
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	var held []store.User
+	for range 2 {
+		u := storetest.NewUser(t, st, storetest.UserOpts{})
+		storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 10})
+		held = append(held, u)
+	}
+	free := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, free.ID, storetest.GrantOpts{Amount: 10})
+	// The held accounts, by a session outside the store's pool.
+	other, err := store.OpenPool(ctx, url, store.PoolOptions{MaxConns: 2})
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	blocker, err := other.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = blocker.Rollback(ctx) }()
+	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = ANY($1) FOR UPDATE`, []int64{held[0].ID, held[1].ID})
+	require.NoError(t, err)
+	long, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	heldDone := make(chan error, len(held))
+	for _, u := range held {
+		go func() {
+			_, _, err := st.ConsumeAlone(long, store.ConsumeRequest{UserID: u.ID, Service: svc, IdempotencyKey: "held"})
+			heldDone <- err
+		}()
+	}
+	// Both connections for spends running alone are taken. (Not asked in
+	// the blocker's transaction: it would see one snapshot of the activity.)
+	storetest.WaitFor(t, "both held accounts' spends to wait for their locks", func() bool {
+		var n int
+		require.NoError(t, other.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+		return n == 2
+	})
+	// The free account's spend, run alone, is made long before the held
+	// ones' deadline.
+	soon, cancelSoon := context.WithTimeout(ctx, 5*time.Second)
+	defer cancelSoon()
+	u, _, err := st.ConsumeAlone(soon, store.ConsumeRequest{UserID: free.ID, Service: svc, IdempotencyKey: "free"})
+	require.NoError(t, err, "a spend of a free account, running alone while held ones wait")
+	require.EqualValues(t, 9, u.Balance)
+	require.NoError(t, blocker.Commit(ctx))
+	for range held {
+		require.NoError(t, <-heldDone, "a held account's spend once it is free")
+	}
+}

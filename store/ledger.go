@@ -324,28 +324,43 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 	if !ok {
 		return Consume(ctx, s.pool, req)
 	}
-	wait := time.Until(deadline) - aloneDeadlineMargin
-	// Under a millisecond would be "0ms", which PostgreSQL reads as no
-	// lock timeout at all.
-	if wait < time.Millisecond {
-		return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
-	}
-	// ledger_consume_many itself, with its lock timeout: ledger_consume
-	// (Consume's, kept for databases migrated before 00006) has none.
-	var row consumeRow
-	err = s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
+	for {
+		wait := time.Until(deadline) - aloneDeadlineMargin
+		// Under a millisecond would be "0ms", which PostgreSQL reads as no
+		// lock timeout at all.
+		if wait < time.Millisecond {
+			return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
+		}
+		// In tries of aloneTry, letting the spends waiting for a slot go
+		// first between them (aloneGate.requeue).
+		try := min(wait, aloneTry)
+		// ledger_consume_many itself, with its lock timeout: ledger_consume
+		// (Consume's, kept for databases migrated before 00006) has none.
+		var row consumeRow
+		err = s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many(ARRAY[$1::bigint], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::bigint], $6)`,
-		req.UserID, req.Service, req.IdempotencyKey, req.Fingerprint(), req.APIKeyID, fmt.Sprintf("%dms", wait.Milliseconds())).
-		Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
-		return Usage{}, false, fmt.Errorf("consume: the account stayed busy until the deadline: %w (%w)", context.DeadlineExceeded, err)
+			req.UserID, req.Service, req.IdempotencyKey, req.Fingerprint(), req.APIKeyID, fmt.Sprintf("%dms", try.Milliseconds())).
+			Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+			if try < wait {
+				if err := s.alone.requeue(ctx, req.UserID); err != nil {
+					return Usage{}, false, err
+				}
+				continue
+			}
+			return Usage{}, false, fmt.Errorf("consume: the account stayed busy until the deadline: %w (%w)", context.DeadlineExceeded, err)
+		}
+		if err != nil {
+			return Usage{}, false, fmt.Errorf("consume: %w", err)
+		}
+		return row.result(req)
 	}
-	if err != nil {
-		return Usage{}, false, fmt.Errorf("consume: %w", err)
-	}
-	return row.result(req)
 }
+
+// aloneTry is how long a spend running alone waits for its account in one
+// try before it lets spends waiting for a slot go first.
+const aloneTry = 100 * time.Millisecond
 
 // Spends gathered into one call of ledger_consume_many: one transaction
 // and one round trip for the batch, and since migration 00007 a fixed

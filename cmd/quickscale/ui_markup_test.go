@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/PuerkitoBio/goquery"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
@@ -745,4 +747,126 @@ func TestBrowserBackShowsTheBalanceAsItIsNow(t *testing.T) {
 		shown, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.pathname + ": " + (document.getElementById("balance-total") || {}).textContent`))
 		t.Fatalf("Back shows %q, want the balance 7: %v", shown, err)
 	}
+}
+
+// A click on another service while a Use runs waits for its answer; if
+// that answer redrew the list (it had changed), the waiting click is not
+// sent, the page says so, and that button still works (it stayed "busy"
+// for good, and every later click on it was ignored).
+func TestBrowserUseQueuedBehindARedrawSaysItWasNotSent(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	first := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "aaa-first", Cost: 1})
+	second := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "bbb-second", Cost: 1})
+	other := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "ccc-other", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	form := func(slug string) string { return `document.getElementById("use-form-` + slug + `")` }
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.Poll[chromedp.Void](form(second)+` !== null && `+form(second)+`["htmx-internal-data"] !== undefined`),
+	))
+	renamed := "Renamed meanwhile"
+	_, _, err := ta.store.SetService(context.Background(), nil, store.ServiceChange{Slug: other, Name: &renamed}, "test")
+	require.NoError(t, err)
+	err = chromedp.Do(ctx,
+		chromedp.Evaluate[chromedp.Void](form(first)+`.querySelector("button").click(); `+form(second)+`.querySelector("button").click();`),
+		chromedp.WaitVisible(chromedp.CSS(`#services-changed`)),
+		chromedp.WaitVisible(chromedp.CSS(`#htmx-error`)),
+	)
+	require.NoError(t, err)
+	msg, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#htmx-error`)))
+	require.NoError(t, err)
+	require.Contains(t, msg, "was not sent and nothing was charged")
+	require.Equal(t, 1, usages())
+	err = chromedp.Do(ctx,
+		chromedp.Poll[chromedp.Void](`!`+form(second)+`.hasAttribute("data-busy")`),
+		chromedp.Click(chromedp.CSS(`#use-form-`+second+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		chromedp.Poll[chromedp.Void](`!`+form(second)+`.hasAttribute("data-busy")`),
+	)
+	require.NoError(t, err)
+	require.Equal(t, 2, usages(), "the second service's button after the redraw")
+}
+
+// A Use whose answer comes after the page was left (a boosted link) does
+// not leave its button dead when the page is opened again: it stayed
+// "busy" for the rest of the tab.
+func TestBrowserUseLeftInFlightDoesNotBlockItsButton(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "slow", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	form := `document.getElementById("use-form-` + svc + `")`
+	credits := `document.querySelector('a[href="/dashboard/credits"]')`
+	services := `document.querySelector('a[href="/services"]')`
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.Poll[chromedp.Void](form+` !== null && `+form+`["htmx-internal-data"] !== undefined && `+credits+`["htmx-internal-data"] !== undefined`),
+	))
+	// The account is held (as by an admin's adjustment): the Use waits.
+	blocker, err := ta.store.Pool().Begin(context.Background())
+	require.NoError(t, err)
+	defer func() { _ = blocker.Rollback(context.Background()) }()
+	_, err = blocker.Exec(context.Background(), `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
+	require.NoError(t, err)
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		chromedp.Poll[chromedp.Void](form+`.hasAttribute("data-busy")`),
+		chromedp.Evaluate[chromedp.Void](credits+`.click()`),
+		chromedp.Poll[chromedp.Void](`location.pathname === "/dashboard/credits" && document.getElementById("use-form-`+svc+`") === null`),
+	)
+	require.NoError(t, err)
+	require.NoError(t, blocker.Commit(context.Background()))
+	storetest.WaitFor(t, "the Use to be made once the account is free", func() bool { return usages() == 1 })
+	err = chromedp.Do(ctx,
+		chromedp.Poll[chromedp.Void](services+` !== null && `+services+`["htmx-internal-data"] !== undefined`),
+		chromedp.Evaluate[chromedp.Void](services+`.click()`),
+		chromedp.Poll[chromedp.Void](`location.pathname === "/services" && `+form+` !== null && `+form+`["htmx-internal-data"] !== undefined && !`+form+`.hasAttribute("data-cooling")`),
+		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+	)
+	require.NoError(t, err, "Use after coming back to the page")
+	require.Equal(t, 2, usages())
+}
+
+// Enter held down on a Use button spends once: key repeats are not
+// clicks (one spend a second, each with a fresh key).
+func TestBrowserEnterHeldDownOnUseSpendsOnce(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "held", Cost: 1})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	form := `document.getElementById("use-form-` + svc + `")`
+	settled := chromedp.Poll[chromedp.Void](`!` + form + `.hasAttribute("data-busy") && !` + form + `.hasAttribute("data-cooling")`)
+	enter := func(repeat bool) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, target *chromedp.Target) error {
+			_, err := cdp.Call(ctx, target, input.DispatchKeyEvent, input.DispatchKeyEventParams{
+				Type: input.DispatchKeyEventTypeKeyDown, Key: "Enter", Code: "Enter", Text: "\r",
+				WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13, AutoRepeat: &repeat})
+			return err
+		})
+	}
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(ta.URL+"/services"),
+		chromedp.Poll[chromedp.Void](form+` !== null && `+form+`["htmx-internal-data"] !== undefined`),
+		chromedp.Focus(chromedp.CSS(`#use-form-`+svc+` button`)),
+		enter(false),
+		chromedp.WaitVisible(chromedp.CSS(`#use-outcome[data-outcome="used"]`)),
+		settled,
+		// The key still down, repeating after the cool-down.
+		enter(true),
+		enter(true),
+		settled,
+	)
+	require.NoError(t, err)
+	require.Equal(t, 1, usages(), "a held Enter spent again")
 }

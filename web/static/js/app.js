@@ -127,36 +127,51 @@ document.addEventListener("htmx:afterRequest", function (e) {
   }, 0);
 });
 
-// A double click on Use (or Enter pressed twice) spends once. Each
-// answer brings the forms fresh keys, and it comes back within tens of
-// milliseconds, so the second click of a double click would be a new
-// spend. A form marked data-once-per-click drops a submit while its
-// request runs and for a second after its answer (data-cooling marks that
-// second, on the form of that id: a list redrawn by the answer keeps it).
-// The Use forms of a page also queue behind each other (hx-sync), so
-// their answers, and the balance each shows, arrive in order.
-var onceBusy = {};
+// A double click on Use (or Enter pressed twice, or held down) spends
+// once. Each answer brings the forms fresh keys, and it comes back within
+// tens of milliseconds, so the second click of a double click would be a
+// new spend. A form marked data-once-per-click drops a submit while its
+// request runs or waits (data-busy, on that form element: a form redrawn
+// or left behind by a navigation never stays busy) and for a second after
+// its answer (by the form's id, so that a list redrawn by the answer keeps
+// it; data-cooling marks that second), and a key held down does not
+// repeat it. The Use forms of a page also queue behind each other
+// (hx-sync), so their answers, and the balance each shows, arrive in
+// order; a click queued behind an answer that redrew the list (it had
+// changed) is not sent, and the page says so.
 var onceCoolUntil = {};
 var onceCoolMs = 1000;
+var onceWaiting = [];
+function onceForm(elt) {
+  return elt && elt.closest ? elt.closest("form[data-once-per-click]") : null;
+}
+document.addEventListener("keydown", function (e) {
+  if (e.repeat && (e.key === "Enter" || e.key === " ") && onceForm(e.target)) { e.preventDefault(); }
+}, true);
 document.addEventListener("submit", function (e) {
   var form = e.target;
   var fid = form.getAttribute && form.getAttribute("id");
   if (!fid || !form.hasAttribute("data-once-per-click")) { return; }
-  if (onceBusy[fid] || Date.now() < (onceCoolUntil[fid] || 0)) {
+  if (form.hasAttribute("data-busy") || Date.now() < (onceCoolUntil[fid] || 0)) {
     e.preventDefault();
     e.stopImmediatePropagation();
     return;
   }
   // Busy from the submit: a request queued behind another form's counts.
-  onceBusy[fid] = true;
+  form.setAttribute("data-busy", "");
+  onceWaiting.push(form);
 }, true);
+document.addEventListener("htmx:beforeRequest", function (e) {
+  var i = onceWaiting.indexOf(e.detail.elt);
+  if (i >= 0) { onceWaiting.splice(i, 1); }
+});
 document.addEventListener("htmx:afterRequest", function (e) {
   // The form that sent it, also when the answer redrew it (the event then
   // comes from a part of the page still there).
   var form = e.detail.requestConfig ? e.detail.requestConfig.elt : e.detail.elt;
   var id = form && form.getAttribute && form.getAttribute("id");
-  if (!id || !onceBusy[id]) { return; }
-  delete onceBusy[id];
+  if (!id || !form.hasAttribute("data-busy")) { return; }
+  form.removeAttribute("data-busy");
   onceCoolUntil[id] = Date.now() + onceCoolMs;
   var now = document.getElementById(id);
   if (now) { now.setAttribute("data-cooling", ""); }
@@ -164,6 +179,15 @@ document.addEventListener("htmx:afterRequest", function (e) {
     var f = document.getElementById(id);
     if (f) { f.removeAttribute("data-cooling"); }
   }, onceCoolMs);
+  // After htmx has tried the request queued next: one whose form the
+  // answer took away was dropped.
+  setTimeout(function () {
+    var dropped = onceWaiting.filter(function (f) { return !f.isConnected; });
+    onceWaiting = onceWaiting.filter(function (f) { return f.isConnected; });
+    if (dropped.length > 0) {
+      showError("The list of services changed, so your next click was not sent and nothing was charged for it. Use the service again if you still want it.");
+    }
+  }, 0);
 });
 
 // htmx keeps no copies of pages for Back (historyCacheSize 0, base.html):
