@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 )
 
 // aloneGate bounds the connections that spends running alone hold while
@@ -17,46 +16,53 @@ import (
 //
 // So a user's spends run alone one at a time (the others wait for their
 // turn here, holding no connection), and all users' together hold at most
-// slots connections. While a spend of a user has waited for the account
-// longer than a batch would (the account is still held), that user's new
-// spends join the queue rather than the lanes, where each would hold up a
-// batch for its lock timeout; once the account is free, spends take their
-// turns quickly and new ones go back to the lanes.
+// slots connections. Once a spend of a user has found the account still
+// held after waiting for it as long as a batch would (a try ran out,
+// markHeld), that user's new spends join the queue rather than the lanes,
+// where each would hold up a batch for its lock timeout; once the account
+// is free, spends take their turns quickly and new ones go back to the
+// lanes. Waiting for a slot says nothing about the account: a free
+// account's spend waiting behind held ones' tries does not send its
+// user's next spends to the queue (it did, and a free user's spends ran
+// one at a time, 9 a second, while ten other accounts were held).
 type aloneGate struct {
 	slots chan struct{}
 	mu    sync.Mutex
 	users map[int64]*aloneTurn
-	now   func() time.Time
 }
 
 // aloneTurn is one user's queue: a token held by the spend whose turn it
-// is, how many spends hold or wait for it, and since when the token has
-// been held (zero: by none).
+// is, how many spends hold or wait for it, and whether the spend whose
+// turn it is found the account held (markHeld).
 type aloneTurn struct {
 	token   chan struct{}
 	waiting int
-	since   time.Time
+	held    bool
 	// slotted: the spend whose turn it is holds a slot (see requeue).
 	slotted bool
 }
 
-// aloneHeldAfter is how long a spend running alone must have waited for
-// its account before the user's new spends queue behind it: as long as a
-// batch waits for an account lock (consumeLockTimeout).
-const aloneHeldAfter = 100 * time.Millisecond
-
 func newAloneGate(slots int) *aloneGate {
-	return &aloneGate{slots: make(chan struct{}, max(1, slots)), users: map[int64]*aloneTurn{}, now: time.Now}
+	return &aloneGate{slots: make(chan struct{}, max(1, slots)), users: map[int64]*aloneTurn{}}
 }
 
-// busy reports whether a spend of user has held the user's turn for
-// aloneHeldAfter or more (waiting for a slot or for the account): the
-// account is held.
+// busy reports whether the spend whose turn it is for user found the
+// account held (markHeld).
 func (g *aloneGate) busy(user int64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	t := g.users[user]
-	return t != nil && !t.since.IsZero() && g.now().Sub(t.since) >= aloneHeldAfter
+	return t != nil && t.held
+}
+
+// markHeld records that the spend whose turn it is for user waited for
+// the account as long as a batch would and found it still held.
+func (g *aloneGate) markHeld(user int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t := g.users[user]; t != nil {
+		t.held = true
+	}
 }
 
 // enter waits for user's turn and then for a slot, until ctx ends (the
@@ -85,12 +91,9 @@ func (g *aloneGate) enter(ctx context.Context, user int64) (release func(), err 
 	}
 	// The turn is taken: from now its holder waits for the account (here
 	// for a slot, then in the database) on the user's behalf.
-	g.mu.Lock()
-	turn.since = g.now()
-	g.mu.Unlock()
 	endTurn := func() {
 		g.mu.Lock()
-		turn.since = time.Time{}
+		turn.held = false
 		g.mu.Unlock()
 		<-turn.token
 		leave()

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,24 +9,23 @@ import (
 )
 
 // The gate sends a user's new spends to the queue only while the spend at
-// its head has waited for the account longer than a batch would: with two
-// spends always in flight the queue is never empty, and an earlier version
-// (busy while anyone queued) kept such a user off the lanes for good once
-// their account had been held once.
-func TestAloneGateIsBusyOnlyWhileItsHeadWaits(t *testing.T) {
+// its head has found the account held (markHeld, after a try as long as a
+// batch waits): with two spends always in flight the queue is never empty,
+// and an earlier version (busy while anyone queued) kept such a user off
+// the lanes for good once their account had been held once. Waiting for a
+// slot behind other accounts' spends does not count: it sent a free
+// user's spends to the queue, one at a time, while other accounts were
+// held.
+func TestAloneGateIsBusyOnlyWhileItsHeadFindsTheAccountHeld(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	clock := time.Unix(1_000_000, 0)
 	g := newAloneGate(2)
-	g.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
 	ctx := context.Background()
 
 	first, err := g.enter(ctx, 7)
 	require.NoError(t, err)
-	require.False(t, g.busy(7), "busy before the head waited a batch's lock timeout")
-	advance(aloneHeldAfter)
-	require.True(t, g.busy(7), "the head has waited: the account is held")
+	require.False(t, g.busy(7), "busy before the head found the account held")
+	g.markHeld(7)
+	require.True(t, g.busy(7), "the head found the account held")
 	require.False(t, g.busy(8), "another user is not held")
 
 	// A second spend queues behind the first.
@@ -38,27 +36,25 @@ func TestAloneGateIsBusyOnlyWhileItsHeadWaits(t *testing.T) {
 			entered <- release
 		}
 	}()
-	waitQueued := func(n int) {
+	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.After(10 * time.Second)
-		for {
-			g.mu.Lock()
-			w := 0
-			if tu := g.users[7]; tu != nil {
-				w = tu.waiting
-			}
-			g.mu.Unlock()
-			if w == n {
-				return
-			}
+		for !cond() {
 			select {
 			case <-deadline:
-				t.Fatalf("%d spends never queued", n)
+				t.Fatalf("timed out waiting for %s", what)
 			case <-time.After(time.Millisecond):
 			}
 		}
 	}
-	waitQueued(2)
+	queued := func(g *aloneGate, user int64, n int) func() bool {
+		return func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.users[user] != nil && g.users[user].waiting == n
+		}
+	}
+	waitFor("two spends of user 7", queued(g, 7, 2))
 	// The account is free: the head finishes, the next takes its turn at
 	// once, and the user is not busy although a spend still holds the turn.
 	first()
@@ -71,11 +67,13 @@ func TestAloneGateIsBusyOnlyWhileItsHeadWaits(t *testing.T) {
 	g.mu.Unlock()
 
 	// A spend whose turn it is but which waits for a slot (other held
-	// accounts' spends take them all) is waiting for its account too.
+	// accounts' spends take them all) does not make its user busy. (That
+	// those spends let it in between their tries is
+	// TestASpendRunningAloneIsNotStarvedByHeldAccounts.)
 	narrow := newAloneGate(1)
-	narrow.now = g.now
 	other, err := narrow.enter(ctx, 8)
 	require.NoError(t, err)
+	narrow.markHeld(8)
 	slotted := make(chan func(), 1)
 	go func() {
 		release, err := narrow.enter(ctx, 7)
@@ -83,24 +81,14 @@ func TestAloneGateIsBusyOnlyWhileItsHeadWaits(t *testing.T) {
 			slotted <- release
 		}
 	}()
-	deadline := time.After(10 * time.Second)
-	for {
-		narrow.mu.Lock()
-		taken := narrow.users[7] != nil && !narrow.users[7].since.IsZero()
-		narrow.mu.Unlock()
-		if taken {
-			break
-		}
-		select {
-		case <-deadline:
-			t.Fatal("user 7's spend never took its turn")
-		case <-time.After(time.Millisecond):
-		}
-	}
-	advance(10 * time.Second)
-	require.True(t, narrow.busy(7), "a spend waiting for a slot on its user's turn does not count")
+	waitFor("user 7's spend to wait for a slot", queued(narrow, 7, 1))
+	require.False(t, narrow.busy(7), "a spend waiting for a slot made its user busy")
+	require.True(t, narrow.busy(8))
 	other()
 	(<-slotted)()
+	narrow.mu.Lock()
+	require.Empty(t, narrow.users)
+	narrow.mu.Unlock()
 
 	// A context that ends while waiting for the turn leaves no trace.
 	third, err := g.enter(ctx, 9)

@@ -344,6 +344,9 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
 			if try < wait {
+				// Held for as long as a batch waits: the user's next spends
+				// queue here rather than hold up batches.
+				s.alone.markHeld(req.UserID)
 				if err := s.alone.requeue(ctx, req.UserID); err != nil {
 					return Usage{}, false, err
 				}
