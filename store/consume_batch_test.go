@@ -269,7 +269,10 @@ func TestSpendsOfOtherUsersDoNotWaitBehindALockedAccount(t *testing.T) {
 			lockedDone <- err
 		}()
 	}
-	storetest.WaitFor(t, "both spends of the locked user to wait on its lock", func() bool { return waiting() == 2 })
+	// Both may wait in the lanes at first; a batch gives up after 100 ms,
+	// and from then on the user's spends wait one at a time, running alone
+	// (on a loaded machine the second may never reach a lane).
+	storetest.WaitFor(t, "a spend of the locked user to wait on its lock", func() bool { return waiting() >= 1 })
 
 	free, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -401,7 +401,11 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	results, alone, held, committed := s.consumeMany(ctx, s.pool, reqs)
 	if alone {
 		if held {
-			return s.consumeUnheld(ctx, reqs)
+			results, n := s.consumeUnheld(ctx, reqs)
+			if n > 0 && s.observeConsumes != nil {
+				s.observeConsumes(n)
+			}
+			return results
 		}
 		for i := range results {
 			results[i] = BatchResult[Spent]{Err: errRunAlone}
@@ -423,7 +427,8 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 // held waited for one behind spends of held accounts, which keep theirs
 // until their deadline (a review: 503s after 30 s for users whose accounts
 // were free, once as many accounts were held as those connections).
-func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
+// made is how many spends it committed.
+func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) (_ []BatchResult[Spent], made int) {
 	results := make([]BatchResult[Spent], len(reqs))
 	for i := range results {
 		results[i] = BatchResult[Spent]{Err: errRunAlone}
@@ -434,16 +439,16 @@ func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) []Batc
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return results
+		return results, 0
 	}
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	rows, err := tx.Query(ctx, `SELECT user_id FROM accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`, users)
 	if err != nil {
-		return results
+		return results, 0
 	}
 	free, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(free) == 0 {
-		return results
+		return results, 0
 	}
 	var subset []ConsumeRequest
 	var at []int
@@ -454,26 +459,23 @@ func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) []Batc
 		}
 	}
 	if len(subset) == 0 {
-		return results
+		return results, 0
 	}
 	sub, alone, _, committed := s.consumeMany(ctx, tx, subset)
 	if alone || !committed {
 		// A refused spend among them, or an error: all run alone.
-		return results
+		return results, 0
 	}
 	if err := tx.Commit(ctx); err != nil {
 		for _, i := range at {
 			results[i] = BatchResult[Spent]{Err: fmt.Errorf("consume: %w", err)}
 		}
-		return results
+		return results, 0
 	}
 	for k, i := range at {
 		results[i] = sub[k]
 	}
-	if s.observeConsumes != nil {
-		s.observeConsumes(len(subset))
-	}
-	return results
+	return results, len(subset)
 }
 
 // ConsumeBatch runs spends in one call of ledger_consume_many (one
@@ -490,7 +492,7 @@ func (s *Store) ConsumeBatch(ctx context.Context, reqs []ConsumeRequest) []Batch
 	if held {
 		// The spends of accounts nobody holds now run together at once;
 		// the rest one by one.
-		results = s.consumeUnheld(ctx, reqs)
+		results, _ = s.consumeUnheld(ctx, reqs)
 		var rest []ConsumeRequest
 		var at []int
 		for i, r := range results {
