@@ -494,11 +494,7 @@ func TestConsumeBatchRunsSpendsOfFreeAccountsAtOnceWhenOneIsHeld(t *testing.T) {
 	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
 	held := storetest.NewUser(t, st, storetest.UserOpts{})
 	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
-	blocker, err := st.Pool().Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = blocker.Rollback(ctx) }()
-	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
-	require.NoError(t, err)
+	storetest.HoldAccounts(t, st.Pool(), held.ID)
 
 	// The held account's spend first: run one by one, it would wait until
 	// a quarter second before the deadline and leave the next none.
@@ -532,11 +528,7 @@ func TestConsumeCancelledByAStatementTimeoutIsUnavailable(t *testing.T) {
 	_, err := st.Pool().Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L', current_database(), '40ms'); END $$`)
 	require.NoError(t, err)
 	st.Pool().Reset() // new connections take the setting
-	blocker, err := st.Pool().Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = blocker.Rollback(ctx) }()
-	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, held.ID)
-	require.NoError(t, err)
+	blocker := storetest.HoldAccounts(t, st.Pool(), held.ID)
 
 	soon, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -580,11 +572,7 @@ func TestASpendRunningAloneIsNotStarvedByHeldAccounts(t *testing.T) {
 	other, err := store.OpenPool(ctx, url, store.PoolOptions{MaxConns: 2})
 	require.NoError(t, err)
 	t.Cleanup(other.Close)
-	blocker, err := other.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = blocker.Rollback(ctx) }()
-	_, err = blocker.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = ANY($1) FOR UPDATE`, []int64{held[0].ID, held[1].ID})
-	require.NoError(t, err)
+	blocker := storetest.HoldAccounts(t, other, held[0].ID, held[1].ID)
 	long, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	heldDone := make(chan error, len(held))

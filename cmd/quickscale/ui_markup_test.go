@@ -674,19 +674,29 @@ func TestBrowserKeyFormRestoredByBackMakesANewKey(t *testing.T) {
 	require.Len(t, keys, 2)
 }
 
+// uiSpender makes the services, then a user with 10 credits signed in at a
+// phone's width, and counts the user's usages.
+func uiSpender(t *testing.T, services ...storetest.ServiceOpts) (*testApp, store.User, context.Context, func() int) {
+	t.Helper()
+	ta := newTestApp(t, testAppOpts{NoWorkers: true})
+	for _, o := range services {
+		storetest.NewService(t, ta.store, o)
+	}
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
+	ctx := uiPhone(t, ta, u.Email)
+	return ta, u, ctx, func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+}
+
 // A double click on Use spends once: the answer (tens of milliseconds)
 // brings fresh keys, and the second click, landing after it, was a second
 // spend. A click once the form has cooled down spends again, and two
 // submits of one form in the same instant spend once.
 func TestBrowserDoubleClickOnUseSpendsOnce(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "twice", Cost: 1})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	ctx := uiPhone(t, ta, u.Email)
+	svc := "twice"
+	ta, _, ctx, usages := uiSpender(t, storetest.ServiceOpts{Slug: svc, Cost: 1})
 	form := `document.getElementById("use-form-` + svc + `")`
-	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
 	// settled: no request of the form running and its cool-down over.
 	settled := chromedp.Poll[chromedp.Void](`!` + form + `.classList.contains("htmx-request") && !` + form + `.hasAttribute("data-cooling")`)
 	err := chromedp.Do(ctx,
@@ -725,11 +735,8 @@ func TestBrowserDoubleClickOnUseSpendsOnce(t *testing.T) {
 // was when the page was left (htmx kept a copy of the page for Back).
 func TestBrowserBackShowsTheBalanceAsItIsNow(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "back", Cost: 3})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	ctx := uiPhone(t, ta, u.Email)
+	svc := "back"
+	ta, _, ctx, _ := uiSpender(t, storetest.ServiceOpts{Slug: svc, Cost: 3})
 	link := `document.querySelector('a[href="/services"]')`
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/dashboard/credits"),
@@ -755,14 +762,9 @@ func TestBrowserBackShowsTheBalanceAsItIsNow(t *testing.T) {
 // for good, and every later click on it was ignored).
 func TestBrowserUseQueuedBehindARedrawSaysItWasNotSent(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	first := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "aaa-first", Cost: 1})
-	second := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "bbb-second", Cost: 1})
-	other := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "ccc-other", Cost: 1})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	ctx := uiPhone(t, ta, u.Email)
-	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	first, second, other := "aaa-first", "bbb-second", "ccc-other"
+	ta, _, ctx, usages := uiSpender(t, storetest.ServiceOpts{Slug: first, Cost: 1},
+		storetest.ServiceOpts{Slug: second, Cost: 1}, storetest.ServiceOpts{Slug: other, Cost: 1})
 	form := func(slug string) string { return `document.getElementById("use-form-` + slug + `")` }
 	require.NoError(t, chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/services"),
@@ -796,12 +798,8 @@ func TestBrowserUseQueuedBehindARedrawSaysItWasNotSent(t *testing.T) {
 // "busy" for the rest of the tab.
 func TestBrowserUseLeftInFlightDoesNotBlockItsButton(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "slow", Cost: 1})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	ctx := uiPhone(t, ta, u.Email)
-	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	svc := "slow"
+	ta, u, ctx, usages := uiSpender(t, storetest.ServiceOpts{Slug: svc, Cost: 1})
 	form := `document.getElementById("use-form-` + svc + `")`
 	credits := `document.querySelector('a[href="/dashboard/credits"]')`
 	services := `document.querySelector('a[href="/services"]')`
@@ -810,12 +808,8 @@ func TestBrowserUseLeftInFlightDoesNotBlockItsButton(t *testing.T) {
 		chromedp.Poll[chromedp.Void](form+` !== null && `+form+`["htmx-internal-data"] !== undefined && `+credits+`["htmx-internal-data"] !== undefined`),
 	))
 	// The account is held (as by an admin's adjustment): the Use waits.
-	blocker, err := ta.store.Pool().Begin(context.Background())
-	require.NoError(t, err)
-	defer func() { _ = blocker.Rollback(context.Background()) }()
-	_, err = blocker.Exec(context.Background(), `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
-	require.NoError(t, err)
-	err = chromedp.Do(ctx,
+	blocker := storetest.HoldAccounts(t, ta.store.Pool(), u.ID)
+	err := chromedp.Do(ctx,
 		chromedp.Click(chromedp.CSS(`#use-form-`+svc+` button`)),
 		chromedp.Poll[chromedp.Void](form+`.hasAttribute("data-busy")`),
 		chromedp.Evaluate[chromedp.Void](credits+`.click()`),
@@ -839,12 +833,8 @@ func TestBrowserUseLeftInFlightDoesNotBlockItsButton(t *testing.T) {
 // clicks (one spend a second, each with a fresh key).
 func TestBrowserEnterHeldDownOnUseSpendsOnce(t *testing.T) {
 	t.Parallel()
-	ta := newTestApp(t, testAppOpts{NoWorkers: true})
-	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Slug: "held", Cost: 1})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	storetest.NewGrant(t, ta.store, u.ID, storetest.GrantOpts{Amount: 10})
-	ctx := uiPhone(t, ta, u.Email)
-	usages := func() int { return whCount(t, ta, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID) }
+	svc := "held"
+	ta, _, ctx, usages := uiSpender(t, storetest.ServiceOpts{Slug: svc, Cost: 1})
 	form := `document.getElementById("use-form-` + svc + `")`
 	settled := chromedp.Poll[chromedp.Void](`!` + form + `.hasAttribute("data-busy") && !` + form + `.hasAttribute("data-cooling")`)
 	enter := func(repeat bool) chromedp.Action[chromedp.Void] {

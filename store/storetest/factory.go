@@ -211,6 +211,25 @@ SELECT id FROM g ORDER BY id`, userID, kind, n, firstExpiry)
 	return ids
 }
 
+// HoldAccounts locks the accounts of users in a transaction of its own on
+// db, as an admin's adjustment or a stuck session does, until the test
+// commits or rolls it back (rolled back when the test ends).
+func HoldAccounts(t testing.TB, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, users ...int64) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatalf("storetest: hold accounts: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = ANY($1) FOR UPDATE`, users); err != nil {
+		t.Fatalf("storetest: hold accounts: %v", err)
+	}
+	return tx
+}
+
 // AllAtOnce runs fn(0) … fn(n-1) on n goroutines released together, to race
 // them against each other, and returns when all have finished.
 func AllAtOnce(n int, fn func(i int)) {
