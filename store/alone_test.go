@@ -55,16 +55,54 @@ func TestAloneGateIsBusyOnlyWhileItsHeadFindsTheAccountHeld(t *testing.T) {
 		}
 	}
 	waitFor("two spends of user 7", queued(g, 7, 2))
-	// The account is free: the head finishes, the next takes its turn at
-	// once, and the user is not busy although a spend still holds the turn.
+	// The head gives up at its deadline, the account still held: the next
+	// takes its turn and the user stays busy (it went back to the lanes,
+	// its next head having too little time for a try of its own).
 	first()
 	second := <-entered
-	require.False(t, g.busy(7), "busy while the queue drains quickly")
+	require.True(t, g.busy(7), "the account is still held")
+	// The next gets the account: the user's new spends go to the lanes.
+	g.markFree(7)
+	require.False(t, g.busy(7), "busy after a spend got the account")
 	second()
 	require.False(t, g.busy(7))
 	g.mu.Lock()
 	require.Empty(t, g.users, "a user's queue outlived its spends")
 	g.mu.Unlock()
+
+	// A user's next spend takes the slot with its turn, ahead of another
+	// user's spend waiting for a slot: a queue of one account's spends
+	// drains at the database's speed once the account is free.
+	one := newAloneGate(1)
+	a, err := one.enter(ctx, 8)
+	require.NoError(t, err)
+	bCh, cCh := make(chan func(), 1), make(chan func(), 1)
+	go func() {
+		if release, err := one.enter(ctx, 8); err == nil {
+			bCh <- release
+		}
+	}()
+	go func() {
+		if release, err := one.enter(ctx, 9); err == nil {
+			cCh <- release
+		}
+	}()
+	waitFor("user 8's second spend and user 9's spend to wait", func() bool {
+		return queued(one, 8, 2)() && queued(one, 9, 1)()
+	})
+	a()
+	b := <-bCh
+	select {
+	case <-cCh:
+		t.Fatal("user 9's spend took the slot user 8's next spend was handed")
+	default:
+	}
+	b()
+	(<-cCh)()
+	one.mu.Lock()
+	require.Empty(t, one.users)
+	require.Zero(t, len(one.slots), "a slot was not given back")
+	one.mu.Unlock()
 
 	// A spend whose turn it is but which waits for a slot (other held
 	// accounts' spends take them all) does not make its user busy. (That

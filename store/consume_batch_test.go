@@ -602,3 +602,28 @@ func TestASpendRunningAloneIsNotStarvedByHeldAccounts(t *testing.T) {
 		require.NoError(t, <-heldDone, "a held account's spend once it is free")
 	}
 }
+
+// A batch run again after it gave up on a held account leaves out the
+// spends whose callers have given up meanwhile (answered with their
+// context's error): it charged them.
+func TestABatchRunAgainLeavesOutCallersThatGaveUp(t *testing.T) {
+	t.Parallel()
+	b := setupLedger(t)
+	st, ctx := b.st, b.ctx
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	held := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
+	storetest.HoldAccounts(t, st.Pool(), held.ID)
+	results := st.ConsumeUnheld(ctx, []store.ConsumeRequest{
+		{UserID: held.ID, Service: svc, IdempotencyKey: "held"},
+		store.Gone(store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "gone"}),
+		{UserID: b.user.ID, Service: svc, IdempotencyKey: "here"},
+	})
+	require.ErrorIs(t, results[0].Err, store.ErrRunAlone, "the held account's spend")
+	require.ErrorIs(t, results[1].Err, store.ErrRunAlone, "the spend whose caller gave up")
+	require.NoError(t, results[2].Err)
+	bal, err := st.Balance(ctx, b.user.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 9, bal.Total, "only the spend still wanted is charged")
+}

@@ -15,3 +15,21 @@ func (s *Store) ConsumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 	req.IdempotencyKey = key
 	return s.consumeAlone(ctx, req)
 }
+
+// Gone returns r as sent by a caller that has given up.
+func Gone(r ConsumeRequest) ConsumeRequest {
+	ch := make(chan struct{})
+	close(ch)
+	r.gone = ch
+	return r
+}
+
+// ConsumeUnheld is consumeUnheld: a batch that gave up on a held account,
+// run again.
+func (s *Store) ConsumeUnheld(ctx context.Context, reqs []ConsumeRequest) []BatchResult[Spent] {
+	results, _ := s.consumeUnheld(ctx, reqs)
+	return results
+}
+
+// ErrRunAlone is errRunAlone.
+var ErrRunAlone = errRunAlone

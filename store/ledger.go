@@ -179,6 +179,9 @@ type ConsumeRequest struct {
 	Service        string // slug
 	IdempotencyKey string
 	APIKeyID       *int64
+	// gone is closed when the caller gave up (Consume sets it), so that a
+	// batch run again leaves it out.
+	gone <-chan struct{}
 }
 
 // Fingerprint identifies what was asked, so that a reused key with a
@@ -293,6 +296,7 @@ func (s *Store) Consume(ctx context.Context, req ConsumeRequest) (Usage, bool, e
 		// this one waits behind them, not in a batch it would hold up.
 		return s.consumeAlone(ctx, req)
 	}
+	req.gone = ctx.Done()
 	r, err := s.consumes.Do(ctx, req)
 	if errors.Is(err, errRunAlone) {
 		// Its batch waited too long for an account lock, or the database
@@ -343,10 +347,10 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 			Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+			// Held: the user's next spends queue here rather than hold up
+			// batches, until one of them gets the account.
+			s.alone.markHeld(req.UserID)
 			if try < wait {
-				// Held for as long as a batch waits: the user's next spends
-				// queue here rather than hold up batches.
-				s.alone.markHeld(req.UserID)
 				if err := s.alone.requeue(ctx, req.UserID); err != nil {
 					return Usage{}, false, err
 				}
@@ -357,6 +361,7 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 		if err != nil {
 			return Usage{}, false, fmt.Errorf("consume: %w", err)
 		}
+		s.alone.markFree(req.UserID)
 		return row.result(req)
 	}
 }
@@ -418,6 +423,18 @@ func (s *Store) consumeGathered(reqs []ConsumeRequest) []BatchResult[Spent] {
 	return results
 }
 
+// callerGone says whether r's caller gave up: a batch run again leaves it
+// out, as a batch leaves out a caller gone before it starts (it was
+// charged, answered with its context's error).
+func callerGone(r ConsumeRequest) bool {
+	select {
+	case <-r.gone:
+		return r.gone != nil
+	default:
+		return false
+	}
+}
+
 // consumeUnheld runs again, in one transaction, the spends of a batch that
 // gave up on a held account, leaving out the spends of accounts another
 // transaction holds now: it locks the batch's accounts with SKIP LOCKED
@@ -453,7 +470,7 @@ func (s *Store) consumeUnheld(ctx context.Context, reqs []ConsumeRequest) (_ []B
 	var subset []ConsumeRequest
 	var at []int
 	for i, r := range reqs {
-		if slices.Contains(free, r.UserID) {
+		if slices.Contains(free, r.UserID) && !callerGone(r) {
 			subset = append(subset, r)
 			at = append(at, i)
 		}
