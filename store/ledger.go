@@ -329,10 +329,18 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 		return Consume(ctx, s.pool, req)
 	}
 	for {
+		// The connection first, then the time left: a wait for a pooled
+		// connection at the end of the request must not push the server's
+		// lock wait past the deadline.
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return Usage{}, false, fmt.Errorf("consume: %w", err)
+		}
 		wait := time.Until(deadline) - aloneDeadlineMargin
 		// Under a millisecond would be "0ms", which PostgreSQL reads as no
 		// lock timeout at all.
 		if wait < time.Millisecond {
+			conn.Release()
 			return Usage{}, false, fmt.Errorf("consume: no time left to wait for the account: %w", context.DeadlineExceeded)
 		}
 		// In tries of aloneTry, letting the spends waiting for a slot go
@@ -341,10 +349,11 @@ func (s *Store) consumeAlone(ctx context.Context, req ConsumeRequest) (Usage, bo
 		// ledger_consume_many itself, with its lock timeout: ledger_consume
 		// (Consume's, kept for databases migrated before 00006) has none.
 		var row consumeRow
-		err = s.pool.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
+		err = conn.QueryRow(ctx, `SELECT status, usage_id, service_slug, credits, balance, drawn, created_at
   FROM ledger_consume_many(ARRAY[$1::bigint], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::bigint], $6)`,
 			req.UserID, req.Service, req.IdempotencyKey, req.Fingerprint(), req.APIKeyID, fmt.Sprintf("%dms", try.Milliseconds())).
 			Scan(&row.status, &row.usageID, &row.u.Service, &row.u.Credits, &row.u.Balance, &row.drawn, &row.u.CreatedAt)
+		conn.Release()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
 			// Held: the user's next spends queue here rather than hold up
