@@ -488,12 +488,8 @@ func TestConsumeBatchesMatchASequentialModel(t *testing.T) {
 // for a connection kept for spends running alone.
 func TestConsumeBatchRunsSpendsOfFreeAccountsAtOnceWhenOneIsHeld(t *testing.T) {
 	t.Parallel()
-	b := setupLedger(t)
+	b, svc, held := setupHeldAccount(t)
 	st, ctx := b.st, b.ctx
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
-	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
-	held := storetest.NewUser(t, st, storetest.UserOpts{})
-	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
 	storetest.HoldAccounts(t, st.Pool(), held.ID)
 
 	// The held account's spend first: run one by one, it would wait until
@@ -519,12 +515,8 @@ func TestConsumeBatchRunsSpendsOfFreeAccountsAtOnceWhenOneIsHeld(t *testing.T) {
 // spends are answered as a passing outage (a 503, retry), not as a fault.
 func TestConsumeCancelledByAStatementTimeoutIsUnavailable(t *testing.T) {
 	t.Parallel()
-	b := setupLedger(t)
+	b, svc, held := setupHeldAccount(t)
 	st, ctx := b.st, b.ctx
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
-	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
-	held := storetest.NewUser(t, st, storetest.UserOpts{})
-	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
 	_, err := st.Pool().Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L', current_database(), '40ms'); END $$`)
 	require.NoError(t, err)
 	st.Pool().Reset() // new connections take the setting
@@ -608,12 +600,8 @@ func TestASpendRunningAloneIsNotStarvedByHeldAccounts(t *testing.T) {
 // context's error): it charged them.
 func TestABatchRunAgainLeavesOutCallersThatGaveUp(t *testing.T) {
 	t.Parallel()
-	b := setupLedger(t)
+	b, svc, held := setupHeldAccount(t)
 	st, ctx := b.st, b.ctx
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
-	storetest.NewGrant(t, st, b.user.ID, storetest.GrantOpts{Amount: 10})
-	held := storetest.NewUser(t, st, storetest.UserOpts{})
-	storetest.NewGrant(t, st, held.ID, storetest.GrantOpts{Amount: 10})
 	storetest.HoldAccounts(t, st.Pool(), held.ID)
 	results := st.ConsumeUnheld(ctx, []store.ConsumeRequest{
 		{UserID: held.ID, Service: svc, IdempotencyKey: "held"},
@@ -626,4 +614,16 @@ func TestABatchRunAgainLeavesOutCallersThatGaveUp(t *testing.T) {
 	bal, err := st.Balance(ctx, b.user.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 9, bal.Total, "only the spend still wanted is charged")
+}
+
+// setupHeldAccount gives the bundle's user and a second user ten credits
+// each and a one-credit service; the test holds the second's account.
+func setupHeldAccount(t *testing.T) (*ledgerBundle, string, store.User) {
+	t.Helper()
+	b := setupLedger(t)
+	svc := storetest.NewService(t, b.st, storetest.ServiceOpts{Cost: 1})
+	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
+	held := storetest.NewUser(t, b.st, storetest.UserOpts{})
+	storetest.NewGrant(t, b.st, held.ID, storetest.GrantOpts{Amount: 10})
+	return b, svc, held
 }

@@ -936,8 +936,35 @@ const maxExpiringListed = 50
 // ExpiringCredits lists a user's live credits that expire, by kind and
 // expiry, soonest first (at most 50 dates per kind, then the rest of the
 // kind's as one Later line), and how many live credits of each kind never
-// expire (kinds with none are absent), read together.
-func (s *Store) ExpiringCredits(ctx context.Context, userID int64) ([]Expiring, map[string]int64, error) {
+// expire (kinds with none are absent), read together, and the balance
+// they add up to (read apart, a spend or an expiry in between made a
+// page's totals disagree with its lines).
+func (s *Store) ExpiringCredits(ctx context.Context, userID int64) (Balance, []Expiring, map[string]int64, error) {
+	bal := Balance{ByKind: map[string]int64{}}
+	expiring, never, err := s.expiringCredits(ctx, userID)
+	if err != nil {
+		return bal, nil, nil, err
+	}
+	for _, k := range GrantKinds() {
+		bal.ByKind[k] = never[k]
+		bal.Total += never[k]
+	}
+	for _, e := range expiring {
+		bal.ByKind[e.Kind] += e.Credits
+		bal.Total += e.Credits
+		switch {
+		case e.Later > 0:
+		case bal.NextExpiry == nil || e.ExpiresAt.Before(*bal.NextExpiry):
+			at := e.ExpiresAt
+			bal.NextExpiry, bal.ExpiringNext = &at, e.Credits
+		case e.ExpiresAt.Equal(*bal.NextExpiry):
+			bal.ExpiringNext += e.Credits
+		}
+	}
+	return bal, expiring, never, nil
+}
+
+func (s *Store) expiringCredits(ctx context.Context, userID int64) ([]Expiring, map[string]int64, error) {
 	// One statement, one snapshot: both parts agree with each other.
 	rows, err := s.pool.Query(ctx, `
 WITH d AS (

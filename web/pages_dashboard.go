@@ -53,33 +53,18 @@ func (s *Site) Credits() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		u := CurrentUser(ctx)
-		expiring, never, err := s.store.ExpiringCredits(ctx, u.ID)
+		// The balance by kind, summed from the same read as the expiry
+		// lines (what each kind's lines add up to).
+		bal, expiring, never, err := s.store.ExpiringCredits(ctx, u.ID)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
 		// Per kind: its credits that expire, by date (and, in never, how
-		// many never do). The balance is summed from the same read, so
-		// that each kind's total is what its lines add up to (read apart,
-		// a spend or an expiry in between made them disagree).
-		bal := store.Balance{ByKind: map[string]int64{}}
-		for _, k := range store.GrantKinds() {
-			bal.ByKind[k] = never[k]
-			bal.Total += never[k]
-		}
+		// many never do).
 		byKind := map[string][]store.Expiring{}
 		for _, e := range expiring {
 			byKind[e.Kind] = append(byKind[e.Kind], e)
-			bal.ByKind[e.Kind] += e.Credits
-			bal.Total += e.Credits
-			switch {
-			case e.Later > 0:
-			case bal.NextExpiry == nil || e.ExpiresAt.Before(*bal.NextExpiry):
-				at := e.ExpiresAt
-				bal.NextExpiry, bal.ExpiringNext = &at, e.Credits
-			case e.ExpiresAt.Equal(*bal.NextExpiry):
-				bal.ExpiringNext += e.Credits
-			}
 		}
 		cursor := cursorParam(r)
 		hist, err := s.history(r, u.ID, cursor, cursorValue(r, "after"))
