@@ -118,11 +118,14 @@ type Payment struct {
 	// RefundedAt is when the latest refund was made (nil: none, or made
 	// before migration 00020 recorded it).
 	RefundedAt *time.Time `db:"refunded_at"`
+	// BuyerEmail is the buyer's address when the checkout began (nil once
+	// the account is deleted).
+	BuyerEmail *string `db:"buyer_email"`
 }
 
 const paymentColumns = `id, user_id, product, pack_code, credits, amount_minor, currency, status, checkout_session_id,
        checkout_url, customer_id, payment_intent_id, grant_id, amount_refunded_minor, credits_clawed_back,
-       clawback_shortfall, failure_reason, created_at, updated_at, paid_at, refunded_at`
+       clawback_shortfall, failure_reason, created_at, updated_at, paid_at, refunded_at, buyer_email`
 
 func onePayment(rows pgx.Rows, err error) (Payment, error) {
 	if err != nil {
@@ -148,8 +151,9 @@ type NewPayment struct {
 // retried request answered from Stripe's idempotency) is a KindConflict.
 func (s *Store) CreatePayment(ctx context.Context, p NewPayment) (Payment, error) {
 	pay, err := onePayment(s.pool.Query(ctx, `
-INSERT INTO payments (user_id, product, pack_code, credits, amount_minor, currency, checkout_session_id, checkout_url, customer_id)
-VALUES ($1, 'pack', $2, $3, $4, $5, $6, $7, $8) RETURNING `+paymentColumns,
+INSERT INTO payments (user_id, product, pack_code, credits, amount_minor, currency, checkout_session_id, checkout_url, customer_id,
+                      buyer_email)
+VALUES ($1, 'pack', $2, $3, $4, $5, $6, $7, $8, (SELECT email FROM users WHERE id = $1)) RETURNING `+paymentColumns,
 		p.UserID, p.Pack.Code, p.Pack.Credits, p.Pack.PriceMinor, p.Pack.Currency, p.CheckoutSessionID, p.CheckoutURL, p.CustomerID))
 	if isUniqueViolation(err, "payments_checkout_session_id_key") {
 		return Payment{}, Errorf(KindConflict, "This checkout session is recorded already.")
@@ -330,16 +334,75 @@ func MarkPaymentCancelled(ctx context.Context, tx pgx.Tx, id int64, accepted boo
 	return CancelUnchanged, false, nil
 }
 
-// RecordRefund stores the cumulative refunded amount and clawback of a
-// payment, and when it was refunded: Stripe's time of the refund event,
-// within [paid_at, now] (a payment paid before 00020 has its paid_at from
-// when the worker applied it, which can be later than its refund).
-func RecordRefund(ctx context.Context, tx pgx.Tx, id, amountRefunded, clawedBack, shortfall int64, at time.Time) error {
-	_, err := tx.Exec(ctx, `UPDATE payments SET amount_refunded_minor = $2, credits_clawed_back = $3, clawback_shortfall = $4,
-       status = CASE WHEN $2 = amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now(),
-       refunded_at = greatest(least(now(), $5), paid_at)
- WHERE id = $1`, id, amountRefunded, clawedBack, shortfall, at)
+// RefundRecord is what one charge.refunded event changes of a payment:
+// its new cumulative totals (refunded, credits taken back, credits that
+// could not be), Stripe's time of the refund and the event's id.
+type RefundRecord struct {
+	PaymentID      int64
+	TotalRefunded  int64
+	TotalClawed    int64
+	TotalShortfall int64
+	At             time.Time
+	EventID        string
+}
+
+// RecordRefund stores a payment's new cumulative refunded amount and
+// clawback, and the refund itself as one payment_refunds row holding the
+// difference. Its time is Stripe's time of the refund event, within
+// [paid_at, now] (a payment paid before 00020 has its paid_at from when the
+// worker applied it, which can be later than its refund). The totals only
+// grow: a record that would lower one is refused.
+func RecordRefund(ctx context.Context, tx pgx.Tx, r RefundRecord) error {
+	var amount, taken, short int64
+	var at time.Time
+	err := tx.QueryRow(ctx, `
+UPDATE payments p SET amount_refunded_minor = $2, credits_clawed_back = $3, clawback_shortfall = $4,
+       status = CASE WHEN $2 = p.amount_minor THEN 'refunded' ELSE 'partially_refunded' END, updated_at = now(),
+       refunded_at = greatest(least(now(), $5), p.paid_at)
+  FROM (SELECT id, amount_refunded_minor, credits_clawed_back, clawback_shortfall FROM payments WHERE id = $1) old
+ WHERE p.id = old.id
+RETURNING $2 - old.amount_refunded_minor, $3 - old.credits_clawed_back, $4 - old.clawback_shortfall, p.refunded_at`,
+		r.PaymentID, r.TotalRefunded, r.TotalClawed, r.TotalShortfall, r.At).Scan(&amount, &taken, &short, &at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if amount <= 0 || taken < 0 || short < 0 {
+		return fmt.Errorf("refund of payment %d: totals must grow (refunded +%d, credits taken +%d, short +%d)", r.PaymentID, amount, taken, short)
+	}
+	_, err = tx.Exec(ctx, `
+INSERT INTO payment_refunds (payment_id, amount_minor, credits_taken, credits_short, refunded_at, stripe_event_id)
+VALUES ($1, $2, $3, $4, $5, nullif($6, ''))`, r.PaymentID, amount, taken, short, at, r.EventID)
 	return err
+}
+
+// Refund is one refund of a payment, as its receipt lists it.
+type Refund struct {
+	ID           int64 `db:"id"`
+	AmountMinor  int64 `db:"amount_minor"`
+	CreditsTaken int64 `db:"credits_taken"`
+	CreditsShort int64 `db:"credits_short"`
+	// RefundedAt is Stripe's time of the refund (nil for refunds recorded
+	// before migration 00020).
+	RefundedAt *time.Time `db:"refunded_at"`
+}
+
+// maxRefundsListed bounds a receipt's refund lines; Stripe allows a charge
+// far fewer refunds in practice, and the totals are on the payment.
+const maxRefundsListed = 100
+
+// RefundsOf lists a payment's refunds, oldest first (at most 100; the
+// payment's totals count every one).
+func (s *Store) RefundsOf(ctx context.Context, paymentID int64) ([]Refund, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT id, amount_minor, credits_taken, credits_short, refunded_at
+  FROM payment_refunds WHERE payment_id = $1 ORDER BY id LIMIT $2`, paymentID, maxRefundsListed)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Refund])
 }
 
 // PaymentTotals sums payments for the admin landing page.

@@ -39,7 +39,7 @@ func TestPaymentTotalsCountPaymentsWhenPaid(t *testing.T) {
 				return err
 			}
 			if refunded > 0 {
-				if err := store.RecordRefund(ctx, tx, p.ID, refunded, 0, 0, time.Now()); err != nil {
+				if err := store.RecordRefund(ctx, tx, store.RefundRecord{PaymentID: p.ID, TotalRefunded: refunded, At: time.Now()}); err != nil {
 					return err
 				}
 			}
@@ -93,4 +93,72 @@ func TestSaveCustomerIDWaitingForAnotherSaveAnswersItsCustomer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the second save never answered")
 	}
+}
+
+// paidPayment records a paid pack purchase of u (its grant and payment).
+func paidPayment(t *testing.T, st *store.Store, u store.User, session string) store.Payment {
+	t.Helper()
+	ctx := context.Background()
+	pack, err := st.PackByCode(ctx, "pack_500")
+	require.NoError(t, err)
+	p, err := st.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: session})
+	require.NoError(t, err)
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		g, err := store.Grant(ctx, tx, store.NewGrant{UserID: u.ID, Kind: store.GrantPack, Amount: pack.Credits, SourceKind: "checkout_session", SourceID: session})
+		if err != nil {
+			return err
+		}
+		return store.MarkPaymentPaid(ctx, tx, p.ID, "pi_"+session, g.GrantID, time.Now().Add(-time.Hour))
+	}))
+	p, err = st.UserPayment(ctx, u.ID, p.ID)
+	require.NoError(t, err)
+	return p
+}
+
+// A payment keeps the address it was billed to, until its buyer is
+// deleted; its refunded totals are the sums of its refund rows, which are
+// never changed. The schema refuses every way round those rules.
+func TestPaymentsKeepTheirBuyersAddressAndEachRefund(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	p := paidPayment(t, st, u, fmt.Sprintf("cs_rules_%d", u.ID))
+	require.NotNil(t, p.BuyerEmail)
+	require.Equal(t, u.Email, *p.BuyerEmail)
+	exec := func(sql string, args ...any) error {
+		return st.InTx(ctx, func(tx pgx.Tx) error { _, err := tx.Exec(ctx, sql, args...); return err })
+	}
+
+	// Two refunds, each a row; the totals are their sums.
+	for i, total := range []int64{300, 800} {
+		require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+			return store.RecordRefund(ctx, tx, store.RefundRecord{PaymentID: p.ID, TotalRefunded: total, TotalClawed: total / 4, At: time.Now().Add(time.Duration(i-2) * time.Minute)})
+		}))
+	}
+	refunds, err := st.RefundsOf(ctx, p.ID)
+	require.NoError(t, err)
+	require.Len(t, refunds, 2)
+	require.Equal(t, []int64{300, 500}, []int64{refunds[0].AmountMinor, refunds[1].AmountMinor})
+	require.Equal(t, []int64{75, 125}, []int64{refunds[0].CreditsTaken, refunds[1].CreditsTaken})
+	// A total that does not grow is refused, and records nothing.
+	err = st.InTx(ctx, func(tx pgx.Tx) error {
+		return store.RecordRefund(ctx, tx, store.RefundRecord{PaymentID: p.ID, TotalRefunded: 800, TotalClawed: 200, At: time.Now()})
+	})
+	require.ErrorContains(t, err, "totals must grow")
+
+	// The totals and the rows cannot disagree, whichever is written alone.
+	require.Equal(t, "23514", pgErrCode(exec(`UPDATE payments SET amount_refunded_minor = 900 WHERE id = $1`, p.ID)))
+	require.Equal(t, "23514", pgErrCode(exec(`INSERT INTO payment_refunds (payment_id, amount_minor, credits_taken, credits_short) VALUES ($1, 100, 0, 0)`, p.ID)))
+	// Refund rows are never changed or removed.
+	require.Equal(t, "42501", pgErrCode(exec(`UPDATE payment_refunds SET amount_minor = 1 WHERE payment_id = $1`, p.ID)))
+	require.Equal(t, "42501", pgErrCode(exec(`DELETE FROM payment_refunds WHERE payment_id = $1`, p.ID)))
+
+	// A live buyer's payment keeps the address; a deleted one's does not.
+	require.Equal(t, "23514", pgErrCode(exec(`UPDATE payments SET buyer_email = NULL WHERE id = $1`, p.ID)))
+	require.Equal(t, "23514", pgErrCode(exec(`UPDATE users SET email = NULL, deleted_at = now() WHERE id = $1`, u.ID)))
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	var left int
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM payments WHERE user_id = $1 AND buyer_email IS NOT NULL`, u.ID).Scan(&left))
+	require.Zero(t, left, "a deleted account's payments keep its address")
 }

@@ -283,14 +283,22 @@ func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
 	if err := RefuseLastAdmin(ctx, db, userID); err != nil {
 		return err
 	}
-	tag, err := db.Exec(ctx, `
-UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
-       session_epoch = session_epoch + 1
- WHERE id = $1 AND deleted_at IS NULL`, userID)
+	// The payments stay, without the address (00022 checks both at commit).
+	var deleted int
+	err := db.QueryRow(ctx, `
+WITH gone AS (
+    UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
+           session_epoch = session_epoch + 1
+     WHERE id = $1 AND deleted_at IS NULL
+    RETURNING id),
+erased AS (
+    UPDATE payments SET buyer_email = NULL
+     WHERE user_id IN (SELECT id FROM gone) AND buyer_email IS NOT NULL)
+SELECT count(*) FROM gone`, userID).Scan(&deleted)
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
+	if deleted == 0 {
 		return ErrNotFound
 	}
 	if _, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID); err != nil {

@@ -379,8 +379,19 @@ func (s *Site) Receipt() http.Handler {
 				ActionURL: "/dashboard/payments", ActionLabel: "Back to your payments"})
 			return
 		}
+		var refunds []store.Refund
+		var listed int64
+		if p.AmountRefundedMinor > 0 {
+			if refunds, err = s.store.RefundsOf(ctx, p.ID); err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+			for _, rf := range refunds {
+				listed += rf.AmountMinor
+			}
+		}
 		s.render(w, r, http.StatusOK, "receipt", "Receipt #"+strconv.FormatInt(p.ID, 10),
-			map[string]any{"Payment": p, "Email": u.Email, "Site": s.absURL("/")})
+			map[string]any{"Payment": p, "Refunds": refunds, "Unlisted": p.AmountRefundedMinor - listed, "Site": s.absURL("/")})
 	})
 }
 

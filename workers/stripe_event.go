@@ -415,7 +415,8 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		return "", "", fx, err
 	}
 	shortfall := owed - taken
-	if err := store.RecordRefund(ctx, tx, pay.ID, refunded, pay.CreditsClawedBack+taken, pay.ClawbackShortfall+shortfall, ev.Created); err != nil {
+	if err := store.RecordRefund(ctx, tx, store.RefundRecord{PaymentID: pay.ID, TotalRefunded: refunded,
+		TotalClawed: pay.CreditsClawedBack + taken, TotalShortfall: pay.ClawbackShortfall + shortfall, At: ev.Created, EventID: ev.ID}); err != nil {
 		return "", "", fx, err
 	}
 	status := store.PaymentPartiallyRefunded

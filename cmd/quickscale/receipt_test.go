@@ -179,3 +179,40 @@ func TestReceiptSaysWhatARefundCouldNotTakeBack(t *testing.T) {
 	doc := p.Browser.get(fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)).Doc(t)
 	require.True(t, strings.HasPrefix(acctText(doc, "#receipt-shortfall"), "400 credits"), acctText(doc, "#receipt-shortfall"))
 }
+
+// A receipt names the address the purchase was billed to, also after the
+// buyer changed it, and lists each refund with its amount, time and the
+// credits it took back; the total says it was refunded in full.
+func TestReceiptNamesTheAddressBilledAndEveryRefund(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionCompleted, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now().Add(-3*time.Hour))
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	pay := whPayment(t, ta, p)
+	require.NoError(t, store.ChangeEmail(ctx, ta.store.Pool(), p.User.ID, "renamed-"+p.User.Email))
+	path := fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)
+	require.Equal(t, p.User.Email, acctText(p.Browser.get(path).Doc(t), "#receipt-email"), "the receipt names the current address, not the one billed")
+
+	first, second := time.Now().Add(-2*time.Hour).Truncate(time.Second), time.Now().Add(-time.Hour).Truncate(time.Second)
+	id, body = whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, p.Intent, p.Amount, 500), first)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+	id, body = whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, p.Intent, p.Amount, p.Amount), second)
+	whApply(t, ta, id, body, store.OutcomeApplied)
+
+	doc := p.Browser.get(path).Doc(t)
+	lines := doc.Find("tr.receipt-refund")
+	require.Equal(t, 2, lines.Length(), "one line per refund")
+	require.Equal(t, "Refund 1", strings.TrimSpace(lines.Eq(0).Find("th").Text()))
+	require.Equal(t, "$5.00, "+first.UTC().Format("2 Jan 2006 15:04 UTC")+"; 125 credits taken back", strings.TrimSpace(lines.Eq(0).Find("td").Text()))
+	require.Equal(t, "$15.00, "+second.UTC().Format("2 Jan 2006 15:04 UTC")+"; 375 credits taken back", strings.TrimSpace(lines.Eq(1).Find("td").Text()))
+	require.Equal(t, "$20.00 (in full)", acctText(doc, "#receipt-refunded"))
+	require.Zero(t, doc.Find("#receipt-refunds-unlisted").Length())
+	require.Equal(t, p.User.Email, acctText(doc, "#receipt-email"))
+
+	refunds, err := ta.store.RefundsOf(ctx, pay.ID)
+	require.NoError(t, err)
+	require.Len(t, refunds, 2)
+	require.True(t, refunds[0].RefundedAt.Equal(first) && refunds[1].RefundedAt.Equal(second), "refund times %v, %v", refunds[0].RefundedAt, refunds[1].RefundedAt)
+}
