@@ -134,6 +134,8 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/users/{id}", site.AdminUser().ServeHTTP)
 			r.Get("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
 			r.Post("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
+			r.Get("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
+			r.Post("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
 			r.Get("/admin/webhooks", site.AdminWebhooks().ServeHTTP)
 			r.Get("/admin/audit", site.AdminAudit().ServeHTTP)
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)

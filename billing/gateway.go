@@ -25,6 +25,13 @@ type Gateway interface {
 	// completed meanwhile (paid or declined) is ErrCheckoutNotOpen, one
 	// expired already ErrCheckoutExpired.
 	ExpireCheckoutSession(ctx context.Context, id string) error
+	// Refund asks the provider to refund part or all of a paid payment.
+	// The provider later sends charge.refunded, which records the refund
+	// and takes its share of the credits back. A request repeated under
+	// the same idempotency key answers the same refund. A refund the
+	// provider refuses (more than is left, a payment not paid) is a
+	// *RefundRefusedError saying why.
+	Refund(ctx context.Context, r RefundParams) (string, error)
 	// SyncCatalog creates or updates the products and prices of the packs,
 	// idempotently, and returns each pack's price id by pack code.
 	SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error)
@@ -53,11 +60,28 @@ type CheckoutSession struct {
 	URL string
 }
 
+// RefundParams describes a refund support asks for.
+type RefundParams struct {
+	PaymentIntentID string
+	AmountMinor     int64
+	// PaymentID and RequestID name our records in the refund's metadata.
+	PaymentID, RequestID int64
+	IdempotencyKey       string
+}
+
+// RefundRefusedError is a refund the provider refused, with its reason as
+// the provider gave it.
+type RefundRefusedError struct{ Reason string }
+
+func (e *RefundRefusedError) Error() string { return "refund refused: " + e.Reason }
+
 // Metadata keys put on Stripe objects. Fulfilment trusts our own payments
 // row, found by session id; metadata only helps people reading Stripe.
 const (
 	MetaUserID   = "quickscale_user_id"
 	MetaPackCode = "quickscale_pack"
+	MetaPayment  = "quickscale_payment"
+	MetaRequest  = "quickscale_refund_request"
 )
 
 // ErrCheckoutNotOpen is ExpireCheckoutSession's answer for a checkout that

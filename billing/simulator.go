@@ -205,6 +205,46 @@ func (s *Simulator) ExpireAbandoned(ctx context.Context) (n int, err error) {
 	return n, err
 }
 
+// Refund implements Gateway: the session paid through the payment intent
+// is refunded at once and charge.refunded delivered (its charge with the
+// new refunded total), as Stripe does; a key seen before answers the same
+// refund and delivers nothing.
+func (s *Simulator) Refund(ctx context.Context, r RefundParams) (id string, err error) {
+	err = s.oneAtATime(ctx, func() (err error) {
+		id, err = s.store.RefundSimSession(ctx, r.PaymentIntentID, r.IdempotencyKey, r.AmountMinor, simID("re"), func(ss store.SimSession) error {
+			return s.Emit(ctx, stripe.EventTypeChargeRefunded, ChargeObject(ss))
+		})
+		return err
+	})
+	switch {
+	case errors.Is(err, store.ErrSimNotPaid):
+		return "", &RefundRefusedError{Reason: "This payment was never paid, so there is nothing to refund."}
+	case errors.Is(err, store.ErrSimRefundTooLarge):
+		return "", &RefundRefusedError{Reason: "The refund is greater than what is left to refund of this payment."}
+	case errors.Is(err, store.ErrSimRefundKeyReused):
+		return "", &RefundRefusedError{Reason: "Keys for idempotent requests can only be used with the same parameters they were first used with."}
+	case err != nil:
+		return "", fmt.Errorf("simulator: refund %s: %w", r.PaymentIntentID, err)
+	}
+	return id, nil
+}
+
+// ChargeObject renders the charge of a paid simulator session as Stripe's
+// charge object, with what was refunded of it.
+func ChargeObject(ss store.SimSession) *stripe.Charge {
+	return &stripe.Charge{
+		ID: "ch_" + strings.TrimPrefix(ss.PaymentIntentID, "pi_"), Object: "charge",
+		Amount: ss.AmountMinor, AmountCaptured: ss.AmountMinor, AmountRefunded: ss.AmountRefundedMinor,
+		Captured: true, Paid: true, Refunded: ss.AmountRefundedMinor == ss.AmountMinor,
+		Currency:      stripe.Currency(ss.Currency),
+		Customer:      &stripe.Customer{ID: ss.CustomerID},
+		PaymentIntent: &stripe.PaymentIntent{ID: ss.PaymentIntentID},
+		Status:        stripe.ChargeStatusSucceeded,
+		Created:       ss.CreatedAt.Unix(),
+		Metadata:      ss.Metadata,
+	}
+}
+
 // CheckoutSessionObject renders a simulator session as Stripe's
 // checkout.session object.
 func CheckoutSessionObject(ss store.SimSession) *stripe.CheckoutSession {

@@ -89,6 +89,33 @@ func (s *Stripe) ExpireCheckoutSession(ctx context.Context, id string) error {
 	return nil
 }
 
+// Refund implements Gateway with Stripe's refunds API. A refusal (400,
+// invalid_request_error: more than is left to refund, a charge refunded
+// already) is a *RefundRefusedError with Stripe's message.
+func (s *Stripe) Refund(ctx context.Context, r RefundParams) (string, error) {
+	p := &stripe.RefundParams{
+		PaymentIntent: stripe.String(r.PaymentIntentID),
+		Amount:        stripe.Int64(r.AmountMinor),
+		Reason:        stripe.String(string(stripe.RefundReasonRequestedByCustomer)),
+	}
+	p.Context = ctx
+	p.AddMetadata(MetaPayment, strconv.FormatInt(r.PaymentID, 10))
+	p.AddMetadata(MetaRequest, strconv.FormatInt(r.RequestID, 10))
+	p.SetIdempotencyKey(r.IdempotencyKey)
+	re, err := s.api.Refunds.New(p)
+	var se *stripe.Error
+	if errors.As(err, &se) && se.HTTPStatusCode == http.StatusBadRequest && se.Type == stripe.ErrorTypeInvalidRequest {
+		return "", &RefundRefusedError{Reason: se.Msg}
+	}
+	if err != nil {
+		return "", fmt.Errorf("stripe: refund %s: %w", r.PaymentIntentID, err)
+	}
+	if re.ID == "" {
+		return "", errors.New("stripe: refund without an id")
+	}
+	return re.ID, nil
+}
+
 // CreateCheckoutSession implements Gateway: a one-off payment for a pack,
 // by its synced price when known, else with inline price data.
 func (s *Stripe) CreateCheckoutSession(ctx context.Context, cp CheckoutParams) (CheckoutSession, error) {

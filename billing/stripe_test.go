@@ -3,6 +3,7 @@ package billing_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -265,4 +266,52 @@ func TestStripeExpireCheckoutSessionSendsAValidRequest(t *testing.T) {
 	s := rc.only(t)
 	requirePinnedVersion(t, s)
 	require.Equal(t, "POST /v1/checkout/sessions/cs_test_abc/expire", s.Method+" "+s.Path)
+}
+
+// A refund is asked of Stripe's refunds API with the payment intent, the
+// amount, our records in its metadata and the request's idempotency key
+// (stripe-mock checks the parameters against API version 2023-10-16).
+func TestStripeRefundSendsAValidRequest(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+
+	id, err := gw.Refund(context.Background(), billing.RefundParams{PaymentIntentID: "pi_test_abc", AmountMinor: 550, PaymentID: 81, RequestID: 7, IdempotencyKey: "quickscale-refund-81-nonce"})
+
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(id, "re_"), "refund id %q", id)
+	s := rc.only(t)
+	requirePinnedVersion(t, s)
+	require.Equal(t, "POST /v1/refunds", s.Method+" "+s.Path)
+	require.Equal(t, "pi_test_abc", s.Form.Get("payment_intent"))
+	require.Equal(t, "550", s.Form.Get("amount"))
+	require.Equal(t, "requested_by_customer", s.Form.Get("reason"))
+	require.Equal(t, "81", s.Form.Get("metadata["+billing.MetaPayment+"]"))
+	require.Equal(t, "7", s.Form.Get("metadata["+billing.MetaRequest+"]"))
+	require.Equal(t, "quickscale-refund-81-nonce", s.Header.Get("Idempotency-Key"))
+}
+
+// Stripe refusing a refund (400, invalid_request_error) is a
+// RefundRefusedError with Stripe's message; another failure is not.
+func TestStripeRefundRefusedSaysWhy(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+	status := http.StatusBadRequest
+	rc.override = func(req *http.Request) *http.Response {
+		body := `{"error":{"type":"invalid_request_error","message":"Refund amount is greater than unrefunded amount on charge","param":"amount"}}`
+		if status != http.StatusBadRequest {
+			body = `{"error":{"type":"api_error","message":"Something went wrong on Stripe's end."}}`
+		}
+		return &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(body)), Request: req}
+	}
+	params := billing.RefundParams{PaymentIntentID: "pi_test_abc", AmountMinor: 5000, PaymentID: 81, RequestID: 8, IdempotencyKey: "k1"}
+
+	_, err := gw.Refund(context.Background(), params)
+	var refused *billing.RefundRefusedError
+	require.ErrorAs(t, err, &refused)
+	require.Equal(t, "Refund amount is greater than unrefunded amount on charge", refused.Reason)
+
+	status = http.StatusInternalServerError
+	_, err = gw.Refund(context.Background(), params)
+	require.Error(t, err)
+	require.False(t, errors.As(err, &refused), "a server error is not a refusal: %v", err)
 }

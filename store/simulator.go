@@ -24,9 +24,11 @@ type SimSession struct {
 	PaymentStatus   string            `db:"payment_status"`
 	PaymentIntentID string            `db:"payment_intent_id"`
 	CreatedAt       time.Time         `db:"created_at"`
+	// AmountRefundedMinor is what the simulator refunded of it so far.
+	AmountRefundedMinor int64 `db:"amount_refunded_minor"`
 }
 
-const simColumns = `id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, status, payment_status, payment_intent_id, created_at`
+const simColumns = `id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, status, payment_status, payment_intent_id, created_at, amount_refunded_minor`
 
 // CreateSimSession stores a new simulator checkout session.
 // created is false when a session with ss.ID existed already (nothing is
@@ -192,4 +194,62 @@ func (s *Store) ExpireSimSessions(ctx context.Context, limit int, deliver func(S
 		n++
 	}
 	return n, nil
+}
+
+// Simulator refund refusals, as Stripe words them.
+var (
+	ErrSimNotPaid         = errors.New("simulator: this payment was never paid, so it cannot be refunded")
+	ErrSimRefundTooLarge  = errors.New("simulator: the refund is greater than what is left to refund of the payment")
+	ErrSimRefundKeyReused = errors.New("simulator: this idempotency key was used for another refund")
+)
+
+// RefundSimSession refunds amount of the paid session of a payment intent
+// under an idempotency key, as Stripe's refunds API does: deliver is
+// called (under the session's lock, before anything is kept) with the
+// session and its new refunded total, to send charge.refunded; a key seen
+// before answers its refund again and delivers nothing; more than is left
+// to refund is refused. It returns the refund's id.
+func (s *Store) RefundSimSession(ctx context.Context, intentID, key string, amount int64, newID string, deliver func(SimSession) error) (refundID string, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE payment_intent_id = $1 FOR UPDATE`, intentID)
+		if err != nil {
+			return err
+		}
+		ss, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindNotFound, "No such payment intent.")
+		}
+		if err != nil {
+			return err
+		}
+		var seenID, seenSession string
+		var seenAmount int64
+		err = tx.QueryRow(ctx, `SELECT id, session_id, amount_minor FROM simulator_refunds WHERE idempotency_key = $1`, key).Scan(&seenID, &seenSession, &seenAmount)
+		switch {
+		case err == nil && seenSession == ss.ID && seenAmount == amount:
+			refundID = seenID
+			return nil
+		case err == nil:
+			return ErrSimRefundKeyReused
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		if ss.PaymentStatus != "paid" {
+			return ErrSimNotPaid
+		}
+		if amount <= 0 || amount > ss.AmountMinor-ss.AmountRefundedMinor {
+			return ErrSimRefundTooLarge
+		}
+		ss.AmountRefundedMinor += amount
+		if err := deliver(ss); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE simulator_sessions SET amount_refunded_minor = $2 WHERE id = $1`, ss.ID, ss.AmountRefundedMinor); err != nil {
+			return err
+		}
+		refundID = newID
+		_, err = tx.Exec(ctx, `INSERT INTO simulator_refunds (id, session_id, idempotency_key, amount_minor) VALUES ($1, $2, $3, $4)`, newID, ss.ID, key, amount)
+		return err
+	})
+	return refundID, err
 }

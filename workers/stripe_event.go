@@ -263,7 +263,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 				return "", "", fx, err
 			}
 			if email == "" {
-				outcome, detail = store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited; the payment is still to be refunded in Stripe", pay.UserID)
+				outcome, detail = store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited; the payment is still to be refunded (Refund on /admin/payments/%d/refund)", pay.UserID, pay.ID)
 			}
 		}
 	}
@@ -296,7 +296,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		if err := store.ForfeitCredits(ctx, tx, pay.UserID); err != nil {
 			return "", "", fx, err
 		}
-		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment in Stripe", pay.UserID, pay.Credits), fx, nil
+		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)", pay.UserID, pay.Credits, pay.ID), fx, nil
 	}
 	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {
 		return "", "", fx, err

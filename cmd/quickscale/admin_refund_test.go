@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// simPurchase is a pack_500 bought and paid through the payments
+// simulator's own checkout page (its webhook applied by the workers).
+func simPurchase(t *testing.T, ta *testApp) (store.User, *browser, store.Payment) {
+	t.Helper()
+	ctx := context.Background()
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_500"}}), ta.URL+"/simulator/checkout/")
+	mustRedirect(t, b.post(checkout[len(ta.URL):], url.Values{"action": {"pay"}}), "/dashboard/buy-credits/success")
+	var pay store.Payment
+	eventually(t, 10*time.Second, "the purchase applied", func() bool {
+		page, err := ta.store.PaymentsOfUser(ctx, u.ID, 0, 0, 1)
+		if err != nil || len(page.Items) != 1 {
+			return false
+		}
+		pay = page.Items[0]
+		return pay.Status == store.PaymentSucceeded
+	})
+	return u, b, pay
+}
+
+// refundForm reads the refund page's form: its status, the amount it
+// offers and its key.
+func refundForm(t *testing.T, admin *browser, paymentID int64) (path, amount, nonce string) {
+	t.Helper()
+	path = fmt.Sprintf("/admin/payments/%d/refund", paymentID)
+	r := admin.get(path)
+	acctRequireStatus(t, r, http.StatusOK)
+	doc := r.Doc(t)
+	return path, doc.Find(`#refund-form input[name="amount"]`).AttrOr("value", ""), doc.Find(`#refund-form input[name="nonce"]`).AttrOr("value", "")
+}
+
+// Support refunds part of a payment, then the rest, from its admin page:
+// the provider (the simulator) is asked, its charge.refunded event comes
+// back through the webhook pipeline, the payment and the receipt show each
+// refund, the credits' share is taken back, and the audit log says who
+// asked, how much and why. The form sent twice refunds once.
+func TestAdminRefundsAPaymentInParts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, buyer, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+
+	userPage := fmt.Sprintf("/admin/users/%d", u.ID)
+	link := admin.get(userPage).Doc(t).Find(".refund-link")
+	require.Equal(t, fmt.Sprintf("/admin/payments/%d/refund", pay.ID), link.AttrOr("href", ""))
+	require.Equal(t, fmt.Sprintf("Refund payment #%d", pay.ID), strings.Join(strings.Fields(link.Text()), " "), "repeated links say which payment they refund")
+	path, amount, nonce := refundForm(t, admin, pay.ID)
+	require.Equal(t, "20.00", amount, "the form offers what is left")
+	require.NotEmpty(t, nonce)
+
+	first := url.Values{"amount": {"5"}, "reason": {"duplicate order, customer asked"}, "nonce": {nonce}}
+	mustRedirect(t, admin.post(path, first), userPage)
+	require.Contains(t, acctText(admin.get(userPage).Doc(t), "#flash"), "Refund of $5.00 of payment #")
+	eventually(t, 10*time.Second, "the refund applied", func() bool {
+		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+		return err == nil && p.AmountRefundedMinor == 500
+	})
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(375), bal.Total, "a quarter of the money back takes a quarter of the credits")
+
+	// The same form again (a double click, Back and resend): nothing more.
+	mustRedirect(t, admin.post(path, first), userPage)
+	require.Contains(t, acctText(admin.get(userPage).Doc(t), "#flash"), "already requested")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE payment_id = $1`, pay.ID))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund' AND target_user_id = $1 AND details->>'reason' = 'duplicate order, customer asked' AND details->>'amount' = '$5.00'`, u.ID))
+
+	// More than is left is refused by the form; the rest is refunded.
+	_, amount, nonce = refundForm(t, admin, pay.ID)
+	require.Equal(t, "15.00", amount)
+	r := admin.post(path, url.Values{"amount": {"15.01"}, "reason": {"rest"}, "nonce": {nonce}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.Equal(t, "At most $15.00 is left to refund of this payment.", acctText(r.Doc(t), "#e-amount"))
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"$15.00"}, "reason": {"rest"}, "nonce": {nonce}}), userPage)
+	eventually(t, 10*time.Second, "the second refund applied", func() bool {
+		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+		return err == nil && p.Status == store.PaymentRefunded
+	})
+	bal, err = ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total)
+
+	// Refunded in full: no link, no form, and a form sent anyway is refused.
+	require.Zero(t, admin.get(userPage).Doc(t).Find(".refund-link").Length())
+	doc := admin.get(path).Doc(t)
+	require.Zero(t, doc.Find("#refund-form").Length())
+	require.Equal(t, "This payment is refunded in full.", acctText(doc, "#nothing-to-refund"))
+	require.Equal(t, 2, doc.Find("tr.refund-request[data-status=accepted]").Length())
+	r = admin.post(path, url.Values{"amount": {"1"}, "reason": {"again"}, "nonce": {"another"}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "is refunded in full")
+
+	// The buyer's receipt lists both refunds.
+	receipt := buyer.get(fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)).Doc(t)
+	require.Equal(t, 2, receipt.Find("tr.receipt-refund").Length())
+	require.Equal(t, "$20.00 (in full)", acctText(receipt, "#receipt-refunded"))
+	whNoViolations(t, ta)
+}
+
+// The refund form refuses what is not an amount, or no reason, with the
+// reason next to the field, and asks nothing; other users' pages and
+// unknown payments are answered as such.
+func TestAdminRefundFormRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, buyer, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+
+	for _, c := range []struct{ amount, reason, field, want string }{
+		{"", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"abc", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"5.555", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"-5", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"0", "r", "amount", "Enter an amount above zero."},
+		{"0.00", "r", "amount", "Enter an amount above zero."},
+		{"99999999999", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"25", "r", "amount", "At most $20.00 is left to refund of this payment."},
+		{"5", "", "reason", "Say why: the reason is kept in the audit log."},
+		{"5", strings.Repeat("é", 501), "reason", "Keep the reason to 500 characters."},
+	} {
+		r := admin.post(path, url.Values{"amount": {c.amount}, "reason": {c.reason}, "nonce": {nonce}})
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+		doc := r.Doc(t)
+		require.Equal(t, c.want, acctText(doc, "#e-"+c.field), "amount %q reason %q", c.amount, c.reason)
+		require.Equal(t, "f-"+c.field, doc.Find("[autofocus]").AttrOr("id", ""), "the field in error has the focus")
+	}
+	r := admin.post(path, url.Values{"amount": {"5"}, "reason": {"r"}})
+	acctRequireStatus(t, r, http.StatusBadRequest)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "lost its key")
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM refund_requests`), "a refused form recorded a request")
+
+	for _, p := range []string{"/admin/payments/999999/refund", "/admin/payments/abc/refund", "/admin/payments/0/refund"} {
+		require.Equal(t, http.StatusNotFound, admin.get(p).Status, p)
+	}
+	// A buyer is not support.
+	require.Equal(t, http.StatusForbidden, buyer.get(path).Status)
+	require.Equal(t, http.StatusForbidden, buyer.post(path, url.Values{"amount": {"5"}, "reason": {"mine"}, "nonce": {nonce}}).Status)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM refund_requests`))
+}
+
+// A refund the provider refuses (here the simulator: part of the charge
+// was refunded elsewhere and its event has not arrived) is said on the form
+// and kept as refused; one the provider does not answer can be sent again
+// under the same key and refunds once.
+func TestAdminRefundRefusedOrUnansweredByTheProvider(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE simulator_sessions SET amount_refunded_minor = 1500 WHERE payment_intent_id = $1`, *pay.PaymentIntentID)
+	require.NoError(t, err)
+	r := admin.post(path, url.Values{"amount": {"10"}, "reason": {"goodwill"}, "nonce": {nonce}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.Equal(t, "The payments simulator refused the refund: The refund is greater than what is left to refund of this payment. Nothing was refunded.", acctText(r.Doc(t), ".form-message"))
+	require.Equal(t, 1, r.Doc(t).Find("tr.refund-request[data-status=refused]").Length())
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE simulator_sessions SET amount_refunded_minor = 0 WHERE payment_intent_id = $1`, *pay.PaymentIntentID)
+	require.NoError(t, err)
+
+	// Our webhook endpoint cannot store the refund's event for a moment:
+	// the simulator's refund fails as a whole, and the form says to send
+	// it again, keeping its key.
+	_, nonce2 := func() (string, string) { _, a, n := refundForm(t, admin, pay.ID); return a, n }()
+	_, err = ta.store.Pool().Exec(ctx, `
+CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE FUNCTION refuse_events();`)
+	require.NoError(t, err)
+	form := url.Values{"amount": {"4"}, "reason": {"goodwill"}, "nonce": {nonce2}}
+	r = admin.post(path, form)
+	acctRequireStatus(t, r, http.StatusBadGateway)
+	doc := r.Doc(t)
+	require.Contains(t, acctText(doc, ".form-message"), "did not answer the refund request. Send this form again")
+	require.Equal(t, nonce2, doc.Find(`#refund-form input[name="nonce"]`).AttrOr("value", ""), "the form to send again has a new key")
+	require.Equal(t, 1, doc.Find("tr.refund-request[data-status=requested]").Length())
+	_, err = ta.store.Pool().Exec(ctx, `DROP TRIGGER refuse_events ON stripe_events`)
+	require.NoError(t, err)
+
+	mustRedirect(t, admin.post(path, form), fmt.Sprintf("/admin/users/%d", u.ID))
+	eventually(t, 10*time.Second, "the refund applied", func() bool {
+		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+		return err == nil && p.AmountRefundedMinor == 400
+	})
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE status = 'accepted'`))
+	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund'`), "one audit entry per request, not per send")
+}

@@ -1,0 +1,153 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Refund request statuses: asked of the provider (or about to be), and its
+// answer.
+const (
+	RefundRequested = "requested"
+	RefundAccepted  = "accepted"
+	RefundRefused   = "refused"
+)
+
+// RefundRequest is support asking the payment provider to refund (part of)
+// a payment. The refund itself is recorded when the provider's
+// charge.refunded event arrives (RecordRefund).
+type RefundRequest struct {
+	ID               int64      `db:"id"`
+	PaymentID        int64      `db:"payment_id"`
+	AdminID          int64      `db:"admin_id"`
+	AdminEmail       *string    `db:"admin_email"`
+	AmountMinor      int64      `db:"amount_minor"`
+	Reason           string     `db:"reason"`
+	IdempotencyKey   string     `db:"idempotency_key"`
+	Status           string     `db:"status"`
+	ProviderRefundID *string    `db:"provider_refund_id"`
+	Refusal          *string    `db:"refusal"`
+	CreatedAt        time.Time  `db:"created_at"`
+	AnsweredAt       *time.Time `db:"answered_at"`
+}
+
+const refundRequestColumns = `r.id, r.payment_id, r.admin_id, (SELECT email FROM users WHERE id = r.admin_id) AS admin_email,
+       r.amount_minor, r.reason, r.idempotency_key, r.status, r.provider_refund_id, r.refusal, r.created_at, r.answered_at`
+
+// NewRefundRequest is what support asks: which payment, how much, why,
+// under the form's key.
+type NewRefundRequest struct {
+	PaymentID   int64
+	AdminID     int64
+	AmountMinor int64
+	Reason      string
+	Key         string
+	// Amount is the amount as people read it ("$5.00"), for the audit log.
+	Amount string
+}
+
+// MaxRefundReason bounds a refund's reason, as an adjustment's.
+const MaxRefundReason = 500
+
+// RecordRefundRequest records a request and its audit entry in one
+// transaction, before the provider is asked. A key recorded before
+// answers its request with replayed set (the form sent twice: the caller
+// asks the provider again under the same key and gets the same refund); a
+// key recorded before for another payment or amount is a KindConflict.
+func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (req RefundRequest, replayed bool, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		var userID int64
+		err := tx.QueryRow(ctx, `
+WITH p AS (SELECT id, user_id FROM payments WHERE id = $1),
+ins AS (
+    INSERT INTO refund_requests (payment_id, admin_id, amount_minor, reason, idempotency_key)
+    SELECT p.id, $2, $3, $4, $5 FROM p
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id)
+SELECT coalesce((SELECT id FROM ins), 0), coalesce((SELECT user_id FROM p), 0)`,
+			r.PaymentID, r.AdminID, r.AmountMinor, r.Reason, r.Key).Scan(&id, &userID)
+		if err != nil {
+			return err
+		}
+		if userID == 0 {
+			return ErrNotFound
+		}
+		if id == 0 {
+			replayed = true
+			req, err = oneRefundRequest(tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.idempotency_key = $1`, r.Key))
+			if err != nil {
+				return err
+			}
+			if req.PaymentID != r.PaymentID || req.AmountMinor != r.AmountMinor {
+				return Errorf(KindConflict, "This form was already used for another refund; reload the page and try again.")
+			}
+			return nil
+		}
+		if req, err = oneRefundRequest(tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.id = $1`, id)); err != nil {
+			return err
+		}
+		return Audit(ctx, tx, &r.AdminID, "payment.refund", &userID, map[string]any{
+			"payment_id": r.PaymentID, "request_id": id, "amount": r.Amount, "amount_minor": r.AmountMinor, "reason": r.Reason,
+		})
+	})
+	return req, replayed, err
+}
+
+// AnswerRefundRequest records the provider's answer to a request still
+// waiting for one: the refund's id, or why it was refused. An answer
+// recorded already is kept (the first answer wins; a retry under the same
+// key gets the same refund anyway).
+func (s *Store) AnswerRefundRequest(ctx context.Context, id int64, providerRefundID, refusal string) error {
+	status := RefundAccepted
+	if providerRefundID == "" {
+		status = RefundRefused
+		if refusal == "" {
+			return errors.New("a refund request is answered with a refund id or a refusal")
+		}
+	}
+	_, err := s.pool.Exec(ctx, `
+UPDATE refund_requests SET status = $2, provider_refund_id = nullif($3, ''), refusal = nullif($4, ''), answered_at = now()
+ WHERE id = $1 AND status = 'requested'`, id, status, providerRefundID, refusal)
+	return err
+}
+
+// RefundRequestsOf lists a payment's refund requests, newest first (at
+// most 50).
+func (s *Store) RefundRequestsOf(ctx context.Context, paymentID int64) ([]RefundRequest, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+refundRequestColumns+`
+  FROM refund_requests r WHERE r.payment_id = $1 ORDER BY r.id DESC LIMIT 50`, paymentID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[RefundRequest])
+}
+
+// PaymentByID finds any user's payment (for support).
+func (s *Store) PaymentByID(ctx context.Context, id int64) (Payment, error) {
+	return onePayment(s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id))
+}
+
+func oneRefundRequest(rows pgx.Rows, err error) (RefundRequest, error) {
+	if err != nil {
+		return RefundRequest{}, err
+	}
+	r, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[RefundRequest])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return RefundRequest{}, ErrNotFound
+	}
+	return r, err
+}
+
+// RefundKey scopes a refund form's nonce to its payment ("" without a
+// nonce, or with one longer than a page's).
+func RefundKey(paymentID int64, nonce string) string {
+	if nonce == "" || len(nonce) > 64 {
+		return ""
+	}
+	return "quickscale-refund-" + strconv.FormatInt(paymentID, 10) + "-" + nonce
+}
