@@ -151,3 +151,13 @@ func RefundKey(paymentID int64, nonce string) string {
 	}
 	return "quickscale-refund-" + strconv.FormatInt(paymentID, 10) + "-" + nonce
 }
+
+// RefundNonce is the form nonce a refund key of the payment was made from
+// (RefundKey's inverse; "" for a key of another payment).
+func RefundNonce(paymentID int64, key string) string {
+	prefix := "quickscale-refund-" + strconv.FormatInt(paymentID, 10) + "-"
+	if len(key) <= len(prefix) || key[:len(prefix)] != prefix {
+		return ""
+	}
+	return key[len(prefix):]
+}

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -21,6 +22,11 @@ type adminRefundPage struct {
 	Form     *form
 	Nonce    string
 	Provider string
+	// Pending is the newest request the provider has not answered (its
+	// call failed, or is still running): it may or may not have been
+	// made, so the page offers to ask it again under its key, and no other.
+	Pending      *store.RefundRequest
+	PendingNonce string
 }
 
 // AdminRefund serves GET and POST /admin/payments/{id}/refund: support
@@ -44,8 +50,13 @@ func (s *Site) AdminRefund() http.Handler {
 		if s.gateway.Simulated() {
 			page.Provider = "The payments simulator"
 		}
+		if err := page.loadRequests(ctx, s.store); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
 		render := func(status int) {
-			if page.Requests, err = s.store.RefundRequestsOf(ctx, pay.ID); err != nil {
+			// Read again: this request's answer is among them now.
+			if err := page.loadRequests(ctx, s.store); err != nil {
 				s.serverError(w, r, err)
 				return
 			}
@@ -93,6 +104,14 @@ func (s *Site) AdminRefund() http.Handler {
 			render(http.StatusBadRequest)
 			return
 		}
+		if page.Pending != nil && page.Pending.IdempotencyKey != key {
+			// Another request has no answer yet: it may have been made.
+			// It is asked again (under its key) before any other.
+			f.Message = "A refund of " + formatMoney(page.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(page.Pending.CreatedAt) +
+				" has no answer from " + strings.ToLower(page.Provider[:1]) + page.Provider[1:] + " yet, so it may have been made. Ask it again first (below); nothing else was asked."
+			render(http.StatusConflict)
+			return
+		}
 		req, replayed, err := s.store.RecordRefundRequest(ctx, store.NewRefundRequest{
 			PaymentID: pay.ID, AdminID: admin.ID, AmountMinor: amount, Reason: f.raw("reason"), Key: key, Amount: formatMoney(amount, pay.Currency),
 		})
@@ -133,8 +152,7 @@ func (s *Site) AdminRefund() http.Handler {
 			// Not answered: the refund may or may not have been made. The
 			// same form (the same key) asks again safely.
 			s.logger.ErrorContext(ctx, "refund request failed", "payment_id", pay.ID, "request_id", req.ID, "err", err)
-			page.Nonce = f.raw("nonce")
-			f.Message = page.Provider + " did not answer the refund request. Send this form again: it asks under the same key, so the payment is refunded at most once."
+			f.Message = page.Provider + " did not answer the refund request (" + err.Error() + ")."
 			render(http.StatusBadGateway)
 			return
 		}
@@ -146,6 +164,23 @@ func (s *Site) AdminRefund() http.Handler {
 			"). The payment shows it, and its share of the credits is taken back, once "+strings.ToLower(page.Provider[:1])+page.Provider[1:]+" confirms it.")
 		redirect(w, r, back)
 	})
+}
+
+// loadRequests reads the payment's refund requests and finds the newest
+// one still waiting for the provider's answer.
+func (p *adminRefundPage) loadRequests(ctx context.Context, st *store.Store) error {
+	var err error
+	if p.Requests, err = st.RefundRequestsOf(ctx, p.Payment.ID); err != nil {
+		return err
+	}
+	p.Pending, p.PendingNonce = nil, ""
+	for i, rq := range p.Requests {
+		if rq.Status == store.RefundRequested {
+			p.Pending, p.PendingNonce = &p.Requests[i], store.RefundNonce(p.Payment.ID, rq.IdempotencyKey)
+			break
+		}
+	}
+	return nil
 }
 
 // nothingToRefund says why a payment has nothing left to refund.

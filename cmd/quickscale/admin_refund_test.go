@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/PuerkitoBio/goquery"
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -188,13 +190,28 @@ func TestAdminRefundRefusedOrUnansweredByTheProvider(t *testing.T) {
 CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
 CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE FUNCTION refuse_events();`)
 	require.NoError(t, err)
-	form := url.Values{"amount": {"4"}, "reason": {"goodwill"}, "nonce": {nonce2}}
-	r = admin.post(path, form)
+	r = admin.post(path, url.Values{"amount": {"4"}, "reason": {"goodwill"}, "nonce": {nonce2}})
 	acctRequireStatus(t, r, http.StatusBadGateway)
 	doc := r.Doc(t)
-	require.Contains(t, acctText(doc, ".form-message"), "did not answer the refund request. Send this form again")
-	require.Equal(t, nonce2, doc.Find(`#refund-form input[name="nonce"]`).AttrOr("value", ""), "the form to send again has a new key")
+	require.Contains(t, acctText(doc, ".form-message"), "did not answer the refund request")
 	require.Equal(t, 1, doc.Find("tr.refund-request[data-status=requested]").Length())
+	// Until it is answered, the page offers only to ask it again, under
+	// its key; another refund is refused, as it could make two.
+	askAgain := func(doc *goquery.Document) url.Values {
+		t.Helper()
+		f := doc.Find("#ask-again-form")
+		require.Equal(t, 1, f.Length(), "no Ask again form")
+		require.Zero(t, doc.Find("#refund-form").Length(), "a new refund can be asked while one has no answer")
+		v := url.Values{}
+		f.Find("input").Each(func(_ int, in *goquery.Selection) { v.Set(in.AttrOr("name", ""), in.AttrOr("value", "")) })
+		return v
+	}
+	form := askAgain(doc)
+	require.Equal(t, url.Values{"amount": {"4.00"}, "reason": {"goodwill"}, "nonce": {nonce2}}, form)
+	require.Equal(t, form, askAgain(admin.get(path).Doc(t)))
+	r = admin.post(path, url.Values{"amount": {"3"}, "reason": {"other"}, "nonce": {"a-new-nonce"}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "A refund of $4.00 asked")
 	_, err = ta.store.Pool().Exec(ctx, `DROP TRIGGER refuse_events ON stripe_events`)
 	require.NoError(t, err)
 
@@ -206,4 +223,37 @@ CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE status = 'accepted'`))
 	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund'`), "one audit entry per request, not per send")
+	require.Zero(t, admin.get(path).Doc(t).Find("#ask-again-form").Length(), "answered, it is not offered again")
+}
+
+// In a real browser at a phone's width, support refunds from the refund
+// page (typing the reason, pressing Refund) and lands on the user's page
+// with the answer; the refund page and its list of requests fit the screen.
+func TestBrowserAdminRefundsAtAPhonesWidth(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true})
+	ctx := uiPhone(t, ta, admin.Email)
+	path := fmt.Sprintf("%s/admin/payments/%d/refund", ta.URL, pay.ID)
+
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Navigate(path),
+		chromedp.WaitVisible(chromedp.CSS("#refund-form")),
+		chromedp.SetValue(chromedp.CSS("#f-amount"), "2.50"),
+		chromedp.SendKeys(chromedp.CSS("#f-reason"), "charged twice for one order, a rather long reason to wrap"),
+		chromedp.Click(chromedp.CSS(`#refund-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#flash")),
+	))
+	flash, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#flash")))
+	require.NoError(t, err)
+	at, err := chromedp.Run(ctx, chromedp.Location())
+	require.NoError(t, err)
+	require.Contains(t, flash, "Refund of $2.50 of payment #")
+	require.Equal(t, fmt.Sprintf("%s/admin/users/%d", ta.URL, u.ID), at)
+
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(path), chromedp.WaitVisible(chromedp.CSS("#refund-requests"))))
+	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Math.max(document.documentElement.scrollWidth - document.documentElement.clientWidth, ...Array.from(document.querySelectorAll(".table-container")).map(function(e){return e.scrollWidth - e.clientWidth;}))`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, wide, 0, "the refund page is wider than a 375 px screen")
 }
