@@ -1,13 +1,14 @@
 -- A receipt says what was billed, to whom, and every refund of it.
 --
--- 1. The buyer's address as it was when the checkout began (the address
---    Stripe was given): a receipt showed the account's current address,
+-- 1. The buyer's address as it was when the checkout began: a receipt
+--    showed the account's current address,
 --    so after a change of email an old receipt named an address the
 --    purchase was never billed to. Payments recorded before this
 --    migration take the address their buyer has now (the best known).
 --    Deleting an account clears it, as it clears the user's (payments
 --    stay, without the address); a payment of a live account always has
---    one. Both are enforced here, at commit, whatever writes the rows.
+--    one, and a deleted one's none. Both are enforced here, at commit,
+--    whatever writes the rows.
 --
 -- 2. One row per refund: payments kept only the refunded total and the
 --    latest refund's time, so a receipt of a payment refunded twice
@@ -28,10 +29,10 @@ UPDATE payments p SET buyer_email = u.email FROM users u WHERE u.id = p.user_id 
 CREATE FUNCTION payments_buyer_email_check() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_TABLE_NAME = 'payments' THEN
-        -- A payment row without the address: only once its buyer is deleted.
-        IF NEW.buyer_email IS NULL AND EXISTS (
+        -- A payment row has the address exactly while its buyer is live.
+        IF (NEW.buyer_email IS NULL) = EXISTS (
                SELECT 1 FROM users u WHERE u.id = NEW.user_id AND u.deleted_at IS NULL) THEN
-            RAISE EXCEPTION 'payment % has no buyer_email but its buyer (user %) is not deleted', NEW.id, NEW.user_id
+            RAISE EXCEPTION 'payment %: buyer_email must be kept while its buyer (user %) is live and only then', NEW.id, NEW.user_id
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_buyer_email_kept';
         END IF;
     ELSE
@@ -108,5 +109,5 @@ $$;
 CREATE CONSTRAINT TRIGGER payment_refunds_add_up AFTER INSERT ON payment_refunds
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment_refunds_sum_check();
 CREATE CONSTRAINT TRIGGER payments_refunds_add_up
-    AFTER UPDATE OF amount_refunded_minor, credits_clawed_back, clawback_shortfall ON payments
+    AFTER INSERT OR UPDATE OF amount_refunded_minor, credits_clawed_back, clawback_shortfall ON payments
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment_refunds_sum_check();

@@ -3,7 +3,9 @@
 -- A refund request is recorded (with the audit entry) before the provider
 -- is asked, under a key from the form: the form sent twice, or a request
 -- whose answer was lost and is sent again, asks the provider with the same
--- idempotency key and gets the same refund, never a second one. The money
+-- idempotency key and gets the same refund, never a second one (Stripe
+-- keeps a key for 24 hours; the page does not ask again after 23, and
+-- support closes such a request after checking Stripe's dashboard). The money
 -- and the credits move only when the provider's charge.refunded event comes
 -- back through the webhook pipeline, as for a refund made in Stripe's
 -- dashboard; the request row says what was asked, by whom and why, and
@@ -19,9 +21,15 @@ CREATE TABLE refund_requests (
     payment_id         bigint NOT NULL REFERENCES payments (id),
     admin_id           bigint NOT NULL REFERENCES users (id),
     amount_minor       bigint NOT NULL CHECK (amount_minor > 0),
+    -- What the payment had refunded when this was asked: once its refunded
+    -- total reaches this plus amount_minor, the refund asked is (most
+    -- likely) the one recorded, and the form stops counting it as waiting.
+    refunded_before_minor bigint NOT NULL CHECK (refunded_before_minor >= 0),
     reason             text NOT NULL CHECK (btrim(reason) <> '' AND length(reason) <= 500),
     idempotency_key    text NOT NULL UNIQUE CHECK (idempotency_key <> ''),
-    status             text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'accepted', 'refused')),
+    -- closed: left without an answer by support after checking the
+    -- provider's dashboard (a request too old to ask again safely).
+    status             text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'accepted', 'refused', 'closed')),
     provider_refund_id text CHECK (provider_refund_id <> ''),
     refusal            text,
     created_at         timestamptz NOT NULL DEFAULT now(),
@@ -29,7 +37,7 @@ CREATE TABLE refund_requests (
     CONSTRAINT refund_requests_answer CHECK (
         (status = 'requested' AND provider_refund_id IS NULL AND refusal IS NULL AND answered_at IS NULL) OR
         (status = 'accepted' AND provider_refund_id IS NOT NULL AND refusal IS NULL AND answered_at IS NOT NULL) OR
-        (status = 'refused' AND provider_refund_id IS NULL AND coalesce(refusal, '') <> '' AND answered_at IS NOT NULL))
+        (status IN ('refused', 'closed') AND provider_refund_id IS NULL AND coalesce(refusal, '') <> '' AND answered_at IS NOT NULL))
 );
 CREATE INDEX refund_requests_payment_idx ON refund_requests (payment_id, id);
 

@@ -153,10 +153,16 @@ func (s *Store) CreatePayment(ctx context.Context, p NewPayment) (Payment, error
 	pay, err := onePayment(s.pool.Query(ctx, `
 INSERT INTO payments (user_id, product, pack_code, credits, amount_minor, currency, checkout_session_id, checkout_url, customer_id,
                       buyer_email)
-VALUES ($1, 'pack', $2, $3, $4, $5, $6, $7, $8, (SELECT email FROM users WHERE id = $1)) RETURNING `+paymentColumns,
+-- The buyer's row is share-locked: an account being deleted meanwhile
+-- is waited for, and then no payment is recorded (its address is gone).
+SELECT $1, 'pack', $2, $3, $4, $5, $6, $7, $8, u.email FROM users u WHERE u.id = $1 AND u.deleted_at IS NULL FOR SHARE
+RETURNING `+paymentColumns,
 		p.UserID, p.Pack.Code, p.Pack.Credits, p.Pack.PriceMinor, p.Pack.Currency, p.CheckoutSessionID, p.CheckoutURL, p.CustomerID))
 	if isUniqueViolation(err, "payments_checkout_session_id_key") {
 		return Payment{}, Errorf(KindConflict, "This checkout session is recorded already.")
+	}
+	if errors.Is(err, ErrNotFound) {
+		return Payment{}, Errorf(KindNotFound, "This account was deleted.")
 	}
 	return pay, err
 }
@@ -240,12 +246,12 @@ func (s *Store) PaymentsOfUser(ctx context.Context, userID, cursor, after int64,
 
 // LockPaymentBySession loads a payment for update in tx.
 func LockPaymentBySession(ctx context.Context, tx pgx.Tx, sessionID string) (Payment, error) {
-	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE checkout_session_id = $1 FOR UPDATE`, sessionID))
+	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE checkout_session_id = $1 FOR NO KEY UPDATE`, sessionID))
 }
 
 // LockPaymentByIntent loads a payment by its PaymentIntent for update in tx.
 func LockPaymentByIntent(ctx context.Context, tx pgx.Tx, intentID string) (Payment, error) {
-	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 FOR UPDATE`, intentID))
+	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 FOR NO KEY UPDATE`, intentID))
 }
 
 // MarkPaymentPaid records a successful payment and the grant it produced.

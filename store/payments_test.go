@@ -162,3 +162,59 @@ func TestPaymentsKeepTheirBuyersAddressAndEachRefund(t *testing.T) {
 	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM payments WHERE user_id = $1 AND buyer_email IS NOT NULL`, u.ID).Scan(&left))
 	require.Zero(t, left, "a deleted account's payments keep its address")
 }
+
+// A checkout recorded while its buyer's account is being deleted waits for
+// the deletion and is then refused (the account is gone), rather than
+// commit with the address and make the deletion fail; a deleted buyer's
+// payment cannot take an address back, and a payment cannot be inserted
+// already refunded without its refund rows.
+func TestPaymentsOfADeletedBuyerStayWithoutTheAddress(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	p := paidPayment(t, st, u, fmt.Sprintf("cs_gone_%d", u.ID))
+	pack, err := st.PackByCode(ctx, "pack_100")
+	require.NoError(t, err)
+
+	deleting, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer deleting.Rollback(ctx)
+	require.NoError(t, store.DeleteUser(ctx, deleting, u.ID))
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: fmt.Sprintf("cs_racing_%d", u.ID)})
+		done <- err
+	}()
+	storetest.WaitFor(t, "the checkout to wait for the deletion", func() bool {
+		var n int
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`).Scan(&n))
+		return n == 1
+	})
+	require.NoError(t, deleting.Commit(ctx), "the deletion failed at commit")
+	select {
+	case err := <-done:
+		require.Equal(t, store.KindNotFound, store.ErrorKind(err), "%v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the checkout never answered")
+	}
+
+	exec := func(sql string, args ...any) error {
+		return st.InTx(ctx, func(tx pgx.Tx) error { _, err := tx.Exec(ctx, sql, args...); return err })
+	}
+	require.Equal(t, "23514", pgErrCode(exec(`UPDATE payments SET buyer_email = 'back@example.com' WHERE id = $1`, p.ID)))
+	other := storetest.NewUser(t, st, storetest.UserOpts{})
+	err = st.InTx(ctx, func(tx pgx.Tx) error {
+		g, err := store.Grant(ctx, tx, store.NewGrant{UserID: other.ID, Kind: store.GrantPack, Amount: 500, SourceKind: "checkout_session", SourceID: "cs_copy"})
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `
+INSERT INTO payments (user_id, product, pack_code, credits, amount_minor, currency, status, checkout_session_id, payment_intent_id,
+                      grant_id, paid_at, amount_refunded_minor, buyer_email)
+VALUES ($1, 'pack', 'pack_500', 500, 2000, 'usd', 'partially_refunded', 'cs_copy', 'pi_copy', $2, now(), 700, $3)`, other.ID, g.GrantID, other.Email)
+		return err
+	})
+	require.Equal(t, "23514", pgErrCode(err), "a payment inserted refunded without refund rows")
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -15,28 +17,37 @@ const (
 	RefundRequested = "requested"
 	RefundAccepted  = "accepted"
 	RefundRefused   = "refused"
+	RefundClosed    = "closed"
 )
+
+// RefundAskAgainWithin is how long after a request it may be asked of the
+// provider again under its key: Stripe keeps idempotency keys for 24
+// hours, after which the same key would make a second refund.
+const RefundAskAgainWithin = 23 * time.Hour
 
 // RefundRequest is support asking the payment provider to refund (part of)
 // a payment. The refund itself is recorded when the provider's
 // charge.refunded event arrives (RecordRefund).
 type RefundRequest struct {
-	ID               int64      `db:"id"`
-	PaymentID        int64      `db:"payment_id"`
-	AdminID          int64      `db:"admin_id"`
-	AdminEmail       *string    `db:"admin_email"`
-	AmountMinor      int64      `db:"amount_minor"`
-	Reason           string     `db:"reason"`
-	IdempotencyKey   string     `db:"idempotency_key"`
-	Status           string     `db:"status"`
-	ProviderRefundID *string    `db:"provider_refund_id"`
-	Refusal          *string    `db:"refusal"`
-	CreatedAt        time.Time  `db:"created_at"`
-	AnsweredAt       *time.Time `db:"answered_at"`
+	ID          int64   `db:"id"`
+	PaymentID   int64   `db:"payment_id"`
+	AdminID     int64   `db:"admin_id"`
+	AdminEmail  *string `db:"admin_email"`
+	AmountMinor int64   `db:"amount_minor"`
+	// RefundedBeforeMinor is what the payment had refunded when this was
+	// asked.
+	RefundedBeforeMinor int64      `db:"refunded_before_minor"`
+	Reason              string     `db:"reason"`
+	IdempotencyKey      string     `db:"idempotency_key"`
+	Status              string     `db:"status"`
+	ProviderRefundID    *string    `db:"provider_refund_id"`
+	Refusal             *string    `db:"refusal"`
+	CreatedAt           time.Time  `db:"created_at"`
+	AnsweredAt          *time.Time `db:"answered_at"`
 }
 
 const refundRequestColumns = `r.id, r.payment_id, r.admin_id, (SELECT email FROM users WHERE id = r.admin_id) AS admin_email,
-       r.amount_minor, r.reason, r.idempotency_key, r.status, r.provider_refund_id, r.refusal, r.created_at, r.answered_at`
+       r.amount_minor, r.refunded_before_minor, r.reason, r.idempotency_key, r.status, r.provider_refund_id, r.refusal, r.created_at, r.answered_at`
 
 // NewRefundRequest is what support asks: which payment, how much, why,
 // under the form's key.
@@ -53,40 +64,28 @@ type NewRefundRequest struct {
 // MaxRefundReason bounds a refund's reason, as an adjustment's.
 const MaxRefundReason = 500
 
-// RecordRefundRequest records a request and its audit entry in one
-// transaction, before the provider is asked. A key recorded before
-// answers its request with replayed set (the form sent twice: the caller
-// asks the provider again under the same key and gets the same refund); a
-// key recorded before for another payment or amount is a KindConflict.
-func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (req RefundRequest, replayed bool, err error) {
+// RecordRefundRequest records a new request and its audit entry in one
+// transaction, before the provider is asked. A key recorded before is a
+// KindConflict (the caller looks keys up first: RefundRequestByKey).
+func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (req RefundRequest, err error) {
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
-		var id int64
-		var userID int64
+		var id, userID int64
 		err := tx.QueryRow(ctx, `
-WITH p AS (SELECT id, user_id FROM payments WHERE id = $1),
+WITH p AS (SELECT id, user_id, amount_refunded_minor FROM payments WHERE id = $1),
 ins AS (
-    INSERT INTO refund_requests (payment_id, admin_id, amount_minor, reason, idempotency_key)
-    SELECT p.id, $2, $3, $4, $5 FROM p
+    INSERT INTO refund_requests (payment_id, admin_id, amount_minor, refunded_before_minor, reason, idempotency_key)
+    SELECT p.id, $2, $3, p.amount_refunded_minor, $4, $5 FROM p
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id)
 SELECT coalesce((SELECT id FROM ins), 0), coalesce((SELECT user_id FROM p), 0)`,
 			r.PaymentID, r.AdminID, r.AmountMinor, r.Reason, r.Key).Scan(&id, &userID)
-		if err != nil {
+		switch {
+		case err != nil:
 			return err
-		}
-		if userID == 0 {
+		case userID == 0:
 			return ErrNotFound
-		}
-		if id == 0 {
-			replayed = true
-			req, err = oneRefundRequest(tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.idempotency_key = $1`, r.Key))
-			if err != nil {
-				return err
-			}
-			if req.PaymentID != r.PaymentID || req.AmountMinor != r.AmountMinor {
-				return Errorf(KindConflict, "This form was already used for another refund; reload the page and try again.")
-			}
-			return nil
+		case id == 0:
+			return Errorf(KindConflict, "This form was already used; reload the page and try again.")
 		}
 		if req, err = oneRefundRequest(tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.id = $1`, id)); err != nil {
 			return err
@@ -95,7 +94,47 @@ SELECT coalesce((SELECT id FROM ins), 0), coalesce((SELECT user_id FROM p), 0)`,
 			"payment_id": r.PaymentID, "request_id": id, "amount": r.Amount, "amount_minor": r.AmountMinor, "reason": r.Reason,
 		})
 	})
-	return req, replayed, err
+	return req, err
+}
+
+// RefundRequestByKey finds the request made under a key (ErrNotFound).
+func (s *Store) RefundRequestByKey(ctx context.Context, key string) (RefundRequest, error) {
+	return oneRefundRequest(s.pool.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.idempotency_key = $1`, key))
+}
+
+// CloseRefundRequest closes a request still waiting for an answer, too old
+// to ask again, after support checked the provider's dashboard: why, and
+// an audit entry. Closed (or answered) already is a KindConflict.
+func (s *Store) CloseRefundRequest(ctx context.Context, id, adminID int64, why string) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		var paymentID, userID int64
+		err := tx.QueryRow(ctx, `
+UPDATE refund_requests r SET status = 'closed', refusal = $2, answered_at = now()
+  FROM payments p
+ WHERE r.id = $1 AND r.status = 'requested' AND p.id = r.payment_id
+RETURNING r.payment_id, p.user_id`, id, why).Scan(&paymentID, &userID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindConflict, "This request has an answer already.")
+		}
+		if err != nil {
+			return err
+		}
+		return Audit(ctx, tx, &adminID, "payment.refund_close", &userID, map[string]any{"payment_id": paymentID, "request_id": id, "reason": why})
+	})
+}
+
+// CheckRefundReason is CheckAdjustmentReason's rule for a refund's reason.
+func CheckRefundReason(reason string) error {
+	reason = strings.TrimSpace(reason)
+	switch {
+	case BlankText(reason):
+		return Errorf(KindInvalid, "Say why: the reason is kept in the audit log.")
+	case UnsafeLine(reason) || !utf8.ValidString(reason):
+		return Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
+	case utf8.RuneCountInString(reason) > MaxRefundReason:
+		return Errorf(KindInvalid, "Keep the reason to %d characters.", MaxRefundReason)
+	}
+	return nil
 }
 
 // AnswerRefundRequest records the provider's answer to a request still

@@ -112,6 +112,13 @@ func (s *Site) StartCheckout() http.Handler {
 			}
 		}
 		_, err = s.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: sess.ID, CheckoutURL: sess.URL, CustomerID: customer})
+		if store.ErrorKind(err) == store.KindNotFound {
+			// The account was deleted (another tab) while this checkout
+			// was opened: it is not recorded, and not sent to.
+			s.errorPage(w, r, errorPage{Status: http.StatusGone, Heading: "This account was deleted",
+				Message: "It was deleted while the checkout was being opened, so nothing was bought.", ActionURL: "/", ActionLabel: "Home"})
+			return
+		}
 		if err != nil && store.ErrorKind(err) != store.KindConflict {
 			s.serverError(w, r, err)
 			return

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -16,17 +18,25 @@ import (
 // adminRefundPage is /admin/payments/{id}/refund.
 type adminRefundPage struct {
 	Payment store.Payment
-	// Left is what is left to refund, as far as the refunds recorded say.
-	Left     int64
-	Requests []store.RefundRequest
-	Form     *form
-	Nonce    string
-	Provider string
+	// Unrefunded is what the refunds recorded leave; Waiting what refunds
+	// the provider accepted but has not confirmed yet (its charge.refunded
+	// event has not been applied) take of it; Left what may still be asked.
+	Unrefunded, Waiting, Left int64
+	Requests                  []store.RefundRequest
+	// Unconfirmed are the accepted requests Waiting counts.
+	Unconfirmed []store.RefundRequest
+	Form        *form
+	Nonce       string
+	// Provider names the payment provider at the start of a sentence, and
+	// provider within one ("Stripe" both; "The payments simulator").
+	Provider, ProviderName string
 	// Pending is the newest request the provider has not answered (its
 	// call failed, or is still running): it may or may not have been
-	// made, so the page offers to ask it again under its key, and no other.
+	// made, so the page offers to ask it again under its key (or, once
+	// too old for that, to close it), and no other.
 	Pending      *store.RefundRequest
 	PendingNonce string
+	PendingStale bool
 }
 
 // AdminRefund serves GET and POST /admin/payments/{id}/refund: support
@@ -46,17 +56,17 @@ func (s *Site) AdminRefund() http.Handler {
 			s.handleError(w, r, err)
 			return
 		}
-		page := adminRefundPage{Payment: pay, Left: pay.AmountMinor - pay.AmountRefundedMinor, Form: newForm(), Nonce: store.NewSecret()[:16], Provider: "Stripe"}
+		page := &adminRefundPage{Payment: pay, Form: newForm(), Nonce: store.NewSecret()[:16], Provider: "Stripe", ProviderName: "Stripe"}
 		if s.gateway.Simulated() {
-			page.Provider = "The payments simulator"
+			page.Provider, page.ProviderName = "The payments simulator", "the payments simulator"
 		}
-		if err := page.loadRequests(ctx, s.store); err != nil {
+		if err := page.load(ctx, s.store); err != nil {
 			s.serverError(w, r, err)
 			return
 		}
 		render := func(status int) {
 			// Read again: this request's answer is among them now.
-			if err := page.loadRequests(ctx, s.store); err != nil {
+			if err := page.load(ctx, s.store); err != nil {
 				s.serverError(w, r, err)
 				return
 			}
@@ -69,33 +79,13 @@ func (s *Site) AdminRefund() http.Handler {
 			render(http.StatusOK)
 			return
 		}
-		if pay.PaidAt == nil || pay.PaymentIntentID == nil || page.Left <= 0 {
-			// The page says so too; a form sent from an older page gets
-			// the same answer, and nothing is asked of the provider.
-			page.Form.Message = "There is nothing to refund: " + nothingToRefund(pay)
-			render(http.StatusConflict)
-			return
-		}
 		admin := CurrentUser(ctx)
-		f, _ := parseForm(r, "amount", "reason", "nonce")
+		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request")
 		page.Form = f
-		amount, ok := parseAmount(f.raw("amount"), pay.Currency)
-		switch {
-		case !ok:
-			f.fail("amount", "Enter an amount such as 5 or 12.50 ("+strings.ToUpper(pay.Currency)+"), up to "+formatMoney(page.Left, pay.Currency)+".")
-		case amount <= 0:
-			f.fail("amount", "Enter an amount above zero.")
-		case amount > page.Left:
-			f.fail("amount", "At most "+formatMoney(page.Left, pay.Currency)+" is left to refund of this payment.")
-		}
-		switch reason := f.raw("reason"); {
-		case reason == "":
-			f.fail("reason", "Say why: the reason is kept in the audit log.")
-		case len([]rune(reason)) > store.MaxRefundReason:
-			f.fail("reason", "Keep the reason to "+strconv.Itoa(store.MaxRefundReason)+" characters.")
-		}
-		if !f.ok() {
-			render(http.StatusUnprocessableEntity)
+		back := "/admin/users/" + strconv.FormatInt(pay.UserID, 10)
+
+		if f.raw("action") == "close" {
+			s.closeRefundRequest(w, r, page, admin.ID, render, back)
 			return
 		}
 		key := store.RefundKey(pay.ID, f.raw("nonce"))
@@ -104,39 +94,44 @@ func (s *Site) AdminRefund() http.Handler {
 			render(http.StatusBadRequest)
 			return
 		}
-		if page.Pending != nil && page.Pending.IdempotencyKey != key {
-			// Another request has no answer yet: it may have been made.
-			// It is asked again (under its key) before any other.
-			f.Message = "A refund of " + formatMoney(page.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(page.Pending.CreatedAt) +
-				" has no answer from " + strings.ToLower(page.Provider[:1]) + page.Provider[1:] + " yet, so it may have been made. Ask it again first (below); nothing else was asked."
-			render(http.StatusConflict)
-			return
-		}
-		req, replayed, err := s.store.RecordRefundRequest(ctx, store.NewRefundRequest{
-			PaymentID: pay.ID, AdminID: admin.ID, AmountMinor: amount, Reason: f.raw("reason"), Key: key, Amount: formatMoney(amount, pay.Currency),
-		})
-		if store.ErrorKind(err) == store.KindConflict {
-			f.Message = err.Error()
-			render(http.StatusConflict)
-			return
-		}
-		if err != nil {
+		// A key seen before: the form sent again (twice, or to ask again
+		// after no answer). Whatever the payment's state now, it is
+		// answered as that request, never as a new one.
+		req, err := s.store.RefundRequestByKey(ctx, key)
+		switch {
+		case err == nil:
+			if req.PaymentID != pay.ID {
+				s.NotFound().ServeHTTP(w, r)
+				return
+			}
+			if req.Status != store.RefundRequested {
+				msg := "This refund was already requested (the form was sent twice); nothing more was asked."
+				if req.Status == store.RefundRefused && req.Refusal != nil {
+					msg = "This refund was already asked for and refused: " + *req.Refusal
+				} else if req.Status == store.RefundClosed {
+					msg = "This refund request was closed without an answer; nothing was asked."
+				}
+				s.flash(ctx, msg)
+				redirect(w, r, back)
+				return
+			}
+			if time.Since(req.CreatedAt) >= store.RefundAskAgainWithin {
+				f.Message = "This request is too old to ask again: " + page.ProviderName + " may have forgotten its key and would refund a second time. Check the payment in " + page.ProviderName + "'s dashboard, then close the request below."
+				render(http.StatusConflict)
+				return
+			}
+		case errors.Is(err, store.ErrNotFound):
+			var ok bool
+			if req, ok = s.newRefundRequest(w, r, page, admin.ID, key, render); !ok {
+				return
+			}
+		default:
 			s.serverError(w, r, err)
 			return
 		}
-		back := "/admin/users/" + strconv.FormatInt(pay.UserID, 10)
-		if replayed && req.Status != store.RefundRequested {
-			// The form sent twice: its first request was answered.
-			msg := "This refund was already requested (the form was sent twice); nothing more was asked."
-			if req.Status == store.RefundRefused && req.Refusal != nil {
-				msg = "This refund was already asked for and refused: " + *req.Refusal
-			}
-			s.flash(ctx, msg)
-			redirect(w, r, back)
-			return
-		}
+
 		refundID, err := s.gateway.Refund(ctx, billing.RefundParams{
-			PaymentIntentID: *pay.PaymentIntentID, AmountMinor: amount, PaymentID: pay.ID, RequestID: req.ID, IdempotencyKey: key,
+			PaymentIntentID: *pay.PaymentIntentID, AmountMinor: req.AmountMinor, PaymentID: pay.ID, RequestID: req.ID, IdempotencyKey: key,
 		})
 		var refused *billing.RefundRefusedError
 		switch {
@@ -150,7 +145,7 @@ func (s *Site) AdminRefund() http.Handler {
 			return
 		case err != nil:
 			// Not answered: the refund may or may not have been made. The
-			// same form (the same key) asks again safely.
+			// page offers to ask again under the same key.
 			s.logger.ErrorContext(ctx, "refund request failed", "payment_id", pay.ID, "request_id", req.ID, "err", err)
 			f.Message = page.Provider + " did not answer the refund request (" + err.Error() + ")."
 			render(http.StatusBadGateway)
@@ -160,26 +155,121 @@ func (s *Site) AdminRefund() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.flash(ctx, "Refund of "+formatMoney(amount, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" requested ("+refundID+
-			"). The payment shows it, and its share of the credits is taken back, once "+strings.ToLower(page.Provider[:1])+page.Provider[1:]+" confirms it.")
+		s.flash(ctx, "Refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" requested ("+refundID+
+			"). The payment shows it, and its share of the credits is taken back, once "+page.ProviderName+" confirms it.")
 		redirect(w, r, back)
 	})
 }
 
-// loadRequests reads the payment's refund requests and finds the newest
-// one still waiting for the provider's answer.
-func (p *adminRefundPage) loadRequests(ctx context.Context, st *store.Store) error {
+// newRefundRequest checks a new request's form and records it (with its
+// audit entry); ok is false when it answered the request itself.
+func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, key string, render func(int)) (store.RefundRequest, bool) {
+	pay, f := page.Payment, page.Form
+	if pay.PaidAt == nil || pay.PaymentIntentID == nil || page.Unrefunded <= 0 {
+		// The page says so too; a form sent from an older page gets the
+		// same answer, and nothing is asked of the provider.
+		f.Message = "There is nothing to refund: " + nothingToRefund(pay)
+		render(http.StatusConflict)
+		return store.RefundRequest{}, false
+	}
+	if page.Pending != nil {
+		// Another request has no answer yet: it may have been made. It is
+		// asked again (under its key), or closed, before any other.
+		f.Message = "A refund of " + formatMoney(page.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(page.Pending.CreatedAt) +
+			" has no answer from " + page.ProviderName + " yet, so it may have been made. Deal with it first (below); nothing else was asked."
+		render(http.StatusConflict)
+		return store.RefundRequest{}, false
+	}
+	amount, ok := parseAmount(f.raw("amount"), pay.Currency)
+	switch {
+	case !ok:
+		f.fail("amount", "Enter an amount such as 5 or 12.50 ("+strings.ToUpper(pay.Currency)+"), up to "+formatMoney(page.Left, pay.Currency)+".")
+	case amount <= 0:
+		f.fail("amount", "Enter an amount above zero.")
+	case amount > page.Left && page.Waiting > 0:
+		f.fail("amount", "At most "+formatMoney(page.Left, pay.Currency)+" is left to refund: "+formatMoney(page.Waiting, pay.Currency)+" more was refunded and waits for "+page.ProviderName+"'s confirmation.")
+	case amount > page.Left:
+		f.fail("amount", "At most "+formatMoney(page.Left, pay.Currency)+" is left to refund of this payment.")
+	}
+	if err := store.CheckRefundReason(f.raw("reason")); err != nil {
+		f.fail("reason", err.Error())
+	}
+	if !f.ok() {
+		render(http.StatusUnprocessableEntity)
+		return store.RefundRequest{}, false
+	}
+	req, err := s.store.RecordRefundRequest(r.Context(), store.NewRefundRequest{
+		PaymentID: pay.ID, AdminID: adminID, AmountMinor: amount, Reason: f.raw("reason"), Key: key, Amount: formatMoney(amount, pay.Currency),
+	})
+	if store.ErrorKind(err) == store.KindConflict {
+		// The same form sent twice at once: the other one asks.
+		f.Message = err.Error()
+		render(http.StatusConflict)
+		return store.RefundRequest{}, false
+	}
+	if err != nil {
+		s.serverError(w, r, err)
+		return store.RefundRequest{}, false
+	}
+	return req, true
+}
+
+// closeRefundRequest closes the request waiting too long for an answer to
+// be asked again, once support has checked the provider's dashboard.
+func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, render func(int), back string) {
+	f := page.Form
+	reqID, _ := strconv.ParseInt(f.raw("request"), 10, 64)
+	if page.Pending == nil || page.Pending.ID != reqID {
+		f.Message = "That request has an answer already; nothing was changed."
+		render(http.StatusConflict)
+		return
+	}
+	if !page.PendingStale {
+		f.Message = "That request can still be asked again safely; ask it again instead."
+		render(http.StatusConflict)
+		return
+	}
+	if err := store.CheckRefundReason(f.raw("reason")); err != nil {
+		f.fail("reason", "Say what you found in "+page.ProviderName+"'s dashboard: "+err.Error())
+		render(http.StatusUnprocessableEntity)
+		return
+	}
+	err := s.store.CloseRefundRequest(r.Context(), reqID, adminID, f.raw("reason"))
+	if store.ErrorKind(err) == store.KindConflict {
+		f.Message = err.Error()
+		render(http.StatusConflict)
+		return
+	}
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.flash(r.Context(), "The refund request of "+formatMoney(page.Pending.AmountMinor, page.Payment.Currency)+" is closed; nothing was asked.")
+	redirect(w, r, back)
+}
+
+// load reads the payment's refund requests and works out what may still be
+// asked: the newest request still waiting for an answer, and the accepted
+// ones the payment's refunded total does not show yet.
+func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 	var err error
 	if p.Requests, err = st.RefundRequestsOf(ctx, p.Payment.ID); err != nil {
 		return err
 	}
-	p.Pending, p.PendingNonce = nil, ""
+	pay := p.Payment
+	p.Pending, p.PendingNonce, p.PendingStale, p.Unconfirmed, p.Waiting = nil, "", false, nil, 0
 	for i, rq := range p.Requests {
-		if rq.Status == store.RefundRequested {
-			p.Pending, p.PendingNonce = &p.Requests[i], store.RefundNonce(p.Payment.ID, rq.IdempotencyKey)
-			break
+		switch {
+		case rq.Status == store.RefundRequested && p.Pending == nil:
+			p.Pending, p.PendingNonce = &p.Requests[i], store.RefundNonce(pay.ID, rq.IdempotencyKey)
+			p.PendingStale = time.Since(rq.CreatedAt) >= store.RefundAskAgainWithin
+		case rq.Status == store.RefundAccepted && pay.AmountRefundedMinor < rq.RefundedBeforeMinor+rq.AmountMinor:
+			p.Unconfirmed = append(p.Unconfirmed, rq)
+			p.Waiting += rq.AmountMinor
 		}
 	}
+	p.Unrefunded = pay.AmountMinor - pay.AmountRefundedMinor
+	p.Left = max(0, p.Unrefunded-p.Waiting)
 	return nil
 }
 
@@ -196,22 +286,26 @@ func amountInput(minor int64) string {
 	return strconv.FormatInt(minor/100, 10) + "." + strconv.FormatInt(minor%100/10, 10) + strconv.FormatInt(minor%10, 10)
 }
 
+// amountPattern is an amount as typed: digits, with commas only between
+// groups of three, and up to two decimals.
+var amountPattern = regexp.MustCompile(`^([0-9]{1,9}|[0-9]{1,3}(,[0-9]{3}){1,2})(\.[0-9]{1,2})?$`)
+
+// currencySymbols are the symbols an amount may start with, by currency.
+var currencySymbols = map[string]string{"usd": "$", "eur": "€", "gbp": "£"}
+
 // parseAmount reads an amount of a two-decimal currency typed in a form
-// ("12", "12.5", "12.50", "$12.50", "1,012.50") as minor units.
+// ("12", "12.5", "12.50", "$12.50", "1,012.50" for USD) as minor units.
+// Only the payment's own currency symbol is accepted.
 func parseAmount(v, currency string) (int64, bool) {
-	if currency != "usd" && currency != "eur" && currency != "gbp" {
+	sym, ok := currencySymbols[currency]
+	if !ok {
 		return 0, false
 	}
-	v = strings.ReplaceAll(strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(v), "$€£")), ",", "")
-	whole, frac, dotted := strings.Cut(v, ".")
-	if whole == "" || len(whole) > 9 || (dotted && (len(frac) == 0 || len(frac) > 2)) {
+	v = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), sym))
+	if !amountPattern.MatchString(v) {
 		return 0, false
 	}
-	for _, c := range whole + frac {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-	}
+	whole, frac, _ := strings.Cut(strings.ReplaceAll(v, ",", ""), ".")
 	n, _ := strconv.ParseInt(whole, 10, 64)
 	cents := int64(0)
 	if frac != "" {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -21,19 +22,24 @@ import (
 // simulator's own checkout page (its webhook applied by the workers).
 func simPurchase(t *testing.T, ta *testApp) (store.User, *browser, store.Payment) {
 	t.Helper()
+	return simPurchaseOf(t, ta, storetest.NewUser(t, ta.store, storetest.UserOpts{}))
+}
+
+// simPurchaseOf is simPurchase by a given user (its newest payment).
+func simPurchaseOf(t *testing.T, ta *testApp, u store.User) (store.User, *browser, store.Payment) {
+	t.Helper()
 	ctx := context.Background()
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
 	b := ta.signIn(u.Email)
 	checkout := mustRedirect(t, b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_500"}}), ta.URL+"/simulator/checkout/")
 	mustRedirect(t, b.post(checkout[len(ta.URL):], url.Values{"action": {"pay"}}), "/dashboard/buy-credits/success")
 	var pay store.Payment
 	eventually(t, 10*time.Second, "the purchase applied", func() bool {
 		page, err := ta.store.PaymentsOfUser(ctx, u.ID, 0, 0, 1)
-		if err != nil || len(page.Items) != 1 {
+		if err != nil || len(page.Items) == 0 {
 			return false
 		}
 		pay = page.Items[0]
-		return pay.Status == store.PaymentSucceeded
+		return pay.Status == store.PaymentSucceeded && pay.CheckoutSessionID == path.Base(checkout)
 	})
 	return u, b, pay
 }
@@ -256,4 +262,128 @@ func TestBrowserAdminRefundsAtAPhonesWidth(t *testing.T) {
 	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Math.max(document.documentElement.scrollWidth - document.documentElement.clientWidth, ...Array.from(document.querySelectorAll(".table-container")).map(function(e){return e.scrollWidth - e.clientWidth;}))`))
 	require.NoError(t, err)
 	require.LessOrEqual(t, wide, 0, "the refund page is wider than a 375 px screen")
+}
+
+// A refund the provider made whose answer was lost (the request still
+// says "no answer") is asked again under its key, whatever the payment
+// shows meanwhile: the provider answers the same refund and nothing more is
+// refunded. A request too old to ask again (the provider forgets keys
+// after a day) is closed by support, with what they found, and only then
+// can another be asked.
+func TestAdminRefundLostAnswerIsAskedAgainAndAStaleOneClosed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	userPage := fmt.Sprintf("/admin/users/%d", u.ID)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"20"}, "reason": {"in full"}, "nonce": {nonce}}), userPage)
+	eventually(t, 10*time.Second, "the refund applied", func() bool {
+		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+		return err == nil && p.Status == store.PaymentRefunded
+	})
+	var refundID string
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `
+UPDATE refund_requests SET status = 'requested', provider_refund_id = NULL, answered_at = NULL WHERE payment_id = $1
+RETURNING (SELECT id FROM simulator_refunds)`, pay.ID).Scan(&refundID))
+
+	doc := admin.get(path).Doc(t)
+	require.Equal(t, 1, doc.Find("#ask-again-form").Length(), "a refunded payment with an unanswered request offers to ask it again")
+	form := url.Values{}
+	doc.Find("#ask-again-form input").Each(func(_ int, in *goquery.Selection) { form.Set(in.AttrOr("name", ""), in.AttrOr("value", "")) })
+	mustRedirect(t, admin.post(path, form), userPage)
+	require.Contains(t, acctText(admin.get(userPage).Doc(t), "#flash"), "("+refundID+")", "asked again, the provider answers the refund it made")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE status = 'accepted' AND provider_refund_id = $1`, refundID))
+
+	// A second purchase, its request left unanswered for a day.
+	_, _, pay2 := simPurchaseOf(t, ta, u)
+	path2, _, nonce2 := refundForm(t, admin, pay2.ID)
+	_, err := ta.store.RecordRefundRequest(ctx, store.NewRefundRequest{PaymentID: pay2.ID, AdminID: u.ID, AmountMinor: 500, Reason: "old", Key: store.RefundKey(pay2.ID, nonce2), Amount: "$5.00"})
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE refund_requests SET created_at = now() - interval '25 hours' WHERE payment_id = $1`, pay2.ID)
+	require.NoError(t, err)
+	r := admin.post(path2, url.Values{"amount": {"5.00"}, "reason": {"old"}, "nonce": {nonce2}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "too old to ask again")
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM simulator_refunds WHERE session_id <> (SELECT session_id FROM simulator_refunds LIMIT 1)`), "a stale request was asked again")
+	doc = r.Doc(t)
+	require.Equal(t, 1, doc.Find("#close-request-form").Length())
+	require.Zero(t, doc.Find("#refund-form, #ask-again-form").Length())
+	reqID := doc.Find(`#close-request-form input[name="request"]`).AttrOr("value", "")
+	r = admin.post(path2, url.Values{"amount": {"1"}, "reason": {"new"}, "nonce": {"fresh-nonce"}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	r = admin.post(path2, url.Values{"action": {"close"}, "request": {reqID}, "reason": {""}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	mustRedirect(t, admin.post(path2, url.Values{"action": {"close"}, "request": {reqID}, "reason": {"not in the Stripe dashboard"}}), fmt.Sprintf("/admin/users/%d", u.ID))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund_close' AND details->>'reason' = 'not in the Stripe dashboard'`))
+	doc = admin.get(path2).Doc(t)
+	require.Equal(t, 1, doc.Find("#refund-form").Length(), "closed, a new refund can be asked")
+	require.Equal(t, 1, doc.Find("tr.refund-request[data-status=closed]").Length())
+}
+
+// A refund the provider accepted but whose event is not applied yet (the
+// worker is behind) counts against what the form offers, and the page says
+// it waits for confirmation: a second support person does not refund the
+// same money again.
+func TestAdminRefundCountsRefundsWaitingForConfirmation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+
+	// The worker applying the refund's event waits on the payment's row.
+	hold, err := ta.store.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer hold.Rollback(ctx)
+	_, err = hold.Exec(ctx, `SELECT 1 FROM payments WHERE id = $1 FOR NO KEY UPDATE`, pay.ID)
+	require.NoError(t, err)
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"10"}, "reason": {"first"}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", u.ID))
+
+	_, amount, nonce := refundForm(t, admin, pay.ID)
+	require.Equal(t, "10.00", amount, "the form offers what is neither refunded nor waiting")
+	doc := admin.get(path).Doc(t)
+	require.Equal(t, 1, doc.Find(".unconfirmed-refund").Length())
+	require.Contains(t, acctText(doc, ".unconfirmed-refund"), "Refunded $10.00")
+	r := admin.post(path, url.Values{"amount": {"15"}, "reason": {"second"}, "nonce": {nonce}})
+	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+	require.Equal(t, "At most $10.00 is left to refund: $10.00 more was refunded and waits for the payments simulator's confirmation.", acctText(r.Doc(t), "#e-amount"))
+
+	require.NoError(t, hold.Rollback(ctx))
+	eventually(t, 10*time.Second, "the refund applied", func() bool {
+		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+		return err == nil && p.AmountRefundedMinor == 1000
+	})
+	doc = admin.get(path).Doc(t)
+	require.Zero(t, doc.Find(".unconfirmed-refund").Length(), "confirmed, it no longer waits")
+	require.Equal(t, "10.00", doc.Find(`#refund-form input[name="amount"]`).AttrOr("value", ""))
+}
+
+// The reason is checked as an adjustment's (no hidden or control
+// characters, not blank); the amount takes only the payment's own currency
+// symbol and commas only between thousands.
+func TestAdminRefundChecksReasonAndAmountStrictly(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	_, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	for _, c := range []struct{ amount, reason, field, want string }{
+		{"5", "\u200b", "reason", "Say why: the reason is kept in the audit log."},
+		{"5", "ok\u202eevil", "reason", "Give the reason on one line, without control or hidden characters."},
+		{"5", "line\nbreak", "reason", "Give the reason on one line, without control or hidden characters."},
+		{"€5", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"1,0", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"12,50", "r", "amount", "Enter an amount such as 5 or 12.50 (USD), up to $20.00."},
+		{"1,000", "r", "amount", "At most $20.00 is left to refund of this payment."},
+	} {
+		r := admin.post(path, url.Values{"amount": {c.amount}, "reason": {c.reason}, "nonce": {nonce}})
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+		require.Equal(t, c.want, acctText(r.Doc(t), "#e-"+c.field), "amount %q reason %q", c.amount, c.reason)
+	}
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM refund_requests`))
 }
