@@ -136,6 +136,7 @@ func (s *server) routes() http.Handler {
 			r.Post("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
 			r.Get("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
 			r.Post("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
+			r.Get("/admin/analytics", site.AdminAnalytics().ServeHTTP)
 			r.Get("/admin/webhooks", site.AdminWebhooks().ServeHTTP)
 			r.Get("/admin/audit", site.AdminAudit().ServeHTTP)
 			r.Get("/admin/webhooks/{id}", site.AdminWebhook().ServeHTTP)

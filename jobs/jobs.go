@@ -125,6 +125,21 @@ func (ExpireCredits) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: u}
 }
 
+// RollupUsage recomputes the daily usage analytics (store.RollupUsage).
+type RollupUsage struct{}
+
+// Kind implements river.JobArgs.
+func (RollupUsage) Kind() string { return "rollup_usage" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: one waiting or running
+// at a time (runs at once would only take turns on the rollup's state).
+func (RollupUsage) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: uniqueWhileActive()}
+}
+
+// RollupInterval is how often RollupUsage runs.
+const RollupInterval = 5 * time.Minute
+
 // PruneExpired deletes expired sessions, tokens and rate-limit windows.
 type PruneExpired struct{}
 

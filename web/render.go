@@ -148,6 +148,8 @@ func (t *templates) funcs() template.FuncMap {
 		"ncredits":    func(n int64) string { return countNoun(n, "credit") },
 		"money":       formatMoney,
 		"amountinput": amountInput,
+		"isodate":     func(tm time.Time) string { return tm.UTC().Format("2006-01-02") },
+		"sub":         func(a, b int64) int64 { return a - b },
 		"payStatus":   paymentStatusWord,
 		"date":        func(tm time.Time) string { return tm.UTC().Format("2 Jan 2006") },
 		"datetime":    func(tm time.Time) string { return tm.UTC().Format(dateTimeLayout) },

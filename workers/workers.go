@@ -45,6 +45,9 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 	if err := river.AddWorkerSafely(ws, &ExpireCreditsWorker{logger: logger, store: st, metrics: metrics, period: period}); err != nil {
 		return err
 	}
+	if err := river.AddWorkerSafely(ws, &RollupUsageWorker{logger: logger, store: st}); err != nil {
+		return err
+	}
 	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
 }
 
@@ -117,6 +120,8 @@ func PeriodicJobs(cfg Config) ([]*river.PeriodicJob, error) {
 	return []*river.PeriodicJob{
 		river.NewPeriodicJob(expire, func() (river.JobArgs, *river.InsertOpts) { return jobs.ExpireCredits{}, nil },
 			&river.PeriodicJobOpts{ID: "expire_credits", RunOnStart: true}),
+		river.NewPeriodicJob(river.PeriodicInterval(jobs.RollupInterval), func() (river.JobArgs, *river.InsertOpts) { return jobs.RollupUsage{}, nil },
+			&river.PeriodicJobOpts{ID: "rollup_usage", RunOnStart: true}),
 		river.NewPeriodicJob(river.PeriodicInterval(jobs.PruneInterval), func() (river.JobArgs, *river.InsertOpts) { return jobs.PruneExpired{}, nil },
 			&river.PeriodicJobOpts{ID: "prune_expired", RunOnStart: true}),
 	}, nil

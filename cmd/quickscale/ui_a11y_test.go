@@ -172,7 +172,7 @@ func TestUIAdminTabsMarkTheCurrentOne(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
 	_, b := whAdmin(t, ta)
-	for _, path := range []string{"/admin", "/admin/users", "/admin/webhooks", "/admin/audit"} {
+	for _, path := range []string{"/admin", "/admin/users", "/admin/analytics", "/admin/webhooks", "/admin/audit"} {
 		doc := b.get(path).Doc(t)
 		tabs := doc.Find(".tabs")
 		require.Equal(t, 1, tabs.Length(), "%s: no admin tabs", path)
@@ -520,7 +520,7 @@ func TestUIBrowserFocusAndPhoneWidth(t *testing.T) {
 			t.Errorf("at 375 px %s is %d px too wide", what, px)
 		}
 	}
-	for _, path := range []string{"/admin", "/admin/users", "/admin/webhooks"} {
+	for _, path := range []string{"/admin", "/admin/users", "/admin/analytics", "/admin/webhooks"} {
 		if err := chromedp.Do(ctx, chromedp.Navigate(ta.URL+path), chromedp.WaitVisible(css(`.tabs`))); err != nil {
 			t.Fatalf("open %s: %v", path, err)
 		}

@@ -261,3 +261,23 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		<-tick.C
 	}
 }
+
+// BackdatedUsage writes a usage of a service made at createdAt (in the
+// past), the way only the ledger functions may, for tests of what reads
+// usages by time (the analytics rollup). It writes the usage alone: no
+// grant is drawn and no entry written, so the ledger's invariant checks
+// (Violations) would report it. It returns the usage id.
+func BackdatedUsage(t testing.TB, db store.DBTX, userID int64, serviceSlug string, credits int64, createdAt time.Time) int64 {
+	t.Helper()
+	var id int64
+	err := db.QueryRow(context.Background(), `
+WITH cfg AS (SELECT set_config('quickscale.ledger', 'on', true) AS on)
+INSERT INTO usages (user_id, service_id, credits, idempotency_key, fingerprint, balance_after, created_at)
+SELECT $1, s.id, $3, 'backdated-' || nextval(pg_get_serial_sequence('usages', 'id')), 'test', 0, $4
+  FROM cfg, services s WHERE s.slug = $2
+RETURNING id`, userID, serviceSlug, credits, createdAt).Scan(&id)
+	if err != nil {
+		t.Fatalf("storetest: backdated usage: %v", err)
+	}
+	return id
+}

@@ -1,0 +1,192 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// RollupLag is how far behind now usage analytics are rolled up: a spend's
+// usage carries its transaction's start time and commits within its
+// request's deadline (30 s), so by then every spend of the window is in.
+const RollupLag = 5 * time.Minute
+
+// RollupResult says what one RollupUsage call did.
+type RollupResult struct {
+	// Days is how many days it recomputed (each in its own transaction).
+	Days int
+	// FinalThrough: the days before it are final; AsOf: the figures of
+	// that day (today, once caught up) count spends made before it.
+	FinalThrough time.Time
+	AsOf         time.Time
+	// CaughtUp: every day up to AsOf's is rolled up.
+	CaughtUp bool
+}
+
+// RollupUsage recomputes the daily usage rollup (spends and credits by day,
+// in UTC, and service) from the first day not final up to now less
+// RollupLag, one day per transaction, until it is caught up or deadline
+// passes (a first run over a long history goes on in the next run). Runs
+// at once take turns on the state row.
+func (s *Store) RollupUsage(ctx context.Context, deadline time.Time) (RollupResult, error) {
+	var res RollupResult
+	for {
+		var done bool
+		err := s.InTx(ctx, func(tx pgx.Tx) error {
+			var final *time.Time
+			var asOf time.Time
+			if err := tx.QueryRow(ctx, `SELECT final_through::timestamp, now() - $1::interval FROM analytics_rollup_state FOR UPDATE`,
+				RollupLag.String()).Scan(&final, &asOf); err != nil {
+				return err
+			}
+			asOf = asOf.UTC()
+			asOfDay := asOf.Truncate(24 * time.Hour)
+			day := asOfDay
+			if final != nil {
+				day = final.UTC()
+			} else {
+				// The first run starts on the day of the first account:
+				// no spend is older.
+				var first *time.Time
+				if err := tx.QueryRow(ctx, `SELECT (SELECT created_at FROM users ORDER BY id LIMIT 1)`).Scan(&first); err != nil {
+					return err
+				}
+				if first != nil && first.Before(asOfDay) {
+					day = first.UTC().Truncate(24 * time.Hour)
+				}
+			}
+			if day.After(asOfDay) {
+				day = asOfDay
+			}
+			end := day.Add(24 * time.Hour)
+			if end.After(asOf) {
+				end = asOf
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM analytics_daily_usage WHERE day = $1::date`, day); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `
+INSERT INTO analytics_daily_usage (day, service_id, uses, credits)
+SELECT $1::date, service_id, count(*), sum(credits) FROM usages
+ WHERE created_at >= $2 AND created_at < $3 GROUP BY service_id`, day, day, end); err != nil {
+				return err
+			}
+			next := day
+			if !end.Before(day.Add(24 * time.Hour)) {
+				next = day.Add(24 * time.Hour) // the whole day is in: final
+			}
+			if _, err := tx.Exec(ctx, `UPDATE analytics_rollup_state SET final_through = $1::date, as_of = $2, rolled_at = now()`, next, asOf); err != nil {
+				return err
+			}
+			res.Days++
+			res.FinalThrough, res.AsOf = next, asOf
+			done = day.Equal(asOfDay)
+			res.CaughtUp = done
+			return nil
+		})
+		if err != nil || done || !time.Now().Before(deadline) {
+			return res, err
+		}
+	}
+}
+
+// UsageAnalytics is the rolled-up usage of a range of days.
+type UsageAnalytics struct {
+	// ByService: uses and credits per service over the range, most
+	// credits first.
+	ByService []ServiceUsage
+	// ByDay: credits and uses per day, newest first (days without spends
+	// left out).
+	ByDay         []DayUsage
+	Uses, Credits int64
+	// FinalThrough and AsOf are the rollup's state (nil: it never ran).
+	FinalThrough, AsOf *time.Time
+}
+
+// ServiceUsage is one service's usage over a range.
+type ServiceUsage struct {
+	ServiceID int64  `db:"service_id"`
+	Slug      string `db:"slug"`
+	Name      string `db:"name"`
+	Uses      int64  `db:"uses"`
+	Credits   int64  `db:"credits"`
+}
+
+// DayUsage is one day's usage.
+type DayUsage struct {
+	Day     time.Time `db:"day"`
+	Uses    int64     `db:"uses"`
+	Credits int64     `db:"credits"`
+}
+
+// UsageBetween reads the usage rollup of the days from first to last
+// (dates in UTC, both included).
+func (s *Store) UsageBetween(ctx context.Context, first, last time.Time) (UsageAnalytics, error) {
+	var ua UsageAnalytics
+	if err := s.pool.QueryRow(ctx, `SELECT final_through::timestamp, as_of FROM analytics_rollup_state`).Scan(&ua.FinalThrough, &ua.AsOf); err != nil {
+		return ua, err
+	}
+	rows, err := s.pool.Query(ctx, `
+SELECT a.service_id, sv.slug, sv.name, sum(a.uses)::bigint AS uses, sum(a.credits)::bigint AS credits
+  FROM analytics_daily_usage a JOIN services sv ON sv.id = a.service_id
+ WHERE a.day BETWEEN $1::date AND $2::date
+ GROUP BY a.service_id, sv.slug, sv.name ORDER BY credits DESC, uses DESC, sv.slug`, first, last)
+	if err != nil {
+		return ua, err
+	}
+	if ua.ByService, err = pgx.CollectRows(rows, pgx.RowToStructByName[ServiceUsage]); err != nil {
+		return ua, err
+	}
+	rows, err = s.pool.Query(ctx, `
+SELECT day::timestamp AS day, sum(uses)::bigint AS uses, sum(credits)::bigint AS credits
+  FROM analytics_daily_usage WHERE day BETWEEN $1::date AND $2::date
+ GROUP BY day ORDER BY day DESC`, first, last)
+	if err != nil {
+		return ua, err
+	}
+	if ua.ByDay, err = pgx.CollectRows(rows, pgx.RowToStructByName[DayUsage]); err != nil {
+		return ua, err
+	}
+	for _, d := range ua.ByDay {
+		ua.Uses += d.Uses
+		ua.Credits += d.Credits
+	}
+	return ua, nil
+}
+
+// DayRevenue is one day's money in one currency: payments paid that day
+// and refunds made that day (of payments of any day).
+type DayRevenue struct {
+	Day           time.Time `db:"day"`
+	Currency      string    `db:"currency"`
+	Payments      int64     `db:"payments"`
+	RevenueMinor  int64     `db:"revenue_minor"`
+	Refunds       int64     `db:"refunds"`
+	RefundedMinor int64     `db:"refunded_minor"`
+}
+
+// RevenueBetween reads, live, each day's payments and refunds from first
+// to last (dates in UTC, both included), newest first; days without either
+// are left out. A refund counts on its own day (Stripe's time of it; for
+// refunds recorded before migration 00020, when it was recorded).
+func (s *Store) RevenueBetween(ctx context.Context, first, last time.Time) ([]DayRevenue, error) {
+	rows, err := s.pool.Query(ctx, `
+WITH w AS (SELECT $1::date::timestamp AT TIME ZONE 'UTC' AS lo, ($2::date + 1)::timestamp AT TIME ZONE 'UTC' AS hi)
+SELECT day::timestamp AS day, currency, sum(payments)::bigint AS payments, sum(revenue)::bigint AS revenue_minor,
+       sum(refunds)::bigint AS refunds, sum(refunded)::bigint AS refunded_minor
+  FROM (SELECT (p.paid_at AT TIME ZONE 'UTC')::date AS day, p.currency, count(*) AS payments, sum(p.amount_minor) AS revenue,
+               0 AS refunds, 0 AS refunded
+          FROM payments p, w WHERE p.paid_at >= w.lo AND p.paid_at < w.hi
+         GROUP BY 1, 2
+        UNION ALL
+        SELECT (coalesce(r.refunded_at, r.recorded_at) AT TIME ZONE 'UTC')::date, p.currency, 0, 0, count(*), sum(r.amount_minor)
+          FROM payment_refunds r JOIN payments p ON p.id = r.payment_id, w
+         WHERE coalesce(r.refunded_at, r.recorded_at) >= w.lo AND coalesce(r.refunded_at, r.recorded_at) < w.hi
+         GROUP BY 1, 2) x
+ GROUP BY day, currency ORDER BY day DESC, currency`, first, last)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[DayRevenue])
+}

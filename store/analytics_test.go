@@ -1,0 +1,105 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// The usage rollup counts each spend once, on its day (UTC), by service;
+// spends younger than its lag wait for the next run; a run again changes
+// nothing, and days that are final are not recomputed.
+func TestRollupUsageCountsEachSpendOnItsDayOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	_, err := st.Pool().Exec(ctx, `UPDATE users SET created_at = now() - interval '3 days'`)
+	require.NoError(t, err)
+	a := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	b := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	d2, d1 := today.AddDate(0, 0, -2), today.AddDate(0, 0, -1)
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, a, 3, d2.Add(time.Second))
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, a, 4, d2.Add(24*time.Hour-time.Microsecond))
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, a, 5, d1)
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, b, 0, d1.Add(12*time.Hour))
+	recent := time.Now().Add(-30 * time.Minute)
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, b, 7, recent)
+	wantD1 := [2]int64{2, 5}
+	if recent.Before(today) { // run in the first half hour of a day
+		wantD1 = [2]int64{3, 12}
+	}
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, b, 100, time.Now().Add(-time.Minute)) // within the lag
+
+	res, err := st.RollupUsage(ctx, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	require.True(t, res.CaughtUp)
+	require.GreaterOrEqual(t, res.Days, 4, "from the first account's day to today")
+	check := func() {
+		t.Helper()
+		ua, err := st.UsageBetween(ctx, d2.AddDate(0, 0, -1), today)
+		require.NoError(t, err)
+		require.Equal(t, int64(5), ua.Uses, "the spend within the lag is not counted yet")
+		require.Equal(t, int64(19), ua.Credits)
+		require.Len(t, ua.ByService, 2)
+		require.Equal(t, store.ServiceUsage{ServiceID: ua.ByService[0].ServiceID, Slug: a, Name: ua.ByService[0].Name, Uses: 3, Credits: 12}, ua.ByService[0])
+		require.Equal(t, int64(2), ua.ByService[1].Uses)
+		days := map[string][2]int64{}
+		for _, d := range ua.ByDay {
+			days[d.Day.Format("2006-01-02")] = [2]int64{d.Uses, d.Credits}
+		}
+		require.Equal(t, [2]int64{2, 7}, days[d2.Format("2006-01-02")], "day -2: %v", days)
+		require.Equal(t, wantD1, days[d1.Format("2006-01-02")], "day -1: %v", days)
+		require.NotNil(t, ua.AsOf)
+		require.WithinDuration(t, time.Now().Add(-store.RollupLag), *ua.AsOf, time.Minute)
+	}
+	check()
+	res, err = st.RollupUsage(ctx, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	require.True(t, res.CaughtUp)
+	require.LessOrEqual(t, res.Days, 2, "a run again recomputes only the days not final (two when a day ended in between)")
+	check()
+	// A final day is not read again (a spend cannot land there any more).
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, a, 50, d2.Add(time.Hour))
+	_, err = st.RollupUsage(ctx, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	check()
+}
+
+// A first run over a long history stops at its deadline, a day at least
+// done, and the next run goes on where it stopped.
+func TestRollupUsageGoesOnWhereItStopped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	_, err := st.Pool().Exec(ctx, `UPDATE users SET created_at = now() - interval '10 days'`)
+	require.NoError(t, err)
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	first := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -10)
+	storetest.BackdatedUsage(t, st.Pool(), u.ID, svc, 2, first.Add(time.Hour))
+
+	res, err := st.RollupUsage(ctx, time.Now())
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Days)
+	require.False(t, res.CaughtUp)
+	require.True(t, res.FinalThrough.Equal(first.AddDate(0, 0, 1)), "final through %s", res.FinalThrough)
+	runs := 1
+	for !res.CaughtUp {
+		res, err = st.RollupUsage(ctx, time.Now())
+		require.NoError(t, err)
+		runs++
+		require.LessOrEqual(t, runs, 11)
+	}
+	want := int(res.AsOf.UTC().Truncate(24*time.Hour).Sub(first)/(24*time.Hour)) + 1
+	require.Equal(t, want, runs, "one day a run, from the first account's day to the rollup's")
+	ua, err := st.UsageBetween(ctx, first, time.Now().UTC())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), ua.Credits)
+}
