@@ -17,11 +17,7 @@ import (
 func TestRollupUsageCountsEachSpendOnItsDayOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := storetest.NewStore(t)
-	u := storetest.NewUser(t, st, storetest.UserOpts{})
-	_, err := st.Pool().Exec(ctx, `UPDATE users SET created_at = now() - interval '3 days'`)
-	require.NoError(t, err)
-	a := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	st, u, a := rollupSetup(t, 3)
 	b := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
 	today := time.Now().UTC().Truncate(24 * time.Hour)
 	d2, d1 := today.AddDate(0, 0, -2), today.AddDate(0, 0, -1)
@@ -77,11 +73,7 @@ func TestRollupUsageCountsEachSpendOnItsDayOnce(t *testing.T) {
 func TestRollupUsageGoesOnWhereItStopped(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := storetest.NewStore(t)
-	u := storetest.NewUser(t, st, storetest.UserOpts{})
-	_, err := st.Pool().Exec(ctx, `UPDATE users SET created_at = now() - interval '10 days'`)
-	require.NoError(t, err)
-	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	st, u, svc := rollupSetup(t, 10)
 	first := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -10)
 	storetest.BackdatedUsage(t, st.Pool(), u.ID, svc, 2, first.Add(time.Hour))
 
@@ -102,4 +94,15 @@ func TestRollupUsageGoesOnWhereItStopped(t *testing.T) {
 	ua, err := st.UsageBetween(ctx, first, time.Now().UTC())
 	require.NoError(t, err)
 	require.Equal(t, int64(2), ua.Credits)
+}
+
+// rollupSetup is a store whose first account was made days ago, and a
+// service.
+func rollupSetup(t *testing.T, days int) (*store.Store, store.User, string) {
+	t.Helper()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	_, err := st.Pool().Exec(context.Background(), `UPDATE users SET created_at = now() - make_interval(days => $1)`, days)
+	require.NoError(t, err)
+	return st, u, storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
 }
