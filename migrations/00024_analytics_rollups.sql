@@ -8,12 +8,14 @@
 -- figures are final and as of when today's are.
 --
 -- Usages had no index by time (every read of them is one user's); a BRIN
--- index on created_at finds a day's rows among millions for next to
--- nothing on insert (rows are appended in time order, and new pages are
--- only summarised later).
+-- index on created_at finds a day's rows among millions and costs an
+-- insert next to nothing (rows are appended in time order). Pages appended
+-- since the index last summarised them are read by every search, so each
+-- range of pages is summarised as soon as it is full (autosummarize, done
+-- by autovacuum), not only when a vacuum comes.
 
 -- +goose Up
-CREATE INDEX usages_created_at_brin ON usages USING brin (created_at);
+CREATE INDEX usages_created_at_brin ON usages USING brin (created_at) WITH (autosummarize = on);
 
 CREATE TABLE analytics_daily_usage (
     day        date NOT NULL,
@@ -29,8 +31,8 @@ CREATE TABLE analytics_daily_usage (
 CREATE INDEX payments_paid_at_idx ON payments (paid_at) WHERE paid_at IS NOT NULL;
 CREATE INDEX payment_refunds_at_idx ON payment_refunds ((coalesce(refunded_at, recorded_at)));
 
--- One row: days before final_through are final; today's figures (and
--- those of final_through itself) are as of as_of.
+-- One row: days before final_through are final; the figures count every
+-- spend made before as_of (the end of the last window rolled up).
 CREATE TABLE analytics_rollup_state (
     one           boolean PRIMARY KEY DEFAULT true CHECK (one),
     final_through date,

@@ -16,8 +16,8 @@ const RollupLag = 5 * time.Minute
 type RollupResult struct {
 	// Days is how many days it recomputed (each in its own transaction).
 	Days int
-	// FinalThrough: the days before it are final; AsOf: the figures of
-	// that day (today, once caught up) count spends made before it.
+	// FinalThrough: the days before it are final; AsOf: the figures count
+	// every spend made before it (today's less the lag, once caught up).
 	FinalThrough time.Time
 	AsOf         time.Time
 	// CaughtUp: every day up to AsOf's is rolled up.
@@ -36,8 +36,12 @@ func (s *Store) RollupUsage(ctx context.Context, deadline time.Time) (RollupResu
 		err := s.InTx(ctx, func(tx pgx.Tx) error {
 			var final *time.Time
 			var asOf time.Time
-			if err := tx.QueryRow(ctx, `SELECT final_through::timestamp, now() - $1::interval FROM analytics_rollup_state FOR UPDATE`,
-				RollupLag.String()).Scan(&final, &asOf); err != nil {
+			if err := tx.QueryRow(ctx, `SELECT final_through::timestamp FROM analytics_rollup_state FOR UPDATE`).Scan(&final); err != nil {
+				return err
+			}
+			// The time is read once the state is ours: a run that waited
+			// for another must not roll up to an earlier instant than it.
+			if err := tx.QueryRow(ctx, `SELECT clock_timestamp() - $1::interval`, RollupLag.String()).Scan(&asOf); err != nil {
 				return err
 			}
 			asOf = asOf.UTC()
@@ -57,7 +61,11 @@ func (s *Store) RollupUsage(ctx context.Context, deadline time.Time) (RollupResu
 				}
 			}
 			if day.After(asOfDay) {
-				day = asOfDay
+				// (Only with a clock gone back.) Nothing is recomputed
+				// with fewer spends than before.
+				done = true
+				res.CaughtUp = true
+				return nil
 			}
 			end := day.Add(24 * time.Hour)
 			if end.After(asOf) {
@@ -76,11 +84,14 @@ SELECT $1::date, service_id, count(*), sum(credits) FROM usages
 			if !end.Before(day.Add(24 * time.Hour)) {
 				next = day.Add(24 * time.Hour) // the whole day is in: final
 			}
-			if _, err := tx.Exec(ctx, `UPDATE analytics_rollup_state SET final_through = $1::date, as_of = $2, rolled_at = now()`, next, asOf); err != nil {
+			// The figures now count every spend made before end: all of
+			// an old day's while catching up, today's up to now less the
+			// lag.
+			if _, err := tx.Exec(ctx, `UPDATE analytics_rollup_state SET final_through = $1::date, as_of = $2, rolled_at = now()`, next, end); err != nil {
 				return err
 			}
 			res.Days++
-			res.FinalThrough, res.AsOf = next, asOf
+			res.FinalThrough, res.AsOf = next, end
 			done = day.Equal(asOfDay)
 			res.CaughtUp = done
 			return nil

@@ -82,6 +82,9 @@ func TestRollupUsageGoesOnWhereItStopped(t *testing.T) {
 	require.Equal(t, 1, res.Days)
 	require.False(t, res.CaughtUp)
 	require.True(t, res.FinalThrough.Equal(first.AddDate(0, 0, 1)), "final through %s", res.FinalThrough)
+	ua, err := st.UsageBetween(ctx, first, time.Now().UTC())
+	require.NoError(t, err)
+	require.True(t, ua.AsOf.Equal(first.AddDate(0, 0, 1)), "while catching up, the figures are as of the end of the last day rolled up, not %s", ua.AsOf)
 	runs := 1
 	for !res.CaughtUp {
 		res, err = st.RollupUsage(ctx, time.Now())
@@ -91,7 +94,7 @@ func TestRollupUsageGoesOnWhereItStopped(t *testing.T) {
 	}
 	want := int(res.AsOf.UTC().Truncate(24*time.Hour).Sub(first)/(24*time.Hour)) + 1
 	require.Equal(t, want, runs, "one day a run, from the first account's day to the rollup's")
-	ua, err := st.UsageBetween(ctx, first, time.Now().UTC())
+	ua, err = st.UsageBetween(ctx, first, time.Now().UTC())
 	require.NoError(t, err)
 	require.Equal(t, int64(2), ua.Credits)
 }
@@ -105,4 +108,45 @@ func rollupSetup(t *testing.T, days int) (*store.Store, store.User, string) {
 	_, err := st.Pool().Exec(context.Background(), `UPDATE users SET created_at = now() - make_interval(days => $1)`, days)
 	require.NoError(t, err)
 	return st, u, storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+}
+
+// A run that waited for another (which holds the rollup's state) rolls up
+// to an instant read after its wait: the figures never go back to an
+// earlier one.
+func TestRollupUsageRunsAtOnceNeverGoBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, _, _ := rollupSetup(t, 1)
+	hold, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer hold.Rollback(ctx)
+	_, err = hold.Exec(ctx, `SELECT 1 FROM analytics_rollup_state FOR UPDATE`)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.RollupUsage(ctx, time.Now().Add(time.Minute))
+		done <- err
+	}()
+	storetest.WaitFor(t, "the run to wait for the state", func() bool {
+		var n int
+		require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%analytics_rollup_state%'`).Scan(&n))
+		return n == 1
+	})
+	// The other run, later, rolls up today to its own instant.
+	var other time.Time
+	require.NoError(t, hold.QueryRow(ctx, `
+UPDATE analytics_rollup_state SET final_through = ((clock_timestamp() - interval '5 minutes') AT TIME ZONE 'UTC')::date,
+       as_of = clock_timestamp() - interval '5 minutes', rolled_at = now()
+RETURNING as_of`).Scan(&other))
+	require.NoError(t, hold.Commit(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run never ended")
+	}
+	ua, err := st.UsageBetween(ctx, time.Now().UTC().AddDate(0, 0, -1), time.Now().UTC())
+	require.NoError(t, err)
+	require.False(t, ua.AsOf.Before(other), "as of %s, before the other run's %s", ua.AsOf, other)
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 )
 
@@ -70,8 +71,12 @@ func (s *Site) AdminAnalytics() http.Handler {
 			t.RefundedMinor += d.RefundedMinor
 			t.NetMinor += d.RevenueMinor - d.RefundedMinor
 		}
+		// Behind: the rollup counts spends older than its lag and a run's
+		// period allow (catching up on a long history, or no workers).
+		behind := usage.AsOf != nil && time.Since(*usage.AsOf) > store.RollupLag+2*jobs.RollupInterval
 		s.render(w, r, http.StatusOK, "admin_analytics", "Analytics", map[string]any{
-			"Days": days, "Ranges": analyticsRanges, "First": first, "Last": last,
+			"Behind": behind,
+			"Days":   days, "Ranges": analyticsRanges, "First": first, "Last": last,
 			"Revenue": revenue, "Totals": totals, "Usage": usage, "Lag": int(store.RollupLag / time.Minute),
 		})
 	})

@@ -88,6 +88,13 @@ func TestAdminAnalyticsEmpty(t *testing.T) {
 	require.Equal(t, "No payments or refunds in these days.", acctText(doc, "#no-revenue"))
 	require.Contains(t, acctText(doc, "#no-usage"), "Usage is not rolled up yet")
 	require.Zero(t, doc.Find("table").Length())
+
+	// A rollup far behind (catching up, or no workers) says so.
+	_, err := ta.store.Pool().Exec(context.Background(), `UPDATE analytics_rollup_state SET final_through = current_date - 3, as_of = now() - interval '3 days', rolled_at = now()`)
+	require.NoError(t, err)
+	doc = admin.get("/admin/analytics").Doc(t)
+	require.Contains(t, acctText(doc, "#usage-behind"), "The usage rollup is behind")
+	require.Zero(t, doc.Find("#usage-as-of").Length())
 }
 
 // acctTextSel is acctText of a selection: its text, spaces collapsed, a
