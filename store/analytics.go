@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // RollupLag is how far behind now usage analytics are rolled up: a spend's
@@ -31,6 +33,22 @@ type RollupResult struct {
 // at once take turns on the state row.
 func (s *Store) RollupUsage(ctx context.Context, deadline time.Time) (RollupResult, error) {
 	var res RollupResult
+	// Pages not yet summarised by the BRIN index are read by every search
+	// of it; autovacuum summarises full ranges (autosummarize), but not
+	// where it is off or behind. Summarising is incremental; it waits a
+	// second at most for a vacuum of usages, and is skipped then.
+	if err := s.InTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `SELECT brin_summarize_new_values('usages_created_at_brin')`)
+		return err
+	}); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available
+			return res, err
+		}
+	}
 	for {
 		var done bool
 		err := s.InTx(ctx, func(tx pgx.Tx) error {
