@@ -17,6 +17,9 @@ type Gateway interface {
 	Simulated() bool
 	// CreateCustomer makes a customer for a user.
 	CreateCustomer(ctx context.Context, c CustomerParams) (string, error)
+	// UpdateCustomerEmail gives a customer the user's new address, so that
+	// what the provider sends (its receipts) goes where ours do.
+	UpdateCustomerEmail(ctx context.Context, customerID, email string) error
 	// CreateCheckoutSession opens a hosted checkout for one pack.
 	CreateCheckoutSession(ctx context.Context, p CheckoutParams) (CheckoutSession, error)
 	// ExpireCheckoutSession closes an open checkout (the buyer cancelled

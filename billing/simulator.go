@@ -80,6 +80,13 @@ func (s *Simulator) CreateCustomer(ctx context.Context, c CustomerParams) (strin
 	return simID("cus"), nil
 }
 
+// UpdateCustomerEmail implements Gateway: the simulator's customers are
+// ids only (its checkout page shows the signed-in user), so there is
+// nothing to change.
+func (s *Simulator) UpdateCustomerEmail(ctx context.Context, customerID, email string) error {
+	return nil
+}
+
 // CreateCheckoutSession implements Gateway: the session lives in our
 // database and its URL is the local checkout page. Like Stripe, a request
 // repeated with the same idempotency key (a double-clicked Buy) returns the

@@ -65,6 +65,16 @@ func (s *Stripe) CreateCustomer(ctx context.Context, c CustomerParams) (string, 
 	return cust.ID, nil
 }
 
+// UpdateCustomerEmail implements Gateway.
+func (s *Stripe) UpdateCustomerEmail(ctx context.Context, customerID, email string) error {
+	p := &stripe.CustomerParams{Email: stripe.String(email)}
+	p.Context = ctx
+	if _, err := s.api.Customers.Update(customerID, p); err != nil {
+		return fmt.Errorf("stripe: update customer %s: %w", customerID, err)
+	}
+	return nil
+}
+
 // ExpireCheckoutSession implements Gateway. Stripe refuses to expire a
 // session that is not open with a 400 (invalid_request_error).
 func (s *Stripe) ExpireCheckoutSession(ctx context.Context, id string) error {

@@ -315,3 +315,16 @@ func TestStripeRefundRefusedSaysWhy(t *testing.T) {
 	require.Error(t, err)
 	require.False(t, errors.As(err, &refused), "a server error is not a refusal: %v", err)
 }
+
+// A customer's new address is sent to Stripe's customers API.
+func TestStripeUpdateCustomerEmailSendsAValidRequest(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+
+	require.NoError(t, gw.UpdateCustomerEmail(context.Background(), "cus_test_abc", "after@example.com"))
+
+	s := rc.only(t)
+	requirePinnedVersion(t, s)
+	require.Equal(t, "POST /v1/customers/cus_test_abc", s.Method+" "+s.Path)
+	require.Equal(t, "after@example.com", s.Form.Get("email"))
+}

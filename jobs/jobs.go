@@ -125,6 +125,23 @@ func (ExpireCredits) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{Queue: QueueMaintenance, MaxAttempts: 3, UniqueOpts: u}
 }
 
+// SyncCustomerEmail gives the user's Stripe customer the user's current
+// address (after a change of email).
+type SyncCustomerEmail struct {
+	UserID int64 `json:"user_id"`
+}
+
+// Kind implements river.JobArgs.
+func (SyncCustomerEmail) Kind() string { return "sync_customer_email" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: retried for about a
+// day and a half (River's backoff, attempt^4 seconds: 35 hours over 15
+// attempts) while Stripe cannot be reached. Not unique: each run sends the address the
+// user has when it runs, so a change made while one runs gets its own.
+func (SyncCustomerEmail) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueDefault, MaxAttempts: 15}
+}
+
 // RollupUsage recomputes the daily usage analytics (store.RollupUsage).
 type RollupUsage struct{}
 

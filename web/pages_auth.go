@@ -326,6 +326,11 @@ func (s *Site) Verify() http.Handler {
 			if err := store.ChangeEmail(ctx, tx, t.UserID, t.Email); err != nil {
 				return err
 			}
+			// The payment provider's customer takes the new address too
+			// (its receipts), once this commits.
+			if _, err := s.jobs.InsertTx(ctx, tx, jobs.SyncCustomerEmail{UserID: t.UserID}, nil); err != nil {
+				return err
+			}
 			// The address the account leaves is told: if the move was not
 			// its owner's doing, that is how they find out.
 			if old == "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/robfig/cron/v3"
 
+	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/observability"
 	"github.com/quickscale/quickscale/store"
@@ -24,6 +25,9 @@ type Config struct {
 	MailFrom string
 	// ExpireSchedule is a five-field cron spec, evaluated in UTC.
 	ExpireSchedule string
+	// Gateway is the payment provider (Stripe or the simulator), for jobs
+	// that tell it something; nil leaves those jobs unregistered.
+	Gateway billing.Gateway
 }
 
 // Register adds every worker to ws.
@@ -47,6 +51,11 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 	}
 	if err := river.AddWorkerSafely(ws, &RollupUsageWorker{logger: logger, store: st}); err != nil {
 		return err
+	}
+	if cfg.Gateway != nil {
+		if err := river.AddWorkerSafely(ws, &SyncCustomerEmailWorker{store: st, gateway: cfg.Gateway}); err != nil {
+			return err
+		}
 	}
 	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
 }

@@ -89,7 +89,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 		if cfg.SMTPURL == "" && mode == "worker" {
 			logger.Warn("DEV_MAILBOX: mail is kept in the database's dev mailbox, not delivered (demos only)")
 		}
-		wcfg := workers.Config{BaseURL: cfg.BaseURL, MailFrom: cfg.MailFrom, ExpireSchedule: cfg.ExpireCreditsSchedule}
+		wcfg := workers.Config{BaseURL: cfg.BaseURL, MailFrom: cfg.MailFrom, ExpireSchedule: cfg.ExpireCreditsSchedule, Gateway: a.gateway}
 		// The workers enqueue follow-up jobs (emails) through the client
 		// being built; the indirection breaks the construction cycle.
 		inserter := &lateInserter{}

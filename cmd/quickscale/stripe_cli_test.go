@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -71,4 +72,26 @@ func TestBuyingWithStripeRecordsTheSessionAndRedirectsToCheckout(t *testing.T) {
 	if r := b.get("/simulator/checkout/" + ps[0].CheckoutSessionID); r.Status != http.StatusNotFound {
 		t.Fatalf("simulator page with Stripe: %d", r.Status)
 	}
+}
+
+// After a change of address, the user's Stripe customer is given the new
+// one by a job (stripe-mock checks the request against API version
+// 2023-10-16), so that Stripe's own receipts follow.
+func TestChangeOfAddressUpdatesTheStripeCustomer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{Env: stripeEnv(t)})
+	u, b := acctNewUserSignedIn(ta, storetest.UserOpts{Email: "buyer-before@example.com"})
+	r := b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}, "nonce": {"n"}})
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	customer, err := ta.store.CustomerID(ctx, u.ID)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(customer, "cus_"), "customer %q", customer)
+
+	mustRedirect(t, b.post("/settings/email", url.Values{"current_password": {storetest.DefaultPassword}, "email": {"buyer-after@example.com"}}), "/settings")
+	token := acctTokenOf(t, ta.waitMail("buyer-after@example.com", "Confirm your new email address").Text, "/verify?token=")
+	mustRedirect(t, b.post("/verify", url.Values{"token": {token}}), "/dashboard")
+	eventually(t, 10*time.Second, "the customer updated", func() bool {
+		return whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'sync_customer_email' AND state = 'completed' AND (args->>'user_id')::bigint = $1`, u.ID) == 1
+	})
 }

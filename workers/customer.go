@@ -1,0 +1,41 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/riverqueue/river"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+)
+
+// SyncCustomerEmailWorker gives a user's payment-provider customer the
+// address the user has now (after a change of email), so that the
+// provider's own receipts follow ours. A user without a customer yet, or
+// deleted since, needs nothing.
+type SyncCustomerEmailWorker struct {
+	river.WorkerDefaults[jobs.SyncCustomerEmail]
+	store   *store.Store
+	gateway billing.Gateway
+}
+
+// Work implements river.Worker.
+func (w *SyncCustomerEmailWorker) Work(ctx context.Context, job *river.Job[jobs.SyncCustomerEmail]) error {
+	customer, err := w.store.CustomerID(ctx, job.Args.UserID)
+	if err != nil || customer == "" {
+		return err
+	}
+	u, err := w.store.UserByID(ctx, job.Args.UserID)
+	if store.ErrorKind(err) == store.KindNotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := w.gateway.UpdateCustomerEmail(ctx, customer, u.Email); err != nil {
+		return fmt.Errorf("customer of user %d: %w", job.Args.UserID, err)
+	}
+	return nil
+}
