@@ -218,3 +218,29 @@ VALUES ($1, 'pack', 'pack_500', 500, 2000, 'usd', 'partially_refunded', 'cs_copy
 	})
 	require.Equal(t, "23514", pgErrCode(err), "a payment inserted refunded without refund rows")
 }
+
+// A payment's standing: the accepted refunds it does not show yet count as
+// waiting, also two asked before either was confirmed; the newest request
+// without an answer is pending.
+func TestRefundStandingCountsAcceptedRefundsThePaymentDoesNotShow(t *testing.T) {
+	t.Parallel()
+	req := func(id int64, status string, before, amount int64) store.RefundRequest {
+		return store.RefundRequest{ID: id, Status: status, RefundedBeforeMinor: before, AmountMinor: amount}
+	}
+	// Newest first, as RefundRequestsOf lists them.
+	requests := []store.RefundRequest{
+		req(4, store.RefundRequested, 500, 300),
+		req(3, store.RefundRefused, 500, 9000),
+		req(2, store.RefundAccepted, 0, 500),
+		req(1, store.RefundAccepted, 0, 500),
+	}
+	for refunded, want := range map[int64]int64{0: 1000, 500: 500, 1000: 0, 1200: 0} {
+		pending, unconfirmed, waiting := store.RefundStanding(store.Payment{AmountMinor: 2000, AmountRefundedMinor: refunded}, requests)
+		require.Equal(t, want, waiting, "refunded %d", refunded)
+		require.Len(t, unconfirmed, int(want/500))
+		require.NotNil(t, pending)
+		require.Equal(t, int64(4), pending.ID)
+	}
+	_, unconfirmed, _ := store.RefundStanding(store.Payment{AmountMinor: 2000, AmountRefundedMinor: 500}, requests)
+	require.Equal(t, int64(2), unconfirmed[0].ID, "the later of two unconfirmed-at-once refunds is the one still waiting")
+}

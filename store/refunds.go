@@ -59,38 +59,132 @@ type NewRefundRequest struct {
 	Key         string
 	// Amount is the amount as people read it ("$5.00"), for the audit log.
 	Amount string
+	// AskRepeatWithin, when set, refuses (*RepeatedRefundError) a refund
+	// of the same amount of the payment accepted that long ago or less.
+	AskRepeatWithin time.Duration
 }
 
 // MaxRefundReason bounds a refund's reason, as an adjustment's.
 const MaxRefundReason = 500
 
+// RefundPendingError: another request of the payment has no answer from
+// the provider yet (it may have been made): it is asked again, or closed,
+// before any other.
+type RefundPendingError struct{ Pending RefundRequest }
+
+func (e *RefundPendingError) Error() string {
+	return "another refund request of the payment has no answer yet"
+}
+
+// RefundTooLargeError: more than is left to refund. Left counts refunds
+// recorded and those accepted but not confirmed yet (Waiting).
+type RefundTooLargeError struct{ Left, Waiting int64 }
+
+func (e *RefundTooLargeError) Error() string { return "the refund is more than is left to refund" }
+
+// RepeatedRefundError: a refund of the same amount of the payment was asked
+// at At (by By), under another key: most likely the form filled in again
+// after Back. Nothing was recorded.
+type RepeatedRefundError struct {
+	At time.Time
+	By *string
+}
+
+func (e *RepeatedRefundError) Error() string {
+	return "the same refund was asked at " + e.At.UTC().Format(time.RFC3339)
+}
+
+// RefundStanding reads a payment's requests (newest first): the newest
+// still waiting for the provider's answer, and the accepted ones whose
+// refund the payment does not show yet, with their sum. Accepted requests
+// are made one after another, so the payment shows one once its refunded
+// total reaches what it had when the request was asked, plus the requests
+// accepted since then up to and including this one.
+func RefundStanding(pay Payment, requests []RefundRequest) (pending *RefundRequest, unconfirmed []RefundRequest, waiting int64) {
+	var expected int64
+	for i := len(requests) - 1; i >= 0; i-- {
+		rq := requests[i]
+		if rq.Status != RefundAccepted {
+			continue
+		}
+		expected = max(expected, rq.RefundedBeforeMinor) + rq.AmountMinor
+		if pay.AmountRefundedMinor < expected {
+			unconfirmed = append([]RefundRequest{rq}, unconfirmed...)
+			waiting += rq.AmountMinor
+		}
+	}
+	for i, rq := range requests {
+		if rq.Status == RefundRequested {
+			pending = &requests[i]
+			break
+		}
+	}
+	return pending, unconfirmed, waiting
+}
+
 // RecordRefundRequest records a new request and its audit entry in one
-// transaction, before the provider is asked. A key recorded before is a
-// KindConflict (the caller looks keys up first: RefundRequestByKey).
+// transaction, before the provider is asked, one request of a payment at
+// a time: a payment
+// not paid or refunded in full is a KindConflict, another request without
+// an answer a *RefundPendingError, more than is left a
+// *RefundTooLargeError, and, with AskRepeatWithin, a request of the same
+// amount made that recently a *RepeatedRefundError. A key recorded before
+// is a KindConflict (the caller looks keys up first: RefundRequestByKey).
 func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (req RefundRequest, err error) {
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
-		var id, userID int64
-		err := tx.QueryRow(ctx, `
-WITH p AS (SELECT id, user_id, amount_refunded_minor FROM payments WHERE id = $1),
-ins AS (
-    INSERT INTO refund_requests (payment_id, admin_id, amount_minor, refunded_before_minor, reason, idempotency_key)
-    SELECT p.id, $2, $3, p.amount_refunded_minor, $4, $5 FROM p
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id)
-SELECT coalesce((SELECT id FROM ins), 0), coalesce((SELECT user_id FROM p), 0)`,
-			r.PaymentID, r.AdminID, r.AmountMinor, r.Reason, r.Key).Scan(&id, &userID)
-		switch {
-		case err != nil:
+		// Requests of one payment are decided one at a time. A lock of
+		// its own, not the payment's row: the worker applying the
+		// payment's events holds that, and a refund need not wait for it.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('quickscale.refund_request:' || $1::bigint, 0))`, r.PaymentID); err != nil {
 			return err
-		case userID == 0:
-			return ErrNotFound
-		case id == 0:
+		}
+		pay, err := onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, r.PaymentID))
+		if err != nil {
+			return err
+		}
+		if pay.PaidAt == nil || pay.PaymentIntentID == nil {
+			return Errorf(KindConflict, "There is nothing to refund: payment #%d was never paid.", pay.ID)
+		}
+		if pay.AmountRefundedMinor >= pay.AmountMinor {
+			return Errorf(KindConflict, "There is nothing to refund: payment #%d is refunded in full.", pay.ID)
+		}
+		rows, err := tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.payment_id = $1 ORDER BY r.id DESC`, pay.ID)
+		if err != nil {
+			return err
+		}
+		requests, err := pgx.CollectRows(rows, pgx.RowToStructByName[RefundRequest])
+		if err != nil {
+			return err
+		}
+		pending, _, waiting := RefundStanding(pay, requests)
+		if pending != nil {
+			return &RefundPendingError{Pending: *pending}
+		}
+		if left := max(0, pay.AmountMinor-pay.AmountRefundedMinor-waiting); r.AmountMinor > left {
+			return &RefundTooLargeError{Left: left, Waiting: waiting}
+		}
+		if r.AskRepeatWithin > 0 {
+			for _, rq := range requests {
+				if rq.AmountMinor == r.AmountMinor && rq.Status == RefundAccepted && time.Since(rq.CreatedAt) <= r.AskRepeatWithin {
+					return &RepeatedRefundError{At: rq.CreatedAt, By: rq.AdminEmail}
+				}
+			}
+		}
+		var id int64
+		err = tx.QueryRow(ctx, `
+INSERT INTO refund_requests (payment_id, admin_id, amount_minor, refunded_before_minor, reason, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+			pay.ID, r.AdminID, r.AmountMinor, pay.AmountRefundedMinor, r.Reason, r.Key).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
 			return Errorf(KindConflict, "This form was already used; reload the page and try again.")
+		}
+		if err != nil {
+			return err
 		}
 		if req, err = oneRefundRequest(tx.Query(ctx, `SELECT `+refundRequestColumns+` FROM refund_requests r WHERE r.id = $1`, id)); err != nil {
 			return err
 		}
-		return Audit(ctx, tx, &r.AdminID, "payment.refund", &userID, map[string]any{
+		return Audit(ctx, tx, &r.AdminID, "payment.refund", &pay.UserID, map[string]any{
 			"payment_id": r.PaymentID, "request_id": id, "amount": r.Amount, "amount_minor": r.AmountMinor, "reason": r.Reason,
 		})
 	})

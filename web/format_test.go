@@ -140,3 +140,46 @@ func TestExpiryTimeShowsSecondsOnlyWhenThereAreAny(t *testing.T) {
 		}
 	}
 }
+
+// Money is shown in its currency's units: cents for most, whole units for
+// Stripe's zero-decimal currencies (3,000 JPY is not 30.00).
+func TestFormatMoneyKnowsZeroDecimalCurrencies(t *testing.T) {
+	for _, c := range []struct {
+		minor    int64
+		currency string
+		want     string
+	}{
+		{2000, "usd", "$20.00"}, {123456, "eur", "€1,234.56"}, {-550, "gbp", "-£5.50"},
+		{1500, "cad", "CAD 15.00"}, {3000, "jpy", "JPY 3,000"}, {5, "krw", "KRW 5"},
+	} {
+		if got := formatMoney(c.minor, c.currency); got != c.want {
+			t.Errorf("formatMoney(%d, %s) = %q, want %q", c.minor, c.currency, got, c.want)
+		}
+	}
+}
+
+// A refund's amount is read in the payment's currency: its own symbol or
+// code, commas only between thousands, cents only where it has them.
+func TestParseAmountReadsThePaymentsCurrency(t *testing.T) {
+	for _, c := range []struct {
+		in, currency string
+		want         int64
+		ok           bool
+	}{
+		{"12.50", "usd", 1250, true}, {"$12.5", "usd", 1250, true}, {"1,012.50", "usd", 101250, true}, {" 5 ", "usd", 500, true},
+		{"€5", "usd", 0, false}, {"1,0", "usd", 0, false}, {"12,50", "eur", 0, false}, {"5.555", "usd", 0, false}, {"-5", "usd", 0, false},
+		{"CAD 15.00", "cad", 1500, true}, {"15", "cad", 1500, true}, {"usd 5", "cad", 0, false},
+		{"3,000", "jpy", 3000, true}, {"¥3000", "jpy", 3000, true}, {"JPY 3000", "jpy", 3000, true}, {"30.00", "jpy", 0, false},
+	} {
+		got, ok := parseAmount(c.in, c.currency)
+		if ok != c.ok || got != c.want {
+			t.Errorf("parseAmount(%q, %s) = %d, %v; want %d, %v", c.in, c.currency, got, ok, c.want, c.ok)
+		}
+	}
+	if got := amountInput(300000, "jpy"); got != "300000" {
+		t.Errorf("amountInput in JPY = %q", got)
+	}
+	if got := amountInput(1505, "usd"); got != "15.05" {
+		t.Errorf("amountInput in USD = %q", got)
+	}
+}

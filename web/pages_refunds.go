@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -23,10 +24,15 @@ type adminRefundPage struct {
 	// event has not been applied) take of it; Left what may still be asked.
 	Unrefunded, Waiting, Left int64
 	Requests                  []store.RefundRequest
-	// Unconfirmed are the accepted requests Waiting counts.
+	// Unconfirmed are the accepted requests Waiting counts (WaitingIDs by
+	// id, for the list).
 	Unconfirmed []store.RefundRequest
-	Form        *form
-	Nonce       string
+	WaitingIDs  map[int64]bool
+	// BuyerEmail is the buyer's address now (nil: deleted); the payment's
+	// is the one it was paid with.
+	BuyerEmail *string
+	Form       *form
+	Nonce      string
 	// Provider names the payment provider at the start of a sentence, and
 	// provider within one ("Stripe" both; "The payments simulator").
 	Provider, ProviderName string
@@ -64,6 +70,12 @@ func (s *Site) AdminRefund() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		if u, err := s.store.UserByID(ctx, pay.UserID); err == nil {
+			page.BuyerEmail = &u.Email
+		} else if store.ErrorKind(err) != store.KindNotFound {
+			s.serverError(w, r, err)
+			return
+		}
 		render := func(status int) {
 			// Read again: this request's answer is among them now.
 			if err := page.load(ctx, s.store); err != nil {
@@ -73,14 +85,13 @@ func (s *Site) AdminRefund() http.Handler {
 			s.render(w, r, status, "admin_refund", "Refund payment #"+strconv.FormatInt(pay.ID, 10), page)
 		}
 		if r.Method != http.MethodPost {
-			if page.Left > 0 {
-				page.Form.Values["amount"] = amountInput(page.Left)
-			}
+			// The amount is not filled in: a full refund is typed, not a
+			// default.
 			render(http.StatusOK)
 			return
 		}
 		admin := CurrentUser(ctx)
-		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request")
+		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request", "confirm_repeat")
 		page.Form = f
 		back := "/admin/users/" + strconv.FormatInt(pay.UserID, 10)
 
@@ -155,41 +166,32 @@ func (s *Site) AdminRefund() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.flash(ctx, "Refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" requested ("+refundID+
-			"). The payment shows it, and its share of the credits is taken back, once "+page.ProviderName+" confirms it.")
+		if pay.AmountRefundedMinor >= req.RefundedBeforeMinor+req.AmountMinor {
+			// Asked again: the refund was made, and the payment (read
+			// before asking) shows it already.
+			s.flash(ctx, "The refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" was made ("+refundID+
+				"), and the payment shows it.")
+		} else {
+			s.flash(ctx, "Refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" requested ("+refundID+
+				"). The payment shows it, and its share of the credits is taken back, once "+page.ProviderName+" confirms it.")
+		}
 		redirect(w, r, back)
 	})
 }
 
 // newRefundRequest checks a new request's form and records it (with its
-// audit entry); ok is false when it answered the request itself.
+// audit entry); ok is false when it answered the request itself. The rules
+// that depend on the payment's other requests (one without an answer, what
+// is left, the same refund a moment ago) are decided by the store with the
+// payment held, so that two admins sending at once cannot both pass them.
 func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, key string, render func(int)) (store.RefundRequest, bool) {
 	pay, f := page.Payment, page.Form
-	if pay.PaidAt == nil || pay.PaymentIntentID == nil || page.Unrefunded <= 0 {
-		// The page says so too; a form sent from an older page gets the
-		// same answer, and nothing is asked of the provider.
-		f.Message = "There is nothing to refund: " + nothingToRefund(pay)
-		render(http.StatusConflict)
-		return store.RefundRequest{}, false
-	}
-	if page.Pending != nil {
-		// Another request has no answer yet: it may have been made. It is
-		// asked again (under its key), or closed, before any other.
-		f.Message = "A refund of " + formatMoney(page.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(page.Pending.CreatedAt) +
-			" has no answer from " + page.ProviderName + " yet, so it may have been made. Deal with it first (below); nothing else was asked."
-		render(http.StatusConflict)
-		return store.RefundRequest{}, false
-	}
 	amount, ok := parseAmount(f.raw("amount"), pay.Currency)
 	switch {
 	case !ok:
-		f.fail("amount", "Enter an amount such as 5 or 12.50 ("+strings.ToUpper(pay.Currency)+"), up to "+formatMoney(page.Left, pay.Currency)+".")
+		f.fail("amount", "Enter an amount such as "+amountExamples(pay.Currency)+", up to "+formatMoney(page.Left, pay.Currency)+".")
 	case amount <= 0:
 		f.fail("amount", "Enter an amount above zero.")
-	case amount > page.Left && page.Waiting > 0:
-		f.fail("amount", "At most "+formatMoney(page.Left, pay.Currency)+" is left to refund: "+formatMoney(page.Waiting, pay.Currency)+" more was refunded and waits for "+page.ProviderName+"'s confirmation.")
-	case amount > page.Left:
-		f.fail("amount", "At most "+formatMoney(page.Left, pay.Currency)+" is left to refund of this payment.")
 	}
 	if err := store.CheckRefundReason(f.raw("reason")); err != nil {
 		f.fail("reason", err.Error())
@@ -198,21 +200,54 @@ func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *ad
 		render(http.StatusUnprocessableEntity)
 		return store.RefundRequest{}, false
 	}
+	var ask time.Duration
+	if f.raw("confirm_repeat") != "yes" {
+		ask = refundRepeatWindow
+	}
 	req, err := s.store.RecordRefundRequest(r.Context(), store.NewRefundRequest{
 		PaymentID: pay.ID, AdminID: adminID, AmountMinor: amount, Reason: f.raw("reason"), Key: key, Amount: formatMoney(amount, pay.Currency),
+		AskRepeatWithin: ask,
 	})
-	if store.ErrorKind(err) == store.KindConflict {
-		// The same form sent twice at once: the other one asks.
+	var pending *store.RefundPendingError
+	var tooLarge *store.RefundTooLargeError
+	var repeated *store.RepeatedRefundError
+	switch {
+	case errors.As(err, &pending):
+		// Another request has no answer yet: it may have been made. It is
+		// asked again (under its key), or closed, before any other.
+		f.Message = "A refund of " + formatMoney(pending.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(pending.Pending.CreatedAt) +
+			" has no answer from " + page.ProviderName + " yet, so it may have been made. Deal with it first (below); nothing else was asked."
+		render(http.StatusConflict)
+	case errors.As(err, &tooLarge) && tooLarge.Waiting > 0:
+		f.fail("amount", "At most "+formatMoney(tooLarge.Left, pay.Currency)+" is left to refund: "+formatMoney(tooLarge.Waiting, pay.Currency)+" more was refunded and waits for "+page.ProviderName+"'s confirmation.")
+		render(http.StatusUnprocessableEntity)
+	case errors.As(err, &tooLarge):
+		f.fail("amount", "At most "+formatMoney(tooLarge.Left, pay.Currency)+" is left to refund of this payment.")
+		render(http.StatusUnprocessableEntity)
+	case errors.As(err, &repeated):
+		by := ""
+		if repeated.By != nil {
+			by = " by " + *repeated.By
+		}
+		f.Message = "A refund of " + formatMoney(amount, pay.Currency) + " of this payment was made " + relativeTime(repeated.At) + by +
+			". Nothing was asked now. To refund the same amount again, tick the box below and send."
+		f.Values["confirm_repeat"] = "ask"
+		render(http.StatusConflict)
+	case store.ErrorKind(err) == store.KindConflict:
 		f.Message = err.Error()
 		render(http.StatusConflict)
-		return store.RefundRequest{}, false
-	}
-	if err != nil {
+	case err != nil:
 		s.serverError(w, r, err)
-		return store.RefundRequest{}, false
+	default:
+		return req, true
 	}
-	return req, true
+	return store.RefundRequest{}, false
 }
+
+// refundRepeatWindow is how long after a refund of some amount of a
+// payment the same amount asks for confirmation (the form filled in again
+// after Back, or by a second admin for the same complaint).
+const refundRepeatWindow = 10 * time.Minute
 
 // closeRefundRequest closes the request waiting too long for an answer to
 // be asked again, once support has checked the provider's dashboard.
@@ -220,7 +255,7 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 	f := page.Form
 	reqID, _ := strconv.ParseInt(f.raw("request"), 10, 64)
 	if page.Pending == nil || page.Pending.ID != reqID {
-		f.Message = "That request has an answer already; nothing was changed."
+		f.Message = "That request is not one of this payment's waiting for an answer; nothing was changed."
 		render(http.StatusConflict)
 		return
 	}
@@ -229,8 +264,8 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 		render(http.StatusConflict)
 		return
 	}
-	if err := store.CheckRefundReason(f.raw("reason")); err != nil {
-		f.fail("reason", "Say what you found in "+page.ProviderName+"'s dashboard: "+err.Error())
+	if msg := closeNoteProblem(f.raw("reason")); msg != "" {
+		f.fail("reason", msg)
 		render(http.StatusUnprocessableEntity)
 		return
 	}
@@ -244,8 +279,23 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 		s.serverError(w, r, err)
 		return
 	}
-	s.flash(r.Context(), "The refund request of "+formatMoney(page.Pending.AmountMinor, page.Payment.Currency)+" is closed; nothing was asked.")
+	s.flash(r.Context(), "The refund request of "+formatMoney(page.Pending.AmountMinor, page.Payment.Currency)+" is closed: it will not be asked again.")
 	redirect(w, r, back)
+}
+
+// closeNoteProblem says what is wrong with the note closing a request
+// ("" if nothing): the rules of a refund's reason, in its own words.
+func closeNoteProblem(note string) string {
+	switch err := store.CheckRefundReason(note); {
+	case err == nil:
+		return ""
+	case store.BlankText(strings.TrimSpace(note)):
+		return "Say what you found: the note is kept in the audit log."
+	case utf8.RuneCountInString(strings.TrimSpace(note)) > store.MaxRefundReason:
+		return "Keep the note to " + strconv.Itoa(store.MaxRefundReason) + " characters."
+	default:
+		return "Write the note on one line, without control or hidden characters."
+	}
 }
 
 // load reads the payment's refund requests and works out what may still be
@@ -257,51 +307,69 @@ func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 		return err
 	}
 	pay := p.Payment
-	p.Pending, p.PendingNonce, p.PendingStale, p.Unconfirmed, p.Waiting = nil, "", false, nil, 0
-	for i, rq := range p.Requests {
-		switch {
-		case rq.Status == store.RefundRequested && p.Pending == nil:
-			p.Pending, p.PendingNonce = &p.Requests[i], store.RefundNonce(pay.ID, rq.IdempotencyKey)
-			p.PendingStale = time.Since(rq.CreatedAt) >= store.RefundAskAgainWithin
-		case rq.Status == store.RefundAccepted && pay.AmountRefundedMinor < rq.RefundedBeforeMinor+rq.AmountMinor:
-			p.Unconfirmed = append(p.Unconfirmed, rq)
-			p.Waiting += rq.AmountMinor
-		}
+	p.Pending, p.Unconfirmed, p.Waiting = store.RefundStanding(pay, p.Requests)
+	p.PendingNonce, p.PendingStale = "", false
+	p.WaitingIDs = map[int64]bool{}
+	for _, rq := range p.Unconfirmed {
+		p.WaitingIDs[rq.ID] = true
+	}
+	if p.Pending != nil {
+		p.PendingNonce = store.RefundNonce(pay.ID, p.Pending.IdempotencyKey)
+		p.PendingStale = time.Since(p.Pending.CreatedAt) >= store.RefundAskAgainWithin
 	}
 	p.Unrefunded = pay.AmountMinor - pay.AmountRefundedMinor
 	p.Left = max(0, p.Unrefunded-p.Waiting)
 	return nil
 }
 
-// nothingToRefund says why a payment has nothing left to refund.
-func nothingToRefund(p store.Payment) string {
-	if p.PaidAt == nil {
-		return "payment #" + strconv.FormatInt(p.ID, 10) + " was never paid."
+// amountInput writes minor units as a form's amount ("12.50"; "3000" in
+// a zero-decimal currency).
+func amountInput(minor int64, currency string) string {
+	if billing.CurrencyDecimals(currency) == 0 {
+		return strconv.FormatInt(minor, 10)
 	}
-	return "payment #" + strconv.FormatInt(p.ID, 10) + " is refunded in full."
-}
-
-// amountInput writes minor units as a form's amount ("12.50").
-func amountInput(minor int64) string {
 	return strconv.FormatInt(minor/100, 10) + "." + strconv.FormatInt(minor%100/10, 10) + strconv.FormatInt(minor%10, 10)
 }
 
-// amountPattern is an amount as typed: digits, with commas only between
-// groups of three, and up to two decimals.
-var amountPattern = regexp.MustCompile(`^([0-9]{1,9}|[0-9]{1,3}(,[0-9]{3}){1,2})(\.[0-9]{1,2})?$`)
-
-// currencySymbols are the symbols an amount may start with, by currency.
-var currencySymbols = map[string]string{"usd": "$", "eur": "€", "gbp": "£"}
-
-// parseAmount reads an amount of a two-decimal currency typed in a form
-// ("12", "12.5", "12.50", "$12.50", "1,012.50" for USD) as minor units.
-// Only the payment's own currency symbol is accepted.
-func parseAmount(v, currency string) (int64, bool) {
-	sym, ok := currencySymbols[currency]
-	if !ok {
-		return 0, false
+// amountExamples shows what the amount field takes in a currency.
+func amountExamples(currency string) string {
+	if billing.CurrencyDecimals(currency) == 0 {
+		return "500 or 1,500 (" + strings.ToUpper(currency) + ")"
 	}
-	v = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), sym))
+	return "5 or 12.50 (" + strings.ToUpper(currency) + ")"
+}
+
+// amountPattern is an amount as typed: digits, with commas only between
+// groups of three, and up to two decimals (none in a zero-decimal
+// currency).
+var (
+	amountPattern      = regexp.MustCompile(`^([0-9]{1,9}|[0-9]{1,3}(,[0-9]{3}){1,2})(\.[0-9]{1,2})?$`)
+	wholeAmountPattern = regexp.MustCompile(`^([0-9]{1,11}|[0-9]{1,3}(,[0-9]{3}){1,3})$`)
+)
+
+// currencySymbols are the symbols an amount may start with, by currency;
+// any currency's amount may start with its code ("CAD 15.00").
+var currencySymbols = map[string]string{"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+
+// parseAmount reads an amount typed in a form ("12", "12.5", "12.50",
+// "$12.50", "1,012.50" for USD; "3,000" or "¥3000" for JPY) as minor
+// units. Only the payment's own currency symbol or code is accepted.
+func parseAmount(v, currency string) (int64, bool) {
+	v = strings.TrimSpace(v)
+	if sym, ok := currencySymbols[currency]; ok {
+		v = strings.TrimPrefix(v, sym)
+	}
+	if len(v) >= 3 && strings.EqualFold(v[:3], currency) {
+		v = v[3:]
+	}
+	v = strings.TrimSpace(v)
+	if billing.CurrencyDecimals(currency) == 0 {
+		if !wholeAmountPattern.MatchString(v) {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(strings.ReplaceAll(v, ",", ""), 10, 64)
+		return n, err == nil
+	}
 	if !amountPattern.MatchString(v) {
 		return 0, false
 	}

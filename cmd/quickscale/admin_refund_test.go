@@ -44,15 +44,17 @@ func simPurchaseOf(t *testing.T, ta *testApp, u store.User) (store.User, *browse
 	return u, b, pay
 }
 
-// refundForm reads the refund page's form: its status, the amount it
-// offers and its key.
+// refundForm reads the refund page's form: its path, what it says is left
+// to refund and its key.
 func refundForm(t *testing.T, admin *browser, paymentID int64) (path, amount, nonce string) {
 	t.Helper()
 	path = fmt.Sprintf("/admin/payments/%d/refund", paymentID)
 	r := admin.get(path)
 	acctRequireStatus(t, r, http.StatusOK)
 	doc := r.Doc(t)
-	return path, doc.Find(`#refund-form input[name="amount"]`).AttrOr("value", ""), doc.Find(`#refund-form input[name="nonce"]`).AttrOr("value", "")
+	// The form says what is left; the amount is typed, not filled in.
+	require.Empty(t, doc.Find(`#refund-form input[name="amount"]`).AttrOr("value", ""), "the form fills in an amount")
+	return path, doc.Find(`#refund-form`).AttrOr("data-left", ""), doc.Find(`#refund-form input[name="nonce"]`).AttrOr("value", "")
 }
 
 // Support refunds part of a payment, then the rest, from its admin page:
@@ -357,7 +359,8 @@ func TestAdminRefundCountsRefundsWaitingForConfirmation(t *testing.T) {
 	require.Equal(t, "10.00", amount, "the form offers what is neither refunded nor waiting")
 	doc := admin.get(path).Doc(t)
 	require.Equal(t, 1, doc.Find(".unconfirmed-refund").Length())
-	require.Contains(t, acctText(doc, ".unconfirmed-refund"), "Refunded $10.00")
+	require.Contains(t, acctText(doc, ".unconfirmed-refund"), "A refund of $10.00 asked")
+	require.Equal(t, "Accepted, waiting for confirmation", acctText(doc, "tr.refund-request .request-status"))
 	r := admin.post(path, url.Values{"amount": {"15"}, "reason": {"second"}, "nonce": {nonce}})
 	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
 	require.Equal(t, "At most $10.00 is left to refund: $10.00 more was refunded and waits for the payments simulator's confirmation.", acctText(r.Doc(t), "#e-amount"))
@@ -369,5 +372,84 @@ func TestAdminRefundCountsRefundsWaitingForConfirmation(t *testing.T) {
 	})
 	doc = admin.get(path).Doc(t)
 	require.Zero(t, doc.Find(".unconfirmed-refund").Length(), "confirmed, it no longer waits")
-	require.Equal(t, "10.00", doc.Find(`#refund-form input[name="amount"]`).AttrOr("value", ""))
+	require.Equal(t, "10.00", doc.Find(`#refund-form`).AttrOr("data-left", ""))
+}
+
+// The same amount refunded again within minutes (Back and the form filled
+// in again, or a second admin for the same complaint) asks first; two
+// refunds sent at once are decided one at a time, so only one is made.
+func TestAdminRefundAsksBeforeTheSameAmountAgainAndDecidesOneAtATime(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	adminUser, admin := whAdmin(t, ta)
+	userPage := fmt.Sprintf("/admin/users/%d", u.ID)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"5"}, "reason": {"customer asked"}, "nonce": {nonce}}), userPage)
+
+	_, _, nonce = refundForm(t, admin, pay.ID)
+	r := admin.post(path, url.Values{"amount": {"5.00"}, "reason": {"customer asked"}, "nonce": {nonce}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	doc := r.Doc(t)
+	require.Contains(t, acctText(doc, ".form-message"), "A refund of $5.00 of this payment was made")
+	require.Contains(t, acctText(doc, ".form-message"), "by "+adminUser.Email)
+	require.Equal(t, 1, doc.Find(`#confirm-repeat input[name="confirm_repeat"]`).Length())
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`), "asked again without asking first")
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"5.00"}, "reason": {"customer asked"}, "nonce": {nonce}, "confirm_repeat": {"yes"}}), userPage)
+	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
+
+	// Two admins send the rest at the same moment: one refund.
+	_, left, n1 := refundForm(t, admin, pay.ID)
+	require.Equal(t, "10.00", left)
+	_, _, n2 := refundForm(t, admin, pay.ID)
+	statuses := make(chan int, 2)
+	for _, n := range []string{n1, n2} {
+		go func(n string) {
+			statuses <- admin.post(path, url.Values{"amount": {"10"}, "reason": {"the rest"}, "nonce": {n}}).Status
+		}(n)
+	}
+	got := []int{<-statuses, <-statuses}
+	require.Contains(t, got, http.StatusSeeOther)
+	require.Equal(t, 3, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`), "both refunds sent at once were made: %v", got)
+}
+
+// The refund page names the buyer's address now, and the one the payment
+// was made with when it differs; closing a request explains its own
+// errors.
+func TestAdminRefundPageNamesTheBuyerNowAndExplainsTheCloseNote(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	require.NoError(t, store.ChangeEmail(ctx, ta.store.Pool(), u.ID, "now-"+u.Email))
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	doc := admin.get(path).Doc(t)
+	require.Equal(t, "now-"+u.Email, acctText(doc, "#refund-buyer"))
+	require.Equal(t, "(paid as "+u.Email+")", acctText(doc, "#refund-paid-as"))
+	require.Equal(t, "h-amount", doc.Find("#f-amount").AttrOr("aria-describedby", ""), "the help saying what is left is read with the field")
+	require.Equal(t, "decimal", doc.Find("#f-amount").AttrOr("inputmode", ""))
+	// The page is under Users, as the buyer's page is.
+	for _, page := range []string{path, fmt.Sprintf("/admin/users/%d", u.ID)} {
+		tab := admin.get(page).Doc(t).Find(`.tabs a[href="/admin/users"]`)
+		require.Equal(t, "true", tab.AttrOr("aria-current", ""), "%s: the Users tab is not marked as its section", page)
+	}
+
+	_, err := ta.store.RecordRefundRequest(ctx, store.NewRefundRequest{PaymentID: pay.ID, AdminID: u.ID, AmountMinor: 500, Reason: "old", Key: store.RefundKey(pay.ID, nonce), Amount: "$5.00"})
+	require.NoError(t, err)
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE refund_requests SET created_at = now() - interval '25 hours' WHERE payment_id = $1`, pay.ID)
+	require.NoError(t, err)
+	reqID := admin.get(path).Doc(t).Find(`#close-request-form input[name="request"]`).AttrOr("value", "")
+	for note, want := range map[string]string{
+		"":                       "Say what you found: the note is kept in the audit log.",
+		strings.Repeat("n", 501): "Keep the note to 500 characters.",
+		"two\nlines":             "Write the note on one line, without control or hidden characters.",
+	} {
+		r := admin.post(path, url.Values{"action": {"close"}, "request": {reqID}, "reason": {note}})
+		acctRequireStatus(t, r, http.StatusUnprocessableEntity)
+		require.Equal(t, want, acctText(r.Doc(t), "#e-reason"))
+	}
+	r := admin.post(path, url.Values{"action": {"close"}, "request": {"999999"}, "reason": {"x"}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "not one of this payment's waiting for an answer")
 }
