@@ -172,8 +172,12 @@ func (s *Site) AdminRefund() http.Handler {
 			s.flash(ctx, "The refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" was made ("+refundID+
 				"), and the payment shows it.")
 		} else {
+			credits := ", and its share of the credits is taken back,"
+			if page.BuyerEmail == nil {
+				credits = "" // a deleted account's credits were forfeited
+			}
 			s.flash(ctx, "Refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" requested ("+refundID+
-				"). The payment shows it, and its share of the credits is taken back, once "+page.ProviderName+" confirms it.")
+				"). The payment shows it"+credits+" once "+page.ProviderName+" confirms it.")
 		}
 		redirect(w, r, back)
 	})
