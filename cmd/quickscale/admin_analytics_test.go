@@ -27,10 +27,7 @@ func TestAdminAnalyticsShowsRevenueAndUsage(t *testing.T) {
 	adminUser, admin := whAdmin(t, ta)
 	path, _, nonce := refundForm(t, admin, pay.ID)
 	mustRedirect(t, admin.post(path, url.Values{"amount": {"5"}, "reason": {"partly"}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", u.ID))
-	eventually(t, 10*time.Second, "the refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.AmountRefundedMinor == 500
-	})
+	waitRefunded(t, ta, pay, 500)
 	// Spends of yesterday (the rollup counts spends older than its lag).
 	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 1})
 	yesterday := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -1)

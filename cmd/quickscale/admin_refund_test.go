@@ -44,6 +44,16 @@ func simPurchaseOf(t *testing.T, ta *testApp, u store.User) (store.User, *browse
 	return u, b, pay
 }
 
+// waitRefunded waits for the payment's refunded total to reach refunded
+// (the provider's charge.refunded applied by the workers).
+func waitRefunded(t *testing.T, ta *testApp, pay store.Payment, refunded int64) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("payment #%d refunded %d", pay.ID, refunded), func() bool {
+		p, err := ta.store.UserPayment(context.Background(), pay.UserID, pay.ID)
+		return err == nil && p.AmountRefundedMinor == refunded
+	})
+}
+
 // refundForm reads the refund page's form: its path, what it says is left
 // to refund and its key.
 func refundForm(t *testing.T, admin *browser, paymentID int64) (path, amount, nonce string) {
@@ -80,10 +90,7 @@ func TestAdminRefundsAPaymentInParts(t *testing.T) {
 	first := url.Values{"amount": {"5"}, "reason": {"duplicate order, customer asked"}, "nonce": {nonce}}
 	mustRedirect(t, admin.post(path, first), userPage)
 	require.Contains(t, acctText(admin.get(userPage).Doc(t), "#flash"), "Refund of $5.00 of payment #")
-	eventually(t, 10*time.Second, "the refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.AmountRefundedMinor == 500
-	})
+	waitRefunded(t, ta, pay, 500)
 	bal, err := ta.store.Balance(ctx, u.ID)
 	require.NoError(t, err)
 	require.Equal(t, int64(375), bal.Total, "a quarter of the money back takes a quarter of the credits")
@@ -102,10 +109,7 @@ func TestAdminRefundsAPaymentInParts(t *testing.T) {
 	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
 	require.Equal(t, "At most $15.00 is left to refund of this payment.", acctText(r.Doc(t), "#e-amount"))
 	mustRedirect(t, admin.post(path, url.Values{"amount": {"$15.00"}, "reason": {"rest"}, "nonce": {nonce}}), userPage)
-	eventually(t, 10*time.Second, "the second refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.Status == store.PaymentRefunded
-	})
+	waitRefunded(t, ta, pay, pay.AmountMinor)
 	bal, err = ta.store.Balance(ctx, u.ID)
 	require.NoError(t, err)
 	require.Zero(t, bal.Total)
@@ -233,10 +237,7 @@ CREATE TRIGGER refuse_events BEFORE INSERT ON stripe_events FOR EACH ROW EXECUTE
 	require.NoError(t, err)
 
 	mustRedirect(t, admin.post(path, form), fmt.Sprintf("/admin/users/%d", u.ID))
-	eventually(t, 10*time.Second, "the refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.AmountRefundedMinor == 400
-	})
+	waitRefunded(t, ta, pay, 400)
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE status = 'accepted'`))
 	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund'`), "one audit entry per request, not per send")
@@ -291,10 +292,7 @@ func TestAdminRefundLostAnswerIsAskedAgainAndAStaleOneClosed(t *testing.T) {
 	path, _, nonce := refundForm(t, admin, pay.ID)
 
 	mustRedirect(t, admin.post(path, url.Values{"amount": {"20"}, "reason": {"in full"}, "nonce": {nonce}}), userPage)
-	eventually(t, 10*time.Second, "the refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.Status == store.PaymentRefunded
-	})
+	waitRefunded(t, ta, pay, pay.AmountMinor)
 	var refundID string
 	require.NoError(t, ta.store.Pool().QueryRow(ctx, `
 UPDATE refund_requests SET status = 'requested', provider_refund_id = NULL, answered_at = NULL WHERE payment_id = $1
@@ -366,10 +364,7 @@ func TestAdminRefundCountsRefundsWaitingForConfirmation(t *testing.T) {
 	require.Equal(t, "At most $10.00 is left to refund: $10.00 more was refunded and waits for the payments simulator's confirmation.", acctText(r.Doc(t), "#e-amount"))
 
 	require.NoError(t, hold.Rollback(ctx))
-	eventually(t, 10*time.Second, "the refund applied", func() bool {
-		p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
-		return err == nil && p.AmountRefundedMinor == 1000
-	})
+	waitRefunded(t, ta, pay, 1000)
 	doc = admin.get(path).Doc(t)
 	require.Zero(t, doc.Find(".unconfirmed-refund").Length(), "confirmed, it no longer waits")
 	require.Equal(t, "10.00", doc.Find(`#refund-form`).AttrOr("data-left", ""))
