@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -305,9 +306,10 @@ func TestSpendRunningAloneGivesUpBeforeItsDeadlineInTheServer(t *testing.T) {
 	defer cancel()
 	_, _, err = b.st.Consume(ctx, store.ConsumeRequest{UserID: b.user.ID, Service: svc, IdempotencyKey: "k"})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	// The server ended the wait (lock_timeout), before the deadline: not
+	// The server ended the wait (lock_timeout), before the deadline, or the
+	// last try was not started for want of time (a loaded machine): not
 	// pgx, which answers at once and cancels the server's statement after.
-	require.Equal(t, "55P03", pgErrCode(err), "%v", err)
+	require.True(t, pgErrCode(err) == "55P03" || strings.Contains(err.Error(), "no time left to wait"), "%v", err)
 	var waiting int
 	require.NoError(t, b.st.Pool().QueryRow(b.ctx, `SELECT count(*) FROM pg_stat_activity
  WHERE datname = current_database() AND state <> 'idle' AND query LIKE '%ledger_consume%' AND pid <> pg_backend_pid()`).Scan(&waiting))
