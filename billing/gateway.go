@@ -87,6 +87,11 @@ const (
 	MetaRequest  = "quickscale_refund_request"
 )
 
+// ErrCustomerMissing is UpdateCustomerEmail's answer for a customer the
+// provider does not have (deleted in its dashboard, or made with other
+// keys): no retry can change it.
+var ErrCustomerMissing = errors.New("the payment provider has no such customer")
+
 // ErrCheckoutNotOpen is ExpireCheckoutSession's answer for a checkout that
 // was completed (paid, or declined) before it could be closed.
 var ErrCheckoutNotOpen = errors.New("the checkout is no longer open")

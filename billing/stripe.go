@@ -69,7 +69,12 @@ func (s *Stripe) CreateCustomer(ctx context.Context, c CustomerParams) (string, 
 func (s *Stripe) UpdateCustomerEmail(ctx context.Context, customerID, email string) error {
 	p := &stripe.CustomerParams{Email: stripe.String(email)}
 	p.Context = ctx
-	if _, err := s.api.Customers.Update(customerID, p); err != nil {
+	_, err := s.api.Customers.Update(customerID, p)
+	var se *stripe.Error
+	if errors.As(err, &se) && se.HTTPStatusCode == http.StatusNotFound {
+		return fmt.Errorf("stripe: update customer %s: %w (%w)", customerID, ErrCustomerMissing, err)
+	}
+	if err != nil {
 		return fmt.Errorf("stripe: update customer %s: %w", customerID, err)
 	}
 	return nil

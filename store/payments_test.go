@@ -243,4 +243,43 @@ func TestRefundStandingCountsAcceptedRefundsThePaymentDoesNotShow(t *testing.T) 
 	}
 	_, unconfirmed, _ := store.RefundStanding(store.Payment{AmountMinor: 2000, AmountRefundedMinor: 500}, requests)
 	require.Equal(t, int64(2), unconfirmed[0].ID, "the later of two unconfirmed-at-once refunds is the one still waiting")
+
+	// A refund of 200 made in Stripe's dashboard between two requests: the
+	// second was asked with 200 refunded, while the first (300) was not
+	// shown yet. With the first shown (500), the second still waits.
+	between := []store.RefundRequest{req(2, store.RefundAccepted, 200, 100), req(1, store.RefundAccepted, 0, 300)}
+	_, _, waiting := store.RefundStanding(store.Payment{AmountMinor: 2000, AmountRefundedMinor: 500}, between)
+	require.Equal(t, int64(100), waiting)
+	_, _, waiting = store.RefundStanding(store.Payment{AmountMinor: 2000, AmountRefundedMinor: 600}, between)
+	require.Zero(t, waiting)
+}
+
+// The same amount again is asked about for ten minutes from when the
+// refund was made (a request asked again is made when it is accepted, not
+// when first asked); the same key twice is the form sent twice.
+func TestRecordRefundRequestRepeatsAndKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	admin := storetest.NewUser(t, st, storetest.UserOpts{Admin: true})
+	p := paidPayment(t, st, u, fmt.Sprintf("cs_repeat_%d", u.ID))
+	ask := func(key string, amount int64) error {
+		_, err := st.RecordRefundRequest(ctx, store.NewRefundRequest{PaymentID: p.ID, AdminID: admin.ID, AmountMinor: amount, Reason: "r",
+			Key: store.RefundKey(p.ID, key), Amount: "x", AskRepeatWithin: 10 * time.Minute})
+		return err
+	}
+	require.NoError(t, ask("k1", 300))
+	require.Equal(t, store.KindConflict, store.ErrorKind(ask("k1", 300)), "the same key twice")
+	var pending *store.RefundPendingError
+	require.ErrorAs(t, ask("k2", 100), &pending, "another key while one has no answer")
+	// Asked 15 minutes ago, accepted (asked again) a minute ago.
+	_, err := st.Pool().Exec(ctx, `UPDATE refund_requests SET created_at = now() - interval '15 minutes' WHERE payment_id = $1`, p.ID)
+	require.NoError(t, err)
+	r, err := st.RefundRequestByKey(ctx, store.RefundKey(p.ID, "k1"))
+	require.NoError(t, err)
+	require.NoError(t, st.AnswerRefundRequest(ctx, r.ID, "re_1", ""))
+	var repeated *store.RepeatedRefundError
+	require.ErrorAs(t, ask("k3", 300), &repeated)
+	require.NoError(t, ask("k4", 200), "another amount is not a repeat")
 }

@@ -96,18 +96,28 @@ func (e *RepeatedRefundError) Error() string {
 
 // RefundStanding reads a payment's requests (newest first): the newest
 // still waiting for the provider's answer, and the accepted ones whose
-// refund the payment does not show yet, with their sum. Accepted requests
-// are made one after another, so the payment shows one once its refunded
-// total reaches what it had when the request was asked, plus the requests
-// accepted since then up to and including this one.
+// refund the payment does not show yet, with their sum. An accepted
+// request is shown once the payment's refunded total reaches what it had
+// when the request was asked, plus the request, plus the earlier accepted
+// requests not shown yet at that time (a refund made meanwhile in Stripe's
+// dashboard is in what it had). A dashboard refund made after a request
+// can still read as its confirmation: only Stripe's refund ids, which
+// charge.refunded does not carry, would tell them apart.
 func RefundStanding(pay Payment, requests []RefundRequest) (pending *RefundRequest, unconfirmed []RefundRequest, waiting int64) {
-	var expected int64
+	type asked struct{ expected, amount int64 }
+	var earlier []asked
 	for i := len(requests) - 1; i >= 0; i-- {
 		rq := requests[i]
 		if rq.Status != RefundAccepted {
 			continue
 		}
-		expected = max(expected, rq.RefundedBeforeMinor) + rq.AmountMinor
+		expected := rq.RefundedBeforeMinor + rq.AmountMinor
+		for _, e := range earlier {
+			if e.expected > rq.RefundedBeforeMinor {
+				expected += e.amount
+			}
+		}
+		earlier = append(earlier, asked{expected, rq.AmountMinor})
 		if pay.AmountRefundedMinor < expected {
 			unconfirmed = append([]RefundRequest{rq}, unconfirmed...)
 			waiting += rq.AmountMinor
@@ -138,6 +148,14 @@ func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (re
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('quickscale.refund_request:' || $1::bigint, 0))`, r.PaymentID); err != nil {
 			return err
 		}
+		// The same form sent twice at once: the other send recorded it.
+		var used bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM refund_requests WHERE idempotency_key = $1)`, r.Key).Scan(&used); err != nil {
+			return err
+		}
+		if used {
+			return Errorf(KindConflict, "This form was sent twice; the first send asks for its refund (below).")
+		}
 		pay, err := onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, r.PaymentID))
 		if err != nil {
 			return err
@@ -165,8 +183,14 @@ func (s *Store) RecordRefundRequest(ctx context.Context, r NewRefundRequest) (re
 		}
 		if r.AskRepeatWithin > 0 {
 			for _, rq := range requests {
-				if rq.AmountMinor == r.AmountMinor && rq.Status == RefundAccepted && time.Since(rq.CreatedAt) <= r.AskRepeatWithin {
-					return &RepeatedRefundError{At: rq.CreatedAt, By: rq.AdminEmail}
+				// From when it was made: a request asked again later was
+				// accepted then.
+				at := rq.CreatedAt
+				if rq.AnsweredAt != nil {
+					at = *rq.AnsweredAt
+				}
+				if rq.AmountMinor == r.AmountMinor && rq.Status == RefundAccepted && time.Since(at) <= r.AskRepeatWithin {
+					return &RepeatedRefundError{At: at, By: rq.AdminEmail}
 				}
 			}
 		}

@@ -190,6 +190,22 @@ func (s *Site) AdminRefund() http.Handler {
 // payment held, so that two admins sending at once cannot both pass them.
 func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, key string, render func(int)) (store.RefundRequest, bool) {
 	pay, f := page.Payment, page.Form
+	// What the page shows instead of a form is said first (a form from an
+	// older page): the store decides again with the payment held.
+	switch {
+	case pay.PaidAt == nil || pay.PaymentIntentID == nil:
+		f.Message = "There is nothing to refund: payment #" + strconv.FormatInt(pay.ID, 10) + " was never paid."
+	case page.Unrefunded <= 0:
+		f.Message = "There is nothing to refund: payment #" + strconv.FormatInt(pay.ID, 10) + " is refunded in full."
+	case page.Pending != nil:
+		f.Message = pendingMessage(page)
+	case page.Left <= 0:
+		f.Message = "All that is left of this payment is refunded and waits for " + page.ProviderName + "'s confirmation; nothing was asked."
+	}
+	if f.Message != "" {
+		render(http.StatusConflict)
+		return store.RefundRequest{}, false
+	}
 	amount, ok := parseAmount(f.raw("amount"), pay.Currency)
 	switch {
 	case !ok:
@@ -217,10 +233,8 @@ func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *ad
 	var repeated *store.RepeatedRefundError
 	switch {
 	case errors.As(err, &pending):
-		// Another request has no answer yet: it may have been made. It is
-		// asked again (under its key), or closed, before any other.
-		f.Message = "A refund of " + formatMoney(pending.Pending.AmountMinor, pay.Currency) + " asked " + relativeTime(pending.Pending.CreatedAt) +
-			" has no answer from " + page.ProviderName + " yet, so it may have been made. Deal with it first (below); nothing else was asked."
+		page.Pending = &pending.Pending
+		f.Message = pendingMessage(page)
 		render(http.StatusConflict)
 	case errors.As(err, &tooLarge) && tooLarge.Waiting > 0:
 		f.fail("amount", "At most "+formatMoney(tooLarge.Left, pay.Currency)+" is left to refund: "+formatMoney(tooLarge.Waiting, pay.Currency)+" more was refunded and waits for "+page.ProviderName+"'s confirmation.")
@@ -246,6 +260,14 @@ func (s *Site) newRefundRequest(w http.ResponseWriter, r *http.Request, page *ad
 		return req, true
 	}
 	return store.RefundRequest{}, false
+}
+
+// pendingMessage says why no other refund is asked while one has no answer
+// from the provider: it may have been made, and is asked again (under its
+// key), or closed, first.
+func pendingMessage(page *adminRefundPage) string {
+	return "A refund of " + formatMoney(page.Pending.AmountMinor, page.Payment.Currency) + " asked " + relativeTime(page.Pending.CreatedAt) +
+		" has no answer from " + page.ProviderName + " yet, so it may have been made. Deal with it first (below); nothing else was asked."
 }
 
 // refundRepeatWindow is how long after a refund of some amount of a

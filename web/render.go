@@ -16,6 +16,7 @@ import (
 	"text/template/parse"
 	"time"
 
+	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/store"
 )
 
@@ -150,6 +151,14 @@ func (t *templates) funcs() template.FuncMap {
 		"amountinput": amountInput,
 		"within":      within,
 		"derefstr":    func(p *string) string { return *p },
+		// A phone's keyboard for an amount: digits, with a decimal point
+		// where the currency has cents.
+		"amountmode": func(currency string) string {
+			if billing.CurrencyDecimals(currency) == 0 {
+				return "numeric"
+			}
+			return "decimal"
+		},
 		"refundeffect": func(buyer *string) string {
 			if buyer == nil {
 				return "The account was deleted and its credits forfeited, so none are taken back."

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/riverqueue/river"
@@ -34,7 +35,13 @@ func (w *SyncCustomerEmailWorker) Work(ctx context.Context, job *river.Job[jobs.
 	if err != nil {
 		return err
 	}
-	if err := w.gateway.UpdateCustomerEmail(ctx, customer, u.Email); err != nil {
+	err = w.gateway.UpdateCustomerEmail(ctx, customer, u.Email)
+	if errors.Is(err, billing.ErrCustomerMissing) {
+		// Deleted in Stripe's dashboard, or made with other keys: no
+		// retry helps. Cancelled, and visible as such in River UI.
+		return river.JobCancel(fmt.Errorf("customer of user %d: %w", job.Args.UserID, err))
+	}
+	if err != nil {
 		return fmt.Errorf("customer of user %d: %w", job.Args.UserID, err)
 	}
 	return nil

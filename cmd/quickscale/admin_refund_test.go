@@ -324,6 +324,11 @@ RETURNING (SELECT id FROM simulator_refunds)`, pay.ID).Scan(&refundID))
 	reqID := doc.Find(`#close-request-form input[name="request"]`).AttrOr("value", "")
 	r = admin.post(path2, url.Values{"amount": {"1"}, "reason": {"new"}, "nonce": {"fresh-nonce"}})
 	acctRequireStatus(t, r, http.StatusConflict)
+	// A form from an older page, with a bad amount and no reason: the page
+	// has no refund form to show its errors on, so it says why first.
+	r = admin.post(path2, url.Values{"amount": {"5,00"}, "reason": {""}, "nonce": {"older-page"}})
+	acctRequireStatus(t, r, http.StatusConflict)
+	require.Contains(t, acctText(r.Doc(t), ".form-message"), "has no answer from the payments simulator yet")
 	r = admin.post(path2, url.Values{"action": {"close"}, "request": {reqID}, "reason": {""}})
 	acctRequireStatus(t, r, http.StatusUnprocessableEntity)
 	mustRedirect(t, admin.post(path2, url.Values{"action": {"close"}, "request": {reqID}, "reason": {"not in the Stripe dashboard"}}), fmt.Sprintf("/admin/users/%d", u.ID))
