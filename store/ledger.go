@@ -629,22 +629,53 @@ type Adjustment struct {
 	AskRepeatWithin time.Duration
 }
 
-// maxReasonChars bounds an adjustment's reason, in characters.
-const maxReasonChars = 500
+// MaxReasonChars bounds a reason people give (an adjustment's, a
+// refund's, a note closing a refund request), in characters.
+const MaxReasonChars = 500
+
+// ReasonFault is what is wrong with a reason (ReasonOK: nothing).
+type ReasonFault int
+
+// The faults ReasonProblem finds.
+const (
+	ReasonOK ReasonFault = iota
+	ReasonBlank
+	ReasonUnsafe  // control or hidden characters, or more than one line
+	ReasonNotUTF8 // not valid text
+	ReasonTooLong // over MaxReasonChars
+)
+
+// ReasonProblem applies the one rule for every reason kept in the ledger
+// or the audit log (trimmed): not blank, one line without control or
+// hidden characters, valid text, MaxReasonChars at most. Each caller says
+// what is wrong in its own words.
+func ReasonProblem(reason string) ReasonFault {
+	reason = strings.TrimSpace(reason)
+	switch {
+	case BlankText(reason):
+		return ReasonBlank
+	case UnsafeLine(reason):
+		return ReasonUnsafe
+	case !utf8.ValidString(reason):
+		return ReasonNotUTF8
+	case utf8.RuneCountInString(reason) > MaxReasonChars:
+		return ReasonTooLong
+	}
+	return ReasonOK
+}
 
 // CheckAdjustmentReason refuses a reason Adjust would refuse (KindInvalid,
 // saying why), so that a form can show it next to its field.
 func CheckAdjustmentReason(reason string) error {
-	reason = strings.TrimSpace(reason)
-	switch {
-	case BlankText(reason):
+	switch ReasonProblem(reason) {
+	case ReasonBlank:
 		return Errorf(KindInvalid, "Give a reason for the adjustment.")
-	case UnsafeLine(reason):
+	case ReasonUnsafe:
 		return Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
-	case !utf8.ValidString(reason):
+	case ReasonNotUTF8:
 		return Errorf(KindInvalid, "The reason is not valid text (UTF-8).")
-	case utf8.RuneCountInString(reason) > maxReasonChars:
-		return Errorf(KindInvalid, "Keep the reason to 500 characters or fewer.")
+	case ReasonTooLong:
+		return Errorf(KindInvalid, "Keep the reason to %d characters or fewer.", MaxReasonChars)
 	}
 	return nil
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -63,9 +61,6 @@ type NewRefundRequest struct {
 	// of the same amount of the payment accepted that long ago or less.
 	AskRepeatWithin time.Duration
 }
-
-// MaxRefundReason bounds a refund's reason, as an adjustment's.
-const MaxRefundReason = 500
 
 // RefundPendingError: another request of the payment has no answer from
 // the provider yet (it may have been made): it is asked again, or closed,
@@ -243,14 +238,13 @@ RETURNING r.payment_id, p.user_id`, id, why).Scan(&paymentID, &userID)
 
 // CheckRefundReason is CheckAdjustmentReason's rule for a refund's reason.
 func CheckRefundReason(reason string) error {
-	reason = strings.TrimSpace(reason)
-	switch {
-	case BlankText(reason):
+	switch ReasonProblem(reason) {
+	case ReasonBlank:
 		return Errorf(KindInvalid, "Say why: the reason is kept in the audit log.")
-	case UnsafeLine(reason) || !utf8.ValidString(reason):
+	case ReasonUnsafe, ReasonNotUTF8:
 		return Errorf(KindInvalid, "Give the reason on one line, without control or hidden characters.")
-	case utf8.RuneCountInString(reason) > MaxRefundReason:
-		return Errorf(KindInvalid, "Keep the reason to %d characters.", MaxRefundReason)
+	case ReasonTooLong:
+		return Errorf(KindInvalid, "Keep the reason to %d characters.", MaxReasonChars)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -29,14 +30,7 @@ func (s *Site) AdminAnalytics() http.Handler {
 		days := 30
 		if v := r.URL.Query().Get("days"); v != "" {
 			n, err := strconv.Atoi(v)
-			ok := err == nil
-			if ok {
-				ok = false
-				for _, d := range analyticsRanges {
-					ok = ok || d == n
-				}
-			}
-			if !ok {
+			if err != nil || !slices.Contains(analyticsRanges, n) {
 				s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "No such range",
 					Message: "Analytics cover the last 7, 30, 90 or 365 days.", ActionURL: "/admin/analytics", ActionLabel: "See the last 30 days"})
 				return

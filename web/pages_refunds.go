@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -166,9 +165,13 @@ func (s *Site) AdminRefund() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		if pay.AmountRefundedMinor >= req.RefundedBeforeMinor+req.AmountMinor {
-			// Asked again: the refund was made, and the payment (read
-			// before asking) shows it already.
+		// Asked again, the refund may be one the payment shows already:
+		// told as the page tells waiting refunds (store.RefundStanding).
+		if err := page.load(ctx, s.store); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if !page.WaitingIDs[req.ID] {
 			s.flash(ctx, "The refund of "+formatMoney(req.AmountMinor, pay.Currency)+" of payment #"+strconv.FormatInt(pay.ID, 10)+" was made ("+refundID+
 				"), and the payment shows it.")
 		} else {
@@ -312,13 +315,13 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 // closeNoteProblem says what is wrong with the note closing a request
 // ("" if nothing): the rules of a refund's reason, in its own words.
 func closeNoteProblem(note string) string {
-	switch err := store.CheckRefundReason(note); {
-	case err == nil:
+	switch store.ReasonProblem(note) {
+	case store.ReasonOK:
 		return ""
-	case store.BlankText(strings.TrimSpace(note)):
+	case store.ReasonBlank:
 		return "Say what you found: the note is kept in the audit log."
-	case utf8.RuneCountInString(strings.TrimSpace(note)) > store.MaxRefundReason:
-		return "Keep the note to " + strconv.Itoa(store.MaxRefundReason) + " characters."
+	case store.ReasonTooLong:
+		return "Keep the note to " + strconv.Itoa(store.MaxReasonChars) + " characters."
 	default:
 		return "Write the note on one line, without control or hidden characters."
 	}

@@ -303,7 +303,9 @@ RETURNING (SELECT id FROM simulator_refunds)`, pay.ID).Scan(&refundID))
 	form := url.Values{}
 	doc.Find("#ask-again-form input").Each(func(_ int, in *goquery.Selection) { form.Set(in.AttrOr("name", ""), in.AttrOr("value", "")) })
 	mustRedirect(t, admin.post(path, form), userPage)
-	require.Contains(t, acctText(admin.get(userPage).Doc(t), "#flash"), "("+refundID+")", "asked again, the provider answers the refund it made")
+	flash := acctText(admin.get(userPage).Doc(t), "#flash")
+	require.Contains(t, flash, "("+refundID+")", "asked again, the provider answers the refund it made")
+	require.Contains(t, flash, "was made", "and the page says the payment shows it already")
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE status = 'accepted' AND provider_refund_id = $1`, refundID))
 
