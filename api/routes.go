@@ -89,6 +89,14 @@ func (s *server) routes() http.Handler {
 			r.Get("/dashboard/buy-credits/success", site.CheckoutSuccess().ServeHTTP)
 			r.Get("/dashboard/buy-credits/status", site.CheckoutStatus().ServeHTTP)
 			r.Get("/dashboard/buy-credits/cancel", site.CheckoutCancel().ServeHTTP)
+			r.Get("/dashboard/subscription", site.Subscription().ServeHTTP)
+			r.Get("/dashboard/subscription/success", site.SubscriptionSuccess().ServeHTTP)
+			r.Get("/dashboard/subscription/status", site.SubscriptionStatus().ServeHTTP)
+			r.Post("/dashboard/subscription/cancel", site.SetSubscriptionRenewal(true).ServeHTTP)
+			r.Post("/dashboard/subscription/resume", site.SetSubscriptionRenewal(false).ServeHTTP)
+			// The simulator's clock (Not Found with Stripe).
+			r.Post("/dashboard/subscription/renew", site.RenewSimulatedSubscription().ServeHTTP)
+			r.Get("/dashboard/subscription/{form:cancel|resume|renew}", http.RedirectHandler("/dashboard/subscription", http.StatusSeeOther).ServeHTTP)
 			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
 			r.Get("/dashboard/payments/{id}/receipt", site.Receipt().ServeHTTP)
 			r.Post("/dashboard/payments/{id}/cancel", site.CancelCheckout().ServeHTTP)
@@ -112,6 +120,7 @@ func (s *server) routes() http.Handler {
 			r.Use(site.RequireVerified)
 			r.Post("/services/{slug}/use", site.UseService().ServeHTTP)
 			r.Post("/dashboard/buy-credits", site.StartCheckout().ServeHTTP)
+			r.Post("/dashboard/subscription", site.StartSubscription().ServeHTTP)
 			// A key spends credits: only an account whose address is proven
 			// may make one (an unverified sign-up may be a squatter's).
 			r.Post("/settings/api-keys", site.CreateAPIKey().ServeHTTP)

@@ -35,6 +35,17 @@ type Gateway interface {
 	// provider refuses (more than is left, a payment not paid) is a
 	// *RefundRefusedError saying why.
 	Refund(ctx context.Context, r RefundParams) (string, error)
+	// CreateSubscriptionCheckout opens a hosted checkout that starts a
+	// monthly subscription to a plan.
+	CreateSubscriptionCheckout(ctx context.Context, p SubscriptionCheckoutParams) (CheckoutSession, error)
+	// SetCancelAtPeriodEnd sets whether a subscription ends when its
+	// current period does (true: it does not renew; false: it renews
+	// again). The provider then sends customer.subscription.updated.
+	SetCancelAtPeriodEnd(ctx context.Context, subscriptionID string, cancel bool) error
+	// CancelSubscription ends a subscription now (its account was
+	// deleted). The provider then sends customer.subscription.deleted. One
+	// ended already is ErrSubscriptionEnded.
+	CancelSubscription(ctx context.Context, subscriptionID string) error
 	// SyncCatalog creates or updates the products and prices of the packs,
 	// idempotently, and returns each pack's price id by pack code.
 	SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error)
@@ -51,6 +62,21 @@ type CheckoutParams struct {
 	UserID     int64
 	CustomerID string
 	Pack       store.Pack
+	SuccessURL string // may contain {CHECKOUT_SESSION_ID}
+	CancelURL  string
+	// IdempotencyKey makes a retried request return the same session.
+	IdempotencyKey string
+}
+
+// SubscriptionCheckoutParams describes a checkout that starts a
+// subscription to a plan.
+type SubscriptionCheckoutParams struct {
+	UserID     int64
+	CustomerID string
+	Plan       store.Plan
+	// Ref is put in the subscription's metadata (MetaSubscriptionRef), so
+	// that its invoices find our record before the checkout's completion.
+	Ref        string
 	SuccessURL string // may contain {CHECKOUT_SESSION_ID}
 	CancelURL  string
 	// IdempotencyKey makes a retried request return the same session.
@@ -85,7 +111,13 @@ const (
 	MetaPackCode = "quickscale_pack"
 	MetaPayment  = "quickscale_payment"
 	MetaRequest  = "quickscale_refund_request"
+	MetaPlanCode = "quickscale_plan"
+	// MetaSubscriptionRef names our subscriptions row (its checkout_ref).
+	MetaSubscriptionRef = "quickscale_subscription_ref"
 )
+
+// ErrSubscriptionEnded answers a change to a subscription that has ended.
+var ErrSubscriptionEnded = errors.New("the subscription has ended")
 
 // ErrCustomerMissing is UpdateCustomerEmail's answer for a customer the
 // provider does not have (deleted in its dashboard, or made with other

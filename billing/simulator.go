@@ -135,13 +135,32 @@ func (s *Simulator) Session(ctx context.Context, id string, userID int64) (store
 // Pay completes the session as paid and delivers checkout.session.completed.
 // It returns where the buyer goes next (the success URL).
 func (s *Simulator) Pay(ctx context.Context, id string, userID int64) (string, error) {
+	ss, err := s.store.SimSessionOfUser(ctx, id, userID)
+	if err != nil {
+		return "", err
+	}
+	if ss.Mode == "subscription" {
+		return s.paySubscription(ctx, id, userID)
+	}
 	return s.finish(ctx, id, userID, true)
 }
+
+// ErrDeclineSubscription answers Decline on a subscription's checkout:
+// Stripe's checkout keeps it open when a card is refused (a subscription
+// starts only once paid), so the simulator offers Pay or going back.
+var ErrDeclineSubscription = errors.New("simulator: a subscription's checkout is paid or left, not declined")
 
 // Decline completes the session unpaid, as an asynchronous payment method
 // (e.g. a bank debit) that then fails: checkout.session.completed with
 // payment_status unpaid, then checkout.session.async_payment_failed.
 func (s *Simulator) Decline(ctx context.Context, id string, userID int64) (string, error) {
+	ss, err := s.store.SimSessionOfUser(ctx, id, userID)
+	if err != nil {
+		return "", err
+	}
+	if ss.Mode != "payment" {
+		return "", ErrDeclineSubscription
+	}
 	return s.finish(ctx, id, userID, false)
 }
 
@@ -255,7 +274,7 @@ func ChargeObject(ss store.SimSession) *stripe.Charge {
 // CheckoutSessionObject renders a simulator session as Stripe's
 // checkout.session object.
 func CheckoutSessionObject(ss store.SimSession) *stripe.CheckoutSession {
-	return &stripe.CheckoutSession{
+	obj := &stripe.CheckoutSession{
 		ID: ss.ID, Object: "checkout.session",
 		AmountSubtotal: ss.AmountMinor, AmountTotal: ss.AmountMinor,
 		Currency:           stripe.Currency(ss.Currency),
@@ -273,6 +292,15 @@ func CheckoutSessionObject(ss store.SimSession) *stripe.CheckoutSession {
 		CancelURL:          ss.CancelURL,
 		UIMode:             stripe.CheckoutSessionUIModeHosted,
 	}
+	if ss.Mode == "subscription" {
+		// No payment intent of its own: the subscription's first invoice
+		// has it.
+		obj.Mode, obj.PaymentIntent = stripe.CheckoutSessionModeSubscription, nil
+		if ss.SubscriptionID != nil {
+			obj.Subscription = &stripe.Subscription{ID: *ss.SubscriptionID}
+		}
+	}
+	return obj
 }
 
 // expandableFields lists fields that Stripe sends as an id unless

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
@@ -175,74 +176,188 @@ func (s *Stripe) CreateCheckoutSession(ctx context.Context, cp CheckoutParams) (
 // productID is the fixed Stripe product id of a pack.
 func productID(p store.Pack) string { return "quickscale_" + p.Code }
 
+// catalogItem is a pack or a plan as the catalog sync makes it: a product
+// of a fixed id and its price, found by lookup key.
+type catalogItem struct {
+	productID, name, metaKey, code, lookupKey, currency string
+	amount, credits                                     int64
+	// monthly: the price recurs each month (a plan's).
+	monthly bool
+}
+
 // SyncCatalog implements Gateway. Products have fixed ids; prices are found
 // by lookup key and replaced (moving the lookup key) only when the amount or
 // currency changed, since Stripe prices are immutable.
 func (s *Stripe) SyncCatalog(ctx context.Context, packs []store.Pack) (map[string]string, error) {
 	out := make(map[string]string, len(packs))
 	for _, pk := range packs {
-		if err := s.upsertProduct(ctx, pk); err != nil {
+		id, err := s.syncItem(ctx, catalogItem{productID: productID(pk), name: "QuickScale " + pk.Name, metaKey: MetaPackCode, code: pk.Code,
+			lookupKey: pk.LookupKey, currency: pk.Currency, amount: pk.PriceMinor, credits: pk.Credits})
+		if err != nil {
 			return out, err
 		}
-		lp := &stripe.PriceListParams{LookupKeys: []*string{stripe.String(pk.LookupKey)}, Active: stripe.Bool(true)}
-		lp.Context = ctx
-		var existing *stripe.Price
-		it := s.api.Prices.List(lp)
-		for it.Next() {
-			existing = it.Price()
-			break
-		}
-		if err := it.Err(); err != nil {
-			return out, fmt.Errorf("stripe: list prices of %s: %w", pk.Code, err)
-		}
-		if existing != nil && existing.UnitAmount == pk.PriceMinor && string(existing.Currency) == pk.Currency &&
-			existing.Product != nil && existing.Product.ID == productID(pk) {
-			out[pk.Code] = existing.ID
-			continue
-		}
-		pp := &stripe.PriceParams{
-			Product:           stripe.String(productID(pk)),
-			Currency:          stripe.String(pk.Currency),
-			UnitAmount:        stripe.Int64(pk.PriceMinor),
-			LookupKey:         stripe.String(pk.LookupKey),
-			TransferLookupKey: stripe.Bool(true),
-		}
-		pp.Context = ctx
-		pp.AddMetadata(MetaPackCode, pk.Code)
-		pp.AddMetadata("credits", strconv.FormatInt(pk.Credits, 10))
-		pp.SetIdempotencyKey(fmt.Sprintf("quickscale-price-%s-%s-%d", pk.Code, pk.Currency, pk.PriceMinor))
-		price, err := s.api.Prices.New(pp)
-		if err != nil {
-			return out, fmt.Errorf("stripe: create price of %s: %w", pk.Code, err)
-		}
-		out[pk.Code] = price.ID
+		out[pk.Code] = id
 	}
 	return out, nil
 }
 
-func (s *Stripe) upsertProduct(ctx context.Context, pk store.Pack) error {
+// SyncPlans does for the plans what SyncCatalog does for the packs, with
+// monthly prices (products quickscale_plan_basic, …).
+func (s *Stripe) SyncPlans(ctx context.Context, plans []store.Plan) (map[string]string, error) {
+	out := make(map[string]string, len(plans))
+	for _, pl := range plans {
+		id, err := s.syncItem(ctx, catalogItem{productID: "quickscale_plan_" + pl.Code, name: "QuickScale " + pl.Name + " plan", metaKey: MetaPlanCode,
+			code: pl.Code, lookupKey: pl.LookupKey, currency: pl.Currency, amount: pl.PriceMinor, credits: pl.CreditsPerPeriod, monthly: true})
+		if err != nil {
+			return out, err
+		}
+		out[pl.Code] = id
+	}
+	return out, nil
+}
+
+func (s *Stripe) syncItem(ctx context.Context, it catalogItem) (string, error) {
+	if err := s.upsertProduct(ctx, it); err != nil {
+		return "", err
+	}
+	lp := &stripe.PriceListParams{LookupKeys: []*string{stripe.String(it.lookupKey)}, Active: stripe.Bool(true)}
+	lp.Context = ctx
+	var existing *stripe.Price
+	iter := s.api.Prices.List(lp)
+	for iter.Next() {
+		existing = iter.Price()
+		break
+	}
+	if err := iter.Err(); err != nil {
+		return "", fmt.Errorf("stripe: list prices of %s: %w", it.code, err)
+	}
+	recurs := existing != nil && existing.Recurring != nil && existing.Recurring.Interval == stripe.PriceRecurringIntervalMonth && existing.Recurring.IntervalCount <= 1
+	if existing != nil && existing.UnitAmount == it.amount && string(existing.Currency) == it.currency &&
+		existing.Product != nil && existing.Product.ID == it.productID && recurs == it.monthly {
+		return existing.ID, nil
+	}
+	pp := &stripe.PriceParams{
+		Product:           stripe.String(it.productID),
+		Currency:          stripe.String(it.currency),
+		UnitAmount:        stripe.Int64(it.amount),
+		LookupKey:         stripe.String(it.lookupKey),
+		TransferLookupKey: stripe.Bool(true),
+	}
+	key := fmt.Sprintf("quickscale-price-%s-%s-%d", it.code, it.currency, it.amount)
+	if it.monthly {
+		pp.Recurring = &stripe.PriceRecurringParams{Interval: stripe.String(string(stripe.PriceRecurringIntervalMonth))}
+		key = fmt.Sprintf("quickscale-plan-price-%s-%s-%d", it.code, it.currency, it.amount)
+	}
+	pp.Context = ctx
+	pp.AddMetadata(it.metaKey, it.code)
+	pp.AddMetadata("credits", strconv.FormatInt(it.credits, 10))
+	pp.SetIdempotencyKey(key)
+	price, err := s.api.Prices.New(pp)
+	if err != nil {
+		return "", fmt.Errorf("stripe: create price of %s: %w", it.code, err)
+	}
+	return price.ID, nil
+}
+
+func (s *Stripe) upsertProduct(ctx context.Context, it catalogItem) error {
 	gp := &stripe.ProductParams{}
 	gp.Context = ctx
-	_, err := s.api.Products.Get(productID(pk), gp)
+	_, err := s.api.Products.Get(it.productID, gp)
 	var se *stripe.Error
 	switch {
 	case err == nil:
-		up := &stripe.ProductParams{Name: stripe.String("QuickScale " + pk.Name), Active: stripe.Bool(true)}
+		up := &stripe.ProductParams{Name: stripe.String(it.name), Active: stripe.Bool(true)}
 		up.Context = ctx
-		up.AddMetadata(MetaPackCode, pk.Code)
-		if _, err := s.api.Products.Update(productID(pk), up); err != nil {
-			return fmt.Errorf("stripe: update product %s: %w", productID(pk), err)
+		up.AddMetadata(it.metaKey, it.code)
+		if _, err := s.api.Products.Update(it.productID, up); err != nil {
+			return fmt.Errorf("stripe: update product %s: %w", it.productID, err)
 		}
 		return nil
 	case errors.As(err, &se) && se.HTTPStatusCode == http.StatusNotFound:
-		np := &stripe.ProductParams{ID: stripe.String(productID(pk)), Name: stripe.String("QuickScale " + pk.Name)}
+		np := &stripe.ProductParams{ID: stripe.String(it.productID), Name: stripe.String(it.name)}
 		np.Context = ctx
-		np.AddMetadata(MetaPackCode, pk.Code)
+		np.AddMetadata(it.metaKey, it.code)
 		if _, err := s.api.Products.New(np); err != nil {
-			return fmt.Errorf("stripe: create product %s: %w", productID(pk), err)
+			return fmt.Errorf("stripe: create product %s: %w", it.productID, err)
 		}
 		return nil
 	default:
-		return fmt.Errorf("stripe: get product %s: %w", productID(pk), err)
+		return fmt.Errorf("stripe: get product %s: %w", it.productID, err)
 	}
+}
+
+// CreateSubscriptionCheckout implements Gateway: a checkout in subscription
+// mode for one plan, by its synced price when known, else with inline
+// monthly price data. The subscription carries our reference in its
+// metadata, so that its invoices find our record.
+func (s *Stripe) CreateSubscriptionCheckout(ctx context.Context, cp SubscriptionCheckoutParams) (CheckoutSession, error) {
+	item := &stripe.CheckoutSessionLineItemParams{Quantity: stripe.Int64(1)}
+	if cp.Plan.StripePriceID != nil && *cp.Plan.StripePriceID != "" {
+		item.Price = cp.Plan.StripePriceID
+	} else {
+		item.PriceData = &stripe.CheckoutSessionLineItemPriceDataParams{
+			Currency:    stripe.String(cp.Plan.Currency),
+			UnitAmount:  stripe.Int64(cp.Plan.PriceMinor),
+			Recurring:   &stripe.CheckoutSessionLineItemPriceDataRecurringParams{Interval: stripe.String(string(stripe.PriceRecurringIntervalMonth))},
+			ProductData: &stripe.CheckoutSessionLineItemPriceDataProductDataParams{Name: stripe.String("QuickScale " + cp.Plan.Name + " plan")},
+		}
+	}
+	userID := strconv.FormatInt(cp.UserID, 10)
+	meta := map[string]string{MetaUserID: userID, MetaPlanCode: cp.Plan.Code, MetaSubscriptionRef: cp.Ref}
+	p := &stripe.CheckoutSessionParams{
+		Mode:              stripe.String(string(stripe.CheckoutSessionModeSubscription)),
+		Customer:          stripe.String(cp.CustomerID),
+		LineItems:         []*stripe.CheckoutSessionLineItemParams{item},
+		SuccessURL:        stripe.String(cp.SuccessURL),
+		CancelURL:         stripe.String(cp.CancelURL),
+		ClientReferenceID: stripe.String(userID),
+		SubscriptionData:  &stripe.CheckoutSessionSubscriptionDataParams{Metadata: meta},
+	}
+	p.Context = ctx
+	for k, v := range meta {
+		p.AddMetadata(k, v)
+	}
+	if cp.IdempotencyKey != "" {
+		p.SetIdempotencyKey(cp.IdempotencyKey)
+	}
+	sess, err := s.api.CheckoutSessions.New(p)
+	if err != nil {
+		return CheckoutSession{}, fmt.Errorf("stripe: create subscription checkout: %w", err)
+	}
+	if sess.ID == "" || sess.URL == "" {
+		return CheckoutSession{}, errors.New("stripe: checkout session without id or url")
+	}
+	return CheckoutSession{ID: sess.ID, URL: sess.URL}, nil
+}
+
+// SetCancelAtPeriodEnd implements Gateway.
+func (s *Stripe) SetCancelAtPeriodEnd(ctx context.Context, subscriptionID string, cancel bool) error {
+	p := &stripe.SubscriptionParams{CancelAtPeriodEnd: stripe.Bool(cancel)}
+	p.Context = ctx
+	if _, err := s.api.Subscriptions.Update(subscriptionID, p); err != nil {
+		return fmt.Errorf("stripe: update subscription %s: %w", subscriptionID, subscriptionEnded(err))
+	}
+	return nil
+}
+
+// CancelSubscription implements Gateway.
+func (s *Stripe) CancelSubscription(ctx context.Context, subscriptionID string) error {
+	p := &stripe.SubscriptionCancelParams{}
+	p.Context = ctx
+	if _, err := s.api.Subscriptions.Cancel(subscriptionID, p); err != nil {
+		return fmt.Errorf("stripe: cancel subscription %s: %w", subscriptionID, subscriptionEnded(err))
+	}
+	return nil
+}
+
+// subscriptionEnded tells a change refused because the subscription has
+// ended (Stripe: 404 once deleted, or a 400 saying it is canceled) from
+// other errors.
+func subscriptionEnded(err error) error {
+	var se *stripe.Error
+	if errors.As(err, &se) && (se.HTTPStatusCode == http.StatusNotFound ||
+		(se.HTTPStatusCode == http.StatusBadRequest && strings.Contains(strings.ToLower(se.Msg), "canceled subscription"))) {
+		return fmt.Errorf("%w (%w)", ErrSubscriptionEnded, err)
+	}
+	return err
 }

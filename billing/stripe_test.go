@@ -328,3 +328,81 @@ func TestStripeUpdateCustomerEmailSendsAValidRequest(t *testing.T) {
 	require.Equal(t, "POST /v1/customers/cus_test_abc", s.Method+" "+s.Path)
 	require.Equal(t, "after@example.com", s.Form.Get("email"))
 }
+
+// A plan's checkout is a checkout in subscription mode: monthly inline
+// price data without a synced price, our reference in the subscription's
+// metadata (its invoices carry it) and the form's idempotency key.
+func TestStripeSubscriptionCheckoutSendsAValidRequest(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+	plan := store.Plan{Code: "basic", Name: "Basic", CreditsPerPeriod: 1000, PriceMinor: 1500, Currency: "usd", LookupKey: "quickscale_plan_basic", Active: true}
+
+	sess, err := gw.CreateSubscriptionCheckout(context.Background(), billing.SubscriptionCheckoutParams{
+		UserID: 7, CustomerID: "cus_test_7", Plan: plan, Ref: "ref_abcdefgh",
+		SuccessURL: "https://quickscale.test/dashboard/subscription/success?session_id={CHECKOUT_SESSION_ID}",
+		CancelURL:  "https://quickscale.test/dashboard/subscription", IdempotencyKey: "quickscale-subscribe-7-basic-n1",
+	})
+
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(sess.ID, "cs_"), "session id %q", sess.ID)
+	s := rc.only(t)
+	requirePinnedVersion(t, s)
+	require.Equal(t, "POST /v1/checkout/sessions", s.Method+" "+s.Path)
+	want := map[string]string{
+		"mode":                                   "subscription",
+		"customer":                               "cus_test_7",
+		"line_items[0][price_data][unit_amount]": "1500",
+		"line_items[0][price_data][recurring][interval]":                   "month",
+		"line_items[0][price_data][product_data][name]":                    "QuickScale Basic plan",
+		"subscription_data[metadata][" + billing.MetaSubscriptionRef + "]": "ref_abcdefgh",
+		"subscription_data[metadata][" + billing.MetaPlanCode + "]":        "basic",
+		"metadata[" + billing.MetaUserID + "]":                             "7",
+	}
+	for k, v := range want {
+		require.Equal(t, v, s.Form.Get(k), "param %s", k)
+	}
+	require.False(t, s.Form.Has("payment_intent_data[metadata]["+billing.MetaUserID+"]"), "subscription mode takes no payment_intent_data")
+	require.Equal(t, "quickscale-subscribe-7-basic-n1", s.Header.Get("Idempotency-Key"))
+}
+
+// Cancelling at the period's end (and keeping) updates the subscription;
+// an account's deletion cancels it now.
+func TestStripeSubscriptionRenewalAndCancelSendValidRequests(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+	ctx := context.Background()
+
+	require.NoError(t, gw.SetCancelAtPeriodEnd(ctx, "sub_test_abc", true))
+	require.NoError(t, gw.SetCancelAtPeriodEnd(ctx, "sub_test_abc", false))
+	require.NoError(t, gw.CancelSubscription(ctx, "sub_test_abc"))
+
+	reqs := rc.all()
+	require.Len(t, reqs, 3)
+	for _, s := range reqs {
+		requirePinnedVersion(t, s)
+	}
+	require.Equal(t, "POST /v1/subscriptions/sub_test_abc", reqs[0].Method+" "+reqs[0].Path)
+	require.Equal(t, "true", reqs[0].Form.Get("cancel_at_period_end"))
+	require.Equal(t, "false", reqs[1].Form.Get("cancel_at_period_end"))
+	require.Equal(t, "DELETE /v1/subscriptions/sub_test_abc", reqs[2].Method+" "+reqs[2].Path)
+}
+
+// A subscription Stripe no longer has (404) is ErrSubscriptionEnded, so
+// that a retried deletion's job stops; a server error is not.
+func TestStripeCancelOfAnEndedSubscriptionIsErrSubscriptionEnded(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+	status := http.StatusNotFound
+	rc.override = func(req *http.Request) *http.Response {
+		body := `{"error":{"type":"invalid_request_error","message":"No such subscription: 'sub_gone'","param":"id"}}`
+		if status != http.StatusNotFound {
+			body = `{"error":{"type":"api_error","message":"Something went wrong on Stripe's end."}}`
+		}
+		return &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(body)), Request: req}
+	}
+	require.ErrorIs(t, gw.CancelSubscription(context.Background(), "sub_gone"), billing.ErrSubscriptionEnded)
+	status = http.StatusInternalServerError
+	err := gw.CancelSubscription(context.Background(), "sub_gone")
+	require.Error(t, err)
+	require.NotErrorIs(t, err, billing.ErrSubscriptionEnded)
+}

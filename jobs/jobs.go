@@ -88,6 +88,10 @@ const (
 	EmailPurchase        = "purchase_confirmation"
 	EmailRefund          = "refund"
 	EmailPaymentFailed   = "payment_failed"
+	// EmailSubscriptionPaid and EmailSubscriptionFailed are about a
+	// subscription's invoice: paid (its credits added) or not.
+	EmailSubscriptionPaid   = "subscription_paid"
+	EmailSubscriptionFailed = "subscription_payment_failed"
 )
 
 // StripeEvent applies one stored Stripe event.
@@ -177,4 +181,20 @@ const PruneInterval = time.Hour
 type Inserter interface {
 	InsertTx(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (*rivertype.JobInsertResult, error)
 	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
+}
+
+// CancelSubscription ends a subscription at the payment provider now (its
+// account was deleted), so that it is not renewed.
+type CancelSubscription struct {
+	SubscriptionID int64 `json:"subscription_id"`
+}
+
+// Kind implements river.JobArgs.
+func (CancelSubscription) Kind() string { return "cancel_subscription" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: retried for about a
+// day and a half while the provider cannot be reached (well within a
+// month's period, before any renewal).
+func (CancelSubscription) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueDefault, MaxAttempts: 15}
 }

@@ -121,11 +121,20 @@ type Payment struct {
 	// BuyerEmail is the buyer's address when the checkout began (nil once
 	// the account is deleted).
 	BuyerEmail *string `db:"buyer_email"`
+	// A subscription's paid invoice (product "subscription"): its plan,
+	// subscription, invoice and the period it paid for. CheckoutSessionID
+	// is "" for these.
+	PlanCode       *string    `db:"plan_code"`
+	SubscriptionID *int64     `db:"subscription_id"`
+	InvoiceID      *string    `db:"invoice_id"`
+	PeriodStart    *time.Time `db:"period_start"`
+	PeriodEnd      *time.Time `db:"period_end"`
 }
 
-const paymentColumns = `id, user_id, product, pack_code, credits, amount_minor, currency, status, checkout_session_id,
-       checkout_url, customer_id, payment_intent_id, grant_id, amount_refunded_minor, credits_clawed_back,
-       clawback_shortfall, failure_reason, created_at, updated_at, paid_at, refunded_at, buyer_email`
+const paymentColumns = `id, user_id, product, pack_code, credits, amount_minor, currency, status,
+       coalesce(checkout_session_id, '') AS checkout_session_id, checkout_url, customer_id, payment_intent_id, grant_id,
+       amount_refunded_minor, credits_clawed_back, clawback_shortfall, failure_reason, created_at, updated_at, paid_at,
+       refunded_at, buyer_email, plan_code, subscription_id, invoice_id, period_start, period_end`
 
 func onePayment(rows pgx.Rows, err error) (Payment, error) {
 	if err != nil {

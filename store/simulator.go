@@ -26,9 +26,14 @@ type SimSession struct {
 	CreatedAt       time.Time         `db:"created_at"`
 	// AmountRefundedMinor is what the simulator refunded of it so far.
 	AmountRefundedMinor int64 `db:"amount_refunded_minor"`
+	// Mode is "payment" (a pack), "subscription" (a plan's checkout) or
+	// "invoice" (the charge of a subscription's invoice: its id is the
+	// invoice's).
+	Mode           string  `db:"mode"`
+	SubscriptionID *string `db:"subscription_id"`
 }
 
-const simColumns = `id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, status, payment_status, payment_intent_id, created_at, amount_refunded_minor`
+const simColumns = `id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, status, payment_status, payment_intent_id, created_at, amount_refunded_minor, mode, subscription_id`
 
 // CreateSimSession stores a new simulator checkout session.
 // created is false when a session with ss.ID existed already (nothing is
@@ -38,9 +43,12 @@ func (s *Store) CreateSimSession(ctx context.Context, ss SimSession) (created bo
 	if err != nil {
 		return false, err
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO simulator_sessions (id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, payment_intent_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING`,
-		ss.ID, ss.UserID, ss.CustomerID, ss.AmountMinor, ss.Currency, ss.Description, md, ss.SuccessURL, ss.CancelURL, ss.PaymentIntentID)
+	if ss.Mode == "" {
+		ss.Mode = "payment"
+	}
+	tag, err := s.pool.Exec(ctx, `INSERT INTO simulator_sessions (id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url, payment_intent_id, mode)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING`,
+		ss.ID, ss.UserID, ss.CustomerID, ss.AmountMinor, ss.Currency, ss.Description, md, ss.SuccessURL, ss.CancelURL, ss.PaymentIntentID, ss.Mode)
 	return tag.RowsAffected() == 1, err
 }
 
@@ -74,6 +82,12 @@ var ErrSimSessionExpired = Errorf(KindConflict, "This checkout expired and can n
 // expired instead (deliver gets it expired) and ErrSimSessionExpired is
 // returned.
 func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, paymentStatus string, deliver func(SimSession) error) (ss SimSession, done bool, err error) {
+	return s.finishSimSession(ctx, id, userID, paymentStatus, func(_ pgx.Tx, ss SimSession) error { return deliver(ss) })
+}
+
+// finishSimSession is FinishSimSession with the transaction given to
+// deliver, for what finishing writes besides the session (a subscription).
+func (s *Store) finishSimSession(ctx context.Context, id string, userID int64, paymentStatus string, deliver func(pgx.Tx, SimSession) error) (ss SimSession, done bool, err error) {
 	expired := false
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE`, id, userID)
@@ -97,7 +111,7 @@ func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, p
 		} else {
 			ss.Status, ss.PaymentStatus = "complete", paymentStatus
 		}
-		if err := deliver(ss); err != nil {
+		if err := deliver(tx, ss); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE simulator_sessions SET status = $2, payment_status = $3 WHERE id = $1`, id, ss.Status, ss.PaymentStatus)

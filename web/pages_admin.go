@@ -72,8 +72,10 @@ type adminUserPage struct {
 	Balance  store.Balance
 	Audit    []store.AuditEntry
 	Payments store.ListPage[store.Payment]
-	Form     *form
-	Kinds    []string
+	// Subscriptions are the user's started subscriptions, newest first.
+	Subscriptions []store.Subscription
+	Form          *form
+	Kinds         []string
 	// Nonce makes a resubmitted "add" form add nothing the second time.
 	Nonce string
 	// DeletedAt is set for an account its owner deleted: shown, read-only.
@@ -109,6 +111,10 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		return
 	}
 	if p.Audit, err = s.store.AuditFor(ctx, target.ID, 20); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if p.Subscriptions, err = s.store.SubscriptionsOfUser(ctx, target.ID, 5); err != nil {
 		s.serverError(w, r, err)
 		return
 	}

@@ -423,6 +423,10 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			s.render(w, r, http.StatusOK, "simulator", "Simulated checkout", ss)
 			return
 		}
+		startOver := "/dashboard/buy-credits"
+		if ss.Mode == "subscription" {
+			startOver = "/dashboard/subscription"
+		}
 		f, _ := parseForm(r, "action")
 		// Like Stripe, a checkout that expired (or was declined) cannot be
 		// paid any more.
@@ -434,7 +438,7 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			}
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
 				Message:   "It " + why + " and can no longer be paid. Nothing was charged.",
-				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
+				ActionURL: startOver, ActionLabel: "Start a new one"})
 			return
 		}
 		var next string
@@ -448,10 +452,14 @@ func (s *Site) SimulatorCheckout() http.Handler {
 			return
 		}
 		switch {
+		case errors.Is(err, billing.ErrDeclineSubscription):
+			s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Pay or go back",
+				Message: "A subscription starts only once paid: pay, or go back without paying.", ActionURL: "/simulator/checkout/" + id, ActionLabel: "Back to the checkout"})
+			return
 		case errors.Is(err, store.ErrSimSessionExpired):
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
 				Message:   "It expired and can no longer be paid. Nothing was charged.",
-				ActionURL: "/dashboard/buy-credits", ActionLabel: "Start a new one"})
+				ActionURL: startOver, ActionLabel: "Start a new one"})
 			return
 		case store.ErrorKind(err) == store.KindNotFound:
 			s.handleError(w, r, err)

@@ -217,7 +217,23 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
-		err := s.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) })
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
+			if err := store.DeleteUser(ctx, tx, u.ID); err != nil {
+				return err
+			}
+			// A subscription must not renew for an account that is gone:
+			// ended at the provider by a job, with the deletion.
+			subs, err := store.LiveSubscriptionsOfUser(ctx, tx, u.ID)
+			if err != nil {
+				return err
+			}
+			for _, id := range subs {
+				if _, err := s.jobs.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: id}, nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 		if errors.Is(err, store.ErrLastAdmin) {
 			f.fail("confirm", "You are the last admin: nobody could reach the admin pages after you. Make another user an admin first (quickscale users promote).")
 			s.renderSettings(w, r, http.StatusConflict, page)

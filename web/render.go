@@ -163,7 +163,7 @@ func (t *templates) funcs() template.FuncMap {
 			if buyer == nil {
 				return "The account was deleted and its credits forfeited, so none are taken back."
 			}
-			return "The buyer loses the same share of the pack's credits (what they spent already cannot be taken back)."
+			return "The buyer loses the same share of the credits it bought (what they spent already, or what expired, cannot be taken back)."
 		},
 		"isodate":    func(tm time.Time) string { return tm.UTC().Format("2006-01-02") },
 		"sub":        func(a, b int64) int64 { return a - b },

@@ -46,3 +46,28 @@ func (w *SyncCustomerEmailWorker) Work(ctx context.Context, job *river.Job[jobs.
 	}
 	return nil
 }
+
+// CancelSubscriptionWorker ends a subscription at the provider (its
+// account was deleted). One ended already, or never started, needs
+// nothing.
+type CancelSubscriptionWorker struct {
+	river.WorkerDefaults[jobs.CancelSubscription]
+	store   *store.Store
+	gateway billing.Gateway
+}
+
+// Work implements river.Worker.
+func (w *CancelSubscriptionWorker) Work(ctx context.Context, job *river.Job[jobs.CancelSubscription]) error {
+	sub, err := w.store.SubscriptionByID(ctx, job.Args.SubscriptionID)
+	if errors.Is(err, store.ErrNotFound) {
+		return river.JobCancel(fmt.Errorf("subscription %d is not recorded", job.Args.SubscriptionID))
+	}
+	if err != nil || sub.StripeSubscriptionID == nil || sub.Status == store.SubCanceled {
+		return err
+	}
+	err = w.gateway.CancelSubscription(ctx, *sub.StripeSubscriptionID)
+	if err != nil && !errors.Is(err, billing.ErrSubscriptionEnded) {
+		return fmt.Errorf("subscription %d: %w", sub.ID, err)
+	}
+	return nil
+}

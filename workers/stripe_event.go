@@ -54,6 +54,9 @@ type effects struct {
 	revenueMinor  int64
 	refundMinor   int64
 	currency      string
+	// product is "pack" or "subscription" (the payment's), for the
+	// metrics' labels; "" is a pack's.
+	product string
 	// noChange: the event found nothing to do that could change how it was
 	// first recorded (a late failure of a payment already settled); an
 	// outcome recorded before stays. Where the work is done, or a failure
@@ -170,17 +173,21 @@ func (w *StripeEventWorker) record(evType, before, outcome string, fx effects) {
 	if (outcome != before || outcome == store.OutcomeFailed) && !(fx.noChange && before != "") {
 		m.WebhookOutcomes.WithLabelValues(observability.EventTypeLabel(evType), outcome).Inc()
 	}
+	product, kind := "pack", store.GrantPack
+	if fx.product == "subscription" {
+		product, kind = "subscription", store.GrantSubscription
+	}
 	if fx.granted > 0 {
-		m.CreditsGranted.WithLabelValues(store.GrantPack).Add(float64(fx.granted))
+		m.CreditsGranted.WithLabelValues(kind).Add(float64(fx.granted))
 	}
 	if fx.clawedBack > 0 {
-		m.CreditsClawedBack.WithLabelValues(store.GrantPack).Add(float64(fx.clawedBack))
+		m.CreditsClawedBack.WithLabelValues(kind).Add(float64(fx.clawedBack))
 	}
 	if fx.paymentStatus != "" {
-		m.Payments.WithLabelValues("pack", fx.paymentStatus, fx.currency).Inc()
+		m.Payments.WithLabelValues(product, fx.paymentStatus, fx.currency).Inc()
 	}
 	if fx.revenueMinor > 0 {
-		m.RevenueMinor.WithLabelValues("pack", fx.currency).Add(float64(fx.revenueMinor))
+		m.RevenueMinor.WithLabelValues(product, fx.currency).Add(float64(fx.revenueMinor))
 	}
 	if fx.refundMinor > 0 {
 		m.RefundsMinor.WithLabelValues(fx.currency).Add(float64(fx.refundMinor))
@@ -207,6 +214,20 @@ func eventObject(ev store.StripeEvent, v any) error {
 // error rolls everything back and lets River retry; outcome "failed" is a
 // permanent, recorded failure that completes the job.
 func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	switch stripe.EventType(ev.Type) {
+	case stripe.EventTypeCheckoutSessionCompleted, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded,
+		stripe.EventTypeCheckoutSessionAsyncPaymentFailed, stripe.EventTypeCheckoutSessionExpired:
+		var sess stripe.CheckoutSession
+		if err := eventObject(ev, &sess); err == nil && sess.Mode == stripe.CheckoutSessionModeSubscription {
+			return w.applySubscriptionCheckout(ctx, tx, ev, sess)
+		}
+	case stripe.EventTypeInvoicePaid:
+		return w.applyInvoicePaid(ctx, tx, ev)
+	case stripe.EventTypeInvoicePaymentFailed:
+		return w.applyInvoiceFailed(ctx, tx, ev)
+	case stripe.EventTypeCustomerSubscriptionCreated, stripe.EventTypeCustomerSubscriptionUpdated, stripe.EventTypeCustomerSubscriptionDeleted:
+		return w.applySubscriptionEvent(ctx, tx, ev)
+	}
 	switch stripe.EventType(ev.Type) {
 	case stripe.EventTypeCheckoutSessionCompleted, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded:
 		return w.applyCheckoutPaid(ctx, tx, ev)
@@ -423,7 +444,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 	if refunded == pay.AmountMinor {
 		status = store.PaymentRefunded
 	}
-	fx = effects{clawedBack: taken, refundMinor: refunded - pay.AmountRefundedMinor, paymentStatus: status, currency: pay.Currency}
+	fx = effects{clawedBack: taken, refundMinor: refunded - pay.AmountRefundedMinor, paymentStatus: status, currency: pay.Currency, product: pay.Product}
 	detail := fmt.Sprintf("refunded %d of %d; took back %d credits", refunded, pay.AmountMinor, taken)
 	if shortfall > 0 {
 		detail += fmt.Sprintf(", %d no longer in the account (spent, removed or forfeited: the shortfall)", shortfall)

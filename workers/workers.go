@@ -56,6 +56,9 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 		if err := river.AddWorkerSafely(ws, &SyncCustomerEmailWorker{store: st, gateway: cfg.Gateway}); err != nil {
 			return err
 		}
+		if err := river.AddWorkerSafely(ws, &CancelSubscriptionWorker{store: st, gateway: cfg.Gateway}); err != nil {
+			return err
+		}
 	}
 	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
 }

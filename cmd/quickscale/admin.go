@@ -514,7 +514,7 @@ func runAPIKeys(ctx context.Context, args []string, getenv func(string) string, 
 
 func runStripe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	_, rest, err := subcommand("stripe", args, map[string]string{
-		"sync": "create or update the Stripe products and prices of the credit packs (idempotent)",
+		"sync": "create or update the Stripe products and prices of the credit packs and plans (idempotent)",
 	}, stdout, stderr)
 	if err != nil {
 		return helpOK(err)
@@ -545,6 +545,20 @@ func stripeSync(ctx context.Context, env *cliEnv, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "%-10s %-14s lookup_key=%s price=%s\n", p.Code, billing.FormatMoney(p.PriceMinor, p.Currency), p.LookupKey, prices[p.Code])
+	}
+	plans, err := env.store.Plans(ctx)
+	if err != nil {
+		return err
+	}
+	planPrices, err := gw.SyncPlans(ctx, plans)
+	if err != nil {
+		return err
+	}
+	for _, p := range plans {
+		if err := env.store.SetPlanPriceID(ctx, p.Code, planPrices[p.Code]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%-10s %-14s lookup_key=%s price=%s\n", p.Code, billing.FormatMoney(p.PriceMinor, p.Currency)+"/mo", p.LookupKey, planPrices[p.Code])
 	}
 	return nil
 }

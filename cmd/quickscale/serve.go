@@ -334,7 +334,8 @@ func (a *app) printBanner(w io.Writer, addr net.Addr, seeded *devSeed) {
 }
 
 // expireSimulatedCheckouts expires the simulator's abandoned checkouts (as
-// Stripe does after 24 hours) at start and then every period, until ctx
+// Stripe does after 24 hours) and renews its subscriptions whose period
+// ended, at start and then every period, until ctx
 // ends. It runs in the processes that serve the simulator (dev, and api
 // with SIMULATE_PAYMENTS); several replicas share the work (each
 // checkout is expired once, under its row lock).
@@ -348,6 +349,15 @@ func expireSimulatedCheckouts(ctx context.Context, sim *billing.Simulator, logge
 			logger.Warn("simulator: expiring abandoned checkouts", "err", err, "expired", n)
 		case n > 0:
 			logger.Info("simulator: expired abandoned checkouts", "expired", n)
+		}
+		// The simulator's subscriptions whose month is over renew (or end),
+		// as Stripe's would.
+		n, err = sim.RenewDue(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.Warn("simulator: renewing subscriptions", "err", err, "renewed", n)
+		case n > 0:
+			logger.Info("simulator: renewed subscriptions", "renewed", n)
 		}
 		select {
 		case <-ctx.Done():

@@ -40,9 +40,43 @@ func TestStripeSyncRecordsThePriceOfEveryPack(t *testing.T) {
 			t.Errorf("sync output does not report %s:\n%s", p.Code, stdout)
 		}
 	}
+	plans, err := st.Plans(context.Background())
+	require.NoError(t, err)
+	require.Len(t, plans, 2)
+	for _, p := range plans {
+		if p.StripePriceID == nil || !strings.HasPrefix(*p.StripePriceID, "price_") {
+			t.Errorf("plan %s has no Stripe price after sync: %v", p.Code, p.StripePriceID)
+		}
+		require.Contains(t, stdout, "lookup_key="+p.LookupKey)
+	}
 	// Running it again is safe.
 	code, _, stderr = runCmd(t, env, "", "stripe", "sync")
 	require.Equal(t, 0, code, stderr)
+}
+
+// With Stripe, Subscribe opens a checkout in subscription mode at Stripe
+// (stripe-mock checks the request) and records the subscription at its
+// checkout, pending; nothing is granted before its invoice is paid.
+func TestSubscribingWithStripeRecordsTheCheckoutAndRedirects(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{Env: stripeEnv(t), NoWorkers: true})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Zero(t, doc.Find("#subscription-sim-renew").Length())
+	r := b.post("/dashboard/subscription", url.Values{"plan": {"pro"}, "nonce": {"n"}})
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	require.True(t, strings.HasPrefix(r.Header.Get("Location"), "https://checkout.stripe.com/"), r.Header.Get("Location"))
+	open, found, err := ta.store.OpenSubscriptionCheckout(context.Background(), u.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, "pro", open.PlanCode)
+	require.True(t, strings.HasPrefix(open.CheckoutSessionID, "cs_"))
+	// The page offers to go back to it.
+	require.Equal(t, 1, b.get("/dashboard/subscription").Doc(t).Find("#subscription-open").Length())
+	// The simulator's clock does not exist with a real gateway.
+	r = b.post("/dashboard/subscription/renew", url.Values{"subscription": {"1"}})
+	require.Equal(t, http.StatusNotFound, r.Status)
 }
 
 func TestBuyingWithStripeRecordsTheSessionAndRedirectsToCheckout(t *testing.T) {

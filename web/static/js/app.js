@@ -198,3 +198,15 @@ document.addEventListener("htmx:afterRequest", function (e) {
 document.addEventListener("htmx:historyCacheMissLoadError", function () {
   window.location.reload();
 });
+
+// A form marked data-confirm="question" is sent only once the question is
+// answered OK (cancelling a subscription). Without JavaScript it is sent
+// at once; the page it leads to says what changed and how to undo it.
+document.addEventListener("submit", function (e) {
+  var form = e.target;
+  var q = form.getAttribute && form.getAttribute("data-confirm");
+  if (q && !window.confirm(q)) {
+    e.preventDefault();
+    e.stopImmediatePropagation();
+  }
+}, true);

@@ -1,0 +1,375 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Plan is a monthly subscription plan for sale.
+type Plan struct {
+	Code             string  `db:"code"`
+	Name             string  `db:"name"`
+	CreditsPerPeriod int64   `db:"credits_per_period"`
+	PriceMinor       int64   `db:"price_minor"`
+	Currency         string  `db:"currency"`
+	LookupKey        string  `db:"lookup_key"`
+	StripePriceID    *string `db:"stripe_price_id"`
+	Active           bool    `db:"active"`
+	Sort             int     `db:"sort"`
+}
+
+const planColumns = `code, name, credits_per_period, price_minor, currency, lookup_key, stripe_price_id, active, sort`
+
+// Plans lists the active plans in display order.
+func (s *Store) Plans(ctx context.Context) ([]Plan, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+planColumns+` FROM plans WHERE active ORDER BY sort, credits_per_period`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Plan])
+}
+
+// PlanByCode finds an active plan.
+func (s *Store) PlanByCode(ctx context.Context, code string) (Plan, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+planColumns+` FROM plans WHERE code = $1 AND active`, code)
+	if err != nil {
+		return Plan{}, err
+	}
+	p, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Plan])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Plan{}, Errorf(KindNotFound, "No such plan.")
+	}
+	return p, err
+}
+
+// SetPlanPriceID records the Stripe price of a plan after a catalog sync.
+func (s *Store) SetPlanPriceID(ctx context.Context, code, priceID string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE plans SET stripe_price_id = $2 WHERE code = $1`, code, priceID)
+	return err
+}
+
+// Subscription statuses.
+const (
+	SubCheckout  = "checkout"
+	SubAbandoned = "abandoned"
+	SubActive    = "active"
+	SubPastDue   = "past_due"
+	SubCanceled  = "canceled"
+)
+
+// Subscription is a user's subscription to a plan, from its checkout on.
+type Subscription struct {
+	ID                   int64      `db:"id"`
+	UserID               int64      `db:"user_id"`
+	PlanCode             string     `db:"plan_code"`
+	PlanName             string     `db:"plan_name"`
+	CreditsPerPeriod     int64      `db:"credits_per_period"`
+	PriceMinor           int64      `db:"price_minor"`
+	Currency             string     `db:"currency"`
+	Status               string     `db:"status"`
+	CheckoutSessionID    string     `db:"checkout_session_id"`
+	CheckoutURL          *string    `db:"checkout_url"`
+	CheckoutRef          string     `db:"checkout_ref"`
+	CustomerID           string     `db:"customer_id"`
+	StripeSubscriptionID *string    `db:"stripe_subscription_id"`
+	CurrentPeriodStart   *time.Time `db:"current_period_start"`
+	CurrentPeriodEnd     *time.Time `db:"current_period_end"`
+	CancelAtPeriodEnd    bool       `db:"cancel_at_period_end"`
+	CanceledAt           *time.Time `db:"canceled_at"`
+	StateAt              *time.Time `db:"state_at"`
+	CreatedAt            time.Time  `db:"created_at"`
+	UpdatedAt            time.Time  `db:"updated_at"`
+}
+
+// Live reports whether the subscription renews or may still (active, or a
+// renewal failing and being retried).
+func (s Subscription) Live() bool { return s.Status == SubActive || s.Status == SubPastDue }
+
+const subscriptionColumns = `s.id, s.user_id, s.plan_code, p.name AS plan_name, s.credits_per_period, s.price_minor, s.currency, s.status,
+       s.checkout_session_id, s.checkout_url, s.checkout_ref, s.customer_id, s.stripe_subscription_id, s.current_period_start,
+       s.current_period_end, s.cancel_at_period_end, s.canceled_at, s.state_at, s.created_at, s.updated_at`
+
+const subscriptionFrom = ` FROM subscriptions s JOIN plans p ON p.code = s.plan_code `
+
+func oneSubscription(rows pgx.Rows, err error) (Subscription, error) {
+	if err != nil {
+		return Subscription{}, err
+	}
+	sub, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Subscription])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Subscription{}, ErrNotFound
+	}
+	return sub, err
+}
+
+// NewSubscription records a subscription checkout at its opening.
+type NewSubscription struct {
+	UserID            int64
+	Plan              Plan
+	CheckoutSessionID string
+	CheckoutURL       string
+	CheckoutRef       string
+	CustomerID        string
+}
+
+// CreateSubscription records a subscription whose checkout was just
+// opened. A session recorded before (a retried request answered from the
+// provider's idempotency) is a KindConflict; a deleted account
+// KindNotFound.
+func (s *Store) CreateSubscription(ctx context.Context, n NewSubscription) (Subscription, error) {
+	var id int64
+	err := s.pool.QueryRow(ctx, `
+INSERT INTO subscriptions (user_id, plan_code, credits_per_period, price_minor, currency, checkout_session_id, checkout_url,
+                           checkout_ref, customer_id)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM users u WHERE u.id = $1 AND u.deleted_at IS NULL FOR SHARE
+RETURNING id`, n.UserID, n.Plan.Code, n.Plan.CreditsPerPeriod, n.Plan.PriceMinor, n.Plan.Currency, n.CheckoutSessionID,
+		n.CheckoutURL, n.CheckoutRef, n.CustomerID).Scan(&id)
+	switch {
+	case isUniqueViolation(err, "subscriptions_checkout_session_id_key"):
+		return Subscription{}, Errorf(KindConflict, "This checkout session is recorded already.")
+	case errors.Is(err, pgx.ErrNoRows):
+		return Subscription{}, Errorf(KindNotFound, "This account was deleted.")
+	case err != nil:
+		return Subscription{}, err
+	}
+	return s.UserSubscription(ctx, n.UserID, id)
+}
+
+// UserSubscription finds one subscription of the user; another user's is
+// simply not found.
+func (s *Store) UserSubscription(ctx context.Context, userID, id int64) (Subscription, error) {
+	return oneSubscription(s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.user_id = $1 AND s.id = $2`, userID, id))
+}
+
+// UserSubscriptionBySession finds the user's subscription opened by a
+// checkout session.
+func (s *Store) UserSubscriptionBySession(ctx context.Context, userID int64, sessionID string) (Subscription, error) {
+	return oneSubscription(s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.user_id = $1 AND s.checkout_session_id = $2`, userID, sessionID))
+}
+
+// LiveSubscription returns the user's live subscription (active or past
+// due); found is false when there is none.
+func (s *Store) LiveSubscription(ctx context.Context, userID int64) (sub Subscription, found bool, err error) {
+	sub, err = oneSubscription(s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.user_id = $1 AND s.status IN ('active', 'past_due')`, userID))
+	if errors.Is(err, ErrNotFound) {
+		return sub, false, nil
+	}
+	return sub, err == nil, err
+}
+
+// SubscriptionCheckoutOpenFor is how long a subscription checkout counts
+// as open (Stripe's sessions expire after 24 hours).
+const SubscriptionCheckoutOpenFor = SimSessionExpiry
+
+// OpenSubscriptionCheckout returns the user's newest subscription checkout
+// still open (opened within its day and not completed or expired).
+func (s *Store) OpenSubscriptionCheckout(ctx context.Context, userID int64) (sub Subscription, found bool, err error) {
+	sub, err = oneSubscription(s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`
+ WHERE s.user_id = $1 AND s.status = 'checkout' AND s.created_at > now() - $2::interval ORDER BY s.id DESC LIMIT 1`,
+		userID, SubscriptionCheckoutOpenFor.String()))
+	if errors.Is(err, ErrNotFound) {
+		return sub, false, nil
+	}
+	return sub, err == nil, err
+}
+
+// SubscriptionsOfUser lists a user's subscriptions that started (not
+// checkouts left unpaid), newest first, at most limit.
+func (s *Store) SubscriptionsOfUser(ctx context.Context, userID int64, limit int) ([]Subscription, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`
+ WHERE s.user_id = $1 AND s.stripe_subscription_id IS NOT NULL ORDER BY s.id DESC LIMIT $2`, userID, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Subscription])
+}
+
+// LockSubscriptionBySession loads the subscription a checkout session
+// opened, for update in tx.
+func LockSubscriptionBySession(ctx context.Context, tx pgx.Tx, sessionID string) (Subscription, error) {
+	return oneSubscription(tx.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.checkout_session_id = $1 FOR NO KEY UPDATE OF s`, sessionID))
+}
+
+// LockSubscription loads a subscription for update in tx by Stripe's id
+// or, not linked to it yet, by the reference its checkout put in the
+// subscription's metadata.
+func LockSubscription(ctx context.Context, tx pgx.Tx, stripeID, ref string) (Subscription, error) {
+	sub, err := oneSubscription(tx.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.stripe_subscription_id = $1 FOR NO KEY UPDATE OF s`, stripeID))
+	if !errors.Is(err, ErrNotFound) || ref == "" {
+		return sub, err
+	}
+	return oneSubscription(tx.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.checkout_ref = $1 FOR NO KEY UPDATE OF s`, ref))
+}
+
+// ErrSubscriptionLinkedElsewhere answers linking a subscription already
+// linked to another of the provider's subscriptions.
+var ErrSubscriptionLinkedElsewhere = errors.New("the subscription is linked to another provider subscription")
+
+// LinkSubscription records the provider's id of a subscription (once).
+func LinkSubscription(ctx context.Context, tx pgx.Tx, sub *Subscription, stripeID string) error {
+	if sub.StripeSubscriptionID != nil {
+		if *sub.StripeSubscriptionID != stripeID {
+			return fmt.Errorf("%w (%s, not %s)", ErrSubscriptionLinkedElsewhere, *sub.StripeSubscriptionID, stripeID)
+		}
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE subscriptions SET stripe_subscription_id = $2, updated_at = now() WHERE id = $1`, sub.ID, stripeID); err != nil {
+		return err
+	}
+	sub.StripeSubscriptionID = &stripeID
+	return nil
+}
+
+// StartSubscription marks a subscription whose checkout was paid as
+// active; a subscription past its checkout (its events came first) is
+// left as they made it. It reports whether it changed it.
+func StartSubscription(ctx context.Context, tx pgx.Tx, id int64) (bool, error) {
+	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'active', updated_at = now() WHERE id = $1 AND status IN ('checkout', 'abandoned')`, id)
+	return tag.RowsAffected() == 1, err
+}
+
+// AbandonSubscriptionCheckout marks a subscription whose checkout expired
+// unpaid; it reports whether it was still at its checkout.
+func AbandonSubscriptionCheckout(ctx context.Context, tx pgx.Tx, id int64) (bool, error) {
+	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'abandoned', updated_at = now() WHERE id = $1 AND status = 'checkout'`, id)
+	return tag.RowsAffected() == 1, err
+}
+
+// SubscriptionState is the provider's subscription as one event shows it.
+type SubscriptionState struct {
+	Status            string // SubActive, SubPastDue or SubCanceled
+	PeriodStart       *time.Time
+	PeriodEnd         *time.Time
+	CancelAtPeriodEnd bool
+	CanceledAt        *time.Time
+	// At is the provider's time of the event; an event older than the
+	// state recorded changes nothing.
+	At time.Time
+}
+
+// ApplySubscriptionState records the provider's subscription state unless
+// a newer event's is recorded already (events arrive in any order; the
+// provider's times are whole seconds, and events of the same second apply
+// in the order they are processed). The period only moves forward; an end
+// (canceled) applies whatever its time, and a canceled subscription stays
+// canceled.
+// It reports whether it applied it.
+func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st SubscriptionState) (bool, error) {
+	switch st.Status {
+	case SubActive, SubPastDue, SubCanceled:
+	default:
+		return false, fmt.Errorf("not a subscription state: %q", st.Status)
+	}
+	var canceledAt *time.Time
+	if st.Status == SubCanceled {
+		at := st.At
+		if st.CanceledAt != nil {
+			at = *st.CanceledAt
+		}
+		canceledAt = &at
+	}
+	tag, err := tx.Exec(ctx, `
+UPDATE subscriptions SET
+       status = CASE WHEN status = 'canceled' THEN 'canceled' ELSE $2 END,
+       canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
+       current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
+       current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
+       cancel_at_period_end = $5, state_at = greatest(state_at, $7), updated_at = now()
+ WHERE id = $1 AND (state_at IS NULL OR state_at <= $7 OR $2 = 'canceled')`,
+		id, st.Status, st.PeriodStart, st.PeriodEnd, st.CancelAtPeriodEnd, canceledAt, st.At)
+	return tag.RowsAffected() == 1, err
+}
+
+// ExtendSubscriptionPeriod records a paid period (from its invoice): the
+// subscription's period moves to it if it is later, and a subscription at
+// its checkout or past due is active again.
+func ExtendSubscriptionPeriod(ctx context.Context, tx pgx.Tx, id int64, start, end time.Time) error {
+	_, err := tx.Exec(ctx, `
+UPDATE subscriptions SET
+       status = CASE WHEN status IN ('checkout', 'abandoned', 'past_due') THEN 'active' ELSE status END,
+       current_period_start = CASE WHEN current_period_end IS NULL OR $3 > current_period_end THEN $2 ELSE current_period_start END,
+       current_period_end = CASE WHEN current_period_end IS NULL OR $3 > current_period_end THEN $3 ELSE current_period_end END,
+       updated_at = now()
+ WHERE id = $1`, id, start, end)
+	return err
+}
+
+// InvoicePayment is a paid subscription invoice.
+type InvoicePayment struct {
+	Subscription    Subscription
+	InvoiceID       string
+	PaymentIntentID string
+	AmountMinor     int64
+	Currency        string
+	PeriodStart     time.Time
+	PeriodEnd       time.Time
+	GrantID         int64
+	PaidAt          time.Time
+}
+
+// RecordInvoicePayment records a paid invoice as a succeeded payment with
+// the grant it produced; an invoice recorded before is returned with
+// created false.
+func RecordInvoicePayment(ctx context.Context, tx pgx.Tx, ip InvoicePayment) (Payment, bool, error) {
+	var pi *string
+	if ip.PaymentIntentID != "" {
+		pi = &ip.PaymentIntentID
+	}
+	sub := ip.Subscription
+	pay, err := onePayment(tx.Query(ctx, `
+INSERT INTO payments (user_id, product, plan_code, subscription_id, invoice_id, period_start, period_end, credits, amount_minor,
+                      currency, status, customer_id, payment_intent_id, grant_id, paid_at, buyer_email)
+SELECT $1, 'subscription', $2, $3, $4, $5, $6, $7, $8, $9, 'succeeded', $10, $11, $12, least(now(), $13),
+       CASE WHEN u.deleted_at IS NULL THEN u.email END
+  FROM users u WHERE u.id = $1
+    ON CONFLICT (invoice_id) DO NOTHING
+RETURNING `+paymentColumns,
+		sub.UserID, sub.PlanCode, sub.ID, ip.InvoiceID, ip.PeriodStart, ip.PeriodEnd, sub.CreditsPerPeriod, ip.AmountMinor,
+		ip.Currency, sub.CustomerID, pi, ip.GrantID, ip.PaidAt))
+	if errors.Is(err, ErrNotFound) {
+		pay, err = onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE invoice_id = $1`, ip.InvoiceID))
+		return pay, false, err
+	}
+	return pay, err == nil, err
+}
+
+// PaymentsOfSubscription lists a subscription's paid invoices, newest
+// first, at most limit.
+func (s *Store) PaymentsOfSubscription(ctx context.Context, subscriptionID int64, limit int) ([]Payment, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE subscription_id = $1 ORDER BY id DESC LIMIT $2`, subscriptionID, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Payment])
+}
+
+// SubscriptionByID loads a subscription.
+func (s *Store) SubscriptionByID(ctx context.Context, id int64) (Subscription, error) {
+	return oneSubscription(s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.id = $1`, id))
+}
+
+// LiveSubscriptionsOfUser lists the user's subscriptions that may still
+// renew (live, or started and not known to have ended), in tx: what
+// deleting the account must cancel at the provider.
+func LiveSubscriptionsOfUser(ctx context.Context, tx pgx.Tx, userID int64) ([]int64, error) {
+	rows, err := tx.Query(ctx, `SELECT id FROM subscriptions WHERE user_id = $1 AND stripe_subscription_id IS NOT NULL AND status <> 'canceled'`, userID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// RecordCancelAtPeriodEnd records a change of renewal the provider has
+// accepted, before its event arrives: as of this second, so that an older
+// event does not undo it and the event itself (stamped in whole seconds,
+// this one or later) still applies.
+func (s *Store) RecordCancelAtPeriodEnd(ctx context.Context, id int64, cancel bool) error {
+	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET cancel_at_period_end = $2,
+       state_at = greatest(state_at, date_trunc('second', now())), updated_at = now()
+ WHERE id = $1 AND status IN ('active', 'past_due')`, id, cancel)
+	return err
+}

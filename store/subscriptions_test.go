@@ -1,0 +1,163 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// newSubscription records a subscription's checkout for u on plan.
+func newSubscription(t *testing.T, st *store.Store, u store.User, plan string, n int) store.Subscription {
+	t.Helper()
+	ctx := context.Background()
+	p, err := st.PlanByCode(ctx, plan)
+	require.NoError(t, err)
+	sub, err := st.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: p,
+		CheckoutSessionID: fmt.Sprintf("cs_sub_%d_%d", u.ID, n), CheckoutRef: fmt.Sprintf("ref_%d_%d_abcdefgh", u.ID, n), CustomerID: fmt.Sprintf("cus_%d", u.ID)})
+	require.NoError(t, err)
+	return sub
+}
+
+// The catalog sells Basic (1,000 credits a month) and Pro (2,500 a month
+// at a better rate per credit).
+func TestPlansSellBasicAndProAtABetterRate(t *testing.T) {
+	t.Parallel()
+	st := storetest.NewStore(t)
+	plans, err := st.Plans(context.Background())
+	require.NoError(t, err)
+	require.Len(t, plans, 2)
+	basic, pro := plans[0], plans[1]
+	require.Equal(t, []string{"basic", "pro"}, []string{basic.Code, pro.Code})
+	require.Equal(t, int64(1000), basic.CreditsPerPeriod)
+	require.Equal(t, int64(2500), pro.CreditsPerPeriod)
+	// pro's price per credit is lower: pro/2500 < basic/1000.
+	require.Less(t, pro.PriceMinor*basic.CreditsPerPeriod, basic.PriceMinor*pro.CreditsPerPeriod)
+}
+
+// A user has at most one live subscription: the database refuses a second
+// one's activation, whichever path (checkout, invoice, event) tries it.
+func TestOneLiveSubscriptionPerUserIsAConstraint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	a, b := newSubscription(t, st, u, "basic", 1), newSubscription(t, st, u, "pro", 2)
+	start := func(sub store.Subscription, stripeID string) error {
+		return st.InTx(ctx, func(tx pgx.Tx) error {
+			if err := store.LinkSubscription(ctx, tx, &sub, stripeID); err != nil {
+				return err
+			}
+			_, err := store.StartSubscription(ctx, tx, sub.ID)
+			return err
+		})
+	}
+	require.NoError(t, start(a, "sub_a"))
+	err := start(b, "sub_b")
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "subscriptions_one_live")
+	// Once the first ended, the second may start.
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.ApplySubscriptionState(ctx, tx, a.ID, store.SubscriptionState{Status: store.SubCanceled, At: time.Now()})
+		return err
+	}))
+	require.NoError(t, start(b, "sub_b"))
+}
+
+// Events arrive in any order: an older state changes nothing, the period
+// only moves forward, and an end applies whenever it comes and stays.
+func TestSubscriptionStateNeverMovesBackwards(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	sub := newSubscription(t, st, u, "basic", 1)
+	t0 := time.Now().Truncate(time.Second)
+	p1s, p1e := t0, t0.AddDate(0, 1, 0)
+	p2s, p2e := p1e, p1e.AddDate(0, 1, 0)
+	apply := func(s store.SubscriptionState) bool {
+		var applied bool
+		require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) (err error) {
+			if err := store.LinkSubscription(ctx, tx, &sub, "sub_order"); err != nil {
+				return err
+			}
+			applied, err = store.ApplySubscriptionState(ctx, tx, sub.ID, s)
+			return err
+		}))
+		return applied
+	}
+	load := func() store.Subscription {
+		s, err := st.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+	require.True(t, apply(store.SubscriptionState{Status: store.SubActive, PeriodStart: &p2s, PeriodEnd: &p2e, At: t0.Add(2 * time.Second)}))
+	// An older event (the first period, set to cancel) is not applied.
+	require.False(t, apply(store.SubscriptionState{Status: store.SubActive, PeriodStart: &p1s, PeriodEnd: &p1e, CancelAtPeriodEnd: true, At: t0}))
+	got := load()
+	require.Equal(t, p2e.Unix(), got.CurrentPeriodEnd.Unix())
+	require.False(t, got.CancelAtPeriodEnd)
+	// A newer one with an older period keeps the later period.
+	require.True(t, apply(store.SubscriptionState{Status: store.SubPastDue, PeriodStart: &p1s, PeriodEnd: &p1e, At: t0.Add(3 * time.Second)}))
+	got = load()
+	require.Equal(t, store.SubPastDue, got.Status)
+	require.Equal(t, p2e.Unix(), got.CurrentPeriodEnd.Unix())
+	// An end applies even when older than the state recorded, and stays.
+	require.True(t, apply(store.SubscriptionState{Status: store.SubCanceled, At: t0.Add(time.Second)}))
+	require.True(t, apply(store.SubscriptionState{Status: store.SubActive, At: t0.Add(4 * time.Second)}))
+	got = load()
+	require.Equal(t, store.SubCanceled, got.Status)
+	require.NotNil(t, got.CanceledAt)
+	// A paid period never reopens an ended subscription.
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		return store.ExtendSubscriptionPeriod(ctx, tx, sub.ID, p2e, p2e.AddDate(0, 1, 0))
+	}))
+	require.Equal(t, store.SubCanceled, load().Status)
+}
+
+// A subscription's paid invoice is a payment of its own kind: the
+// database refuses one without its invoice, subscription and period, and
+// a pack's payment with them; the same invoice is recorded once.
+func TestInvoicePaymentsAreConstrained(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	sub := newSubscription(t, st, u, "pro", 1)
+	end := time.Now().Add(30 * 24 * time.Hour)
+	var first store.Payment
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		g, err := store.Grant(ctx, tx, store.NewGrant{UserID: u.ID, Kind: store.GrantSubscription, Amount: 2500, ExpiresAt: &end, SourceKind: "invoice", SourceID: "in_c1"})
+		if err != nil {
+			return err
+		}
+		ip := store.InvoicePayment{Subscription: sub, InvoiceID: "in_c1", PaymentIntentID: "pi_c1", AmountMinor: sub.PriceMinor, Currency: "usd",
+			PeriodStart: time.Now(), PeriodEnd: end, GrantID: g.GrantID, PaidAt: time.Now()}
+		var created bool
+		if first, created, err = store.RecordInvoicePayment(ctx, tx, ip); err != nil || !created {
+			return fmt.Errorf("first record: created %v, %w", created, err)
+		}
+		again, created, err := store.RecordInvoicePayment(ctx, tx, ip)
+		if err != nil || created || again.ID != first.ID {
+			return fmt.Errorf("second record: created %v, id %d, %w", created, again.ID, err)
+		}
+		return nil
+	}))
+	require.Equal(t, "subscription", first.Product)
+	require.Equal(t, "pro", *first.PlanCode)
+	require.Equal(t, "", first.CheckoutSessionID)
+	for name, sql := range map[string]string{
+		"payments_subscription_has_invoice":  `UPDATE payments SET invoice_id = NULL WHERE id = $1`,
+		"payments_invoice_only_subscription": `UPDATE payments SET product = 'pack', pack_code = 'pack_100' WHERE id = $1`,
+	} {
+		_, err := st.Pool().Exec(ctx, sql, first.ID)
+		require.Error(t, err, name)
+		require.Contains(t, err.Error(), name)
+	}
+}

@@ -1,0 +1,380 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
+)
+
+// subscriptionPage is what /dashboard/subscription shows.
+type subscriptionPage struct {
+	Plans []store.Plan
+	// Live is the subscription that renews (or is set to end at its
+	// period's end), with its latest paid invoices.
+	Live     *store.Subscription
+	Invoices []store.Payment
+	// Open is a checkout opened and not finished, to go back to.
+	Open *store.Subscription
+	// Past lists subscriptions that ended.
+	Past      []store.Subscription
+	Balance   store.Balance
+	Simulated bool
+	Nonce     string
+}
+
+// Subscription serves GET /dashboard/subscription: the live subscription
+// (its plan, period, renewal or end, and its invoices) with Cancel or
+// Keep, or the plans to subscribe to.
+func (s *Site) Subscription() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page, err := s.loadSubscriptionPage(r.Context(), CurrentUser(r.Context()).ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "subscription", "Subscription", page)
+	})
+}
+
+func (s *Site) loadSubscriptionPage(ctx context.Context, userID int64) (subscriptionPage, error) {
+	p := subscriptionPage{Simulated: s.gateway.Simulated(), Nonce: store.NewSecret()[:16]}
+	var err error
+	if p.Plans, err = s.store.Plans(ctx); err != nil {
+		return p, err
+	}
+	if p.Balance, err = s.store.Balance(ctx, userID); err != nil {
+		return p, err
+	}
+	live, found, err := s.store.LiveSubscription(ctx, userID)
+	if err != nil {
+		return p, err
+	}
+	if found {
+		p.Live = &live
+		if p.Invoices, err = s.store.PaymentsOfSubscription(ctx, live.ID, 6); err != nil {
+			return p, err
+		}
+	} else {
+		open, found, err := s.store.OpenSubscriptionCheckout(ctx, userID)
+		if err != nil {
+			return p, err
+		}
+		if found {
+			p.Open = &open
+		}
+	}
+	all, err := s.store.SubscriptionsOfUser(ctx, userID, 11)
+	if err != nil {
+		return p, err
+	}
+	for _, sub := range all {
+		if sub.Status == store.SubCanceled && len(p.Past) < 10 {
+			p.Past = append(p.Past, sub)
+		}
+	}
+	return p, nil
+}
+
+// maxSubscriptionResubmits bounds the finished checkouts one Subscribe
+// form follows to open a new one (as maxCheckoutResubmits for packs).
+const maxSubscriptionResubmits = 5
+
+// StartSubscription serves POST /dashboard/subscription: it opens a
+// checkout in subscription mode for a plan, records the subscription at
+// its checkout (who, which plan, at what price) and sends the buyer to
+// the checkout. Nothing is granted here: each paid invoice is, by the
+// webhook worker.
+func (s *Site) StartSubscription() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		u := CurrentUser(ctx)
+		f, _ := parseForm(r, "plan", "nonce")
+		plan, err := s.store.PlanByCode(ctx, f.raw("plan"))
+		if err != nil {
+			if store.ErrorKind(err) == store.KindNotFound {
+				s.errorPage(w, r, errorPage{Status: http.StatusBadRequest, Heading: "Choose a plan",
+					Message: "That plan does not exist. Pick one of the plans on offer.", ActionURL: "/dashboard/subscription", ActionLabel: "See the plans"})
+				return
+			}
+			s.serverError(w, r, err)
+			return
+		}
+		live, found, err := s.store.LiveSubscription(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if found {
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You already subscribe",
+				Message: "Your " + live.PlanName + " plan is running. To change plans, cancel it and subscribe again once it has ended. Nothing was charged now.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		}
+		customer, err := s.customerOf(ctx, u)
+		if err != nil {
+			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+			return
+		}
+		params := billing.SubscriptionCheckoutParams{
+			UserID: u.ID, CustomerID: customer, Plan: plan, Ref: store.NewSecret()[:24],
+			SuccessURL: s.absURL("/dashboard/subscription/success?session_id={CHECKOUT_SESSION_ID}"),
+			CancelURL:  s.absURL("/dashboard/subscription"),
+		}
+		if n := f.raw("nonce"); n != "" && len(n) <= 64 {
+			params.IdempotencyKey = "quickscale-subscribe-" + strconv.FormatInt(u.ID, 10) + "-" + plan.Code + "-" + n
+		}
+		base := params.IdempotencyKey
+		for hops := 0; ; hops++ {
+			sess, err := s.gateway.CreateSubscriptionCheckout(ctx, params)
+			if err != nil {
+				s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+				return
+			}
+			prev, err := s.store.UserSubscriptionBySession(ctx, u.ID, sess.ID)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				_, err = s.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: plan, CheckoutSessionID: sess.ID,
+					CheckoutURL: sess.URL, CheckoutRef: params.Ref, CustomerID: customer})
+				if store.ErrorKind(err) == store.KindNotFound {
+					s.errorPage(w, r, errorPage{Status: http.StatusGone, Heading: "This account was deleted",
+						Message: "It was deleted while the checkout was being opened, so nothing was bought.", ActionURL: "/", ActionLabel: "Home"})
+					return
+				}
+				if err != nil && store.ErrorKind(err) != store.KindConflict {
+					s.serverError(w, r, err)
+					return
+				}
+			case err != nil:
+				s.serverError(w, r, err)
+				return
+			case prev.Status != store.SubCheckout && params.IdempotencyKey != "":
+				// The same form again after its checkout finished (a page
+				// from history): a new checkout, under a key of its own.
+				if hops == maxSubscriptionResubmits {
+					s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This page is too old",
+						Message: "Reload the subscription page and choose again. Nothing was charged now.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+					return
+				}
+				params.IdempotencyKey = base + "-after-" + sess.ID
+				continue
+			}
+			if r.Header.Get("HX-Request") == "true" {
+				w.Header().Set("HX-Redirect", sess.URL)
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+			http.Redirect(w, r, sess.URL, http.StatusSeeOther)
+			return
+		}
+	})
+}
+
+// customerOf returns the user's provider customer, made on first need.
+func (s *Site) customerOf(ctx context.Context, u *store.User) (string, error) {
+	customer, err := s.store.CustomerID(ctx, u.ID)
+	if err != nil || customer != "" {
+		return customer, err
+	}
+	created, err := s.gateway.CreateCustomer(ctx, billing.CustomerParams{UserID: u.ID, Email: u.Email})
+	if err != nil {
+		return "", err
+	}
+	return s.store.SaveCustomerID(ctx, u.ID, created)
+}
+
+func (s *Site) paymentProviderErrorTo(w http.ResponseWriter, r *http.Request, err error, back, label string) {
+	s.logger.ErrorContext(r.Context(), "payment provider", "err", err)
+	s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "Payments are unavailable",
+		Message:   "We could not reach our payment provider. Nothing was charged. Please try again in a few minutes.",
+		ActionURL: back, ActionLabel: label})
+}
+
+// subscriptionCheckoutView is the success page's state.
+type subscriptionCheckoutView struct {
+	Sub     store.Subscription
+	Found   bool
+	Balance store.Balance
+	Slow    bool
+}
+
+// State names what the status block shows (its data-state).
+func (v subscriptionCheckoutView) State() string {
+	switch {
+	case !v.Found:
+		return "unknown"
+	case v.Sub.Status == store.SubCheckout && v.Slow:
+		return "checkout-slow"
+	case v.Sub.Live() && v.Sub.CurrentPeriodEnd == nil:
+		// Started, its first invoice not applied yet: still waiting.
+		return "starting"
+	}
+	return v.Sub.Status
+}
+
+func (s *Site) loadSubscriptionCheckout(r *http.Request) (subscriptionCheckoutView, error) {
+	ctx := r.Context()
+	u := CurrentUser(ctx)
+	var v subscriptionCheckoutView
+	id := r.URL.Query().Get("session_id")
+	if id == "" || len(id) > 255 {
+		return v, nil
+	}
+	sub, err := s.store.UserSubscriptionBySession(ctx, u.ID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return v, nil
+	}
+	if err != nil {
+		return v, err
+	}
+	v.Sub, v.Found = sub, true
+	v.Slow = (sub.Status == store.SubCheckout || sub.CurrentPeriodEnd == nil) && time.Since(sub.UpdatedAt) > checkoutSlowAfter
+	if sub.Live() {
+		if v.Balance, err = s.store.Balance(ctx, u.ID); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
+}
+
+// SubscriptionSuccess serves GET /dashboard/subscription/success: it
+// grants nothing, it shows the subscription's state and polls until its
+// first period's credits are added.
+func (s *Site) SubscriptionSuccess() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.loadSubscriptionCheckout(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		status := http.StatusOK
+		if !v.Found {
+			status = http.StatusNotFound
+		}
+		s.render(w, r, status, "subscription_checkout", "Your subscription", v)
+	})
+}
+
+// SubscriptionStatus serves the polled fragment of the success page.
+func (s *Site) SubscriptionStatus() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.loadSubscriptionCheckout(r)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if shown := r.URL.Query().Get("shown"); shown != "" && shown == v.State() {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		s.renderBlock(w, r, http.StatusOK, "subscription_checkout", "subscription-status", "Your subscription", v)
+	})
+}
+
+// liveSubscriptionForm loads the live subscription a form names (its id),
+// answering the request itself when there is none.
+func (s *Site) liveSubscriptionForm(w http.ResponseWriter, r *http.Request) (store.Subscription, bool) {
+	ctx := r.Context()
+	f, _ := parseForm(r, "subscription")
+	id, perr := strconv.ParseInt(f.raw("subscription"), 10, 64)
+	sub, err := s.store.UserSubscription(ctx, CurrentUser(ctx).ID, id)
+	switch {
+	case perr != nil || errors.Is(err, store.ErrNotFound):
+		s.errorPage(w, r, errorPage{Status: http.StatusNotFound, Heading: "No such subscription",
+			Message: "That subscription is not yours, or does not exist.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+		return sub, false
+	case err != nil:
+		s.serverError(w, r, err)
+		return sub, false
+	case !sub.Live() || sub.StripeSubscriptionID == nil:
+		s.flash(ctx, "Your "+sub.PlanName+" plan has ended already: there was nothing to change.")
+		redirect(w, r, "/dashboard/subscription")
+		return sub, false
+	}
+	return sub, true
+}
+
+// SetSubscriptionRenewal serves POST /dashboard/subscription/cancel
+// (cancel=true: the plan ends at its period's end, its credits stay until
+// then) and /dashboard/subscription/resume (it renews again).
+func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		sub, ok := s.liveSubscriptionForm(w, r)
+		if !ok {
+			return
+		}
+		end := ""
+		if sub.CurrentPeriodEnd != nil {
+			end = sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")
+		}
+		if sub.CancelAtPeriodEnd == cancel {
+			if cancel {
+				s.flash(ctx, "Your "+sub.PlanName+" plan is set to end on "+end+" already.")
+			} else {
+				s.flash(ctx, "Your "+sub.PlanName+" plan renews already.")
+			}
+			redirect(w, r, "/dashboard/subscription")
+			return
+		}
+		err := s.gateway.SetCancelAtPeriodEnd(ctx, *sub.StripeSubscriptionID, cancel)
+		if errors.Is(err, billing.ErrSubscriptionEnded) {
+			s.flash(ctx, "Your "+sub.PlanName+" plan has ended already: there was nothing to change.")
+			redirect(w, r, "/dashboard/subscription")
+			return
+		}
+		if err != nil {
+			s.logger.ErrorContext(ctx, "payment provider: subscription renewal", "subscription", sub.ID, "err", err)
+			s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "Your subscription was not changed",
+				Message:   "We could not reach our payment provider, so your " + sub.PlanName + " plan stays as it was. Please try again in a few minutes.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		}
+		// The provider has it: shown at once, not when its event comes.
+		if err := s.store.RecordCancelAtPeriodEnd(ctx, sub.ID, cancel); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if cancel {
+			s.flash(ctx, "Your "+sub.PlanName+" plan will not renew: it ends on "+end+". Its credits stay yours until then.")
+		} else {
+			s.flash(ctx, "Your "+sub.PlanName+" plan renews again on "+end+".")
+		}
+		redirect(w, r, "/dashboard/subscription")
+	})
+}
+
+// RenewSimulatedSubscription serves POST /dashboard/subscription/renew
+// (the simulator only): the subscription's clock moves to its period's
+// end, so that it renews (or ends, when set to) now.
+func (s *Site) RenewSimulatedSubscription() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		sim, ok := s.gateway.(*billing.Simulator)
+		if !ok {
+			s.NotFound().ServeHTTP(w, r)
+			return
+		}
+		sub, ok := s.liveSubscriptionForm(w, r)
+		if !ok {
+			return
+		}
+		err := sim.Renew(ctx, *sub.StripeSubscriptionID)
+		switch {
+		case errors.Is(err, billing.ErrSubscriptionEnded):
+			s.flash(ctx, "Your "+sub.PlanName+" plan has ended already.")
+		case err != nil:
+			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Your subscription")
+			return
+		case sub.CancelAtPeriodEnd:
+			s.flash(ctx, "The simulator moved to the end of the period: your "+sub.PlanName+" plan has ended, as you asked.")
+		default:
+			s.flash(ctx, "The simulator moved to the end of the period: the next month's invoice is paid and its credits are being added.")
+		}
+		redirect(w, r, "/dashboard/subscription")
+	})
+}

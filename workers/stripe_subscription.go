@@ -1,0 +1,313 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/jobs"
+	"github.com/quickscale/quickscale/store"
+)
+
+// Subscriptions: a checkout in subscription mode opens it, each paid
+// invoice is a payment that grants the plan's credits until the end of
+// the period it paid for, and the customer.subscription.* events keep its
+// state. Events arrive in any order: an invoice finds its subscription by
+// the reference its checkout put in the subscription's metadata, a state
+// older than the one recorded changes nothing, and a period only moves
+// forward.
+
+// applySubscriptionCheckout applies a checkout.session.* event of a
+// subscription's checkout.
+func (w *StripeEventWorker) applySubscriptionCheckout(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, sess stripe.CheckoutSession) (string, string, effects, error) {
+	var fx effects
+	if sess.ID == "" {
+		return store.OutcomeFailed, "malformed checkout session object", fx, nil
+	}
+	sub, err := store.LockSubscriptionBySession(ctx, tx, sess.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.OutcomeIgnored, "checkout session " + sess.ID + " was not created by QuickScale", fx, nil
+	}
+	if err != nil {
+		return "", "", fx, err
+	}
+	switch stripe.EventType(ev.Type) {
+	case stripe.EventTypeCheckoutSessionExpired:
+		changed, err := store.AbandonSubscriptionCheckout(ctx, tx, sub.ID)
+		if err != nil || !changed {
+			return store.OutcomeIgnored, "subscription is " + sub.Status, effects{noChange: true}, err
+		}
+		return store.OutcomeApplied, fmt.Sprintf("subscription %d: its checkout expired unpaid", sub.ID), fx, nil
+	case stripe.EventTypeCheckoutSessionAsyncPaymentFailed:
+		return store.OutcomeIgnored, "a subscription starts only once its invoice is paid (invoice.paid)", fx, nil
+	}
+	if sess.Subscription == nil || sess.Subscription.ID == "" {
+		return store.OutcomeFailed, "subscription checkout " + sess.ID + " completed without a subscription", fx, nil
+	}
+	if err := store.LinkSubscription(ctx, tx, &sub, sess.Subscription.ID); err != nil {
+		if errors.Is(err, store.ErrSubscriptionLinkedElsewhere) {
+			return store.OutcomeFailed, err.Error(), fx, nil
+		}
+		return "", "", fx, err
+	}
+	if sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid && sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusNoPaymentRequired {
+		return store.OutcomeApplied, "subscription linked; payment_status is " + string(sess.PaymentStatus) + ": it starts once its invoice is paid", fx, nil
+	}
+	started, err := store.StartSubscription(ctx, tx, sub.ID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if !started {
+		return store.OutcomeApplied, "subscription already " + sub.Status, fx, nil
+	}
+	return store.OutcomeApplied, fmt.Sprintf("subscription %d (%s) started for user %d", sub.ID, sess.Subscription.ID, sub.UserID), fx, nil
+}
+
+// subscriptionOf locks the subscription an invoice or subscription object
+// names. A non-empty outcome ends the event there.
+func subscriptionOf(ctx context.Context, tx pgx.Tx, stripeID, ref, customerID string) (store.Subscription, string, string, error) {
+	sub, err := store.LockSubscription(ctx, tx, stripeID, ref)
+	if errors.Is(err, store.ErrNotFound) {
+		if ref != "" {
+			// Ours by its metadata, yet not recorded: its checkout's
+			// record failed after Stripe opened it.
+			return sub, store.OutcomeFailed, "subscription " + stripeID + " names checkout reference " + ref + ", which QuickScale has no record of", nil
+		}
+		return sub, store.OutcomeIgnored, "subscription " + stripeID + " was not created by QuickScale", nil
+	}
+	if err != nil {
+		return sub, "", "", err
+	}
+	if customerID != sub.CustomerID {
+		return sub, store.OutcomeFailed, fmt.Sprintf("subscription %s: customer %s is not the recorded %s", stripeID, customerID, sub.CustomerID), nil
+	}
+	if err := store.LinkSubscription(ctx, tx, &sub, stripeID); err != nil {
+		if errors.Is(err, store.ErrSubscriptionLinkedElsewhere) {
+			return sub, store.OutcomeFailed, err.Error(), nil
+		}
+		return sub, "", "", err
+	}
+	return sub, "", "", nil
+}
+
+// invoicePeriod is the period a subscription invoice pays for: its
+// subscription line's (an invoice's own period_start/end are the period
+// before it, for a renewal).
+func invoicePeriod(inv stripe.Invoice) (start, end time.Time, ok bool) {
+	if inv.Lines == nil {
+		return start, end, false
+	}
+	for _, l := range inv.Lines.Data {
+		if l == nil || l.Period == nil || l.Period.End <= l.Period.Start {
+			continue
+		}
+		if l.Type == stripe.InvoiceLineItemTypeSubscription || !ok {
+			start, end, ok = time.Unix(l.Period.Start, 0).UTC(), time.Unix(l.Period.End, 0).UTC(), true
+			if l.Type == stripe.InvoiceLineItemTypeSubscription {
+				break
+			}
+		}
+	}
+	return start, end, ok
+}
+
+// applyInvoicePaid grants a subscription's credits for the period its
+// invoice paid for and records the invoice as a payment.
+func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	var inv stripe.Invoice
+	if err := eventObject(ev, &inv); err != nil || inv.ID == "" {
+		return store.OutcomeFailed, "malformed invoice object", fx, nil
+	}
+	if inv.Subscription == nil || inv.Subscription.ID == "" {
+		return store.OutcomeIgnored, "invoice " + inv.ID + " is not a subscription's", fx, nil
+	}
+	ref, customer := "", ""
+	if inv.SubscriptionDetails != nil {
+		ref = inv.SubscriptionDetails.Metadata[billing.MetaSubscriptionRef]
+	}
+	if inv.Customer != nil {
+		customer = inv.Customer.ID
+	}
+	sub, outcome, detail, err := subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	if err != nil || outcome != "" {
+		return outcome, detail, fx, err
+	}
+	start, end, ok := invoicePeriod(inv)
+	switch {
+	case !ok:
+		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
+	case inv.AmountPaid != sub.PriceMinor || string(inv.Currency) != sub.Currency:
+		// Fulfilment trusts what was sold; plan changes, discounts and
+		// prorations are not offered.
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s does not match the plan's %d %s", inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency), fx, nil
+	case !end.After(time.Now()):
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
+			inv.ID, end.Format(time.RFC3339)), fx, nil
+	}
+	g, err := store.Grant(ctx, tx, store.NewGrant{
+		UserID: sub.UserID, Kind: store.GrantSubscription, Amount: sub.CreditsPerPeriod, ExpiresAt: &end,
+		SourceKind: "invoice", SourceID: inv.ID,
+	})
+	if err != nil {
+		return "", "", fx, err
+	}
+	intent := ""
+	if inv.PaymentIntent != nil {
+		intent = inv.PaymentIntent.ID
+	}
+	pay, _, err := store.RecordInvoicePayment(ctx, tx, store.InvoicePayment{
+		Subscription: sub, InvoiceID: inv.ID, PaymentIntentID: intent, AmountMinor: inv.AmountPaid, Currency: string(inv.Currency),
+		PeriodStart: start, PeriodEnd: end, GrantID: g.GrantID, PaidAt: ev.Created,
+	})
+	if err != nil {
+		return "", "", fx, err
+	}
+	if err := store.ExtendSubscriptionPeriod(ctx, tx, sub.ID, start, end); err != nil {
+		return "", "", fx, err
+	}
+	if !g.Created {
+		return store.OutcomeApplied, "already granted", fx, nil
+	}
+	fx = effects{granted: sub.CreditsPerPeriod, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency, product: "subscription"}
+	email, balance, err := store.EmailAndBalance(ctx, tx, sub.UserID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if email == "" {
+		// Renewed after the account was deleted (its cancellation not yet
+		// through): the credits are forfeited, and the invoice is for
+		// someone to refund.
+		if err := store.ForfeitCredits(ctx, tx, sub.UserID); err != nil {
+			return "", "", fx, err
+		}
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)",
+			inv.ID, sub.UserID, sub.CreditsPerPeriod, pay.ID), fx, nil
+	}
+	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionPaid, To: email, Data: map[string]string{
+		"Plan":             sub.PlanName,
+		"Credits":          billing.FormatCredits(sub.CreditsPerPeriod),
+		"Amount":           billing.FormatMoney(pay.AmountMinor, pay.Currency),
+		"Balance":          billing.FormatCredits(balance),
+		"Payment":          "#" + strconv.FormatInt(pay.ID, 10),
+		"PaidAt":           time.Now().UTC().Format("2 Jan 2006 15:04 UTC"),
+		"Period":           start.Format("2 Jan 2006") + " – " + end.Format("2 Jan 2006"),
+		"PeriodEnd":        end.Format("2 Jan 2006 15:04 UTC"),
+		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
+	}}, nil); err != nil {
+		return "", "", fx, err
+	}
+	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)), fx, nil
+}
+
+// applyInvoiceFailed tells the customer a renewal did not go through
+// (the subscription's state, past due, comes with its own event).
+func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	var inv stripe.Invoice
+	if err := eventObject(ev, &inv); err != nil || inv.ID == "" {
+		return store.OutcomeFailed, "malformed invoice object", fx, nil
+	}
+	if inv.Subscription == nil || inv.Subscription.ID == "" {
+		return store.OutcomeIgnored, "invoice " + inv.ID + " is not a subscription's", fx, nil
+	}
+	ref, customer := "", ""
+	if inv.SubscriptionDetails != nil {
+		ref = inv.SubscriptionDetails.Metadata[billing.MetaSubscriptionRef]
+	}
+	if inv.Customer != nil {
+		customer = inv.Customer.ID
+	}
+	sub, outcome, detail, err := subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	if err != nil || outcome != "" {
+		return outcome, detail, fx, err
+	}
+	if sub.Status == store.SubCanceled || sub.Status == store.SubCheckout {
+		// A first payment refused at checkout is shown there; an ended
+		// subscription is not renewed.
+		return store.OutcomeIgnored, "subscription is " + sub.Status, fx, nil
+	}
+	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
+	if err != nil || email == "" {
+		return store.OutcomeIgnored, "the account was deleted", fx, err
+	}
+	next := ""
+	if inv.NextPaymentAttempt > 0 {
+		next = time.Unix(inv.NextPaymentAttempt, 0).UTC().Format("2 Jan 2006")
+	}
+	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionFailed, To: email, Data: map[string]string{
+		"Plan":             sub.PlanName,
+		"Amount":           billing.FormatMoney(inv.AmountDue, string(inv.Currency)),
+		"NextAttempt":      next,
+		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
+	}}, nil); err != nil {
+		return "", "", fx, err
+	}
+	return store.OutcomeApplied, fmt.Sprintf("told user %d that invoice %s was not paid", sub.UserID, inv.ID), fx, nil
+}
+
+// subscriptionStatus maps Stripe's subscription status onto ours; ok is
+// false for a status that changes nothing here (incomplete: its first
+// invoice not paid yet; trialing and paused are not offered).
+func subscriptionStatus(s stripe.SubscriptionStatus) (string, bool) {
+	switch s {
+	case stripe.SubscriptionStatusActive:
+		return store.SubActive, true
+	case stripe.SubscriptionStatusPastDue, stripe.SubscriptionStatusUnpaid:
+		return store.SubPastDue, true
+	case stripe.SubscriptionStatusCanceled, stripe.SubscriptionStatusIncompleteExpired:
+		return store.SubCanceled, true
+	}
+	return "", false
+}
+
+// applySubscriptionEvent records a customer.subscription.* event's state.
+func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	var ss stripe.Subscription
+	if err := eventObject(ev, &ss); err != nil || ss.ID == "" {
+		return store.OutcomeFailed, "malformed subscription object", fx, nil
+	}
+	customer := ""
+	if ss.Customer != nil {
+		customer = ss.Customer.ID
+	}
+	sub, outcome, detail, err := subscriptionOf(ctx, tx, ss.ID, ss.Metadata[billing.MetaSubscriptionRef], customer)
+	if err != nil || outcome != "" {
+		return outcome, detail, fx, err
+	}
+	status, ok := subscriptionStatus(ss.Status)
+	if stripe.EventType(ev.Type) == stripe.EventTypeCustomerSubscriptionDeleted {
+		status, ok = store.SubCanceled, true
+	}
+	if !ok {
+		return store.OutcomeIgnored, "subscription status " + string(ss.Status) + " changes nothing", fx, nil
+	}
+	st := store.SubscriptionState{Status: status, CancelAtPeriodEnd: ss.CancelAtPeriodEnd, At: ev.Created}
+	if ss.CurrentPeriodEnd > ss.CurrentPeriodStart && ss.CurrentPeriodStart > 0 {
+		start, end := time.Unix(ss.CurrentPeriodStart, 0).UTC(), time.Unix(ss.CurrentPeriodEnd, 0).UTC()
+		st.PeriodStart, st.PeriodEnd = &start, &end
+	}
+	if ss.CanceledAt > 0 {
+		at := time.Unix(ss.CanceledAt, 0).UTC()
+		st.CanceledAt = &at
+	}
+	applied, err := store.ApplySubscriptionState(ctx, tx, sub.ID, st)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if !applied {
+		return store.OutcomeIgnored, "an event newer than this one is recorded already", effects{noChange: true}, nil
+	}
+	detail = fmt.Sprintf("subscription %d: %s", sub.ID, status)
+	if ss.CancelAtPeriodEnd && status != store.SubCanceled {
+		detail += ", ends at its period's end"
+	}
+	return store.OutcomeApplied, detail, fx, nil
+}
