@@ -100,20 +100,27 @@ func (s *Simulator) Renew(ctx context.Context, subscriptionID string) error {
 }
 
 // RenewDue renews (or ends) the simulator subscriptions whose period has
-// ended, up to 100 a call; it returns how many.
+// ended, up to 100 a call; it returns how many it changed, and the first
+// error met (one failing does not keep the others from renewing).
 func (s *Simulator) RenewDue(ctx context.Context) (int, error) {
 	ids, err := s.store.SimSubscriptionsDue(ctx, 100)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
+	var first error
 	for _, id := range ids {
-		if err := s.Renew(ctx, id); err != nil && !errors.Is(err, ErrSubscriptionEnded) {
+		switch err := s.Renew(ctx, id); {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrSubscriptionEnded):
+		case ctx.Err() != nil:
 			return n, err
+		case first == nil:
+			first = err
 		}
-		n++
 	}
-	return n, nil
+	return n, first
 }
 
 // SetCancelAtPeriodEnd implements Gateway.
@@ -140,7 +147,9 @@ func simSubscriptionError(id string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, store.ErrSimSubscriptionCanceled):
+	case errors.Is(err, store.ErrSimSubscriptionCanceled), store.ErrorKind(err) == store.KindNotFound:
+		// Ended, or never had (as Stripe's 404 for a subscription it does
+		// not have): nothing to change.
 		return fmt.Errorf("simulator: subscription %s: %w", id, ErrSubscriptionEnded)
 	}
 	return fmt.Errorf("simulator: subscription %s: %w", id, err)

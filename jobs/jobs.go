@@ -194,7 +194,8 @@ func (CancelSubscription) Kind() string { return "cancel_subscription" }
 
 // InsertOpts implements river.JobArgsWithInsertOpts: retried for about a
 // day and a half while the provider cannot be reached (well within a
-// month's period, before any renewal).
+// month's period, before any renewal); one waiting or running a
+// subscription (several events may ask for it).
 func (CancelSubscription) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueDefault, MaxAttempts: 15}
+	return river.InsertOpts{Queue: QueueDefault, MaxAttempts: 15, UniqueOpts: uniqueWhileActive()}
 }

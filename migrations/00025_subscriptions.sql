@@ -49,6 +49,11 @@ CREATE TABLE subscriptions (
     cancel_at_period_end   boolean NOT NULL DEFAULT false,
     canceled_at            timestamptz,
     state_at               timestamptz,
+    -- When the user last changed cancel_at_period_end here (whole
+    -- seconds): the provider's events of that second or before do not
+    -- change it back (its times are whole seconds, so a Cancel and a Keep
+    -- within one second could otherwise apply in either order).
+    renewal_set_at         timestamptz,
     created_at             timestamptz NOT NULL DEFAULT now(),
     updated_at             timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT subscriptions_started_has_id CHECK (status IN ('checkout', 'abandoned') OR stripe_subscription_id IS NOT NULL),

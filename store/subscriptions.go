@@ -81,6 +81,7 @@ type Subscription struct {
 	CancelAtPeriodEnd    bool       `db:"cancel_at_period_end"`
 	CanceledAt           *time.Time `db:"canceled_at"`
 	StateAt              *time.Time `db:"state_at"`
+	RenewalSetAt         *time.Time `db:"renewal_set_at"`
 	CreatedAt            time.Time  `db:"created_at"`
 	UpdatedAt            time.Time  `db:"updated_at"`
 }
@@ -91,7 +92,7 @@ func (s Subscription) Live() bool { return s.Status == SubActive || s.Status == 
 
 const subscriptionColumns = `s.id, s.user_id, s.plan_code, p.name AS plan_name, s.credits_per_period, s.price_minor, s.currency, s.status,
        s.checkout_session_id, s.checkout_url, s.checkout_ref, s.customer_id, s.stripe_subscription_id, s.current_period_start,
-       s.current_period_end, s.cancel_at_period_end, s.canceled_at, s.state_at, s.created_at, s.updated_at`
+       s.current_period_end, s.cancel_at_period_end, s.canceled_at, s.state_at, s.renewal_set_at, s.created_at, s.updated_at`
 
 const subscriptionFrom = ` FROM subscriptions s JOIN plans p ON p.code = s.plan_code `
 
@@ -256,7 +257,9 @@ type SubscriptionState struct {
 // provider's times are whole seconds, and events of the same second apply
 // in the order they are processed). The period only moves forward; an end
 // (canceled) applies whatever its time, and a canceled subscription stays
-// canceled.
+// canceled. Whether it ends at its period's end is not changed by an event
+// of the second the user last changed it here, or before
+// (RecordCancelAtPeriodEnd).
 // It reports whether it applied it.
 func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st SubscriptionState) (bool, error) {
 	switch st.Status {
@@ -278,7 +281,8 @@ UPDATE subscriptions SET
        canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
        current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
        current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
-       cancel_at_period_end = $5, state_at = greatest(state_at, $7), updated_at = now()
+       cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at THEN cancel_at_period_end ELSE $5 END,
+       state_at = greatest(state_at, $7), updated_at = now()
  WHERE id = $1 AND (state_at IS NULL OR state_at <= $7 OR $2 = 'canceled')`,
 		id, st.Status, st.PeriodStart, st.PeriodEnd, st.CancelAtPeriodEnd, canceledAt, st.At)
 	return tag.RowsAffected() == 1, err
@@ -365,11 +369,54 @@ func LiveSubscriptionsOfUser(ctx context.Context, tx pgx.Tx, userID int64) ([]in
 
 // RecordCancelAtPeriodEnd records a change of renewal the provider has
 // accepted, before its event arrives: as of this second, so that an older
-// event does not undo it and the event itself (stamped in whole seconds,
-// this one or later) still applies.
+// event, or one of the same second (a Cancel and a Keep clicked within a
+// second, their events applied in either order), does not undo it.
 func (s *Store) RecordCancelAtPeriodEnd(ctx context.Context, id int64, cancel bool) error {
 	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET cancel_at_period_end = $2,
-       state_at = greatest(state_at, date_trunc('second', now())), updated_at = now()
+       state_at = greatest(state_at, date_trunc('second', now())), renewal_set_at = date_trunc('second', now()), updated_at = now()
  WHERE id = $1 AND status IN ('active', 'past_due')`, id, cancel)
 	return err
+}
+
+// AbandonSubscriptionCheckoutNow marks a subscription checkout closed at
+// the provider at the buyer's request (before its expiry event comes).
+func (s *Store) AbandonSubscriptionCheckoutNow(ctx context.Context, id int64) error {
+	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET status = 'abandoned', updated_at = now() WHERE id = $1 AND status = 'checkout'`, id)
+	return err
+}
+
+// OtherLiveSubscription reports whether the user has a live subscription
+// besides id (in tx, after id's row is locked).
+func OtherLiveSubscription(ctx context.Context, tx pgx.Tx, userID, id int64) (bool, error) {
+	var other bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM subscriptions WHERE user_id = $1 AND id <> $2 AND status IN ('active', 'past_due'))`, userID, id).Scan(&other)
+	return other, err
+}
+
+// EndDuplicateSubscription ends a subscription started while its user had
+// another live one (two checkouts paid): canceled now, before it could
+// start. It reports whether it changed it.
+func EndDuplicateSubscription(ctx context.Context, tx pgx.Tx, id int64) (bool, error) {
+	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now(), updated_at = now()
+ WHERE id = $1 AND status <> 'canceled' AND stripe_subscription_id IS NOT NULL`, id)
+	return tag.RowsAffected() == 1, err
+}
+
+// LockBuyer share-locks a subscription's user in tx and reports whether
+// the account was deleted: a deletion running meanwhile is waited for
+// (and then sees what tx links), or waits for tx.
+func LockBuyer(ctx context.Context, tx pgx.Tx, userID int64) (deleted bool, err error) {
+	err = tx.QueryRow(ctx, `SELECT deleted_at IS NOT NULL FROM users WHERE id = $1 FOR SHARE`, userID).Scan(&deleted)
+	return deleted, err
+}
+
+// OpenSubscriptionCheckouts lists the user's subscription checkouts still
+// open (within their day), for closing them.
+func (s *Store) OpenSubscriptionCheckouts(ctx context.Context, userID int64) ([]Subscription, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`
+ WHERE s.user_id = $1 AND s.status = 'checkout' AND s.created_at > now() - $2::interval ORDER BY s.id`, userID, SubscriptionCheckoutOpenFor.String())
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Subscription])
 }

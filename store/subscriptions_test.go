@@ -161,3 +161,43 @@ func TestInvoicePaymentsAreConstrained(t *testing.T) {
 		require.Contains(t, err.Error(), name)
 	}
 }
+
+// A Cancel and a Keep clicked within one second: the provider's events of
+// that second (stamped in whole seconds, applied in either order) do not
+// change back what the user chose last; a later event does.
+func TestTheLastRenewalChoiceHoldsAgainstEventsOfItsSecond(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	sub := newSubscription(t, st, u, "basic", 1)
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		if err := store.LinkSubscription(ctx, tx, &sub, "sub_choice"); err != nil {
+			return err
+		}
+		_, err := store.StartSubscription(ctx, tx, sub.ID)
+		return err
+	}))
+	require.NoError(t, st.RecordCancelAtPeriodEnd(ctx, sub.ID, true))
+	require.NoError(t, st.RecordCancelAtPeriodEnd(ctx, sub.ID, false))
+	got, err := st.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	second := *got.RenewalSetAt
+	apply := func(cancel bool, at time.Time) {
+		require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+			_, err := store.ApplySubscriptionState(ctx, tx, sub.ID, store.SubscriptionState{Status: store.SubActive, CancelAtPeriodEnd: cancel, At: at})
+			return err
+		}))
+	}
+	// The Keep's event, then the Cancel's, both of that second.
+	apply(false, second)
+	apply(true, second)
+	got, err = st.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	require.False(t, got.CancelAtPeriodEnd, "an event of the click's second undid the last choice")
+	// A change made later (Stripe's dashboard) applies.
+	apply(true, second.Add(time.Second))
+	got, err = st.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	require.True(t, got.CancelAtPeriodEnd)
+}

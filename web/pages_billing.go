@@ -441,6 +441,12 @@ func (s *Site) SimulatorCheckout() http.Handler {
 				ActionURL: startOver, ActionLabel: "Start a new one"})
 			return
 		}
+		if ss.Status == "expired" && f.raw("action") == "pay" {
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This checkout is closed",
+				Message:   "It expired or was closed and can no longer be paid. Nothing was charged.",
+				ActionURL: startOver, ActionLabel: "Start a new one"})
+			return
+		}
 		var next string
 		switch f.raw("action") {
 		case "pay":

@@ -43,7 +43,16 @@ func (s *Site) Dashboard() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "dashboard", "Dashboard", map[string]any{"Balance": bal})
+		live, found, err := s.store.LiveSubscription(r.Context(), u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		data := map[string]any{"Balance": bal}
+		if found {
+			data["Plan"] = live
+		}
+		s.render(w, r, http.StatusOK, "dashboard", "Dashboard", data)
 	})
 }
 

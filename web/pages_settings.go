@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 )
@@ -25,6 +26,8 @@ type settingsPage struct {
 	PendingUntil time.Time
 	// Balance is what deleting the account forfeits (nil if unknown).
 	Balance *store.Balance
+	// Plan is the live subscription deleting the account ends (nil: none).
+	Plan *store.Subscription
 }
 
 // renderSettings renders the settings page with the user's balance, which
@@ -34,6 +37,11 @@ func (s *Site) renderSettings(w http.ResponseWriter, r *http.Request, status int
 	if u != nil && page.Balance == nil {
 		if b, err := s.store.Balance(r.Context(), u.ID); err == nil {
 			page.Balance = &b
+		}
+	}
+	if u != nil {
+		if live, found, err := s.store.LiveSubscription(r.Context(), u.ID); err == nil && found {
+			page.Plan = &live
 		}
 	}
 	if pending := s.sessions.GetString(r.Context(), sessPendingEmail); pending != "" && u != nil {
@@ -217,7 +225,16 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
-		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
+		// Its plan checkouts still open are closed at the provider, so that
+		// none is paid for an account that is gone (one paid all the same,
+		// say in that instant, is cancelled by the worker, and refunded by
+		// support, as the event it fails says).
+		open, err := s.store.OpenSubscriptionCheckouts(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 			if err := store.DeleteUser(ctx, tx, u.ID); err != nil {
 				return err
 			}
@@ -242,6 +259,16 @@ func (s *Site) DeleteAccount() http.Handler {
 		if err != nil {
 			s.serverError(w, r, err)
 			return
+		}
+		for _, c := range open {
+			err := s.gateway.ExpireCheckoutSession(ctx, c.CheckoutSessionID)
+			if err != nil && !errors.Is(err, billing.ErrCheckoutExpired) && !errors.Is(err, billing.ErrCheckoutNotOpen) {
+				s.logger.WarnContext(ctx, "payment provider: close a deleted account's plan checkout", "subscription", c.ID, "err", err)
+				continue
+			}
+			if err := s.store.AbandonSubscriptionCheckoutNow(ctx, c.ID); err != nil {
+				s.logger.WarnContext(ctx, "close a deleted account's plan checkout", "subscription", c.ID, "err", err)
+			}
 		}
 		if err := s.sessions.Destroy(ctx); err != nil {
 			s.serverError(w, r, err)

@@ -111,9 +111,39 @@ func (s *Site) StartSubscription() http.Handler {
 		}
 		if found {
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You already subscribe",
-				Message: "Your " + live.PlanName + " plan is running. To change plans, cancel it and subscribe again once it has ended. Nothing was charged now.",
+				Message:   "Your " + live.PlanName + " plan is running. To change plans, cancel it and subscribe again once it has ended. Nothing was charged now.",
 				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
 			return
+		}
+		// A checkout opened before and not finished: for this plan, the
+		// buyer goes back to it (a double click, another tab); for another
+		// plan, it is closed first, so that two checkouts cannot both be
+		// paid (two live subscriptions, one refused when it starts).
+		open, found, err := s.store.OpenSubscriptionCheckout(ctx, u.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		if found && open.PlanCode == plan.Code && open.CheckoutURL != nil {
+			s.redirectToCheckout(w, r, *open.CheckoutURL)
+			return
+		}
+		if found {
+			err := s.gateway.ExpireCheckoutSession(ctx, open.CheckoutSessionID)
+			switch {
+			case errors.Is(err, billing.ErrCheckoutNotOpen):
+				s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You have just subscribed",
+					Message:   "The checkout you opened earlier for the " + open.PlanName + " plan was completed meanwhile, so no new one was opened. Nothing was charged now.",
+					ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+				return
+			case err != nil && !errors.Is(err, billing.ErrCheckoutExpired):
+				s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+				return
+			}
+			if err := s.store.AbandonSubscriptionCheckoutNow(ctx, open.ID); err != nil {
+				s.serverError(w, r, err)
+				return
+			}
 		}
 		customer, err := s.customerOf(ctx, u)
 		if err != nil {
@@ -163,15 +193,21 @@ func (s *Site) StartSubscription() http.Handler {
 				params.IdempotencyKey = base + "-after-" + sess.ID
 				continue
 			}
-			if r.Header.Get("HX-Request") == "true" {
-				w.Header().Set("HX-Redirect", sess.URL)
-				w.WriteHeader(http.StatusNoContent)
-				return
-			}
-			http.Redirect(w, r, sess.URL, http.StatusSeeOther)
+			s.redirectToCheckout(w, r, sess.URL)
 			return
 		}
 	})
+}
+
+// redirectToCheckout sends the browser to a checkout page: a full
+// navigation, since it is on another origin.
+func (s *Site) redirectToCheckout(w http.ResponseWriter, r *http.Request, to string) {
+	if r.Header.Get("HX-Request") == "true" {
+		w.Header().Set("HX-Redirect", to)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	http.Redirect(w, r, to, http.StatusSeeOther)
 }
 
 // customerOf returns the user's provider customer, made on first need.
@@ -196,8 +232,11 @@ func (s *Site) paymentProviderErrorTo(w http.ResponseWriter, r *http.Request, er
 
 // subscriptionCheckoutView is the success page's state.
 type subscriptionCheckoutView struct {
-	Sub     store.Subscription
-	Found   bool
+	Sub   store.Subscription
+	Found bool
+	// Paid: its first invoice is applied (its credits added). The
+	// subscription's own events may start it a moment before.
+	Paid    bool
 	Balance store.Balance
 	Slow    bool
 }
@@ -209,7 +248,7 @@ func (v subscriptionCheckoutView) State() string {
 		return "unknown"
 	case v.Sub.Status == store.SubCheckout && v.Slow:
 		return "checkout-slow"
-	case v.Sub.Live() && v.Sub.CurrentPeriodEnd == nil:
+	case v.Sub.Live() && !v.Paid:
 		// Started, its first invoice not applied yet: still waiting.
 		return "starting"
 	}
@@ -232,7 +271,12 @@ func (s *Site) loadSubscriptionCheckout(r *http.Request) (subscriptionCheckoutVi
 		return v, err
 	}
 	v.Sub, v.Found = sub, true
-	v.Slow = (sub.Status == store.SubCheckout || sub.CurrentPeriodEnd == nil) && time.Since(sub.UpdatedAt) > checkoutSlowAfter
+	pays, err := s.store.PaymentsOfSubscription(ctx, sub.ID, 1)
+	if err != nil {
+		return v, err
+	}
+	v.Paid = len(pays) > 0
+	v.Slow = sub.Status == store.SubCheckout && time.Since(sub.UpdatedAt) > checkoutSlowAfter
 	if sub.Live() {
 		if v.Balance, err = s.store.Balance(ctx, u.ID); err != nil {
 			return v, err
@@ -373,7 +417,15 @@ func (s *Site) RenewSimulatedSubscription() http.Handler {
 		case sub.CancelAtPeriodEnd:
 			s.flash(ctx, "The simulator moved to the end of the period: your "+sub.PlanName+" plan has ended, as you asked.")
 		default:
-			s.flash(ctx, "The simulator moved to the end of the period: the next month's invoice is paid and its credits are being added.")
+			next := ""
+			if sub.CurrentPeriodEnd != nil {
+				end := *sub.CurrentPeriodEnd
+				next = " (" + end.UTC().Format("2 Jan") + " – " + end.UTC().AddDate(0, 1, 0).Format("2 Jan 2006") + ")"
+				next += " is paid: its credits are added in a moment. The credits of the month before keep their date, " + end.UTC().Format("2 Jan") + ", so both months' show until then."
+			} else {
+				next = " is paid: its credits are added in a moment."
+			}
+			s.flash(ctx, "Simulated: the next month"+next)
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})

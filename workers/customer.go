@@ -48,8 +48,8 @@ func (w *SyncCustomerEmailWorker) Work(ctx context.Context, job *river.Job[jobs.
 }
 
 // CancelSubscriptionWorker ends a subscription at the provider (its
-// account was deleted). One ended already, or never started, needs
-// nothing.
+// account was deleted, or it was a second live one). One ended already,
+// or never started, needs nothing.
 type CancelSubscriptionWorker struct {
 	river.WorkerDefaults[jobs.CancelSubscription]
 	store   *store.Store
@@ -62,7 +62,9 @@ func (w *CancelSubscriptionWorker) Work(ctx context.Context, job *river.Job[jobs
 	if errors.Is(err, store.ErrNotFound) {
 		return river.JobCancel(fmt.Errorf("subscription %d is not recorded", job.Args.SubscriptionID))
 	}
-	if err != nil || sub.StripeSubscriptionID == nil || sub.Status == store.SubCanceled {
+	// Asked even when ours reads canceled (a duplicate is ended here
+	// first): the provider answers one ended already as such.
+	if err != nil || sub.StripeSubscriptionID == nil {
 		return err
 	}
 	err = w.gateway.CancelSubscription(ctx, *sub.StripeSubscriptionID)

@@ -56,8 +56,14 @@ func (w *StripeEventWorker) applySubscriptionCheckout(ctx context.Context, tx pg
 		}
 		return "", "", fx, err
 	}
+	if err := w.cancelIfOrphaned(ctx, tx, sub); err != nil {
+		return "", "", fx, err
+	}
 	if sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid && sess.PaymentStatus != stripe.CheckoutSessionPaymentStatusNoPaymentRequired {
 		return store.OutcomeApplied, "subscription linked; payment_status is " + string(sess.PaymentStatus) + ": it starts once its invoice is paid", fx, nil
+	}
+	if dup, err := w.endIfDuplicate(ctx, tx, sub); err != nil || dup {
+		return store.OutcomeApplied, fmt.Sprintf("subscription %d: user %d has another live subscription, so this one was ended at once and is being cancelled at the provider", sub.ID, sub.UserID), fx, err
 	}
 	started, err := store.StartSubscription(ctx, tx, sub.ID)
 	if err != nil {
@@ -70,8 +76,9 @@ func (w *StripeEventWorker) applySubscriptionCheckout(ctx context.Context, tx pg
 }
 
 // subscriptionOf locks the subscription an invoice or subscription object
-// names. A non-empty outcome ends the event there.
-func subscriptionOf(ctx context.Context, tx pgx.Tx, stripeID, ref, customerID string) (store.Subscription, string, string, error) {
+// names, links it to the provider's, and share-locks its user (see
+// orphaned). A non-empty outcome ends the event there.
+func (w *StripeEventWorker) subscriptionOf(ctx context.Context, tx pgx.Tx, stripeID, ref, customerID string) (store.Subscription, string, string, error) {
 	sub, err := store.LockSubscription(ctx, tx, stripeID, ref)
 	if errors.Is(err, store.ErrNotFound) {
 		if ref != "" {
@@ -93,7 +100,43 @@ func subscriptionOf(ctx context.Context, tx pgx.Tx, stripeID, ref, customerID st
 		}
 		return sub, "", "", err
 	}
-	return sub, "", "", nil
+	return sub, "", "", w.cancelIfOrphaned(ctx, tx, sub)
+}
+
+// cancelIfOrphaned ends at the provider a subscription whose account was
+// deleted (a checkout paid after the deletion, which found nothing to
+// cancel then): a cancel_subscription job, in tx. The user's row is
+// share-locked first, so that a deletion running meanwhile either waits
+// for tx (and then finds the subscription linked, and cancels it itself)
+// or is waited for (and seen here).
+func (w *StripeEventWorker) cancelIfOrphaned(ctx context.Context, tx pgx.Tx, sub store.Subscription) error {
+	deleted, err := store.LockBuyer(ctx, tx, sub.UserID)
+	if err != nil || !deleted || sub.StripeSubscriptionID == nil || sub.Status == store.SubCanceled {
+		return err
+	}
+	_, err = w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil)
+	return err
+}
+
+// endIfDuplicate ends sub when its user has another live subscription
+// (two checkouts paid: another tab, a race): it is canceled here at once
+// and at the provider by a job, so that it never renews, and the one-live
+// rule holds. Its invoice's credits are still granted (they were paid
+// for). It reports whether sub is such a duplicate.
+func (w *StripeEventWorker) endIfDuplicate(ctx context.Context, tx pgx.Tx, sub store.Subscription) (bool, error) {
+	if sub.Live() {
+		return false, nil
+	}
+	other, err := store.OtherLiveSubscription(ctx, tx, sub.UserID, sub.ID)
+	if err != nil || !other {
+		return false, err
+	}
+	ended, err := store.EndDuplicateSubscription(ctx, tx, sub.ID)
+	if err != nil || !ended {
+		return other, err
+	}
+	_, err = w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil)
+	return true, err
 }
 
 // invoicePeriod is the period a subscription invoice pays for: its
@@ -135,7 +178,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if inv.Customer != nil {
 		customer = inv.Customer.ID
 	}
-	sub, outcome, detail, err := subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	sub, outcome, detail, err := w.subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
@@ -150,6 +193,10 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
 			inv.ID, end.Format(time.RFC3339)), fx, nil
+	}
+	dup, err := w.endIfDuplicate(ctx, tx, sub)
+	if err != nil {
+		return "", "", fx, err
 	}
 	g, err := store.Grant(ctx, tx, store.NewGrant{
 		UserID: sub.UserID, Kind: store.GrantSubscription, Amount: sub.CreditsPerPeriod, ExpiresAt: &end,
@@ -175,6 +222,10 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if !g.Created {
 		return store.OutcomeApplied, "already granted", fx, nil
 	}
+	dupNote := ""
+	if dup {
+		dupNote = fmt.Sprintf("; user %d has another live subscription, so this one was ended at once and is being cancelled at the provider (it will not renew; refund it if asked)", sub.UserID)
+	}
 	fx = effects{granted: sub.CreditsPerPeriod, paymentStatus: store.PaymentSucceeded, revenueMinor: pay.AmountMinor, currency: pay.Currency, product: "subscription"}
 	email, balance, err := store.EmailAndBalance(ctx, tx, sub.UserID)
 	if err != nil {
@@ -187,7 +238,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		if err := store.ForfeitCredits(ctx, tx, sub.UserID); err != nil {
 			return "", "", fx, err
 		}
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)",
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited, and the subscription is being cancelled; refund the payment (Refund on /admin/payments/%d/refund)",
 			inv.ID, sub.UserID, sub.CreditsPerPeriod, pay.ID), fx, nil
 	}
 	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionPaid, To: email, Data: map[string]string{
@@ -199,11 +250,13 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		"PaidAt":           time.Now().UTC().Format("2 Jan 2006 15:04 UTC"),
 		"Period":           start.Format("2 Jan 2006") + " – " + end.Format("2 Jan 2006"),
 		"PeriodEnd":        end.Format("2 Jan 2006 15:04 UTC"),
+		"PeriodEndDate":    end.Format("2 Jan 2006"),
+		"ReceiptLink":      w.baseURL + "/dashboard/payments/" + strconv.FormatInt(pay.ID, 10) + "/receipt",
 		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)), fx, nil
+	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + dupNote, fx, nil
 }
 
 // applyInvoiceFailed tells the customer a renewal did not go through
@@ -224,7 +277,7 @@ func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, e
 	if inv.Customer != nil {
 		customer = inv.Customer.ID
 	}
-	sub, outcome, detail, err := subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	sub, outcome, detail, err := w.subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
@@ -278,7 +331,7 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 	if ss.Customer != nil {
 		customer = ss.Customer.ID
 	}
-	sub, outcome, detail, err := subscriptionOf(ctx, tx, ss.ID, ss.Metadata[billing.MetaSubscriptionRef], customer)
+	sub, outcome, detail, err := w.subscriptionOf(ctx, tx, ss.ID, ss.Metadata[billing.MetaSubscriptionRef], customer)
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
@@ -289,12 +342,22 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 	if !ok {
 		return store.OutcomeIgnored, "subscription status " + string(ss.Status) + " changes nothing", fx, nil
 	}
+	if status != store.SubCanceled {
+		if dup, err := w.endIfDuplicate(ctx, tx, sub); err != nil || dup {
+			return store.OutcomeApplied, fmt.Sprintf("subscription %d: user %d has another live subscription, so this one was ended at once and is being cancelled at the provider", sub.ID, sub.UserID), fx, err
+		}
+	}
 	st := store.SubscriptionState{Status: status, CancelAtPeriodEnd: ss.CancelAtPeriodEnd, At: ev.Created}
 	if ss.CurrentPeriodEnd > ss.CurrentPeriodStart && ss.CurrentPeriodStart > 0 {
 		start, end := time.Unix(ss.CurrentPeriodStart, 0).UTC(), time.Unix(ss.CurrentPeriodEnd, 0).UTC()
 		st.PeriodStart, st.PeriodEnd = &start, &end
 	}
-	if ss.CanceledAt > 0 {
+	// When it ended: Stripe's canceled_at is when the cancel was asked
+	// (for one set to end at its period's end, before it ended).
+	if ss.EndedAt > 0 {
+		at := time.Unix(ss.EndedAt, 0).UTC()
+		st.CanceledAt = &at
+	} else if ss.CanceledAt > 0 && status == store.SubCanceled {
 		at := time.Unix(ss.CanceledAt, 0).UTC()
 		st.CanceledAt = &at
 	}

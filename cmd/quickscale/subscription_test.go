@@ -8,9 +8,12 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
@@ -93,8 +96,10 @@ func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 	require.Equal(t, int64(1000), bal.ByKind[store.GrantSubscription])
 	require.Equal(t, end.Unix(), bal.NextExpiry.Unix(), "the credits expire at the period's end")
 
-	mail := ta.waitMail(u.Email, "Your Basic plan: 1,000 credits until")
-	require.Contains(t, mail.Text, "$15.00 a month")
+	mail := ta.waitMail(u.Email, "Receipt: $15.00 for your Basic plan ("+start.UTC().Format("2 Jan 2006")+" – "+end.UTC().Format("2 Jan 2006")+")")
+	require.Contains(t, mail.Text, "Amount paid: $15.00")
+	require.Contains(t, mail.Text, "/dashboard/payments/"+formatID(first.ID)+"/receipt")
+	require.Contains(t, mail.Text, "It renews on "+end.UTC().Format("2 Jan 2006")+" for $15.00 unless you cancel")
 
 	// The success page and the subscription page say what runs.
 	success := b.get("/dashboard/subscription/success?session_id=" + sub.CheckoutSessionID)
@@ -104,6 +109,7 @@ func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 	require.Equal(t, "Basic", strings.TrimSpace(doc.Find("#subscription-plan").Text()))
 	require.Contains(t, doc.Find("#subscription-renews").Text(), "It renews on "+end.UTC().Format("2 Jan 2006"))
 	require.Equal(t, "1,000", doc.Find("#subscription-credits").Text())
+	require.Contains(t, acctText(b.get("/dashboard").Doc(t), "#dashboard-plan"), "Your plan: Basic, 1,000 credits a month; it renews on "+end.UTC().Format("2 Jan 2006"))
 	require.Zero(t, doc.Find(".plan form").Length(), "plans are offered while one runs")
 
 	// The receipt names the plan and the period.
@@ -349,4 +355,245 @@ func TestDeletingAnAccountEndsItsSubscription(t *testing.T) {
 	})
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_subscriptions WHERE id = $1 AND status = 'canceled'`, *sub.StripeSubscriptionID))
 	require.Len(t, ta.jobRows("cancel_subscription"), 1)
+}
+
+// A checkout opened and left: Subscribe to the same plan again goes back
+// to it; to another plan closes it first (at the provider: it can no
+// longer be paid), so that two checkouts cannot both start a plan.
+func TestSubscribingAgainReusesOrClosesTheOpenCheckout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	basic := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, *basic.CheckoutURL, doc.Find("#subscription-open-resume").AttrOr("href", ""))
+
+	// The same plan from a new page: the same checkout.
+	again := mustRedirect(t, b.post("/dashboard/subscription", subscribeForm(t, b, "basic")), ta.URL+"/simulator/checkout/")
+	require.Equal(t, *basic.CheckoutURL, again)
+
+	// Another plan: the first checkout is closed, a new one opened.
+	pro := mustRedirect(t, b.post("/dashboard/subscription", subscribeForm(t, b, "pro")), ta.URL+"/simulator/checkout/")
+	require.NotEqual(t, *basic.CheckoutURL, pro)
+	closed, err := ta.store.UserSubscription(ctx, u.ID, basic.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.SubAbandoned, closed.Status)
+	r := b.post(again[len(ta.URL):], url.Values{"action": {"pay"}})
+	acctErrorPage(t, r, http.StatusConflict)
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_sessions WHERE id = $1 AND status = 'expired'`, basic.CheckoutSessionID))
+	// The new one pays and starts Pro.
+	mustRedirect(t, b.post(pro[len(ta.URL):], url.Values{"action": {"pay"}}), "/dashboard/subscription/success")
+	eventually(t, 10*time.Second, "pro started", func() bool {
+		s, found, err := ta.store.LiveSubscription(ctx, u.ID)
+		return err == nil && found && s.PlanCode == "pro"
+	})
+}
+
+// A renewal that does not go through: Stripe's invoice.payment_failed
+// emails the customer, and its subscription state (past due) shows on the
+// page; the next invoice paid makes it active again.
+func TestAFailedRenewalIsToldAndShown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	stripeSub := *sub.StripeSubscriptionID
+	start, end := *sub.CurrentPeriodStart, *sub.CurrentPeriodEnd
+	now := time.Now().Truncate(time.Second)
+
+	failed := subInvoice(t, sub, stripeSub, whID("in"), 1500, end, end.AddDate(0, 1, 0))
+	failed["status"], failed["paid"], failed["amount_paid"] = "open", false, 0
+	failed["next_payment_attempt"] = now.Add(72 * time.Hour).Unix()
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, failed, now.Add(time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	mail := ta.waitMail(u.Email, "Your Basic plan's payment of $15.00 did not go through")
+	require.Contains(t, mail.Text, "We will try again on "+now.Add(72*time.Hour).UTC().Format("2 Jan 2006"))
+
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, subObject(t, sub, stripeSub, "past_due", false, start, end), now.Add(time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, "past_due", doc.Find("#subscription").AttrOr("data-status", ""))
+	require.Equal(t, 1, doc.Find("#subscription-past-due").Length())
+
+	// Paid on a retry: its credits are added and the plan is active again.
+	paid := subInvoice(t, sub, stripeSub, failed["id"].(string), 1500, end, end.AddDate(0, 1, 0))
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, paid, now.Add(2*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	got, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.SubActive, got.Status)
+	require.Equal(t, end.AddDate(0, 1, 0).Unix(), got.CurrentPeriodEnd.Unix())
+	require.Len(t, subscriptionPayments(t, ta, sub), 2)
+}
+
+// In a real browser at a phone's width: Subscribe, Pay at the simulated
+// checkout, the success page turns to "running" by itself (htmx polling),
+// and Cancel asks first (a dialog: dismissed, nothing changes; accepted,
+// the plan ends at the period's end). The page fits the screen and the
+// site's CSP blocks nothing.
+func TestBrowserSubscribesAndCancelsAtAPhonesWidth(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	phone := uiPhone(t, ta, u.Email)
+
+	require.NoError(t, chromedp.Do(phone,
+		chromedp.Navigate(ta.URL+"/dashboard/subscription"),
+		chromedp.WaitVisible(css(`.plan[data-plan="pro"] button[type="submit"]`)),
+		chromedp.Click(css(`.plan[data-plan="pro"] button[type="submit"]`)),
+		chromedp.WaitVisible(css("#sim-pay")),
+		chromedp.Click(css("#sim-pay")),
+		chromedp.WaitVisible(css(`#subscription-status[data-state="active"]`)),
+	))
+	status, err := chromedp.Run(phone, chromedp.Text(css("#subscription-status")))
+	require.NoError(t, err)
+	require.Contains(t, status, "Your Pro plan is running.")
+
+	// Cancel, dismissed at the dialog: nothing is sent.
+	var answer atomic.Bool
+	go func() {
+		for ev, err := range chromedp.Events(phone, page.JavascriptDialogOpening) {
+			if err != nil {
+				return
+			}
+			if !strings.Contains(ev.Message, "End your Pro plan on ") || !strings.Contains(ev.Message, "OK ends it; Cancel keeps it.") {
+				continue
+			}
+			_, _ = chromedp.Call(phone, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: answer.Load()})
+		}
+	}()
+	require.NoError(t, chromedp.Do(phone,
+		chromedp.Navigate(ta.URL+"/dashboard/subscription"),
+		chromedp.WaitVisible(css("#subscription-cancel")),
+		chromedp.Click(css("#subscription-cancel")),
+		// The page stays: the form was not sent.
+		chromedp.WaitVisible(css("#subscription-cancel")),
+	))
+	sub, found, err := ta.store.LiveSubscription(ctx, u.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.False(t, sub.CancelAtPeriodEnd, "a dismissed dialog cancelled the plan")
+
+	wide, err := chromedp.Run(phone, chromedp.Evaluate[int](`Math.max(document.documentElement.scrollWidth - document.documentElement.clientWidth, ...Array.from(document.querySelectorAll(".table-container")).map(function(e){return e.scrollWidth - e.clientWidth;}))`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, wide, 0, "the subscription page is wider than a 375 px screen")
+	require.Empty(t, cspBlocked(t, phone))
+
+	// Accepted: it ends at the period's end, and the page says so.
+	answer.Store(true)
+	require.NoError(t, chromedp.Do(phone,
+		chromedp.Click(css("#subscription-cancel")),
+		chromedp.WaitVisible(css("#subscription-ends")),
+	))
+	flash, err := chromedp.Run(phone, chromedp.Text(css("#flash")))
+	require.NoError(t, err)
+	require.Contains(t, flash, "Your Pro plan will not renew: it ends on "+sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006"))
+}
+
+// Two checkouts paid (two tabs at once): the second subscription is ended
+// at once, here and at the provider (a cancel_subscription job), so one
+// stays live and nothing renews twice; its paid month's credits are still
+// granted, and its events say why.
+func TestASecondPaidSubscriptionIsEndedAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{NoWorkers: false})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	first := simSubscribe(t, ta, b, u.ID, "basic")
+	// The other tab's checkout, opened before the first was paid.
+	pro, err := ta.store.PlanByCode(ctx, "pro")
+	require.NoError(t, err)
+	second, err := ta.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
+		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
+	require.NoError(t, err)
+	stripeSub := whID("sub")
+	now := time.Now().Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionCreated, subObject(t, second, stripeSub, "active", false, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "has another live subscription")
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	got, err := ta.store.UserSubscription(ctx, u.ID, second.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.SubCanceled, got.Status)
+	live, found, err := ta.store.LiveSubscription(ctx, u.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, first.ID, live.ID, "the first stays the live one")
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(1000+2500), bal.ByKind[store.GrantSubscription], "the paid month is granted")
+	eventually(t, 10*time.Second, "the provider asked to cancel it", func() bool {
+		for _, j := range ta.jobRows("cancel_subscription") {
+			if string(j.State) == "completed" {
+				return true
+			}
+		}
+		return false
+	})
+	whNoViolations(t, ta)
+}
+
+// An account deleted while a plan's checkout is open: the checkout is
+// closed at the provider, so it cannot be paid; and a subscription the
+// provider starts for it all the same (paid in that instant) is cancelled
+// by the worker, its credits forfeited and its invoice failed for a
+// refund.
+func TestAPlanCheckoutOfADeletedAccountCannotRenew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	open := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
+	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_sessions WHERE id = $1 AND status = 'expired'`, open.CheckoutSessionID))
+	got, err := ta.store.SubscriptionByID(ctx, open.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.SubAbandoned, got.Status)
+
+	// Paid anyway (the provider's events for it).
+	stripeSub := whID("sub")
+	now := time.Now().Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, open, stripeSub, whID("in"), 1500, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev))
+	require.Contains(t, whDetail(ev), "deleted the account")
+	require.Contains(t, whDetail(ev), "is being cancelled")
+	eventually(t, 10*time.Second, "the provider asked to cancel it", func() bool {
+		for _, j := range ta.jobRows("cancel_subscription") {
+			if string(j.State) == "completed" {
+				return true
+			}
+		}
+		return false
+	})
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Zero(t, bal.Total, "a deleted account's credits are forfeited")
+	whNoViolations(t, ta)
+}
+
+// The menu, with Subscription in it, fits a 1,024 px screen (the smallest
+// that shows it whole) for an admin with a long address: the address is
+// cut short with an ellipsis (whole in its title), rather than the page
+// scrolling sideways and "Sign out" going off screen (a review saw both).
+func TestBrowserTheMenuFitsADesktopForAnAdminWithALongAddress(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	admin := storetest.NewUser(t, ta.store, storetest.UserOpts{Admin: true, Email: "a.rather.long.address.for.support@quickscale-example.com"})
+	ctx := browserContext(t, chromium(t))
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1024, 768), browserSignIn(ta.URL, admin.Email),
+		chromedp.Navigate(ta.URL+"/dashboard/subscription"), chromedp.WaitVisible(css("#nav-logout"))))
+	wide, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, wide, 0, "the page scrolls sideways at 1,024 px")
+	right, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`document.getElementById("nav-logout").getBoundingClientRect().right`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, right, 1024.0, "Sign out is off screen")
 }
