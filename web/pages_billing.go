@@ -182,8 +182,11 @@ func (s *Site) loadCheckout(r *http.Request) (checkoutView, error) {
 	return v, nil
 }
 
-// state names what the status block shows (its data-state).
-func (v checkoutView) state() string {
+// Known implements polledView.
+func (v checkoutView) Known() bool { return v.Found }
+
+// State names what the status block shows (its data-state).
+func (v checkoutView) State() string {
 	switch {
 	case !v.Found:
 		return "unknown"
@@ -197,36 +200,54 @@ func (v checkoutView) state() string {
 // nothing: it shows the payment's state and polls until the worker has
 // added the credits. A session that is not the viewer's shows nothing.
 func (s *Site) CheckoutSuccess() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, err := s.loadCheckout(r)
+	full, _ := polledPages(s, s.loadCheckout, "checkout", "checkout-status", "Your purchase")
+	return full
+}
+
+// CheckoutStatus serves the polled fragment of the success page.
+func (s *Site) CheckoutStatus() http.Handler {
+	_, part := polledPages(s, s.loadCheckout, "checkout", "checkout-status", "Your purchase")
+	return part
+}
+
+// polledView is what a page that polls for a state shows: whether it
+// found what the address names, and its state (the block's data-state).
+type polledView interface {
+	Known() bool
+	State() string
+}
+
+// polledPages serves a page showing a state that the worker changes (a
+// purchase's, a subscription's) and its block, which the page polls:
+// full is the page (404 when nothing is found); part is the block, or 204
+// while the state is the one the poll says it shows (shown=…), so that
+// nothing is swapped and the live region announces changes only.
+func polledPages[V polledView](s *Site, load func(*http.Request) (V, error), page, block, title string) (full, part http.Handler) {
+	full = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := load(r)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
 		status := http.StatusOK
-		if !v.Found {
+		if !v.Known() {
 			status = http.StatusNotFound
 		}
-		s.render(w, r, status, "checkout", "Your purchase", v)
+		s.render(w, r, status, page, title, v)
 	})
-}
-
-// CheckoutStatus serves the polled fragment of the success page.
-func (s *Site) CheckoutStatus() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, err := s.loadCheckout(r)
+	part = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := load(r)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		// The page already shows this state: nothing to swap (htmx leaves
-		// a 204 alone), so the live region announces changes only.
-		if shown := r.URL.Query().Get("shown"); shown != "" && shown == v.state() {
+		if shown := r.URL.Query().Get("shown"); shown != "" && shown == v.State() {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		s.renderBlock(w, r, http.StatusOK, "checkout", "checkout-status", "Your purchase", v)
+		s.renderBlock(w, r, http.StatusOK, page, block, title, v)
 	})
+	return full, part
 }
 
 // CheckoutCancel serves GET /dashboard/buy-credits/cancel.

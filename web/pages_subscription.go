@@ -241,6 +241,9 @@ type subscriptionCheckoutView struct {
 	Slow    bool
 }
 
+// Known implements polledView.
+func (v subscriptionCheckoutView) Known() bool { return v.Found }
+
 // State names what the status block shows (its data-state).
 func (v subscriptionCheckoutView) State() string {
 	switch {
@@ -289,34 +292,14 @@ func (s *Site) loadSubscriptionCheckout(r *http.Request) (subscriptionCheckoutVi
 // grants nothing, it shows the subscription's state and polls until its
 // first period's credits are added.
 func (s *Site) SubscriptionSuccess() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, err := s.loadSubscriptionCheckout(r)
-		if err != nil {
-			s.serverError(w, r, err)
-			return
-		}
-		status := http.StatusOK
-		if !v.Found {
-			status = http.StatusNotFound
-		}
-		s.render(w, r, status, "subscription_checkout", "Your subscription", v)
-	})
+	full, _ := polledPages(s, s.loadSubscriptionCheckout, "subscription_checkout", "subscription-status", "Your subscription")
+	return full
 }
 
 // SubscriptionStatus serves the polled fragment of the success page.
 func (s *Site) SubscriptionStatus() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, err := s.loadSubscriptionCheckout(r)
-		if err != nil {
-			s.serverError(w, r, err)
-			return
-		}
-		if shown := r.URL.Query().Get("shown"); shown != "" && shown == v.State() {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		s.renderBlock(w, r, http.StatusOK, "subscription_checkout", "subscription-status", "Your subscription", v)
-	})
+	_, part := polledPages(s, s.loadSubscriptionCheckout, "subscription_checkout", "subscription-status", "Your subscription")
+	return part
 }
 
 // liveSubscriptionForm loads the live subscription a form names (its id),

@@ -133,7 +133,9 @@ func (w *StripeEventWorker) endIfDuplicate(ctx context.Context, tx pgx.Tx, sub s
 	}
 	ended, err := store.EndDuplicateSubscription(ctx, tx, sub.ID)
 	if err != nil || !ended {
-		return other, err
+		// Ended already (a late event of a plan that ran before this
+		// one): nothing to do here.
+		return false, err
 	}
 	_, err = w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil)
 	return true, err
@@ -160,16 +162,15 @@ func invoicePeriod(inv stripe.Invoice) (start, end time.Time, ok bool) {
 	return start, end, ok
 }
 
-// applyInvoicePaid grants a subscription's credits for the period its
-// invoice paid for and records the invoice as a payment.
-func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
-	var fx effects
-	var inv stripe.Invoice
+// invoiceSubscription decodes an invoice.* event and locks the
+// subscription its invoice is of (subscriptionOf). A non-empty outcome
+// ends the event there.
+func (w *StripeEventWorker) invoiceSubscription(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (inv stripe.Invoice, sub store.Subscription, outcome, detail string, err error) {
 	if err := eventObject(ev, &inv); err != nil || inv.ID == "" {
-		return store.OutcomeFailed, "malformed invoice object", fx, nil
+		return inv, sub, store.OutcomeFailed, "malformed invoice object", nil
 	}
 	if inv.Subscription == nil || inv.Subscription.ID == "" {
-		return store.OutcomeIgnored, "invoice " + inv.ID + " is not a subscription's", fx, nil
+		return inv, sub, store.OutcomeIgnored, "invoice " + inv.ID + " is not a subscription's", nil
 	}
 	ref, customer := "", ""
 	if inv.SubscriptionDetails != nil {
@@ -178,7 +179,15 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if inv.Customer != nil {
 		customer = inv.Customer.ID
 	}
-	sub, outcome, detail, err := w.subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	sub, outcome, detail, err = w.subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	return inv, sub, outcome, detail, err
+}
+
+// applyInvoicePaid grants a subscription's credits for the period its
+// invoice paid for and records the invoice as a payment.
+func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	inv, sub, outcome, detail, err := w.invoiceSubscription(ctx, tx, ev)
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
@@ -263,21 +272,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 // (the subscription's state, past due, comes with its own event).
 func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
 	var fx effects
-	var inv stripe.Invoice
-	if err := eventObject(ev, &inv); err != nil || inv.ID == "" {
-		return store.OutcomeFailed, "malformed invoice object", fx, nil
-	}
-	if inv.Subscription == nil || inv.Subscription.ID == "" {
-		return store.OutcomeIgnored, "invoice " + inv.ID + " is not a subscription's", fx, nil
-	}
-	ref, customer := "", ""
-	if inv.SubscriptionDetails != nil {
-		ref = inv.SubscriptionDetails.Metadata[billing.MetaSubscriptionRef]
-	}
-	if inv.Customer != nil {
-		customer = inv.Customer.ID
-	}
-	sub, outcome, detail, err := w.subscriptionOf(ctx, tx, inv.Subscription.ID, ref, customer)
+	inv, sub, outcome, detail, err := w.invoiceSubscription(ctx, tx, ev)
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}

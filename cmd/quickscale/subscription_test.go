@@ -529,14 +529,7 @@ func TestASecondPaidSubscriptionIsEndedAtOnce(t *testing.T) {
 	bal, err := ta.store.Balance(ctx, u.ID)
 	require.NoError(t, err)
 	require.Equal(t, int64(1000+2500), bal.ByKind[store.GrantSubscription], "the paid month is granted")
-	eventually(t, 10*time.Second, "the provider asked to cancel it", func() bool {
-		for _, j := range ta.jobRows("cancel_subscription") {
-			if string(j.State) == "completed" {
-				return true
-			}
-		}
-		return false
-	})
+	waitCancelAsked(t, ta)
 	whNoViolations(t, ta)
 }
 
@@ -565,14 +558,7 @@ func TestAPlanCheckoutOfADeletedAccountCannotRenew(t *testing.T) {
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev))
 	require.Contains(t, whDetail(ev), "deleted the account")
 	require.Contains(t, whDetail(ev), "is being cancelled")
-	eventually(t, 10*time.Second, "the provider asked to cancel it", func() bool {
-		for _, j := range ta.jobRows("cancel_subscription") {
-			if string(j.State) == "completed" {
-				return true
-			}
-		}
-		return false
-	})
+	waitCancelAsked(t, ta)
 	bal, err := ta.store.Balance(ctx, u.ID)
 	require.NoError(t, err)
 	require.Zero(t, bal.Total, "a deleted account's credits are forfeited")
@@ -596,4 +582,18 @@ func TestBrowserTheMenuFitsADesktopForAnAdminWithALongAddress(t *testing.T) {
 	right, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`document.getElementById("nav-logout").getBoundingClientRect().right`))
 	require.NoError(t, err)
 	require.LessOrEqual(t, right, 1024.0, "Sign out is off screen")
+}
+
+// waitCancelAsked waits for a cancel_subscription job to have asked the
+// provider.
+func waitCancelAsked(t *testing.T, ta *testApp) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the provider asked to cancel it", func() bool {
+		for _, j := range ta.jobRows("cancel_subscription") {
+			if string(j.State) == "completed" {
+				return true
+			}
+		}
+		return false
+	})
 }
