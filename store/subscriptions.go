@@ -258,8 +258,8 @@ type SubscriptionState struct {
 // in the order they are processed). The period only moves forward; an end
 // (canceled) applies whatever its time, and a canceled subscription stays
 // canceled. Whether it ends at its period's end is not changed by an event
-// of the second the user last changed it here, or before
-// (RecordCancelAtPeriodEnd).
+// of the second the user last changed it here, the next one (a second's
+// boundary and the clocks' drift) or before (RecordCancelAtPeriodEnd).
 // It reports whether it applied it.
 func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st SubscriptionState) (bool, error) {
 	switch st.Status {
@@ -281,7 +281,7 @@ UPDATE subscriptions SET
        canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
        current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
        current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
-       cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at THEN cancel_at_period_end ELSE $5 END,
+       cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second' THEN cancel_at_period_end ELSE $5 END,
        state_at = greatest(state_at, $7), updated_at = now()
  WHERE id = $1 AND (state_at IS NULL OR state_at <= $7 OR $2 = 'canceled')`,
 		id, st.Status, st.PeriodStart, st.PeriodEnd, st.CancelAtPeriodEnd, canceledAt, st.At)
@@ -402,11 +402,15 @@ func EndDuplicateSubscription(ctx context.Context, tx pgx.Tx, id int64) (bool, e
 	return tag.RowsAffected() == 1, err
 }
 
-// LockBuyer share-locks a subscription's user in tx and reports whether
-// the account was deleted: a deletion running meanwhile is waited for
-// (and then sees what tx links), or waits for tx.
+// LockBuyer locks a subscription's user in tx and reports whether the
+// account was deleted. A deletion running meanwhile is waited for (and
+// then seen), or waits for tx (and then sees what tx linked and
+// recorded); and the events of one user's subscriptions are applied one
+// at a time, so that two of them cannot both find no other live one and
+// both start (a share lock let them: one then failed on the one-live
+// rule, its paid invoice without credits).
 func LockBuyer(ctx context.Context, tx pgx.Tx, userID int64) (deleted bool, err error) {
-	err = tx.QueryRow(ctx, `SELECT deleted_at IS NOT NULL FROM users WHERE id = $1 FOR SHARE`, userID).Scan(&deleted)
+	err = tx.QueryRow(ctx, `SELECT deleted_at IS NOT NULL FROM users WHERE id = $1 FOR NO KEY UPDATE`, userID).Scan(&deleted)
 	return deleted, err
 }
 

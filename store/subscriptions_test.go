@@ -163,8 +163,8 @@ func TestInvoicePaymentsAreConstrained(t *testing.T) {
 }
 
 // A Cancel and a Keep clicked within one second: the provider's events of
-// that second (stamped in whole seconds, applied in either order) do not
-// change back what the user chose last; a later event does.
+// that second or the next (stamped in whole seconds, applied in either
+// order) do not change back what the user chose last; a later event does.
 func TestTheLastRenewalChoiceHoldsAgainstEventsOfItsSecond(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -195,8 +195,13 @@ func TestTheLastRenewalChoiceHoldsAgainstEventsOfItsSecond(t *testing.T) {
 	got, err = st.UserSubscription(ctx, u.ID, sub.ID)
 	require.NoError(t, err)
 	require.False(t, got.CancelAtPeriodEnd, "an event of the click's second undid the last choice")
-	// A change made later (Stripe's dashboard) applies.
+	// Nor one of the next second (a second's boundary, the clocks' drift).
 	apply(true, second.Add(time.Second))
+	got, err = st.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	require.False(t, got.CancelAtPeriodEnd)
+	// A change made later (Stripe's dashboard) applies.
+	apply(true, second.Add(2*time.Second))
 	got, err = st.UserSubscription(ctx, u.ID, sub.ID)
 	require.NoError(t, err)
 	require.True(t, got.CancelAtPeriodEnd)

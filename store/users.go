@@ -283,6 +283,15 @@ func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
 	if err := RefuseLastAdmin(ctx, db, userID); err != nil {
 		return err
 	}
+	// The user's row first, in a statement of its own: a transaction
+	// recording a payment of the user (a subscription's invoice) holds it,
+	// and the statement below, started after that one committed, then sees
+	// its payment and erases its address too (one statement waiting for the
+	// row read the payments as they were when it began: the check at
+	// commit refused the deletion, a 500).
+	if _, err := db.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, userID); err != nil {
+		return err
+	}
 	// The payments stay, without the address (00022 checks both at commit).
 	var deleted int
 	err := db.QueryRow(ctx, `

@@ -56,21 +56,10 @@ func (s *Site) StartCheckout() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		customer, err := s.store.CustomerID(ctx, u.ID)
+		customer, err := s.customerOf(ctx, u)
 		if err != nil {
-			s.serverError(w, r, err)
+			s.customerError(w, r, err, "/dashboard/buy-credits", "Back to the packs")
 			return
-		}
-		if customer == "" {
-			created, err := s.gateway.CreateCustomer(ctx, billing.CustomerParams{UserID: u.ID, Email: u.Email})
-			if err != nil {
-				s.paymentProviderError(w, r, err)
-				return
-			}
-			if customer, err = s.store.SaveCustomerID(ctx, u.ID, created); err != nil {
-				s.serverError(w, r, err)
-				return
-			}
 		}
 		params := billing.CheckoutParams{
 			UserID: u.ID, CustomerID: customer, Pack: pack,
@@ -139,10 +128,7 @@ func (s *Site) StartCheckout() http.Handler {
 const maxCheckoutResubmits = 20
 
 func (s *Site) paymentProviderError(w http.ResponseWriter, r *http.Request, err error) {
-	s.logger.ErrorContext(r.Context(), "payment provider", "err", err)
-	s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "Payments are unavailable",
-		Message:   "We could not reach our payment provider. Nothing was charged. Please try again in a few minutes.",
-		ActionURL: "/dashboard/buy-credits", ActionLabel: "Back to the packs"})
+	s.paymentProviderErrorTo(w, r, err, "/dashboard/buy-credits", "Back to the packs")
 }
 
 type checkoutView struct {

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -119,35 +120,27 @@ func (s *Site) StartSubscription() http.Handler {
 		// buyer goes back to it (a double click, another tab); for another
 		// plan, it is closed first, so that two checkouts cannot both be
 		// paid (two live subscriptions, one refused when it starts).
-		open, found, err := s.store.OpenSubscriptionCheckout(ctx, u.ID)
+		opened, err := s.store.OpenSubscriptionCheckouts(ctx, u.ID)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		if found && open.PlanCode == plan.Code && open.CheckoutURL != nil {
-			s.redirectToCheckout(w, r, *open.CheckoutURL)
-			return
+		for i := len(opened) - 1; i >= 0; i-- {
+			if open := opened[i]; open.PlanCode == plan.Code && open.CheckoutURL != nil {
+				opened = append(opened[:i], opened[i+1:]...)
+				if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
+					return
+				}
+				s.redirectToCheckout(w, r, *open.CheckoutURL)
+				return
+			}
 		}
-		if found {
-			err := s.gateway.ExpireCheckoutSession(ctx, open.CheckoutSessionID)
-			switch {
-			case errors.Is(err, billing.ErrCheckoutNotOpen):
-				s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You have just subscribed",
-					Message:   "The checkout you opened earlier for the " + open.PlanName + " plan was completed meanwhile, so no new one was opened. Nothing was charged now.",
-					ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
-				return
-			case err != nil && !errors.Is(err, billing.ErrCheckoutExpired):
-				s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
-				return
-			}
-			if err := s.store.AbandonSubscriptionCheckoutNow(ctx, open.ID); err != nil {
-				s.serverError(w, r, err)
-				return
-			}
+		if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
+			return
 		}
 		customer, err := s.customerOf(ctx, u)
 		if err != nil {
-			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+			s.customerError(w, r, err, "/dashboard/subscription", "Back to the plans")
 			return
 		}
 		params := billing.SubscriptionCheckoutParams{
@@ -199,6 +192,33 @@ func (s *Site) StartSubscription() http.Handler {
 	})
 }
 
+// closeSubscriptionCheckouts closes open plan checkouts at the provider
+// (so that they can no longer be paid) and marks them abandoned. When one
+// cannot be, it answers the request itself and returns an error: one
+// completed meanwhile (409: a plan was just paid for), or the provider
+// unreachable (502).
+func (s *Site) closeSubscriptionCheckouts(w http.ResponseWriter, r *http.Request, open []store.Subscription) error {
+	ctx := r.Context()
+	for _, c := range open {
+		err := s.gateway.ExpireCheckoutSession(ctx, c.CheckoutSessionID)
+		switch {
+		case errors.Is(err, billing.ErrCheckoutNotOpen):
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You have just subscribed",
+				Message:   "The checkout you opened earlier for the " + c.PlanName + " plan was completed meanwhile, so no new one was opened. Nothing was charged now.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return err
+		case err != nil && !errors.Is(err, billing.ErrCheckoutExpired):
+			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+			return err
+		}
+		if err := s.store.AbandonSubscriptionCheckoutNow(ctx, c.ID); err != nil {
+			s.serverError(w, r, err)
+			return err
+		}
+	}
+	return nil
+}
+
 // redirectToCheckout sends the browser to a checkout page: a full
 // navigation, since it is on another origin.
 func (s *Site) redirectToCheckout(w http.ResponseWriter, r *http.Request, to string) {
@@ -210,6 +230,10 @@ func (s *Site) redirectToCheckout(w http.ResponseWriter, r *http.Request, to str
 	http.Redirect(w, r, to, http.StatusSeeOther)
 }
 
+// errProvider marks an error of the payment provider (a 502 page), not
+// of our database (a 500).
+var errProvider = errors.New("payment provider")
+
 // customerOf returns the user's provider customer, made on first need.
 func (s *Site) customerOf(ctx context.Context, u *store.User) (string, error) {
 	customer, err := s.store.CustomerID(ctx, u.ID)
@@ -218,9 +242,18 @@ func (s *Site) customerOf(ctx context.Context, u *store.User) (string, error) {
 	}
 	created, err := s.gateway.CreateCustomer(ctx, billing.CustomerParams{UserID: u.ID, Email: u.Email})
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", errProvider, err)
 	}
 	return s.store.SaveCustomerID(ctx, u.ID, created)
+}
+
+// customerError answers a customerOf failure: the provider's, or ours.
+func (s *Site) customerError(w http.ResponseWriter, r *http.Request, err error, back, label string) {
+	if errors.Is(err, errProvider) {
+		s.paymentProviderErrorTo(w, r, err, back, label)
+		return
+	}
+	s.serverError(w, r, err)
 }
 
 func (s *Site) paymentProviderErrorTo(w http.ResponseWriter, r *http.Request, err error, back, label string) {
@@ -236,9 +269,11 @@ type subscriptionCheckoutView struct {
 	Found bool
 	// Paid: its first invoice is applied (its credits added). The
 	// subscription's own events may start it a moment before.
-	Paid    bool
-	Balance store.Balance
-	Slow    bool
+	Paid bool
+	// FirstPeriodEnd is when the month its first invoice paid for ends.
+	FirstPeriodEnd *time.Time
+	Balance        store.Balance
+	Slow           bool
 }
 
 // Known implements polledView.
@@ -251,9 +286,15 @@ func (v subscriptionCheckoutView) State() string {
 		return "unknown"
 	case v.Sub.Status == store.SubCheckout && v.Slow:
 		return "checkout-slow"
+	case v.Sub.Live() && !v.Paid && v.Slow:
+		// Started long ago, its first invoice still not applied: support.
+		return "starting-slow"
 	case v.Sub.Live() && !v.Paid:
 		// Started, its first invoice not applied yet: still waiting.
 		return "starting"
+	case v.Sub.Status == store.SubCanceled && v.Paid && v.FirstPeriodEnd != nil && v.Sub.CanceledAt != nil && v.Sub.CanceledAt.Before(*v.FirstPeriodEnd):
+		// Ended before its first month did: a second plan, stopped.
+		return "stopped"
 	}
 	return v.Sub.Status
 }
@@ -274,12 +315,14 @@ func (s *Site) loadSubscriptionCheckout(r *http.Request) (subscriptionCheckoutVi
 		return v, err
 	}
 	v.Sub, v.Found = sub, true
-	pays, err := s.store.PaymentsOfSubscription(ctx, sub.ID, 1)
+	pays, err := s.store.PaymentsOfSubscription(ctx, sub.ID, 100)
 	if err != nil {
 		return v, err
 	}
-	v.Paid = len(pays) > 0
-	v.Slow = sub.Status == store.SubCheckout && time.Since(sub.UpdatedAt) > checkoutSlowAfter
+	if v.Paid = len(pays) > 0; v.Paid {
+		v.FirstPeriodEnd = pays[len(pays)-1].PeriodEnd
+	}
+	v.Slow = (sub.Status == store.SubCheckout || sub.Live() && !v.Paid) && time.Since(sub.UpdatedAt) > checkoutSlowAfter
 	if sub.Live() {
 		if v.Balance, err = s.store.Balance(ctx, u.ID); err != nil {
 			return v, err

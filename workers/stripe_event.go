@@ -140,6 +140,11 @@ func refusedByDatabase(err error) string {
 	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 || (pgErr.Code[:2] != "22" && pgErr.Code[:2] != "23") {
 		return ""
 	}
+	if pgErr.ConstraintName == "subscriptions_one_live" {
+		// Another subscription of the user started at that instant: run
+		// again, the event then finds it (and ends this one as a second).
+		return ""
+	}
 	if pgErr.ConstraintName != "" {
 		return pgErr.Message + " (" + pgErr.ConstraintName + ")"
 	}
