@@ -323,6 +323,7 @@ func TestAdminRefundsASubscriptionInvoice(t *testing.T) {
 	userPage := fmt.Sprintf("/admin/users/%d", u.ID)
 	doc := admin.get(userPage).Doc(t)
 	require.Contains(t, acctText(doc, "#admin-subscription"), "Basic")
+	require.Contains(t, acctText(doc, ".payment-plan"), "Basic plan, ")
 	require.Equal(t, fmt.Sprintf("/admin/payments/%d/refund", pay.ID), doc.Find(".refund-link").AttrOr("href", ""))
 
 	path, left, nonce := refundForm(t, admin, pay.ID)
