@@ -96,7 +96,9 @@ func (s *server) routes() http.Handler {
 			r.Post("/dashboard/subscription/resume", site.SetSubscriptionRenewal(false).ServeHTTP)
 			// The simulator's clock (Not Found with Stripe).
 			r.Post("/dashboard/subscription/renew", site.RenewSimulatedSubscription().ServeHTTP)
-			r.Get("/dashboard/subscription/{form:cancel|resume|renew}", http.RedirectHandler("/dashboard/subscription", http.StatusSeeOther).ServeHTTP)
+			r.Post("/dashboard/subscription/fail-renewal", site.SimulateRenewalFailure().ServeHTTP)
+			r.Post("/dashboard/subscription/pay-overdue", site.PayOverdueSimulated().ServeHTTP)
+			r.Get("/dashboard/subscription/{form:cancel|resume|renew|fail-renewal|pay-overdue}", http.RedirectHandler("/dashboard/subscription", http.StatusSeeOther).ServeHTTP)
 			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
 			r.Get("/dashboard/payments/{id}/receipt", site.Receipt().ServeHTTP)
 			r.Post("/dashboard/payments/{id}/cancel", site.CancelCheckout().ServeHTTP)

@@ -83,7 +83,8 @@ func (s *Simulator) paySubscription(ctx context.Context, id string, userID int64
 // (customer.subscription.deleted). The processes that serve the
 // simulator renew subscriptions whose period ended each minute
 // (RenewDue); support and demos can renew one at once from the
-// subscription page. An ended one is ErrSubscriptionEnded.
+// subscription page. One past due (FailRenewal) ends instead: its
+// retries ran out. An ended one is ErrSubscriptionEnded.
 func (s *Simulator) Renew(ctx context.Context, subscriptionID string) error {
 	err := s.oneAtATime(ctx, func() error {
 		return s.store.RenewSimSubscription(ctx, subscriptionID, simInvoiceIDs, func(sub store.SimSubscription, inv *store.SimSession) error {
@@ -96,6 +97,53 @@ func (s *Simulator) Renew(ctx context.Context, subscriptionID string) error {
 			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionUpdated, SubscriptionObject(sub))
 		})
 	})
+	return simSubscriptionError(subscriptionID, err)
+}
+
+// ErrNotRenewable answers a simulated failed renewal (or payment of an
+// overdue invoice) of a subscription in no state for it.
+var ErrNotRenewable = errors.New("simulator: the subscription is in no state for that")
+
+// FailRenewal moves a simulator subscription's clock to the end of its
+// period as Renew does, but the next period's payment fails:
+// invoice.payment_failed (Stripe tries again in three days), then
+// customer.subscription.updated, past due. PayOverdue pays it; Renew,
+// while it is past due, ends it (the retries ran out).
+func (s *Simulator) FailRenewal(ctx context.Context, subscriptionID string) error {
+	err := s.oneAtATime(ctx, func() error {
+		return s.store.FailSimRenewal(ctx, subscriptionID, simInvoiceIDs, func(sub store.SimSubscription, inv store.SimSession) error {
+			obj := InvoiceObject(sub, inv, stripe.InvoiceBillingReasonSubscriptionCycle)
+			obj.Paid, obj.Status, obj.AmountPaid = false, stripe.InvoiceStatusOpen, 0
+			obj.AttemptCount, obj.Attempted = 1, true
+			obj.NextPaymentAttempt = time.Now().Add(72 * time.Hour).Unix()
+			obj.StatusTransitions.PaidAt = 0
+			if err := s.Emit(ctx, stripe.EventTypeInvoicePaymentFailed, obj); err != nil {
+				return err
+			}
+			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionUpdated, SubscriptionObject(sub))
+		})
+	})
+	if errors.Is(err, store.ErrSimNotRenewable) {
+		return fmt.Errorf("simulator: subscription %s: %w", subscriptionID, ErrNotRenewable)
+	}
+	return simSubscriptionError(subscriptionID, err)
+}
+
+// PayOverdue pays the overdue invoice of a past-due simulator
+// subscription (its card updated): invoice.paid, then
+// customer.subscription.updated, active.
+func (s *Simulator) PayOverdue(ctx context.Context, subscriptionID string) error {
+	err := s.oneAtATime(ctx, func() error {
+		return s.store.PaySimOverdue(ctx, subscriptionID, func(sub store.SimSubscription, inv store.SimSession) error {
+			if err := s.Emit(ctx, stripe.EventTypeInvoicePaid, InvoiceObject(sub, inv, stripe.InvoiceBillingReasonSubscriptionCycle)); err != nil {
+				return err
+			}
+			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionUpdated, SubscriptionObject(sub))
+		})
+	})
+	if errors.Is(err, store.ErrSimNotRenewable) {
+		return fmt.Errorf("simulator: subscription %s: %w", subscriptionID, ErrNotRenewable)
+	}
 	return simSubscriptionError(subscriptionID, err)
 }
 
@@ -159,6 +207,9 @@ func simSubscriptionError(id string, err error) error {
 // subscription object.
 func SubscriptionObject(sub store.SimSubscription) *stripe.Subscription {
 	status := stripe.SubscriptionStatusActive
+	if sub.Status == "past_due" {
+		status = stripe.SubscriptionStatusPastDue
+	}
 	var canceledAt, endedAt int64
 	if sub.Status == "canceled" {
 		status = stripe.SubscriptionStatusCanceled

@@ -100,13 +100,17 @@ CREATE TABLE simulator_subscriptions (
     currency             text NOT NULL,
     description          text NOT NULL,
     metadata             jsonb NOT NULL DEFAULT '{}'::jsonb,
-    status               text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'canceled')),
+    -- past_due: its renewal's invoice failed (open_invoice_id), until
+    -- it is paid or the retries run out (support's clock button).
+    status               text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'past_due', 'canceled')),
+    open_invoice_id      text REFERENCES simulator_sessions (id),
     current_period_start timestamptz NOT NULL,
     current_period_end   timestamptz NOT NULL,
     cancel_at_period_end boolean NOT NULL DEFAULT false,
     canceled_at          timestamptz,
     invoices             integer NOT NULL DEFAULT 0 CHECK (invoices >= 0),
     created_at           timestamptz NOT NULL DEFAULT now(),
-    CHECK (current_period_end > current_period_start)
+    CHECK (current_period_end > current_period_start),
+    CHECK ((status = 'past_due') = (open_invoice_id IS NOT NULL))
 );
 CREATE INDEX simulator_subscriptions_due_idx ON simulator_subscriptions (current_period_end) WHERE status = 'active';

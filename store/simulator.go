@@ -54,7 +54,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHIN
 
 // SimSessionOfUser loads a simulator session that belongs to the user.
 func (s *Store) SimSessionOfUser(ctx context.Context, id string, userID int64) (SimSession, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2`, id, userID)
+	// An invoice's charge is no checkout: it has no page.
+	rows, err := s.pool.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2 AND mode <> 'invoice'`, id, userID)
 	if err != nil {
 		return SimSession{}, err
 	}
@@ -90,7 +91,7 @@ func (s *Store) FinishSimSession(ctx context.Context, id string, userID int64, p
 func (s *Store) finishSimSession(ctx context.Context, id string, userID int64, paymentStatus string, deliver func(pgx.Tx, SimSession) error) (ss SimSession, done bool, err error) {
 	expired := false
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE`, id, userID)
+		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1 AND user_id = $2 AND mode <> 'invoice' FOR UPDATE`, id, userID)
 		if err != nil {
 			return err
 		}
@@ -183,7 +184,7 @@ func (s *Store) ExpireSimSessions(ctx context.Context, limit int, deliver func(S
 		found := false
 		err := s.InTx(ctx, func(tx pgx.Tx) error {
 			rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions
- WHERE status = 'open' AND created_at <= now() - $1::interval ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`, SimSessionExpiry.String())
+ WHERE status = 'open' AND mode <> 'invoice' AND created_at <= now() - $1::interval ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`, SimSessionExpiry.String())
 			if err != nil {
 				return err
 			}

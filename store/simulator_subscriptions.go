@@ -26,10 +26,12 @@ type SimSubscription struct {
 	CanceledAt         *time.Time        `db:"canceled_at"`
 	Invoices           int               `db:"invoices"`
 	CreatedAt          time.Time         `db:"created_at"`
+	// OpenInvoiceID is the renewal's invoice that failed (past_due).
+	OpenInvoiceID *string `db:"open_invoice_id"`
 }
 
 const simSubColumns = `id, user_id, customer_id, session_id, amount_minor, currency, description, metadata, status,
-       current_period_start, current_period_end, cancel_at_period_end, canceled_at, invoices, created_at`
+       current_period_start, current_period_end, cancel_at_period_end, canceled_at, invoices, created_at, open_invoice_id`
 
 // SimPeriod is the simulator's billing period: a calendar month.
 const SimPeriod = "1 month"
@@ -90,6 +92,12 @@ RETURNING `+simSubColumns, subID, ss.UserID, ss.CustomerID, ss.ID, ss.AmountMino
 // newSimInvoice records the paid charge of the subscription's next
 // invoice (its current period's) and counts it.
 func newSimInvoice(ctx context.Context, tx pgx.Tx, sub *SimSubscription, ids SimInvoiceIDs) (SimSession, error) {
+	return newSimInvoiceOf(ctx, tx, sub, ids, true)
+}
+
+// newSimInvoiceOf records the charge of the subscription's next invoice,
+// paid or (its payment failed) open, and counts it.
+func newSimInvoiceOf(ctx context.Context, tx pgx.Tx, sub *SimSubscription, ids SimInvoiceIDs, paid bool) (SimSession, error) {
 	invID, intent := ids()
 	md, err := json.Marshal(sub.Metadata)
 	if err != nil {
@@ -98,8 +106,8 @@ func newSimInvoice(ctx context.Context, tx pgx.Tx, sub *SimSubscription, ids Sim
 	rows, err := tx.Query(ctx, `
 INSERT INTO simulator_sessions (id, user_id, customer_id, amount_minor, currency, description, metadata, success_url, cancel_url,
                                 status, payment_status, payment_intent_id, mode, subscription_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, '', '', 'complete', 'paid', $8, 'invoice', $9)
-RETURNING `+simColumns, invID, sub.UserID, sub.CustomerID, sub.AmountMinor, sub.Currency, sub.Description, md, intent, sub.ID)
+VALUES ($1, $2, $3, $4, $5, $6, $7, '', '', CASE WHEN $10 THEN 'complete' ELSE 'open' END, CASE WHEN $10 THEN 'paid' ELSE 'unpaid' END, $8, 'invoice', $9)
+RETURNING `+simColumns, invID, sub.UserID, sub.CustomerID, sub.AmountMinor, sub.Currency, sub.Description, md, intent, sub.ID, paid)
 	if err != nil {
 		return SimSession{}, err
 	}
@@ -141,6 +149,20 @@ func (s *Store) RenewSimSubscription(ctx context.Context, id string, ids SimInvo
 		if sub.Status == "canceled" {
 			return ErrSimSubscriptionCanceled
 		}
+		if sub.Status == "past_due" {
+			// Its overdue invoice was never paid: the retries ran out, and
+			// the subscription ends (Stripe's default), now.
+			var now time.Time
+			if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+				return err
+			}
+			sub.Status, sub.CanceledAt, sub.OpenInvoiceID = "canceled", &now, nil
+			if err := deliver(sub, nil); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `UPDATE simulator_subscriptions SET status = 'canceled', canceled_at = $2, open_invoice_id = NULL WHERE id = $1`, id, now)
+			return err
+		}
 		if sub.CancelAtPeriodEnd {
 			at := sub.CurrentPeriodEnd
 			sub.Status, sub.CanceledAt = "canceled", &at
@@ -150,9 +172,7 @@ func (s *Store) RenewSimSubscription(ctx context.Context, id string, ids SimInvo
 			_, err = tx.Exec(ctx, `UPDATE simulator_subscriptions SET status = 'canceled', canceled_at = $2 WHERE id = $1`, id, at)
 			return err
 		}
-		if err := tx.QueryRow(ctx, `
-UPDATE simulator_subscriptions SET current_period_start = current_period_end, current_period_end = current_period_end + $2::interval
- WHERE id = $1 RETURNING current_period_start, current_period_end`, id, SimPeriod).Scan(&sub.CurrentPeriodStart, &sub.CurrentPeriodEnd); err != nil {
+		if err := advanceSimPeriod(ctx, tx, &sub); err != nil {
 			return err
 		}
 		inv, err := newSimInvoice(ctx, tx, &sub, ids)
@@ -230,4 +250,80 @@ func (s *Store) SimSubscriptionOfUser(ctx context.Context, id string, userID int
 		return sub, Errorf(KindNotFound, "No such subscription.")
 	}
 	return sub, err
+}
+
+// ErrSimNotRenewable answers a simulated failed renewal of a subscription
+// that would not renew (set to end, or past due already).
+var ErrSimNotRenewable = Errorf(KindConflict, "This subscription does not renew now.")
+
+// FailSimRenewal ends the current period of an active simulator
+// subscription as Renew does, but the next period's invoice fails: the
+// subscription is past due with that invoice open. deliver gets both,
+// under the subscription's lock, before anything is kept.
+func (s *Store) FailSimRenewal(ctx context.Context, id string, ids SimInvoiceIDs, deliver func(sub SimSubscription, inv SimSession) error) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		sub, err := lockSimSubscription(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case sub.Status == "canceled":
+			return ErrSimSubscriptionCanceled
+		case sub.Status != "active" || sub.CancelAtPeriodEnd:
+			return ErrSimNotRenewable
+		}
+		if err := advanceSimPeriod(ctx, tx, &sub); err != nil {
+			return err
+		}
+		inv, err := newSimInvoiceOf(ctx, tx, &sub, ids, false)
+		if err != nil {
+			return err
+		}
+		sub.Status, sub.OpenInvoiceID = "past_due", &inv.ID
+		if err := deliver(sub, inv); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_subscriptions SET status = 'past_due', open_invoice_id = $2 WHERE id = $1`, id, inv.ID)
+		return err
+	})
+}
+
+// PaySimOverdue pays the open invoice of a past-due simulator
+// subscription (its card updated): active again. deliver gets both,
+// under the subscription's lock, before anything is kept.
+func (s *Store) PaySimOverdue(ctx context.Context, id string, deliver func(sub SimSubscription, inv SimSession) error) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		sub, err := lockSimSubscription(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if sub.Status == "canceled" {
+			return ErrSimSubscriptionCanceled
+		}
+		if sub.Status != "past_due" || sub.OpenInvoiceID == nil {
+			return ErrSimNotRenewable
+		}
+		rows, err := tx.Query(ctx, `UPDATE simulator_sessions SET status = 'complete', payment_status = 'paid' WHERE id = $1 RETURNING `+simColumns, *sub.OpenInvoiceID)
+		if err != nil {
+			return err
+		}
+		inv, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+		if err != nil {
+			return err
+		}
+		sub.Status, sub.OpenInvoiceID = "active", nil
+		if err := deliver(sub, inv); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_subscriptions SET status = 'active', open_invoice_id = NULL WHERE id = $1`, id)
+		return err
+	})
+}
+
+// advanceSimPeriod starts a simulator subscription's next period, right
+// after the current one.
+func advanceSimPeriod(ctx context.Context, tx pgx.Tx, sub *SimSubscription) error {
+	return tx.QueryRow(ctx, `
+UPDATE simulator_subscriptions SET current_period_start = current_period_end, current_period_end = current_period_end + $2::interval
+ WHERE id = $1 RETURNING current_period_start, current_period_end`, sub.ID, SimPeriod).Scan(&sub.CurrentPeriodStart, &sub.CurrentPeriodEnd)
 }

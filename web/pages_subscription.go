@@ -422,6 +422,45 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 // (the simulator only): the subscription's clock moves to its period's
 // end, so that it renews (or ends, when set to) now.
 func (s *Site) RenewSimulatedSubscription() http.Handler {
+	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.Renew(ctx, id) },
+		func(sub store.Subscription) string {
+			switch {
+			case sub.Status == store.SubPastDue:
+				return "Simulated: the payment provider's retries ran out, so your " + sub.PlanName + " plan has ended."
+			case sub.CancelAtPeriodEnd:
+				return "The simulator moved to the end of the period: your " + sub.PlanName + " plan has ended, as you asked."
+			case sub.CurrentPeriodEnd == nil:
+				return "Simulated: the next month is paid: its credits are added in a moment."
+			}
+			end := sub.CurrentPeriodEnd.UTC()
+			return "Simulated: the next month (" + end.Format("2 Jan") + " – " + end.AddDate(0, 1, 0).Format("2 Jan 2006") + ") is paid: its credits are added in a moment." +
+				" The credits of the month before keep their date, " + end.Format("2 Jan") + ", so both months' show until then."
+		})
+}
+
+// SimulateRenewalFailure serves POST /dashboard/subscription/fail-renewal
+// (the simulator only): the period ends and the next one's payment fails,
+// so the plan is past due; PayOverdueSimulated pays it.
+func (s *Site) SimulateRenewalFailure() http.Handler {
+	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.FailRenewal(ctx, id) },
+		func(sub store.Subscription) string {
+			return "Simulated: the next month's payment failed. Your " + sub.PlanName + " plan is past due: the payment provider tries again, and no credits are added until it is paid."
+		})
+}
+
+// PayOverdueSimulated serves POST /dashboard/subscription/pay-overdue (the
+// simulator only): the overdue invoice is paid, as after a card update.
+func (s *Site) PayOverdueSimulated() http.Handler {
+	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.PayOverdue(ctx, id) },
+		func(sub store.Subscription) string {
+			return "Simulated: the overdue payment went through. Your " + sub.PlanName + " plan is active again and its month's credits are added in a moment."
+		})
+}
+
+// simulatorAction runs one of the simulator's subscription actions on the
+// live subscription the form names (Not Found without the simulator) and
+// says what it did.
+func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, string) error, done func(store.Subscription) string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		sim, ok := s.gateway.(*billing.Simulator)
@@ -433,25 +472,17 @@ func (s *Site) RenewSimulatedSubscription() http.Handler {
 		if !ok {
 			return
 		}
-		err := sim.Renew(ctx, *sub.StripeSubscriptionID)
+		err := act(ctx, sim, *sub.StripeSubscriptionID)
 		switch {
 		case errors.Is(err, billing.ErrSubscriptionEnded):
 			s.flash(ctx, "Your "+sub.PlanName+" plan has ended already.")
+		case errors.Is(err, billing.ErrNotRenewable):
+			s.flash(ctx, "Your "+sub.PlanName+" plan is in no state for that now: nothing was simulated.")
 		case err != nil:
 			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Your subscription")
 			return
-		case sub.CancelAtPeriodEnd:
-			s.flash(ctx, "The simulator moved to the end of the period: your "+sub.PlanName+" plan has ended, as you asked.")
 		default:
-			next := ""
-			if sub.CurrentPeriodEnd != nil {
-				end := *sub.CurrentPeriodEnd
-				next = " (" + end.UTC().Format("2 Jan") + " – " + end.UTC().AddDate(0, 1, 0).Format("2 Jan 2006") + ")"
-				next += " is paid: its credits are added in a moment. The credits of the month before keep their date, " + end.UTC().Format("2 Jan") + ", so both months' show until then."
-			} else {
-				next = " is paid: its credits are added in a moment."
-			}
-			s.flash(ctx, "Simulated: the next month"+next)
+			s.flash(ctx, done(sub))
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})

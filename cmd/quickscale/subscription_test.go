@@ -675,3 +675,59 @@ func TestDeletingAnAccountWhileItsInvoiceIsAppliedNeverFails(t *testing.T) {
 	}
 	whNoViolations(t, ta)
 }
+
+// The simulator's failed renewal: the period ends and the next one's
+// payment fails (invoice.payment_failed, the plan past due, an email); the
+// overdue payment going through later adds that month's credits and makes
+// it active again; failed again and the retries running out, it ends.
+func TestTheSimulatorFailsARenewalThenPaysOrEndsIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	b := ta.signIn(u.Email)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	end := *sub.CurrentPeriodEnd
+	form := url.Values{"subscription": {formatID(sub.ID)}}
+	status := func() store.Subscription {
+		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+
+	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "past due", func() bool { return status().Status == store.SubPastDue })
+	ta.waitMail(u.Email, "Your Basic plan's payment of $15.00 did not go through")
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, 1, doc.Find("#subscription-past-due").Length())
+	require.Equal(t, 1, doc.Find("#subscription-sim-pay-overdue").Length())
+	require.Len(t, subscriptionPayments(t, ta, sub), 1, "a failed payment is no payment")
+	// Its invoice's charge is no checkout page.
+	require.Equal(t, http.StatusNotFound, b.get("/simulator/checkout/"+*mustSimSub(t, ta, sub).OpenInvoiceID).Status)
+
+	mustRedirect(t, b.post("/dashboard/subscription/pay-overdue", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "the overdue month paid", func() bool {
+		return status().Status == store.SubActive && len(subscriptionPayments(t, ta, sub)) == 2
+	})
+	second := subscriptionPayments(t, ta, sub)[1]
+	require.Equal(t, end.Unix(), second.PeriodStart.Unix())
+	require.Equal(t, end.AddDate(0, 1, 0).Unix(), status().CurrentPeriodEnd.Unix())
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(2000), bal.ByKind[store.GrantSubscription])
+
+	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "past due again", func() bool { return status().Status == store.SubPastDue })
+	mustRedirect(t, b.post("/dashboard/subscription/renew", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "ended", func() bool { return status().Status == store.SubCanceled })
+	require.Len(t, subscriptionPayments(t, ta, sub), 2)
+	whNoViolations(t, ta)
+}
+
+// mustSimSub loads the simulator's side of a subscription.
+func mustSimSub(t *testing.T, ta *testApp, sub store.Subscription) store.SimSubscription {
+	t.Helper()
+	ss, err := ta.store.SimSubscriptionOfUser(context.Background(), *sub.StripeSubscriptionID, sub.UserID)
+	require.NoError(t, err)
+	return ss
+}
