@@ -76,8 +76,8 @@ func (w *StripeEventWorker) applySubscriptionCheckout(ctx context.Context, tx pg
 }
 
 // subscriptionOf locks the subscription an invoice or subscription object
-// names, links it to the provider's, and share-locks its user (see
-// orphaned). A non-empty outcome ends the event there.
+// names, links it to the provider's, and locks its user (see
+// cancelIfOrphaned). A non-empty outcome ends the event there.
 func (w *StripeEventWorker) subscriptionOf(ctx context.Context, tx pgx.Tx, stripeID, ref, customerID string) (store.Subscription, string, string, error) {
 	sub, err := store.LockSubscription(ctx, tx, stripeID, ref)
 	if errors.Is(err, store.ErrNotFound) {
@@ -106,7 +106,7 @@ func (w *StripeEventWorker) subscriptionOf(ctx context.Context, tx pgx.Tx, strip
 // cancelIfOrphaned ends at the provider a subscription whose account was
 // deleted (a checkout paid after the deletion, which found nothing to
 // cancel then): a cancel_subscription job, in tx. The user's row is
-// share-locked first, so that a deletion running meanwhile either waits
+// locked first (store.LockBuyer), so that a deletion running meanwhile either waits
 // for tx (and then finds the subscription linked, and cancels it itself)
 // or is waited for (and seen here).
 func (w *StripeEventWorker) cancelIfOrphaned(ctx context.Context, tx pgx.Tx, sub store.Subscription) error {
