@@ -71,9 +71,7 @@ func subscriptionPayments(t *testing.T, ta *testApp, sub store.Subscription) []s
 func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
 	require.Equal(t, "basic", sub.PlanCode)
@@ -233,9 +231,7 @@ func deliverOutcome(t *testing.T, ta *testApp, typ stripe.EventType, obj map[str
 func TestSubscriptionEventsApplyInAnyOrderOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	sub := openSubscriptionCheckout(t, ta, b, u.ID, "pro")
 	stripeSub := whID("sub")
 	now := time.Now().Truncate(time.Second)
@@ -346,11 +342,9 @@ func TestAdminRefundsASubscriptionInvoice(t *testing.T) {
 func TestDeletingAnAccountEndsItsSubscription(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
-	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
+	deleteAccount(t, b)
 	eventually(t, 15*time.Second, "the subscription ended", func() bool {
 		s, err := ta.store.SubscriptionByID(ctx, sub.ID)
 		return err == nil && s.Status == store.SubCanceled
@@ -365,9 +359,7 @@ func TestDeletingAnAccountEndsItsSubscription(t *testing.T) {
 func TestSubscribingAgainReusesOrClosesTheOpenCheckout(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	basic := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
 	doc := b.get("/dashboard/subscription").Doc(t)
 	require.Equal(t, *basic.CheckoutURL, doc.Find("#subscription-open-resume").AttrOr("href", ""))
@@ -399,9 +391,7 @@ func TestSubscribingAgainReusesOrClosesTheOpenCheckout(t *testing.T) {
 func TestAFailedRenewalIsToldAndShown(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
 	stripeSub := *sub.StripeSubscriptionID
 	start, end := *sub.CurrentPeriodStart, *sub.CurrentPeriodEnd
@@ -591,11 +581,9 @@ func TestTwoPlansPaidAtOnceStartOne(t *testing.T) {
 func TestAPlanCheckoutOfADeletedAccountCannotRenew(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	open := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
-	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
+	deleteAccount(t, b)
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_sessions WHERE id = $1 AND status = 'expired'`, open.CheckoutSessionID))
 	got, err := ta.store.SubscriptionByID(ctx, open.ID)
 	require.NoError(t, err)
@@ -683,9 +671,7 @@ func TestDeletingAnAccountWhileItsInvoiceIsAppliedNeverFails(t *testing.T) {
 func TestTheSimulatorFailsARenewalThenPaysOrEndsIt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	b := ta.signIn(u.Email)
+	ta, u, b := subscriber(t)
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
 	end := *sub.CurrentPeriodEnd
 	form := url.Values{"subscription": {formatID(sub.ID)}}
@@ -730,4 +716,19 @@ func mustSimSub(t *testing.T, ta *testApp, sub store.Subscription) store.SimSubs
 	ss, err := ta.store.SimSubscriptionOfUser(context.Background(), *sub.StripeSubscriptionID, sub.UserID)
 	require.NoError(t, err)
 	return ss
+}
+
+// subscriber is a test app and a verified user signed in to it.
+func subscriber(t *testing.T) (*testApp, store.User, *browser) {
+	t.Helper()
+	ta := newTestApp(t, testAppOpts{})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	return ta, u, ta.signIn(u.Email)
+}
+
+// deleteAccount deletes the signed-in user's account from the settings
+// page, as its owner does.
+func deleteAccount(t *testing.T, b *browser) {
+	t.Helper()
+	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
 }
