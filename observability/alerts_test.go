@@ -127,7 +127,7 @@ func TestAlertRulesExplainWhatTheyMeanAndWhatToDo(t *testing.T) {
 }
 
 // leaderGaugeRE finds the leader-only gauges and what precedes them.
-var leaderGaugeRE = regexp.MustCompile(`quickscale_(river_queue_jobs|river_queue_oldest_available_age_seconds|credits_outstanding|credits_expiring_7d|credits_swept_through_timestamp_seconds|credits_sweep_schedule_gap_seconds)\b`)
+var leaderGaugeRE = regexp.MustCompile(`quickscale_(river_queue_jobs|river_queue_oldest_available_age_seconds|credits_outstanding|credits_expiring_7d|credits_swept_through_timestamp_seconds|credits_sweep_schedule_gap_seconds|subscriptions_canceling|subscriptions_monthly_revenue_minor_units|subscriptions)\b`)
 
 // maxAggregationRE is what must directly wrap a leader-only gauge.
 var maxAggregationRE = regexp.MustCompile(`max(\s+by\s*\([^)]*\))?\s*\(\s*$`)

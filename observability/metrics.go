@@ -46,9 +46,16 @@ type Metrics struct {
 	CreditsExpiring7d *prometheus.GaugeVec
 	// SweptThrough is the expiry sweep's watermark (store.SweptThrough), a
 	// leader-only vector like CreditsExpiring7d.
-	SweptThrough      *prometheus.GaugeVec
-	SweepScheduleGap  *prometheus.GaugeVec
-	MetricsRefreshAge *prometheus.GaugeVec // what
+	SweptThrough     *prometheus.GaugeVec
+	SweepScheduleGap *prometheus.GaugeVec
+	// Subscriptions counts live subscriptions by plan and status (active,
+	// past_due); SubscriptionsCanceling those of them set to end with
+	// their period; SubscriptionsMonthlyMinor what they bill a month
+	// (leader-only, refreshed with the liability).
+	Subscriptions             *prometheus.GaugeVec // plan, status
+	SubscriptionsCanceling    *prometheus.GaugeVec // plan
+	SubscriptionsMonthlyMinor *prometheus.GaugeVec // currency
+	MetricsRefreshAge         *prometheus.GaugeVec // what
 }
 
 // latencyBuckets suit requests and jobs that should take milliseconds.
@@ -142,6 +149,15 @@ func NewMetrics() *Metrics {
 		SweepScheduleGap: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_credits_sweep_schedule_gap_seconds", Help: "Longest time between two scheduled expiry sweeps (EXPIRE_CREDITS_SCHEDULE; River leader only).",
 		}, nil),
+		Subscriptions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quickscale_subscriptions", Help: "Live subscriptions by plan and status (active, past_due: a renewal failed and is retried) (River leader only).",
+		}, []string{"plan", "status"}),
+		SubscriptionsCanceling: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quickscale_subscriptions_canceling", Help: "Live subscriptions set to end with their current period, by plan (River leader only).",
+		}, []string{"plan"}),
+		SubscriptionsMonthlyMinor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quickscale_subscriptions_monthly_revenue_minor_units", Help: "What live subscriptions bill a month (monthly recurring revenue) in minor units, by currency (River leader only).",
+		}, []string{"currency"}),
 		MetricsRefreshAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "quickscale_metrics_refreshed_timestamp_seconds", Help: "When the leader-only gauges were last refreshed, by group.",
 		}, []string{"what"}),
@@ -153,7 +169,8 @@ func NewMetrics() *Metrics {
 		m.JobsFinished, m.JobRunTime, m.JobQueueWait, m.JobsRunning, m.QueueJobs, m.QueueOldestAge,
 		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookIngestBatch, m.WebhookOutcomes,
 		m.CreditsGranted, m.CreditsConsumed, m.ConsumeBatch, m.CreditsExpired, m.CreditsClawedBack,
-		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.SweptThrough, m.SweepScheduleGap, m.MetricsRefreshAge,
+		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.SweptThrough, m.SweepScheduleGap,
+		m.Subscriptions, m.SubscriptionsCanceling, m.SubscriptionsMonthlyMinor, m.MetricsRefreshAge,
 	)
 	return m
 }

@@ -187,12 +187,14 @@ SELECT day::timestamp AS day, sum(uses)::bigint AS uses, sum(credits)::bigint AS
 // DayRevenue is one day's money in one currency: payments paid that day
 // and refunds made that day (of payments of any day).
 type DayRevenue struct {
-	Day           time.Time `db:"day"`
-	Currency      string    `db:"currency"`
-	Payments      int64     `db:"payments"`
-	RevenueMinor  int64     `db:"revenue_minor"`
-	Refunds       int64     `db:"refunds"`
-	RefundedMinor int64     `db:"refunded_minor"`
+	Day          time.Time `db:"day"`
+	Currency     string    `db:"currency"`
+	Payments     int64     `db:"payments"`
+	RevenueMinor int64     `db:"revenue_minor"`
+	// SubscriptionMinor is the part of RevenueMinor paid for plans.
+	SubscriptionMinor int64 `db:"subscription_minor"`
+	Refunds           int64 `db:"refunds"`
+	RefundedMinor     int64 `db:"refunded_minor"`
 }
 
 // RevenueBetween reads, live, each day's payments and refunds from first
@@ -203,13 +205,14 @@ func (s *Store) RevenueBetween(ctx context.Context, first, last time.Time) ([]Da
 	rows, err := s.pool.Query(ctx, `
 WITH w AS (SELECT $1::date::timestamp AT TIME ZONE 'UTC' AS lo, ($2::date + 1)::timestamp AT TIME ZONE 'UTC' AS hi)
 SELECT day::timestamp AS day, currency, sum(payments)::bigint AS payments, sum(revenue)::bigint AS revenue_minor,
-       sum(refunds)::bigint AS refunds, sum(refunded)::bigint AS refunded_minor
+       sum(subscription)::bigint AS subscription_minor, sum(refunds)::bigint AS refunds, sum(refunded)::bigint AS refunded_minor
   FROM (SELECT (p.paid_at AT TIME ZONE 'UTC')::date AS day, p.currency, count(*) AS payments, sum(p.amount_minor) AS revenue,
+               coalesce(sum(p.amount_minor) FILTER (WHERE p.product = 'subscription'), 0) AS subscription,
                0 AS refunds, 0 AS refunded
           FROM payments p, w WHERE p.paid_at >= w.lo AND p.paid_at < w.hi
          GROUP BY 1, 2
         UNION ALL
-        SELECT (coalesce(r.refunded_at, r.recorded_at) AT TIME ZONE 'UTC')::date, p.currency, 0, 0, count(*), sum(r.amount_minor)
+        SELECT (coalesce(r.refunded_at, r.recorded_at) AT TIME ZONE 'UTC')::date, p.currency, 0, 0, 0, count(*), sum(r.amount_minor)
           FROM payment_refunds r JOIN payments p ON p.id = r.payment_id, w
          WHERE coalesce(r.refunded_at, r.recorded_at) >= w.lo AND coalesce(r.refunded_at, r.recorded_at) < w.hi
          GROUP BY 1, 2) x
@@ -218,4 +221,71 @@ SELECT day::timestamp AS day, currency, sum(payments)::bigint AS payments, sum(r
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowToStructByName[DayRevenue])
+}
+
+// PlanSubscriptions counts one plan's subscriptions in one currency: those
+// live now, and those that started (their first invoice was paid) and
+// ended since a day.
+type PlanSubscriptions struct {
+	PlanCode string `db:"plan_code"`
+	PlanName string `db:"plan_name"`
+	Currency string `db:"currency"`
+	Active   int64  `db:"active"`
+	PastDue  int64  `db:"past_due"`
+	// Canceling are live subscriptions set to end with their period.
+	Canceling int64 `db:"canceling"`
+	// MonthlyMinor is what the live subscriptions bill a month: the sum
+	// of their prices (monthly recurring revenue), canceling ones included
+	// until they end.
+	MonthlyMinor int64 `db:"monthly_minor"`
+	Started      int64 `db:"started"`
+	Ended        int64 `db:"ended"`
+}
+
+// Live counts the plan's live subscriptions: active and past due.
+func (p PlanSubscriptions) Live() int64 { return p.Active + p.PastDue }
+
+// SubscriptionsSince counts, by plan and currency, the subscriptions live
+// now and those started and ended since the day first (a date in UTC). An
+// end is counted by its provider's time, which the simulator's clock may
+// date after today (it ends a period ahead of time). Every plan for sale
+// has a row in its own currency, with noughts when nothing counts; a plan
+// no longer sold has one only when something does.
+func (s *Store) SubscriptionsSince(ctx context.Context, first time.Time) ([]PlanSubscriptions, error) {
+	rows, err := s.pool.Query(ctx, `
+WITH w AS (SELECT $1::date::timestamp AT TIME ZONE 'UTC' AS lo),
+live AS (
+  SELECT plan_code, currency, count(*) FILTER (WHERE status = 'active') AS active,
+         count(*) FILTER (WHERE status = 'past_due') AS past_due,
+         count(*) FILTER (WHERE cancel_at_period_end) AS canceling, sum(price_minor) AS monthly
+    FROM subscriptions WHERE status IN ('active', 'past_due') GROUP BY 1, 2),
+started AS (
+  SELECT s.plan_code, s.currency, count(*) AS n
+    FROM payments p JOIN subscriptions s ON s.id = p.subscription_id, w
+   WHERE p.paid_at >= w.lo AND p.subscription_id IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM payments q
+                      WHERE q.subscription_id = p.subscription_id AND q.paid_at IS NOT NULL
+                        AND (q.paid_at, q.id) < (p.paid_at, p.id))
+   GROUP BY 1, 2),
+ended AS (
+  SELECT plan_code, currency, count(*) AS n FROM subscriptions, w
+   WHERE canceled_at >= w.lo GROUP BY 1, 2),
+k AS (
+  SELECT code AS plan_code, currency FROM plans WHERE active
+  UNION SELECT plan_code, currency FROM live
+  UNION SELECT plan_code, currency FROM started
+  UNION SELECT plan_code, currency FROM ended)
+SELECT k.plan_code, pl.name AS plan_name, k.currency,
+       coalesce(l.active, 0)::bigint AS active, coalesce(l.past_due, 0)::bigint AS past_due,
+       coalesce(l.canceling, 0)::bigint AS canceling, coalesce(l.monthly, 0)::bigint AS monthly_minor,
+       coalesce(st.n, 0)::bigint AS started, coalesce(e.n, 0)::bigint AS ended
+  FROM k JOIN plans pl ON pl.code = k.plan_code
+  LEFT JOIN live l ON l.plan_code = k.plan_code AND l.currency = k.currency
+  LEFT JOIN started st ON st.plan_code = k.plan_code AND st.currency = k.currency
+  LEFT JOIN ended e ON e.plan_code = k.plan_code AND e.currency = k.currency
+ ORDER BY pl.sort, pl.credits_per_period, k.currency`, first)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByName[PlanSubscriptions])
 }

@@ -206,3 +206,104 @@ func TestTheLastRenewalChoiceHoldsAgainstEventsOfItsSecond(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, got.CancelAtPeriodEnd)
 }
+
+// paidSubscription starts a subscription for a new user on plan with one
+// invoice paid at each of paidAt, and applies state (when not empty) at
+// the last invoice's time plus a second.
+func paidSubscription(t *testing.T, st *store.Store, plan string, state store.SubscriptionState, paidAt ...time.Time) store.Subscription {
+	t.Helper()
+	ctx := context.Background()
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	sub := newSubscription(t, st, u, plan, 1)
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		if err := store.LinkSubscription(ctx, tx, &sub, fmt.Sprintf("sub_%d", sub.ID)); err != nil {
+			return err
+		}
+		if _, err := store.StartSubscription(ctx, tx, sub.ID); err != nil {
+			return err
+		}
+		for i, at := range paidAt {
+			end := at.AddDate(0, 1, 0)
+			src := fmt.Sprintf("in_%d_%d", sub.ID, i)
+			// A grant cannot be made expired; its expiry counts for nothing here.
+			expires := end
+			if soon := time.Now().Add(time.Hour); end.Before(soon) {
+				expires = soon
+			}
+			g, err := store.Grant(ctx, tx, store.NewGrant{UserID: u.ID, Kind: store.GrantSubscription, Amount: sub.CreditsPerPeriod, ExpiresAt: &expires, SourceKind: "invoice", SourceID: src})
+			if err != nil {
+				return err
+			}
+			if _, _, err := store.RecordInvoicePayment(ctx, tx, store.InvoicePayment{Subscription: sub, InvoiceID: src, AmountMinor: sub.PriceMinor,
+				Currency: sub.Currency, PeriodStart: at, PeriodEnd: end, GrantID: g.GrantID, PaidAt: at}); err != nil {
+				return err
+			}
+			if err := store.ExtendSubscriptionPeriod(ctx, tx, sub.ID, at, end); err != nil {
+				return err
+			}
+		}
+		if state.Status == "" {
+			return nil
+		}
+		state.At = paidAt[len(paidAt)-1].Add(time.Second)
+		_, err := store.ApplySubscriptionState(ctx, tx, sub.ID, state)
+		return err
+	}))
+	return sub
+}
+
+// Subscription analytics count each plan's live subscriptions now (active,
+// past due, set to end, what they bill a month) and, over a range of days,
+// those that started (their first invoice paid in it; a renewal is no
+// start) and ended; a checkout never paid counts nowhere.
+func TestSubscriptionsSinceCountsLiveStartedAndEnded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	day := func(n int) time.Time { return time.Now().UTC().AddDate(0, 0, -n) }
+	ended := func(n int) store.SubscriptionState {
+		at := day(n)
+		return store.SubscriptionState{Status: store.SubCanceled, CanceledAt: &at}
+	}
+	// Basic: one live since 40 days, renewed 10 days ago, set to end; one
+	// started 3 days ago and ended yesterday; one started 20 days ago and
+	// ended 15 days ago. Pro: one started 2 days ago, past due. Basic again:
+	// one started 5 days ago, ended at the simulator's clock's time.
+	paidSubscription(t, st, "basic", store.SubscriptionState{Status: store.SubActive, CancelAtPeriodEnd: true}, day(40), day(10))
+	paidSubscription(t, st, "basic", ended(1), day(3))
+	paidSubscription(t, st, "basic", ended(15), day(20))
+	paidSubscription(t, st, "pro", store.SubscriptionState{Status: store.SubPastDue}, day(2))
+	// The simulator's clock ends a period ahead of time: dated later, the
+	// end counts as of now.
+	paidSubscription(t, st, "basic", ended(-30), day(5))
+	newSubscription(t, st, storetest.NewUser(t, st, storetest.UserOpts{}), "pro", 1)
+
+	type row struct {
+		plan                                string
+		active, pastDue, canceling, monthly int64
+		started, ended                      int64
+	}
+	rows := func(days int) []row {
+		t.Helper()
+		got, err := st.SubscriptionsSince(ctx, day(days-1))
+		require.NoError(t, err)
+		var out []row
+		for _, p := range got {
+			require.Equal(t, "usd", p.Currency)
+			out = append(out, row{p.PlanCode, p.Active, p.PastDue, p.Canceling, p.MonthlyMinor, p.Started, p.Ended})
+		}
+		return out
+	}
+	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 2, 2}, {"pro", 0, 1, 0, 3000, 1, 0}}, rows(7))
+	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 4, 3}, {"pro", 0, 1, 0, 3000, 1, 0}}, rows(60))
+	// Today alone: the live ones, and the end dated later.
+	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 0, 1}, {"pro", 0, 1, 0, 3000, 0, 0}}, rows(1))
+
+	// A plan no longer sold keeps a row while something counts.
+	_, err := st.Pool().Exec(ctx, `UPDATE plans SET active = false WHERE code = 'pro'`)
+	require.NoError(t, err)
+	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 0, 1}, {"pro", 0, 1, 0, 3000, 0, 0}}, rows(1))
+	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now() - interval '3 days' WHERE plan_code = 'pro' AND status = 'past_due'`)
+	require.NoError(t, err)
+	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 0, 1}}, rows(1))
+}

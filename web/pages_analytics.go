@@ -18,12 +18,20 @@ type revenueTotal struct {
 	Currency                    string
 	Payments, Refunds           int64
 	RevenueMinor, RefundedMinor int64
+	SubscriptionMinor           int64
 	NetMinor                    int64
 }
 
+// recurringTotal is what live plans bill a month in one currency.
+type recurringTotal struct {
+	Currency     string
+	MonthlyMinor int64
+}
+
 // AdminAnalytics serves GET /admin/analytics?days=7|30|90|365: revenue
-// (live from payments and refunds) and usage (from the daily rollup) over
-// the last days, today included, in UTC.
+// (live from payments and refunds), subscriptions (live now, started and
+// ended) and usage (from the daily rollup) over the last days, today
+// included, in UTC.
 func (s *Site) AdminAnalytics() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
@@ -49,6 +57,24 @@ func (s *Site) AdminAnalytics() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		plans, err := s.store.SubscriptionsSince(ctx, first)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		var recurring []recurringTotal
+		anySubscriptions := false
+		for _, p := range plans {
+			anySubscriptions = anySubscriptions || p.Active+p.PastDue+p.Started+p.Ended > 0
+			i := 0
+			for i < len(recurring) && recurring[i].Currency != p.Currency {
+				i++
+			}
+			if i == len(recurring) {
+				recurring = append(recurring, recurringTotal{Currency: p.Currency})
+			}
+			recurring[i].MonthlyMinor += p.MonthlyMinor
+		}
 		var totals []revenueTotal
 		for _, d := range revenue {
 			i := 0
@@ -63,6 +89,7 @@ func (s *Site) AdminAnalytics() http.Handler {
 			t.Refunds += d.Refunds
 			t.RevenueMinor += d.RevenueMinor
 			t.RefundedMinor += d.RefundedMinor
+			t.SubscriptionMinor += d.SubscriptionMinor
 			t.NetMinor += d.RevenueMinor - d.RefundedMinor
 		}
 		// Behind: the rollup counts spends older than its lag and a run's
@@ -71,7 +98,8 @@ func (s *Site) AdminAnalytics() http.Handler {
 		s.render(w, r, http.StatusOK, "admin_analytics", "Analytics", map[string]any{
 			"Behind": behind,
 			"Days":   days, "Ranges": analyticsRanges, "First": first, "Last": last,
-			"Revenue": revenue, "Totals": totals, "Usage": usage, "Lag": int(store.RollupLag / time.Minute),
+			"Revenue": revenue, "Totals": totals, "Usage": usage,
+			"Plans": plans, "Recurring": recurring, "AnySubscriptions": anySubscriptions, "Lag": int(store.RollupLag / time.Minute),
 		})
 	})
 }

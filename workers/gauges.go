@@ -11,8 +11,9 @@ import (
 )
 
 // Gauges keeps the leader-only gauges fresh: queue depth and oldest job age
-// (a bounded, time-limited query), the expiry sweep's watermark and the
-// credit liability. Only the River leader queries, so N workers cost one
+// (a bounded, time-limited query), the expiry sweep's watermark, the
+// credit liability and the live subscriptions. Only the River leader
+// queries, so N workers cost one
 // query, not N; the others clear their gauges so dashboards never add
 // stale copies.
 type Gauges struct {
@@ -132,12 +133,18 @@ func (g *Gauges) RefreshSweep(ctx context.Context) {
 	g.metrics.SweepScheduleGap.WithLabelValues().Set(g.sweepGap.Seconds())
 }
 
-// RefreshLiability updates the outstanding-credit gauges when leader.
+// RefreshLiability updates the money gauges when leader: the
+// outstanding credits and the live subscriptions. Their refresh time is
+// the liability group's, set only when both were read.
 func (g *Gauges) RefreshLiability(ctx context.Context) {
+	m := g.metrics
 	if !g.leader(ctx) {
-		g.metrics.CreditsOutstanding.Reset()
-		g.metrics.CreditsExpiring7d.Reset()
-		g.metrics.MetricsRefreshAge.DeleteLabelValues("liability")
+		m.CreditsOutstanding.Reset()
+		m.CreditsExpiring7d.Reset()
+		m.Subscriptions.Reset()
+		m.SubscriptionsCanceling.Reset()
+		m.SubscriptionsMonthlyMinor.Reset()
+		m.MetricsRefreshAge.DeleteLabelValues("liability")
 		return
 	}
 	l, err := g.store.CreditLiability(ctx)
@@ -146,8 +153,37 @@ func (g *Gauges) RefreshLiability(ctx context.Context) {
 		return
 	}
 	for kind, n := range l.ByKind {
-		g.metrics.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
+		m.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
 	}
-	g.metrics.CreditsExpiring7d.WithLabelValues().Set(float64(l.Expiring7d))
-	g.metrics.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
+	m.CreditsExpiring7d.WithLabelValues().Set(float64(l.Expiring7d))
+	plans, err := g.store.SubscriptionsSince(ctx, time.Now().UTC())
+	if err != nil {
+		g.logger.WarnContext(ctx, "live subscriptions", "err", err)
+		return
+	}
+	// Every plan for sale has its series (0 when it has no subscriber);
+	// a plan that is neither sold nor live any more loses its own.
+	// A plan sold in two currencies has a row for each.
+	type counts struct{ active, pastDue, canceling int64 }
+	byPlan, monthly := map[string]counts{}, map[string]int64{}
+	for _, p := range plans {
+		c := byPlan[p.PlanCode]
+		c.active += p.Active
+		c.pastDue += p.PastDue
+		c.canceling += p.Canceling
+		byPlan[p.PlanCode] = c
+		monthly[p.Currency] += p.MonthlyMinor
+	}
+	m.Subscriptions.Reset()
+	m.SubscriptionsCanceling.Reset()
+	m.SubscriptionsMonthlyMinor.Reset()
+	for plan, c := range byPlan {
+		m.Subscriptions.WithLabelValues(plan, store.SubActive).Set(float64(c.active))
+		m.Subscriptions.WithLabelValues(plan, store.SubPastDue).Set(float64(c.pastDue))
+		m.SubscriptionsCanceling.WithLabelValues(plan).Set(float64(c.canceling))
+	}
+	for cur, n := range monthly {
+		m.SubscriptionsMonthlyMinor.WithLabelValues(cur).Set(float64(n))
+	}
+	m.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
 }

@@ -485,6 +485,7 @@ func refreshLeaderGauges(t *testing.T, ta *testApp) {
 }
 
 var leaderOnlyGauges = []string{
+	"quickscale_subscriptions", "quickscale_subscriptions_canceling", "quickscale_subscriptions_monthly_revenue_minor_units",
 	"quickscale_river_queue_jobs", "quickscale_river_queue_oldest_available_age_seconds",
 	"quickscale_credits_outstanding", "quickscale_credits_expiring_7d",
 	"quickscale_credits_swept_through_timestamp_seconds", "quickscale_credits_sweep_schedule_gap_seconds",
