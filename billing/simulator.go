@@ -255,6 +255,34 @@ func (s *Simulator) Refund(ctx context.Context, r RefundParams) (id string, err 
 	return id, nil
 }
 
+// FailRefund makes a refund the simulator made fail, as a card that
+// cannot take it back does: charge.refund.updated is delivered with the
+// refund failed (expired_or_canceled_card). The simulator's charge keeps
+// what it refunded; a refund fails once.
+func (s *Simulator) FailRefund(ctx context.Context, refundID string) error {
+	return s.oneAtATime(ctx, func() error {
+		return s.store.FailSimRefund(ctx, refundID, func(ss store.SimSession, amount int64, created time.Time) error {
+			re := RefundObject(ss, refundID, amount, created)
+			re.Status, re.FailureReason = stripe.RefundStatusFailed, stripe.RefundFailureReasonExpiredOrCanceledCard
+			return s.Emit(ctx, stripe.EventTypeChargeRefundUpdated, re)
+		})
+	})
+}
+
+// RefundObject renders a refund of a simulator session's charge, made at
+// created, as Stripe's refund object (succeeded).
+func RefundObject(ss store.SimSession, id string, amount int64, created time.Time) *stripe.Refund {
+	return &stripe.Refund{
+		ID: id, Object: "refund", Amount: amount,
+		Charge:        &stripe.Charge{ID: ChargeObject(ss).ID},
+		Currency:      stripe.Currency(ss.Currency),
+		PaymentIntent: &stripe.PaymentIntent{ID: ss.PaymentIntentID},
+		Status:        stripe.RefundStatusSucceeded,
+		Created:       created.Unix(),
+		Metadata:      map[string]string{},
+	}
+}
+
 // ChargeObject renders the charge of a paid simulator session as Stripe's
 // charge object, with what was refunded of it.
 func ChargeObject(ss store.SimSession) *stripe.Charge {

@@ -283,3 +283,46 @@ func TestRecordRefundRequestRepeatsAndKeys(t *testing.T) {
 	require.ErrorAs(t, ask("k3", 300), &repeated)
 	require.NoError(t, ask("k4", 200), "another amount is not a repeat")
 }
+
+// A failed refund is recorded once per provider refund, is never changed
+// or removed, and says failed or canceled.
+func TestRefundFailuresAreRecordedOnceAndKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	p := paidPayment(t, st, u, fmt.Sprintf("cs_refail_%d", u.ID))
+	record := func(refundID, eventID, status string) (bool, error) {
+		var created bool
+		err := st.InTx(ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload, received_at) VALUES ($1, 'charge.refund.updated', now(), '{}', now())`, eventID); err != nil {
+				return err
+			}
+			var err error
+			created, err = store.RecordRefundFailure(ctx, tx, store.RefundFailure{PaymentID: p.ID, ProviderRefundID: refundID, AmountMinor: 300,
+				Currency: "usd", Status: status, FailedAt: time.Now()}, eventID)
+			return err
+		})
+		return created, err
+	}
+	created, err := record("re_1", "evt_rf_1", "failed")
+	require.NoError(t, err)
+	require.True(t, created)
+	created, err = record("re_1", "evt_rf_2", "failed")
+	require.NoError(t, err)
+	require.False(t, created, "the same refund again")
+	_, err = record("re_2", "evt_rf_3", "pending")
+	require.Equal(t, "23514", pgErrCode(err), "a refund still pending is no failure")
+
+	fs, err := st.RefundFailuresOf(ctx, p.ID)
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	require.Equal(t, "no reason given", fs[0].Why())
+	marked, err := st.PaymentsWithRefundFailures(ctx, []int64{p.ID, p.ID + 1000})
+	require.NoError(t, err)
+	require.Equal(t, map[int64]bool{p.ID: true}, marked)
+	for _, sql := range []string{`UPDATE payment_refund_failures SET amount_minor = 1`, `DELETE FROM payment_refund_failures`} {
+		_, err := st.Pool().Exec(ctx, sql)
+		require.Error(t, err, sql)
+	}
+}

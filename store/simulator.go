@@ -268,3 +268,41 @@ func (s *Store) RefundSimSession(ctx context.Context, intentID, key string, amou
 	})
 	return refundID, err
 }
+
+// ErrSimRefundFailedAlready: the simulator's refund failed before.
+var ErrSimRefundFailedAlready = errors.New("simulator: this refund failed already")
+
+// FailSimRefund marks a refund the simulator made as failed, once, after
+// deliver (given the refund's session, amount and time) succeeds. A
+// refund it did not make is KindNotFound.
+func (s *Store) FailSimRefund(ctx context.Context, refundID string, deliver func(ss SimSession, amount int64, created time.Time) error) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		var sessionID string
+		var amount int64
+		var created time.Time
+		var failed *time.Time
+		err := tx.QueryRow(ctx, `SELECT session_id, amount_minor, created_at, failed_at FROM simulator_refunds WHERE id = $1 FOR UPDATE`, refundID).Scan(&sessionID, &amount, &created, &failed)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(KindNotFound, "No such refund.")
+		}
+		if err != nil {
+			return err
+		}
+		if failed != nil {
+			return ErrSimRefundFailedAlready
+		}
+		rows, err := tx.Query(ctx, `SELECT `+simColumns+` FROM simulator_sessions WHERE id = $1`, sessionID)
+		if err != nil {
+			return err
+		}
+		ss, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[SimSession])
+		if err != nil {
+			return err
+		}
+		if err := deliver(ss, amount, created); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_refunds SET failed_at = now() WHERE id = $1`, refundID)
+		return err
+	})
+}

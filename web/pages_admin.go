@@ -72,6 +72,8 @@ type adminUserPage struct {
 	Balance  store.Balance
 	Audit    []store.AuditEntry
 	Payments store.ListPage[store.Payment]
+	// RefundFailed marks the payments listed with a refund that failed.
+	RefundFailed map[int64]bool
 	// Subscriptions are the user's started subscriptions, newest first.
 	Subscriptions []store.Subscription
 	Form          *form
@@ -120,6 +122,14 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 	}
 	payCursor, payAfter := cursorValue(r, "payments"), cursorValue(r, "payments_after")
 	if p.Payments, err = s.store.PaymentsOfUser(ctx, target.ID, payCursor, payAfter, 10); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	ids := make([]int64, 0, len(p.Payments.Items))
+	for _, pay := range p.Payments.Items {
+		ids = append(ids, pay.ID)
+	}
+	if p.RefundFailed, err = s.store.PaymentsWithRefundFailures(ctx, ids); err != nil {
 		s.serverError(w, r, err)
 		return
 	}

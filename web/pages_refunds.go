@@ -23,6 +23,13 @@ type adminRefundPage struct {
 	// event has not been applied) take of it; Left what may still be asked.
 	Unrefunded, Waiting, Left int64
 	Requests                  []store.RefundRequest
+	// Failures are refunds the provider accepted that failed later
+	// (FailedIDs by provider refund id).
+	Failures  []store.RefundFailure
+	FailedIDs map[string]bool
+	// Simulated: the payments simulator is the provider, and can fail a
+	// refund it made.
+	Simulated bool
 	// Unconfirmed are the accepted requests Waiting counts (WaitingIDs by
 	// id, for the list).
 	Unconfirmed []store.RefundRequest
@@ -63,7 +70,7 @@ func (s *Site) AdminRefund() http.Handler {
 		}
 		page := &adminRefundPage{Payment: pay, Form: newForm(), Nonce: store.NewSecret()[:16], Provider: "Stripe", ProviderName: "Stripe"}
 		if s.gateway.Simulated() {
-			page.Provider, page.ProviderName = "The payments simulator", "the payments simulator"
+			page.Provider, page.ProviderName, page.Simulated = "The payments simulator", "the payments simulator", true
 		}
 		if err := page.load(ctx, s.store); err != nil {
 			s.serverError(w, r, err)
@@ -90,12 +97,16 @@ func (s *Site) AdminRefund() http.Handler {
 			return
 		}
 		admin := CurrentUser(ctx)
-		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request", "confirm_repeat")
+		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request", "confirm_repeat", "refund")
 		page.Form = f
 		back := "/admin/users/" + strconv.FormatInt(pay.UserID, 10)
 
 		if f.raw("action") == "close" {
 			s.closeRefundRequest(w, r, page, admin.ID, render, back)
+			return
+		}
+		if f.raw("action") == "simulate-failure" {
+			s.simulateRefundFailure(w, r, page, f.raw("refund"))
 			return
 		}
 		key := store.RefundKey(pay.ID, f.raw("nonce"))
@@ -278,6 +289,37 @@ func pendingMessage(page *adminRefundPage) string {
 // after Back, or by a second admin for the same complaint).
 const refundRepeatWindow = 10 * time.Minute
 
+// simulateRefundFailure makes the payments simulator fail one of this
+// payment's refunds it made (charge.refund.updated, as Stripe sends when a
+// card cannot take a refund back), so that the failure's handling can be
+// seen without Stripe.
+func (s *Site) simulateRefundFailure(w http.ResponseWriter, r *http.Request, page *adminRefundPage, refundID string) {
+	ctx := r.Context()
+	sim, ok := s.gateway.(*billing.Simulator)
+	known := false
+	for _, rq := range page.Requests {
+		known = known || (rq.ProviderRefundID != nil && *rq.ProviderRefundID == refundID)
+	}
+	if !ok || !known {
+		s.NotFound().ServeHTTP(w, r)
+		return
+	}
+	here := "/admin/payments/" + strconv.FormatInt(page.Payment.ID, 10) + "/refund"
+	err := sim.FailRefund(ctx, refundID)
+	switch {
+	case errors.Is(err, store.ErrSimRefundFailedAlready):
+		s.flash(ctx, "The payments simulator failed refund "+refundID+" already; nothing more was sent.")
+	case err != nil:
+		s.logger.ErrorContext(ctx, "simulator: fail refund", "refund", refundID, "err", err)
+		s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "The simulator could not fail the refund",
+			Message: "It could not deliver its event to this site's webhook; nothing changed. Try again.", ActionURL: here, ActionLabel: "Back to the payment"})
+		return
+	default:
+		s.flash(ctx, "The payments simulator failed refund "+refundID+" (an expired or canceled card) and sent charge.refund.updated; the failure shows here once a worker applies it.")
+	}
+	redirect(w, r, here)
+}
+
 // closeRefundRequest closes the request waiting too long for an answer to
 // be asked again, once support has checked the provider's dashboard.
 func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, render func(int), back string) {
@@ -334,6 +376,13 @@ func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 	var err error
 	if p.Requests, err = st.RefundRequestsOf(ctx, p.Payment.ID); err != nil {
 		return err
+	}
+	if p.Failures, err = st.RefundFailuresOf(ctx, p.Payment.ID); err != nil {
+		return err
+	}
+	p.FailedIDs = map[string]bool{}
+	for _, f := range p.Failures {
+		p.FailedIDs[f.ProviderRefundID] = true
 	}
 	pay := p.Payment
 	p.Pending, p.Unconfirmed, p.Waiting = store.RefundStanding(pay, p.Requests)

@@ -242,6 +242,8 @@ func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.Strip
 		return w.applyCheckoutUnsuccessful(ctx, tx, ev, store.PaymentExpired, store.ExpiredUnpaid)
 	case stripe.EventTypeChargeRefunded:
 		return w.applyRefund(ctx, tx, ev)
+	case stripe.EventTypeChargeRefundUpdated:
+		return w.applyRefundUpdated(ctx, tx, ev)
 	}
 	return store.OutcomeIgnored, "event type not handled", effects{}, nil
 }
@@ -479,4 +481,56 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		}
 	}
 	return store.OutcomeApplied, detail, fx, nil
+}
+
+// applyRefundUpdated watches refunds that fail after the provider accepted
+// them (charge.refund.updated, status failed or canceled): the money did
+// not reach the customer, though the refund was recorded and its credits
+// taken back when charge.refunded came. Nothing is undone by itself, since
+// support may refund again another way or give the credits back; the
+// failure is recorded for the payment's admin pages and the event is
+// failed so that someone acts. Any other refund update changes nothing.
+func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
+	var fx effects
+	var re stripe.Refund
+	if err := eventObject(ev, &re); err != nil || re.ID == "" {
+		return store.OutcomeFailed, "malformed refund object", fx, nil
+	}
+	if re.Status != stripe.RefundStatusFailed && re.Status != stripe.RefundStatusCanceled {
+		return store.OutcomeIgnored, "refund " + re.ID + " is " + string(re.Status) + ": nothing to do", fx, nil
+	}
+	if re.PaymentIntent == nil || re.PaymentIntent.ID == "" {
+		return store.OutcomeIgnored, "refund " + re.ID + " names no payment intent", fx, nil
+	}
+	pay, err := store.LockPaymentByIntent(ctx, tx, re.PaymentIntent.ID)
+	if store.ErrorKind(err) == store.KindNotFound {
+		return store.OutcomeIgnored, "refund " + re.ID + " is of a payment not made through QuickScale", fx, nil
+	}
+	if err != nil {
+		return "", "", fx, err
+	}
+	if re.Amount <= 0 {
+		return store.OutcomeFailed, "refund " + re.ID + " has no amount", fx, nil
+	}
+	currency := string(re.Currency)
+	if currency == "" {
+		currency = pay.Currency
+	}
+	f := store.RefundFailure{PaymentID: pay.ID, ProviderRefundID: re.ID, AmountMinor: re.Amount, Currency: currency,
+		Status: string(re.Status), FailedAt: ev.Created}
+	if re.FailureReason != "" {
+		r := string(re.FailureReason)
+		f.FailureReason = &r
+	}
+	what := "failed"
+	if re.Status == stripe.RefundStatusCanceled {
+		what = "was canceled"
+	}
+	if _, err := store.RecordRefundFailure(ctx, tx, f, ev.ID); err != nil {
+		return "", "", fx, err
+	}
+	return store.OutcomeFailed, fmt.Sprintf("refund %s of %s of payment #%d (user %d) %s (%s): the customer did not get that money back, "+
+		"but the payment counts it as refunded and its share of the credits is taken back. Refund them another way (the provider's "+
+		"dashboard) or give the credits back (Credits on their admin page); the payment's refund page shows it (/admin/payments/%d/refund)",
+		re.ID, billing.FormatMoney(re.Amount, currency), pay.ID, pay.UserID, what, f.Why(), pay.ID), fx, nil
 }

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// A refund the provider accepted can fail later (the customer's card
+// cannot take it back): charge.refund.updated says so. Support sees it —
+// the event is failed with what to do, the payment's refund page and the
+// user's admin page show it — and nothing is undone by itself. The
+// simulator fails a refund on request, once, so make dev shows it.
+func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	mustRedirect(t, admin.post(path, url.Values{"amount": {"5"}, "reason": {"asked"}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", u.ID))
+	waitRefunded(t, ta, pay, 500)
+	balance := func() int64 {
+		b, err := ta.store.Balance(ctx, u.ID)
+		require.NoError(t, err)
+		return b.Total
+	}
+	require.Equal(t, int64(375), balance())
+
+	doc := admin.get(path).Doc(t)
+	require.Zero(t, doc.Find(".refund-failure").Length())
+	fail := doc.Find(`.sim-fail-refund input[name="refund"]`)
+	require.Equal(t, 1, fail.Length(), "the simulator offers to fail its refund")
+	refundID := fail.AttrOr("value", "")
+	require.Regexp(t, `^re_`, refundID)
+
+	// Another payment's refund, or none, is no refund of this payment's.
+	require.Equal(t, http.StatusNotFound, admin.post(path, url.Values{"action": {"simulate-failure"}, "refund": {"re_other"}}).Status)
+
+	mustRedirect(t, admin.post(path, url.Values{"action": {"simulate-failure"}, "refund": {refundID}}), path)
+	var ev store.StripeEvent
+	eventually(t, 10*time.Second, "the refund's failure applied", func() bool {
+		err := ta.store.Pool().QueryRow(ctx, `SELECT id FROM stripe_events WHERE type = 'charge.refund.updated' AND outcome IS NOT NULL`).Scan(&ev.ID)
+		return err == nil
+	})
+	ev, err := ta.store.StripeEventByID(ctx, ev.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.OutcomeFailed, *ev.Outcome)
+	require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund %s of $5.00 of payment #%d (user %d) failed (expired or canceled card): the customer did not get that money back", refundID, pay.ID, u.ID))
+	require.Equal(t, float64(1), metricValue(t, ta.app.metrics, "quickscale_webhook_events_processed_total", map[string]string{"type": "charge.refund.updated", "outcome": "failed"}))
+
+	// Nothing is undone by itself: support decides.
+	p, err := ta.store.UserPayment(ctx, u.ID, pay.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(500), p.AmountRefundedMinor)
+	require.Equal(t, int64(375), balance())
+
+	doc = admin.get(path).Doc(t)
+	failure := doc.Find(fmt.Sprintf(`.refund-failure[data-refund=%q]`, refundID))
+	require.Equal(t, 1, failure.Length())
+	require.Contains(t, acctTextSel(failure), "A refund of $5.00 failed (expired or canceled card;")
+	require.Contains(t, acctTextSel(failure), "the customer did not get that money back")
+	require.Equal(t, fmt.Sprintf("/admin/users/%d/credits", u.ID), failure.Find("a").AttrOr("href", ""))
+	require.Contains(t, acctTextSel(doc.Find("tr.refund-request")), refundID+", failed")
+	require.Zero(t, doc.Find(".sim-fail-refund").Length(), "a refund fails once")
+	tag := admin.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find(fmt.Sprintf(`tr.payment-row[data-id="%d"] .refund-failed`, pay.ID))
+	require.Equal(t, path, tag.AttrOr("href", ""))
+
+	// Asked again (a second tab): nothing more is sent.
+	mustRedirect(t, admin.post(path, url.Values{"action": {"simulate-failure"}, "refund": {refundID}}), path)
+	require.Contains(t, acctText(admin.get(path).Doc(t), "#flash"), "failed refund "+refundID+" already")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM stripe_events WHERE type = 'charge.refund.updated'`))
+}
+
+// Stripe's charge.refund.updated (its refund object as stripe-mock has it):
+// a refund still going or made is no news; one of a payment QuickScale did
+// not make is ignored; a canceled one is recorded like a failed one, once
+// however often Stripe says so.
+func TestRefundUpdatesFromStripe(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	refund := func(id, intent, status string) map[string]any {
+		re := whFixture(t, "refund")
+		re["id"], re["payment_intent"], re["status"], re["amount"] = id, intent, status, 300
+		return re
+	}
+	outcome := func(ev store.StripeEvent) string { return *ev.Outcome }
+
+	require.Equal(t, store.OutcomeIgnored, outcome(deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_a", *pay.PaymentIntentID, "succeeded"), time.Now())))
+	require.Equal(t, store.OutcomeIgnored, outcome(deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_b", "pi_not_ours", "failed"), time.Now())))
+	require.Equal(t, 0, whCount(t, ta, `SELECT count(*) FROM payment_refund_failures`))
+
+	for range 2 {
+		ev := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_c", *pay.PaymentIntentID, "canceled"), time.Now())
+		require.Equal(t, store.OutcomeFailed, outcome(ev))
+		require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund re_c of $3.00 of payment #%d (user %d) was canceled (canceled)", pay.ID, u.ID))
+	}
+	fs, err := ta.store.RefundFailuresOf(ctx, pay.ID)
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	require.Equal(t, "canceled", fs[0].Status)
+	require.Nil(t, fs[0].FailureReason)
+	require.Equal(t, int64(300), fs[0].AmountMinor)
+}
