@@ -94,6 +94,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/dashboard/subscription/status", site.SubscriptionStatus().ServeHTTP)
 			r.Post("/dashboard/subscription/cancel", site.SetSubscriptionRenewal(true).ServeHTTP)
 			r.Post("/dashboard/subscription/resume", site.SetSubscriptionRenewal(false).ServeHTTP)
+			r.Post("/dashboard/subscription/switch", site.SwitchSubscriptionPlan().ServeHTTP)
 			// The simulator's clock (Not Found with Stripe).
 			r.Post("/dashboard/subscription/renew", site.RenewSimulatedSubscription().ServeHTTP)
 			r.Post("/dashboard/subscription/fail-renewal", site.SimulateRenewalFailure().ServeHTTP)

@@ -42,6 +42,11 @@ type Gateway interface {
 	// current period does (true: it does not renew; false: it renews
 	// again). The provider then sends customer.subscription.updated.
 	SetCancelAtPeriodEnd(ctx context.Context, subscriptionID string, cancel bool) error
+	// ChangeSubscriptionPlan bills a subscription at plan's monthly price
+	// from its next renewal on, without proration (the period under way
+	// stays as paid). The provider then sends customer.subscription.updated.
+	// One ended already is ErrSubscriptionEnded.
+	ChangeSubscriptionPlan(ctx context.Context, subscriptionID string, plan store.Plan) error
 	// CancelSubscription ends a subscription now (its account was
 	// deleted). The provider then sends customer.subscription.deleted. One
 	// ended already is ErrSubscriptionEnded.

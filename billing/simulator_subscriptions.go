@@ -181,6 +181,17 @@ func (s *Simulator) SetCancelAtPeriodEnd(ctx context.Context, subscriptionID str
 	return simSubscriptionError(subscriptionID, err)
 }
 
+// ChangeSubscriptionPlan implements Gateway: the simulator's subscription
+// is billed at the plan's price from its next renewal.
+func (s *Simulator) ChangeSubscriptionPlan(ctx context.Context, subscriptionID string, plan store.Plan) error {
+	err := s.oneAtATime(ctx, func() error {
+		return s.store.SetSimSubscriptionPrice(ctx, subscriptionID, plan.PriceMinor, "QuickScale "+plan.Name+" plan, monthly", map[string]string{MetaPlanCode: plan.Code}, func(sub store.SimSubscription) error {
+			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionUpdated, SubscriptionObject(sub))
+		})
+	})
+	return simSubscriptionError(subscriptionID, err)
+}
+
 // CancelSubscription implements Gateway.
 func (s *Simulator) CancelSubscription(ctx context.Context, subscriptionID string) error {
 	err := s.oneAtATime(ctx, func() error {

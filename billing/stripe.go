@@ -340,6 +340,43 @@ func (s *Stripe) SetCancelAtPeriodEnd(ctx context.Context, subscriptionID string
 	return nil
 }
 
+// ChangeSubscriptionPlan implements Gateway: the subscription's one item
+// takes the plan's synced price (or inline monthly price data on the
+// item's product), with proration_behavior none.
+func (s *Stripe) ChangeSubscriptionPlan(ctx context.Context, subscriptionID string, plan store.Plan) error {
+	gp := &stripe.SubscriptionParams{}
+	gp.Context = ctx
+	cur, err := s.api.Subscriptions.Get(subscriptionID, gp)
+	if err != nil {
+		return fmt.Errorf("stripe: get subscription %s: %w", subscriptionID, subscriptionEnded(err))
+	}
+	if cur.Items == nil || len(cur.Items.Data) != 1 {
+		return fmt.Errorf("stripe: subscription %s does not have one item", subscriptionID)
+	}
+	item := cur.Items.Data[0]
+	ip := &stripe.SubscriptionItemsParams{ID: stripe.String(item.ID)}
+	if plan.StripePriceID != nil && *plan.StripePriceID != "" {
+		ip.Price = plan.StripePriceID
+	} else {
+		if item.Price == nil || item.Price.Product == nil || item.Price.Product.ID == "" {
+			return fmt.Errorf("stripe: subscription %s: its item names no product", subscriptionID)
+		}
+		ip.PriceData = &stripe.SubscriptionItemPriceDataParams{
+			Currency:   stripe.String(plan.Currency),
+			Product:    stripe.String(item.Price.Product.ID),
+			UnitAmount: stripe.Int64(plan.PriceMinor),
+			Recurring:  &stripe.SubscriptionItemPriceDataRecurringParams{Interval: stripe.String(string(stripe.PriceRecurringIntervalMonth))},
+		}
+	}
+	p := &stripe.SubscriptionParams{Items: []*stripe.SubscriptionItemsParams{ip}, ProrationBehavior: stripe.String("none")}
+	p.Context = ctx
+	p.AddMetadata(MetaPlanCode, plan.Code)
+	if _, err := s.api.Subscriptions.Update(subscriptionID, p); err != nil {
+		return fmt.Errorf("stripe: change subscription %s to %s: %w", subscriptionID, plan.Code, subscriptionEnded(err))
+	}
+	return nil
+}
+
 // CancelSubscription implements Gateway.
 func (s *Stripe) CancelSubscription(ctx context.Context, subscriptionID string) error {
 	p := &stripe.SubscriptionCancelParams{}

@@ -406,3 +406,38 @@ func TestStripeCancelOfAnEndedSubscriptionIsErrSubscriptionEnded(t *testing.T) {
 	require.Error(t, err)
 	require.NotErrorIs(t, err, billing.ErrSubscriptionEnded)
 }
+
+// Switching plans reads the subscription's one item and gives it the
+// plan's synced price, or inline monthly price data on the item's product,
+// without proration; stripe-mock validates both requests.
+func TestStripeChangeSubscriptionPlanSendsValidRequests(t *testing.T) {
+	t.Parallel()
+	gw, rc := newGateway(t)
+	ctx := context.Background()
+	synced := "price_pro_monthly"
+	pro := store.Plan{Code: "pro", Name: "Pro", CreditsPerPeriod: 2500, PriceMinor: 3000, Currency: "usd", StripePriceID: &synced}
+	require.NoError(t, gw.ChangeSubscriptionPlan(ctx, "sub_test_abc", pro))
+	pro.StripePriceID = nil
+	require.NoError(t, gw.ChangeSubscriptionPlan(ctx, "sub_test_abc", pro))
+
+	reqs := rc.all()
+	require.Len(t, reqs, 4)
+	for _, s := range reqs {
+		requirePinnedVersion(t, s)
+	}
+	require.Equal(t, "GET /v1/subscriptions/sub_test_abc", reqs[0].Method+" "+reqs[0].Path)
+	update := reqs[1]
+	require.Equal(t, "POST /v1/subscriptions/sub_test_abc", update.Method+" "+update.Path)
+	require.NotEmpty(t, update.Form.Get("items[0][id]"), "the item changed is the subscription's own")
+	require.Equal(t, synced, update.Form.Get("items[0][price]"))
+	require.Equal(t, "none", update.Form.Get("proration_behavior"))
+	require.Equal(t, "pro", update.Form.Get("metadata["+billing.MetaPlanCode+"]"))
+	inline := reqs[3]
+	require.Equal(t, update.Form.Get("items[0][id]"), inline.Form.Get("items[0][id]"))
+	require.False(t, inline.Form.Has("items[0][price]"))
+	require.NotEmpty(t, inline.Form.Get("items[0][price_data][product]"))
+	require.Equal(t, "3000", inline.Form.Get("items[0][price_data][unit_amount]"))
+	require.Equal(t, "usd", inline.Form.Get("items[0][price_data][currency]"))
+	require.Equal(t, "month", inline.Form.Get("items[0][price_data][recurring][interval]"))
+	require.Equal(t, "none", inline.Form.Get("proration_behavior"))
+}

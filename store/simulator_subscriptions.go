@@ -203,6 +203,34 @@ func (s *Store) SetSimCancelAtPeriodEnd(ctx context.Context, id string, cancel b
 	})
 }
 
+// SetSimSubscriptionPrice bills a simulator subscription at amount (its
+// description changed, meta merged into its metadata) from its next
+// renewal, after deliver gets it changed, under its lock; one ended is
+// ErrSimSubscriptionCanceled.
+func (s *Store) SetSimSubscriptionPrice(ctx context.Context, id string, amount int64, description string, meta map[string]string, deliver func(SimSubscription) error) error {
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		sub, err := lockSimSubscription(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if sub.Status == "canceled" {
+			return ErrSimSubscriptionCanceled
+		}
+		sub.AmountMinor, sub.Description = amount, description
+		if sub.Metadata == nil {
+			sub.Metadata = map[string]string{}
+		}
+		for k, v := range meta {
+			sub.Metadata[k] = v
+		}
+		if err := deliver(sub); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE simulator_subscriptions SET amount_minor = $2, description = $3, metadata = $4 WHERE id = $1`, id, amount, description, sub.Metadata)
+		return err
+	})
+}
+
 // CancelSimSubscription ends a simulator subscription now (deliver gets
 // it canceled, under its lock); one ended already is
 // ErrSimSubscriptionCanceled.

@@ -84,6 +84,11 @@ type Subscription struct {
 	RenewalSetAt         *time.Time `db:"renewal_set_at"`
 	CreatedAt            time.Time  `db:"created_at"`
 	UpdatedAt            time.Time  `db:"updated_at"`
+	// The plan it switches to from its next renewal, if one is chosen.
+	NextPlanCode         *string `db:"next_plan_code"`
+	NextPlanName         *string `db:"next_plan_name"`
+	NextPriceMinor       *int64  `db:"next_price_minor"`
+	NextCreditsPerPeriod *int64  `db:"next_credits_per_period"`
 }
 
 // Live reports whether the subscription renews or may still (active, or a
@@ -92,9 +97,71 @@ func (s Subscription) Live() bool { return s.Status == SubActive || s.Status == 
 
 const subscriptionColumns = `s.id, s.user_id, s.plan_code, p.name AS plan_name, s.credits_per_period, s.price_minor, s.currency, s.status,
        s.checkout_session_id, s.checkout_url, s.checkout_ref, s.customer_id, s.stripe_subscription_id, s.current_period_start,
-       s.current_period_end, s.cancel_at_period_end, s.canceled_at, s.state_at, s.renewal_set_at, s.created_at, s.updated_at`
+       s.current_period_end, s.cancel_at_period_end, s.canceled_at, s.state_at, s.renewal_set_at, s.created_at, s.updated_at,
+       s.next_plan_code, (SELECT name FROM plans WHERE code = s.next_plan_code) AS next_plan_name, s.next_price_minor, s.next_credits_per_period`
 
 const subscriptionFrom = ` FROM subscriptions s JOIN plans p ON p.code = s.plan_code `
+
+// ScheduleSwitch makes a live subscription switch to plan from its next
+// renewal (plan its own plan: it stays on it). Under the subscription's
+// lock, so that two changes at once apply in turn, tell gives the change
+// to the provider first; it is recorded only if tell succeeds, and
+// nothing is told or recorded when nothing would change (changed false).
+// A plan in another currency or at the same price is a KindConflict; an
+// ended subscription ErrNotFound.
+func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell func() error) (changed bool, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		var current, currency string
+		var price int64
+		var next *string
+		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, currency, next_plan_code FROM subscriptions
+ WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &currency, &next)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		stay := plan.Code == current
+		switch {
+		case plan.Currency != currency:
+			return Errorf(KindConflict, "That plan is sold in another currency.")
+		case !stay && plan.PriceMinor == price:
+			return Errorf(KindConflict, "That plan costs the same as yours, so it cannot be told apart on your invoices.")
+		case stay && next == nil, !stay && next != nil && *next == plan.Code:
+			return nil
+		}
+		if err := tell(); err != nil {
+			return err
+		}
+		if stay {
+			_, err = tx.Exec(ctx, `UPDATE subscriptions SET next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL,
+       updated_at = now() WHERE id = $1`, id)
+		} else {
+			_, err = tx.Exec(ctx, `UPDATE subscriptions SET next_plan_code = $2, next_price_minor = $3, next_credits_per_period = $4,
+       updated_at = now() WHERE id = $1`, id, plan.Code, plan.PriceMinor, plan.CreditsPerPeriod)
+		}
+		changed = err == nil
+		return err
+	})
+	return changed, err
+}
+
+// SwitchToNextPlan makes the plan a subscription switches to its plan
+// (its first invoice at that plan's price was paid) and returns it.
+func SwitchToNextPlan(ctx context.Context, tx pgx.Tx, id int64) (Subscription, error) {
+	tag, err := tx.Exec(ctx, `
+UPDATE subscriptions SET plan_code = next_plan_code, price_minor = next_price_minor, credits_per_period = next_credits_per_period,
+       next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL, updated_at = now()
+ WHERE id = $1 AND next_plan_code IS NOT NULL`, id)
+	if err != nil {
+		return Subscription{}, err
+	}
+	if tag.RowsAffected() != 1 {
+		return Subscription{}, fmt.Errorf("subscription %d has no plan to switch to", id)
+	}
+	return oneSubscription(tx.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.id = $1`, id))
+}
 
 func oneSubscription(rows pgx.Rows, err error) (Subscription, error) {
 	if err != nil {
@@ -313,6 +380,13 @@ type InvoicePayment struct {
 	PeriodEnd       time.Time
 	GrantID         int64
 	PaidAt          time.Time
+}
+
+// InvoiceRecorded reports whether an invoice's payment is recorded.
+func InvoiceRecorded(ctx context.Context, tx pgx.Tx, invoiceID string) (bool, error) {
+	var found bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM payments WHERE invoice_id = $1)`, invoiceID).Scan(&found)
+	return found, err
 }
 
 // RecordInvoicePayment records a paid invoice as a succeeded payment with

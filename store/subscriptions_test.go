@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -306,4 +307,68 @@ func TestSubscriptionsSinceCountsLiveStartedAndEnded(t *testing.T) {
 	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now() - interval '3 days' WHERE plan_code = 'pro' AND status = 'past_due'`)
 	require.NoError(t, err)
 	require.Equal(t, []row{{"basic", 1, 0, 1, 1500, 0, 1}}, rows(1))
+}
+
+// A switch is recorded only once the provider took it, only for a live
+// subscription, between plans of one currency and different prices; the
+// database refuses a next plan that is the plan itself or half recorded.
+func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	sub := paidSubscription(t, st, "basic", store.SubscriptionState{}, time.Now().Add(-time.Hour))
+	pro, err := st.PlanByCode(ctx, "pro")
+	require.NoError(t, err)
+	basic, err := st.PlanByCode(ctx, "basic")
+	require.NoError(t, err)
+	next := func() *string {
+		s, err := st.SubscriptionByID(ctx, sub.ID)
+		require.NoError(t, err)
+		return s.NextPlanCode
+	}
+	told := 0
+	tell := func() error { told++; return nil }
+
+	refused := errors.New("provider unreachable")
+	_, err = st.ScheduleSwitch(ctx, sub.ID, pro, func() error { return refused })
+	require.ErrorIs(t, err, refused)
+	require.Nil(t, next(), "not recorded when the provider did not take it")
+
+	changed, err := st.ScheduleSwitch(ctx, sub.ID, pro, tell)
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, "pro", *next())
+	changed, err = st.ScheduleSwitch(ctx, sub.ID, pro, tell)
+	require.NoError(t, err)
+	require.False(t, changed)
+	require.Equal(t, 1, told, "nothing told when nothing changes")
+
+	euro := pro
+	euro.Currency = "eur"
+	_, err = st.ScheduleSwitch(ctx, sub.ID, euro, tell)
+	require.Equal(t, store.KindConflict, store.ErrorKind(err))
+	same := pro
+	same.PriceMinor = basic.PriceMinor
+	_, err = st.ScheduleSwitch(ctx, sub.ID, same, tell)
+	require.Equal(t, store.KindConflict, store.ErrorKind(err))
+
+	for name, sql := range map[string]string{
+		"subscriptions_next_plan": `UPDATE subscriptions SET next_plan_code = plan_code WHERE id = $1`,
+		"half recorded":           `UPDATE subscriptions SET next_price_minor = NULL WHERE id = $1`,
+	} {
+		_, err := st.Pool().Exec(ctx, sql, sub.ID)
+		require.Error(t, err, name)
+		require.Contains(t, err.Error(), "subscriptions_next_plan", name)
+	}
+
+	changed, err = st.ScheduleSwitch(ctx, sub.ID, basic, tell)
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Nil(t, next())
+
+	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now() WHERE id = $1`, sub.ID)
+	require.NoError(t, err)
+	_, err = st.ScheduleSwitch(ctx, sub.ID, pro, tell)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	require.Equal(t, 2, told)
 }

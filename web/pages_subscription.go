@@ -418,6 +418,71 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 	})
 }
 
+// SwitchSubscriptionPlan serves POST /dashboard/subscription/switch: the
+// live subscription switches to another plan (form field plan) from its
+// next renewal, when that plan's credits and price take over; there is no
+// proration, the month under way stays as paid. Its own plan as the plan
+// undoes a switch chosen before. A plan set to end must be kept first.
+func (s *Site) SwitchSubscriptionPlan() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		sub, ok := s.liveSubscriptionForm(w, r)
+		if !ok {
+			return
+		}
+		plan, err := s.store.PlanByCode(ctx, r.PostFormValue("plan"))
+		if store.ErrorKind(err) == store.KindNotFound {
+			s.errorPage(w, r, errorPage{Status: http.StatusNotFound, Heading: "No such plan",
+				Message: "That plan is not for sale. Choose one of the plans offered.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		}
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		end := ""
+		if sub.CurrentPeriodEnd != nil {
+			end = sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")
+		}
+		if sub.CancelAtPeriodEnd && plan.Code != sub.PlanCode {
+			s.flash(ctx, "Your "+sub.PlanName+" plan is set to end on "+end+": keep it first, then choose the plan it switches to.")
+			redirect(w, r, "/dashboard/subscription")
+			return
+		}
+		changed, err := s.store.ScheduleSwitch(ctx, sub.ID, plan, func() error {
+			return s.gateway.ChangeSubscriptionPlan(ctx, *sub.StripeSubscriptionID, plan)
+		})
+		switch {
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, billing.ErrSubscriptionEnded):
+			s.flash(ctx, "Your "+sub.PlanName+" plan has ended already: there was nothing to change.")
+			redirect(w, r, "/dashboard/subscription")
+			return
+		case store.ErrorKind(err) == store.KindConflict:
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "Your plan was not changed",
+				Message: err.Error(), ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		case err != nil:
+			s.logger.ErrorContext(ctx, "payment provider: switch plan", "subscription", sub.ID, "plan", plan.Code, "err", err)
+			s.errorPage(w, r, errorPage{Status: http.StatusBadGateway, Heading: "Your plan was not changed",
+				Message:   "We could not reach our payment provider, so your plan stays as it was. Please try again in a few minutes.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		}
+		switch {
+		case !changed && plan.Code == sub.PlanCode:
+			s.flash(ctx, "Your "+sub.PlanName+" plan stays as it is already.")
+		case !changed:
+			s.flash(ctx, "Your plan switches to "+plan.Name+" on "+end+" already.")
+		case plan.Code == sub.PlanCode:
+			s.flash(ctx, "You stay on the "+sub.PlanName+" plan: it renews on "+end+" for "+billing.FormatMoney(sub.PriceMinor, sub.Currency)+".")
+		default:
+			s.flash(ctx, "Your plan switches to "+plan.Name+" on "+end+": from then on, "+billing.FormatCredits(plan.CreditsPerPeriod)+
+				" credits a month for "+billing.FormatMoney(plan.PriceMinor, plan.Currency)+". Until then your "+sub.PlanName+" plan and its credits stay as they are.")
+		}
+		redirect(w, r, "/dashboard/subscription")
+	})
+}
+
 // RenewSimulatedSubscription serves POST /dashboard/subscription/renew
 // (the simulator only): the subscription's clock moves to its period's
 // end, so that it renews (or ends, when set to) now.

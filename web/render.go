@@ -151,6 +151,7 @@ func (t *templates) funcs() template.FuncMap {
 		"amountinput": amountInput,
 		"within":      within,
 		"derefstr":    func(p *string) string { return *p },
+		"derefint":    func(p *int64) int64 { return *p },
 		// A phone's keyboard for an amount: digits, with a decimal point
 		// where the currency has cents.
 		"amountmode": func(currency string) string {

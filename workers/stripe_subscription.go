@@ -191,17 +191,37 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
+	// Applied before (re-processed, or delivered again): nothing more, even
+	// if the plan has switched since.
+	if done, err := store.InvoiceRecorded(ctx, tx, inv.ID); err != nil || done {
+		return store.OutcomeApplied, "already granted", fx, err
+	}
 	start, end, ok := invoicePeriod(inv)
+	// The plan chosen from this renewal on, billed at its price for the
+	// first time.
+	switching := sub.NextPriceMinor != nil && inv.AmountPaid == *sub.NextPriceMinor && inv.AmountPaid != sub.PriceMinor
 	switch {
 	case !ok:
 		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
-	case inv.AmountPaid != sub.PriceMinor || string(inv.Currency) != sub.Currency:
-		// Fulfilment trusts what was sold; plan changes, discounts and
-		// prorations are not offered.
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s does not match the plan's %d %s", inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency), fx, nil
+	case (inv.AmountPaid != sub.PriceMinor && !switching) || string(inv.Currency) != sub.Currency:
+		// Fulfilment trusts what was sold; discounts and prorations are
+		// not offered.
+		next := ""
+		if sub.NextPriceMinor != nil {
+			next = fmt.Sprintf(" (or the %d of the plan it switches to)", *sub.NextPriceMinor)
+		}
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s does not match the plan's %d %s%s", inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency, next), fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
 			inv.ID, end.Format(time.RFC3339)), fx, nil
+	}
+	switchNote := ""
+	if switching {
+		from := sub.PlanName
+		if sub, err = store.SwitchToNextPlan(ctx, tx, sub.ID); err != nil {
+			return "", "", fx, err
+		}
+		switchNote = fmt.Sprintf("; switched from %s to %s", from, sub.PlanName)
 	}
 	dup, err := w.endIfDuplicate(ctx, tx, sub)
 	if err != nil {
@@ -265,7 +285,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + dupNote, fx, nil
+	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + switchNote + dupNote, fx, nil
 }
 
 // applyInvoiceFailed tells the customer a renewal did not go through

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/PuerkitoBio/goquery"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
@@ -731,4 +732,98 @@ func subscriber(t *testing.T) (*testApp, store.User, *browser) {
 func deleteAccount(t *testing.T, b *browser) {
 	t.Helper()
 	mustRedirect(t, b.post("/settings/delete", url.Values{"current_password": {storetest.DefaultPassword}, "confirm": {"DELETE"}}), "/")
+}
+
+// A plan switches from its next renewal: the provider bills the other
+// plan's price from then on (no proration), the month under way stays as
+// paid, and the first invoice at that price makes it the plan (its
+// credits, its receipt). A switch can be undone before then; a plan set to
+// end must be kept first.
+func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	end := *sub.CurrentPeriodEnd
+	endDate := end.UTC().Format("2 Jan 2006")
+	form := func(plan string) url.Values { return url.Values{"subscription": {formatID(sub.ID)}, "plan": {plan}} }
+	switchTo := func(plan string) *goquery.Document {
+		t.Helper()
+		mustRedirect(t, b.post("/dashboard/subscription/switch", form(plan)), "/dashboard/subscription")
+		return b.get("/dashboard/subscription").Doc(t)
+	}
+	current := func() store.Subscription {
+		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, 1, doc.Find(`.subscription-switch-form[data-plan="pro"]`).Length())
+	require.Zero(t, doc.Find(`.subscription-switch-form[data-plan="basic"]`).Length(), "no switch to the plan it is on")
+
+	doc = switchTo("pro")
+	require.Contains(t, acctText(doc, "#flash"), "Your plan switches to Pro on "+endDate+": from then on, 2,500 credits a month for $30.00.")
+	require.Equal(t, "Pro", acctText(doc, "#subscription-next-plan"))
+	require.Equal(t, "Basic", acctText(doc, "#subscription-plan"), "the plan stays until its renewal")
+	require.Contains(t, acctText(doc, "#subscription-period"), "for $30.00: the month's credits expire then, and the next month's 2,500 credits are added.")
+	require.Zero(t, doc.Find(".subscription-switch-form").Length())
+	require.Equal(t, int64(3000), mustSimSub(t, ta, sub).AmountMinor, "the provider bills Pro's price from the next renewal")
+	require.Contains(t, acctText(b.get("/dashboard").Doc(t), "#dashboard-plan"), "Your plan: Basic, 1,000 credits a month; it renews on "+endDate+" as Pro.")
+	require.Contains(t, acctText(switchTo("pro"), "#flash"), "switches to Pro on "+endDate+" already")
+
+	// Undone: the provider bills Basic's price again.
+	doc = switchTo("basic")
+	require.Contains(t, acctText(doc, "#flash"), "You stay on the Basic plan: it renews on "+endDate+" for $15.00.")
+	require.Zero(t, doc.Find("#subscription-switch").Length())
+	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor)
+	require.Nil(t, current().NextPlanCode)
+
+	// Chosen again, then the month ends: Pro from then on.
+	switchTo("pro")
+	mustRedirect(t, b.post("/dashboard/subscription/renew", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "the renewal applied", func() bool { return len(subscriptionPayments(t, ta, sub)) == 2 })
+	now := current()
+	require.Equal(t, "pro", now.PlanCode)
+	require.Equal(t, int64(2500), now.CreditsPerPeriod)
+	require.Equal(t, int64(3000), now.PriceMinor)
+	require.Nil(t, now.NextPlanCode)
+	pays := subscriptionPayments(t, ta, sub)
+	require.Equal(t, "basic", *pays[0].PlanCode, "each payment keeps the plan it paid for")
+	require.Equal(t, "pro", *pays[1].PlanCode)
+	require.Equal(t, int64(3000), pays[1].AmountMinor)
+	require.Equal(t, int64(2500), pays[1].Credits)
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(1000+2500), bal.ByKind[store.GrantSubscription], "Basic's month, then Pro's")
+	ta.waitMail(u.Email, "Receipt: $30.00 for your Pro plan ("+endDate+" – "+end.AddDate(0, 1, 0).UTC().Format("2 Jan 2006")+")")
+	doc = b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, "Pro", acctText(doc, "#subscription-plan"))
+	require.Equal(t, 1, doc.Find(`.subscription-switch-form[data-plan="basic"]`).Length(), "and back to Basic is offered")
+
+	// The first invoice processed again changes nothing (it paid for Basic).
+	first := whCount(t, ta, `SELECT count(*) FROM stripe_events WHERE type = 'invoice.paid'`)
+	require.Equal(t, 2, first)
+	var firstEvent string
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT id FROM stripe_events WHERE type = 'invoice.paid' ORDER BY created, received_at LIMIT 1`).Scan(&firstEvent))
+	_, admin := whAdmin(t, ta)
+	mustRedirect(t, admin.post("/admin/webhooks/"+firstEvent+"/reprocess", url.Values{}), "/admin/webhooks/"+firstEvent)
+	eventually(t, 10*time.Second, "the invoice processed again", func() bool {
+		ev, err := ta.store.StripeEventByID(ctx, firstEvent)
+		return err == nil && ev.OutcomeDetail != nil && strings.Contains(*ev.OutcomeDetail, "already granted")
+	})
+	ev, err := ta.store.StripeEventByID(ctx, firstEvent)
+	require.NoError(t, err)
+	require.Equal(t, store.OutcomeApplied, *ev.Outcome)
+
+	// Set to end: no switch is offered, and one asked is refused.
+	mustRedirect(t, b.post("/dashboard/subscription/cancel", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
+	require.Zero(t, b.get("/dashboard/subscription").Doc(t).Find(".subscription-switch-form").Length())
+	require.Contains(t, acctText(switchTo("basic"), "#flash"), "keep it first")
+	require.Nil(t, current().NextPlanCode)
+
+	require.Equal(t, http.StatusNotFound, b.post("/dashboard/subscription/switch", form("gold")).Status)
+	other := ta.signIn(storetest.NewUser(t, ta.store, storetest.UserOpts{}).Email)
+	require.Equal(t, http.StatusNotFound, other.post("/dashboard/subscription/switch", form("basic")).Status)
+	whNoViolations(t, ta)
 }
