@@ -99,7 +99,7 @@ func (s *server) routes() http.Handler {
 			r.Post("/dashboard/subscription/renew", site.RenewSimulatedSubscription().ServeHTTP)
 			r.Post("/dashboard/subscription/fail-renewal", site.SimulateRenewalFailure().ServeHTTP)
 			r.Post("/dashboard/subscription/pay-overdue", site.PayOverdueSimulated().ServeHTTP)
-			r.Get("/dashboard/subscription/{form:cancel|resume|renew|fail-renewal|pay-overdue}", http.RedirectHandler("/dashboard/subscription", http.StatusSeeOther).ServeHTTP)
+			r.Get("/dashboard/subscription/{form:cancel|resume|switch|renew|fail-renewal|pay-overdue}", http.RedirectHandler("/dashboard/subscription", http.StatusSeeOther).ServeHTTP)
 			r.Get("/dashboard/payments", site.Payments().ServeHTTP)
 			r.Get("/dashboard/payments/{id}/receipt", site.Receipt().ServeHTTP)
 			r.Post("/dashboard/payments/{id}/cancel", site.CancelCheckout().ServeHTTP)

@@ -1,9 +1,10 @@
 -- A live subscription can switch plans from its next renewal: the plan
 -- chosen waits in next_* (the provider bills its price from then on, no
--- proration), and the first invoice paid at that price makes it the
--- subscription's plan (plan_code, price and credits then describe the plan
--- now billed; each invoice payment keeps its own plan). Plans of a switch
--- share the subscription's currency.
+-- proration). Each paid invoice is fulfilled as the plan its amount paid
+-- for, which becomes the subscription's plan (plan_code, price and credits
+-- describe the plan billed last; each invoice payment keeps its own plan);
+-- next_* then holds the plan chosen for the renewals after it, if it is
+-- another. Only a live subscription has a next plan.
 
 -- +goose Up
 ALTER TABLE subscriptions
@@ -13,4 +14,5 @@ ALTER TABLE subscriptions
     ADD CONSTRAINT subscriptions_next_plan CHECK (
         (next_plan_code IS NULL) = (next_price_minor IS NULL)
         AND (next_plan_code IS NULL) = (next_credits_per_period IS NULL)
-        AND next_plan_code IS DISTINCT FROM plan_code);
+        AND next_plan_code IS DISTINCT FROM plan_code
+        AND (next_plan_code IS NULL OR status IN ('active', 'past_due')));

@@ -246,30 +246,45 @@ type PlanSubscriptions struct {
 func (p PlanSubscriptions) Live() int64 { return p.Active + p.PastDue }
 
 // SubscriptionsSince counts, by plan and currency, the subscriptions live
-// now and those started and ended since the day first (a date in UTC). An
-// end is counted by its provider's time, which the simulator's clock may
-// date after today (it ends a period ahead of time). Every plan for sale
-// has a row in its own currency, with noughts when nothing counts; a plan
-// no longer sold has one only when something does.
+// now and those started and ended since the day first (a date in UTC). A
+// start counts under the plan its first invoice paid for (a subscription
+// may switch plans later); live ones and ends under the plan they are on.
+// An end is counted by its provider's time, which the simulator's clock
+// may date after today (it ends a period ahead of time). Every plan for
+// sale has a row in its own currency, with noughts when nothing counts; a
+// plan no longer sold has one only when something does.
 func (s *Store) SubscriptionsSince(ctx context.Context, first time.Time) ([]PlanSubscriptions, error) {
+	lo := time.Date(first.Year(), first.Month(), first.Day(), 0, 0, 0, 0, time.UTC)
+	return s.subscriptionCounts(ctx, &lo)
+}
+
+// LiveSubscriptions counts the live subscriptions by plan and currency
+// (SubscriptionsSince without starts and ends: the leader's gauges).
+func (s *Store) LiveSubscriptions(ctx context.Context) ([]PlanSubscriptions, error) {
+	return s.subscriptionCounts(ctx, nil)
+}
+
+func (s *Store) subscriptionCounts(ctx context.Context, lo *time.Time) ([]PlanSubscriptions, error) {
+	// lo is a parameter, not a CTE's column, so that the planner sees the
+	// range: a day's first payments are then found through the paid_at
+	// index and each checked against its subscription's earlier ones.
 	rows, err := s.pool.Query(ctx, `
-WITH w AS (SELECT $1::date::timestamp AT TIME ZONE 'UTC' AS lo),
-live AS (
+WITH live AS (
   SELECT plan_code, currency, count(*) FILTER (WHERE status = 'active') AS active,
          count(*) FILTER (WHERE status = 'past_due') AS past_due,
          count(*) FILTER (WHERE cancel_at_period_end) AS canceling, sum(price_minor) AS monthly
     FROM subscriptions WHERE status IN ('active', 'past_due') GROUP BY 1, 2),
 started AS (
-  SELECT s.plan_code, s.currency, count(*) AS n
-    FROM payments p JOIN subscriptions s ON s.id = p.subscription_id, w
-   WHERE p.paid_at >= w.lo AND p.subscription_id IS NOT NULL
+  SELECT p.plan_code, p.currency, count(*) AS n
+    FROM payments p
+   WHERE $1::timestamptz IS NOT NULL AND p.paid_at >= $1 AND p.subscription_id IS NOT NULL
      AND NOT EXISTS (SELECT 1 FROM payments q
                       WHERE q.subscription_id = p.subscription_id AND q.paid_at IS NOT NULL
                         AND (q.paid_at, q.id) < (p.paid_at, p.id))
    GROUP BY 1, 2),
 ended AS (
-  SELECT plan_code, currency, count(*) AS n FROM subscriptions, w
-   WHERE canceled_at >= w.lo GROUP BY 1, 2),
+  SELECT plan_code, currency, count(*) AS n FROM subscriptions
+   WHERE $1::timestamptz IS NOT NULL AND canceled_at >= $1 GROUP BY 1, 2),
 k AS (
   SELECT code AS plan_code, currency FROM plans WHERE active
   UNION SELECT plan_code, currency FROM live
@@ -283,7 +298,7 @@ SELECT k.plan_code, pl.name AS plan_name, k.currency,
   LEFT JOIN live l ON l.plan_code = k.plan_code AND l.currency = k.currency
   LEFT JOIN started st ON st.plan_code = k.plan_code AND st.currency = k.currency
   LEFT JOIN ended e ON e.plan_code = k.plan_code AND e.currency = k.currency
- ORDER BY pl.sort, pl.credits_per_period, k.currency`, first)
+ ORDER BY pl.sort, pl.credits_per_period, k.currency`, lo)
 	if err != nil {
 		return nil, err
 	}

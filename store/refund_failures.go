@@ -72,13 +72,15 @@ func (s *Store) PaymentsWithRefundFailures(ctx context.Context, ids []int64) (ma
 	return out, err
 }
 
-// Why says in words why the refund did not go through.
+// Why says in words why the refund did not go through: the provider's
+// reason, "no reason given" for a failure without one, "" for a refund
+// canceled without one.
 func (f RefundFailure) Why() string {
 	switch {
 	case f.FailureReason != nil:
 		return strings.ReplaceAll(*f.FailureReason, "_", " ")
 	case f.Status == "canceled":
-		return "canceled"
+		return ""
 	}
 	return "no reason given"
 }

@@ -147,18 +147,28 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 	return changed, err
 }
 
-// SwitchToNextPlan makes the plan a subscription switches to its plan
-// (its first invoice at that plan's price was paid) and returns it.
-func SwitchToNextPlan(ctx context.Context, tx pgx.Tx, id int64) (Subscription, error) {
-	tag, err := tx.Exec(ctx, `
-UPDATE subscriptions SET plan_code = next_plan_code, price_minor = next_price_minor, credits_per_period = next_credits_per_period,
-       next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL, updated_at = now()
- WHERE id = $1 AND next_plan_code IS NOT NULL`, id)
+// BilledPlan is the plan a paid invoice paid for.
+type BilledPlan struct {
+	Code             string
+	PriceMinor       int64
+	CreditsPerPeriod int64
+}
+
+// ApplyBilledPlan makes the plan an invoice paid for the subscription's
+// plan, when it is another (or another price), and returns the
+// subscription. The plan chosen for the renewals after it stays chosen:
+// the next plan, or the plan it was on, unless that is the plan billed.
+func ApplyBilledPlan(ctx context.Context, tx pgx.Tx, id int64, b BilledPlan) (Subscription, error) {
+	_, err := tx.Exec(ctx, `
+UPDATE subscriptions SET
+       next_plan_code = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL ELSE coalesce(next_plan_code, plan_code) END,
+       next_price_minor = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL ELSE coalesce(next_price_minor, price_minor) END,
+       next_credits_per_period = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL
+                                      ELSE coalesce(next_credits_per_period, credits_per_period) END,
+       plan_code = $2, price_minor = $3, credits_per_period = $4, updated_at = now()
+ WHERE id = $1 AND (plan_code <> $2 OR price_minor <> $3 OR credits_per_period <> $4)`, id, b.Code, b.PriceMinor, b.CreditsPerPeriod)
 	if err != nil {
 		return Subscription{}, err
-	}
-	if tag.RowsAffected() != 1 {
-		return Subscription{}, fmt.Errorf("subscription %d has no plan to switch to", id)
 	}
 	return oneSubscription(tx.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`WHERE s.id = $1`, id))
 }
@@ -346,6 +356,9 @@ func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st Subscri
 UPDATE subscriptions SET
        status = CASE WHEN status = 'canceled' THEN 'canceled' ELSE $2 END,
        canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
+       next_plan_code = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_plan_code END,
+       next_price_minor = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_price_minor END,
+       next_credits_per_period = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_credits_per_period END,
        current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
        current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
        cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second' THEN cancel_at_period_end ELSE $5 END,
@@ -471,7 +484,8 @@ func OtherLiveSubscription(ctx context.Context, tx pgx.Tx, userID, id int64) (bo
 // another live one (two checkouts paid): canceled now, before it could
 // start. It reports whether it changed it.
 func EndDuplicateSubscription(ctx context.Context, tx pgx.Tx, id int64) (bool, error) {
-	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now(), updated_at = now()
+	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now(), updated_at = now(),
+       next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL
  WHERE id = $1 AND status <> 'canceled' AND stripe_subscription_id IS NOT NULL`, id)
 	return tag.RowsAffected() == 1, err
 }

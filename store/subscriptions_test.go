@@ -372,3 +372,39 @@ func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrNotFound)
 	require.Equal(t, 2, told)
 }
+
+// A subscription that switched plans counts its start under the plan its
+// first invoice paid for, and is live under the plan it is on now.
+func TestASwitchedSubscriptionStartedOnItsFirstPlan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := storetest.NewStore(t)
+	sub := paidSubscription(t, st, "basic", store.SubscriptionState{}, time.Now().AddDate(0, 0, -3))
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		now, err := store.ApplyBilledPlan(ctx, tx, sub.ID, store.BilledPlan{Code: "pro", PriceMinor: 3000, CreditsPerPeriod: 2500})
+		if err != nil {
+			return err
+		}
+		if now.PlanCode != "pro" || now.NextPlanCode == nil || *now.NextPlanCode != "basic" || *now.NextPriceMinor != 1500 {
+			return fmt.Errorf("after the billed plan: %+v", now)
+		}
+		end := time.Now().AddDate(0, 1, 0)
+		g, err := store.Grant(ctx, tx, store.NewGrant{UserID: sub.UserID, Kind: store.GrantSubscription, Amount: 2500, ExpiresAt: &end, SourceKind: "invoice", SourceID: "in_switched"})
+		if err != nil {
+			return err
+		}
+		_, _, err = store.RecordInvoicePayment(ctx, tx, store.InvoicePayment{Subscription: now, InvoiceID: "in_switched", AmountMinor: 3000,
+			Currency: "usd", PeriodStart: time.Now(), PeriodEnd: end, GrantID: g.GrantID, PaidAt: time.Now()})
+		return err
+	}))
+	got, err := st.SubscriptionsSince(ctx, time.Now().UTC().AddDate(0, 0, -6))
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	basic, pro := got[0], got[1]
+	require.Equal(t, []int64{0, 1, 0}, []int64{basic.Live(), basic.Started, basic.Ended}, "started on Basic")
+	require.Equal(t, []int64{1, 0, 3000}, []int64{pro.Live(), pro.Started, pro.MonthlyMinor}, "live on Pro")
+	live, err := st.LiveSubscriptions(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(0), live[0].Started+live[1].Started+live[0].Ended+live[1].Ended, "live counts only")
+	require.Equal(t, int64(1), live[1].Live())
+}

@@ -105,91 +105,108 @@ func (s *Site) StartSubscription() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		live, found, err := s.store.LiveSubscription(ctx, u.ID)
-		if err != nil {
+		// One user's Subscribe requests run one at a time (two clicks
+		// on two plans at once would otherwise both find no checkout open
+		// and open one each).
+		err = s.store.WithUserLock(ctx, "subscribe", u.ID, func() error {
+			s.openSubscriptionCheckout(w, r, u, plan, f)
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
 			s.serverError(w, r, err)
-			return
-		}
-		if found {
-			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You already subscribe",
-				Message:   "Your " + live.PlanName + " plan is running. To change plans, cancel it and subscribe again once it has ended. Nothing was charged now.",
-				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
-			return
-		}
-		// A checkout opened before and not finished: for this plan, the
-		// buyer goes back to it (a double click, another tab); for another
-		// plan, it is closed first, so that two checkouts cannot both be
-		// paid (two live subscriptions, one refused when it starts).
-		opened, err := s.store.OpenSubscriptionCheckouts(ctx, u.ID)
-		if err != nil {
-			s.serverError(w, r, err)
-			return
-		}
-		for i := len(opened) - 1; i >= 0; i-- {
-			if open := opened[i]; open.PlanCode == plan.Code && open.CheckoutURL != nil {
-				opened = append(opened[:i], opened[i+1:]...)
-				if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
-					return
-				}
-				s.redirectToCheckout(w, r, *open.CheckoutURL)
-				return
-			}
-		}
-		if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
-			return
-		}
-		customer, err := s.customerOf(ctx, u)
-		if err != nil {
-			s.customerError(w, r, err, "/dashboard/subscription", "Back to the plans")
-			return
-		}
-		params := billing.SubscriptionCheckoutParams{
-			UserID: u.ID, CustomerID: customer, Plan: plan, Ref: store.NewSecret()[:24],
-			SuccessURL: s.absURL("/dashboard/subscription/success?session_id={CHECKOUT_SESSION_ID}"),
-			CancelURL:  s.absURL("/dashboard/subscription"),
-		}
-		if n := f.raw("nonce"); n != "" && len(n) <= 64 {
-			params.IdempotencyKey = "quickscale-subscribe-" + strconv.FormatInt(u.ID, 10) + "-" + plan.Code + "-" + n
-		}
-		base := params.IdempotencyKey
-		for hops := 0; ; hops++ {
-			sess, err := s.gateway.CreateSubscriptionCheckout(ctx, params)
-			if err != nil {
-				s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
-				return
-			}
-			prev, err := s.store.UserSubscriptionBySession(ctx, u.ID, sess.ID)
-			switch {
-			case errors.Is(err, store.ErrNotFound):
-				_, err = s.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: plan, CheckoutSessionID: sess.ID,
-					CheckoutURL: sess.URL, CheckoutRef: params.Ref, CustomerID: customer})
-				if store.ErrorKind(err) == store.KindNotFound {
-					s.errorPage(w, r, errorPage{Status: http.StatusGone, Heading: "This account was deleted",
-						Message: "It was deleted while the checkout was being opened, so nothing was bought.", ActionURL: "/", ActionLabel: "Home"})
-					return
-				}
-				if err != nil && store.ErrorKind(err) != store.KindConflict {
-					s.serverError(w, r, err)
-					return
-				}
-			case err != nil:
-				s.serverError(w, r, err)
-				return
-			case prev.Status != store.SubCheckout && params.IdempotencyKey != "":
-				// The same form again after its checkout finished (a page
-				// from history): a new checkout, under a key of its own.
-				if hops == maxSubscriptionResubmits {
-					s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This page is too old",
-						Message: "Reload the subscription page and choose again. Nothing was charged now.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
-					return
-				}
-				params.IdempotencyKey = base + "-after-" + sess.ID
-				continue
-			}
-			s.redirectToCheckout(w, r, sess.URL)
-			return
 		}
 	})
+}
+
+// openSubscriptionCheckout is StartSubscription under the user's
+// subscribe lock: it refuses a second plan, goes back to an open checkout
+// of the same plan (closing others) or opens a new one.
+func (s *Site) openSubscriptionCheckout(w http.ResponseWriter, r *http.Request, u *store.User, plan store.Plan, f *form) {
+	ctx := r.Context()
+	live, found, err := s.store.LiveSubscription(ctx, u.ID)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if found {
+		s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "You already subscribe",
+			Message:   "Your " + live.PlanName + " plan is running. To change plans, choose Switch on your subscription page: the other plan takes over at your next renewal. Nothing was charged now.",
+			ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+		return
+	}
+	// A checkout opened before and not finished: for this plan, the
+	// buyer goes back to it (a double click, another tab); for another
+	// plan, it is closed first, so that two checkouts cannot both be
+	// paid (two live subscriptions, one refused when it starts).
+	opened, err := s.store.OpenSubscriptionCheckouts(ctx, u.ID)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	for i := len(opened) - 1; i >= 0; i-- {
+		if open := opened[i]; open.PlanCode == plan.Code && open.CheckoutURL != nil {
+			opened = append(opened[:i], opened[i+1:]...)
+			if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
+				return
+			}
+			s.redirectToCheckout(w, r, *open.CheckoutURL)
+			return
+		}
+	}
+	if err := s.closeSubscriptionCheckouts(w, r, opened); err != nil {
+		return
+	}
+	customer, err := s.customerOf(ctx, u)
+	if err != nil {
+		s.customerError(w, r, err, "/dashboard/subscription", "Back to the plans")
+		return
+	}
+	params := billing.SubscriptionCheckoutParams{
+		UserID: u.ID, CustomerID: customer, Plan: plan, Ref: store.NewSecret()[:24],
+		SuccessURL: s.absURL("/dashboard/subscription/success?session_id={CHECKOUT_SESSION_ID}"),
+		CancelURL:  s.absURL("/dashboard/subscription"),
+	}
+	if n := f.raw("nonce"); n != "" && len(n) <= 64 {
+		params.IdempotencyKey = "quickscale-subscribe-" + strconv.FormatInt(u.ID, 10) + "-" + plan.Code + "-" + n
+	}
+	base := params.IdempotencyKey
+	for hops := 0; ; hops++ {
+		sess, err := s.gateway.CreateSubscriptionCheckout(ctx, params)
+		if err != nil {
+			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Back to the plans")
+			return
+		}
+		prev, err := s.store.UserSubscriptionBySession(ctx, u.ID, sess.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			_, err = s.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: plan, CheckoutSessionID: sess.ID,
+				CheckoutURL: sess.URL, CheckoutRef: params.Ref, CustomerID: customer})
+			if store.ErrorKind(err) == store.KindNotFound {
+				s.errorPage(w, r, errorPage{Status: http.StatusGone, Heading: "This account was deleted",
+					Message: "It was deleted while the checkout was being opened, so nothing was bought.", ActionURL: "/", ActionLabel: "Home"})
+				return
+			}
+			if err != nil && store.ErrorKind(err) != store.KindConflict {
+				s.serverError(w, r, err)
+				return
+			}
+		case err != nil:
+			s.serverError(w, r, err)
+			return
+		case prev.Status != store.SubCheckout && params.IdempotencyKey != "":
+			// The same form again after its checkout finished (a page
+			// from history): a new checkout, under a key of its own.
+			if hops == maxSubscriptionResubmits {
+				s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "This page is too old",
+					Message: "Reload the subscription page and choose again. Nothing was charged now.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+				return
+			}
+			params.IdempotencyKey = base + "-after-" + sess.ID
+			continue
+		}
+		s.redirectToCheckout(w, r, sess.URL)
+		return
+	}
 }
 
 // closeSubscriptionCheckouts closes open plan checkouts at the provider
@@ -411,6 +428,9 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 		}
 		if cancel {
 			s.flash(ctx, "Your "+sub.PlanName+" plan will not renew: it ends on "+end+". Its credits stay yours until then.")
+		} else if sub.NextPlanName != nil {
+			s.flash(ctx, "Your plan renews again on "+end+", as the "+*sub.NextPlanName+" plan you chose: "+
+				billing.FormatCredits(*sub.NextCreditsPerPeriod)+" credits a month for "+billing.FormatMoney(*sub.NextPriceMinor, sub.Currency)+".")
 		} else {
 			s.flash(ctx, "Your "+sub.PlanName+" plan renews again on "+end+".")
 		}
@@ -422,7 +442,9 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 // live subscription switches to another plan (form field plan) from its
 // next renewal, when that plan's credits and price take over; there is no
 // proration, the month under way stays as paid. Its own plan as the plan
-// undoes a switch chosen before. A plan set to end must be kept first.
+// undoes a switch chosen before, at the subscription's own price (which
+// may be older than the catalog's, and its plan no longer for sale). A
+// plan set to end must be kept first.
 func (s *Site) SwitchSubscriptionPlan() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
@@ -430,7 +452,7 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		if !ok {
 			return
 		}
-		plan, err := s.store.PlanByCode(ctx, r.PostFormValue("plan"))
+		plan, err := s.switchTarget(ctx, sub, r.PostFormValue("plan"))
 		if store.ErrorKind(err) == store.KindNotFound {
 			s.errorPage(w, r, errorPage{Status: http.StatusNotFound, Heading: "No such plan",
 				Message: "That plan is not for sale. Choose one of the plans offered.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
@@ -440,17 +462,24 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		end := ""
+		when := "at its next renewal"
 		if sub.CurrentPeriodEnd != nil {
-			end = sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")
+			when = "on " + sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")
 		}
 		if sub.CancelAtPeriodEnd && plan.Code != sub.PlanCode {
-			s.flash(ctx, "Your "+sub.PlanName+" plan is set to end on "+end+": keep it first, then choose the plan it switches to.")
+			s.flash(ctx, "Your "+sub.PlanName+" plan is set to end "+when+": keep it first, then choose the plan it switches to.")
 			redirect(w, r, "/dashboard/subscription")
 			return
 		}
-		changed, err := s.store.ScheduleSwitch(ctx, sub.ID, plan, func() error {
-			return s.gateway.ChangeSubscriptionPlan(ctx, *sub.StripeSubscriptionID, plan)
+		// The change and its record are not cut short by the browser
+		// going away once the provider is asked.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 45*time.Second)
+		defer cancel()
+		told := false
+		changed, err := s.store.ScheduleSwitch(sctx, sub.ID, plan, func() error {
+			err := s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, plan)
+			told = err == nil
+			return err
 		})
 		switch {
 		case errors.Is(err, store.ErrNotFound), errors.Is(err, billing.ErrSubscriptionEnded):
@@ -460,6 +489,34 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		case store.ErrorKind(err) == store.KindConflict:
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "Your plan was not changed",
 				Message: err.Error(), ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
+		case err != nil && told:
+			// The provider took it but it could not be recorded: undone at
+			// the provider, so that both say what the page shows.
+			s.logger.ErrorContext(ctx, "switch plan: the provider took it, recording it failed; undoing it", "subscription", sub.ID, "plan", plan.Code, "err", err)
+			prev, perr := s.switchTarget(sctx, sub, sub.PlanCode)
+			if perr == nil && sub.NextPlanCode != nil {
+				prev = store.Plan{Code: *sub.NextPlanCode, Name: derefOr(sub.NextPlanName, *sub.NextPlanCode), PriceMinor: *sub.NextPriceMinor,
+					CreditsPerPeriod: *sub.NextCreditsPerPeriod, Currency: sub.Currency}
+				if p, err := s.store.PlanByCode(sctx, prev.Code); err == nil && p.PriceMinor == prev.PriceMinor {
+					prev.StripePriceID = p.StripePriceID
+				}
+			}
+			if perr == nil {
+				perr = s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, prev)
+			}
+			if perr != nil {
+				// Each renewal's payment is fulfilled as the plan it paid
+				// for, so the customer still gets what they pay for.
+				s.logger.ErrorContext(ctx, "switch plan: undoing it at the provider failed", "subscription", sub.ID, "err", perr)
+				s.flash(ctx, "Our payment provider has your change: from your next renewal you pay for the "+plan.Name+" plan and get its credits. "+
+					"We could not note it here, so this page shows it only after that renewal.")
+				redirect(w, r, "/dashboard/subscription")
+				return
+			}
+			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Your plan was not changed",
+				Message:   "We could not save your change, so it was undone and your plan stays as it was. Please try again in a few minutes.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
 			return
 		case err != nil:
 			s.logger.ErrorContext(ctx, "payment provider: switch plan", "subscription", sub.ID, "plan", plan.Code, "err", err)
@@ -472,15 +529,31 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		case !changed && plan.Code == sub.PlanCode:
 			s.flash(ctx, "Your "+sub.PlanName+" plan stays as it is already.")
 		case !changed:
-			s.flash(ctx, "Your plan switches to "+plan.Name+" on "+end+" already.")
+			s.flash(ctx, "Your plan switches to "+plan.Name+" "+when+" already.")
 		case plan.Code == sub.PlanCode:
-			s.flash(ctx, "You stay on the "+sub.PlanName+" plan: it renews on "+end+" for "+billing.FormatMoney(sub.PriceMinor, sub.Currency)+".")
+			s.flash(ctx, "You stay on the "+sub.PlanName+" plan: it renews "+when+" for "+billing.FormatMoney(sub.PriceMinor, sub.Currency)+".")
 		default:
-			s.flash(ctx, "Your plan switches to "+plan.Name+" on "+end+": from then on, "+billing.FormatCredits(plan.CreditsPerPeriod)+
+			s.flash(ctx, "Your plan switches to "+plan.Name+" "+when+": from then on, "+billing.FormatCredits(plan.CreditsPerPeriod)+
 				" credits a month for "+billing.FormatMoney(plan.PriceMinor, plan.Currency)+". Until then your "+sub.PlanName+" plan and its credits stay as they are.")
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})
+}
+
+// switchTarget is the plan a switch form names: the subscription's own
+// plan at its own price (staying), or a plan for sale.
+func (s *Site) switchTarget(ctx context.Context, sub store.Subscription, code string) (store.Plan, error) {
+	if code != sub.PlanCode {
+		return s.store.PlanByCode(ctx, code)
+	}
+	own := store.Plan{Code: sub.PlanCode, Name: sub.PlanName, CreditsPerPeriod: sub.CreditsPerPeriod, PriceMinor: sub.PriceMinor, Currency: sub.Currency}
+	// Its synced price serves when it is the price the subscription pays.
+	if p, err := s.store.PlanByCode(ctx, code); err == nil && p.PriceMinor == sub.PriceMinor && p.Currency == sub.Currency {
+		own.StripePriceID = p.StripePriceID
+	} else if err != nil && store.ErrorKind(err) != store.KindNotFound {
+		return own, err
+	}
+	return own, nil
 }
 
 // RenewSimulatedSubscription serves POST /dashboard/subscription/renew
@@ -551,4 +624,12 @@ func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, str
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})
+}
+
+// derefOr is *p, or def when p is nil.
+func derefOr(p *string, def string) string {
+	if p == nil {
+		return def
+	}
+	return *p
 }

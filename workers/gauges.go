@@ -134,8 +134,8 @@ func (g *Gauges) RefreshSweep(ctx context.Context) {
 }
 
 // RefreshLiability updates the money gauges when leader: the
-// outstanding credits and the live subscriptions. Their refresh time is
-// the liability group's, set only when both were read.
+// outstanding credits ("liability" refresh time) and the live
+// subscriptions ("subscriptions"), each stamped only when it was read.
 func (g *Gauges) RefreshLiability(ctx context.Context) {
 	m := g.metrics
 	if !g.leader(ctx) {
@@ -145,18 +145,19 @@ func (g *Gauges) RefreshLiability(ctx context.Context) {
 		m.SubscriptionsCanceling.Reset()
 		m.SubscriptionsMonthlyMinor.Reset()
 		m.MetricsRefreshAge.DeleteLabelValues("liability")
+		m.MetricsRefreshAge.DeleteLabelValues("subscriptions")
 		return
 	}
-	l, err := g.store.CreditLiability(ctx)
-	if err != nil {
+	if l, err := g.store.CreditLiability(ctx); err != nil {
 		g.logger.WarnContext(ctx, "credit liability", "err", err)
-		return
+	} else {
+		for kind, n := range l.ByKind {
+			m.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
+		}
+		m.CreditsExpiring7d.WithLabelValues().Set(float64(l.Expiring7d))
+		m.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
 	}
-	for kind, n := range l.ByKind {
-		m.CreditsOutstanding.WithLabelValues(kind).Set(float64(n))
-	}
-	m.CreditsExpiring7d.WithLabelValues().Set(float64(l.Expiring7d))
-	plans, err := g.store.SubscriptionsSince(ctx, time.Now().UTC())
+	plans, err := g.store.LiveSubscriptions(ctx)
 	if err != nil {
 		g.logger.WarnContext(ctx, "live subscriptions", "err", err)
 		return
@@ -185,5 +186,5 @@ func (g *Gauges) RefreshLiability(ctx context.Context) {
 	for cur, n := range monthly {
 		m.SubscriptionsMonthlyMinor.WithLabelValues(cur).Set(float64(n))
 	}
-	m.MetricsRefreshAge.WithLabelValues("liability").SetToCurrentTime()
+	m.MetricsRefreshAge.WithLabelValues("subscriptions").SetToCurrentTime()
 }

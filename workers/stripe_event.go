@@ -509,12 +509,18 @@ func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, e
 	if err != nil {
 		return "", "", fx, err
 	}
-	if re.Amount <= 0 {
-		return store.OutcomeFailed, "refund " + re.ID + " has no amount", fx, nil
-	}
 	currency := string(re.Currency)
 	if currency == "" {
 		currency = pay.Currency
+	}
+	switch {
+	case re.Amount <= 0:
+		return store.OutcomeFailed, "refund " + re.ID + " has no amount", fx, nil
+	case currency != pay.Currency:
+		return store.OutcomeFailed, fmt.Sprintf("refund %s is in %s, payment #%d in %s: not recorded", re.ID, currency, pay.ID, pay.Currency), fx, nil
+	case re.Amount > pay.AmountMinor:
+		return store.OutcomeFailed, fmt.Sprintf("refund %s of %s is more than payment #%d's %s: not recorded", re.ID,
+			billing.FormatMoney(re.Amount, currency), pay.ID, billing.FormatMoney(pay.AmountMinor, pay.Currency)), fx, nil
 	}
 	f := store.RefundFailure{PaymentID: pay.ID, ProviderRefundID: re.ID, AmountMinor: re.Amount, Currency: currency,
 		Status: string(re.Status), FailedAt: ev.Created}
@@ -522,15 +528,41 @@ func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, e
 		r := string(re.FailureReason)
 		f.FailureReason = &r
 	}
-	what := "failed"
-	if re.Status == stripe.RefundStatusCanceled {
-		what = "was canceled"
-	}
 	if _, err := store.RecordRefundFailure(ctx, tx, f, ev.ID); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeFailed, fmt.Sprintf("refund %s of %s of payment #%d (user %d) %s (%s): the customer did not get that money back, "+
-		"but the payment counts it as refunded and its share of the credits is taken back. Refund them another way (the provider's "+
-		"dashboard) or give the credits back (Credits on their admin page); the payment's refund page shows it (/admin/payments/%d/refund)",
-		re.ID, billing.FormatMoney(re.Amount, currency), pay.ID, pay.UserID, what, f.Why(), pay.ID), fx, nil
+	email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	return store.OutcomeFailed, refundFailureDetail(f, pay, email == ""), fx, nil
+}
+
+// refundFailureDetail tells support what a failed refund means for its
+// payment, from what is recorded: charge.refunded events carry only the
+// charge's refunded total, so whether that total counts this refund is
+// not known here.
+func refundFailureDetail(f store.RefundFailure, pay store.Payment, deleted bool) string {
+	what := "failed"
+	if f.Status == "canceled" {
+		what = "was canceled"
+	}
+	why := ""
+	if w := f.Why(); w != "" {
+		why = " (" + w + ")"
+	}
+	d := fmt.Sprintf("refund %s of %s of payment #%d (user %d) %s%s: the customer did not get that money back. ",
+		f.ProviderRefundID, billing.FormatMoney(f.AmountMinor, f.Currency), pay.ID, pay.UserID, what, why)
+	if pay.AmountRefundedMinor == 0 {
+		d += "Nothing is recorded as refunded on this payment yet; should charge.refunded still come for it, its share of the credits is taken back then. "
+	} else {
+		d += fmt.Sprintf("The payment shows %s refunded and %d credits taken back, which may count this refund. ",
+			billing.FormatMoney(pay.AmountRefundedMinor, pay.Currency), pay.CreditsClawedBack)
+	}
+	if deleted {
+		d += "The account was deleted: refund the customer another way (the provider's dashboard) if they ask"
+	} else {
+		d += "Refund the customer another way (the provider's dashboard) or give the credits back (Credits on their admin page)"
+	}
+	return d + "; the payment's refund page shows it (/admin/payments/" + strconv.FormatInt(pay.ID, 10) + "/refund)"
 }

@@ -197,31 +197,32 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		return store.OutcomeApplied, "already granted", fx, err
 	}
 	start, end, ok := invoicePeriod(inv)
-	// The plan chosen from this renewal on, billed at its price for the
-	// first time.
-	switching := sub.NextPriceMinor != nil && inv.AmountPaid == *sub.NextPriceMinor && inv.AmountPaid != sub.PriceMinor
+	var billed store.BilledPlan
+	var known bool
+	if ok && string(inv.Currency) == sub.Currency {
+		if billed, known, err = w.billedPlan(ctx, sub, inv.AmountPaid); err != nil {
+			return "", "", fx, err
+		}
+	}
 	switch {
 	case !ok:
 		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
-	case (inv.AmountPaid != sub.PriceMinor && !switching) || string(inv.Currency) != sub.Currency:
+	case !known:
 		// Fulfilment trusts what was sold; discounts and prorations are
 		// not offered.
-		next := ""
-		if sub.NextPriceMinor != nil {
-			next = fmt.Sprintf(" (or the %d of the plan it switches to)", *sub.NextPriceMinor)
-		}
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s does not match the plan's %d %s%s", inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency, next), fx, nil
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s matches no plan of this subscription (its %d %s, or a plan for sale): no credits were added; refund it if the customer asks",
+			inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency), fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
 			inv.ID, end.Format(time.RFC3339)), fx, nil
 	}
 	switchNote := ""
-	if switching {
+	if billed.Code != sub.PlanCode || billed.PriceMinor != sub.PriceMinor {
 		from := sub.PlanName
-		if sub, err = store.SwitchToNextPlan(ctx, tx, sub.ID); err != nil {
+		if sub, err = store.ApplyBilledPlan(ctx, tx, sub.ID, billed); err != nil {
 			return "", "", fx, err
 		}
-		switchNote = fmt.Sprintf("; switched from %s to %s", from, sub.PlanName)
+		switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
 	}
 	dup, err := w.endIfDuplicate(ctx, tx, sub)
 	if err != nil {
@@ -286,6 +287,35 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		return "", "", fx, err
 	}
 	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + switchNote + dupNote, fx, nil
+}
+
+// billedPlan says which plan an invoice's amount (in the subscription's
+// currency) paid for: the plan it is on, at its own price; else the plan
+// chosen for its next renewals; else the one plan for sale at that price
+// (a switch undone after the provider drew up the invoice, or one the
+// provider took and this side could not record). Customers get what they
+// paid for; none of these is !known.
+func (w *StripeEventWorker) billedPlan(ctx context.Context, sub store.Subscription, amount int64) (store.BilledPlan, bool, error) {
+	switch {
+	case amount == sub.PriceMinor:
+		return store.BilledPlan{Code: sub.PlanCode, PriceMinor: sub.PriceMinor, CreditsPerPeriod: sub.CreditsPerPeriod}, true, nil
+	case sub.NextPlanCode != nil && amount == *sub.NextPriceMinor:
+		return store.BilledPlan{Code: *sub.NextPlanCode, PriceMinor: *sub.NextPriceMinor, CreditsPerPeriod: *sub.NextCreditsPerPeriod}, true, nil
+	}
+	plans, err := w.store.Plans(ctx)
+	if err != nil {
+		return store.BilledPlan{}, false, err
+	}
+	var found []store.Plan
+	for _, p := range plans {
+		if p.PriceMinor == amount && p.Currency == sub.Currency {
+			found = append(found, p)
+		}
+	}
+	if len(found) != 1 {
+		return store.BilledPlan{}, false, nil
+	}
+	return store.BilledPlan{Code: found[0].Code, PriceMinor: found[0].PriceMinor, CreditsPerPeriod: found[0].CreditsPerPeriod}, true, nil
 }
 
 // applyInvoiceFailed tells the customer a renewal did not go through

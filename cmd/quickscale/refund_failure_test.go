@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
@@ -54,7 +55,8 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	ev, err := ta.store.StripeEventByID(ctx, ev.ID)
 	require.NoError(t, err)
 	require.Equal(t, store.OutcomeFailed, *ev.Outcome)
-	require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund %s of $5.00 of payment #%d (user %d) failed (expired or canceled card): the customer did not get that money back", refundID, pay.ID, u.ID))
+	require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund %s of $5.00 of payment #%d (user %d) failed (expired or canceled card): the customer did not get that money back. "+
+		"The payment shows $5.00 refunded and 125 credits taken back, which may count this refund. Refund the customer another way", refundID, pay.ID, u.ID))
 	require.Equal(t, float64(1), metricValue(t, ta.app.metrics, "quickscale_webhook_events_processed_total", map[string]string{"type": "charge.refund.updated", "outcome": "failed"}))
 
 	// Nothing is undone by itself: support decides.
@@ -66,8 +68,8 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	doc = admin.get(path).Doc(t)
 	failure := doc.Find(fmt.Sprintf(`.refund-failure[data-refund=%q]`, refundID))
 	require.Equal(t, 1, failure.Length())
-	require.Contains(t, acctTextSel(failure), "A refund of $5.00 failed (expired or canceled card;")
-	require.Contains(t, acctTextSel(failure), "the customer did not get that money back")
+	require.Contains(t, acctTextSel(failure), "A refund of $5.00 failed (expired or canceled card): the payments simulator said so")
+	require.Contains(t, acctTextSel(failure), "The customer did not get that money back. This payment shows $5.00 refunded and 125 credits taken back, which may count this refund.")
 	require.Equal(t, fmt.Sprintf("/admin/users/%d/credits", u.ID), failure.Find("a").AttrOr("href", ""))
 	require.Contains(t, acctTextSel(doc.Find("tr.refund-request")), refundID+", failed")
 	require.Zero(t, doc.Find(".sim-fail-refund").Length(), "a refund fails once")
@@ -103,12 +105,30 @@ func TestRefundUpdatesFromStripe(t *testing.T) {
 	for range 2 {
 		ev := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_c", *pay.PaymentIntentID, "canceled"), time.Now())
 		require.Equal(t, store.OutcomeFailed, outcome(ev))
-		require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund re_c of $3.00 of payment #%d (user %d) was canceled (canceled)", pay.ID, u.ID))
+		require.Contains(t, *ev.OutcomeDetail, fmt.Sprintf("refund re_c of $3.00 of payment #%d (user %d) was canceled: the customer did not get that money back. "+
+			"Nothing is recorded as refunded on this payment yet", pay.ID, u.ID))
 	}
+	// Another currency, or more than was paid: failed, not recorded.
+	euro := refund("re_e", *pay.PaymentIntentID, "failed")
+	euro["currency"] = "eur"
+	ev := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, euro, time.Now())
+	require.Equal(t, store.OutcomeFailed, outcome(ev))
+	require.Contains(t, *ev.OutcomeDetail, "refund re_e is in eur, payment #"+formatID(pay.ID)+" in usd: not recorded")
+	big := refund("re_f", *pay.PaymentIntentID, "failed")
+	big["amount"] = pay.AmountMinor + 1
+	ev = deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, big, time.Now())
+	require.Equal(t, store.OutcomeFailed, outcome(ev))
+	require.Contains(t, *ev.OutcomeDetail, "is more than payment #"+formatID(pay.ID)+"'s $20.00: not recorded")
 	fs, err := ta.store.RefundFailuresOf(ctx, pay.ID)
 	require.NoError(t, err)
 	require.Len(t, fs, 1)
 	require.Equal(t, "canceled", fs[0].Status)
 	require.Nil(t, fs[0].FailureReason)
 	require.Equal(t, int64(300), fs[0].AmountMinor)
+
+	// The buyer's account deleted: no credits to give back.
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	ev = deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_g", *pay.PaymentIntentID, "failed"), time.Now())
+	require.Contains(t, *ev.OutcomeDetail, "(no reason given): the customer did not get that money back")
+	require.Contains(t, *ev.OutcomeDetail, "The account was deleted: refund the customer another way (the provider's dashboard) if they ask")
 }

@@ -281,7 +281,7 @@ func TestSubscriptionEventsApplyInAnyOrderOnce(t *testing.T) {
 	wrong := subInvoice(t, sub, stripeSub, whID("in"), 2999, end, end.AddDate(0, 1, 0))
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, wrong, now)
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev))
-	require.Contains(t, whDetail(ev), "does not match the plan's 3000 usd")
+	require.Contains(t, whDetail(ev), "amount paid 2999 usd matches no plan of this subscription (its 3000 usd, or a plan for sale)")
 	other := subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
 	other["customer"] = whID("cus")
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, other, now)
@@ -826,4 +826,141 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 	other := ta.signIn(storetest.NewUser(t, ta.store, storetest.UserOpts{}).Email)
 	require.Equal(t, http.StatusNotFound, other.post("/dashboard/subscription/switch", form("basic")).Status)
 	whNoViolations(t, ta)
+}
+
+// One user's Subscribe requests run one at a time (a lock per user, held
+// around the provider's calls): two plans chosen at the same instant, in
+// two tabs, leave one checkout open and the other closed, never two.
+func TestSubscribeRequestsOfOneUserRunOneAtATime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	second := ta.signIn(u.Email)
+	basic, pro := subscribeForm(t, b, "basic"), subscribeForm(t, second, "pro")
+
+	held, release, lockDone := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free) // a failed check must not leave the lock (and a pool connection) held
+	go func() {
+		lockDone <- ta.store.WithUserLock(ctx, "subscribe", u.ID, func() error { close(held); <-release; return nil })
+	}()
+	<-held
+	answers := make(chan response, 2)
+	go func() { answers <- b.post("/dashboard/subscription", basic) }()
+	go func() { answers <- second.post("/dashboard/subscription", pro) }()
+	eventually(t, 10*time.Second, "both requests waiting for the user's lock", func() bool {
+		return whCount(t, ta, `SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`) == 2
+	})
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1`, u.ID), "nothing opened while another request holds the lock")
+	free()
+	require.NoError(t, <-lockDone)
+	for range 2 {
+		r := <-answers
+		require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	}
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = 'checkout'`, u.ID), "one checkout open")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = 'abandoned'`, u.ID), "the other closed")
+}
+
+// switchForm is the switch form of a subscription to plan.
+func switchForm(sub store.Subscription, plan string) url.Values {
+	return url.Values{"subscription": {formatID(sub.ID)}, "plan": {plan}}
+}
+
+// Each paid invoice grants the plan its amount paid for. Pro chosen, the
+// renewal drawn up at Pro's price fails; the switch is undone (Basic from
+// the renewal after); the overdue invoice, at Pro's price, is then paid:
+// Pro's month and credits, and Basic again from the next renewal.
+func TestAPaidInvoiceGrantsThePlanItPaidFor(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	current := func() store.Subscription {
+		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "pro")), "/dashboard/subscription")
+	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", switchForm(sub, "")), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "past due", func() bool { return current().Status == store.SubPastDue })
+	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "basic")), "/dashboard/subscription")
+	require.Contains(t, acctText(b.get("/dashboard/subscription").Doc(t), "#flash"), "You stay on the Basic plan")
+	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor)
+
+	mustRedirect(t, b.post("/dashboard/subscription/pay-overdue", switchForm(sub, "")), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "the overdue invoice applied", func() bool {
+		return len(subscriptionPayments(t, ta, sub)) == 2 && current().Status == store.SubActive
+	})
+	now := current()
+	require.Equal(t, "pro", now.PlanCode, "the month paid at Pro's price is Pro's")
+	require.Equal(t, int64(2500), now.CreditsPerPeriod)
+	require.Equal(t, "basic", *now.NextPlanCode, "Basic from the renewal after, as chosen")
+	require.Equal(t, int64(1500), *now.NextPriceMinor)
+	paid := subscriptionPayments(t, ta, sub)[1]
+	require.Equal(t, "pro", *paid.PlanCode)
+	require.Equal(t, int64(2500), paid.Credits)
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(1000+2500), bal.ByKind[store.GrantSubscription])
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, "Pro", acctText(doc, "#subscription-plan"))
+	require.Equal(t, "Basic", acctText(doc, "#subscription-next-plan"))
+
+	mustRedirect(t, b.post("/dashboard/subscription/renew", switchForm(sub, "")), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "the renewal applied", func() bool { return len(subscriptionPayments(t, ta, sub)) == 3 })
+	now = current()
+	require.Equal(t, "basic", now.PlanCode)
+	require.Nil(t, now.NextPlanCode)
+	require.Equal(t, int64(1500), subscriptionPayments(t, ta, sub)[2].AmountMinor)
+	whNoViolations(t, ta)
+}
+
+// Staying on a plan keeps the subscription's own price, though the
+// catalog's has risen since and the plan is no longer for sale.
+func TestStayingKeepsTheSubscriptionsOwnPrice(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE plans SET price_minor = 1800 WHERE code = 'basic'`)
+	require.NoError(t, err)
+	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "pro")), "/dashboard/subscription")
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE plans SET active = false WHERE code = 'basic'`)
+	require.NoError(t, err)
+	require.Equal(t, 1, b.get("/dashboard/subscription").Doc(t).Find("#subscription-stay").Length())
+
+	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "basic")), "/dashboard/subscription")
+	require.Contains(t, acctText(b.get("/dashboard/subscription").Doc(t), "#flash"), "You stay on the Basic plan: it renews on "+sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")+" for $15.00.")
+	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor, "billed at its own price, not the catalog's")
+	mustRedirect(t, b.post("/dashboard/subscription/renew", switchForm(sub, "")), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "the renewal applied", func() bool { return len(subscriptionPayments(t, ta, sub)) == 2 })
+	paid := subscriptionPayments(t, ta, sub)[1]
+	require.Equal(t, "basic", *paid.PlanCode)
+	require.Equal(t, int64(1500), paid.AmountMinor)
+	require.Equal(t, int64(1000), paid.Credits)
+}
+
+// A switch the provider took but that could not be recorded is undone at
+// the provider: both keep what the page shows, and the customer is told
+// nothing changed.
+func TestASwitchThatCannotBeRecordedIsUndoneAtTheProvider(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	_, err := ta.store.Pool().Exec(ctx, `
+CREATE FUNCTION test_refuse_switch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'test: the switch cannot be recorded'; END $$;
+CREATE TRIGGER test_refuse_switch BEFORE UPDATE ON subscriptions FOR EACH ROW
+  WHEN (NEW.next_plan_code IS DISTINCT FROM OLD.next_plan_code) EXECUTE FUNCTION test_refuse_switch();`)
+	require.NoError(t, err)
+	r := b.post("/dashboard/subscription/switch", switchForm(sub, "pro"))
+	acctErrorPage(t, r, http.StatusServiceUnavailable)
+	require.Contains(t, r.Body, "it was undone and your plan stays as it was")
+	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor, "undone at the provider")
+	s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+	require.NoError(t, err)
+	require.Nil(t, s.NextPlanCode)
 }
