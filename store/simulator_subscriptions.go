@@ -133,6 +133,16 @@ func lockSimSubscription(ctx context.Context, tx pgx.Tx, id string) (SimSubscrip
 	return sub, err
 }
 
+// lockLiveSimSubscription is lockSimSubscription of one not ended
+// (ErrSimSubscriptionCanceled otherwise).
+func lockLiveSimSubscription(ctx context.Context, tx pgx.Tx, id string) (SimSubscription, error) {
+	sub, err := lockSimSubscription(ctx, tx, id)
+	if err == nil && sub.Status == "canceled" {
+		return sub, ErrSimSubscriptionCanceled
+	}
+	return sub, err
+}
+
 // RenewSimSubscription ends the current period of a simulator
 // subscription as its clock reaching the period's end would: one set to
 // cancel at the period's end is canceled (deliver gets it canceled, inv
@@ -142,12 +152,9 @@ func lockSimSubscription(ctx context.Context, tx pgx.Tx, id string) (SimSubscrip
 // ErrSimSubscriptionCanceled.
 func (s *Store) RenewSimSubscription(ctx context.Context, id string, ids SimInvoiceIDs, deliver func(sub SimSubscription, inv *SimSession) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
-		sub, err := lockSimSubscription(ctx, tx, id)
+		sub, err := lockLiveSimSubscription(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		if sub.Status == "canceled" {
-			return ErrSimSubscriptionCanceled
 		}
 		if sub.Status == "past_due" {
 			// Its overdue invoice was never paid: the retries ran out, and
@@ -187,12 +194,9 @@ func (s *Store) RenewSimSubscription(ctx context.Context, id string, ids SimInvo
 // its period's end (deliver gets it changed, under its lock).
 func (s *Store) SetSimCancelAtPeriodEnd(ctx context.Context, id string, cancel bool, deliver func(SimSubscription) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
-		sub, err := lockSimSubscription(ctx, tx, id)
+		sub, err := lockLiveSimSubscription(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		if sub.Status == "canceled" {
-			return ErrSimSubscriptionCanceled
 		}
 		sub.CancelAtPeriodEnd = cancel
 		if err := deliver(sub); err != nil {
@@ -209,12 +213,9 @@ func (s *Store) SetSimCancelAtPeriodEnd(ctx context.Context, id string, cancel b
 // ErrSimSubscriptionCanceled.
 func (s *Store) SetSimSubscriptionPrice(ctx context.Context, id string, amount int64, description string, meta map[string]string, deliver func(SimSubscription) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
-		sub, err := lockSimSubscription(ctx, tx, id)
+		sub, err := lockLiveSimSubscription(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		if sub.Status == "canceled" {
-			return ErrSimSubscriptionCanceled
 		}
 		sub.AmountMinor, sub.Description = amount, description
 		if sub.Metadata == nil {
@@ -236,12 +237,9 @@ func (s *Store) SetSimSubscriptionPrice(ctx context.Context, id string, amount i
 // ErrSimSubscriptionCanceled.
 func (s *Store) CancelSimSubscription(ctx context.Context, id string, deliver func(SimSubscription) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
-		sub, err := lockSimSubscription(ctx, tx, id)
+		sub, err := lockLiveSimSubscription(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		if sub.Status == "canceled" {
-			return ErrSimSubscriptionCanceled
 		}
 		var now time.Time
 		if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
@@ -321,12 +319,9 @@ func (s *Store) FailSimRenewal(ctx context.Context, id string, ids SimInvoiceIDs
 // under the subscription's lock, before anything is kept.
 func (s *Store) PaySimOverdue(ctx context.Context, id string, deliver func(sub SimSubscription, inv SimSession) error) error {
 	return s.InTx(ctx, func(tx pgx.Tx) error {
-		sub, err := lockSimSubscription(ctx, tx, id)
+		sub, err := lockLiveSimSubscription(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		if sub.Status == "canceled" {
-			return ErrSimSubscriptionCanceled
 		}
 		if sub.Status != "past_due" || sub.OpenInvoiceID == nil {
 			return ErrSimNotRenewable

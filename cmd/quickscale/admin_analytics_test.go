@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -26,9 +25,7 @@ func TestAdminAnalyticsShowsRevenueAndUsage(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	u, buyer, pay := simPurchase(t, ta)
 	adminUser, admin := whAdmin(t, ta)
-	path, _, nonce := refundForm(t, admin, pay.ID)
-	mustRedirect(t, admin.post(path, url.Values{"amount": {"5"}, "reason": {"partly"}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", u.ID))
-	waitRefunded(t, ta, pay, 500)
+	refundBySupport(t, ta, admin, pay, "5", "partly", 500)
 	// Spends of yesterday (the rollup counts spends older than its lag).
 	svc := storetest.NewService(t, ta.store, storetest.ServiceOpts{Cost: 1})
 	yesterday := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -1)

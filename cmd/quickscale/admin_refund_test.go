@@ -54,6 +54,17 @@ func waitRefunded(t *testing.T, ta *testApp, pay store.Payment, refunded int64) 
 	})
 }
 
+// refundBySupport refunds amount (as typed) of pay from its refund page,
+// as an admin does, and waits until the payment shows refunded (minor
+// units) in all; it returns the refund page's path.
+func refundBySupport(t *testing.T, ta *testApp, admin *browser, pay store.Payment, amount, reason string, refunded int64) string {
+	t.Helper()
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	mustRedirect(t, admin.post(path, url.Values{"amount": {amount}, "reason": {reason}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", pay.UserID))
+	waitRefunded(t, ta, pay, refunded)
+	return path
+}
+
 // refundForm reads the refund page's form: its path, what it says is left
 // to refund and its key.
 func refundForm(t *testing.T, admin *browser, paymentID int64) (path, amount, nonce string) {
@@ -289,10 +300,7 @@ func TestAdminRefundLostAnswerIsAskedAgainAndAStaleOneClosed(t *testing.T) {
 	u, _, pay := simPurchase(t, ta)
 	_, admin := whAdmin(t, ta)
 	userPage := fmt.Sprintf("/admin/users/%d", u.ID)
-	path, _, nonce := refundForm(t, admin, pay.ID)
-
-	mustRedirect(t, admin.post(path, url.Values{"amount": {"20"}, "reason": {"in full"}, "nonce": {nonce}}), userPage)
-	waitRefunded(t, ta, pay, pay.AmountMinor)
+	path := refundBySupport(t, ta, admin, pay, "20", "in full", pay.AmountMinor)
 	var refundID string
 	require.NoError(t, ta.store.Pool().QueryRow(ctx, `
 UPDATE refund_requests SET status = 'requested', provider_refund_id = NULL, answered_at = NULL WHERE payment_id = $1

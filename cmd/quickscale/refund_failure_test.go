@@ -26,9 +26,7 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	ta := newTestApp(t, testAppOpts{})
 	u, _, pay := simPurchase(t, ta)
 	_, admin := whAdmin(t, ta)
-	path, _, nonce := refundForm(t, admin, pay.ID)
-	mustRedirect(t, admin.post(path, url.Values{"amount": {"5"}, "reason": {"asked"}, "nonce": {nonce}}), fmt.Sprintf("/admin/users/%d", u.ID))
-	waitRefunded(t, ta, pay, 500)
+	path := refundBySupport(t, ta, admin, pay, "5", "asked", 500)
 	balance := func() int64 {
 		b, err := ta.store.Balance(ctx, u.ID)
 		require.NoError(t, err)
