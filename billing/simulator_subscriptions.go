@@ -242,6 +242,18 @@ func SubscriptionObject(sub store.SimSubscription) *stripe.Subscription {
 		Currency:           stripe.Currency(sub.Currency),
 		Metadata:           sub.Metadata,
 		CollectionMethod:   stripe.SubscriptionCollectionMethodChargeAutomatically,
+		// One item at the price it bills from the next renewal.
+		Items: &stripe.SubscriptionItemList{
+			ListMeta: stripe.ListMeta{URL: "/v1/subscription_items?subscription=" + sub.ID},
+			Data: []*stripe.SubscriptionItem{{
+				ID: "si_" + strings.TrimPrefix(sub.ID, "sub_"), Object: "subscription_item", Quantity: 1,
+				Price: &stripe.Price{
+					ID: "price_sim_" + sub.Metadata[MetaPlanCode], Object: "price", Active: true, Currency: stripe.Currency(sub.Currency),
+					UnitAmount: sub.AmountMinor, Type: stripe.PriceTypeRecurring,
+					Recurring: &stripe.PriceRecurring{Interval: stripe.PriceRecurringIntervalMonth, IntervalCount: 1},
+				},
+			}},
+		},
 	}
 }
 

@@ -358,12 +358,25 @@ func (s *Stripe) ChangeSubscriptionPlan(ctx context.Context, subscriptionID stri
 	if plan.StripePriceID != nil && *plan.StripePriceID != "" {
 		ip.Price = plan.StripePriceID
 	} else {
-		if item.Price == nil || item.Price.Product == nil || item.Price.Product.ID == "" {
-			return fmt.Errorf("stripe: subscription %s: its item names no product", subscriptionID)
+		// The plan's own product (made by stripe sync), so that Stripe's
+		// invoices name the plan billed; else the item's (a checkout with
+		// inline price data made a product of its own).
+		product := "quickscale_plan_" + plan.Code
+		pp := &stripe.ProductParams{}
+		pp.Context = ctx
+		if _, err := s.api.Products.Get(product, pp); err != nil {
+			var se *stripe.Error
+			if !errors.As(err, &se) || se.HTTPStatusCode != http.StatusNotFound {
+				return fmt.Errorf("stripe: get product %s: %w", product, err)
+			}
+			if item.Price == nil || item.Price.Product == nil || item.Price.Product.ID == "" {
+				return fmt.Errorf("stripe: subscription %s: its item names no product", subscriptionID)
+			}
+			product = item.Price.Product.ID
 		}
 		ip.PriceData = &stripe.SubscriptionItemPriceDataParams{
 			Currency:   stripe.String(plan.Currency),
-			Product:    stripe.String(item.Price.Product.ID),
+			Product:    stripe.String(product),
 			UnitAmount: stripe.Int64(plan.PriceMinor),
 			Recurring:  &stripe.SubscriptionItemPriceDataRecurringParams{Interval: stripe.String(string(stripe.PriceRecurringIntervalMonth))},
 		}

@@ -408,8 +408,9 @@ func TestStripeCancelOfAnEndedSubscriptionIsErrSubscriptionEnded(t *testing.T) {
 }
 
 // Switching plans reads the subscription's one item and gives it the
-// plan's synced price, or inline monthly price data on the item's product,
-// without proration; stripe-mock validates both requests.
+// plan's synced price, or inline monthly price data on the plan's own
+// product (made by stripe sync; else the item's product), without
+// proration; stripe-mock validates every request.
 func TestStripeChangeSubscriptionPlanSendsValidRequests(t *testing.T) {
 	t.Parallel()
 	gw, rc := newGateway(t)
@@ -419,11 +420,22 @@ func TestStripeChangeSubscriptionPlanSendsValidRequests(t *testing.T) {
 	require.NoError(t, gw.ChangeSubscriptionPlan(ctx, "sub_test_abc", pro))
 	pro.StripePriceID = nil
 	require.NoError(t, gw.ChangeSubscriptionPlan(ctx, "sub_test_abc", pro))
+	// Without the plan's product at Stripe: the item's own.
+	rc.override = func(req *http.Request) *http.Response {
+		if req.Method != http.MethodGet || !strings.HasPrefix(req.URL.Path, "/v1/products/") {
+			return nil
+		}
+		body := `{"error":{"type":"invalid_request_error","message":"No such product: 'quickscale_plan_pro'","param":"id"}}`
+		return &http.Response{StatusCode: http.StatusNotFound, Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(body)), Request: req}
+	}
+	require.NoError(t, gw.ChangeSubscriptionPlan(ctx, "sub_test_abc", pro))
 
 	reqs := rc.all()
-	require.Len(t, reqs, 4)
-	for _, s := range reqs {
-		requirePinnedVersion(t, s)
+	require.Len(t, reqs, 8)
+	for i, s := range reqs {
+		if i != 6 { // the product refused by the override
+			requirePinnedVersion(t, s)
+		}
 	}
 	require.Equal(t, "GET /v1/subscriptions/sub_test_abc", reqs[0].Method+" "+reqs[0].Path)
 	update := reqs[1]
@@ -432,12 +444,17 @@ func TestStripeChangeSubscriptionPlanSendsValidRequests(t *testing.T) {
 	require.Equal(t, synced, update.Form.Get("items[0][price]"))
 	require.Equal(t, "none", update.Form.Get("proration_behavior"))
 	require.Equal(t, "pro", update.Form.Get("metadata["+billing.MetaPlanCode+"]"))
-	inline := reqs[3]
+	require.Equal(t, "GET /v1/products/quickscale_plan_pro", reqs[3].Method+" "+reqs[3].Path)
+	inline := reqs[4]
 	require.Equal(t, update.Form.Get("items[0][id]"), inline.Form.Get("items[0][id]"))
 	require.False(t, inline.Form.Has("items[0][price]"))
-	require.NotEmpty(t, inline.Form.Get("items[0][price_data][product]"))
+	require.Equal(t, "quickscale_plan_pro", inline.Form.Get("items[0][price_data][product]"))
 	require.Equal(t, "3000", inline.Form.Get("items[0][price_data][unit_amount]"))
 	require.Equal(t, "usd", inline.Form.Get("items[0][price_data][currency]"))
 	require.Equal(t, "month", inline.Form.Get("items[0][price_data][recurring][interval]"))
 	require.Equal(t, "none", inline.Form.Get("proration_behavior"))
+	fallback := reqs[7]
+	require.Equal(t, http.StatusNotFound, reqs[6].Status)
+	require.NotEmpty(t, fallback.Form.Get("items[0][price_data][product]"))
+	require.NotEqual(t, "quickscale_plan_pro", fallback.Form.Get("items[0][price_data][product]"), "the item's own product")
 }

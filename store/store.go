@@ -33,6 +33,8 @@ type Store struct {
 	consumes *Batcher[ConsumeRequest, Spent]
 	// alone bounds the connections spends running alone wait on.
 	alone *aloneGate
+	// userLocks bounds the connections WithUserLock holds.
+	userLocks chan struct{}
 	// observeConsumes, when set, is told the size of every batch of
 	// spends committed.
 	observeConsumes func(n int)
@@ -48,6 +50,7 @@ func New(pool *pgxpool.Pool, logger *slog.Logger) *Store {
 	s.consumes = NewBatcher(consumeLanes, consumeMaxBatch, s.consumeGathered)
 	// Half the pool: the other half serves everything else.
 	s.alone = newAloneGate(int(pool.Config().MaxConns) / 2)
+	s.userLocks = newUserLockSlots(int(pool.Config().MaxConns))
 	return s
 }
 

@@ -106,21 +106,26 @@ const subscriptionFrom = ` FROM subscriptions s JOIN plans p ON p.code = s.plan_
 // renewal (plan its own plan: it stays on it). Under the subscription's
 // lock, so that two changes at once apply in turn, tell gives the change
 // to the provider first; it is recorded only if tell succeeds, and
-// nothing is told or recorded when nothing would change (changed false).
+// nothing is told or recorded when nothing would change (Changed false).
 // A plan in another currency or at the same price is a KindConflict; an
 // ended subscription ErrNotFound.
-func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell func() error) (changed bool, err error) {
+func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell func() error) (res SwitchResult, err error) {
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		res = SwitchResult{}
 		var current, currency string
 		var price int64
 		var next *string
-		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, currency, next_plan_code FROM subscriptions
- WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &currency, &next)
+		var nextPrice, nextCredits *int64
+		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, currency, next_plan_code, next_price_minor, next_credits_per_period FROM subscriptions
+ WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &currency, &next, &nextPrice, &nextCredits)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return err
+		}
+		if next != nil {
+			res.PrevNext = &BilledPlan{Code: *next, PriceMinor: *nextPrice, CreditsPerPeriod: *nextCredits}
 		}
 		stay := plan.Code == current
 		switch {
@@ -136,15 +141,24 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 		}
 		if stay {
 			_, err = tx.Exec(ctx, `UPDATE subscriptions SET next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL,
-       updated_at = now() WHERE id = $1`, id)
+       renewal_set_at = date_trunc('second', now()), updated_at = now() WHERE id = $1`, id)
 		} else {
 			_, err = tx.Exec(ctx, `UPDATE subscriptions SET next_plan_code = $2, next_price_minor = $3, next_credits_per_period = $4,
-       updated_at = now() WHERE id = $1`, id, plan.Code, plan.PriceMinor, plan.CreditsPerPeriod)
+       renewal_set_at = date_trunc('second', now()), updated_at = now() WHERE id = $1`, id, plan.Code, plan.PriceMinor, plan.CreditsPerPeriod)
 		}
-		changed = err == nil
+		res.Changed = err == nil
 		return err
 	})
-	return changed, err
+	return res, err
+}
+
+// SwitchResult is what ScheduleSwitch did: whether it changed the plan
+// chosen, and the plan chosen before (nil: none, the plan it is on), read
+// under the lock, so that a change the provider took but that could not be
+// recorded is undone to it.
+type SwitchResult struct {
+	Changed  bool
+	PrevNext *BilledPlan
 }
 
 // BilledPlan is the plan a paid invoice paid for.
@@ -157,13 +171,18 @@ type BilledPlan struct {
 // ApplyBilledPlan makes the plan an invoice paid for the subscription's
 // plan, when it is another (or another price), and returns the
 // subscription. The plan chosen for the renewals after it stays chosen:
-// the next plan, or the plan it was on, unless that is the plan billed.
+// the next plan, or the plan it was on, unless that is the plan billed or
+// the subscription has ended (a last invoice paid late). The provider's
+// subscription events then correct that choice if it bills another
+// (ApplySubscriptionState's BillsPlan).
 func ApplyBilledPlan(ctx context.Context, tx pgx.Tx, id int64, b BilledPlan) (Subscription, error) {
 	_, err := tx.Exec(ctx, `
 UPDATE subscriptions SET
-       next_plan_code = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL ELSE coalesce(next_plan_code, plan_code) END,
-       next_price_minor = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL ELSE coalesce(next_price_minor, price_minor) END,
-       next_credits_per_period = CASE WHEN coalesce(next_plan_code, plan_code) = $2 THEN NULL
+       next_plan_code = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
+                             ELSE coalesce(next_plan_code, plan_code) END,
+       next_price_minor = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
+                               ELSE coalesce(next_price_minor, price_minor) END,
+       next_credits_per_period = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
                                       ELSE coalesce(next_credits_per_period, credits_per_period) END,
        plan_code = $2, price_minor = $3, credits_per_period = $4, updated_at = now()
  WHERE id = $1 AND (plan_code <> $2 OR price_minor <> $3 OR credits_per_period <> $4)`, id, b.Code, b.PriceMinor, b.CreditsPerPeriod)
@@ -327,6 +346,10 @@ type SubscriptionState struct {
 	// At is the provider's time of the event; an event older than the
 	// state recorded changes nothing.
 	At time.Time
+	// BillsPlan is the plan the provider bills from the next renewal, read
+	// from the subscription's price when it is a plan's: the plan chosen
+	// for next renewals follows it (none when it is the plan it is on).
+	BillsPlan *BilledPlan
 }
 
 // ApplySubscriptionState records the provider's subscription state unless
@@ -344,6 +367,11 @@ func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st Subscri
 	default:
 		return false, fmt.Errorf("not a subscription state: %q", st.Status)
 	}
+	var billsCode *string
+	var billsPrice, billsCredits *int64
+	if b := st.BillsPlan; b != nil {
+		billsCode, billsPrice, billsCredits = &b.Code, &b.PriceMinor, &b.CreditsPerPeriod
+	}
 	var canceledAt *time.Time
 	if st.Status == SubCanceled {
 		at := st.At
@@ -356,15 +384,21 @@ func ApplySubscriptionState(ctx context.Context, tx pgx.Tx, id int64, st Subscri
 UPDATE subscriptions SET
        status = CASE WHEN status = 'canceled' THEN 'canceled' ELSE $2 END,
        canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
-       next_plan_code = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_plan_code END,
-       next_price_minor = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_price_minor END,
-       next_credits_per_period = CASE WHEN $2 = 'canceled' THEN NULL ELSE next_credits_per_period END,
+       next_plan_code = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
+                             WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_plan_code
+                             WHEN $8 = plan_code THEN NULL ELSE $8 END,
+       next_price_minor = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
+                               WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_price_minor
+                               WHEN $8 = plan_code THEN NULL ELSE $9::bigint END,
+       next_credits_per_period = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
+                                      WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_credits_per_period
+                                      WHEN $8 = plan_code THEN NULL ELSE $10::bigint END,
        current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
        current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
        cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second' THEN cancel_at_period_end ELSE $5 END,
        state_at = greatest(state_at, $7), updated_at = now()
  WHERE id = $1 AND (state_at IS NULL OR state_at <= $7 OR $2 = 'canceled')`,
-		id, st.Status, st.PeriodStart, st.PeriodEnd, st.CancelAtPeriodEnd, canceledAt, st.At)
+		id, st.Status, st.PeriodStart, st.PeriodEnd, st.CancelAtPeriodEnd, canceledAt, st.At, billsCode, billsPrice, billsCredits)
 	return tag.RowsAffected() == 1, err
 }
 

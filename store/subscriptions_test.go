@@ -336,11 +336,12 @@ func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
 
 	changed, err := st.ScheduleSwitch(ctx, sub.ID, pro, tell)
 	require.NoError(t, err)
-	require.True(t, changed)
+	require.True(t, changed.Changed)
 	require.Equal(t, "pro", *next())
 	changed, err = st.ScheduleSwitch(ctx, sub.ID, pro, tell)
 	require.NoError(t, err)
-	require.False(t, changed)
+	require.False(t, changed.Changed)
+	require.Equal(t, &store.BilledPlan{Code: "pro", PriceMinor: pro.PriceMinor, CreditsPerPeriod: pro.CreditsPerPeriod}, changed.PrevNext, "the plan chosen before, read under the lock")
 	require.Equal(t, 1, told, "nothing told when nothing changes")
 
 	euro := pro
@@ -363,7 +364,7 @@ func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
 
 	changed, err = st.ScheduleSwitch(ctx, sub.ID, basic, tell)
 	require.NoError(t, err)
-	require.True(t, changed)
+	require.True(t, changed.Changed)
 	require.Nil(t, next())
 
 	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now() WHERE id = $1`, sub.ID)

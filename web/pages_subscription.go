@@ -112,7 +112,14 @@ func (s *Site) StartSubscription() http.Handler {
 			s.openSubscriptionCheckout(w, r, u, plan, f)
 			return nil
 		})
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err == nil, errors.Is(err, context.Canceled):
+			// Answered, or the browser left while it waited.
+		case errors.Is(err, context.DeadlineExceeded):
+			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Your checkout is still being opened",
+				Message:   "Another of your requests is opening a checkout and took too long, so nothing was done for this one. Check your subscription page, then try again if you need to.",
+				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+		default:
 			s.serverError(w, r, err)
 		}
 	})
@@ -476,7 +483,7 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 45*time.Second)
 		defer cancel()
 		told := false
-		changed, err := s.store.ScheduleSwitch(sctx, sub.ID, plan, func() error {
+		res, err := s.store.ScheduleSwitch(sctx, sub.ID, plan, func() error {
 			err := s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, plan)
 			told = err == nil
 			return err
@@ -494,12 +501,12 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			// The provider took it but it could not be recorded: undone at
 			// the provider, so that both say what the page shows.
 			s.logger.ErrorContext(ctx, "switch plan: the provider took it, recording it failed; undoing it", "subscription", sub.ID, "plan", plan.Code, "err", err)
+			// Back to the plan chosen before, as the locked row had it.
 			prev, perr := s.switchTarget(sctx, sub, sub.PlanCode)
-			if perr == nil && sub.NextPlanCode != nil {
-				prev = store.Plan{Code: *sub.NextPlanCode, Name: derefOr(sub.NextPlanName, *sub.NextPlanCode), PriceMinor: *sub.NextPriceMinor,
-					CreditsPerPeriod: *sub.NextCreditsPerPeriod, Currency: sub.Currency}
-				if p, err := s.store.PlanByCode(sctx, prev.Code); err == nil && p.PriceMinor == prev.PriceMinor {
-					prev.StripePriceID = p.StripePriceID
+			if b := res.PrevNext; perr == nil && b != nil {
+				prev = store.Plan{Code: b.Code, Name: b.Code, PriceMinor: b.PriceMinor, CreditsPerPeriod: b.CreditsPerPeriod, Currency: sub.Currency}
+				if p, err := s.store.PlanByCode(sctx, b.Code); err == nil && p.PriceMinor == b.PriceMinor && p.Currency == sub.Currency {
+					prev.Name, prev.StripePriceID = p.Name, p.StripePriceID
 				}
 			}
 			if perr == nil {
@@ -526,9 +533,9 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			return
 		}
 		switch {
-		case !changed && plan.Code == sub.PlanCode:
+		case !res.Changed && plan.Code == sub.PlanCode:
 			s.flash(ctx, "Your "+sub.PlanName+" plan stays as it is already.")
-		case !changed:
+		case !res.Changed:
 			s.flash(ctx, "Your plan switches to "+plan.Name+" "+when+" already.")
 		case plan.Code == sub.PlanCode:
 			s.flash(ctx, "You stay on the "+sub.PlanName+" plan: it renews "+when+" for "+billing.FormatMoney(sub.PriceMinor, sub.Currency)+".")
@@ -624,12 +631,4 @@ func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, str
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})
-}
-
-// derefOr is *p, or def when p is nil.
-func derefOr(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
 }

@@ -162,6 +162,26 @@ func invoicePeriod(inv stripe.Invoice) (start, end time.Time, ok bool) {
 	return start, end, ok
 }
 
+// planLine is the amount of an invoice's subscription line when it is the
+// invoice's only line with an amount (single false otherwise).
+func planLine(inv stripe.Invoice) (amount int64, single bool) {
+	if inv.Lines == nil || inv.Lines.HasMore {
+		return 0, false
+	}
+	n := 0
+	for _, l := range inv.Lines.Data {
+		if l == nil || l.Amount == 0 {
+			continue
+		}
+		n++
+		if l.Type != stripe.InvoiceLineItemTypeSubscription {
+			return 0, false
+		}
+		amount = l.Amount
+	}
+	return amount, n == 1
+}
+
 // invoiceSubscription decodes an invoice.* event and locks the
 // subscription its invoice is of (subscriptionOf). A non-empty outcome
 // ends the event there.
@@ -199,8 +219,12 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	start, end, ok := invoicePeriod(inv)
 	var billed store.BilledPlan
 	var known bool
-	if ok && string(inv.Currency) == sub.Currency {
-		if billed, known, err = w.billedPlan(ctx, sub, inv.AmountPaid); err != nil {
+	// The plan is read from the invoice's one subscription line, which
+	// must be all that was paid: discounts, a balance, taxes or other
+	// items are not offered, and would otherwise pass for another plan.
+	line, single := planLine(inv)
+	if ok && single && inv.AmountPaid == line && string(inv.Currency) == sub.Currency {
+		if billed, known, err = w.billedPlan(ctx, sub, line); err != nil {
 			return "", "", fx, err
 		}
 	}
@@ -208,9 +232,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	case !ok:
 		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
 	case !known:
-		// Fulfilment trusts what was sold; discounts and prorations are
-		// not offered.
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s matches no plan of this subscription (its %d %s, or a plan for sale): no credits were added; refund it if the customer asks",
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s is not one month of a plan of this subscription (its %d %s, or a plan for sale) paid in full: no credits were added; refund it if the customer asks",
 			inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency), fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
@@ -405,6 +427,20 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 	} else if ss.CanceledAt > 0 && status == store.SubCanceled {
 		at := time.Unix(ss.CanceledAt, 0).UTC()
 		st.CanceledAt = &at
+	}
+	// What the provider bills from the next renewal: its one item's
+	// price, when that is a plan's (a switch made here, undone, or made in
+	// the provider's dashboard).
+	if ss.Items != nil && len(ss.Items.Data) == 1 && status != store.SubCanceled {
+		if it := ss.Items.Data[0]; it != nil && it.Price != nil && it.Price.UnitAmount > 0 && it.Quantity <= 1 && string(it.Price.Currency) == sub.Currency {
+			b, known, err := w.billedPlan(ctx, sub, it.Price.UnitAmount)
+			if err != nil {
+				return "", "", fx, err
+			}
+			if known {
+				st.BillsPlan = &b
+			}
+		}
 	}
 	applied, err := store.ApplySubscriptionState(ctx, tx, sub.ID, st)
 	if err != nil {

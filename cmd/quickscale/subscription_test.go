@@ -281,7 +281,7 @@ func TestSubscriptionEventsApplyInAnyOrderOnce(t *testing.T) {
 	wrong := subInvoice(t, sub, stripeSub, whID("in"), 2999, end, end.AddDate(0, 1, 0))
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, wrong, now)
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev))
-	require.Contains(t, whDetail(ev), "amount paid 2999 usd matches no plan of this subscription (its 3000 usd, or a plan for sale)")
+	require.Contains(t, whDetail(ev), "amount paid 2999 usd is not one month of a plan of this subscription (its 3000 usd, or a plan for sale) paid in full")
 	other := subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
 	other["customer"] = whID("cus")
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, other, now)
@@ -963,4 +963,102 @@ CREATE TRIGGER test_refuse_switch BEFORE UPDATE ON subscriptions FOR EACH ROW
 	s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
 	require.NoError(t, err)
 	require.Nil(t, s.NextPlanCode)
+}
+
+// withPrice sets a Stripe subscription object's one item to bill amount.
+func withPrice(t *testing.T, s map[string]any, amount int64) map[string]any {
+	t.Helper()
+	items := s["items"].(map[string]any)
+	item := items["data"].([]any)[0].(map[string]any)
+	item["price"].(map[string]any)["unit_amount"] = amount
+	item["quantity"] = 1
+	items["data"] = []any{item}
+	return s
+}
+
+// What decides a plan, in Stripe's shapes: an invoice counts only as one
+// plan's month paid in full (an extra item or a balance that makes its
+// amount another plan's price is failed, not taken for that plan); the
+// price Stripe bills from the next renewal, changed in its dashboard, is
+// the plan chosen here too (but not an event of the second the customer
+// chose); and a last invoice paid after the subscription ended still
+// grants the plan it paid for.
+func TestInvoicesAndProviderChangesDecideThePlan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
+	stripeSub := whID("sub")
+	start := time.Now().Add(-time.Hour).Truncate(time.Second)
+	end := start.AddDate(0, 1, 0)
+	at := func(d time.Duration) time.Time { return time.Now().Add(d) }
+	current := func() store.Subscription {
+		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+	credits := func() int64 {
+		bal, err := ta.store.Balance(ctx, u.ID)
+		require.NoError(t, err)
+		return bal.ByKind[store.GrantSubscription]
+	}
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 1500, start, end), at(0))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, int64(1000), credits())
+
+	// A Basic month with a one-off item of $15: $30 paid, not a Pro month.
+	extra := subInvoice(t, sub, stripeSub, whID("in"), 1500, end, end.AddDate(0, 1, 0))
+	lines := extra["lines"].(map[string]any)
+	first := lines["data"].([]any)[0].(map[string]any)
+	item := map[string]any{}
+	for k, v := range first {
+		item[k] = v
+	}
+	item["id"], item["type"] = whID("il"), "invoiceitem"
+	lines["data"] = []any{first, item}
+	extra["amount_paid"], extra["amount_due"] = 3000, 3000
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, extra, at(time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "is not one month of a plan of this subscription")
+	// A Pro month half paid from the customer's balance: not a Basic month.
+	half := subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	half["amount_paid"], half["amount_due"] = 1500, 1500
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, half, at(2*time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Equal(t, int64(1000), credits())
+	require.Equal(t, "basic", current().PlanCode)
+	require.Nil(t, current().NextPlanCode)
+
+	// Stripe bills Pro from the next renewal (changed in its dashboard):
+	// Pro is the plan chosen here too.
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, withPrice(t, subObject(t, sub, stripeSub, "active", false, start, end), 3000), at(-3*time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, "pro", *current().NextPlanCode)
+	// The customer stays on Basic here; an event of that second (the
+	// dashboard's, delivered late) does not undo the choice.
+	// (Stripe took it: these events are made here, not by the simulator.)
+	basic, err := ta.store.PlanByCode(ctx, "basic")
+	require.NoError(t, err)
+	res, err := ta.store.ScheduleSwitch(ctx, sub.ID, basic, func() error { return nil })
+	require.NoError(t, err)
+	require.True(t, res.Changed)
+	require.Nil(t, current().NextPlanCode)
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, withPrice(t, subObject(t, sub, stripeSub, "active", false, start, end), 3000), at(0))
+	require.Nil(t, current().NextPlanCode, whDetail(ev))
+	// A later one does: Stripe bills Pro.
+	deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, withPrice(t, subObject(t, sub, stripeSub, "active", false, start, end), 3000), at(5*time.Second))
+	require.Equal(t, "pro", *current().NextPlanCode)
+
+	// It ends; Pro's last invoice, paid late, still grants Pro's month.
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionDeleted, subObject(t, sub, stripeSub, "canceled", false, start, end), at(6*time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Nil(t, current().NextPlanCode, "an ended plan has no next one")
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0)), at(7*time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, int64(1000+2500), credits())
+	now := current()
+	require.Equal(t, store.SubCanceled, now.Status)
+	require.Equal(t, "pro", now.PlanCode)
+	require.Nil(t, now.NextPlanCode)
+	whNoViolations(t, ta)
 }

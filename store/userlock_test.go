@@ -1,0 +1,53 @@
+package store_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
+)
+
+// One user's locked work runs one at a time; many requests at once on a
+// small pool (each holder's work needing another connection) all finish:
+// waiting for the lock never takes the connections the holder needs.
+func TestWithUserLockRunsOneAtATimeWithoutTakingThePool(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := store.OpenPool(ctx, storetest.NewDatabase(t), store.PoolOptions{MaxConns: 4})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	st := store.New(pool, nil)
+
+	var running, most, done atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := st.WithUserLock(ctx, "test", 42, func() error {
+				n := running.Add(1)
+				defer running.Add(-1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				var one int
+				return pool.QueryRow(ctx, `SELECT 1`).Scan(&one)
+			})
+			if err == nil {
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int32(8), done.Load(), "every request's work ran")
+	require.Equal(t, int32(1), most.Load(), "one at a time")
+	var held int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&held))
+	require.Zero(t, held, "no lock left held")
+}
