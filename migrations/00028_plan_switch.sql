@@ -14,5 +14,5 @@ ALTER TABLE subscriptions
     ADD CONSTRAINT subscriptions_next_plan CHECK (
         (next_plan_code IS NULL) = (next_price_minor IS NULL)
         AND (next_plan_code IS NULL) = (next_credits_per_period IS NULL)
-        AND next_plan_code IS DISTINCT FROM plan_code
+        AND (next_plan_code, next_price_minor) IS DISTINCT FROM (plan_code, price_minor)
         AND (next_plan_code IS NULL OR status IN ('active', 'past_due')));

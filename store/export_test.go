@@ -1,6 +1,9 @@
 package store
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
 
 // LiveGrant is liveGrant, for the tests that check its boundary instant.
 const LiveGrant = liveGrant
@@ -33,3 +36,14 @@ func (s *Store) ConsumeUnheld(ctx context.Context, reqs []ConsumeRequest) []Batc
 
 // ErrRunAlone is errRunAlone.
 var ErrRunAlone = errRunAlone
+
+// UserLockQueued is how many of this process's requests hold or wait for
+// one user's lock.
+func (s *Store) UserLockQueued(purpose string, userID int64) int {
+	s.userQueues.mu.Lock()
+	defer s.userQueues.mu.Unlock()
+	if k := s.userQueues.keys[fmt.Sprintf("%s:%d", purpose, userID)]; k != nil {
+		return k.refs
+	}
+	return 0
+}

@@ -33,8 +33,10 @@ type Store struct {
 	consumes *Batcher[ConsumeRequest, Spent]
 	// alone bounds the connections spends running alone wait on.
 	alone *aloneGate
-	// userLocks bounds the connections WithUserLock holds.
-	userLocks chan struct{}
+	// userLocks bounds the connections WithUserLock holds; userQueues
+	// queues one user's requests in this process.
+	userLocks  chan struct{}
+	userQueues keyedQueue
 	// observeConsumes, when set, is told the size of every batch of
 	// spends committed.
 	observeConsumes func(n int)

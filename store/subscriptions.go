@@ -113,17 +113,18 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		res = SwitchResult{}
 		var current, currency string
-		var price int64
+		var price, credits int64
 		var next *string
 		var nextPrice, nextCredits *int64
-		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, currency, next_plan_code, next_price_minor, next_credits_per_period FROM subscriptions
- WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &currency, &next, &nextPrice, &nextCredits)
+		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, credits_per_period, currency, next_plan_code, next_price_minor, next_credits_per_period
+  FROM subscriptions WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &credits, &currency, &next, &nextPrice, &nextCredits)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return err
 		}
+		res.Current = BilledPlan{Code: current, PriceMinor: price, CreditsPerPeriod: credits}
 		if next != nil {
 			res.PrevNext = &BilledPlan{Code: *next, PriceMinor: *nextPrice, CreditsPerPeriod: *nextCredits}
 		}
@@ -153,12 +154,21 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 }
 
 // SwitchResult is what ScheduleSwitch did: whether it changed the plan
-// chosen, and the plan chosen before (nil: none, the plan it is on), read
+// chosen, the plan it is on and the plan chosen before (nil: none), read
 // under the lock, so that a change the provider took but that could not be
-// recorded is undone to it.
+// recorded is undone to them.
 type SwitchResult struct {
 	Changed  bool
+	Current  BilledPlan
 	PrevNext *BilledPlan
+}
+
+// MarkRenewalSet dates the customer's last renewal choice now (whole
+// seconds): the provider's events of that second or the next do not
+// change the plan chosen or the end (ApplySubscriptionState).
+func (s *Store) MarkRenewalSet(ctx context.Context, id int64) error {
+	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET renewal_set_at = date_trunc('second', now()), updated_at = now() WHERE id = $1`, id)
+	return err
 }
 
 // BilledPlan is the plan a paid invoice paid for.
@@ -178,11 +188,14 @@ type BilledPlan struct {
 func ApplyBilledPlan(ctx context.Context, tx pgx.Tx, id int64, b BilledPlan) (Subscription, error) {
 	_, err := tx.Exec(ctx, `
 UPDATE subscriptions SET
-       next_plan_code = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
+       next_plan_code = CASE WHEN (coalesce(next_plan_code, plan_code), coalesce(next_price_minor, price_minor)) = ($2, $3)
+                                  OR status NOT IN ('active', 'past_due') THEN NULL
                              ELSE coalesce(next_plan_code, plan_code) END,
-       next_price_minor = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
+       next_price_minor = CASE WHEN (coalesce(next_plan_code, plan_code), coalesce(next_price_minor, price_minor)) = ($2, $3)
+                                    OR status NOT IN ('active', 'past_due') THEN NULL
                                ELSE coalesce(next_price_minor, price_minor) END,
-       next_credits_per_period = CASE WHEN coalesce(next_plan_code, plan_code) = $2 OR status NOT IN ('active', 'past_due') THEN NULL
+       next_credits_per_period = CASE WHEN (coalesce(next_plan_code, plan_code), coalesce(next_price_minor, price_minor)) = ($2, $3)
+                                           OR status NOT IN ('active', 'past_due') THEN NULL
                                       ELSE coalesce(next_credits_per_period, credits_per_period) END,
        plan_code = $2, price_minor = $3, credits_per_period = $4, updated_at = now()
  WHERE id = $1 AND (plan_code <> $2 OR price_minor <> $3 OR credits_per_period <> $4)`, id, b.Code, b.PriceMinor, b.CreditsPerPeriod)
@@ -386,13 +399,13 @@ UPDATE subscriptions SET
        canceled_at = CASE WHEN status = 'canceled' THEN canceled_at ELSE $6 END,
        next_plan_code = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
                              WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_plan_code
-                             WHEN $8 = plan_code THEN NULL ELSE $8 END,
+                             WHEN $8 = plan_code AND $9 = price_minor THEN NULL ELSE $8 END,
        next_price_minor = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
                                WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_price_minor
-                               WHEN $8 = plan_code THEN NULL ELSE $9::bigint END,
+                               WHEN $8 = plan_code AND $9 = price_minor THEN NULL ELSE $9::bigint END,
        next_credits_per_period = CASE WHEN $2 = 'canceled' OR status = 'canceled' THEN NULL
                                       WHEN $8::text IS NULL OR (renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second') THEN next_credits_per_period
-                                      WHEN $8 = plan_code THEN NULL ELSE $10::bigint END,
+                                      WHEN $8 = plan_code AND $9 = price_minor THEN NULL ELSE $10::bigint END,
        current_period_start = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $3 ELSE current_period_start END,
        current_period_end = CASE WHEN $4::timestamptz IS NOT NULL AND (current_period_end IS NULL OR $4 > current_period_end) THEN $4 ELSE current_period_end END,
        cancel_at_period_end = CASE WHEN renewal_set_at IS NOT NULL AND $7 <= renewal_set_at + interval '1 second' THEN cancel_at_period_end ELSE $5 END,

@@ -354,7 +354,7 @@ func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
 	require.Equal(t, store.KindConflict, store.ErrorKind(err))
 
 	for name, sql := range map[string]string{
-		"subscriptions_next_plan": `UPDATE subscriptions SET next_plan_code = plan_code WHERE id = $1`,
+		"subscriptions_next_plan": `UPDATE subscriptions SET next_plan_code = plan_code, next_price_minor = price_minor WHERE id = $1`,
 		"half recorded":           `UPDATE subscriptions SET next_price_minor = NULL WHERE id = $1`,
 	} {
 		_, err := st.Pool().Exec(ctx, sql, sub.ID)

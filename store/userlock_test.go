@@ -51,3 +51,44 @@ func TestWithUserLockRunsOneAtATimeWithoutTakingThePool(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&held))
 	require.Zero(t, held, "no lock left held")
 }
+
+// One user's burst of requests queues on its own: another user's runs
+// while they wait, however many there are.
+func TestWithUserLockQueuesOneUsersBurstApart(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := store.OpenPool(ctx, storetest.NewDatabase(t), store.PoolOptions{MaxConns: 8})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	st := store.New(pool, nil)
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = st.WithUserLock(ctx, "test", 1, func() error { close(held); <-release; return nil })
+	}()
+	<-held
+	var burst atomic.Int32
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if st.WithUserLock(ctx, "test", 1, func() error { return nil }) == nil {
+				burst.Add(1)
+			}
+		}()
+	}
+	storetest.WaitFor(t, "the burst queued behind the first", func() bool { return st.UserLockQueued("test", 1) == 7 })
+	other, cancelOther := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelOther()
+	ran := false
+	require.NoError(t, st.WithUserLock(other, "test", 2, func() error { ran = true; return nil }), "another user waited behind the burst")
+	require.True(t, ran)
+	require.Zero(t, burst.Load(), "the burst waits while the first holds the lock")
+	close(release)
+	wg.Wait()
+	require.Equal(t, int32(6), burst.Load())
+}

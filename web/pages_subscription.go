@@ -116,8 +116,8 @@ func (s *Site) StartSubscription() http.Handler {
 		case err == nil, errors.Is(err, context.Canceled):
 			// Answered, or the browser left while it waited.
 		case errors.Is(err, context.DeadlineExceeded):
-			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Your checkout is still being opened",
-				Message:   "Another of your requests is opening a checkout and took too long, so nothing was done for this one. Check your subscription page, then try again if you need to.",
+			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "No checkout was opened",
+				Message:   "Opening your checkout took too long (another request of yours, or many at once, went first), so nothing was done. Check your subscription page, then try again.",
 				ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
 		default:
 			s.serverError(w, r, err)
@@ -501,16 +501,22 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			// The provider took it but it could not be recorded: undone at
 			// the provider, so that both say what the page shows.
 			s.logger.ErrorContext(ctx, "switch plan: the provider took it, recording it failed; undoing it", "subscription", sub.ID, "plan", plan.Code, "err", err)
-			// Back to the plan chosen before, as the locked row had it.
-			prev, perr := s.switchTarget(sctx, sub, sub.PlanCode)
-			if b := res.PrevNext; perr == nil && b != nil {
-				prev = store.Plan{Code: b.Code, Name: b.Code, PriceMinor: b.PriceMinor, CreditsPerPeriod: b.CreditsPerPeriod, Currency: sub.Currency}
-				if p, err := s.store.PlanByCode(sctx, b.Code); err == nil && p.PriceMinor == b.PriceMinor && p.Currency == sub.Currency {
-					prev.Name, prev.StripePriceID = p.Name, p.StripePriceID
-				}
+			// Back to the plan chosen before (none: the plan it is on), as
+			// the locked row had it.
+			b := res.Current
+			if res.PrevNext != nil {
+				b = *res.PrevNext
 			}
+			prev := store.Plan{Code: b.Code, Name: b.Code, PriceMinor: b.PriceMinor, CreditsPerPeriod: b.CreditsPerPeriod, Currency: sub.Currency}
+			if p, err := s.store.PlanByCode(sctx, b.Code); err == nil && p.PriceMinor == b.PriceMinor && p.Currency == sub.Currency {
+				prev.Name, prev.StripePriceID = p.Name, p.StripePriceID
+			}
+			perr := s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, prev)
 			if perr == nil {
-				perr = s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, prev)
+				// Its events, of this second, must not undo the choice.
+				if err := s.store.MarkRenewalSet(sctx, sub.ID); err != nil {
+					s.logger.WarnContext(ctx, "switch plan: mark the undo", "subscription", sub.ID, "err", err)
+				}
 			}
 			if perr != nil {
 				// Each renewal's payment is fulfilled as the plan it paid

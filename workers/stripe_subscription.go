@@ -163,7 +163,8 @@ func invoicePeriod(inv stripe.Invoice) (start, end time.Time, ok bool) {
 }
 
 // planLine is the amount of an invoice's subscription line when it is the
-// invoice's only line with an amount (single false otherwise).
+// invoice's only line with an amount, for one unit at its price (single
+// false otherwise).
 func planLine(inv stripe.Invoice) (amount int64, single bool) {
 	if inv.Lines == nil || inv.Lines.HasMore {
 		return 0, false
@@ -174,7 +175,7 @@ func planLine(inv stripe.Invoice) (amount int64, single bool) {
 			continue
 		}
 		n++
-		if l.Type != stripe.InvoiceLineItemTypeSubscription {
+		if l.Type != stripe.InvoiceLineItemTypeSubscription || l.Quantity > 1 || (l.Price != nil && l.Price.UnitAmount != l.Amount) {
 			return 0, false
 		}
 		amount = l.Amount
@@ -244,7 +245,11 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		if sub, err = store.ApplyBilledPlan(ctx, tx, sub.ID, billed); err != nil {
 			return "", "", fx, err
 		}
-		switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
+		if sub.PlanName == from {
+			switchNote = fmt.Sprintf("; it paid %s for %s, its price from now on", billing.FormatMoney(billed.PriceMinor, sub.Currency), from)
+		} else {
+			switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
+		}
 	}
 	dup, err := w.endIfDuplicate(ctx, tx, sub)
 	if err != nil {

@@ -198,6 +198,7 @@ func subInvoice(t *testing.T, sub store.Subscription, stripeSub, invoiceID strin
 	line := lines["data"].([]any)[0].(map[string]any)
 	line["type"] = "subscription"
 	line["amount"] = amount
+	line["price"].(map[string]any)["unit_amount"] = amount
 	line["period"] = map[string]any{"start": start.Unix(), "end": end.Unix()}
 	return inv
 }
@@ -830,7 +831,9 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 
 // One user's Subscribe requests run one at a time (a lock per user, held
 // around the provider's calls): two plans chosen at the same instant, in
-// two tabs, leave one checkout open and the other closed, never two.
+// two tabs, leave one checkout open and the other closed, never two. Here
+// another process holds the user's lock: the first request waits for it
+// in the database, the second behind the first.
 func TestSubscribeRequestsOfOneUserRunOneAtATime(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -838,24 +841,29 @@ func TestSubscribeRequestsOfOneUserRunOneAtATime(t *testing.T) {
 	second := ta.signIn(u.Email)
 	basic, pro := subscribeForm(t, b, "basic"), subscribeForm(t, second, "pro")
 
-	held, release, lockDone := make(chan struct{}), make(chan struct{}), make(chan error, 1)
-	var releaseOnce sync.Once
-	free := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(free) // a failed check must not leave the lock (and a pool connection) held
-	go func() {
-		lockDone <- ta.store.WithUserLock(ctx, "subscribe", u.ID, func() error { close(held); <-release; return nil })
-	}()
-	<-held
+	other, err := ta.store.Pool().Acquire(ctx)
+	require.NoError(t, err)
+	defer other.Release()
+	_, err = other.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('quickscale.subscribe:' || $1::bigint, 0))`, u.ID)
+	require.NoError(t, err)
+	var unlockOnce sync.Once
+	unlock := func() {
+		unlockOnce.Do(func() {
+			_, err := other.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended('quickscale.subscribe:' || $1::bigint, 0))`, u.ID)
+			require.NoError(t, err)
+		})
+	}
+	t.Cleanup(unlock) // a failed check must not leave the lock held
+
 	answers := make(chan response, 2)
 	go func() { answers <- b.post("/dashboard/subscription", basic) }()
 	go func() { answers <- second.post("/dashboard/subscription", pro) }()
-	eventually(t, 10*time.Second, "both requests waiting for the user's lock", func() bool {
+	eventually(t, 10*time.Second, "a request waiting for the user's lock", func() bool {
 		return whCount(t, ta, `SELECT count(*) FROM pg_stat_activity
- WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`) == 2
+ WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`) == 1
 	})
-	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1`, u.ID), "nothing opened while another request holds the lock")
-	free()
-	require.NoError(t, <-lockDone)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1`, u.ID), "nothing opened while another process holds the lock")
+	unlock()
 	for range 2 {
 		r := <-answers
 		require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
@@ -1061,4 +1069,50 @@ func TestInvoicesAndProviderChangesDecideThePlan(t *testing.T) {
 	require.Equal(t, "pro", now.PlanCode)
 	require.Nil(t, now.NextPlanCode)
 	whNoViolations(t, ta)
+}
+
+// A plan sold at $15 whose price Stripe raises to the catalog's $18 shows
+// the new price before it is charged, and its invoice then grants Basic at
+// $18; two units of Basic on one line are no Pro month.
+func TestAPriceRaisedAtStripeShowsAndAMonthIsOneUnit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
+	stripeSub := whID("sub")
+	start := time.Now().Add(-time.Hour).Truncate(time.Second)
+	end := start.AddDate(0, 1, 0)
+	current := func() store.Subscription {
+		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
+		require.NoError(t, err)
+		return s
+	}
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 1500, start, end), time.Now())
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE plans SET price_minor = 1800 WHERE code = 'basic'`)
+	require.NoError(t, err)
+
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, withPrice(t, subObject(t, sub, stripeSub, "active", false, start, end), 1800), time.Now().Add(time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	now := current()
+	require.Equal(t, "basic", *now.NextPlanCode)
+	require.Equal(t, int64(1800), *now.NextPriceMinor)
+	require.Contains(t, acctText(b.get("/dashboard/subscription").Doc(t), "#subscription-period"), "for $18.00")
+
+	twice := subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	line := twice["lines"].(map[string]any)["data"].([]any)[0].(map[string]any)
+	line["quantity"], line["price"].(map[string]any)["unit_amount"] = 2, 1500
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, twice, time.Now().Add(2*time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 1800, end, end.AddDate(0, 1, 0)), time.Now().Add(3*time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "it paid $18.00 for Basic, its price from now on")
+	now = current()
+	require.Equal(t, "basic", now.PlanCode)
+	require.Equal(t, int64(1800), now.PriceMinor)
+	require.Nil(t, now.NextPlanCode)
+	bal, err := ta.store.Balance(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(2000), bal.ByKind[store.GrantSubscription])
 }
