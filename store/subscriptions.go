@@ -130,6 +130,10 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 		}
 		stay := plan.Code == current
 		switch {
+		case stay && next != nil && *next == current:
+			// The provider raised (or lowered) this plan's price from the
+			// next renewal: not a switch the customer can undo here.
+			return nil
 		case plan.Currency != currency:
 			return Errorf(KindConflict, "That plan is sold in another currency.")
 		case !stay && plan.PriceMinor == price:

@@ -7,12 +7,13 @@ import (
 	"time"
 )
 
-// newUserLockSlots bounds the connections user locks hold (a quarter of
-// the pool): each holder's work needs more connections from the same
-// pool, so many requests at once must not take them all. Requests beyond
-// it wait for a slot holding no connection.
+// newUserLockSlots bounds the connections user locks hold: a quarter of
+// the pool, at least two (so that one slow provider call does not stop
+// every other user's) but never the whole pool, since each holder's work
+// needs more connections from it. Requests beyond it wait for a slot
+// holding no connection.
 func newUserLockSlots(maxConns int) chan struct{} {
-	return make(chan struct{}, max(1, maxConns/4))
+	return make(chan struct{}, max(1, min(max(2, maxConns/4), maxConns-1)))
 }
 
 // WithUserLock runs fn while holding an advisory lock on one user for one

@@ -435,6 +435,8 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 		}
 		if cancel {
 			s.flash(ctx, "Your "+sub.PlanName+" plan will not renew: it ends on "+end+". Its credits stay yours until then.")
+		} else if sub.NextPlanCode != nil && *sub.NextPlanCode == sub.PlanCode {
+			s.flash(ctx, "Your "+sub.PlanName+" plan renews again on "+end+", at its new price of "+billing.FormatMoney(*sub.NextPriceMinor, sub.Currency)+" a month.")
 		} else if sub.NextPlanName != nil {
 			s.flash(ctx, "Your plan renews again on "+end+", as the "+*sub.NextPlanName+" plan you chose: "+
 				billing.FormatCredits(*sub.NextCreditsPerPeriod)+" credits a month for "+billing.FormatMoney(*sub.NextPriceMinor, sub.Currency)+".")
