@@ -677,11 +677,7 @@ func TestTheSimulatorFailsARenewalThenPaysOrEndsIt(t *testing.T) {
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
 	end := *sub.CurrentPeriodEnd
 	form := url.Values{"subscription": {formatID(sub.ID)}}
-	status := func() store.Subscription {
-		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
-		require.NoError(t, err)
-		return s
-	}
+	status := func() store.Subscription { return reload(t, ta, sub) }
 
 	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", form), "/dashboard/subscription")
 	eventually(t, 10*time.Second, "past due", func() bool { return status().Status == store.SubPastDue })
@@ -720,6 +716,14 @@ func mustSimSub(t *testing.T, ta *testApp, sub store.Subscription) store.SimSubs
 	return ss
 }
 
+// reload reads a subscription as it is now.
+func reload(t *testing.T, ta *testApp, sub store.Subscription) store.Subscription {
+	t.Helper()
+	s, err := ta.store.UserSubscription(context.Background(), sub.UserID, sub.ID)
+	require.NoError(t, err)
+	return s
+}
+
 // subscriber is a test app and a verified user signed in to it.
 func subscriber(t *testing.T) (*testApp, store.User, *browser) {
 	t.Helper()
@@ -753,11 +757,7 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 		mustRedirect(t, b.post("/dashboard/subscription/switch", form(plan)), "/dashboard/subscription")
 		return b.get("/dashboard/subscription").Doc(t)
 	}
-	current := func() store.Subscription {
-		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
-		require.NoError(t, err)
-		return s
-	}
+	current := func() store.Subscription { return reload(t, ta, sub) }
 
 	doc := b.get("/dashboard/subscription").Doc(t)
 	require.Equal(t, 1, doc.Find(`.subscription-switch-form[data-plan="pro"]`).Length())
@@ -886,11 +886,7 @@ func TestAPaidInvoiceGrantsThePlanItPaidFor(t *testing.T) {
 	ctx := context.Background()
 	ta, u, b := subscriber(t)
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
-	current := func() store.Subscription {
-		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
-		require.NoError(t, err)
-		return s
-	}
+	current := func() store.Subscription { return reload(t, ta, sub) }
 	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "pro")), "/dashboard/subscription")
 	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", switchForm(sub, "")), "/dashboard/subscription")
 	eventually(t, 10*time.Second, "past due", func() bool { return current().Status == store.SubPastDue })
@@ -1000,11 +996,7 @@ func TestInvoicesAndProviderChangesDecideThePlan(t *testing.T) {
 	start := time.Now().Add(-time.Hour).Truncate(time.Second)
 	end := start.AddDate(0, 1, 0)
 	at := func(d time.Duration) time.Time { return time.Now().Add(d) }
-	current := func() store.Subscription {
-		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
-		require.NoError(t, err)
-		return s
-	}
+	current := func() store.Subscription { return reload(t, ta, sub) }
 	credits := func() int64 {
 		bal, err := ta.store.Balance(ctx, u.ID)
 		require.NoError(t, err)
@@ -1082,11 +1074,7 @@ func TestAPriceRaisedAtStripeShowsAndAMonthIsOneUnit(t *testing.T) {
 	stripeSub := whID("sub")
 	start := time.Now().Add(-time.Hour).Truncate(time.Second)
 	end := start.AddDate(0, 1, 0)
-	current := func() store.Subscription {
-		s, err := ta.store.UserSubscription(ctx, u.ID, sub.ID)
-		require.NoError(t, err)
-		return s
-	}
+	current := func() store.Subscription { return reload(t, ta, sub) }
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 1500, start, end), time.Now())
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	_, err := ta.store.Pool().Exec(ctx, `UPDATE plans SET price_minor = 1800 WHERE code = 'basic'`)
