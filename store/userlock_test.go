@@ -7,11 +7,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
+
+// smallStore is a store on a fresh database with a pool of n connections.
+func smallStore(t *testing.T, n int32) (*store.Store, *pgxpool.Pool) {
+	t.Helper()
+	pool, err := store.OpenPool(context.Background(), storetest.NewDatabase(t), store.PoolOptions{MaxConns: n})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return store.New(pool, nil), pool
+}
 
 // One user's locked work runs one at a time; many requests at once on a
 // small pool (each holder's work needing another connection) all finish:
@@ -20,10 +30,7 @@ func TestWithUserLockRunsOneAtATimeWithoutTakingThePool(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := store.OpenPool(ctx, storetest.NewDatabase(t), store.PoolOptions{MaxConns: 4})
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	st := store.New(pool, nil)
+	st, pool := smallStore(t, 4)
 
 	var running, most, done atomic.Int32
 	var wg sync.WaitGroup
@@ -58,10 +65,7 @@ func TestWithUserLockQueuesOneUsersBurstApart(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := store.OpenPool(ctx, storetest.NewDatabase(t), store.PoolOptions{MaxConns: 8})
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	st := store.New(pool, nil)
+	st, _ := smallStore(t, 8)
 
 	held, release := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
