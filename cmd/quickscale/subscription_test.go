@@ -770,6 +770,9 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 	require.Contains(t, acctText(doc, "#subscription-period"), "for $30.00: the month's credits expire then, and the next month's 2,500 credits are added.")
 	require.Zero(t, doc.Find(".subscription-switch-form").Length())
 	require.Equal(t, int64(3000), mustSimSub(t, ta, sub).AmountMinor, "the provider bills Pro's price from the next renewal")
+	_, admin := whAdmin(t, ta)
+	require.Contains(t, acctText(admin.get("/admin/users/"+formatID(u.ID)).Doc(t), "#admin-subscription"), "renews then, as Pro ($30.00 a month, 2,500 credits) from then",
+		"support sees the switch chosen")
 	require.Contains(t, acctText(b.get("/dashboard").Doc(t), "#dashboard-plan"), "Your plan: Basic, 1,000 credits a month; it renews on "+endDate+" as Pro.")
 	require.Contains(t, acctText(switchTo("pro"), "#flash"), "switches to Pro on "+endDate+" already")
 
@@ -807,7 +810,6 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 	require.Equal(t, 2, first)
 	var firstEvent string
 	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT id FROM stripe_events WHERE type = 'invoice.paid' ORDER BY created, received_at LIMIT 1`).Scan(&firstEvent))
-	_, admin := whAdmin(t, ta)
 	mustRedirect(t, admin.post("/admin/webhooks/"+firstEvent+"/reprocess", url.Values{}), "/admin/webhooks/"+firstEvent)
 	eventually(t, 10*time.Second, "the invoice processed again", func() bool {
 		ev, err := ta.store.StripeEventByID(ctx, firstEvent)
