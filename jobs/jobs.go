@@ -92,6 +92,9 @@ const (
 	// subscription's invoice: paid (its credits added) or not.
 	EmailSubscriptionPaid   = "subscription_paid"
 	EmailSubscriptionFailed = "subscription_payment_failed"
+	// EmailSubscriptionChanged confirms a change the customer made to
+	// their plan's renewal: cancel, keep, switch or stay.
+	EmailSubscriptionChanged = "subscription_changed"
 )
 
 // StripeEvent applies one stored Stripe event.

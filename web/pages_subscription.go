@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 )
 
@@ -433,16 +434,24 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
-		if cancel {
-			s.flash(ctx, "Your "+sub.PlanName+" plan will not renew: it ends on "+end+". Its credits stay yours until then.")
-		} else if sub.NextPlanCode != nil && *sub.NextPlanCode == sub.PlanCode {
-			s.flash(ctx, "Your "+sub.PlanName+" plan renews again on "+end+", at its new price of "+billing.FormatMoney(*sub.NextPriceMinor, sub.Currency)+" a month.")
-		} else if sub.NextPlanName != nil {
-			s.flash(ctx, "Your plan renews again on "+end+", as the "+*sub.NextPlanName+" plan you chose: "+
-				billing.FormatCredits(*sub.NextCreditsPerPeriod)+" credits a month for "+billing.FormatMoney(*sub.NextPriceMinor, sub.Currency)+".")
-		} else {
-			s.flash(ctx, "Your "+sub.PlanName+" plan renews again on "+end+".")
+		var msg, subject string
+		switch {
+		case cancel:
+			subject = "Your " + sub.PlanName + " plan ends on " + end
+			msg = "Your " + sub.PlanName + " plan will not renew: it ends on " + end + ". Its credits stay yours until then."
+		case sub.NextPlanCode != nil && *sub.NextPlanCode == sub.PlanCode:
+			subject = "Your " + sub.PlanName + " plan renews again"
+			msg = "Your " + sub.PlanName + " plan renews again on " + end + ", at its new price of " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) + " a month."
+		case sub.NextPlanName != nil:
+			subject = "Your plan renews again, as " + *sub.NextPlanName
+			msg = "Your plan renews again on " + end + ", as the " + *sub.NextPlanName + " plan you chose: " +
+				billing.FormatCredits(*sub.NextCreditsPerPeriod) + " credits a month for " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) + "."
+		default:
+			subject = "Your " + sub.PlanName + " plan renews again"
+			msg = "Your " + sub.PlanName + " plan renews again on " + end + "."
 		}
+		s.flash(ctx, msg)
+		s.confirmSubscriptionChange(ctx, subject, msg)
 		redirect(w, r, "/dashboard/subscription")
 	})
 }
@@ -546,13 +555,30 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		case !res.Changed:
 			s.flash(ctx, "Your plan switches to "+plan.Name+" "+when+" already.")
 		case plan.Code == sub.PlanCode:
-			s.flash(ctx, "You stay on the "+sub.PlanName+" plan: it renews "+when+" for "+billing.FormatMoney(sub.PriceMinor, sub.Currency)+".")
+			msg := "You stay on the " + sub.PlanName + " plan: it renews " + when + " for " + billing.FormatMoney(sub.PriceMinor, sub.Currency) + "."
+			s.flash(ctx, msg)
+			s.confirmSubscriptionChange(ctx, "You stay on the "+sub.PlanName+" plan", msg)
 		default:
-			s.flash(ctx, "Your plan switches to "+plan.Name+" "+when+": from then on, "+billing.FormatCredits(plan.CreditsPerPeriod)+
-				" credits a month for "+billing.FormatMoney(plan.PriceMinor, plan.Currency)+". Until then your "+sub.PlanName+" plan and its credits stay as they are.")
+			msg := "Your plan switches to " + plan.Name + " " + when + ": from then on, " + billing.FormatCredits(plan.CreditsPerPeriod) +
+				" credits a month for " + billing.FormatMoney(plan.PriceMinor, plan.Currency) + ". Until then your " + sub.PlanName + " plan and its credits stay as they are."
+			s.flash(ctx, msg)
+			s.confirmSubscriptionChange(ctx, "Your plan switches to "+plan.Name+" "+when, msg)
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})
+}
+
+// confirmSubscriptionChange emails the customer a change they just made to
+// their plan's renewal (enqueued after it is recorded; a failure to
+// enqueue is logged, the change stands).
+func (s *Site) confirmSubscriptionChange(ctx context.Context, subject, summary string) {
+	u := CurrentUser(ctx)
+	err := s.sendEmailNow(context.WithoutCancel(ctx), jobs.EmailSubscriptionChanged, u.Email, map[string]string{
+		"Subject": subject, "Summary": summary, "SubscriptionLink": s.absURL("/dashboard/subscription"),
+	})
+	if err != nil {
+		s.logger.WarnContext(ctx, "subscription change: enqueue its confirmation email", "user", u.ID, "err", err)
+	}
 }
 
 // switchTarget is the plan a switch form names: the subscription's own

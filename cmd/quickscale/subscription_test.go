@@ -139,6 +139,7 @@ func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 	mustRedirect(t, b.post("/dashboard/subscription/cancel", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
 	doc = b.get("/dashboard/subscription").Doc(t)
 	require.Contains(t, doc.Find("#subscription-ends").Text(), "It ends on")
+	require.Contains(t, ta.waitMail(u.Email, "Your Basic plan ends on "+end.AddDate(0, 1, 0).UTC().Format("2 Jan 2006")).Text, "Its credits stay yours until then.")
 	mustRedirect(t, b.post("/dashboard/subscription/resume", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
 	require.Equal(t, 1, b.get("/dashboard/subscription").Doc(t).Find("#subscription-renews").Length())
 	mustRedirect(t, b.post("/dashboard/subscription/cancel", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
@@ -765,6 +766,9 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 
 	doc = switchTo("pro")
 	require.Contains(t, acctText(doc, "#flash"), "Your plan switches to Pro on "+endDate+": from then on, 2,500 credits a month for $30.00.")
+	mail := ta.waitMail(u.Email, "Your plan switches to Pro on "+endDate)
+	require.Contains(t, mail.Text, "from then on, 2,500 credits a month for $30.00")
+	require.Contains(t, mail.Text, "/dashboard/subscription")
 	require.Equal(t, "Pro", acctText(doc, "#subscription-next-plan"))
 	require.Equal(t, "Basic", acctText(doc, "#subscription-plan"), "the plan stays until its renewal")
 	require.Contains(t, acctText(doc, "#subscription-period"), "for $30.00: the month's credits expire then, and the next month's 2,500 credits are added.")
@@ -778,6 +782,7 @@ func TestSwitchingPlansTakesEffectAtTheNextRenewal(t *testing.T) {
 
 	// Undone: the provider bills Basic's price again.
 	doc = switchTo("basic")
+	ta.waitMail(u.Email, "You stay on the Basic plan")
 	require.Contains(t, acctText(doc, "#flash"), "You stay on the Basic plan: it renews on "+endDate+" for $15.00.")
 	require.Zero(t, doc.Find("#subscription-switch").Length())
 	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor)
