@@ -518,16 +518,9 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			if res.PrevNext != nil {
 				b = *res.PrevNext
 			}
-			prev := store.Plan{Code: b.Code, Name: b.Code, PriceMinor: b.PriceMinor, CreditsPerPeriod: b.CreditsPerPeriod, Currency: sub.Currency}
-			if p, err := s.store.PlanByCode(sctx, b.Code); err == nil && p.PriceMinor == b.PriceMinor && p.Currency == sub.Currency {
-				prev.Name, prev.StripePriceID = p.Name, p.StripePriceID
-			}
-			perr := s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, prev)
+			prev, perr := s.planAt(sctx, b, sub.Currency, b.Code)
 			if perr == nil {
-				// Its events, of this second, must not undo the choice.
-				if err := s.store.MarkRenewalSet(sctx, sub.ID); err != nil {
-					s.logger.WarnContext(ctx, "switch plan: mark the undo", "subscription", sub.ID, "err", err)
-				}
+				perr = s.gateway.ChangeSubscriptionPlan(sctx, *sub.StripeSubscriptionID, prev)
 			}
 			if perr != nil {
 				// Each renewal's payment is fulfilled as the plan it paid
@@ -537,6 +530,10 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 					"We could not note it here, so this page shows it only after that renewal.")
 				redirect(w, r, "/dashboard/subscription")
 				return
+			}
+			// Its events, of this second, must not undo the choice.
+			if err := s.store.MarkRenewalSet(sctx, sub.ID); err != nil {
+				s.logger.WarnContext(ctx, "switch plan: mark the undo", "subscription", sub.ID, "err", err)
 			}
 			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Your plan was not changed",
 				Message:   "We could not save your change, so it was undone and your plan stays as it was. Please try again in a few minutes.",
@@ -587,14 +584,25 @@ func (s *Site) switchTarget(ctx context.Context, sub store.Subscription, code st
 	if code != sub.PlanCode {
 		return s.store.PlanByCode(ctx, code)
 	}
-	own := store.Plan{Code: sub.PlanCode, Name: sub.PlanName, CreditsPerPeriod: sub.CreditsPerPeriod, PriceMinor: sub.PriceMinor, Currency: sub.Currency}
-	// Its synced price serves when it is the price the subscription pays.
-	if p, err := s.store.PlanByCode(ctx, code); err == nil && p.PriceMinor == sub.PriceMinor && p.Currency == sub.Currency {
-		own.StripePriceID = p.StripePriceID
-	} else if err != nil && store.ErrorKind(err) != store.KindNotFound {
-		return own, err
+	return s.planAt(ctx, store.BilledPlan{Code: sub.PlanCode, PriceMinor: sub.PriceMinor, CreditsPerPeriod: sub.CreditsPerPeriod}, sub.Currency, sub.PlanName)
+}
+
+// planAt is a plan at a given price (one a subscription pays, which may be
+// older than the catalog's, or of a plan no longer for sale): the
+// catalog's name, and its synced price when that is the price paid.
+func (s *Site) planAt(ctx context.Context, b store.BilledPlan, currency, name string) (store.Plan, error) {
+	pl := store.Plan{Code: b.Code, Name: name, CreditsPerPeriod: b.CreditsPerPeriod, PriceMinor: b.PriceMinor, Currency: currency}
+	p, err := s.store.PlanByCode(ctx, b.Code)
+	switch {
+	case err == nil:
+		pl.Name = p.Name
+		if p.PriceMinor == b.PriceMinor && p.Currency == currency {
+			pl.StripePriceID = p.StripePriceID
+		}
+	case store.ErrorKind(err) != store.KindNotFound:
+		return pl, err
 	}
-	return own, nil
+	return pl, nil
 }
 
 // RenewSimulatedSubscription serves POST /dashboard/subscription/renew

@@ -320,8 +320,8 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 // currency) paid for: the plan it is on, at its own price; else the plan
 // chosen for its next renewals; else the one plan for sale at that price
 // (a switch undone after the provider drew up the invoice, or one the
-// provider took and this side could not record). Customers get what they
-// paid for; none of these is !known.
+// provider took and this side could not record), so that customers get
+// what they paid for; known is false when the amount is none of these.
 func (w *StripeEventWorker) billedPlan(ctx context.Context, sub store.Subscription, amount int64) (store.BilledPlan, bool, error) {
 	switch {
 	case amount == sub.PriceMinor:
