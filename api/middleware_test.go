@@ -188,6 +188,16 @@ func TestDecodeUsageBodyIsStrict(t *testing.T) {
 			t.Errorf("%s: service %v, want a", body, service)
 		}
 	}
+	// An unknown field is named in the answer, cut short: a name as long as
+	// the body is not echoed back (JSON escapes "<" as six characters).
+	long := strings.Repeat("<", 100_000)
+	_, status, _, msg := decodeUsageBody(strings.NewReader(`{"` + long + `":1}`))
+	if status != http.StatusBadRequest || len(msg) > 200 || !strings.Contains(msg, `Unknown field "<<<<`) {
+		t.Errorf("a long unknown field: %d, a message of %d bytes: %.200q", status, len(msg), msg)
+	}
+	if _, _, _, msg := decodeUsageBody(strings.NewReader(`{"extra":1}`)); !strings.HasPrefix(msg, `Unknown field "extra": `) {
+		t.Errorf("a short unknown field is named whole: %q", msg)
+	}
 	// Past the cap while reading: 413, not a JSON error.
 	rec := httptest.NewRecorder()
 	capped := http.MaxBytesReader(rec, io.NopCloser(strings.NewReader(`{"service":"a"}`+strings.Repeat(" ", 64))), 32)

@@ -263,7 +263,7 @@ func decodeUsageBody(body io.Reader) (service *string, status int, code, msg str
 			return fail(err, shape)
 		}
 		if name, _ := t.(string); name != "service" {
-			return fail(nil, "Unknown field "+strconv.Quote(name)+": "+shape)
+			return fail(nil, "Unknown field "+quoteFieldName(name)+": "+shape)
 		} else if seen {
 			return fail(nil, "The field \"service\" is given twice.")
 		}
@@ -279,6 +279,17 @@ func decodeUsageBody(body io.Reader) (service *string, status int, code, msg str
 		return fail(err, "The body must hold exactly one JSON object.")
 	}
 	return service, 0, "", ""
+}
+
+// quoteFieldName quotes a JSON field name for an error message, cut to
+// its first 40 characters: a body's unknown field name may be as long as
+// the body, and quoting can make it six times longer ("<" is \u003c).
+func quoteFieldName(name string) string {
+	const most = 40
+	if r := []rune(name); len(r) > most {
+		return strconv.Quote(string(r[:most])) + "…"
+	}
+	return strconv.Quote(name)
 }
 
 // usagePageSize is how many usages one API page holds.

@@ -159,7 +159,7 @@ func (s *Site) Signup() http.Handler {
 			return
 		}
 		// Hash first in every case, so a taken address costs the same time.
-		hash, err := store.HashPassword(f.raw("password"))
+		hash, err := store.HashPassword(r.Context(), f.raw("password"))
 		if err != nil {
 			s.serverError(w, r, err)
 			return
@@ -244,14 +244,18 @@ func (s *Site) Login() http.Handler {
 			return
 		}
 		// VerifyPassword spends the same time when there is no such user.
-		match, rehash := store.VerifyPassword(f.raw("password"), u.PasswordHash)
+		match, rehash, err := store.VerifyPassword(ctx, f.raw("password"), u.PasswordHash)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
 		if !match {
 			f.Message = "That email and password do not match an account."
 			s.render(w, r, http.StatusUnprocessableEntity, "login", "Sign in", authPage{Form: f, Next: next})
 			return
 		}
 		if rehash {
-			if h, err := store.HashPassword(f.raw("password")); err == nil {
+			if h, err := store.HashPassword(ctx, f.raw("password")); err == nil {
 				if _, err := s.store.SetPasswordHash(ctx, u.ID, h, false); err != nil {
 					s.logger.WarnContext(ctx, "rehash password", "err", err)
 				}
@@ -451,7 +455,7 @@ func (s *Site) ResetPassword() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "reset", "Choose a new password", authPage{Form: f, Token: f.raw("token")})
 			return
 		}
-		hash, err := store.HashPassword(f.raw("new_password"))
+		hash, err := store.HashPassword(r.Context(), f.raw("new_password"))
 		if err != nil {
 			s.serverError(w, r, err)
 			return

@@ -88,7 +88,12 @@ func (s *Site) reauth(w http.ResponseWriter, r *http.Request, f *form, page sett
 	if s.limited(w, r, limitCheck{reauthKey(u.ID), s.limits.ReauthPerUser}) {
 		return false
 	}
-	if ok, _ := store.VerifyPassword(f.raw("current_password"), u.PasswordHash); !ok {
+	ok, _, err := store.VerifyPassword(r.Context(), f.raw("current_password"), u.PasswordHash)
+	if err != nil {
+		s.serverError(w, r, err)
+		return false
+	}
+	if !ok {
 		f.fail("current_password", "That is not your current password.")
 		s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 		return false
@@ -121,7 +126,7 @@ func (s *Site) ChangePassword() http.Handler {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
-		hash, err := store.HashPassword(f.raw("new_password"))
+		hash, err := store.HashPassword(ctx, f.raw("new_password"))
 		if err != nil {
 			s.serverError(w, r, err)
 			return

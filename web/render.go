@@ -203,6 +203,10 @@ func (t *templates) funcs() template.FuncMap {
 	}
 }
 
+// signedOutUndone is the sign-in page's notice when a form was sent while
+// signed out (RequireUser).
+const signedOutUndone = "You were signed out, so that was not done. Sign in and try again."
+
 // view is what every template gets: the common frame and the page's data.
 type view struct {
 	Title     string
@@ -228,6 +232,9 @@ func (s *Site) newView(r *http.Request, title string, data any) view {
 	}
 	if hasSession(r) && !isPartialRequest(r) {
 		v.Flash = s.popFlash(r)
+	}
+	if v.Flash == "" && r.URL.Path == "/login" && r.URL.Query().Get("undone") == "1" {
+		v.Flash = signedOutUndone
 	}
 	return v
 }

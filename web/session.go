@@ -103,9 +103,12 @@ func pathOf(raw string) string {
 	return u.RequestURI()
 }
 
-// safeNext keeps a post-login destination on this site.
+// safeNext keeps a post-login destination on this site. A backslash is
+// refused wherever it is: browsers read it as a slash, and the redirect's
+// cleaning of dot-segments would turn "/x/../\\evil.example" into
+// "/\\evil.example", which leaves the site.
 func safeNext(next string) string {
-	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsRune(next, '\\') {
 		return "/dashboard"
 	}
 	if u, err := url.Parse(next); err != nil || u.Host != "" || u.Scheme != "" {
@@ -135,12 +138,19 @@ func (s *Site) RequireUser(next http.Handler) http.Handler {
 			default:
 				back = pathOf(r.Header.Get("Referer"))
 			}
+			// A form sent while signed out says so on the sign-in page, by
+			// the address (undone=1): a flash would store a session for
+			// every anonymous POST, and anyone can send those.
+			q := url.Values{}
+			if back != "" {
+				q.Set("next", back)
+			}
 			if r.Method != http.MethodGet && r.Method != http.MethodHead {
-				s.flash(r.Context(), "You were signed out, so that was not done. Sign in and try again.")
+				q.Set("undone", "1")
 			}
 			to := "/login"
-			if back != "" {
-				to += "?next=" + url.QueryEscape(back)
+			if len(q) > 0 {
+				to += "?" + q.Encode()
 			}
 			redirect(w, r, to)
 			return

@@ -322,9 +322,14 @@ func TestLoginGoesToTheNextPageOnThisSiteOnly(t *testing.T) {
 	r := b.post("/login", url.Values{"email": {"next@example.com"}, "password": {storetest.DefaultPassword}, "next": {next}})
 	require.Equal(t, "/settings", r.Header.Get("Location"))
 
-	for _, offsite := range []string{"//evil.example/", "https://evil.example/", "/\\evil.example"} {
+	// A backslash is a slash to browsers, and the redirect cleans
+	// dot-segments: "/x/../\\evil.example" would become "/\\evil.example".
+	offsites := []string{"//evil.example/", "https://evil.example/", "/\\evil.example", "/x/../\\evil.example", "/dashboard/..\\evil.example", "/x/..\\/evil.example"}
+	for _, offsite := range offsites {
 		r := ta.browser().post("/login", url.Values{"email": {"next@example.com"}, "password": {storetest.DefaultPassword}, "next": {offsite}})
 		require.Equal(t, "/dashboard", r.Header.Get("Location"), "next=%q", offsite)
+		// Signed in already: the sign-in page sends its visitor on at once.
+		require.Equal(t, "/dashboard", b.get("/login?next="+url.QueryEscape(offsite)).Header.Get("Location"), "signed in, next=%q", offsite)
 	}
 }
 

@@ -137,7 +137,7 @@ func runUsers(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		defer env.close()
-		hash, err := store.HashPassword(password)
+		hash, err := store.HashPassword(ctx, password)
 		if err != nil {
 			return err
 		}

@@ -39,7 +39,7 @@ func seedDev(ctx context.Context, st *store.Store) (*devSeed, error) {
 		}
 	}
 	password := store.NewSecret()[:16]
-	hash, err := store.HashPassword(password)
+	hash, err := store.HashPassword(ctx, password)
 	if err != nil {
 		return nil, err
 	}

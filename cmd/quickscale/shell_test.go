@@ -345,7 +345,8 @@ func TestContactFormHtmxAnswersCarryWhatIsSwappedIn(t *testing.T) {
 // A visitor signed out while a page polls or sends a form in place (htmx)
 // is sent to sign in with the page as next, not the fragment it asked for
 // (a purchase's status, which after sign-in showed a bare fragment or
-// nothing); a form sent while signed out also says it was not done.
+// nothing); a form sent while signed out also says it was not done, by
+// the address, so that it stores no session.
 func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
@@ -357,9 +358,10 @@ func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 
 	r = anon.post("/services/some-service/use", url.Values{"idempotency_key": {"k"}},
 		"HX-Request", "true", "HX-Current-URL", ta.URL+"/services")
-	require.Equal(t, "/login?next=%2Fservices", r.Header.Get("HX-Redirect"), "Use")
-	login := anon.get("/login?next=%2Fservices")
+	require.Equal(t, "/login?next=%2Fservices&undone=1", r.Header.Get("HX-Redirect"), "Use")
+	login := anon.get("/login?next=%2Fservices&undone=1")
 	require.Contains(t, acctText(login.Doc(t), "#flash"), "You were signed out, so that was not done.")
+	require.NotContains(t, acctText(anon.get("/login?next=%2Fservices").Doc(t), "#main"), "You were signed out", "a page asked for was not undone")
 
 	// A boosted navigation is a page of its own: it is next.
 	r = anon.get("/dashboard/credits", "HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/services")
@@ -370,10 +372,14 @@ func TestSignedOutHtmxRequestsComeBackToTheirPage(t *testing.T) {
 	// without JavaScript, by its Referer.
 	r = anon.post("/admin/users/7/credits", url.Values{"delta": {"5"}},
 		"HX-Request", "true", "HX-Boosted", "true", "HX-Current-URL", ta.URL+"/admin/users/7/credits?from=search")
-	require.Equal(t, "/login?next="+url.QueryEscape("/admin/users/7/credits?from=search"), r.Header.Get("HX-Redirect"), "a boosted form")
+	require.Equal(t, "/login?next="+url.QueryEscape("/admin/users/7/credits?from=search")+"&undone=1", r.Header.Get("HX-Redirect"), "a boosted form")
 	r = anon.post("/settings/api-keys", url.Values{"name": {"ci"}}, "Referer", ta.URL+"/settings/api-keys")
 	require.Equal(t, http.StatusSeeOther, r.Status)
-	require.Equal(t, "/login?next=%2Fsettings%2Fapi-keys", r.Header.Get("Location"), "a form without JavaScript")
+	require.Equal(t, "/login?next=%2Fsettings%2Fapi-keys&undone=1", r.Header.Get("Location"), "a form without JavaScript")
+
+	// None of this stored a session: anyone can send forms signed out, and
+	// each used to store one (for its notice) for twelve hours.
+	require.Zero(t, acctCount(ta, `SELECT count(*) FROM sessions`), "signed-out requests stored sessions")
 }
 
 // A form's address reached by GET (the address bar or a bookmark, on the

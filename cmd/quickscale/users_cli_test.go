@@ -58,7 +58,8 @@ func TestUsersCreateReadsPasswordFromStdin(t *testing.T) {
 	require.Equal(t, 0, code, "stderr: %s", errOut)
 	require.NotContains(t, out, "password:", "a given password was printed")
 	u := cli.user("ops@example.com")
-	ok, rehash := store.VerifyPassword("typed on stdin 123", u.PasswordHash)
+	ok, rehash, err := store.VerifyPassword(t.Context(), "typed on stdin 123", u.PasswordHash)
+	require.NoError(t, err)
 	require.True(t, ok, "stored password is not the one from stdin")
 	require.False(t, rehash, "stored with other than the OWASP parameters")
 	require.Equal(t, store.RoleUser, u.Role)
@@ -75,7 +76,8 @@ func TestUsersCreateGeneratesAndPrintsPasswordWithoutStdin(t *testing.T) {
 	m := regexp.MustCompile(`(?m)^password: (\S+)$`).FindStringSubmatch(out)
 	require.NotNil(t, m, "no generated password printed in:\n%s", out)
 	require.GreaterOrEqual(t, len(m[1]), store.MinPasswordLen)
-	ok, _ := store.VerifyPassword(m[1], cli.user("generated@example.com").PasswordHash)
+	ok, _, err := store.VerifyPassword(t.Context(), m[1], cli.user("generated@example.com").PasswordHash)
+	require.NoError(t, err)
 	require.True(t, ok, "the printed password does not sign in")
 }
 
@@ -212,7 +214,8 @@ func TestUsersCreateReadsOnlyTheFirstLineOfStdin(t *testing.T) {
 	rest, err := io.ReadAll(stdin)
 	require.NoError(t, err)
 	require.Equal(t, "second password 456\n", string(rest), "the command read past its line")
-	ok, _ := store.VerifyPassword("first password 123", cli.user("one@example.com").PasswordHash)
+	ok, _, err := store.VerifyPassword(t.Context(), "first password 123", cli.user("one@example.com").PasswordHash)
+	require.NoError(t, err)
 	require.True(t, ok)
 }
 

@@ -36,7 +36,7 @@ func NewUser(t testing.TB, st *store.Store, opts UserOpts) store.User {
 	if opts.Password == "" {
 		opts.Password = DefaultPassword
 	}
-	hash, err := store.HashPassword(opts.Password)
+	hash, err := store.HashPassword(context.Background(), opts.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
