@@ -76,8 +76,11 @@ type adminUserPage struct {
 	RefundFailed map[int64]bool
 	// Subscriptions are the user's started subscriptions, newest first.
 	Subscriptions []store.Subscription
-	Form          *form
-	Kinds         []string
+	// InvoiceFailures are those subscriptions' renewals whose payment
+	// did not go through, the latest first (paid since or not).
+	InvoiceFailures []store.InvoiceFailure
+	Form            *form
+	Kinds           []string
 	// Nonce makes a resubmitted "add" form add nothing the second time.
 	Nonce string
 	// DeletedAt is set for an account its owner deleted: shown, read-only.
@@ -117,6 +120,14 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		return
 	}
 	if p.Subscriptions, err = s.store.SubscriptionsOfUser(ctx, target.ID, 5); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	subIDs := make([]int64, 0, len(p.Subscriptions))
+	for _, sub := range p.Subscriptions {
+		subIDs = append(subIDs, sub.ID)
+	}
+	if p.InvoiceFailures, err = s.store.InvoiceFailuresOf(ctx, subIDs, 10); err != nil {
 		s.serverError(w, r, err)
 		return
 	}

@@ -20,6 +20,10 @@ type subscriptionPage struct {
 	// period's end), with its latest paid invoices.
 	Live     *store.Subscription
 	Invoices []store.Payment
+	// Overdue is the invoice a past-due plan owes; Failures its
+	// invoices whose payment did not go through (paid since or not).
+	Overdue  *store.InvoiceFailure
+	Failures []store.InvoiceFailure
 	// Open is a checkout opened and not finished, to go back to.
 	Open *store.Subscription
 	// Past lists subscriptions that ended.
@@ -60,6 +64,14 @@ func (s *Site) loadSubscriptionPage(ctx context.Context, userID int64) (subscrip
 		p.Live = &live
 		if p.Invoices, err = s.store.PaymentsOfSubscription(ctx, live.ID, 6); err != nil {
 			return p, err
+		}
+		if p.Failures, err = s.store.InvoiceFailuresOf(ctx, []int64{live.ID}, 6); err != nil {
+			return p, err
+		}
+		if o, found, err := s.store.Overdue(ctx, live); err != nil {
+			return p, err
+		} else if found {
+			p.Overdue = &o
 		}
 	} else {
 		open, found, err := s.store.OpenSubscriptionCheckout(ctx, userID)
@@ -439,6 +451,12 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 		case cancel:
 			subject = "Your " + sub.PlanName + " plan ends on " + end
 			msg = "Your " + sub.PlanName + " plan will not renew: it ends on " + end + ". Its credits stay yours until then."
+			if o, found, err := s.store.Overdue(ctx, sub); err != nil {
+				s.logger.WarnContext(ctx, "cancel: read the overdue invoice", "subscription", sub.ID, "err", err)
+			} else if found {
+				msg += " The overdue payment of " + billing.FormatMoney(o.AmountMinor, o.Currency) + " for " + o.PeriodStart.Format("2 Jan") + " – " + o.PeriodEnd.Format("2 Jan 2006") +
+					" is still tried: if it goes through, that month's credits are added."
+			}
 		case sub.NextPlanCode != nil && *sub.NextPlanCode == sub.PlanCode:
 			subject = "Your " + sub.PlanName + " plan renews again"
 			msg = "Your " + sub.PlanName + " plan renews again on " + end + ", at its new price of " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) + " a month."
@@ -483,6 +501,13 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 		when := "at its next renewal"
 		if sub.CurrentPeriodEnd != nil {
 			when = "on " + sub.CurrentPeriodEnd.UTC().Format("2 Jan 2006")
+		}
+		if sub.Status == store.SubPastDue {
+			// The overdue invoice bills what it bills, whatever is chosen
+			// now: a change then would promise a price it is not.
+			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "Your plan was not changed",
+				Message: "This month's payment for your plan is overdue: you can change plans once it has gone through.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+			return
 		}
 		if sub.CancelAtPeriodEnd && plan.Code != sub.PlanCode {
 			s.flash(ctx, "Your "+sub.PlanName+" plan is set to end "+when+": keep it first, then choose the plan it switches to.")
@@ -610,7 +635,7 @@ func (s *Site) planAt(ctx context.Context, b store.BilledPlan, currency, name st
 // end, so that it renews (or ends, when set to) now.
 func (s *Site) RenewSimulatedSubscription() http.Handler {
 	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.Renew(ctx, id) },
-		func(sub store.Subscription) string {
+		func(sub store.Subscription, _ *store.InvoiceFailure) string {
 			switch {
 			case sub.Status == store.SubPastDue:
 				return "Simulated: the payment provider's retries ran out, so your " + sub.PlanName + " plan has ended."
@@ -630,8 +655,8 @@ func (s *Site) RenewSimulatedSubscription() http.Handler {
 // so the plan is past due; PayOverdueSimulated pays it.
 func (s *Site) SimulateRenewalFailure() http.Handler {
 	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.FailRenewal(ctx, id) },
-		func(sub store.Subscription) string {
-			return "Simulated: the next month's payment failed. Your " + sub.PlanName + " plan is past due: the payment provider tries again, and no credits are added until it is paid."
+		func(sub store.Subscription, _ *store.InvoiceFailure) string {
+			return "Simulated: the next month's payment failed, so your plan is past due: the payment provider tries again, and no credits are added until it is paid."
 		})
 }
 
@@ -639,15 +664,19 @@ func (s *Site) SimulateRenewalFailure() http.Handler {
 // simulator only): the overdue invoice is paid, as after a card update.
 func (s *Site) PayOverdueSimulated() http.Handler {
 	return s.simulatorAction(func(ctx context.Context, sim *billing.Simulator, id string) error { return sim.PayOverdue(ctx, id) },
-		func(sub store.Subscription) string {
-			return "Simulated: the overdue payment went through. Your " + sub.PlanName + " plan is active again and its month's credits are added in a moment."
+		func(sub store.Subscription, o *store.InvoiceFailure) string {
+			plan := sub.PlanName
+			if o != nil && o.PlanName != nil {
+				plan = *o.PlanName
+			}
+			return "Simulated: the overdue payment went through. Your " + plan + " plan is active again and its month's credits are added in a moment."
 		})
 }
 
 // simulatorAction runs one of the simulator's subscription actions on the
 // live subscription the form names (Not Found without the simulator) and
 // says what it did.
-func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, string) error, done func(store.Subscription) string) http.Handler {
+func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, string) error, done func(store.Subscription, *store.InvoiceFailure) string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		sim, ok := s.gateway.(*billing.Simulator)
@@ -659,6 +688,14 @@ func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, str
 		if !ok {
 			return
 		}
+		// What was overdue, read before the action pays it.
+		var overdue *store.InvoiceFailure
+		if o, found, err := s.store.Overdue(ctx, sub); err != nil {
+			s.serverError(w, r, err)
+			return
+		} else if found {
+			overdue = &o
+		}
 		err := act(ctx, sim, *sub.StripeSubscriptionID)
 		switch {
 		case errors.Is(err, billing.ErrSubscriptionEnded):
@@ -669,7 +706,7 @@ func (s *Site) simulatorAction(act func(context.Context, *billing.Simulator, str
 			s.paymentProviderErrorTo(w, r, err, "/dashboard/subscription", "Your subscription")
 			return
 		default:
-			s.flash(ctx, done(sub))
+			s.flash(ctx, done(sub, overdue))
 		}
 		redirect(w, r, "/dashboard/subscription")
 	})

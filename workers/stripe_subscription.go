@@ -310,10 +310,29 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		"PeriodEndDate":    end.Format("2 Jan 2006"),
 		"ReceiptLink":      w.baseURL + "/dashboard/payments/" + strconv.FormatInt(pay.ID, 10) + "/receipt",
 		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
+		"Renewal":          renewalSentence(sub, end),
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
 	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + switchNote + dupNote, fx, nil
+}
+
+// renewalSentence says what happens at the end of the period just paid
+// for, as the subscription stands: it ends, or it renews as the plan and
+// at the price chosen for then (not the amount just paid, when a switch or
+// a new price is chosen).
+func renewalSentence(sub store.Subscription, end time.Time) string {
+	date := end.Format("2 Jan 2006")
+	switch {
+	case sub.CancelAtPeriodEnd:
+		return "It ends on " + date + " and does not renew, as you asked; you can keep it on your subscription page until then."
+	case sub.NextPlanCode != nil && *sub.NextPlanCode != sub.PlanCode && sub.NextPlanName != nil:
+		return "It renews on " + date + " as the " + *sub.NextPlanName + " plan you chose, for " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) +
+			" (" + billing.FormatCredits(*sub.NextCreditsPerPeriod) + " credits a month), unless you cancel before then."
+	case sub.NextPriceMinor != nil:
+		return "It renews on " + date + " for " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) + ", its new price, unless you cancel before then."
+	}
+	return "It renews on " + date + " for " + billing.FormatMoney(sub.PriceMinor, sub.Currency) + " unless you cancel before then."
 }
 
 // billedPlan says which plan an invoice's amount (in the subscription's
@@ -345,8 +364,9 @@ func (w *StripeEventWorker) billedPlan(ctx context.Context, sub store.Subscripti
 	return store.BilledPlan{Code: found[0].Code, PriceMinor: found[0].PriceMinor, CreditsPerPeriod: found[0].CreditsPerPeriod}, true, nil
 }
 
-// applyInvoiceFailed tells the customer a renewal did not go through
-// (the subscription's state, past due, comes with its own event).
+// applyInvoiceFailed records a renewal's payment that did not go through
+// (what it bills, for which period, when it is tried again) and tells the
+// customer; the subscription's state, past due, comes with its own event.
 func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, ev store.StripeEvent) (string, string, effects, error) {
 	var fx effects
 	inv, sub, outcome, detail, err := w.invoiceSubscription(ctx, tx, ev)
@@ -363,18 +383,54 @@ func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, e
 		return store.OutcomeIgnored, "the account was deleted", fx, err
 	}
 	next := ""
+	var nextAt *time.Time
 	if inv.NextPaymentAttempt > 0 {
-		next = time.Unix(inv.NextPaymentAttempt, 0).UTC().Format("2 Jan 2006")
+		t := time.Unix(inv.NextPaymentAttempt, 0).UTC()
+		nextAt, next = &t, t.Format("2 Jan 2006")
+	}
+	// The plan the invoice bills: a switch chosen before takes effect
+	// with the renewal's invoice, paid or not.
+	plan := store.BilledPlan{}
+	planName := sub.PlanName
+	if line, single := planLine(inv); single && inv.AmountDue == line && string(inv.Currency) == sub.Currency {
+		billed, known, err := w.billedPlan(ctx, sub, line)
+		if err != nil {
+			return "", "", fx, err
+		}
+		if known {
+			plan = billed
+			if p, err := w.store.PlanByCode(ctx, billed.Code); err == nil {
+				planName = p.Name
+			} else if store.ErrorKind(err) != store.KindNotFound {
+				return "", "", fx, err
+			}
+		}
+	}
+	recorded := ""
+	if start, end, ok := invoicePeriod(inv); ok && inv.AmountDue > 0 {
+		created, err := store.RecordInvoiceFailure(ctx, tx, store.NewInvoiceFailure{
+			SubscriptionID: sub.ID, InvoiceID: inv.ID, AmountMinor: inv.AmountDue, Currency: string(inv.Currency), PlanCode: plan.Code,
+			PeriodStart: start, PeriodEnd: end, Attempt: inv.AttemptCount, NextAttemptAt: nextAt, FailedAt: ev.Created, StripeEventID: ev.ID,
+		})
+		if err != nil {
+			return "", "", fx, err
+		}
+		if !created {
+			return store.OutcomeApplied, "already recorded", fx, nil
+		}
+	} else {
+		recorded = " (not recorded: it has no period or no amount)"
 	}
 	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionFailed, To: email, Data: map[string]string{
-		"Plan":             sub.PlanName,
+		"Plan":             planName,
 		"Amount":           billing.FormatMoney(inv.AmountDue, string(inv.Currency)),
 		"NextAttempt":      next,
 		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeApplied, fmt.Sprintf("told user %d that invoice %s was not paid", sub.UserID, inv.ID), fx, nil
+	return store.OutcomeApplied, fmt.Sprintf("told user %d that invoice %s (%s, %s) was not paid%s", sub.UserID, inv.ID,
+		billing.FormatMoney(inv.AmountDue, string(inv.Currency)), planName, recorded), fx, nil
 }
 
 // subscriptionStatus maps Stripe's subscription status onto ours; ok is

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 
+	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 )
@@ -353,7 +354,12 @@ func TestDeletingAnAccountEndsItsSubscription(t *testing.T) {
 		return err == nil && s.Status == store.SubCanceled
 	})
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_subscriptions WHERE id = $1 AND status = 'canceled'`, *sub.StripeSubscriptionID))
-	require.Len(t, ta.jobRows("cancel_subscription"), 1)
+	// One job from the deletion, and one more for each of the
+	// subscription's events still queued (its checkout's completion, say)
+	// that is applied after it and finds the account deleted
+	// (cancelIfOrphaned): each cancels the same subscription, which ends
+	// once.
+	require.NotEmpty(t, ta.jobRows("cancel_subscription"))
 }
 
 // A checkout opened and left: Subscribe to the same plan again goes back
@@ -885,9 +891,11 @@ func switchForm(sub store.Subscription, plan string) url.Values {
 }
 
 // Each paid invoice grants the plan its amount paid for. Pro chosen, the
-// renewal drawn up at Pro's price fails; the switch is undone (Basic from
-// the renewal after); the overdue invoice, at Pro's price, is then paid:
-// Pro's month and credits, and Basic again from the next renewal.
+// renewal drawn up at Pro's price fails; the switch is undone at the
+// provider (its dashboard: the customer cannot while a payment is owed),
+// Basic from the renewal after; the overdue invoice, at Pro's price, is
+// then paid: Pro's month and credits, and Basic again from the next
+// renewal.
 func TestAPaidInvoiceGrantsThePlanItPaidFor(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -897,8 +905,12 @@ func TestAPaidInvoiceGrantsThePlanItPaidFor(t *testing.T) {
 	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "pro")), "/dashboard/subscription")
 	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", switchForm(sub, "")), "/dashboard/subscription")
 	eventually(t, 10*time.Second, "past due", func() bool { return current().Status == store.SubPastDue })
-	mustRedirect(t, b.post("/dashboard/subscription/switch", switchForm(sub, "basic")), "/dashboard/subscription")
-	require.Contains(t, acctText(b.get("/dashboard/subscription").Doc(t), "#flash"), "You stay on the Basic plan")
+	basic, err := ta.store.PlanByCode(ctx, "basic")
+	require.NoError(t, err)
+	sim := ta.app.gateway.(*billing.Simulator)
+	res, err := ta.store.ScheduleSwitch(ctx, sub.ID, basic, func() error { return sim.ChangeSubscriptionPlan(ctx, *sub.StripeSubscriptionID, basic) })
+	require.NoError(t, err)
+	require.True(t, res.Changed)
 	require.Equal(t, int64(1500), mustSimSub(t, ta, sub).AmountMinor)
 
 	mustRedirect(t, b.post("/dashboard/subscription/pay-overdue", switchForm(sub, "")), "/dashboard/subscription")
