@@ -95,6 +95,9 @@ const (
 	// EmailSubscriptionChanged confirms a change the customer made to
 	// their plan's renewal: cancel, keep, switch or stay.
 	EmailSubscriptionChanged = "subscription_changed"
+	// EmailSubscriptionEnded tells the customer their plan has ended: as
+	// they asked, after its payment failed, or at the provider.
+	EmailSubscriptionEnded = "subscription_ended"
 )
 
 // StripeEvent applies one stored Stripe event.

@@ -514,5 +514,49 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 	if ss.CancelAtPeriodEnd && status != store.SubCanceled {
 		detail += ", ends at its period's end"
 	}
+	if status == store.SubCanceled && sub.Live() {
+		told, err := w.tellEnded(ctx, tx, sub, st.CanceledAt)
+		if err != nil {
+			return "", "", fx, err
+		}
+		if told {
+			detail += "; the customer was emailed"
+		}
+	}
 	return store.OutcomeApplied, detail, fx, nil
+}
+
+// tellEnded emails the customer that their live plan has ended (sub as it
+// was before): as they asked, because its payment never went through, or
+// at the provider (support, or Stripe's own rules). A deleted account is
+// told nothing (told false).
+func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.Subscription, endedAt *time.Time) (told bool, err error) {
+	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
+	if err != nil || email == "" {
+		return false, err
+	}
+	at := time.Now().UTC()
+	if endedAt != nil {
+		at = endedAt.UTC()
+	}
+	why := "It was ended at our payment provider."
+	switch {
+	case sub.Status == store.SubPastDue:
+		why = "Its last payment did not go through, and the payment provider has stopped trying."
+		if o, found, err := w.store.Overdue(ctx, sub); err != nil {
+			return false, err
+		} else if found {
+			why = "Its payment of " + billing.FormatMoney(o.AmountMinor, o.Currency) + " for " + o.PeriodStart.Format("2 Jan") + " – " + o.PeriodEnd.Format("2 Jan 2006") +
+				" did not go through, and the payment provider has stopped trying: nothing more is charged for it."
+		}
+	case sub.CancelAtPeriodEnd:
+		why = "You cancelled it, so it did not renew."
+	}
+	_, err = w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionEnded, To: email, Data: map[string]string{
+		"Plan":             sub.PlanName,
+		"EndedAt":          at.Format("2 Jan 2006 15:04 UTC"),
+		"Why":              why,
+		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
+	}}, nil)
+	return err == nil, err
 }

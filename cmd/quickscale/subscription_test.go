@@ -156,6 +156,9 @@ func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 		return err == nil && s.Status == store.SubCanceled
 	})
 	require.Len(t, subscriptionPayments(t, ta, sub), 2)
+	ended := ta.waitMail(u.Email, "Your Basic plan has ended")
+	require.Contains(t, ended.Text, "You cancelled it, so it did not renew.")
+	require.Contains(t, ended.Text, "Subscription credits you still have stay until the end of the month they were paid for")
 	doc = b.get("/dashboard/subscription").Doc(t)
 	require.Equal(t, 2, doc.Find(".plan form").Length(), "the plans are offered again")
 	require.Contains(t, doc.Find("#subscription-past").Text(), "Basic, from")
@@ -360,6 +363,9 @@ func TestDeletingAnAccountEndsItsSubscription(t *testing.T) {
 	// (cancelIfOrphaned): each cancels the same subscription, which ends
 	// once.
 	require.NotEmpty(t, ta.jobRows("cancel_subscription"))
+	// Nobody is told the plan of a deleted account ended (the email job is
+	// enqueued with the end, in its transaction).
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'send_email' AND args->>'template' = 'subscription_ended'`))
 }
 
 // A checkout opened and left: Subscribe to the same plan again goes back
@@ -712,6 +718,10 @@ func TestTheSimulatorFailsARenewalThenPaysOrEndsIt(t *testing.T) {
 	mustRedirect(t, b.post("/dashboard/subscription/renew", form), "/dashboard/subscription")
 	eventually(t, 10*time.Second, "ended", func() bool { return status().Status == store.SubCanceled })
 	require.Len(t, subscriptionPayments(t, ta, sub), 2)
+	ended := ta.waitMail(u.Email, "Your Basic plan has ended")
+	overdue := end.AddDate(0, 1, 0)
+	require.Contains(t, ended.Text, "Its payment of $15.00 for "+overdue.UTC().Format("2 Jan")+" – "+overdue.AddDate(0, 1, 0).UTC().Format("2 Jan 2006")+
+		" did not go through, and the payment provider has stopped trying")
 	whNoViolations(t, ta)
 }
 
