@@ -50,6 +50,9 @@ type SendEmail struct {
 	// Template names the message: see workers/templates/email.
 	Template string `json:"template"`
 	To       string `json:"to"`
+	// ReplyTo, when set, is where a reply goes (the contact form's
+	// sender, not the no-reply sender address).
+	ReplyTo string `json:"reply_to,omitempty"`
 	// Data fills the template.
 	Data map[string]string `json:"data,omitempty"`
 	// Link, when set, has the worker issue a one-time token just before

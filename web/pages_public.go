@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 )
@@ -72,8 +74,12 @@ func (s *Site) Contact() http.Handler {
 			s.render(w, r, http.StatusUnprocessableEntity, "contact", "Contact us", contactPage{Form: f})
 			return
 		}
-		err = s.sendEmailNow(r.Context(), jobs.EmailContact, s.cfg.ContactEmail, map[string]string{
-			"Name": f.raw("name"), "Email": email, "Message": f.raw("message"),
+		// Reply-To is the sender, so that Reply answers them, not the
+		// site's no-reply address.
+		err = s.store.InTx(r.Context(), func(tx pgx.Tx) error {
+			_, err := s.jobs.InsertTx(r.Context(), tx, jobs.SendEmail{Template: jobs.EmailContact, To: s.cfg.ContactEmail, ReplyTo: email,
+				Data: map[string]string{"Name": f.raw("name"), "Email": email, "Message": f.raw("message")}}, nil)
+			return err
 		})
 		if err != nil {
 			s.serverError(w, r, err)

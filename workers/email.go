@@ -102,7 +102,7 @@ func (w *SendEmailWorker) Work(ctx context.Context, job *river.Job[jobs.SendEmai
 	if err != nil {
 		return river.JobCancel(fmt.Errorf("render %s: %w", job.Args.Template, err))
 	}
-	err = w.mailer.Send(ctx, Message{From: w.from, To: job.Args.To, Subject: subject, Text: text, HTML: html})
+	err = w.mailer.Send(ctx, Message{From: w.from, To: job.Args.To, ReplyTo: job.Args.ReplyTo, Subject: subject, Text: text, HTML: html})
 	if errors.Is(err, ErrPermanent) {
 		w.logger.ErrorContext(ctx, "email refused permanently", "template", job.Args.Template, "err", err)
 		return river.JobCancel(err)

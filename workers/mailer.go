@@ -16,6 +16,8 @@ import (
 // Message is a rendered email.
 type Message struct {
 	From, To, Subject, Text, HTML string
+	// ReplyTo is where replies go, when set.
+	ReplyTo string
 }
 
 // Mailer delivers rendered email.
@@ -82,6 +84,11 @@ func (s *SMTPMailer) Send(ctx context.Context, m Message) error {
 	}
 	if err := msg.To(m.To); err != nil {
 		return fmt.Errorf("%w: bad recipient %q: %v", ErrPermanent, m.To, err)
+	}
+	if m.ReplyTo != "" {
+		// An address the site checked; should the library still refuse
+		// it, the email goes without it (its text names the sender).
+		_ = msg.ReplyTo(m.ReplyTo)
 	}
 	msg.Subject(m.Subject)
 	msg.SetDate()

@@ -160,8 +160,9 @@ type acctMailpitSummary struct {
 
 type acctMailpitMessage struct {
 	acctMailpitSummary
-	Text string `json:"Text"`
-	HTML string `json:"HTML"`
+	ReplyTo []acctMailpitAddress `json:"ReplyTo"`
+	Text    string               `json:"Text"`
+	HTML    string               `json:"HTML"`
 }
 
 func (mp *acctMailpit) getJSON(path string, into any) {
@@ -453,4 +454,20 @@ func TestDevMailboxPagesThroughEveryMail(t *testing.T) {
 		code, _, _ = getJSON("/dev/mailbox.json?cursor=" + bad)
 		require.Equal(t, http.StatusBadRequest, code, bad)
 	}
+}
+
+// The contact form's email goes to the operator from the site's address,
+// with the sender as Reply-To, so that Reply answers them.
+func TestContactFormRepliesGoToTheSender(t *testing.T) {
+	t.Parallel()
+	mp := acctStartMailpit(t)
+	ta := newTestApp(t, testAppOpts{Env: map[string]string{"SMTP_URL": mp.SMTPURL, "MAIL_FROM": "QuickScale <no-reply@quickscale.example>",
+		"CONTACT_EMAIL": "ops@quickscale.example"}})
+	r := ta.browser().post("/contact", url.Values{"name": {"Ada"}, "email": {"ada@example.com"}, "message": {"Do you offer volume discounts?"}})
+	acctRequireStatus(t, r, http.StatusOK)
+
+	msg := mp.waitMessage("ops@quickscale.example", "Contact form: Ada")
+	require.Equal(t, "no-reply@quickscale.example", msg.From.Address)
+	require.Len(t, msg.ReplyTo, 1)
+	require.Equal(t, "ada@example.com", msg.ReplyTo[0].Address)
 }
