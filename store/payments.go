@@ -430,8 +430,8 @@ type PaymentTotals struct {
 
 // PaymentTotalsSince sums the payments paid since t (when the money came
 // in, however long the checkout waited for a bank debit), what has been
-// refunded of those, and the checkouts started since t still pending (USD
-// only, the catalog's currency).
+// refunded of those, and the checkouts started since t still pending,
+// for packs and for plans (USD only, the catalog's currency).
 func (s *Store) PaymentTotalsSince(ctx context.Context, t time.Time) (PaymentTotals, error) {
 	var pt PaymentTotals
 	err := s.pool.QueryRow(ctx, `
@@ -439,6 +439,7 @@ SELECT count(*) FILTER (WHERE paid_at >= $1),
        coalesce(sum(amount_minor) FILTER (WHERE paid_at >= $1), 0),
        coalesce(sum(amount_refunded_minor) FILTER (WHERE paid_at >= $1), 0),
        count(*) FILTER (WHERE status = 'pending' AND created_at >= $1)
+         + (SELECT count(*) FROM subscriptions WHERE status = 'checkout' AND created_at >= $1 AND currency = 'usd')
   FROM payments WHERE (paid_at >= $1 OR created_at >= $1) AND currency = 'usd'`, t).Scan(&pt.Succeeded, &pt.RevenueMinor, &pt.RefundedMinor, &pt.Pending)
 	return pt, err
 }

@@ -527,6 +527,17 @@ func TestUIBrowserFocusAndPhoneWidth(t *testing.T) {
 		overflow(path+" (tabs)", `(function(){var e=document.querySelector(".tabs");return e.scrollWidth-e.clientWidth;})()`)
 		overflow(path+" (page)", `document.documentElement.scrollWidth - document.documentElement.clientWidth`)
 	}
+	// A service named and described in one unbroken word wraps on the
+	// home page as on /services.
+	long := strings.Repeat("Averylongunbrokenword", 4)
+	_, err = ta.store.AddServiceIfMissing(t.Context(), store.Service{Slug: "long-one", Name: long, Description: long + long, CreditCost: 1_000_000, Active: true})
+	require.NoError(t, err)
+	for _, path := range []string{"/", "/services"} {
+		if err := chromedp.Do(ctx, chromedp.Navigate(ta.URL+path), chromedp.WaitVisible(css(`#main`))); err != nil {
+			t.Fatalf("open %s: %v", path, err)
+		}
+		overflow(path+" with a long word", `document.documentElement.scrollWidth - document.documentElement.clientWidth`)
+	}
 
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(ta.URL+"/settings/api-keys"),
