@@ -194,8 +194,9 @@ var paymentNumber = regexp.MustCompile(`^(?i)(?:payment|receipt)\s*#?\s*([0-9]{1
 
 // FindPayment finds the payment a support search names, as customers see
 // it: "payment #81" (or "receipt #81"), the payment reference on a receipt
-// (a PaymentIntent, pi_…) or a checkout session (cs_…). found is false when
-// q names none (a bare "#81" is a user id, for SearchUsers).
+// (a PaymentIntent, pi_…), a checkout session (cs_…) or a plan's invoice
+// (in_…). found is false when q names none (a bare "#81" is a user id, for
+// SearchUsers).
 func (s *Store) FindPayment(ctx context.Context, q string) (p Payment, found bool, err error) {
 	q = strings.TrimSpace(q)
 	var rows pgx.Rows
@@ -206,9 +207,9 @@ func (s *Store) FindPayment(ctx context.Context, q string) (p Payment, found boo
 			return p, false, nil
 		}
 		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id)
-	case strings.HasPrefix(q, "pi_") || strings.HasPrefix(q, "cs_"):
+	case strings.HasPrefix(q, "pi_") || strings.HasPrefix(q, "cs_") || strings.HasPrefix(q, "in_"):
 		q = strings.TrimRight(q, ".,;:!?)")
-		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 OR checkout_session_id = $1`, q)
+		rows, err = s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE payment_intent_id = $1 OR checkout_session_id = $1 OR invoice_id = $1`, q)
 	default:
 		return p, false, nil
 	}
@@ -219,10 +220,17 @@ func (s *Store) FindPayment(ctx context.Context, q string) (p Payment, found boo
 	return p, err == nil, err
 }
 
-// UserOfCustomer finds the user a Stripe customer id (cus_…) belongs to.
-func (s *Store) UserOfCustomer(ctx context.Context, customerID string) (int64, bool, error) {
+// UserOfStripeID finds the user a Stripe id that is no payment belongs to:
+// a customer (cus_…), a subscription (sub_…), a plan's checkout (cs_…) or
+// an invoice never paid (in_…, a failed renewal).
+func (s *Store) UserOfStripeID(ctx context.Context, stripeID string) (int64, bool, error) {
+	q := strings.TrimRight(strings.TrimSpace(stripeID), ".,;:!?)")
 	var id int64
-	err := s.pool.QueryRow(ctx, `SELECT user_id FROM stripe_customers WHERE customer_id = $1`, strings.TrimSpace(customerID)).Scan(&id)
+	err := s.pool.QueryRow(ctx, `
+SELECT user_id FROM stripe_customers WHERE customer_id = $1
+UNION ALL SELECT user_id FROM subscriptions WHERE stripe_subscription_id = $1 OR checkout_session_id = $1
+UNION ALL SELECT s.user_id FROM invoice_failures f JOIN subscriptions s ON s.id = f.subscription_id WHERE f.invoice_id = $1
+LIMIT 1`, q).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}

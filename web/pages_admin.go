@@ -47,7 +47,7 @@ func (s *Site) AdminUsers() http.Handler {
 		data := map[string]any{"Q": q, "Page": page, "QEscaped": url.QueryEscape(q), "Paged": cursorParam(r) != 0}
 		// What customers quote from their receipts and emails ("payment
 		// #81", its pi_… reference) or Stripe's dashboard shows (cs_…,
-		// cus_…) leads to the customer too.
+		// cus_…, sub_…, in_…) leads to the customer too.
 		pay, found, err := s.store.FindPayment(r.Context(), q)
 		if err != nil {
 			s.serverError(w, r, err)
@@ -55,8 +55,8 @@ func (s *Site) AdminUsers() http.Handler {
 		}
 		if found {
 			data["Payment"] = pay
-		} else if strings.HasPrefix(strings.TrimSpace(q), "cus_") {
-			if id, ok, err := s.store.UserOfCustomer(r.Context(), q); err != nil {
+		} else if tq := strings.TrimSpace(q); strings.HasPrefix(tq, "cus_") || strings.HasPrefix(tq, "sub_") || strings.HasPrefix(tq, "cs_") || strings.HasPrefix(tq, "in_") {
+			if id, ok, err := s.store.UserOfStripeID(r.Context(), q); err != nil {
 				s.serverError(w, r, err)
 				return
 			} else if ok {

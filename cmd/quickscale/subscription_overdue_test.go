@@ -23,6 +23,7 @@ import (
 func TestAnOverdueRenewalIsShownAsWhatItBills(t *testing.T) {
 	t.Parallel()
 	ta, u, b := subscriber(t)
+	_, admin := whAdmin(t, ta)
 	sub := simSubscribe(t, ta, b, u.ID, "basic")
 	end := *sub.CurrentPeriodEnd
 	form := url.Values{"subscription": {formatID(sub.ID)}}
@@ -55,6 +56,14 @@ func TestAnOverdueRenewalIsShownAsWhatItBills(t *testing.T) {
 	require.Equal(t, "$30.00Pro", acctTextSel(row.Find("td").Eq(2)))
 	require.Contains(t, acctTextSel(row), "Tried once; next try")
 
+	// Support finds the customer from the unpaid invoice, the
+	// subscription and its checkout, as Stripe's dashboard shows them.
+	unpaid := row.AttrOr("data-invoice", "")
+	userLink := fmt.Sprintf(`#customer-found a[href="/admin/users/%d"]`, u.ID)
+	for _, q := range []string{unpaid, *sub.StripeSubscriptionID, sub.CheckoutSessionID + "."} {
+		require.Equal(t, 1, admin.get("/admin/users?q="+url.QueryEscape(q)).Doc(t).Find(userLink).Length(), "q=%q", q)
+	}
+
 	// Staying on Basic now would promise $15 while $30 is still owed.
 	r := b.post("/dashboard/subscription/switch", switchForm(sub, "basic"))
 	require.Equal(t, http.StatusConflict, r.Status)
@@ -81,7 +90,8 @@ func TestAnOverdueRenewalIsShownAsWhatItBills(t *testing.T) {
 	require.Equal(t, "true", row.AttrOr("data-paid", ""))
 	require.Contains(t, acctTextSel(row), fmt.Sprintf("payment #%d", paid.ID))
 
-	_, admin := whAdmin(t, ta)
+	// Paid, its invoice finds the payment.
+	require.Contains(t, acctText(admin.get("/admin/users?q="+url.QueryEscape(unpaid)).Doc(t), "#payment-found"), fmt.Sprintf("Payment #%d", paid.ID))
 	li := admin.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find("#admin-invoice-failures .admin-invoice-failure")
 	require.Equal(t, 1, li.Length())
 	require.Contains(t, acctTextSel(li), "$30.00 (Pro) for "+period+": failed once")
