@@ -146,6 +146,7 @@ func (s *server) routes() http.Handler {
 			r.Get("/admin/users/{id}", site.AdminUser().ServeHTTP)
 			r.Get("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
 			r.Post("/admin/users/{id}/credits", site.AdminCredits().ServeHTTP)
+			r.Post("/admin/users/{id}/subscription", site.AdminEndSubscription().ServeHTTP)
 			r.Get("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
 			r.Post("/admin/payments/{id}/refund", site.AdminRefund().ServeHTTP)
 			r.Get("/admin/analytics", site.AdminAnalytics().ServeHTTP)

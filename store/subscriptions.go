@@ -510,7 +510,13 @@ func LiveSubscriptionsOfUser(ctx context.Context, tx pgx.Tx, userID int64) ([]in
 // event, or one of the same second (a Cancel and a Keep clicked within a
 // second, their events applied in either order), does not undo it.
 func (s *Store) RecordCancelAtPeriodEnd(ctx context.Context, id int64, cancel bool) error {
-	_, err := s.pool.Exec(ctx, `UPDATE subscriptions SET cancel_at_period_end = $2,
+	return RecordCancelAtPeriodEndIn(ctx, s.pool, id, cancel)
+}
+
+// RecordCancelAtPeriodEndIn is RecordCancelAtPeriodEnd in db (a
+// transaction that also audits it, for support's change).
+func RecordCancelAtPeriodEndIn(ctx context.Context, db DBTX, id int64, cancel bool) error {
+	_, err := db.Exec(ctx, `UPDATE subscriptions SET cancel_at_period_end = $2,
        state_at = greatest(state_at, date_trunc('second', now())), renewal_set_at = date_trunc('second', now()), updated_at = now()
  WHERE id = $1 AND status IN ('active', 'past_due')`, id, cancel)
 	return err

@@ -527,9 +527,10 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 }
 
 // tellEnded emails the customer that their live plan has ended (sub as it
-// was before): as they asked, because its payment never went through, or
-// at the provider (support, or Stripe's own rules). A deleted account is
-// told nothing (told false).
+// was before): with its period, as set (by them or support); because its
+// payment never went through; or by the operator's team (support's End it
+// now, or Stripe's dashboard). A deleted account is told nothing (told
+// false).
 func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.Subscription, endedAt *time.Time) (told bool, err error) {
 	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
 	if err != nil || email == "" {
@@ -539,7 +540,7 @@ func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.
 	if endedAt != nil {
 		at = endedAt.UTC()
 	}
-	why := "It was ended at our payment provider."
+	why := "It was ended by our team. If you did not expect this, contact us."
 	switch {
 	case sub.Status == store.SubPastDue:
 		why = "Its last payment did not go through, and the payment provider has stopped trying."
@@ -549,8 +550,10 @@ func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.
 			why = "Its payment of " + billing.FormatMoney(o.AmountMinor, o.Currency) + " for " + o.PeriodStart.Format("2 Jan") + " – " + o.PeriodEnd.Format("2 Jan 2006") +
 				" did not go through, and the payment provider has stopped trying: nothing more is charged for it."
 		}
-	case sub.CancelAtPeriodEnd:
-		why = "You cancelled it, so it did not renew."
+	case sub.CancelAtPeriodEnd && (sub.CurrentPeriodEnd == nil || !at.Before(sub.CurrentPeriodEnd.Add(-time.Minute))):
+		// Cancelled by the customer or by support: either way it was set
+		// not to renew, and ended with its period.
+		why = "It was set not to renew, so it ended with its period."
 	}
 	_, err = w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionEnded, To: email, Data: map[string]string{
 		"Plan":             sub.PlanName,

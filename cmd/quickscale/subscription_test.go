@@ -157,7 +157,7 @@ func TestSubscriptionStartsRenewsAndEnds(t *testing.T) {
 	})
 	require.Len(t, subscriptionPayments(t, ta, sub), 2)
 	ended := ta.waitMail(u.Email, "Your Basic plan has ended")
-	require.Contains(t, ended.Text, "You cancelled it, so it did not renew.")
+	require.Contains(t, ended.Text, "It was set not to renew, so it ended with its period.")
 	require.Contains(t, ended.Text, "Subscription credits you still have stay until the end of the month they were paid for")
 	doc = b.get("/dashboard/subscription").Doc(t)
 	require.Equal(t, 2, doc.Find(".plan form").Length(), "the plans are offered again")
