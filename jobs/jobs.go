@@ -101,6 +101,9 @@ const (
 	// EmailSubscriptionEnded tells the customer their plan has ended: as
 	// they asked, after its payment failed, or at the provider.
 	EmailSubscriptionEnded = "subscription_ended"
+	// EmailRefundFailed tells the customer a refund they were told of
+	// did not reach them (their card or bank refused it).
+	EmailRefundFailed = "refund_failed"
 )
 
 // StripeEvent applies one stored Stripe event.

@@ -404,8 +404,13 @@ func (s *Site) Receipt() http.Handler {
 				listed += rf.AmountMinor
 			}
 		}
+		failed, err := s.store.RefundFailuresOf(ctx, p.ID)
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
 		s.render(w, r, http.StatusOK, "receipt", "Receipt #"+strconv.FormatInt(p.ID, 10),
-			map[string]any{"Payment": p, "Refunds": refunds, "Unlisted": p.AmountRefundedMinor - listed, "Site": s.absURL("/")})
+			map[string]any{"Payment": p, "Refunds": refunds, "Unlisted": p.AmountRefundedMinor - listed, "Site": s.absURL("/"), "FailedRefunds": failed})
 	})
 }
 

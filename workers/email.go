@@ -34,7 +34,7 @@ func loadEmailTemplates() (*emailTemplates, error) {
 	t := &emailTemplates{text: map[string]*texttemplate.Template{}, html: map[string]*htmltemplate.Template{}}
 	for _, name := range []string{jobs.EmailVerify, jobs.EmailSignupExisting, jobs.EmailChangeToTaken, jobs.EmailAddressChanged, jobs.EmailResetPassword, jobs.EmailChangeEmail,
 		jobs.EmailWelcome, jobs.EmailContact, jobs.EmailPasswordChanged, jobs.EmailPurchase, jobs.EmailRefund, jobs.EmailPaymentFailed,
-		jobs.EmailSubscriptionPaid, jobs.EmailSubscriptionFailed, jobs.EmailSubscriptionChanged, jobs.EmailSubscriptionEnded} {
+		jobs.EmailSubscriptionPaid, jobs.EmailSubscriptionFailed, jobs.EmailSubscriptionChanged, jobs.EmailSubscriptionEnded, jobs.EmailRefundFailed} {
 		tt, err := texttemplate.New(name+".txt").Option("missingkey=error").ParseFS(emailFS, "templates/email/"+name+".txt")
 		if err != nil {
 			return nil, fmt.Errorf("email %s: %w", name, err)

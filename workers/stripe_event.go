@@ -528,14 +528,36 @@ func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, e
 		r := string(re.FailureReason)
 		f.FailureReason = &r
 	}
-	if _, err := store.RecordRefundFailure(ctx, tx, f, ev.ID); err != nil {
+	created, err := store.RecordRefundFailure(ctx, tx, f, ev.ID)
+	if err != nil {
 		return "", "", fx, err
 	}
 	email, _, err := store.EmailAndBalance(ctx, tx, pay.UserID)
 	if err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeFailed, refundFailureDetail(f, pay, email == ""), fx, nil
+	detail := refundFailureDetail(f, pay, email == "")
+	// The customer was told the refund was made: they are told it did
+	// not reach them, once (not again when the event is re-processed).
+	if created && email != "" {
+		why := "your card or bank refused it"
+		if f.Status == "canceled" {
+			why = "it was canceled before it reached you"
+		}
+		if r := f.Why(); r != "" && r != "no reason given" {
+			why += " (" + r + ")"
+		}
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailRefundFailed, To: email, Data: map[string]string{
+			"Amount":      billing.FormatMoney(f.AmountMinor, f.Currency),
+			"Payment":     "#" + strconv.FormatInt(pay.ID, 10),
+			"Why":         why,
+			"ReceiptLink": w.baseURL + "/dashboard/payments/" + strconv.FormatInt(pay.ID, 10) + "/receipt",
+		}}, nil); err != nil {
+			return "", "", fx, err
+		}
+		detail += "; the customer was emailed that it did not go through"
+	}
+	return store.OutcomeFailed, detail, fx, nil
 }
 
 // refundFailureDetail tells support what a failed refund means for its

@@ -24,7 +24,7 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
-	u, _, pay := simPurchase(t, ta)
+	u, customer, pay := simPurchase(t, ta)
 	_, admin := whAdmin(t, ta)
 	path := refundBySupport(t, ta, admin, pay, "5", "asked", 500)
 	balance := func() int64 {
@@ -78,6 +78,24 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	mustRedirect(t, admin.post(path, url.Values{"action": {"simulate-failure"}, "refund": {refundID}}), path)
 	require.Contains(t, acctText(admin.get(path).Doc(t), "#flash"), "failed refund "+refundID+" already")
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM stripe_events WHERE type = 'charge.refund.updated'`))
+
+	// The customer, told of the refund, is told it did not reach them:
+	// by email, once (re-processing the event sends none), and on the
+	// receipt.
+	mail := ta.waitMail(u.Email, "Your refund of $5.00 did not go through")
+	require.Contains(t, mail.Text, fmt.Sprintf("The refund of $5.00 for payment #%d that we told you about did not reach you: your card or bank refused it (expired or canceled card).", pay.ID))
+	require.Contains(t, *ev.OutcomeDetail, "the customer was emailed that it did not go through")
+	mustRedirect(t, admin.post("/admin/webhooks/"+ev.ID+"/reprocess", url.Values{}), "/admin/webhooks/"+ev.ID)
+	eventually(t, 20*time.Second, "the event processed again", func() bool {
+		again, err := ta.store.StripeEventByID(ctx, ev.ID)
+		require.NoError(t, err)
+		return again.Attempts == ev.Attempts+1 && again.ProcessedAt != nil && again.ProcessedAt.After(*ev.ProcessedAt)
+	})
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'send_email' AND args->>'template' = 'refund_failed'`))
+	row := customer.get(fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)).Doc(t).Find(".receipt-refund-failed")
+	require.Equal(t, 1, row.Length())
+	require.Contains(t, acctTextSel(row), "$5.00")
+	require.Contains(t, acctTextSel(row), "your card or bank refused it (expired or canceled card). Contact us")
 }
 
 // Stripe's charge.refund.updated (its refund object as stripe-mock has it):
