@@ -280,7 +280,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		outcome, detail = store.OutcomeIgnored, "payment_status is "+string(sess.PaymentStatus)+": credits wait for the payment"
 	case sess.AmountTotal != pay.AmountMinor || string(sess.Currency) != pay.Currency:
 		// Fulfilment trusts our own record; the event must agree with it.
-		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %d %s does not match the recorded %d %s", sess.AmountTotal, sess.Currency, pay.AmountMinor, pay.Currency)
+		outcome, detail = store.OutcomeFailed, fmt.Sprintf("amount %s does not match the recorded %s", billing.FormatMoney(sess.AmountTotal, string(sess.Currency)), billing.FormatMoney(pay.AmountMinor, pay.Currency))
 	case pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded || pay.Status == store.PaymentRefunded:
 		outcome, detail = store.OutcomeApplied, "already fulfilled"
 		if pay.Status == store.PaymentSucceeded || pay.Status == store.PaymentPartiallyRefunded {
@@ -329,7 +329,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeApplied, fmt.Sprintf("granted %d credits to user %d", pay.Credits, pay.UserID), fx, nil
+	return store.OutcomeApplied, fmt.Sprintf("granted %s credits to user %d", billing.FormatCredits(pay.Credits), pay.UserID), fx, nil
 }
 
 func (w *StripeEventWorker) enqueuePurchaseEmail(ctx context.Context, tx pgx.Tx, pay store.Payment) error {
@@ -452,9 +452,9 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		status = store.PaymentRefunded
 	}
 	fx = effects{clawedBack: taken, refundMinor: refunded - pay.AmountRefundedMinor, paymentStatus: status, currency: pay.Currency, product: pay.Product}
-	detail := fmt.Sprintf("refunded %d of %d; took back %d credits", refunded, pay.AmountMinor, taken)
+	detail := fmt.Sprintf("refunded %s of %s; took back %s credits", billing.FormatMoney(refunded, pay.Currency), billing.FormatMoney(pay.AmountMinor, pay.Currency), billing.FormatCredits(taken))
 	if shortfall > 0 {
-		detail += fmt.Sprintf(", %d no longer in the account (spent, removed or forfeited: the shortfall)", shortfall)
+		detail += fmt.Sprintf(", %s no longer in the account (spent, removed or forfeited: the shortfall)", billing.FormatCredits(shortfall))
 	}
 	// The customer is told what was refunded and what it took back.
 	email, balance, err := store.EmailAndBalance(ctx, tx, pay.UserID)
@@ -578,8 +578,8 @@ func refundFailureDetail(f store.RefundFailure, pay store.Payment, deleted bool)
 	if pay.AmountRefundedMinor == 0 {
 		d += "Nothing is recorded as refunded on this payment yet; should charge.refunded still come for it, its share of the credits is taken back then. "
 	} else {
-		d += fmt.Sprintf("The payment shows %s refunded and %d credits taken back, which may count this refund. ",
-			billing.FormatMoney(pay.AmountRefundedMinor, pay.Currency), pay.CreditsClawedBack)
+		d += fmt.Sprintf("The payment shows %s refunded and %s credits taken back, which may count this refund. ",
+			billing.FormatMoney(pay.AmountRefundedMinor, pay.Currency), billing.FormatCredits(pay.CreditsClawedBack))
 	}
 	if deleted {
 		d += "The account was deleted: refund the customer another way (the provider's dashboard) if they ask"

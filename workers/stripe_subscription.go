@@ -233,8 +233,8 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	case !ok:
 		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
 	case !known:
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %d %s is not one month of a plan of this subscription (its %d %s, or a plan for sale) paid in full: no credits were added; refund it if the customer asks",
-			inv.ID, inv.AmountPaid, inv.Currency, sub.PriceMinor, sub.Currency), fx, nil
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %s is not one month of a plan of this subscription (its %s, or a plan for sale) paid in full: no credits were added; refund it if the customer asks",
+			inv.ID, billing.FormatMoney(inv.AmountPaid, string(inv.Currency)), billing.FormatMoney(sub.PriceMinor, sub.Currency)), fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
 			inv.ID, end.Format(time.RFC3339)), fx, nil
@@ -314,7 +314,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
-	return store.OutcomeApplied, fmt.Sprintf("granted %d subscription credits to user %d until %s", sub.CreditsPerPeriod, sub.UserID, end.Format(time.RFC3339)) + switchNote + dupNote, fx, nil
+	return store.OutcomeApplied, fmt.Sprintf("granted %s subscription credits to user %d until %s", billing.FormatCredits(sub.CreditsPerPeriod), sub.UserID, end.Format("2 Jan 2006 15:04 UTC")) + switchNote + dupNote, fx, nil
 }
 
 // renewalSentence says what happens at the end of the period just paid

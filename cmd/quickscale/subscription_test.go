@@ -287,7 +287,7 @@ func TestSubscriptionEventsApplyInAnyOrderOnce(t *testing.T) {
 	wrong := subInvoice(t, sub, stripeSub, whID("in"), 2999, end, end.AddDate(0, 1, 0))
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, wrong, now)
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev))
-	require.Contains(t, whDetail(ev), "amount paid 2999 usd is not one month of a plan of this subscription (its 3000 usd, or a plan for sale) paid in full")
+	require.Contains(t, whDetail(ev), "amount paid $29.99 is not one month of a plan of this subscription (its $30.00, or a plan for sale) paid in full")
 	other := subInvoice(t, sub, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
 	other["customer"] = whID("cus")
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, other, now)
