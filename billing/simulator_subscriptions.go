@@ -89,7 +89,12 @@ func (s *Simulator) Renew(ctx context.Context, subscriptionID string) error {
 	err := s.oneAtATime(ctx, func() error {
 		return s.store.RenewSimSubscription(ctx, subscriptionID, simInvoiceIDs, func(sub store.SimSubscription, inv *store.SimSession) error {
 			if inv == nil {
-				return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted, SubscriptionObject(sub))
+				// Set to end then, or past due with its retries run out.
+				reason := stripe.SubscriptionCancellationDetailsReasonPaymentFailed
+				if sub.CancelAtPeriodEnd {
+					reason = stripe.SubscriptionCancellationDetailsReasonCancellationRequested
+				}
+				return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted, withCancellation(SubscriptionObject(sub), reason))
 			}
 			if err := s.Emit(ctx, stripe.EventTypeInvoicePaid, InvoiceObject(sub, *inv, stripe.InvoiceBillingReasonSubscriptionCycle)); err != nil {
 				return err
@@ -196,10 +201,18 @@ func (s *Simulator) ChangeSubscriptionPlan(ctx context.Context, subscriptionID s
 func (s *Simulator) CancelSubscription(ctx context.Context, subscriptionID string) error {
 	err := s.oneAtATime(ctx, func() error {
 		return s.store.CancelSimSubscription(ctx, subscriptionID, func(sub store.SimSubscription) error {
-			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted, SubscriptionObject(sub))
+			return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted,
+				withCancellation(SubscriptionObject(sub), stripe.SubscriptionCancellationDetailsReasonCancellationRequested))
 		})
 	})
 	return simSubscriptionError(subscriptionID, err)
+}
+
+// withCancellation says why a subscription ended, as Stripe's
+// cancellation_details.reason does.
+func withCancellation(s *stripe.Subscription, reason stripe.SubscriptionCancellationDetailsReason) *stripe.Subscription {
+	s.CancellationDetails = &stripe.SubscriptionCancellationDetails{Reason: reason}
+	return s
 }
 
 func simSubscriptionError(id string, err error) error {

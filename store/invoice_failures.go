@@ -63,6 +63,13 @@ type InvoiceFailure struct {
 // Paid reports whether a later attempt paid the invoice.
 func (f InvoiceFailure) Paid() bool { return f.PaymentID != nil }
 
+// Retrying reports whether the provider's next try is still to come (an
+// unpaid invoice whose retries ran out, or whose try is past without news,
+// is not).
+func (f InvoiceFailure) Retrying() bool {
+	return !f.Paid() && f.NextAttemptAt != nil && f.NextAttemptAt.After(time.Now())
+}
+
 // InvoiceFailuresOf lists the failed invoices of the subscriptions ids,
 // the latest failure first, at most limit.
 func (s *Store) InvoiceFailuresOf(ctx context.Context, ids []int64, limit int) ([]InvoiceFailure, error) {
@@ -87,7 +94,9 @@ SELECT l.invoice_id, l.subscription_id, l.amount_minor, l.currency, l.plan_code,
 }
 
 // Overdue is the invoice a past-due subscription owes: its latest failed
-// invoice not paid since (found false when none is recorded).
+// invoice, not paid since, for a period that reaches into the current one
+// (found false when none is recorded: an older invoice never paid is not
+// this period's, and this period's failure may not have arrived yet).
 func (s *Store) Overdue(ctx context.Context, sub Subscription) (f InvoiceFailure, found bool, err error) {
 	if sub.Status != SubPastDue {
 		return f, false, nil
@@ -95,6 +104,9 @@ func (s *Store) Overdue(ctx context.Context, sub Subscription) (f InvoiceFailure
 	fs, err := s.InvoiceFailuresOf(ctx, []int64{sub.ID}, 1)
 	if err != nil || len(fs) == 0 || fs[0].Paid() {
 		return f, false, err
+	}
+	if sub.CurrentPeriodStart != nil && !fs[0].PeriodEnd.After(*sub.CurrentPeriodStart) {
+		return f, false, nil
 	}
 	return fs[0], true, nil
 }

@@ -112,12 +112,12 @@ const subscriptionFrom = ` FROM subscriptions s JOIN plans p ON p.code = s.plan_
 func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell func() error) (res SwitchResult, err error) {
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		res = SwitchResult{}
-		var current, currency string
+		var current, currency, status string
 		var price, credits int64
 		var next *string
 		var nextPrice, nextCredits *int64
-		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, credits_per_period, currency, next_plan_code, next_price_minor, next_credits_per_period
-  FROM subscriptions WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &credits, &currency, &next, &nextPrice, &nextCredits)
+		err := tx.QueryRow(ctx, `SELECT plan_code, price_minor, credits_per_period, currency, next_plan_code, next_price_minor, next_credits_per_period, status
+  FROM subscriptions WHERE id = $1 AND status IN ('active', 'past_due') FOR NO KEY UPDATE`, id).Scan(&current, &price, &credits, &currency, &next, &nextPrice, &nextCredits, &status)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -130,6 +130,10 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 		}
 		stay := plan.Code == current
 		switch {
+		case status == SubPastDue:
+			// Its overdue invoice bills what it bills, whatever is chosen
+			// now (read under the lock: the page may have read it active).
+			return ErrOverdue
 		case stay && next != nil && *next == current:
 			// The provider raised (or lowered) this plan's price from the
 			// next renewal: not a switch the customer can undo here.
@@ -156,6 +160,9 @@ func (s *Store) ScheduleSwitch(ctx context.Context, id int64, plan Plan, tell fu
 	})
 	return res, err
 }
+
+// ErrOverdue refuses a plan change while the plan's payment is overdue.
+var ErrOverdue = Errorf(KindConflict, "This month's payment for your plan is overdue: you can change plans once it has gone through.")
 
 // SwitchResult is what ScheduleSwitch did: whether it changed the plan
 // chosen, the plan it is on and the plan chosen before (nil: none), read

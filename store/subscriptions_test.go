@@ -367,6 +367,13 @@ func TestScheduleSwitchIsRecordedOnlyWhenTheProviderTookIt(t *testing.T) {
 	require.True(t, changed.Changed)
 	require.Nil(t, next())
 
+	// Past due (read under the lock): refused, the provider not asked.
+	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'past_due' WHERE id = $1`, sub.ID)
+	require.NoError(t, err)
+	_, err = st.ScheduleSwitch(ctx, sub.ID, pro, tell)
+	require.ErrorIs(t, err, store.ErrOverdue)
+	require.Nil(t, next())
+
 	_, err = st.Pool().Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now() WHERE id = $1`, sub.ID)
 	require.NoError(t, err)
 	_, err = st.ScheduleSwitch(ctx, sub.ID, pro, tell)

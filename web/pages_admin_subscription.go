@@ -106,8 +106,10 @@ func (s *Site) AdminEndSubscription() http.Handler {
 		})
 		if err != nil {
 			// The provider has it: its event records it here shortly.
-			s.logger.ErrorContext(ctx, "admin cancel: the provider took it, recording it failed", "subscription", sub.ID, "err", err)
-			s.serverError(w, r, err)
+			s.logger.ErrorContext(ctx, "admin cancel: the provider took it, recording it failed", "subscription", sub.ID, "reason", reason, "err", err)
+			s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Cancelled at the provider, not recorded here",
+				Message: "The payment provider has the change: the plan ends on " + end + " and does not renew, and it shows here when the provider's event arrives. " +
+					"Saving it here failed, so it is not in the audit log and the customer was not emailed: note the reason elsewhere.", ActionURL: back, ActionLabel: "See the account"})
 			return
 		}
 		msg := "Our team set your " + sub.PlanName + " plan to end on " + end + ": it will not renew. Its credits stay yours until then; you can keep the plan on your subscription page before that date."

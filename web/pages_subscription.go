@@ -506,7 +506,7 @@ func (s *Site) SwitchSubscriptionPlan() http.Handler {
 			// The overdue invoice bills what it bills, whatever is chosen
 			// now: a change then would promise a price it is not.
 			s.errorPage(w, r, errorPage{Status: http.StatusConflict, Heading: "Your plan was not changed",
-				Message: "This month's payment for your plan is overdue: you can change plans once it has gone through.", ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
+				Message: store.ErrOverdue.Error(), ActionURL: "/dashboard/subscription", ActionLabel: "Your subscription"})
 			return
 		}
 		if sub.CancelAtPeriodEnd && plan.Code != sub.PlanCode {

@@ -310,7 +310,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		"PeriodEndDate":    end.Format("2 Jan 2006"),
 		"ReceiptLink":      w.baseURL + "/dashboard/payments/" + strconv.FormatInt(pay.ID, 10) + "/receipt",
 		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
-		"Renewal":          renewalSentence(sub, end),
+		"Renewal":          renewalSentence(sub, end, dup),
 	}}, nil); err != nil {
 		return "", "", fx, err
 	}
@@ -318,14 +318,16 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 }
 
 // renewalSentence says what happens at the end of the period just paid
-// for, as the subscription stands: it ends, or it renews as the plan and
-// at the price chosen for then (not the amount just paid, when a switch or
-// a new price is chosen).
-func renewalSentence(sub store.Subscription, end time.Time) string {
+// for, as the subscription stands: stopped at once (a second live plan),
+// set to end, or it renews as the plan and at the price chosen for then
+// (not the amount just paid, when a switch or a new price is chosen).
+func renewalSentence(sub store.Subscription, end time.Time, duplicate bool) string {
 	date := end.Format("2 Jan 2006")
 	switch {
+	case duplicate:
+		return "You have another plan running, so this one was stopped at once: it does not renew. Its credits stay yours until " + date + "."
 	case sub.CancelAtPeriodEnd:
-		return "It ends on " + date + " and does not renew, as you asked; you can keep it on your subscription page until then."
+		return "It is set to end on " + date + " and does not renew; you can keep it on your subscription page until then."
 	case sub.NextPlanCode != nil && *sub.NextPlanCode != sub.PlanCode && sub.NextPlanName != nil:
 		return "It renews on " + date + " as the " + *sub.NextPlanName + " plan you chose, for " + billing.FormatMoney(*sub.NextPriceMinor, sub.Currency) +
 			" (" + billing.FormatCredits(*sub.NextCreditsPerPeriod) + " credits a month), unless you cancel before then."
@@ -388,6 +390,12 @@ func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, e
 		t := time.Unix(inv.NextPaymentAttempt, 0).UTC()
 		nextAt, next = &t, t.Format("2 Jan 2006")
 	}
+	// Paid already (its invoice.paid applied first: events come in any
+	// order): the failure is kept on record, the customer is not told.
+	paid, err := store.InvoiceRecorded(ctx, tx, inv.ID)
+	if err != nil {
+		return "", "", fx, err
+	}
 	// The plan the invoice bills: a switch chosen before takes effect
 	// with the renewal's invoice, paid or not.
 	plan := store.BilledPlan{}
@@ -420,6 +428,9 @@ func (w *StripeEventWorker) applyInvoiceFailed(ctx context.Context, tx pgx.Tx, e
 		}
 	} else {
 		recorded = " (not recorded: it has no period or no amount)"
+	}
+	if paid {
+		return store.OutcomeApplied, fmt.Sprintf("invoice %s failed an attempt but is paid already: recorded%s, the customer is not told", inv.ID, recorded), fx, nil
 	}
 	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionFailed, To: email, Data: map[string]string{
 		"Plan":             planName,
@@ -515,7 +526,11 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 		detail += ", ends at its period's end"
 	}
 	if status == store.SubCanceled && sub.Live() {
-		told, err := w.tellEnded(ctx, tx, sub, st.CanceledAt)
+		var reason stripe.SubscriptionCancellationDetailsReason
+		if ss.CancellationDetails != nil {
+			reason = ss.CancellationDetails.Reason
+		}
+		told, err := w.tellEnded(ctx, tx, sub, st.CanceledAt, reason)
 		if err != nil {
 			return "", "", fx, err
 		}
@@ -529,9 +544,11 @@ func (w *StripeEventWorker) applySubscriptionEvent(ctx context.Context, tx pgx.T
 // tellEnded emails the customer that their live plan has ended (sub as it
 // was before): with its period, as set (by them or support); because its
 // payment never went through; or by the operator's team (support's End it
-// now, or Stripe's dashboard). A deleted account is told nothing (told
-// false).
-func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.Subscription, endedAt *time.Time) (told bool, err error) {
+// now, or Stripe's dashboard). Stripe's cancellation reason says which
+// when it is given (a past-due plan ended by support is not "unpaid");
+// without one, a past-due plan is taken to have run out of retries. A
+// deleted account is told nothing (told false).
+func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.Subscription, endedAt *time.Time, reason stripe.SubscriptionCancellationDetailsReason) (told bool, err error) {
 	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
 	if err != nil || email == "" {
 		return false, err
@@ -541,8 +558,9 @@ func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.
 		at = endedAt.UTC()
 	}
 	why := "It was ended by our team. If you did not expect this, contact us."
+	unpaid := reason == stripe.SubscriptionCancellationDetailsReasonPaymentFailed || (reason == "" && sub.Status == store.SubPastDue)
 	switch {
-	case sub.Status == store.SubPastDue:
+	case unpaid:
 		why = "Its last payment did not go through, and the payment provider has stopped trying."
 		if o, found, err := w.store.Overdue(ctx, sub); err != nil {
 			return false, err

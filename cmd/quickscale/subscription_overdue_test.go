@@ -81,7 +81,7 @@ func TestAnOverdueRenewalIsShownAsWhatItBills(t *testing.T) {
 	paid := subscriptionPayments(t, ta, sub)[1]
 	require.Equal(t, "pro", *paid.PlanCode)
 	receipt := ta.waitMail(u.Email, "Receipt: $30.00 for your Pro plan ("+period+")")
-	require.Contains(t, receipt.Text, "It ends on "+end.AddDate(0, 1, 0).UTC().Format("2 Jan 2006")+" and does not renew, as you asked")
+	require.Contains(t, receipt.Text, "It is set to end on "+end.AddDate(0, 1, 0).UTC().Format("2 Jan 2006")+" and does not renew")
 	require.NotContains(t, receipt.Text, "It renews on")
 
 	doc = b.get("/dashboard/subscription").Doc(t)

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/quickscale/quickscale/store"
+)
+
+// emailJobs counts the email jobs of a template to an address.
+func emailJobs(t *testing.T, ta *testApp, template, to string) int {
+	t.Helper()
+	return whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'send_email' AND args->>'template' = $1 AND args->>'to' = $2`, template, to)
+}
+
+// Support ends a past-due plan at once: the customer is told our team
+// ended it (Stripe's cancellation reason, cancellation_requested), not that
+// the provider stopped trying to collect.
+func TestEndingAPastDuePlanNowIsNotCalledUnpaid(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	_, ab := whAdmin(t, ta)
+	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", url.Values{"subscription": {formatID(sub.ID)}}), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "past due", func() bool { return reload(t, ta, sub).Status == store.SubPastDue })
+	page := fmt.Sprintf("/admin/users/%d", u.ID)
+	mustRedirect(t, ab.post(page+"/subscription", url.Values{"subscription": {formatID(sub.ID)}, "action": {"end_now"}, "reason": {"asked by phone"}}), page)
+	eventually(t, 10*time.Second, "ended", func() bool { return reload(t, ta, sub).Status == store.SubCanceled })
+	m := ta.waitMail(u.Email, "Your Basic plan has ended")
+	require.Contains(t, m.Text, "It was ended by our team.")
+	require.NotContains(t, m.Text, "stopped trying")
+}
+
+// invoice.payment_failed arriving after invoice.paid of the same invoice
+// (events come in any order) is kept on record, and nobody is told a paid
+// invoice did not go through; the plan's page shows it paid.
+func TestAFailureOfAnInvoicePaidAlreadyIsNotEmailed(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	stripeSub := *sub.StripeSubscriptionID
+	end := *sub.CurrentPeriodEnd
+	now := time.Now().Truncate(time.Second)
+	invID := whID("in")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, invID, 1500, end, end.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	failed := subInvoice(t, sub, stripeSub, invID, 1500, end, end.AddDate(0, 1, 0))
+	failed["status"], failed["paid"], failed["amount_paid"] = "open", false, 0
+	failed["attempt_count"] = 1
+	failed["next_payment_attempt"] = now.Add(72 * time.Hour).Unix()
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, failed, now.Add(-time.Hour))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "is paid already: recorded, the customer is not told")
+	require.Zero(t, emailJobs(t, ta, "subscription_payment_failed", u.Email))
+	row := b.get("/dashboard/subscription").Doc(t).Find(fmt.Sprintf(`.subscription-failure[data-invoice=%q]`, invID))
+	require.Equal(t, "true", row.AttrOr("data-paid", ""))
+}
+
+// A plan ended at once because another is live says so on its receipt,
+// not that it renews.
+func TestASecondPlansReceiptSaysItWasStopped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	first := simSubscribe(t, ta, b, u.ID, "basic")
+	pro, err := ta.store.PlanByCode(ctx, "pro")
+	require.NoError(t, err)
+	second, err := ta.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
+		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
+	require.NoError(t, err)
+	now := time.Now().Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, whID("sub"), whID("in"), 3000, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	m := ta.waitMail(u.Email, "Receipt: $30.00 for your Pro plan")
+	require.Contains(t, m.Text, "You have another plan running, so this one was stopped at once: it does not renew.")
+	require.NotContains(t, m.Text, "It renews on")
+}
+
+// An older invoice never paid (the plan active again since, the next
+// month paid) is not what a later past-due period owes: until that
+// period's own failure arrives the page says only that the renewal did not
+// go through, and the old invoice is listed as not paid, with no next try.
+func TestAnOldUnpaidInvoiceIsNotShownAsOverdue(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	stripeSub := *sub.StripeSubscriptionID
+	end := *sub.CurrentPeriodEnd
+	now := time.Now().Truncate(time.Second)
+	m1, m2, m3 := end.AddDate(0, 1, 0), end.AddDate(0, 2, 0), end.AddDate(0, 3, 0)
+
+	old := subInvoice(t, sub, stripeSub, whID("in"), 1500, end, m1)
+	old["status"], old["paid"], old["amount_paid"] = "open", false, 0
+	old["next_payment_attempt"] = now.Add(-time.Hour).Unix()
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, old, now.Add(time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, subObject(t, sub, stripeSub, "active", false, end, m1), now.Add(2*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, whID("in"), 1500, m1, m2), now.Add(3*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, subObject(t, sub, stripeSub, "past_due", false, m2, m3), now.Add(4*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, 1, doc.Find("#subscription-past-due").Length())
+	require.Zero(t, doc.Find("#overdue-amount").Length(), "an old invoice shown as what is owed now")
+	require.Contains(t, acctText(doc, "#subscription-past-due"), "The payment that renews this plan did not go through.")
+	row := doc.Find(".subscription-failure")
+	require.Equal(t, 1, row.Length())
+	require.Contains(t, acctTextSel(row), "Not paid")
+	require.NotContains(t, acctTextSel(row), "next try")
+}
