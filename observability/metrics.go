@@ -36,6 +36,7 @@ type Metrics struct {
 	ConsumeBatch       prometheus.Histogram
 	CreditsExpired     *prometheus.CounterVec // kind
 	CreditsClawedBack  *prometheus.CounterVec // kind
+	CreditsRemoved     *prometheus.CounterVec // reason
 	Payments           *prometheus.CounterVec // type, status, currency
 	RevenueMinor       *prometheus.CounterVec // type, currency
 	RefundsMinor       *prometheus.CounterVec // currency
@@ -128,6 +129,9 @@ func NewMetrics() *Metrics {
 		CreditsClawedBack: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_credits_clawed_back_total", Help: "Credits taken back after refunds, by grant kind.",
 		}, []string{"kind"}),
+		CreditsRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quickscale_credits_removed_total", Help: "Credits taken away other than by spending, expiry or a refund: removed by support (reason support) or forfeited when an account is deleted (reason forfeited).",
+		}, []string{"reason"}),
 		Payments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quickscale_payments_total", Help: "Payment status changes (a payment refunded in two parts counts three times: paid, partly refunded, refunded), by product type, new status and currency.",
 		}, []string{"type", "status", "currency"}),
@@ -168,7 +172,7 @@ func NewMetrics() *Metrics {
 		m.HTTPRequests, m.HTTPDuration, m.HTTPInFlight,
 		m.JobsFinished, m.JobRunTime, m.JobQueueWait, m.JobsRunning, m.QueueJobs, m.QueueOldestAge,
 		m.WebhooksReceived, m.WebhookSignatureFailures, m.WebhookDuplicates, m.WebhookIngestBatch, m.WebhookOutcomes,
-		m.CreditsGranted, m.CreditsConsumed, m.ConsumeBatch, m.CreditsExpired, m.CreditsClawedBack,
+		m.CreditsGranted, m.CreditsConsumed, m.ConsumeBatch, m.CreditsExpired, m.CreditsClawedBack, m.CreditsRemoved,
 		m.Payments, m.RevenueMinor, m.RefundsMinor, m.CreditsOutstanding, m.CreditsExpiring7d, m.SweptThrough, m.SweepScheduleGap,
 		m.Subscriptions, m.SubscriptionsCanceling, m.SubscriptionsMonthlyMinor, m.MetricsRefreshAge,
 	)

@@ -172,7 +172,10 @@ func TestDeleteUserForfeitsWhatIsLiveAfterItsWait(t *testing.T) {
 	b := setupLedger(t)
 	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 100})
 	expired, err := holdAccountWhileAGrantExpires(t, b, func() error {
-		return b.st.InTx(context.Background(), func(tx pgx.Tx) error { return store.DeleteUser(b.ctx, tx, b.user.ID) })
+		return b.st.InTx(context.Background(), func(tx pgx.Tx) error {
+			_, err := store.DeleteUser(b.ctx, tx, b.user.ID)
+			return err
+		})
 	})
 	require.NoError(t, err, "the deletion")
 	var forfeited, fromExpired int64
@@ -209,7 +212,10 @@ func TestAdjustRefusesADeletedAccount(t *testing.T) {
 	t.Parallel()
 	b := setupLedger(t)
 	storetest.NewGrant(t, b.st, b.user.ID, storetest.GrantOpts{Amount: 10})
-	require.NoError(t, b.st.InTx(b.ctx, func(tx pgx.Tx) error { return store.DeleteUser(b.ctx, tx, b.user.ID) }))
+	require.NoError(t, b.st.InTx(b.ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(b.ctx, tx, b.user.ID)
+		return err
+	}))
 	for _, delta := range []int64{100, -1} {
 		_, err := b.st.Adjust(b.ctx, store.Adjustment{UserID: b.user.ID, Delta: delta, Reason: "goodwill", Key: "late"})
 		require.Equal(t, store.KindConflict, store.ErrorKind(err), "delta %d: %v", delta, err)

@@ -1231,7 +1231,7 @@ func TestDeletingAnAccountWaitsForAnAdminsAdjustmentOfIt(t *testing.T) {
 		go func() {
 			tx, err := pool.Begin(ctx)
 			if err == nil {
-				if err = store.DeleteUser(ctx, tx, u.ID); err == nil {
+				if _, err = store.DeleteUser(ctx, tx, u.ID); err == nil {
 					err = tx.Commit(ctx)
 				} else {
 					_ = tx.Rollback(ctx)

@@ -158,7 +158,10 @@ func TestPaymentsKeepTheirBuyersAddressAndEachRefund(t *testing.T) {
 	// A live buyer's payment keeps the address; a deleted one's does not.
 	require.Equal(t, "23514", pgErrCode(exec(`UPDATE payments SET buyer_email = NULL WHERE id = $1`, p.ID)))
 	require.Equal(t, "23514", pgErrCode(exec(`UPDATE users SET email = NULL, deleted_at = now() WHERE id = $1`, u.ID)))
-	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	require.NoError(t, st.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, u.ID)
+		return err
+	}))
 	var left int
 	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT count(*) FROM payments WHERE user_id = $1 AND buyer_email IS NOT NULL`, u.ID).Scan(&left))
 	require.Zero(t, left, "a deleted account's payments keep its address")
@@ -181,7 +184,8 @@ func TestPaymentsOfADeletedBuyerStayWithoutTheAddress(t *testing.T) {
 	deleting, err := st.Pool().Begin(ctx)
 	require.NoError(t, err)
 	defer deleting.Rollback(ctx)
-	require.NoError(t, store.DeleteUser(ctx, deleting, u.ID))
+	_, err = store.DeleteUser(ctx, deleting, u.ID)
+	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() {
 		_, err := st.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: fmt.Sprintf("cs_racing_%d", u.ID)})

@@ -279,9 +279,9 @@ func RefuseLastAdmin(ctx context.Context, db DBTX, userID int64) error {
 // DeleteUser anonymises a user: the address and password go, sessions end,
 // and the row stays because payments and ledger entries refer to it. The
 // last live admin cannot be deleted (ErrLastAdmin).
-func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
+func DeleteUser(ctx context.Context, db DBTX, userID int64) (forfeited int64, err error) {
 	if err := RefuseLastAdmin(ctx, db, userID); err != nil {
-		return err
+		return 0, err
 	}
 	// The user's row first, in a statement of its own: a transaction
 	// recording a payment of the user (a subscription's invoice) holds it,
@@ -290,11 +290,11 @@ func DeleteUser(ctx context.Context, db DBTX, userID int64) error {
 	// row read the payments as they were when it began: the check at
 	// commit refused the deletion, a 500).
 	if _, err := db.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, userID); err != nil {
-		return err
+		return 0, err
 	}
 	// The payments stay, without the address (00022 checks both at commit).
 	var deleted int
-	err := db.QueryRow(ctx, `
+	err = db.QueryRow(ctx, `
 WITH gone AS (
     UPDATE users SET email = NULL, password_hash = NULL, deleted_at = now(),
            session_epoch = session_epoch + 1
@@ -305,13 +305,13 @@ erased AS (
      WHERE user_id IN (SELECT id FROM gone) AND buyer_email IS NOT NULL)
 SELECT count(*) FROM gone`, userID).Scan(&deleted)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if deleted == 0 {
-		return ErrNotFound
+		return 0, ErrNotFound
 	}
 	if _, err = db.Exec(ctx, `DELETE FROM user_tokens WHERE user_id = $1`, userID); err != nil {
-		return err
+		return 0, err
 	}
 	return ForfeitCredits(ctx, db, userID)
 }
@@ -323,34 +323,35 @@ const ForfeitReason = "account deleted: credits forfeited"
 // ForfeitCredits takes away a deleted user's live credits in the caller's
 // transaction, drawn the way a removal is (one adjust entry per grant, the
 // user as actor), so that credits nobody can spend any more stop counting
-// as owed: at deletion, and for a payment that settles after it.
-func ForfeitCredits(ctx context.Context, db DBTX, userID int64) error {
+// as owed: at deletion, and for a payment that settles after it. It
+// returns how many it took.
+func ForfeitCredits(ctx context.Context, db DBTX, userID int64) (int64, error) {
 	// The account's lock first, so that the balance read is the one taken.
 	if _, err := db.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
-		return err
+		return 0, err
 	}
 	var balance int64
 	if err := db.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0)::bigint FROM grants WHERE user_id = $1 AND `+liveGrant, userID).Scan(&balance); err != nil {
-		return err
+		return 0, err
 	}
 	// Under the lock the balance can only fall, as grants reach their
 	// expiry between the read and the debit: then the debit answers what is
 	// live at its own instant, and that is taken instead.
 	for range 5 {
 		if balance == 0 {
-			return nil
+			return 0, nil
 		}
 		var ok bool
 		var live int64
 		if err := db.QueryRow(ctx, `SELECT ok, balance FROM ledger_debit($1, $2, 'adjust', $1, $3)`, userID, balance, ForfeitReason).Scan(&ok, &live); err != nil {
-			return fmt.Errorf("forfeit credits: %w", err)
+			return 0, fmt.Errorf("forfeit credits: %w", err)
 		}
 		if ok {
-			return nil
+			return balance, nil
 		}
 		balance = live
 	}
-	return fmt.Errorf("forfeit credits: balance still %d after five tries under the account lock", balance)
+	return 0, fmt.Errorf("forfeit credits: balance still %d after five tries under the account lock", balance)
 }
 
 // Token purposes and lifetimes.

@@ -341,6 +341,9 @@ func (s *Site) AdminCredits() http.Handler {
 		if delta > 0 && s.metrics != nil {
 			s.metrics.CreditsGranted.WithLabelValues(kind).Add(float64(delta))
 		}
+		if delta < 0 && s.metrics != nil {
+			s.metrics.CreditsRemoved.WithLabelValues("support").Add(float64(-delta))
+		}
 		verb := "Added "
 		if delta < 0 {
 			verb = "Removed "

@@ -239,8 +239,10 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.serverError(w, r, err)
 			return
 		}
+		var forfeited int64
 		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
-			if err := store.DeleteUser(ctx, tx, u.ID); err != nil {
+			var err error
+			if forfeited, err = store.DeleteUser(ctx, tx, u.ID); err != nil {
 				return err
 			}
 			// A subscription must not renew for an account that is gone:
@@ -264,6 +266,9 @@ func (s *Site) DeleteAccount() http.Handler {
 		if err != nil {
 			s.serverError(w, r, err)
 			return
+		}
+		if forfeited > 0 && s.metrics != nil {
+			s.metrics.CreditsRemoved.WithLabelValues("forfeited").Add(float64(forfeited))
 		}
 		for _, c := range open {
 			err := s.gateway.ExpireCheckoutSession(ctx, c.CheckoutSessionID)

@@ -50,6 +50,7 @@ const refundWaitWindow = time.Hour
 type effects struct {
 	granted       int64
 	clawedBack    int64
+	forfeited     int64 // credits of a deleted account taken away
 	paymentStatus string
 	revenueMinor  int64
 	refundMinor   int64
@@ -188,6 +189,9 @@ func (w *StripeEventWorker) record(evType, before, outcome string, fx effects) {
 	if fx.clawedBack > 0 {
 		m.CreditsClawedBack.WithLabelValues(kind).Add(float64(fx.clawedBack))
 	}
+	if fx.forfeited > 0 {
+		m.CreditsRemoved.WithLabelValues("forfeited").Add(float64(fx.forfeited))
+	}
 	if fx.paymentStatus != "" {
 		m.Payments.WithLabelValues(product, fx.paymentStatus, fx.currency).Inc()
 	}
@@ -321,9 +325,11 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 		// account: the credits are recorded and forfeited at once, like the
 		// account's others, and the event is failed so that someone refunds
 		// the money (the failed-events alert fires).
-		if err := store.ForfeitCredits(ctx, tx, pay.UserID); err != nil {
+		forfeited, err := store.ForfeitCredits(ctx, tx, pay.UserID)
+		if err != nil {
 			return "", "", fx, err
 		}
+		fx.forfeited = forfeited
 		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)", pay.UserID, pay.Credits, pay.ID), fx, nil
 	}
 	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {

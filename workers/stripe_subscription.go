@@ -292,9 +292,11 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		// Renewed after the account was deleted (its cancellation not yet
 		// through): the credits are forfeited, and the invoice is for
 		// someone to refund.
-		if err := store.ForfeitCredits(ctx, tx, sub.UserID); err != nil {
+		forfeited, err := store.ForfeitCredits(ctx, tx, sub.UserID)
+		if err != nil {
 			return "", "", fx, err
 		}
+		fx.forfeited = forfeited
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited, and the subscription is being cancelled; refund the payment (Refund on /admin/payments/%d/refund)",
 			inv.ID, sub.UserID, sub.CreditsPerPeriod, pay.ID), fx, nil
 	}

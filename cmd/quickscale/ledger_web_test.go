@@ -746,6 +746,16 @@ func TestAdminAdjustsCreditsWithAReasonAndItIsAudited(t *testing.T) {
 	require.Equal(t, http.StatusUnprocessableEntity, r.Status)
 	require.Contains(t, r.Doc(t).Find(`.field-error[data-field="amount"]`).Text(), "The user has only 1 credit;")
 	require.Contains(t, strings.Join(strings.Fields(hist.Eq(0).Text()), " "), "Credits removed by support -12 5 pack, 7 promo · goodwill reversed")
+
+	// Operators see credits leave other than by spending: removed by
+	// support (5 + 12 + 17; the refused removals took nothing), and the
+	// last credit forfeited when the account is deleted.
+	removed := func(reason string) float64 {
+		return metricValue(t, ta.app.metrics, "quickscale_credits_removed_total", map[string]string{"reason": reason})
+	}
+	require.Equal(t, float64(34), removed("support"))
+	deleteAccount(t, ta.signIn(u.Email))
+	require.Equal(t, float64(1), removed("forfeited"))
 }
 
 func TestAdminPagesRefuseNonAdmins(t *testing.T) {
@@ -817,7 +827,10 @@ func TestAdminSearchesUsersByEmail(t *testing.T) {
 	}
 	// A user id finds the user, a deleted account too (its address is gone).
 	gone := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error { return store.DeleteUser(context.Background(), tx, gone.ID) }))
+	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(context.Background(), tx, gone.ID)
+		return err
+	}))
 	for _, q := range []string{fmt.Sprint(gone.ID), fmt.Sprintf("%%23%d", gone.ID)} {
 		// (Addresses holding the number match too.)
 		row := ta.signIn(admin.Email).get("/admin/users?q=" + q).Doc(t).Find(fmt.Sprintf(`#users tr.user-row[data-id="%d"]`, gone.ID))
@@ -1045,7 +1058,10 @@ func TestAdminUserPageShowsCreditHistoryAndEveryPayment(t *testing.T) {
 		_, err := ta.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: packs[0], CheckoutSessionID: fmt.Sprintf("cs_test_admin_%d_%d", u.ID, i)})
 		require.NoError(t, err)
 	}
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, u.ID)
+		return err
+	}))
 
 	path := fmt.Sprintf("/admin/users/%d", u.ID)
 	doc := b.get(path).Doc(t)
@@ -1238,7 +1254,10 @@ func TestAdminAdjustmentToADeletedAccountSaysItWasDeleted(t *testing.T) {
 	b := ta.signIn(admin.Email)
 	path := fmt.Sprintf("/admin/users/%d/credits", u.ID)
 	require.Equal(t, http.StatusOK, b.get(path).Status)
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, u.ID)
+		return err
+	}))
 
 	r := b.post(path, url.Values{"nonce": {"d1"}, "direction": {"add"}, "amount": {"25"}, "kind": {"promo"}, "reason": {"goodwill"}})
 	require.Equal(t, http.StatusConflict, r.Status)

@@ -156,7 +156,10 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	p := whBuy(t, ta)
 	id, body := p.completed(t, "unpaid")
 	whApply(t, ta, id, body, store.OutcomeIgnored)
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, p.User.ID) }))
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, p.User.ID)
+		return err
+	}))
 
 	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
 	ev := whApply(t, ta, id, body, store.OutcomeFailed)

@@ -461,6 +461,8 @@ func runMetricsWorkload(t *testing.T, ta *testApp) workload {
 			t.Fatalf("GET %s: %d, want 404", p, r.Status)
 		}
 	}
+	// Support removes a credit (the credits-removed panel).
+	mustRedirect(t, ab.post(fmt.Sprintf("/admin/users/%d/credits", buyer.ID), url.Values{"nonce": {"prom-remove"}, "direction": {"remove"}, "amount": {"1"}, "reason": {"metrics workload"}}), "/admin/users/")
 	return w
 }
 

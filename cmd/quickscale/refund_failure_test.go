@@ -143,7 +143,10 @@ func TestRefundUpdatesFromStripe(t *testing.T) {
 	require.Equal(t, int64(300), fs[0].AmountMinor)
 
 	// The buyer's account deleted: no credits to give back.
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error { return store.DeleteUser(ctx, tx, u.ID) }))
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, u.ID)
+		return err
+	}))
 	ev = deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, refund("re_g", *pay.PaymentIntentID, "failed"), time.Now())
 	require.Contains(t, *ev.OutcomeDetail, "(no reason given): the customer did not get that money back")
 	require.Contains(t, *ev.OutcomeDetail, "The account was deleted: refund the customer another way (the provider's dashboard) if they ask")
