@@ -51,10 +51,7 @@ func TestAFailureOfAnInvoicePaidAlreadyIsNotEmailed(t *testing.T) {
 	invID := whID("in")
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, sub, stripeSub, invID, 1500, end, end.AddDate(0, 1, 0)), now)
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	failed := subInvoice(t, sub, stripeSub, invID, 1500, end, end.AddDate(0, 1, 0))
-	failed["status"], failed["paid"], failed["amount_paid"] = "open", false, 0
-	failed["attempt_count"] = 1
-	failed["next_payment_attempt"] = now.Add(72 * time.Hour).Unix()
+	failed := unpaidInvoice(subInvoice(t, sub, stripeSub, invID, 1500, end, end.AddDate(0, 1, 0)), now.Add(72*time.Hour))
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, failed, now.Add(-time.Hour))
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	require.Contains(t, whDetail(ev), "is paid already: recorded, the customer is not told")
@@ -97,9 +94,7 @@ func TestAnOldUnpaidInvoiceIsNotShownAsOverdue(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	m1, m2, m3 := end.AddDate(0, 1, 0), end.AddDate(0, 2, 0), end.AddDate(0, 3, 0)
 
-	old := subInvoice(t, sub, stripeSub, whID("in"), 1500, end, m1)
-	old["status"], old["paid"], old["amount_paid"] = "open", false, 0
-	old["next_payment_attempt"] = now.Add(-time.Hour).Unix()
+	old := unpaidInvoice(subInvoice(t, sub, stripeSub, whID("in"), 1500, end, m1), now.Add(-time.Hour))
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, old, now.Add(time.Minute))
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, subObject(t, sub, stripeSub, "active", false, end, m1), now.Add(2*time.Minute))

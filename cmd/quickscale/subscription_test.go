@@ -208,6 +208,14 @@ func subInvoice(t *testing.T, sub store.Subscription, stripeSub, invoiceID strin
 	return inv
 }
 
+// unpaidInvoice makes an invoice object one whose payment failed its first
+// attempt, to be tried again at next (invoice.payment_failed).
+func unpaidInvoice(inv map[string]any, next time.Time) map[string]any {
+	inv["status"], inv["paid"], inv["amount_paid"] = "open", false, 0
+	inv["attempt_count"], inv["next_payment_attempt"] = 1, next.Unix()
+	return inv
+}
+
 // subObject is Stripe's subscription object in a state.
 func subObject(t *testing.T, sub store.Subscription, stripeSub, status string, cancelAtEnd bool, start, end time.Time) map[string]any {
 	t.Helper()
@@ -412,9 +420,7 @@ func TestAFailedRenewalIsToldAndShown(t *testing.T) {
 	start, end := *sub.CurrentPeriodStart, *sub.CurrentPeriodEnd
 	now := time.Now().Truncate(time.Second)
 
-	failed := subInvoice(t, sub, stripeSub, whID("in"), 1500, end, end.AddDate(0, 1, 0))
-	failed["status"], failed["paid"], failed["amount_paid"] = "open", false, 0
-	failed["next_payment_attempt"] = now.Add(72 * time.Hour).Unix()
+	failed := unpaidInvoice(subInvoice(t, sub, stripeSub, whID("in"), 1500, end, end.AddDate(0, 1, 0)), now.Add(72*time.Hour))
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, failed, now.Add(time.Minute))
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	mail := ta.waitMail(u.Email, "Your Basic plan's payment of $15.00 did not go through")
