@@ -89,9 +89,11 @@ func (s *Simulator) Renew(ctx context.Context, subscriptionID string) error {
 	err := s.oneAtATime(ctx, func() error {
 		return s.store.RenewSimSubscription(ctx, subscriptionID, simInvoiceIDs, func(sub store.SimSubscription, inv *store.SimSession) error {
 			if inv == nil {
-				// Set to end then, or past due with its retries run out.
+				// Set to end then (it ends at its period's end), or past
+				// due with its retries run out (it ends now), set to end
+				// or not.
 				reason := stripe.SubscriptionCancellationDetailsReasonPaymentFailed
-				if sub.CancelAtPeriodEnd {
+				if sub.CancelAtPeriodEnd && sub.CanceledAt != nil && sub.CanceledAt.Equal(sub.CurrentPeriodEnd) {
 					reason = stripe.SubscriptionCancellationDetailsReasonCancellationRequested
 				}
 				return s.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted, withCancellation(SubscriptionObject(sub), reason))

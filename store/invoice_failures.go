@@ -93,20 +93,25 @@ SELECT l.invoice_id, l.subscription_id, l.amount_minor, l.currency, l.plan_code,
 	return pgx.CollectRows(rows, pgx.RowToStructByName[InvoiceFailure])
 }
 
-// Overdue is the invoice a past-due subscription owes: its latest failed
-// invoice, not paid since, for a period that reaches into the current one
-// (found false when none is recorded: an older invoice never paid is not
-// this period's, and this period's failure may not have arrived yet).
+// Overdue is the invoice a past-due subscription owes: the latest failed
+// invoice (of its latest 20), not paid since, for a period that reaches
+// into the current one (found false when none is recorded: an older
+// invoice never paid is not this period's, and this period's failure may
+// not have arrived yet).
 func (s *Store) Overdue(ctx context.Context, sub Subscription) (f InvoiceFailure, found bool, err error) {
 	if sub.Status != SubPastDue {
 		return f, false, nil
 	}
-	fs, err := s.InvoiceFailuresOf(ctx, []int64{sub.ID}, 1)
-	if err != nil || len(fs) == 0 || fs[0].Paid() {
+	// The latest failures first: an older invoice's retry may fail after
+	// this period's invoice did, and is passed over.
+	fs, err := s.InvoiceFailuresOf(ctx, []int64{sub.ID}, 20)
+	if err != nil {
 		return f, false, err
 	}
-	if sub.CurrentPeriodStart != nil && !fs[0].PeriodEnd.After(*sub.CurrentPeriodStart) {
-		return f, false, nil
+	for _, f := range fs {
+		if !f.Paid() && (sub.CurrentPeriodStart == nil || f.PeriodEnd.After(*sub.CurrentPeriodStart)) {
+			return f, true, nil
+		}
 	}
-	return fs[0], true, nil
+	return f, false, nil
 }

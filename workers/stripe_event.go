@@ -108,6 +108,9 @@ func (w *StripeEventWorker) Work(ctx context.Context, job *river.Job[jobs.Stripe
 			// e.g. a payment intent already another payment's): recorded
 			// as failed, with the reason, for an admin to look at.
 			outcome, detail = store.OutcomeFailed, "refused by the database: "+refused
+			// Nothing it did was kept: no credits, payments or revenue
+			// to count.
+			fx = effects{}
 			if err := w.fail(ctx, job, detail); err != nil {
 				return err
 			}
@@ -330,7 +333,7 @@ func (w *StripeEventWorker) applyCheckoutPaid(ctx context.Context, tx pgx.Tx, ev
 			return "", "", fx, err
 		}
 		fx.forfeited = forfeited
-		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)", pay.UserID, pay.Credits, pay.ID), fx, nil
+		return store.OutcomeFailed, fmt.Sprintf("paid after its buyer (user %d) deleted the account: the %s credits were granted and forfeited; refund the payment (Refund on /admin/payments/%d/refund)", pay.UserID, billing.FormatCredits(pay.Credits), pay.ID), fx, nil
 	}
 	if err := w.enqueuePurchaseEmail(ctx, tx, pay); err != nil {
 		return "", "", fx, err
@@ -543,9 +546,11 @@ func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, e
 		return "", "", fx, err
 	}
 	detail := refundFailureDetail(f, pay, email == "")
-	// The customer was told the refund was made: they are told it did
-	// not reach them, once (not again when the event is re-processed).
-	if created && email != "" {
+	// A customer told of a refund (one is recorded on the payment: its
+	// charge.refunded came) is told it did not reach them, once (not
+	// again when the event is re-processed). Before any refund is recorded
+	// they were told nothing, and are not now.
+	if created && email != "" && pay.AmountRefundedMinor > 0 {
 		why := "your card or bank refused it"
 		if f.Status == "canceled" {
 			why = "it was canceled before it reached you"

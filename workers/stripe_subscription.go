@@ -237,7 +237,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			inv.ID, billing.FormatMoney(inv.AmountPaid, string(inv.Currency)), billing.FormatMoney(sub.PriceMinor, sub.Currency)), fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
-			inv.ID, end.Format(time.RFC3339)), fx, nil
+			inv.ID, end.Format("2 Jan 2006 15:04 UTC")), fx, nil
 	}
 	switchNote := ""
 	if billed.Code != sub.PlanCode || billed.PriceMinor != sub.PriceMinor {
@@ -297,8 +297,8 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			return "", "", fx, err
 		}
 		fx.forfeited = forfeited
-		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %d credits were granted and forfeited, and the subscription is being cancelled; refund the payment (Refund on /admin/payments/%d/refund)",
-			inv.ID, sub.UserID, sub.CreditsPerPeriod, pay.ID), fx, nil
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid after its buyer (user %d) deleted the account: the %s credits were granted and forfeited, and the subscription is being cancelled; refund the payment (Refund on /admin/payments/%d/refund)",
+			inv.ID, sub.UserID, billing.FormatCredits(sub.CreditsPerPeriod), pay.ID), fx, nil
 	}
 	if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailSubscriptionPaid, To: email, Data: map[string]string{
 		"Plan":             sub.PlanName,

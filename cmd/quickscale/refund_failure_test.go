@@ -151,3 +151,20 @@ func TestRefundUpdatesFromStripe(t *testing.T) {
 	require.Contains(t, *ev.OutcomeDetail, "(no reason given): the customer did not get that money back")
 	require.Contains(t, *ev.OutcomeDetail, "The account was deleted: refund the customer another way (the provider's dashboard) if they ask")
 }
+
+// A refund's failure that arrives before its charge.refunded (nothing is
+// recorded as refunded yet): the customer was told of no refund, so is
+// not emailed that it did not reach them.
+func TestARefundFailureBeforeTheRefundIsNotEmailed(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	re := whFixture(t, "refund")
+	re["id"], re["payment_intent"], re["status"], re["amount"] = whID("re"), *pay.PaymentIntentID, "failed", 500
+	re["failure_reason"] = "expired_or_canceled_card"
+	ev := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, re, time.Now())
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "Nothing is recorded as refunded on this payment yet")
+	require.NotContains(t, whDetail(ev), "the customer was emailed")
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'send_email' AND args->>'template' = 'refund_failed' AND args->>'to' = $1`, u.Email))
+}

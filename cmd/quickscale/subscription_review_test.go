@@ -113,3 +113,48 @@ func TestAnOldUnpaidInvoiceIsNotShownAsOverdue(t *testing.T) {
 	require.Contains(t, acctTextSel(row), "Not paid")
 	require.NotContains(t, acctTextSel(row), "next try")
 }
+
+// A past-due plan set to end whose retries run out ends now, for want of
+// payment: the simulator says payment_failed, and the customer is told the
+// payment did not go through, not that our team ended it.
+func TestAPastDuePlanSetToEndEndsUnpaid(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	form := url.Values{"subscription": {formatID(sub.ID)}}
+	mustRedirect(t, b.post("/dashboard/subscription/fail-renewal", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "past due", func() bool { return reload(t, ta, sub).Status == store.SubPastDue })
+	mustRedirect(t, b.post("/dashboard/subscription/cancel", form), "/dashboard/subscription")
+	require.True(t, reload(t, ta, sub).CancelAtPeriodEnd)
+	mustRedirect(t, b.post("/dashboard/subscription/renew", form), "/dashboard/subscription")
+	eventually(t, 10*time.Second, "ended", func() bool { return reload(t, ta, sub).Status == store.SubCanceled })
+	m := ta.waitMail(u.Email, "Your Basic plan has ended")
+	require.Contains(t, m.Text, "did not go through, and the payment provider has stopped trying")
+	require.NotContains(t, m.Text, "ended by our team")
+}
+
+// A renewal that fails while an older invoice is still retried: the older
+// one's later failure does not hide what this period owes.
+func TestAnOlderInvoicesRetryDoesNotHideThisPeriodsOverdue(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	stripeSub := *sub.StripeSubscriptionID
+	end := *sub.CurrentPeriodEnd
+	now := time.Now().Truncate(time.Second)
+	m1, m2 := end.AddDate(0, 1, 0), end.AddDate(0, 2, 0)
+	older, current := whID("in"), whID("in")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, unpaidInvoice(subInvoice(t, sub, stripeSub, older, 1500, end, m1), now.Add(48*time.Hour)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	ev = deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionUpdated, subObject(t, sub, stripeSub, "past_due", false, m1, m2), now.Add(time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, unpaidInvoice(subInvoice(t, sub, stripeSub, current, 1500, m1, m2), now.Add(72*time.Hour)), now.Add(2*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	retry := unpaidInvoice(subInvoice(t, sub, stripeSub, older, 1500, end, m1), now.Add(96*time.Hour))
+	retry["attempt_count"] = 2
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaymentFailed, retry, now.Add(3*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	doc := b.get("/dashboard/subscription").Doc(t)
+	require.Equal(t, 1, doc.Find("#overdue-amount").Length(), "this period's unpaid invoice is no longer shown as owed")
+	require.Contains(t, acctText(doc, "#subscription-past-due"), m1.UTC().Format("2 Jan 2006")+" – "+m2.UTC().Format("2 Jan 2006"))
+}

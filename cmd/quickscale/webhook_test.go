@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
@@ -695,4 +696,43 @@ func TestWebhookRefusesEventIDsThatAreNotStripeLike(t *testing.T) {
 	require.Zero(t, whStoredEvents(t, ta))
 	whMustDeliver(t, ta, good)
 	require.Equal(t, 1, whStoredEvents(t, ta))
+}
+
+// Work the database refuses at commit is not counted: an event whose
+// transaction a deferred check rolls back (here one refusing the forfeit
+// of a deleted buyer's credits) is failed, and neither the credits granted
+// nor those forfeited in it reach the counters.
+func TestCountersSkipWorkTheDatabaseRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	id, body := p.completed(t, "unpaid")
+	whApply(t, ta, id, body, store.OutcomeIgnored)
+	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(ctx, tx, p.User.ID)
+		return err
+	}))
+	_, err := ta.store.Pool().Exec(ctx, `
+CREATE FUNCTION test_refuse_forfeit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.kind = 'adjust' AND NEW.reason = 'account deleted: credits forfeited' THEN
+    RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'check_violation', CONSTRAINT = 'test_refuse_forfeit';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_refuse_forfeit AFTER INSERT ON ledger_entries DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_refuse_forfeit();`)
+	require.NoError(t, err)
+	forfeited := func() float64 {
+		return ta.metric("quickscale_credits_removed_total", map[string]string{"reason": "forfeited"})
+	}
+	granted := func() float64 { return ta.metric("quickscale_credits_granted_total", nil) }
+	forfeitedBefore, grantedBefore := forfeited(), granted()
+
+	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+	ev := whApply(t, ta, id, body, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "refused by the database")
+	require.Zero(t, whGrantsOf(t, ta, p.SessionID), "rolled back: no grant")
+	require.Equal(t, forfeitedBefore, forfeited(), "a forfeit rolled back was counted")
+	require.Equal(t, grantedBefore, granted(), "a grant rolled back was counted")
 }
