@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
 	"github.com/quickscale/quickscale/store"
@@ -67,4 +70,44 @@ func TestSupportEndsACustomersPlan(t *testing.T) {
 	mustRedirect(t, post("end_now", "again"), page)
 	require.Contains(t, acctText(ab.get(page).Doc(t), "#flash"), "has ended already: nothing was changed")
 	whNoViolations(t, ta)
+}
+
+// In a real browser at a phone's width, support opens End this plan…,
+// gives a reason and presses Cancel at its period's end: the dialog asks
+// first, and the button pressed is the action sent (a boosted form keeps
+// its submitter).
+func TestBrowserSupportCancelsAPlanAtAPhonesWidth(t *testing.T) {
+	t.Parallel()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	admin, _ := whAdmin(t, ta)
+	phone := uiPhone(t, ta, admin.Email)
+	go func() {
+		for ev, err := range chromedp.Events(phone, page.JavascriptDialogOpening) {
+			if err != nil {
+				return
+			}
+			if strings.Contains(ev.Message, "End the customer's Basic plan?") {
+				_, _ = chromedp.Call(phone, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			}
+		}
+	}()
+	require.NoError(t, chromedp.Do(phone,
+		chromedp.Navigate(fmt.Sprintf("%s/admin/users/%d", ta.URL, u.ID)),
+		chromedp.WaitVisible(css(".admin-end-subscription summary")),
+		chromedp.Click(css(".admin-end-subscription summary")),
+		chromedp.WaitVisible(css(fmt.Sprintf("#end-reason-%d", sub.ID))),
+		chromedp.SendKeys(css(fmt.Sprintf("#end-reason-%d", sub.ID)), "asked by phone"),
+		chromedp.Click(css(`.admin-end-subscription button[value="cancel"]`)),
+		chromedp.WaitVisible(css("#flash")),
+	))
+	flash, err := chromedp.Run(phone, chromedp.Text(css("#flash")))
+	require.NoError(t, err)
+	require.Contains(t, flash, "The Basic plan ends on")
+	require.True(t, reload(t, ta, sub).CancelAtPeriodEnd)
+	require.Equal(t, store.SubActive, reload(t, ta, sub).Status, "End it now was sent instead")
+	wide, err := chromedp.Run(phone, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+	require.NoError(t, err)
+	require.LessOrEqual(t, wide, 0, "the admin user page is wider than a 375 px screen")
+	require.Empty(t, cspBlocked(t, phone))
 }
