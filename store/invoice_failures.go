@@ -76,42 +76,46 @@ func (s *Store) InvoiceFailuresOf(ctx context.Context, ids []int64, limit int) (
 	if len(ids) == 0 {
 		return nil, nil
 	}
+	return s.invoiceFailures(ctx, `subscription_id = ANY($2)`, limit, ids)
+}
+
+// invoiceFailures lists the failed invoices whose failures match where
+// (its arguments from $2; $1 is limit), each as its latest failure left
+// it, the latest first.
+func (s *Store) invoiceFailures(ctx context.Context, where string, limit int, args ...any) ([]InvoiceFailure, error) {
 	rows, err := s.pool.Query(ctx, `
 WITH f AS (
   SELECT invoice_id, min(failed_at) AS first_failed_at, max(failed_at) AS last_failed_at, max(attempt)::bigint AS attempts,
          (array_agg(id ORDER BY failed_at DESC, id DESC))[1] AS last_id
-    FROM invoice_failures WHERE subscription_id = ANY($1) GROUP BY invoice_id)
+    FROM invoice_failures WHERE `+where+` GROUP BY invoice_id)
 SELECT l.invoice_id, l.subscription_id, l.amount_minor, l.currency, l.plan_code, pl.name AS plan_name, l.period_start, l.period_end,
        f.attempts, l.next_attempt_at, f.first_failed_at, f.last_failed_at, pay.id AS payment_id, pay.paid_at
   FROM f JOIN invoice_failures l ON l.id = f.last_id
   LEFT JOIN plans pl ON pl.code = l.plan_code
   LEFT JOIN payments pay ON pay.invoice_id = f.invoice_id
- ORDER BY f.last_failed_at DESC, l.id DESC LIMIT $2`, ids, limit)
+ ORDER BY f.last_failed_at DESC, l.id DESC LIMIT $1`, append([]any{limit}, args...)...)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowToStructByName[InvoiceFailure])
 }
 
-// Overdue is the invoice a past-due subscription owes: the latest failed
-// invoice (of its latest 20), not paid since, for a period that reaches
-// into the current one (found false when none is recorded: an older
-// invoice never paid is not this period's, and this period's failure may
-// not have arrived yet).
+// Overdue is the invoice a past-due subscription owes: the failed invoice
+// failing last, not paid since, for a period that reaches into the
+// current one (found false when none is recorded: an older invoice never
+// paid, or its later retry, is not this period's, and this period's
+// failure may not have arrived yet).
 func (s *Store) Overdue(ctx context.Context, sub Subscription) (f InvoiceFailure, found bool, err error) {
 	if sub.Status != SubPastDue {
 		return f, false, nil
 	}
-	// The latest failures first: an older invoice's retry may fail after
-	// this period's invoice did, and is passed over.
-	fs, err := s.InvoiceFailuresOf(ctx, []int64{sub.ID}, 20)
-	if err != nil {
+	fs, err := s.invoiceFailures(ctx, `invoice_id = (
+      SELECT x.invoice_id FROM invoice_failures x
+       WHERE x.subscription_id = $2 AND ($3::timestamptz IS NULL OR x.period_end > $3)
+         AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = x.invoice_id)
+       ORDER BY x.failed_at DESC, x.id DESC LIMIT 1)`, 1, sub.ID, sub.CurrentPeriodStart)
+	if err != nil || len(fs) == 0 {
 		return f, false, err
 	}
-	for _, f := range fs {
-		if !f.Paid() && (sub.CurrentPeriodStart == nil || f.PeriodEnd.After(*sub.CurrentPeriodStart)) {
-			return f, true, nil
-		}
-	}
-	return f, false, nil
+	return fs[0], true, nil
 }

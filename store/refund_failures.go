@@ -54,6 +54,13 @@ SELECT id, payment_id, provider_refund_id, amount_minor, currency, status, failu
 	return pgx.CollectRows(rows, pgx.RowToStructByName[RefundFailure])
 }
 
+// RefundFailuresTotal sums a payment's failed refunds (in tx).
+func RefundFailuresTotal(ctx context.Context, tx pgx.Tx, paymentID int64) (int64, error) {
+	var n int64
+	err := tx.QueryRow(ctx, `SELECT coalesce(sum(amount_minor), 0)::bigint FROM payment_refund_failures WHERE payment_id = $1`, paymentID).Scan(&n)
+	return n, err
+}
+
 // PaymentsWithRefundFailures says which of the payments ids have a failed
 // refund.
 func (s *Store) PaymentsWithRefundFailures(ctx context.Context, ids []int64) (map[int64]bool, error) {

@@ -475,7 +475,19 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 		if status == store.PaymentRefunded {
 			full = "yes"
 		}
+		// charge.refunded carries only the charge's refunded total, so a
+		// refund of this payment that failed (its own email came, perhaps
+		// before this one) may be counted in it: said, not guessed at.
+		failedNote := ""
+		failed, err := store.RefundFailuresTotal(ctx, tx, pay.ID)
+		if err != nil {
+			return "", "", fx, err
+		}
+		if failed > 0 {
+			failedNote = billing.FormatMoney(failed, pay.Currency) + " of refunds of this payment did not reach you (we emailed you about each); the amount above may count them. Contact us and we will refund you another way."
+		}
 		if _, err := w.inserter.InsertTx(ctx, tx, jobs.SendEmail{Template: jobs.EmailRefund, To: email, Data: map[string]string{
+			"FailedNote":   failedNote,
 			"Payment":      "#" + strconv.FormatInt(pay.ID, 10),
 			"Amount":       billing.FormatMoney(refunded-pay.AmountRefundedMinor, pay.Currency),
 			"Total":        billing.FormatMoney(pay.AmountMinor, pay.Currency),
@@ -546,11 +558,11 @@ func (w *StripeEventWorker) applyRefundUpdated(ctx context.Context, tx pgx.Tx, e
 		return "", "", fx, err
 	}
 	detail := refundFailureDetail(f, pay, email == "")
-	// A customer told of a refund (one is recorded on the payment: its
-	// charge.refunded came) is told it did not reach them, once (not
-	// again when the event is re-processed). Before any refund is recorded
-	// they were told nothing, and are not now.
-	if created && email != "" && pay.AmountRefundedMinor > 0 {
+	// The customer is told it did not reach them, once (not again when
+	// the event is re-processed), whether or not its charge.refunded has
+	// come yet (events arrive in any order; the refund email then says
+	// that part of its amount may not reach them).
+	if created && email != "" {
 		why := "your card or bank refused it"
 		if f.Status == "canceled" {
 			why = "it was canceled before it reached you"
