@@ -97,7 +97,7 @@ func (s *Site) AdminRefund() http.Handler {
 			return
 		}
 		admin := CurrentUser(ctx)
-		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request", "confirm_repeat", "refund")
+		f, _ := parseForm(r, "amount", "reason", "nonce", "action", "request", "confirm_repeat", "refund", "failure")
 		page.Form = f
 		back := "/admin/users/" + strconv.FormatInt(pay.UserID, 10)
 
@@ -107,6 +107,10 @@ func (s *Site) AdminRefund() http.Handler {
 		}
 		if f.raw("action") == "simulate-failure" {
 			s.simulateRefundFailure(w, r, page, f.raw("refund"))
+			return
+		}
+		if f.raw("action") == "settle-failure" {
+			s.settleRefundFailure(w, r, page, admin.ID, f.raw("failure"), f.raw("reason"))
 			return
 		}
 		key := store.RefundKey(pay.ID, f.raw("nonce"))
@@ -316,6 +320,30 @@ func (s *Site) simulateRefundFailure(w http.ResponseWriter, r *http.Request, pag
 		return
 	default:
 		s.flash(ctx, "The payments simulator failed refund "+refundID+" (an expired or canceled card) and sent charge.refund.updated; the failure shows here once a worker applies it.")
+	}
+	redirect(w, r, here)
+}
+
+// settleRefundFailure records that a failed refund of the payment was made
+// good another way, and how (audited); the customer's receipt then says so.
+func (s *Site) settleRefundFailure(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, failure, note string) {
+	ctx := r.Context()
+	here := "/admin/payments/" + strconv.FormatInt(page.Payment.ID, 10) + "/refund"
+	id, perr := strconv.ParseInt(failure, 10, 64)
+	created, err := s.store.SettleRefundFailure(ctx, adminID, page.Payment.ID, id, note)
+	switch {
+	case perr != nil || errors.Is(err, store.ErrNotFound):
+		s.NotFound().ServeHTTP(w, r)
+		return
+	case store.ErrorKind(err) == store.KindInvalid:
+		s.flash(ctx, "The failed refund was not marked settled. "+err.Error())
+	case err != nil:
+		s.serverError(w, r, err)
+		return
+	case !created:
+		s.flash(ctx, "That failed refund was marked settled already; nothing was changed.")
+	default:
+		s.flash(ctx, "The failed refund is marked settled; the customer's receipt says it was made good.")
 	}
 	redirect(w, r, here)
 }

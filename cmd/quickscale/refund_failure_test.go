@@ -96,6 +96,32 @@ func TestARefundThatFailsLaterIsShownToSupport(t *testing.T) {
 	require.Equal(t, 1, row.Length())
 	require.Contains(t, acctTextSel(row), "$5.00")
 	require.Contains(t, acctTextSel(row), "your card or bank refused it (expired or canceled card). Contact us")
+
+	// Support refunds another way and marks it settled, saying how: once,
+	// audited; the receipt then says it was made good.
+	failureID := admin.get(path).Doc(t).Find(`.settle-failure-form input[name="failure"]`).AttrOr("value", "")
+	require.NotEmpty(t, failureID)
+	settle := func(id, note string) response {
+		return admin.post(path, url.Values{"action": {"settle-failure"}, "failure": {id}, "reason": {note}})
+	}
+	mustRedirect(t, settle(failureID, " "), path)
+	require.Contains(t, acctText(admin.get(path).Doc(t), "#flash"), "The failed refund was not marked settled. Say why")
+	require.Equal(t, http.StatusNotFound, settle("999999", "refunded in the dashboard").Status, "another payment's failure")
+	mustRedirect(t, settle(failureID, "refunded $5.00 by bank transfer"), path)
+	doc = admin.get(path).Doc(t)
+	require.Contains(t, acctText(doc, "#flash"), "The failed refund is marked settled")
+	require.Contains(t, acctTextSel(doc.Find(".refund-failure-settled")), "refunded $5.00 by bank transfer")
+	require.Zero(t, doc.Find(".settle-failure-form").Length())
+	mustRedirect(t, settle(failureID, "again"), path)
+	require.Contains(t, acctText(admin.get(path).Doc(t), "#flash"), "marked settled already")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM audit_log WHERE action = 'payment.refund_failure_settled' AND target_user_id = $1 AND details->>'note' = 'refunded $5.00 by bank transfer'`, u.ID))
+	row = customer.get(fmt.Sprintf("/dashboard/payments/%d/receipt", pay.ID)).Doc(t).Find(".receipt-refund-failed")
+	require.Contains(t, acctTextSel(row), "Made good by our team another way")
+	require.NotContains(t, acctTextSel(row), "Contact us")
+	for _, sql := range []string{`UPDATE payment_refund_failure_settlements SET note = 'x'`, `DELETE FROM payment_refund_failure_settlements`} {
+		_, err := ta.store.Pool().Exec(ctx, sql)
+		require.Error(t, err, sql)
+	}
 }
 
 // Stripe's charge.refund.updated (its refund object as stripe-mock has it):
