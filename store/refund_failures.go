@@ -104,13 +104,14 @@ func RefundFailuresTotal(ctx context.Context, tx pgx.Tx, paymentID int64) (int64
 }
 
 // PaymentsWithRefundFailures says which of the payments ids have a failed
-// refund.
+// refund not yet settled.
 func (s *Store) PaymentsWithRefundFailures(ctx context.Context, ids []int64) (map[int64]bool, error) {
 	out := map[int64]bool{}
 	if len(ids) == 0 {
 		return out, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT payment_id FROM payment_refund_failures WHERE payment_id = ANY($1)`, ids)
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT f.payment_id FROM payment_refund_failures f
+ WHERE f.payment_id = ANY($1) AND NOT EXISTS (SELECT 1 FROM payment_refund_failure_settlements s WHERE s.failure_id = f.id)`, ids)
 	if err != nil {
 		return nil, err
 	}

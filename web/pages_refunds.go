@@ -336,7 +336,7 @@ func (s *Site) settleRefundFailure(w http.ResponseWriter, r *http.Request, page 
 		s.NotFound().ServeHTTP(w, r)
 		return
 	case store.ErrorKind(err) == store.KindInvalid:
-		s.flash(ctx, "The failed refund was not marked settled. "+err.Error())
+		s.flash(ctx, "The failed refund was not marked settled: say how it was made good, on one line of up to 500 characters, without control or hidden characters.")
 	case err != nil:
 		s.serverError(w, r, err)
 		return

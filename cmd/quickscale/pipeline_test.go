@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 	"github.com/stripe/stripe-go/v76"
@@ -153,15 +152,9 @@ func TestPipelinePaymentSettlingAfterTheBuyerDeletedTheAccountIsForfeitedAndFlag
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	id, body := p.completed(t, "unpaid")
-	whApply(t, ta, id, body, store.OutcomeIgnored)
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
-		_, err := store.DeleteUser(ctx, tx, p.User.ID)
-		return err
-	}))
+	p := whBuyThenDeleteBuyer(t, ta)
 
-	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
 	ev := whApply(t, ta, id, body, store.OutcomeFailed)
 	require.Contains(t, whDetail(ev), "refund the payment")
 	require.Equal(t, store.PaymentSucceeded, whPayment(t, ta, p).Status, "the money was received")

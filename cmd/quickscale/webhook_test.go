@@ -242,6 +242,20 @@ type whPurchase struct {
 }
 
 // whBuy opens a checkout for pack_500 (500 credits for 20.00 USD).
+// whBuyThenDeleteBuyer is a purchase whose checkout completed unpaid (a
+// bank debit still to settle), its buyer's account deleted since.
+func whBuyThenDeleteBuyer(t *testing.T, ta *testApp) whPurchase {
+	t.Helper()
+	p := whBuy(t, ta)
+	id, body := p.completed(t, "unpaid")
+	whApply(t, ta, id, body, store.OutcomeIgnored)
+	require.NoError(t, ta.store.InTx(context.Background(), func(tx pgx.Tx) error {
+		_, err := store.DeleteUser(context.Background(), tx, p.User.ID)
+		return err
+	}))
+	return p
+}
+
 func whBuy(t *testing.T, ta *testApp) whPurchase {
 	t.Helper()
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
@@ -706,13 +720,7 @@ func TestCountersSkipWorkTheDatabaseRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	id, body := p.completed(t, "unpaid")
-	whApply(t, ta, id, body, store.OutcomeIgnored)
-	require.NoError(t, ta.store.InTx(ctx, func(tx pgx.Tx) error {
-		_, err := store.DeleteUser(ctx, tx, p.User.ID)
-		return err
-	}))
+	p := whBuyThenDeleteBuyer(t, ta)
 	_, err := ta.store.Pool().Exec(ctx, `
 CREATE FUNCTION test_refuse_forfeit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -729,7 +737,7 @@ CREATE CONSTRAINT TRIGGER test_refuse_forfeit AFTER INSERT ON ledger_entries DEF
 	granted := func() float64 { return ta.metric("quickscale_credits_granted_total", nil) }
 	forfeitedBefore, grantedBefore := forfeited(), granted()
 
-	id, body = whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
+	id, body := whEvent(t, stripe.EventTypeCheckoutSessionAsyncPaymentSucceeded, whSession(t, p.SessionID, "paid", p.Amount, p.Intent), time.Now())
 	ev := whApply(t, ta, id, body, store.OutcomeFailed)
 	require.Contains(t, whDetail(ev), "refused by the database")
 	require.Zero(t, whGrantsOf(t, ta, p.SessionID), "rolled back: no grant")
