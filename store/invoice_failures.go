@@ -60,6 +60,12 @@ type InvoiceFailure struct {
 	PaidAt    *time.Time `db:"paid_at"`
 }
 
+// Owed says what the invoice bills, for emails and flashes: "$30.00 for
+// 27 Dec – 27 Jan 2027" (the amount in the money format of formatMoney).
+func (f InvoiceFailure) Owed(formatMoney func(int64, string) string) string {
+	return formatMoney(f.AmountMinor, f.Currency) + " for " + f.PeriodStart.UTC().Format("2 Jan") + " – " + f.PeriodEnd.UTC().Format("2 Jan 2006")
+}
+
 // Paid reports whether a later attempt paid the invoice.
 func (f InvoiceFailure) Paid() bool { return f.PaymentID != nil }
 

@@ -454,8 +454,7 @@ func (s *Site) SetSubscriptionRenewal(cancel bool) http.Handler {
 			if o, found, err := s.store.Overdue(ctx, sub); err != nil {
 				s.logger.WarnContext(ctx, "cancel: read the overdue invoice", "subscription", sub.ID, "err", err)
 			} else if found {
-				msg += " The overdue payment of " + billing.FormatMoney(o.AmountMinor, o.Currency) + " for " + o.PeriodStart.Format("2 Jan") + " – " + o.PeriodEnd.Format("2 Jan 2006") +
-					" is still tried: if it goes through, that month's credits are added."
+				msg += " The overdue payment of " + o.Owed(billing.FormatMoney) + " is still tried: if it goes through, that month's credits are added."
 			}
 		case sub.NextPlanCode != nil && *sub.NextPlanCode == sub.PlanCode:
 			subject = "Your " + sub.PlanName + " plan renews again"

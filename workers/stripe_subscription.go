@@ -567,7 +567,7 @@ func (w *StripeEventWorker) tellEnded(ctx context.Context, tx pgx.Tx, sub store.
 		if o, found, err := w.store.Overdue(ctx, sub); err != nil {
 			return false, err
 		} else if found {
-			why = "Its payment of " + billing.FormatMoney(o.AmountMinor, o.Currency) + " for " + o.PeriodStart.Format("2 Jan") + " – " + o.PeriodEnd.Format("2 Jan 2006") +
+			why = "Its payment of " + o.Owed(billing.FormatMoney) +
 				" did not go through, and the payment provider has stopped trying: nothing more is charged for it."
 		}
 	case sub.CancelAtPeriodEnd && (sub.CurrentPeriodEnd == nil || !at.Before(sub.CurrentPeriodEnd.Add(-time.Minute))):
