@@ -38,6 +38,7 @@ func TestCSVAmountsArePlainDecimals(t *testing.T) {
 	}{
 		{1500, "usd", "15.00"}, {-500, "usd", "-5.00"}, {5, "eur", "0.05"}, {-7, "usd", "-0.07"},
 		{123456789, "usd", "1234567.89"}, {3000, "jpy", "3000"}, {-3000, "JPY", "-3000"}, {0, "usd", "0.00"},
+		{1500, "kwd", "1.500"}, {-5, "bhd", "-0.005"},
 	} {
 		if got := csvAmount(c.minor, c.currency); got != c.want {
 			t.Errorf("csvAmount(%d, %s) = %q, want %q", c.minor, c.currency, got, c.want)

@@ -151,6 +151,8 @@ func TestFormatMoneyKnowsZeroDecimalCurrencies(t *testing.T) {
 	}{
 		{2000, "usd", "$20.00"}, {123456, "eur", "€1,234.56"}, {-550, "gbp", "-£5.50"},
 		{1500, "cad", "CAD 15.00"}, {3000, "jpy", "JPY 3,000"}, {5, "krw", "KRW 5"},
+		// Stripe's three-decimal currencies count thousandths (fils, baisa).
+		{1000, "kwd", "KWD 1.000"}, {1234567, "bhd", "BHD 1,234.567"}, {-50, "omr", "-OMR 0.050"}, {5, "jod", "JOD 0.005"}, {10, "TND", "TND 0.010"},
 	} {
 		if got := formatMoney(c.minor, c.currency); got != c.want {
 			t.Errorf("formatMoney(%d, %s) = %q, want %q", c.minor, c.currency, got, c.want)
@@ -170,6 +172,8 @@ func TestParseAmountReadsThePaymentsCurrency(t *testing.T) {
 		{"€5", "usd", 0, false}, {"1,0", "usd", 0, false}, {"12,50", "eur", 0, false}, {"5.555", "usd", 0, false}, {"-5", "usd", 0, false},
 		{"CAD 15.00", "cad", 1500, true}, {"15", "cad", 1500, true}, {"usd 5", "cad", 0, false},
 		{"3,000", "jpy", 3000, true}, {"¥3000", "jpy", 3000, true}, {"JPY 3000", "jpy", 3000, true}, {"30.00", "jpy", 0, false},
+		{"1.000", "kwd", 1000, true}, {"1.5", "kwd", 1500, true}, {"KWD 12.25", "kwd", 12250, true}, {"1,000.005", "bhd", 1000005, true},
+		{"1.0005", "kwd", 0, false}, {"1.", "kwd", 0, false},
 	} {
 		got, ok := parseAmount(c.in, c.currency)
 		if ok != c.ok || got != c.want {
@@ -181,5 +185,8 @@ func TestParseAmountReadsThePaymentsCurrency(t *testing.T) {
 	}
 	if got := amountInput(1505, "usd"); got != "15.05" {
 		t.Errorf("amountInput in USD = %q", got)
+	}
+	if got := amountInput(1505, "kwd"); got != "1.505" {
+		t.Errorf("amountInput in KWD = %q", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/csv"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -169,16 +168,7 @@ func csvID(p *int64) string {
 // csvAmount writes minor units as a plain decimal in the currency's
 // units: (1500, usd) → "15.00", (-500, usd) → "-5.00", (3000, jpy) →
 // "3000". No symbol or grouping, so spreadsheets read it as a number.
-func csvAmount(minor int64, currency string) string {
-	if billing.CurrencyDecimals(currency) == 0 {
-		return strconv.FormatInt(minor, 10)
-	}
-	sign := ""
-	if minor < 0 {
-		sign, minor = "-", -minor
-	}
-	return fmt.Sprintf("%s%d.%02d", sign, minor/100, minor%100)
-}
+func csvAmount(minor int64, currency string) string { return billing.FormatDecimal(minor, currency) }
 
 // badRange answers an export whose range cannot be read.
 func (s *Site) badRange(w http.ResponseWriter, r *http.Request, problem, back string) {

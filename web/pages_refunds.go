@@ -429,27 +429,27 @@ func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 }
 
 // amountInput writes minor units as a form's amount ("12.50"; "3000" in
-// a zero-decimal currency).
+// a zero-decimal currency; "1.500" in a three-decimal one).
 func amountInput(minor int64, currency string) string {
-	if billing.CurrencyDecimals(currency) == 0 {
-		return strconv.FormatInt(minor, 10)
-	}
-	return strconv.FormatInt(minor/100, 10) + "." + strconv.FormatInt(minor%100/10, 10) + strconv.FormatInt(minor%10, 10)
+	return billing.FormatDecimal(minor, currency)
 }
 
 // amountExamples shows what the amount field takes in a currency.
 func amountExamples(currency string) string {
-	if billing.CurrencyDecimals(currency) == 0 {
+	switch billing.CurrencyDecimals(currency) {
+	case 0:
 		return "500 or 1,500 (" + strings.ToUpper(currency) + ")"
+	case 3:
+		return "5 or 12.500 (" + strings.ToUpper(currency) + ")"
 	}
 	return "5 or 12.50 (" + strings.ToUpper(currency) + ")"
 }
 
 // amountPattern is an amount as typed: digits, with commas only between
-// groups of three, and up to two decimals (none in a zero-decimal
-// currency).
+// groups of three, and decimals (as many as the currency has at most,
+// ParseDecimal checks; none in a zero-decimal currency).
 var (
-	amountPattern      = regexp.MustCompile(`^([0-9]{1,9}|[0-9]{1,3}(,[0-9]{3}){1,2})(\.[0-9]{1,2})?$`)
+	amountPattern      = regexp.MustCompile(`^([0-9]{1,9}|[0-9]{1,3}(,[0-9]{3}){1,2})(\.[0-9]{1,3})?$`)
 	wholeAmountPattern = regexp.MustCompile(`^([0-9]{1,11}|[0-9]{1,3}(,[0-9]{3}){1,3})$`)
 )
 
@@ -479,15 +479,5 @@ func parseAmount(v, currency string) (int64, bool) {
 	if !amountPattern.MatchString(v) {
 		return 0, false
 	}
-	whole, frac, _ := strings.Cut(strings.ReplaceAll(v, ",", ""), ".")
-	n, _ := strconv.ParseInt(whole, 10, 64)
-	cents := int64(0)
-	if frac != "" {
-		c, _ := strconv.ParseInt(frac, 10, 64)
-		if len(frac) == 1 {
-			c *= 10
-		}
-		cents = c
-	}
-	return n*100 + cents, true
+	return billing.ParseDecimal(strings.ReplaceAll(v, ",", ""), currency)
 }
