@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"testing"
 
@@ -417,4 +418,32 @@ func TestLastAdminCannotDeleteTheirAccountAndAnAdminsActsStayTheirs(t *testing.T
 	require.Equal(t, fmt.Sprintf("/admin/users/%d", admin.ID), actor.Find("a").AttrOr("href", ""))
 	userPage := ta.signIn(other.Email).get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t)
 	require.Contains(t, userPage.Find(`#audit td.audit-actor`).Text(), fmt.Sprintf("Deleted account #%d", admin.ID))
+}
+
+// Deleting an account closes its open pack checkouts at the provider too
+// (as its plan checkouts), so that none is paid for an account that is
+// gone: the payment is recorded cancelled and the simulator's checkout
+// page no longer takes a payment. One the buyer finished is left to its
+// event.
+func TestDeletingAnAccountClosesItsOpenPackCheckouts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	second := p.Browser.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}, "nonce": {whID("n")}})
+	secondSession := path.Base(mustRedirect(t, second, ta.URL+"/simulator/checkout/cs_sim_"))
+	// The second is finished at the checkout (paid by bank debit, say), so
+	// the provider will not close it.
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE simulator_sessions SET status = 'complete' WHERE id = $1`, secondSession)
+	require.NoError(t, err)
+	deleteAccount(t, p.Browser)
+
+	pay := whPayment(t, ta, p)
+	require.True(t, pay.Cancelled(), "the open checkout is %s", pay.Status)
+	var simStatus string
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT status FROM simulator_sessions WHERE id = $1`, p.SessionID).Scan(&simStatus))
+	require.Equal(t, "expired", simStatus)
+	var secondStatus string
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT status FROM payments WHERE checkout_session_id = $1`, secondSession).Scan(&secondStatus))
+	require.Equal(t, store.PaymentPending, secondStatus, "a checkout finished at the provider is left to its event")
 }
