@@ -98,15 +98,16 @@ func LockStripeEvent(ctx context.Context, tx pgx.Tx, id string) (StripeEvent, er
 	return ev, err
 }
 
-// PendingCheckoutNames reports whether a stored checkout.session event that
+// PendingPurchaseNames reports whether a stored purchase event — a
+// checkout.session one for a pack, invoice.paid for a plan's period — that
 // is not processed yet, and whose job is still to run, names the payment
 // intent: the purchase a refund of it waits for is in hand, only not
 // applied (its job queued behind, or the workers were down). An event whose
 // job was cancelled or deleted does not count: nothing will apply it.
-func PendingCheckoutNames(ctx context.Context, tx pgx.Tx, intentID string) (bool, error) {
+func PendingPurchaseNames(ctx context.Context, tx pgx.Tx, intentID string) (bool, error) {
 	var pending bool
 	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM stripe_events e
-  WHERE e.outcome IS NULL AND e.type LIKE 'checkout.session.%' AND strpos(e.payload, $1) > 0
+  WHERE e.outcome IS NULL AND (e.type LIKE 'checkout.session.%' OR e.type = 'invoice.paid') AND strpos(e.payload, $1) > 0
     AND EXISTS (SELECT 1 FROM river_job j
                  WHERE j.kind = 'stripe_event' AND j.args @> jsonb_build_object('event_id', e.id)
                    AND j.state IN ('available', 'pending', 'retryable', 'running', 'scheduled')))`, `"`+intentID+`"`).Scan(&pending)

@@ -418,7 +418,7 @@ func (w *StripeEventWorker) applyRefund(ctx context.Context, tx pgx.Tx, ev store
 			return "", "", fx, fmt.Errorf("waiting for the payment it refunds to be fulfilled (checked every 30 s for an hour after the refund): %w",
 				river.JobSnooze(30*time.Second))
 		}
-		pending, err := store.PendingCheckoutNames(ctx, tx, ch.PaymentIntent.ID)
+		pending, err := store.PendingPurchaseNames(ctx, tx, ch.PaymentIntent.ID)
 		if err != nil {
 			return "", "", fx, err
 		}

@@ -667,6 +667,52 @@ func TestPipelineRefundWaitsForItsStoredPurchaseAfterALongOutage(t *testing.T) {
 	whNoViolations(t, ta)
 }
 
+// The same for a plan's period (h31): its refund, run more than an hour
+// after it was received, waits for the stored and queued invoice.paid it
+// refunds instead of failing for good (after which invoice.paid granted
+// the whole period: the money refunded and every credit kept).
+func TestPipelineSubscriptionRefundWaitsForItsStoredInvoiceAfterALongOutage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := openSubscriptionCheckout(t, ta, b, u.ID, "pro")
+	now := time.Now().Truncate(time.Second)
+	inv := subInvoice(t, sub, whID("sub"), whID("in"), 3000, now, now.AddDate(0, 1, 0))
+	intent := inv["payment_intent"].(string)
+
+	refundID, refund := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, intent, 3000, 3000), now)
+	whMustDeliver(t, ta, refund)
+	jobID := whSnoozedJob(t, ta, refundID)
+	_, err := ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '2 hours' WHERE id = $1`, refundID)
+	require.NoError(t, err)
+	paidID, paid := whEvent(t, stripe.EventTypeInvoicePaid, inv, now)
+	_, err = ta.store.Pool().Exec(ctx, `INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'invoice.paid', now(), $2)`, paidID, string(paid))
+	require.NoError(t, err)
+	queued, err := ta.app.river.Insert(ctx, jobs.StripeEvent{EventID: paidID}, &river.InsertOpts{Queue: jobs.QueueWebhooks, ScheduledAt: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, "the refund to wait for its stored invoice", func() bool {
+		ev, err := ta.store.StripeEventByID(ctx, refundID)
+		require.NoError(t, err)
+		require.Nil(t, ev.Outcome, "the refund was decided before its invoice: %s", whDetail(ev))
+		return ev.LastError != nil && strings.Contains(*ev.LastError, "waiting for the purchase it refunds, received")
+	})
+	_, err = ta.app.river.JobRetry(ctx, queued.Job.ID)
+	require.NoError(t, err)
+	whRequireOutcome(t, ta, paidID, store.OutcomeApplied)
+	jobID = whSnoozedJob(t, ta, refundID)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	whRequireOutcome(t, ta, refundID, store.OutcomeApplied)
+	require.Zero(t, whBalance(t, ta, u.ID), "the refunded period's credits are still spendable")
+	pays := subscriptionPayments(t, ta, sub)
+	require.Len(t, pays, 1)
+	require.Equal(t, store.PaymentRefunded, pays[0].Status)
+	whNoViolations(t, ta)
+}
+
 // A stored purchase whose job was cancelled or deleted (River UI) will
 // never be applied: a refund of it does not wait a day for it.
 func TestPipelineRefundDoesNotWaitForAPurchaseNothingWillApply(t *testing.T) {
