@@ -159,6 +159,30 @@ func TestComposeRunsTwoWorkerReplicas(t *testing.T) {
 	}
 }
 
+// The demo stack publishes nothing beyond this machine (h30): its mailbox
+// shows everyone's sign-in and reset links, anyone can "pay" on the
+// simulator, Grafana's admin password defaults to admin; and Prometheus
+// cannot be stopped or reloaded over HTTP.
+func TestComposePublishesOnLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t)
+	published := 0
+	for _, s := range p.Services {
+		for _, port := range s.Ports {
+			published++
+			if port.HostIP != "127.0.0.1" {
+				t.Errorf("%s publishes %s on %q, not 127.0.0.1", s.Name, port.Published, port.HostIP)
+			}
+		}
+	}
+	if published < 4 {
+		t.Errorf("%d ports published; the site, Grafana, Prometheus and the mailbox should be", published)
+	}
+	if slices.Contains(service(t, p, "prometheus").Command, "--web.enable-lifecycle") {
+		t.Error("Prometheus can be stopped and reloaded over HTTP by anyone who reaches it")
+	}
+}
+
 // Docker's default stop grace (10s) equals SHUTDOWN_TIMEOUT's default: a
 // process still cancelling jobs would be killed and strand them "running".
 func TestComposeGivesProcessesTimeToShutDown(t *testing.T) {
