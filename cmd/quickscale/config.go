@@ -49,7 +49,7 @@ type Config struct {
 	StripeWebhookSecret      string // STRIPE_WEBHOOK_SECRET
 	StripeAPIURL             string // STRIPE_API_URL (e.g. stripe-mock)
 	StripeIgnoreAPIVersion   bool   // STRIPE_WEBHOOK_IGNORE_API_VERSION (dev only)
-	SimulatePayments         bool   // SIMULATE_PAYMENTS: let `api` run the simulator
+	SimulatePayments         bool   // SIMULATE_PAYMENTS: let `api` and `worker` run the simulator
 	ExpireCreditsSchedule    string // EXPIRE_CREDITS_SCHEDULE (cron spec, UTC)
 	LiabilityRefreshInterval time.Duration
 
@@ -91,7 +91,7 @@ var envVars = []envVar{
 	{"STRIPE_WEBHOOK_SECRET", "(random, simulator only)", "Signing secret of the webhook endpoint; required with STRIPE_SECRET_KEY."},
 	{"STRIPE_API_URL", "", "Override Stripe's API URL (e.g. http://127.0.0.1:12111 for stripe-mock)."},
 	{"STRIPE_WEBHOOK_IGNORE_API_VERSION", "false", "dev only: accept events of another API version (for `stripe listen`)."},
-	{"SIMULATE_PAYMENTS", "false", "Let `api` run without STRIPE_SECRET_KEY, on the payments simulator (demos only: anyone can \"pay\"). `dev` always may."},
+	{"SIMULATE_PAYMENTS", "false", "Let `api` and `worker` run without STRIPE_SECRET_KEY, on the payments simulator (demos only: anyone can \"pay\"). `dev` always may."},
 	{"EXPIRE_CREDITS_SCHEDULE", "* * * * *", "Cron spec (UTC) of the expired-credit sweep."},
 	{"LIABILITY_REFRESH_INTERVAL", "30s", "How often the credit-liability gauges are recomputed."},
 	{"DEV_DATA_DIR", ".data", "dev only: data directory of the embedded PostgreSQL."},

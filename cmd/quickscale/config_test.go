@@ -149,10 +149,17 @@ func TestSimulatorSecretIsRandomPerProcess(t *testing.T) {
 	}
 }
 
-func TestAPIRefusesToRunOnTheSimulatorUnlessAskedTo(t *testing.T) {
+// Neither api nor worker runs on the simulator unless told to: a worker
+// without the key would "end" real subscriptions in the simulator only
+// (h30), while Stripe went on billing them.
+func TestAPIAndWorkerRefuseToRunOnTheSimulatorUnlessAskedTo(t *testing.T) {
 	t.Parallel()
-	code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none"}, "", "api")
-	if code == 0 || !strings.Contains(stderr, "SIMULATE_PAYMENTS") || !strings.Contains(stderr, "STRIPE_SECRET_KEY") {
-		t.Fatalf("exit %d: %s", code, stderr)
+	for _, mode := range []string{"api", "worker"} {
+		env := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none", "METRICS_ADDR": "off",
+			"BASE_URL": "https://billing.example.com", "SMTP_URL": "smtp://127.0.0.1:2525"}
+		code, _, stderr := runCmd(t, env, "", mode)
+		if code != 1 || !strings.Contains(stderr, "SIMULATE_PAYMENTS") || !strings.Contains(stderr, "STRIPE_SECRET_KEY is not set") {
+			t.Errorf("%s: exit %d: %s", mode, code, stderr)
+		}
 	}
 }

@@ -55,6 +55,15 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		return errors.New("configuration: STRIPE_SECRET_KEY is not set. Set it and STRIPE_WEBHOOK_SECRET to take payments, " +
 			"or set SIMULATE_PAYMENTS=true to run the local payments simulator (demos only: anyone can \"pay\" and get credits)")
 	}
+	// A worker calls Stripe too (it ends subscriptions, for deleted
+	// accounts, support and second plans, and updates customers' emails):
+	// without the key those calls would go to the simulator, which knows
+	// nothing of Stripe's subscriptions and reports them ended, while
+	// Stripe goes on billing them.
+	if mode == "worker" && cfg.Simulated() && !cfg.SimulatePayments {
+		return errors.New("configuration: STRIPE_SECRET_KEY is not set. A worker ends subscriptions and updates customers at Stripe: " +
+			"set it (the same key as the api's), or set SIMULATE_PAYMENTS=true if the api runs the local payments simulator (demos only)")
+	}
 
 	// The HTTP address is bound before any other work: a second dev (or
 	// api) on a taken address stops here, having touched no database (dev
