@@ -251,6 +251,19 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
 		}
 	}
+	// A renewal of a plan that had ended here (a second plan stopped at
+	// once, whose cancellation never reached the provider: its job gave
+	// up, or was deleted): the provider is still billing it. Its credits
+	// are granted (they were paid for), its cancellation is queued again,
+	// and the event is failed so that support refunds it.
+	endedHere := sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt)
+	var endedAt time.Time
+	if endedHere {
+		endedAt = *sub.CanceledAt
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+			return "", "", fx, err
+		}
+	}
 	dup, err := w.endIfDuplicate(ctx, tx, sub)
 	if err != nil {
 		return "", "", fx, err
@@ -312,9 +325,13 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		"PeriodEndDate":    end.Format("2 Jan 2006"),
 		"ReceiptLink":      w.baseURL + "/dashboard/payments/" + strconv.FormatInt(pay.ID, 10) + "/receipt",
 		"SubscriptionLink": w.baseURL + "/dashboard/subscription",
-		"Renewal":          renewalSentence(sub, end, dup),
+		"Renewal":          renewalSentence(sub, end, dup, endedHere),
 	}}, nil); err != nil {
 		return "", "", fx, err
+	}
+	if endedHere {
+		return store.OutcomeFailed, fmt.Sprintf("invoice %s renews subscription %d, which ended here on %s (it should not have renewed: its cancellation never reached the provider); the %s credits were granted since it was paid, and its cancellation is queued again; refund the payment unless the customer wants to keep it (Refund on /admin/payments/%d/refund)",
+			inv.ID, sub.ID, endedAt.UTC().Format("2 Jan 2006 15:04 UTC"), billing.FormatCredits(sub.CreditsPerPeriod), pay.ID), fx, nil
 	}
 	return store.OutcomeApplied, fmt.Sprintf("granted %s subscription credits to user %d until %s", billing.FormatCredits(sub.CreditsPerPeriod), sub.UserID, end.Format("2 Jan 2006 15:04 UTC")) + switchNote + dupNote, fx, nil
 }
@@ -323,9 +340,11 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 // for, as the subscription stands: stopped at once (a second live plan),
 // set to end, or it renews as the plan and at the price chosen for then
 // (not the amount just paid, when a switch or a new price is chosen).
-func renewalSentence(sub store.Subscription, end time.Time, duplicate bool) string {
+func renewalSentence(sub store.Subscription, end time.Time, duplicate, endedBefore bool) string {
 	date := end.Format("2 Jan 2006")
 	switch {
+	case endedBefore:
+		return "This plan had ended before this renewal, so it should not have been charged: we are stopping it again, and you can ask us (Contact, on our site) to refund this payment. Its credits stay yours until " + date + "."
 	case duplicate:
 		return "You have another plan running, so this one was stopped at once: it does not renew. Its credits stay yours until " + date + "."
 	case sub.CancelAtPeriodEnd:

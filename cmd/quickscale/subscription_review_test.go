@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,6 +80,67 @@ func TestASecondPlansReceiptSaysItWasStopped(t *testing.T) {
 	m := ta.waitMail(u.Email, "Receipt: $30.00 for your Pro plan")
 	require.Contains(t, m.Text, "You have another plan running, so this one was stopped at once: it does not renew.")
 	require.NotContains(t, m.Text, "It renews on")
+}
+
+// A second plan stopped here at once whose cancellation never reached
+// the provider (its job gave up, or was deleted in River UI) and renews
+// all the same (h31): the renewal's credits are granted, since it was
+// paid, but its cancellation is queued again, its event failed for support
+// to refund it, and its receipt says it should not have been charged. A
+// late invoice of a period that began before the end is not such a
+// renewal.
+func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	first := simSubscribe(t, ta, b, u.ID, "basic")
+	pro, err := ta.store.PlanByCode(ctx, "pro")
+	require.NoError(t, err)
+	second, err := ta.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
+		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
+	require.NoError(t, err)
+	now := time.Now().Truncate(time.Second)
+	end := now.AddDate(0, 1, 0)
+	stripeSub := whID("sub")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	// Its one cancellation never gets through.
+	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+
+	before := whBalance(t, ta, u.ID)
+	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	renewal["billing_reason"] = "subscription_cycle"
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "which ended here on")
+	require.Contains(t, whDetail(ev), "refund the payment")
+	require.Equal(t, before+2500, whBalance(t, ta, u.ID), "the paid renewal's credits")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
+		"its cancellation is not queued again")
+	// Its receipt (the second of that subject: the first is the plan's
+	// first invoice's) says so.
+	var m store.Mail
+	eventually(t, 15*time.Second, "the renewal's receipt", func() bool {
+		for _, x := range ta.mailbox() {
+			if x.To == u.Email && strings.Contains(x.Subject, "Receipt: $30.00 for your Pro plan") && strings.Contains(x.Text, "This plan had ended before this renewal") {
+				m = x
+				return true
+			}
+		}
+		return false
+	})
+	require.NotContains(t, m.Text, "It renews on")
+
+	// A late invoice of a period that began before the plan ended (paid
+	// late, say) is not a renewal after its end: applied as before.
+	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	late := subInvoice(t, second, stripeSub, whID("in"), 3000, now.Add(-time.Hour), end)
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, late, now.Add(2*time.Minute))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription'`))
 }
 
 // An older invoice never paid (the plan active again since, the next
