@@ -233,3 +233,20 @@ func auditDetail(key string, v any) string {
 	}
 	return fmt.Sprint(v)
 }
+
+// disputeLabel names a dispute's status as support reads it.
+func disputeLabel(status string) string {
+	switch status {
+	case "warning_needs_response", "warning_under_review":
+		return "Inquiry open"
+	case "warning_closed":
+		return "Inquiry closed"
+	case "needs_response":
+		return "Disputed: needs an answer"
+	case "under_review":
+		return "Disputed: under review"
+	case "won":
+		return "Dispute won"
+	}
+	return "Dispute lost"
+}

@@ -74,6 +74,8 @@ type adminUserPage struct {
 	Payments store.ListPage[store.Payment]
 	// RefundFailed marks the payments listed with a refund that failed.
 	RefundFailed map[int64]bool
+	// Disputed holds the latest dispute of each payment listed that has one.
+	Disputed map[int64]store.Dispute
 	// Subscriptions are the user's started subscriptions, newest first.
 	Subscriptions []store.Subscription
 	// InvoiceFailures are those subscriptions' renewals whose payment
@@ -141,6 +143,10 @@ func (s *Site) renderAdminUserPage(w http.ResponseWriter, r *http.Request, statu
 		ids = append(ids, pay.ID)
 	}
 	if p.RefundFailed, err = s.store.PaymentsWithRefundFailures(ctx, ids); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if p.Disputed, err = s.store.DisputesOfPayments(ctx, ids); err != nil {
 		s.serverError(w, r, err)
 		return
 	}

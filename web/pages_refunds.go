@@ -25,7 +25,9 @@ type adminRefundPage struct {
 	Requests                  []store.RefundRequest
 	// Failures are refunds the provider accepted that failed later
 	// (FailedIDs by provider refund id).
-	Failures  []store.RefundFailure
+	Failures []store.RefundFailure
+	// Disputes are the payment's chargebacks, as Stripe last told them.
+	Disputes  []store.Dispute
 	FailedIDs map[string]bool
 	// Simulated: the payments simulator is the provider, and can fail a
 	// refund it made.
@@ -406,6 +408,9 @@ func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 		return err
 	}
 	if p.Failures, err = st.RefundFailuresOf(ctx, p.Payment.ID); err != nil {
+		return err
+	}
+	if p.Disputes, err = st.DisputesOf(ctx, p.Payment.ID); err != nil {
 		return err
 	}
 	p.FailedIDs = map[string]bool{}

@@ -143,15 +143,16 @@ func (t *templates) lookup(page string) (*template.Template, error) {
 
 func (t *templates) funcs() template.FuncMap {
 	return template.FuncMap{
-		"upper":       strings.ToUpper,
-		"static":      func(name string) string { return t.static.url(name) },
-		"credits":     formatInt,
-		"ncredits":    func(n int64) string { return countNoun(n, "credit") },
-		"money":       formatMoney,
-		"amountinput": amountInput,
-		"within":      within,
-		"derefstr":    func(p *string) string { return *p },
-		"derefint":    func(p *int64) int64 { return *p },
+		"upper":        strings.ToUpper,
+		"static":       func(name string) string { return t.static.url(name) },
+		"credits":      formatInt,
+		"ncredits":     func(n int64) string { return countNoun(n, "credit") },
+		"money":        formatMoney,
+		"amountinput":  amountInput,
+		"disputelabel": disputeLabel,
+		"within":       within,
+		"derefstr":     func(p *string) string { return *p },
+		"derefint":     func(p *int64) int64 { return *p },
 		// A phone's keyboard for an amount: digits, with a decimal point
 		// where the currency has cents.
 		"amountmode": func(currency string) string {

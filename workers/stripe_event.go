@@ -251,6 +251,9 @@ func (w *StripeEventWorker) apply(ctx context.Context, tx pgx.Tx, ev store.Strip
 		return w.applyRefund(ctx, tx, ev)
 	case stripe.EventTypeChargeRefundUpdated:
 		return w.applyRefundUpdated(ctx, tx, ev)
+	case stripe.EventTypeChargeDisputeCreated, stripe.EventTypeChargeDisputeUpdated, stripe.EventTypeChargeDisputeClosed,
+		stripe.EventTypeChargeDisputeFundsWithdrawn, stripe.EventTypeChargeDisputeFundsReinstated:
+		return w.applyDispute(ctx, tx, ev)
 	}
 	return store.OutcomeIgnored, "event type not handled", effects{}, nil
 }
