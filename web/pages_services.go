@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -276,6 +277,19 @@ func (s *Site) APIKeys() http.Handler {
 func (s *Site) CreateAPIKey() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, _ := parseForm(r, "name", "form_key")
+		// The form's key is what makes a form sent again make no second
+		// key: a post without one (a hand-made request, a page from before
+		// the form had one) is refused, after its name is checked.
+		if strings.TrimSpace(f.raw("form_key")) == "" {
+			if err := store.CheckAPIKeyName(f.raw("name")); err != nil {
+				f.fail("name", err.Error())
+				s.renderAPIKeys(w, r, http.StatusUnprocessableEntity, apiKeysPage{Form: f})
+				return
+			}
+			f.Message = "This form has lost its key, and without it a form sent twice would make two keys: no key was made. Reload the page and create the key from there."
+			s.renderAPIKeys(w, r, http.StatusBadRequest, apiKeysPage{Form: f})
+			return
+		}
 		raw, key, err := s.store.CreateAPIKeyFromForm(r.Context(), CurrentUser(r.Context()).ID, f.raw("name"), f.raw("form_key"))
 		if errors.Is(err, store.ErrAPIKeyFormUsed) {
 			f.Message = err.Error()

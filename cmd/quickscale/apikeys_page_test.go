@@ -29,7 +29,17 @@ func TestAPIKeyIsShownOnceAndWorksUntilRevoked(t *testing.T) {
 		t.Fatal("no empty state before the first key")
 	}
 	require.Contains(t, page.Find("#api-example").Text(), ta.URL+"/api/v1/balance", "the example uses this site's address")
-	r := b.post("/settings/api-keys", url.Values{"name": {"billing bot"}})
+	// A post without the form's key (hand-made), or with an empty one, makes
+	// no key (h29: each one sent again made another), and says why.
+	for _, form := range []url.Values{{"name": {"billing bot"}}, {"name": {"billing bot"}, "form_key": {" "}}} {
+		r := b.post("/settings/api-keys", form)
+		require.Equal(t, http.StatusBadRequest, r.Status)
+		require.Contains(t, r.Doc(t).Find(".form-message").Text(), "no key was made")
+	}
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM api_keys WHERE user_id = $1`, u.ID))
+	formKey := page.Find(`input[name="form_key"]`).AttrOr("value", "")
+	require.NotEmpty(t, formKey)
+	r := b.post("/settings/api-keys", url.Values{"name": {"billing bot"}, "form_key": {formKey}})
 	require.Equal(t, http.StatusOK, r.Status)
 	doc := r.Doc(t)
 	key := strings.TrimSpace(doc.Find("#new-key").Text())

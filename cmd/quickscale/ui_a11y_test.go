@@ -246,7 +246,7 @@ func TestUINewKeyWrapsAndHasACopyButton(t *testing.T) {
 	t.Parallel()
 	ta := newTestApp(t, testAppOpts{NoWorkers: true})
 	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
-	r := ta.signIn(u.Email).post("/settings/api-keys", url.Values{"name": {"phone app"}})
+	r := ta.signIn(u.Email).post("/settings/api-keys", url.Values{"name": {"phone app"}, "form_key": {"k1"}})
 	require.Equal(t, http.StatusOK, r.Status)
 	doc := r.Doc(t)
 
