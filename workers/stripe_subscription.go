@@ -251,13 +251,20 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
 		}
 	}
-	// A renewal of a plan that had ended here (a second plan stopped at
-	// once, whose cancellation never reached the provider: its job gave
-	// up, or was deleted): the provider is still billing it. Its credits
-	// are granted (they were paid for), its cancellation is queued again,
-	// and the event is failed so that support refunds it.
-	endedHere := sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt)
+	// A renewal of a second plan stopped here at once while another runs
+	// (endIfDuplicate), whose cancellation never reached the provider (its
+	// job gave up, or was deleted): the provider is still billing it. Its
+	// credits are granted (they were paid for), its cancellation is queued
+	// again, and the event is failed so that support refunds it. (A plan
+	// ended at the provider may still have an invoice of a period begun
+	// before its end paid late; that is not this.)
+	endedHere := false
 	var endedAt time.Time
+	if sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt) {
+		if endedHere, err = store.OtherLiveSubscription(ctx, tx, sub.UserID, sub.ID); err != nil {
+			return "", "", fx, err
+		}
+	}
 	if endedHere {
 		endedAt = *sub.CanceledAt
 		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
