@@ -85,6 +85,15 @@ const StatusClientClosedRequest = 499
 // apiError turns an unexpected error into a 500 problem; the detail is
 // logged, never sent.
 func (s *server) apiError(w http.ResponseWriter, r *http.Request, err error) {
+	if web.CutByShutdown(r.Context()) {
+		// The process stopped with this request still running (its
+		// shutdown deadline passed): ours, not the client's; retryable.
+		s.logger.WarnContext(r.Context(), "request cut short by shutdown", "err", err, "path", r.URL.Path,
+			"request_id", RequestIDFrom(r.Context()))
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The server is restarting; please retry (with the same Idempotency-Key).")
+		return
+	}
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The client closed its connection before the answer (it gave up
 		// waiting): nobody reads this, and it is no fault of ours, so it

@@ -72,6 +72,14 @@ func (s *Site) tooManyRequests(w http.ResponseWriter, r *http.Request, retryAfte
 // serverError logs an unexpected error and shows the generic 500 page;
 // internal error text never reaches the client.
 func (s *Site) serverError(w http.ResponseWriter, r *http.Request, err error) {
+	if CutByShutdown(r.Context()) {
+		// Our process stopping (its shutdown deadline passed with this
+		// request still running), not the client: a 503 of ours.
+		s.logger.WarnContext(r.Context(), "request cut short by shutdown", "err", err, "method", r.Method, "path", r.URL.Path)
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The browser closed its connection before the answer (the user
 		// left or gave up): nobody reads a page, and it is no fault of
@@ -140,4 +148,14 @@ func (s *Site) handleError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	}
 	s.serverError(w, r, err)
+}
+
+// ErrShutdown is the cause the server cancels its requests' contexts with
+// when its shutdown deadline passes with requests still running.
+var ErrShutdown = errors.New("the server shut down before the answer")
+
+// CutByShutdown reports whether ctx, a request's, was ended by the
+// server's shutdown rather than by its client or its deadline.
+func CutByShutdown(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), ErrShutdown)
 }

@@ -121,7 +121,7 @@ func (s *Site) serveCSV(w http.ResponseWriter, r *http.Request, name string, hea
 		s.serverError(w, r, err)
 		return
 	}
-	if !errors.Is(r.Context().Err(), context.Canceled) {
+	if CutByShutdown(r.Context()) || !errors.Is(r.Context().Err(), context.Canceled) {
 		s.logger.ErrorContext(r.Context(), "CSV export cut short", "err", err, "path", r.URL.Path)
 	}
 	// Headers and part of the file are out: end the connection without

@@ -200,6 +200,13 @@ func freeAddr(t *testing.T) string {
 // function that cancels it (as SIGTERM does) and reports its result.
 func startRun(t *testing.T, env map[string]string, args ...string) (stop func() (time.Duration, error), stdout *syncBuffer) {
 	t.Helper()
+	stop, stdout, _ = startRunLogs(t, env, args...)
+	return stop, stdout
+}
+
+// startRunLogs is startRun, also returning what the process logs (stderr).
+func startRunLogs(t *testing.T, env map[string]string, args ...string) (stop func() (time.Duration, error), stdout, stderr *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	out, errOut := &syncBuffer{}, &syncBuffer{}
@@ -228,7 +235,7 @@ func startRun(t *testing.T, env map[string]string, args ...string) (stop func() 
 			t.Logf("%v log:\n%s", args, tail(errOut.String(), 40))
 		}
 	})
-	return stop, out
+	return stop, out, errOut
 }
 
 func waitHTTP(t *testing.T, url string, want int, within time.Duration) string {
@@ -375,6 +382,66 @@ func TestReadyzIs503UntilMigrationsAreCurrent(t *testing.T) {
 		t.Fatalf("migrate up output:\n%s", stdout)
 	}
 	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 10*time.Second)
+}
+
+// A request still running when the shutdown deadline passes is cut short
+// by us, not abandoned by its client (h30): logged as cut short by the
+// shutdown and answered 503, not logged as the client's 499 — which the
+// 5xx alert does not count.
+func TestRequestsCutByTheShutdownAreOursNotTheClients(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := storetest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	require.NoError(t, err)
+	defer pool.Close()
+	st := store.New(pool, discardLogger())
+	u := storetest.NewUser(t, st, storetest.UserOpts{})
+	storetest.NewGrant(t, st, u.ID, storetest.GrantOpts{Amount: 10})
+	svc := storetest.NewService(t, st, storetest.ServiceOpts{Cost: 1})
+	key, _, err := st.CreateAPIKey(ctx, u.ID, "cut")
+	require.NoError(t, err)
+	// The account is held, so the spend waits past the shutdown deadline.
+	hold, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer hold.Rollback(ctx) //nolint:errcheck
+	_, err = hold.Exec(ctx, `SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE`, u.ID)
+	require.NoError(t, err)
+
+	addr, metrics := freeAddr(t), freeAddr(t)
+	stop, _, logs := startRunLogs(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": addr, "METRICS_ADDR": metrics,
+		"SIMULATE_PAYMENTS": "true", "SHUTDOWN_TIMEOUT": "1s"}, "api")
+	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusOK, 30*time.Second)
+	answered := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/api/v1/usage", strings.NewReader(`{"service":"`+svc+`"}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "cut-1")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	eventually(t, 15*time.Second, "the spend to wait for its account", func() bool {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "\nquickscale_http_requests_in_flight 1\n")
+	})
+	_, err = stop()
+	require.NoError(t, err)
+	<-answered
+	require.Contains(t, logs.String(), "request cut short by shutdown")
+	require.NotContains(t, logs.String(), "request abandoned by the client")
+	require.NoError(t, hold.Rollback(ctx))
+	var charged int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM usages WHERE user_id = $1`, u.ID).Scan(&charged))
+	require.Zero(t, charged, "the cut spend was charged")
 }
 
 // While an api drains at shutdown (finishing a request in flight), its

@@ -14,6 +14,7 @@ import (
 	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/observability"
 	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/web"
 )
 
 func serveSynopsis(mode string) string {
@@ -164,8 +165,15 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 		}
 	}
 	errCh := make(chan error, 2)
+	// Requests' contexts derive from one the shutdown cancels, with
+	// web.ErrShutdown as its cause, when its deadline passes with requests
+	// still running: they are then logged and counted as cut short by us
+	// (503), not as abandoned by their clients (499).
+	base, cutRequests := context.WithCancelCause(context.Background())
+	defer cutRequests(nil)
 	serveOn := func(ln net.Listener, h http.Handler) *http.Server {
 		srv := &http.Server{
+			BaseContext:       func(net.Listener) context.Context { return base },
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       30 * time.Second,
@@ -246,7 +254,8 @@ func (a *app) serve(ctx context.Context, stdout io.Writer, seeded *devSeed, main
 			return
 		}
 		if err := srv.Shutdown(shutdownCtx); err != nil {
-			a.logger.Warn("http shutdown", "err", err)
+			a.logger.Warn("http shutdown: requests still running are cut short", "err", err)
+			cutRequests(web.ErrShutdown)
 			_ = srv.Close()
 		}
 	}
