@@ -149,6 +149,19 @@ func TestSimulatorSecretIsRandomPerProcess(t *testing.T) {
 	}
 }
 
+// An api taking real payments needs its public address: Stripe's
+// checkouts send customers back to it (h30: it started with
+// http://0.0.0.0:PORT as its address).
+func TestAPIWithStripeRefusesToStartWithoutBaseURL(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none", "METRICS_ADDR": "off", "ADDR": "0.0.0.0:0",
+		"STRIPE_SECRET_KEY": "sk_live_x", "STRIPE_WEBHOOK_SECRET": "whsec_x"}
+	code, _, stderr := runCmd(t, env, "", "api")
+	if code != 1 || !strings.Contains(stderr, "BASE_URL is not set") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
 // Neither api nor worker runs on the simulator unless told to: a worker
 // without the key would "end" real subscriptions in the simulator only
 // (h30), while Stripe went on billing them.

@@ -41,6 +41,10 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 		return errors.New("configuration: BASE_URL is not set. A worker writes the site's address into every email's links; " +
 			"set it to the public URL of the site (e.g. https://billing.example.com)")
 	}
+	if mode == "api" && !cfg.Simulated() && !cfg.baseURLSet {
+		return errors.New("configuration: BASE_URL is not set. With Stripe, checkouts send customers back to BASE_URL " +
+			"(and emails link to it); set it to the public URL of the site (e.g. https://billing.example.com)")
+	}
 	if mode == "worker" && cfg.SMTPURL == "" && !cfg.DevMailbox {
 		return errors.New("configuration: SMTP_URL is not set. Set it to deliver mail (smtp://user:pass@host:port), " +
 			"or set DEV_MAILBOX=true to keep mail in the database's dev mailbox (demos only: nothing is delivered, " +
