@@ -14,6 +14,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -425,13 +426,7 @@ func TestRequestsCutByTheShutdownAreOursNotTheClients(t *testing.T) {
 		answered <- err
 	}()
 	eventually(t, 15*time.Second, "the spend to wait for its account", func() bool {
-		resp, err := http.Get("http://" + metrics + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), "\nquickscale_http_requests_in_flight 1\n")
+		return inFlight(metrics) == 1
 	})
 	_, err = stop()
 	require.NoError(t, err)
@@ -464,13 +459,7 @@ func TestReadyzSaysShuttingDownWhileTheAPIDrains(t *testing.T) {
 	// handler waiting for the body): before, a shutdown could close the
 	// listener first and have nothing to drain.
 	eventually(t, 15*time.Second, "the request to be in flight", func() bool {
-		resp, err := http.Get("http://" + metrics + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), "\nquickscale_http_requests_in_flight 1\n")
+		return inFlight(metrics) == 1
 	})
 	stopped := stopInBackground(stop)
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 15*time.Second)
@@ -824,4 +813,25 @@ func TestDevListensOnLoopbackOnly(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:8080", "[::1]:8080", "localhost:8080", "LOCALHOST:0", "127.0.0.2:80"} {
 		require.True(t, loopbackAddr(addr), addr)
 	}
+}
+
+// inFlight reads quickscale_http_requests_in_flight from a process's
+// METRICS_ADDR (-1 when it cannot).
+func inFlight(metrics string) int {
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "quickscale_http_requests_in_flight "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
 }

@@ -21,6 +21,20 @@ func emailJobs(t *testing.T, ta *testApp, template, to string) int {
 	return whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'send_email' AND args->>'template' = $1 AND args->>'to' = $2`, template, to)
 }
 
+// secondPlanCheckout is a subscriber on Basic (through the simulator) with
+// a Pro checkout open beside it, as one opened in another tab.
+func secondPlanCheckout(t *testing.T) (*testApp, store.User, store.Subscription) {
+	t.Helper()
+	ta, u, b := subscriber(t)
+	first := simSubscribe(t, ta, b, u.ID, "basic")
+	pro, err := ta.store.PlanByCode(context.Background(), "pro")
+	require.NoError(t, err)
+	second, err := ta.store.CreateSubscription(context.Background(), store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
+		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
+	require.NoError(t, err)
+	return ta, u, second
+}
+
 // Support ends a past-due plan at once: the customer is told our team
 // ended it (Stripe's cancellation reason, cancellation_requested), not that
 // the provider stopped trying to collect.
@@ -65,14 +79,7 @@ func TestAFailureOfAnInvoicePaidAlreadyIsNotEmailed(t *testing.T) {
 // not that it renews.
 func TestASecondPlansReceiptSaysItWasStopped(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	ta, u, b := subscriber(t)
-	first := simSubscribe(t, ta, b, u.ID, "basic")
-	pro, err := ta.store.PlanByCode(ctx, "pro")
-	require.NoError(t, err)
-	second, err := ta.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
-		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
-	require.NoError(t, err)
+	ta, u, second := secondPlanCheckout(t)
 	now := time.Now().Truncate(time.Second)
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, whID("sub"), whID("in"), 3000, now, now.AddDate(0, 1, 0)), now)
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
@@ -92,13 +99,7 @@ func TestASecondPlansReceiptSaysItWasStopped(t *testing.T) {
 func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta, u, b := subscriber(t)
-	first := simSubscribe(t, ta, b, u.ID, "basic")
-	pro, err := ta.store.PlanByCode(ctx, "pro")
-	require.NoError(t, err)
-	second, err := ta.store.CreateSubscription(ctx, store.NewSubscription{UserID: u.ID, Plan: pro, CheckoutSessionID: whID("cs"),
-		CheckoutRef: "ref_second_" + strconv.FormatInt(u.ID, 10), CustomerID: first.CustomerID})
-	require.NoError(t, err)
+	ta, u, second := secondPlanCheckout(t)
 	now := time.Now().Truncate(time.Second)
 	end := now.AddDate(0, 1, 0)
 	stripeSub := whID("sub")
@@ -106,7 +107,7 @@ func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
 	// Its one cancellation never gets through.
-	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
 	require.NoError(t, err)
 
 	before := whBalance(t, ta, u.ID)
