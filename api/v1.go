@@ -208,7 +208,7 @@ func (s *server) handleAPIConsume() http.Handler {
 		}
 		slug := strings.TrimSpace(*service)
 		if !store.ValidSlug(slug) {
-			writeProblem(w, r, http.StatusUnprocessableEntity, "invalid_service", "A service slug is 1-63 lowercase letters, digits and dashes.")
+			writeProblem(w, r, http.StatusUnprocessableEntity, "invalid_service", "A service slug is 1-63 lowercase letters, digits and dashes, starting with a letter or digit.")
 			return
 		}
 		if !user.Verified() {

@@ -141,7 +141,7 @@ func checkService(sv Service) (Service, error) {
 	sv.Slug = strings.TrimSpace(sv.Slug)
 	sv.Name = strings.TrimSpace(sv.Name)
 	if !ValidSlug(sv.Slug) {
-		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes.")
+		return sv, Errorf(KindInvalid, "A service slug is 1-63 lowercase letters, digits and dashes, starting with a letter or digit.")
 	}
 	if err := CheckServiceName(sv.Name); err != nil {
 		return sv, err

@@ -607,10 +607,10 @@ func runServices(ctx context.Context, args []string, getenv func(string) string,
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	if !given["slug"] || *slug == "" {
-		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes"}
+		return usageError{"--slug is required: 1-63 lowercase letters, digits and dashes, starting with a letter or digit"}
 	}
 	if !store.ValidSlug(*slug) {
-		return usageError{"--slug " + strconv.Quote(*slug) + ": 1-63 lowercase letters, digits and dashes"}
+		return usageError{"--slug " + strconv.Quote(*slug) + ": 1-63 lowercase letters, digits and dashes, starting with a letter or digit"}
 	}
 	if given["name"] {
 		if err := store.CheckServiceName(*name); err != nil {

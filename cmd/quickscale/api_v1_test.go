@@ -113,6 +113,8 @@ func v1Send(ta *testApp, method, path, key, body string, header ...string) (resp
 func v1Decode[T any](t testing.TB, r response) T {
 	t.Helper()
 	require.True(t, strings.HasPrefix(r.Header.Get("Content-Type"), "application/json"), "content type %q of %s", r.Header.Get("Content-Type"), r.Body)
+	// Every JSON answer tells browsers not to guess another type (h29).
+	require.Equal(t, "nosniff", r.Header.Get("X-Content-Type-Options"), "JSON answer without nosniff: %s", r.Body)
 	var v T
 	dec := json.NewDecoder(strings.NewReader(r.Body))
 	dec.DisallowUnknownFields()
