@@ -35,13 +35,29 @@ func formatInt(n int64) string { return billing.FormatCredits(n) }
 func formatMoney(minor int64, currency string) string { return billing.FormatMoney(minor, currency) }
 
 // perCredit shows a price per credit with enough precision to compare
-// packs: (2000 cents, 500 credits) → "4.0¢".
-func perCredit(minor, credits int64) string {
+// packs: in cents for US dollars ((2000, 500, usd) → "4.0¢"), else in the
+// currency's units with two decimals more than it has ((5000, 500, kwd) →
+// "KWD 0.01000", (3000, 500, jpy) → "JPY 6.00", (2000, 500, eur) →
+// "€0.0400").
+func perCredit(minor, credits int64, currency string) string {
 	if credits <= 0 {
 		return "–"
 	}
-	tenths := (minor*10 + credits/2) / credits
-	return fmt.Sprintf("%d.%d¢", tenths/10, tenths%10)
+	if strings.EqualFold(currency, "usd") {
+		tenths := (minor*10 + credits/2) / credits
+		return fmt.Sprintf("%d.%d¢", tenths/10, tenths%10)
+	}
+	// Hundredths of a minor unit, rounded: the currency's decimals plus two.
+	hundredths := (minor*100 + credits/2) / credits
+	d := billing.CurrencyDecimals(currency) + 2
+	per := int64(1)
+	for range d {
+		per *= 10
+	}
+	// The currency's symbol or code, as money shows it ("€", "KWD ").
+	zero := billing.FormatMoney(0, currency)
+	symbol := zero[:strings.IndexByte(zero, '0')]
+	return fmt.Sprintf("%s%d.%0*d", symbol, hundredths/per, d, hundredths%per)
 }
 
 // relativeTime says how long ago (or until) t is, for people.

@@ -190,3 +190,20 @@ func TestParseAmountReadsThePaymentsCurrency(t *testing.T) {
 		t.Errorf("amountInput in KWD = %q", got)
 	}
 }
+
+// A price per credit is in the pack's currency (h33: a KWD pack showed
+// "10.0¢"): cents for US dollars, else the currency's units with two more
+// decimals than it has.
+func TestPerCreditIsInThePacksCurrency(t *testing.T) {
+	for _, c := range []struct {
+		minor, credits int64
+		currency, want string
+	}{
+		{2000, 500, "usd", "4.0¢"}, {1500, 1000, "usd", "1.5¢"}, {5000, 500, "kwd", "KWD 0.01000"},
+		{3000, 500, "jpy", "JPY 6.00"}, {2000, 500, "eur", "€0.0400"}, {1, 3, "gbp", "£0.0033"}, {100, 0, "usd", "–"},
+	} {
+		if got := perCredit(c.minor, c.credits, c.currency); got != c.want {
+			t.Errorf("perCredit(%d, %d, %s) = %q, want %q", c.minor, c.credits, c.currency, got, c.want)
+		}
+	}
+}
