@@ -460,6 +460,12 @@ func InvoiceRecorded(ctx context.Context, tx pgx.Tx, invoiceID string) (bool, er
 	return found, err
 }
 
+// InvoicePaymentOf returns the payment recorded for a paid invoice, locked
+// in tx (ErrNotFound: none).
+func InvoicePaymentOf(ctx context.Context, tx pgx.Tx, invoiceID string) (Payment, error) {
+	return onePayment(tx.Query(ctx, `SELECT `+paymentColumns+` FROM payments WHERE invoice_id = $1 FOR UPDATE`, invoiceID))
+}
+
 // RecordInvoicePayment records a paid invoice as a succeeded payment with
 // the grant it produced; an invoice recorded before is returned with
 // created false.

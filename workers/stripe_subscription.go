@@ -212,12 +212,17 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if err != nil || outcome != "" {
 		return outcome, detail, fx, err
 	}
-	// Applied before (re-processed, or delivered again): nothing more, even
-	// if the plan has switched since.
-	if done, err := store.InvoiceRecorded(ctx, tx, inv.ID); err != nil || done {
-		return store.OutcomeApplied, "already granted", fx, err
-	}
 	start, end, ok := invoicePeriod(inv)
+	// Applied before (re-processed, or delivered again): nothing more, even
+	// if the plan has switched since — except that a renewal of a plan
+	// stopped here stays failed, its cancellation asked again, until its
+	// payment is refunded in full.
+	if done, err := store.InvoiceRecorded(ctx, tx, inv.ID); err != nil || done {
+		if err != nil || !ok {
+			return store.OutcomeApplied, "already granted", fx, err
+		}
+		return w.invoiceGrantedBefore(ctx, tx, inv, sub, start)
+	}
 	var billed store.BilledPlan
 	var known bool
 	// The plan is read from the invoice's one subscription line, which
@@ -258,13 +263,11 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	// again, and the event is failed so that support refunds it. (A plan
 	// ended at the provider may still have an invoice of a period begun
 	// before its end paid late; that is not this.)
-	endedHere := false
-	var endedAt time.Time
-	if sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt) {
-		if endedHere, err = store.OtherLiveSubscription(ctx, tx, sub.UserID, sub.ID); err != nil {
-			return "", "", fx, err
-		}
+	endedHere, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
+	if err != nil {
+		return "", "", fx, err
 	}
+	var endedAt time.Time
 	if endedHere {
 		endedAt = *sub.CanceledAt
 		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
@@ -341,6 +344,40 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			inv.ID, sub.ID, endedAt.UTC().Format("2 Jan 2006 15:04 UTC"), billing.FormatCredits(sub.CreditsPerPeriod), pay.ID), fx, nil
 	}
 	return store.OutcomeApplied, fmt.Sprintf("granted %s subscription credits to user %d until %s", billing.FormatCredits(sub.CreditsPerPeriod), sub.UserID, end.Format("2 Jan 2006 15:04 UTC")) + switchNote + dupNote, fx, nil
+}
+
+// renewsAPlanStoppedHere reports whether an invoice of sub for a period
+// from start renews a second plan stopped here at once while another runs
+// (endIfDuplicate): one whose cancellation never reached the provider.
+func renewsAPlanStoppedHere(ctx context.Context, tx pgx.Tx, sub store.Subscription, start time.Time) (bool, error) {
+	if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
+		return false, nil
+	}
+	return store.OtherLiveSubscription(ctx, tx, sub.UserID, sub.ID)
+}
+
+// invoiceGrantedBefore decides an invoice.paid whose invoice was recorded
+// before (re-processed, or delivered again): "already granted", unless it
+// renewed a plan stopped here and its payment is not refunded in full —
+// then it stays failed, and the plan's cancellation is asked again.
+func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
+	var fx effects
+	stopped, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
+	if err != nil || !stopped {
+		return store.OutcomeApplied, "already granted", fx, err
+	}
+	pay, err := store.InvoicePaymentOf(ctx, tx, inv.ID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if pay.Status == store.PaymentRefunded {
+		return store.OutcomeApplied, "already granted; its payment was refunded", fx, nil
+	}
+	if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+		return "", "", fx, err
+	}
+	return store.OutcomeFailed, fmt.Sprintf("already granted; it renewed subscription %d, which ended here on %s: its cancellation is queued again, and the payment is still to be refunded (Refund on /admin/payments/%d/refund)",
+		sub.ID, sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC"), pay.ID), fx, nil
 }
 
 // renewalSentence says what happens at the end of the period just paid

@@ -134,6 +134,23 @@ func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 	})
 	require.NotContains(t, m.Text, "It renews on")
 
+	// Re-processed (h33), it stays failed and asks the cancellation again,
+	// until its payment is refunded in full.
+	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	_, admin := whAdmin(t, ta)
+	flagged := ev.ID
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return strings.Contains(whDetail(e), "processed again") })
+	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "still to be refunded")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription'`), "its cancellation is not asked again")
+	refundID, refund := whEvent(t, stripe.EventTypeChargeRefunded, whCharge(t, renewal["payment_intent"].(string), 3000, 3000), now.Add(90*time.Second))
+	whMustDeliver(t, ta, refund)
+	whRequireOutcome(t, ta, refundID, store.OutcomeApplied)
+	lastRun := *again.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	whRequireOutcome(t, ta, flagged, store.OutcomeApplied)
+
 	// A late invoice of a period that began before the plan ended (paid
 	// late, say) is not a renewal after its end: applied as before.
 	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
