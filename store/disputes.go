@@ -28,6 +28,14 @@ func DisputeClosed(status string) bool {
 	return status == "won" || status == "lost" || status == "warning_closed"
 }
 
+// DisputeBlocksRefunds reports whether a dispute in this status forbids
+// refunding its payment: a chargeback open or lost (the bank holds or has
+// given back the money), not an inquiry (a refund is how one is closed)
+// nor one won.
+func DisputeBlocksRefunds(status string) bool {
+	return status == "needs_response" || status == "under_review" || status == "lost"
+}
+
 // Open reports whether a dispute still waits for the merchant's
 // answer or the bank's decision.
 func (d Dispute) Open() bool { return !DisputeClosed(d.Status) }
@@ -46,7 +54,8 @@ const (
 
 // RecordDispute stores what an event says of a dispute: a new one, or its
 // status and amount when the event is later than the one that set them
-// and the dispute is not closed (a closed one keeps its outcome; an older
+// (or of the same second and a later stage, disputeStage) and the dispute
+// is not closed (a closed one keeps its outcome; an older
 // event changes nothing). It returns the dispute as it stands and what
 // changed.
 func RecordDispute(ctx context.Context, tx pgx.Tx, d Dispute) (Dispute, DisputeChange, error) {
@@ -65,7 +74,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, greatest($9::timestamptz, $
 		var tag pgconn.CommandTag
 		tag, err = tx.Exec(ctx, `
 UPDATE payment_disputes SET status = $2, amount_minor = $3, reason = $4, evidence_due_by = $5, status_at = $6, updated_at = now()
- WHERE stripe_dispute_id = $1 AND status_at < $6 AND status NOT IN ('won', 'lost', 'warning_closed')`,
+ WHERE stripe_dispute_id = $1 AND status NOT IN ('won', 'lost', 'warning_closed')
+   AND (status_at < $6 OR (status_at = $6 AND `+disputeStage("$2")+` > `+disputeStage("status")+`))`,
 			d.StripeDisputeID, d.Status, d.AmountMinor, d.Reason, d.EvidenceDueBy, d.StatusAt)
 		change = DisputeSame
 		if err == nil && tag.RowsAffected() == 1 && *before != d.Status {
@@ -83,6 +93,15 @@ UPDATE payment_disputes SET status = $2, amount_minor = $3, reason = $4, evidenc
 	return got, change, err
 }
 
+// disputeStage ranks a dispute status (an SQL expression) along a
+// dispute's life: Stripe stamps its events to the second, and two of one
+// second (under review, then lost) are told apart by it — a later stage
+// wins a tie, never an earlier one.
+func disputeStage(status string) string {
+	return `(CASE ` + status + ` WHEN 'warning_needs_response' THEN 1 WHEN 'warning_under_review' THEN 2
+  WHEN 'needs_response' THEN 3 WHEN 'under_review' THEN 4 ELSE 5 END)`
+}
+
 const disputeColumns = `id, payment_id, stripe_dispute_id, amount_minor, currency, reason, status, evidence_due_by, opened_at, status_at`
 
 // DisputesOf lists a payment's disputes, oldest first.
@@ -94,15 +113,17 @@ func (s *Store) DisputesOf(ctx context.Context, paymentID int64) ([]Dispute, err
 	return pgx.CollectRows(rows, pgx.RowToStructByName[Dispute])
 }
 
-// DisputesOfPayments returns the latest dispute of each of the payments
-// that has one, by payment.
+// DisputesOfPayments returns, by payment, the dispute of each payment that
+// has one which most needs support's eye: an open one first (the latest
+// opened), else a lost one, else the latest.
 func (s *Store) DisputesOfPayments(ctx context.Context, paymentIDs []int64) (map[int64]Dispute, error) {
 	out := map[int64]Dispute{}
 	if len(paymentIDs) == 0 {
 		return out, nil
 	}
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (payment_id) `+disputeColumns+` FROM payment_disputes
- WHERE payment_id = ANY($1) ORDER BY payment_id, id DESC`, paymentIDs)
+ WHERE payment_id = ANY($1)
+ ORDER BY payment_id, status IN ('won', 'lost', 'warning_closed'), status = 'lost' DESC, opened_at DESC, id DESC`, paymentIDs)
 	if err != nil {
 		return nil, err
 	}

@@ -27,8 +27,11 @@ type adminRefundPage struct {
 	// (FailedIDs by provider refund id).
 	Failures []store.RefundFailure
 	// Disputes are the payment's chargebacks, as Stripe last told them.
-	Disputes  []store.Dispute
-	FailedIDs map[string]bool
+	Disputes []store.Dispute
+	// DisputeBlocks: a chargeback of the payment is open or lost, so no
+	// refund may be asked (the bank holds or has given back the money).
+	DisputeBlocks bool
+	FailedIDs     map[string]bool
 	// Simulated: the payments simulator is the provider, and can fail a
 	// refund it made.
 	Simulated bool
@@ -148,6 +151,11 @@ func (s *Site) AdminRefund() http.Handler {
 				return
 			}
 		case errors.Is(err, store.ErrNotFound):
+			if page.DisputeBlocks {
+				f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
+				render(http.StatusConflict)
+				return
+			}
 			var ok bool
 			if req, ok = s.newRefundRequest(w, r, page, admin.ID, key, render); !ok {
 				return
@@ -412,6 +420,10 @@ func (p *adminRefundPage) load(ctx context.Context, st *store.Store) error {
 	}
 	if p.Disputes, err = st.DisputesOf(ctx, p.Payment.ID); err != nil {
 		return err
+	}
+	p.DisputeBlocks = false
+	for _, d := range p.Disputes {
+		p.DisputeBlocks = p.DisputeBlocks || store.DisputeBlocksRefunds(d.Status)
 	}
 	p.FailedIDs = map[string]bool{}
 	for _, f := range p.Failures {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/quickscale/quickscale/billing"
@@ -43,8 +44,26 @@ func (w *StripeEventWorker) applyDispute(ctx context.Context, tx pgx.Tx, ev stor
 		return store.OutcomeIgnored, "dispute " + d.ID + " names no payment intent", fx, nil
 	}
 	pay, err := store.LockPaymentByIntent(ctx, tx, intent)
-	if store.ErrorKind(err) == store.KindNotFound {
-		return store.OutcomeIgnored, "dispute " + d.ID + " is of a payment not made through QuickScale", fx, nil
+	if store.ErrorKind(err) == store.KindNotFound || (err == nil && pay.GrantID == nil) {
+		// Events come in any order: the purchase it disputes may not be
+		// applied yet. It waits as a refund does (refundWaitWindow from its
+		// receipt, and as long as a stored purchase event naming it is
+		// queued), then fails for support rather than being dropped.
+		if time.Since(ev.ReceivedAt) < refundWaitWindow {
+			return "", "", fx, fmt.Errorf("waiting for the payment it disputes to be recorded (checked every 30 s for an hour): %w", river.JobSnooze(30*time.Second))
+		}
+		pending, err := store.PendingPurchaseNames(ctx, tx, intent)
+		if err != nil {
+			return "", "", fx, err
+		}
+		if pending {
+			return "", "", fx, fmt.Errorf("waiting for the purchase it disputes, received and not yet processed: %w", river.JobSnooze(30*time.Second))
+		}
+		pay, err = store.LockPaymentByIntent(ctx, tx, intent)
+		if store.ErrorKind(err) == store.KindNotFound || (err == nil && pay.GrantID == nil) {
+			return store.OutcomeFailed, fmt.Sprintf("dispute %s of %s: no payment recorded here has payment intent %s; look at it in Stripe's dashboard",
+				d.ID, billing.FormatMoney(d.Amount, string(d.Currency)), intent), fx, nil
+		}
 	}
 	if err != nil {
 		return "", "", fx, err
@@ -99,8 +118,17 @@ func disputeDetail(d store.Dispute, pay store.Payment, deleted bool) string {
 	what := fmt.Sprintf("dispute %s of %s of payment #%d (user %d, reason %s)", d.StripeDisputeID,
 		billing.FormatMoney(d.AmountMinor, d.Currency), pay.ID, pay.UserID, d.Reason)
 	credits := fmt.Sprintf("its credits (%s bought) were not taken back: remove what is owed with Credits on /admin/users/%d, saying why", billing.FormatCredits(pay.Credits), pay.UserID)
-	if deleted {
+	switch {
+	case deleted:
 		credits = "the account was deleted and its credits forfeited"
+	case pay.AmountRefundedMinor >= pay.AmountMinor:
+		// Customers often dispute what was refunded already: that refund
+		// is the evidence, and its credits are back with us.
+		credits = fmt.Sprintf("the payment was refunded in full already (%s, %s taken back): show Stripe that refund as your evidence; take no credits again",
+			billing.FormatMoney(pay.AmountRefundedMinor, pay.Currency), billing.FormatCredits(pay.CreditsClawedBack))
+	case pay.AmountRefundedMinor > 0:
+		credits = fmt.Sprintf("%s of it was refunded already (%s taken back); the rest of its credits (%s bought) were not taken back: remove what is still owed with Credits on /admin/users/%d, saying why",
+			billing.FormatMoney(pay.AmountRefundedMinor, pay.Currency), billing.FormatCredits(pay.CreditsClawedBack), billing.FormatCredits(pay.Credits), pay.UserID)
 	}
 	due := ""
 	if d.EvidenceDueBy != nil {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
+	"net/url"
 	"testing"
 	"time"
 
@@ -125,8 +125,107 @@ func TestDisputesAreRecordedAndToldToSupport(t *testing.T) {
 		require.Equal(t, store.OutcomeFailed, whOutcome(ev), c.want)
 		require.Contains(t, whDetail(ev), c.want)
 	}
-	ev = deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), whID("pi"), 500, "usd", "needs_response", opened), opened)
-	require.Equal(t, store.OutcomeIgnored, whOutcome(ev))
-	require.True(t, strings.Contains(whDetail(ev), "not made through QuickScale"), whDetail(ev))
 	require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM payment_disputes`))
+}
+
+// A dispute may come before the purchase it disputes is applied (h32):
+// it waits for it, as a refund does, and is recorded once it is; one of a
+// payment intent no payment here has fails for support after the hour,
+// rather than being dropped.
+func TestADisputeWaitsForThePaymentItDisputes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	opened := time.Now().Add(-time.Minute).Truncate(time.Second)
+	early, body := whEvent(t, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), p.Intent, p.Amount, "usd", "needs_response", opened), opened)
+	whMustDeliver(t, ta, body)
+	jobID := whSnoozedJob(t, ta, early)
+	ev, err := ta.store.StripeEventByID(ctx, early)
+	require.NoError(t, err)
+	require.Nil(t, ev.Outcome)
+	require.Contains(t, *ev.LastError, "waiting for the payment it disputes")
+	whPaid(t, ta, p)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	ev = whRequireOutcome(t, ta, early, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "took the money back")
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM payment_disputes WHERE payment_id = $1`, whPayment(t, ta, p).ID))
+
+	foreign, body := whEvent(t, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), whID("pi"), 500, "usd", "needs_response", opened), opened)
+	whMustDeliver(t, ta, body)
+	jobID = whSnoozedJob(t, ta, foreign)
+	_, err = ta.store.Pool().Exec(ctx, `UPDATE stripe_events SET received_at = now() - interval '2 hours' WHERE id = $1`, foreign)
+	require.NoError(t, err)
+	_, err = ta.app.river.JobRetry(ctx, jobID)
+	require.NoError(t, err)
+	ev = whRequireOutcome(t, ta, foreign, store.OutcomeFailed)
+	require.Contains(t, whDetail(ev), "no payment recorded here")
+}
+
+// Stripe stamps events to the second (h32): a dispute lost in the same
+// second as its review is recorded lost, and its event failed for support;
+// an earlier stage of that second does not move it back.
+func TestADisputeLostInTheSecondOfItsReviewIsRecordedLost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	p := whBuy(t, ta)
+	whPaid(t, ta, p)
+	pay := whPayment(t, ta, p)
+	opened := time.Now().Add(-time.Hour).Truncate(time.Second)
+	dp := whID("dp")
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(dp, p.Intent, p.Amount, "usd", "needs_response", opened), opened)
+	same := opened.Add(time.Minute)
+	ev := deliverDispute(t, ta, stripe.EventTypeChargeDisputeUpdated, whDispute(dp, p.Intent, p.Amount, "usd", "under_review", opened), same)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev))
+	// needs_response again in that second (delivered late): not back.
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeUpdated, whDispute(dp, p.Intent, p.Amount, "usd", "needs_response", opened), same)
+	disputes, err := ta.store.DisputesOf(ctx, pay.ID)
+	require.NoError(t, err)
+	require.Equal(t, "under_review", disputes[0].Status)
+	ev = deliverDispute(t, ta, stripe.EventTypeChargeDisputeClosed, whDispute(dp, p.Intent, p.Amount, "usd", "lost", opened), same)
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	disputes, err = ta.store.DisputesOf(ctx, pay.ID)
+	require.NoError(t, err)
+	require.Equal(t, "lost", disputes[0].Status)
+}
+
+// A chargeback blocks refunds of its payment while open and once lost (a
+// refund would pay the customer twice), and tells support what a refund
+// made before it already did (h32): a payment refunded in full is the
+// evidence, not credits to take again. The user's page tags the dispute
+// that needs an answer, not an older inquiry closed late.
+func TestADisputedPaymentIsNotRefundedTwice(t *testing.T) {
+	t.Parallel()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	opened := time.Now().Add(-time.Hour).Truncate(time.Second)
+	intent := *pay.PaymentIntentID
+	// An inquiry, closed, then a chargeback; the inquiry's closing event
+	// comes last.
+	inquiry := whID("dp")
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(inquiry, intent, pay.AmountMinor, "usd", "warning_needs_response", opened.Add(-24*time.Hour)), opened.Add(-24*time.Hour))
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), intent, pay.AmountMinor, "usd", "needs_response", opened), opened)
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeClosed, whDispute(inquiry, intent, pay.AmountMinor, "usd", "warning_closed", opened.Add(-24*time.Hour)), opened.Add(time.Minute))
+	tag := admin.get(fmt.Sprintf("/admin/users/%d", u.ID)).Doc(t).Find("a.disputed")
+	require.Equal(t, "needs_response", tag.AttrOr("data-status", ""), "the chargeback that needs an answer is hidden")
+
+	path := fmt.Sprintf("/admin/payments/%d/refund", pay.ID)
+	doc := admin.get(path).Doc(t)
+	require.Zero(t, doc.Find("#refund-form").Length(), "a disputed payment offers a refund")
+	require.Contains(t, doc.Find("#refund-disputed").Text(), "would pay them twice")
+	// A form sent anyway (from a page loaded before) refunds nothing.
+	r := admin.post(path, url.Values{"amount": {"5"}, "reason": {"asked"}, "nonce": {"n-" + whID("x")}})
+	require.Equal(t, http.StatusConflict, r.Status)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE payment_id = $1`, pay.ID))
+
+	// A payment refunded in full, then disputed: its refund is the evidence.
+	_, _, paid := simPurchase(t, ta)
+	refundBySupport(t, ta, admin, paid, "20.00", "customer asked", 2000)
+	ev := deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), *paid.PaymentIntentID, 2000, "usd", "needs_response", opened), opened)
+	require.Contains(t, whDetail(ev), "refunded in full already")
+	require.NotContains(t, whDetail(ev), "were not taken back")
+	require.Contains(t, admin.get(fmt.Sprintf("/admin/payments/%d/refund", paid.ID)).Doc(t).Find(".payment-dispute").Text(), "take no credits again")
 }
