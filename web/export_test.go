@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quickscale/quickscale/store"
 )
 
 func TestCSVCellsCannotBeReadAsFormulas(t *testing.T) {
@@ -87,8 +90,9 @@ func TestExportRangeReadsDaysBothIncluded(t *testing.T) {
 // connection ends without the chunked body's last chunk, so the client
 // reads an error rather than a shorter file.
 func TestACSVExportCutShortFailsTheDownload(t *testing.T) {
-	s := &Site{logger: slog.New(slog.DiscardHandler)}
+	s := &Site{logger: slog.New(slog.DiscardHandler), exports: newExportLimiter(4)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.WithContext(context.WithValue(r.Context(), userKey, &store.User{ID: 1}))
 		s.serveCSV(w, r, "x.csv", []string{"n"}, func(e *csvExport) error {
 			for i := range 20000 {
 				if err := e.row(strings.Repeat("x", 10), url.QueryEscape(string(rune('a'+i%26)))); err != nil {
@@ -113,5 +117,43 @@ func TestACSVExportCutShortFailsTheDownload(t *testing.T) {
 	}
 	if len(body) < csvHead {
 		t.Fatalf("only %d bytes arrived before the cut; the head (%d) was sent first", len(body), csvHead)
+	}
+}
+
+// One export at a time per account (h32: one customer's four stalled
+// downloads held every turn of the process): a second waits for nobody
+// and is told; the process's slots are taken in turn, each given back.
+func TestExportsAreOneAtATimePerAccount(t *testing.T) {
+	l := newExportLimiter(2)
+	ctx := context.Background()
+	ok, endA, err := l.begin(ctx, 1)
+	if !ok || err != nil {
+		t.Fatalf("first export of account 1: %v %v", ok, err)
+	}
+	if ok, _, _ := l.begin(ctx, 1); ok {
+		t.Fatal("a second export of account 1 ran beside the first")
+	}
+	ok, endB, err := l.begin(ctx, 2)
+	if !ok || err != nil {
+		t.Fatalf("account 2: %v %v", ok, err)
+	}
+	// Both slots taken: account 3 waits until its deadline.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if ok, _, err := l.begin(short, 3); !ok || err == nil {
+		t.Fatalf("account 3 got a slot none was free for: %v %v", ok, err)
+	}
+	// Its wait gave its turn back; a slot freed serves it.
+	endA()
+	ok, endC, err := l.begin(ctx, 3)
+	if !ok || err != nil {
+		t.Fatalf("account 3 after a slot was freed: %v %v", ok, err)
+	}
+	endB()
+	endC()
+	if ok, end, err := l.begin(ctx, 1); !ok || err != nil {
+		t.Fatalf("account 1 again: %v %v", ok, err)
+	} else {
+		end()
 	}
 }

@@ -8,16 +8,55 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/store"
 )
 
-// exportSlots bounds the CSV exports running at once in this process: each
-// reads the database flat out while its client keeps up. The others wait
-// for one until their request's deadline, then are told to try again.
-var exportSlots = make(chan struct{}, 4)
+// exportLimiter bounds the CSV exports running at once in a process (each
+// reads the database flat out while its client keeps up), and to one at a
+// time per account, so that one customer cannot hold every turn.
+type exportLimiter struct {
+	slots   chan struct{}
+	mu      sync.Mutex
+	running map[int64]bool
+}
+
+func newExportLimiter(n int) *exportLimiter {
+	return &exportLimiter{slots: make(chan struct{}, n), running: map[int64]bool{}}
+}
+
+// begin takes the account's turn (false: it has an export running) and
+// then one of the process's slots, waiting for one until ctx ends (an
+// error). end gives both back.
+func (l *exportLimiter) begin(ctx context.Context, userID int64) (ok bool, end func(), err error) {
+	l.mu.Lock()
+	if l.running[userID] {
+		l.mu.Unlock()
+		return false, nil, nil
+	}
+	l.running[userID] = true
+	l.mu.Unlock()
+	release := func() {
+		l.mu.Lock()
+		delete(l.running, userID)
+		l.mu.Unlock()
+	}
+	select {
+	case l.slots <- struct{}{}:
+	case <-ctx.Done():
+		release()
+		return true, nil, ctx.Err()
+	}
+	return true, func() { <-l.slots; release() }, nil
+}
+
+// csvWriteWait is how long one write of an export may wait for its client
+// to read: a client that stops reading loses its download (and its turn)
+// instead of holding it until the server's write timeout.
+const csvWriteWait = 10 * time.Second
 
 // csvHead is how much of an export is kept back before anything is sent:
 // an export that fails within it answers with an error page, not a cut
@@ -55,6 +94,7 @@ func exportRange(r *http.Request) (from, to time.Time, problem string) {
 // fill calls write.
 type csvExport struct {
 	w       http.ResponseWriter
+	rc      *http.ResponseController
 	buf     bytes.Buffer
 	csv     *csv.Writer
 	started bool // the head was sent: the answer can no longer change
@@ -80,6 +120,9 @@ func (e *csvExport) row(fields ...string) error {
 	}
 	e.csv.Flush()
 	e.started = true
+	if e.rc != nil {
+		_ = e.rc.SetWriteDeadline(time.Now().Add(csvWriteWait))
+	}
 	_, err := e.w.Write(e.buf.Bytes())
 	e.buf.Reset()
 	return err
@@ -88,22 +131,27 @@ func (e *csvExport) row(fields ...string) error {
 // serveCSV answers with the CSV file name that fill writes (after header),
 // or, when fill fails before anything was sent, with the error's page.
 func (s *Site) serveCSV(w http.ResponseWriter, r *http.Request, name string, header []string, fill func(e *csvExport) error) {
-	select {
-	case exportSlots <- struct{}{}:
-	case <-r.Context().Done():
+	ok, end, err := s.exports.begin(r.Context(), CurrentUser(r.Context()).ID)
+	switch {
+	case !ok:
+		w.Header().Set("Retry-After", "10")
+		s.errorPage(w, r, errorPage{Status: http.StatusTooManyRequests, Heading: "A download is already running",
+			Message: "Your account has a download in progress: wait for it to finish, then try again."})
+		return
+	case err != nil:
 		w.Header().Set("Retry-After", "30")
 		s.errorPage(w, r, errorPage{Status: http.StatusServiceUnavailable, Heading: "Too many downloads at once",
 			Message: "Other downloads are being prepared. Please try again in a minute."})
 		return
 	}
-	defer func() { <-exportSlots }()
-	e := &csvExport{w: w}
+	defer end()
+	e := &csvExport{w: w, rc: http.NewResponseController(w)}
 	e.csv = csv.NewWriter(&e.buf)
 	h := w.Header()
 	h.Set("Content-Type", "text/csv; charset=utf-8")
 	h.Set("Content-Disposition", `attachment; filename="`+name+`"`)
 	h.Set("Cache-Control", "no-store")
-	err := e.csv.Write(header)
+	err = e.csv.Write(header)
 	if err == nil {
 		err = fill(e)
 	}
@@ -111,6 +159,7 @@ func (s *Site) serveCSV(w http.ResponseWriter, r *http.Request, name string, hea
 		e.csv.Flush()
 		if err = e.csv.Error(); err == nil {
 			// A write error here is the client gone: nothing to tell.
+			_ = e.rc.SetWriteDeadline(time.Now().Add(csvWriteWait))
 			_, _ = w.Write(e.buf.Bytes())
 			return
 		}

@@ -93,6 +93,7 @@ type Site struct {
 	tmpl     *templates
 	static   *staticFiles
 	secure   bool
+	exports  *exportLimiter
 }
 
 // NewSite parses the templates (failing when one is broken or refers to a
@@ -114,7 +115,7 @@ func NewSite(logger *slog.Logger, cfg Config, st *store.Store, inserter jobs.Ins
 	s := &Site{
 		logger: logger, cfg: cfg, store: st, jobs: inserter, gateway: gateway, metrics: metrics,
 		tmpl: tmpl, static: static, secure: base.Scheme == "https",
-		limits: DefaultLimits(),
+		limits: DefaultLimits(), exports: newExportLimiter(4),
 	}
 	if cfg.Limits != nil {
 		s.limits = *cfg.Limits
