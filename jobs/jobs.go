@@ -195,6 +195,25 @@ type Inserter interface {
 	InsertManyTx(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
 }
 
+// CloseCheckout closes at the payment provider a checkout a deleted
+// account left open, so that it cannot be paid: a pack's (PaymentID) or a
+// plan's (SubscriptionID). The deletion enqueues it in its transaction
+// and tries at once too; the job is what retries when the provider could
+// not be reached.
+type CloseCheckout struct {
+	PaymentID      int64 `json:"payment_id,omitempty"`
+	SubscriptionID int64 `json:"subscription_id,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (CloseCheckout) Kind() string { return "close_checkout" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts: retried for about a
+// day and a half (a checkout stays payable for a day at most).
+func (CloseCheckout) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueDefault, MaxAttempts: 15, UniqueOpts: uniqueWhileActive()}
+}
+
 // CancelSubscription ends a subscription at the payment provider now (its
 // account was deleted), so that it is not renewed.
 type CancelSubscription struct {

@@ -574,6 +574,30 @@ func LockBuyer(ctx context.Context, tx pgx.Tx, userID int64) (deleted bool, err 
 
 // OpenSubscriptionCheckouts lists the user's subscription checkouts still
 // open (within their day), for closing them.
+// OpenCheckoutsOf lists, in tx, a user's checkouts still open: its pack
+// payments pending at a checkout page and its plans' checkouts.
+func OpenCheckoutsOf(ctx context.Context, tx pgx.Tx, userID int64) (payments, subscriptions []int64, err error) {
+	rows, err := tx.Query(ctx, `
+SELECT id, 'pack' FROM payments WHERE user_id = $1 AND status = 'pending' AND checkout_session_id IS NOT NULL
+UNION ALL
+SELECT id, 'plan' FROM subscriptions WHERE user_id = $1 AND status = 'checkout' AND created_at > now() - $2::interval`,
+		userID, SubscriptionCheckoutOpenFor.String())
+	if err != nil {
+		return nil, nil, err
+	}
+	var id int64
+	var kind string
+	_, err = pgx.ForEachRow(rows, []any{&id, &kind}, func() error {
+		if kind == "pack" {
+			payments = append(payments, id)
+		} else {
+			subscriptions = append(subscriptions, id)
+		}
+		return nil
+	})
+	return payments, subscriptions, err
+}
+
 func (s *Store) OpenSubscriptionCheckouts(ctx context.Context, userID int64) ([]Subscription, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+subscriptionColumns+subscriptionFrom+`
  WHERE s.user_id = $1 AND s.status = 'checkout' AND s.created_at > now() - $2::interval ORDER BY s.id`, userID, SubscriptionCheckoutOpenFor.String())

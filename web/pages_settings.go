@@ -252,6 +252,23 @@ func (s *Site) DeleteAccount() http.Handler {
 			if forfeited, err = store.DeleteUser(ctx, tx, u.ID); err != nil {
 				return err
 			}
+			// Its checkouts still open are closed at the provider by jobs
+			// enqueued with the deletion (retried while the provider cannot
+			// be reached), as well as at once below.
+			packs, plans, err := store.OpenCheckoutsOf(ctx, tx, u.ID)
+			if err != nil {
+				return err
+			}
+			for _, id := range packs {
+				if _, err := s.jobs.InsertTx(ctx, tx, jobs.CloseCheckout{PaymentID: id}, nil); err != nil {
+					return err
+				}
+			}
+			for _, id := range plans {
+				if _, err := s.jobs.InsertTx(ctx, tx, jobs.CloseCheckout{SubscriptionID: id}, nil); err != nil {
+					return err
+				}
+			}
 			// A subscription must not renew for an account that is gone:
 			// ended at the provider by a job, with the deletion.
 			subs, err := store.LiveSubscriptionsOfUser(ctx, tx, u.ID)

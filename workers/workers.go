@@ -59,6 +59,9 @@ func Register(ws *river.Workers, logger *slog.Logger, cfg Config, st *store.Stor
 		if err := river.AddWorkerSafely(ws, &CancelSubscriptionWorker{store: st, gateway: cfg.Gateway}); err != nil {
 			return err
 		}
+		if err := river.AddWorkerSafely(ws, &CloseCheckoutWorker{store: st, gateway: cfg.Gateway, metrics: metrics}); err != nil {
+			return err
+		}
 	}
 	return river.AddWorkerSafely(ws, &PruneExpiredWorker{logger: logger, store: st})
 }

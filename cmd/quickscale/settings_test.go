@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/PuerkitoBio/goquery"
 	"github.com/stretchr/testify/require"
 
+	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 	"github.com/quickscale/quickscale/store/storetest"
 	"github.com/quickscale/quickscale/web"
@@ -446,4 +450,63 @@ func TestDeletingAnAccountClosesItsOpenPackCheckouts(t *testing.T) {
 	var secondStatus string
 	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT status FROM payments WHERE checkout_session_id = $1`, secondSession).Scan(&secondStatus))
 	require.Equal(t, store.PaymentPending, secondStatus, "a checkout finished at the provider is left to its event")
+}
+
+// A checkout the provider could not close at the deletion (h33: it stayed
+// payable and nothing tried again) is closed by a job enqueued with the
+// deletion, retried while the provider is unreachable.
+func TestADeletedAccountsCheckoutsAreClosedByARetriedJob(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A provider that answers every call with a 503.
+	var expires atomic.Int32
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/expire") {
+			expires.Add(1)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Stripe-Should-Retry", "false")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":{"type":"api_error","message":"Stripe is briefly unavailable"}}`))
+	}))
+	t.Cleanup(fake.Close)
+	ta := newTestApp(t, testAppOpts{NoWorkers: true, Env: map[string]string{
+		"STRIPE_SECRET_KEY": "sk_test_down", "STRIPE_WEBHOOK_SECRET": "whsec_down", "STRIPE_API_URL": fake.URL}})
+	u := storetest.NewUser(t, ta.store, storetest.UserOpts{})
+	pack, err := ta.store.PackByCode(ctx, "pack_500")
+	require.NoError(t, err)
+	pay, err := ta.store.CreatePayment(ctx, store.NewPayment{UserID: u.ID, Pack: pack, CheckoutSessionID: "cs_test_down_open",
+		CheckoutURL: "https://checkout.stripe.com/c/pay/cs_test_down_open", CustomerID: "cus_down"})
+	require.NoError(t, err)
+	deleteAccount(t, ta.signIn(u.Email))
+	require.NotZero(t, expires.Load(), "the deletion did not try to close the checkout at once")
+	require.Equal(t, store.PaymentPending, whPayment(t, ta, whPurchase{User: u, SessionID: pay.CheckoutSessionID}).Status)
+	jobs := ta.jobRows("close_checkout")
+	require.Len(t, jobs, 1, "nothing will try to close it again")
+	require.JSONEq(t, fmt.Sprintf(`{"payment_id": %d}`, pay.ID), string(jobs[0].EncodedArgs))
+}
+
+// The job closes a pack's and a plan's checkout at the provider (here the
+// simulator) and records them closed; run again, it changes nothing.
+func TestTheCloseCheckoutJobClosesPackAndPlanCheckouts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	plan := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
+	r := b.post("/dashboard/buy-credits", url.Values{"pack": {"pack_100"}, "nonce": {whID("n")}})
+	session := path.Base(mustRedirect(t, r, ta.URL+"/simulator/checkout/cs_sim_"))
+	p := whPurchase{User: u, SessionID: session}
+	pay := whPayment(t, ta, p)
+	for range 2 {
+		for _, args := range []jobs.CloseCheckout{{PaymentID: pay.ID}, {SubscriptionID: plan.ID}} {
+			_, err := ta.app.river.Insert(ctx, args, nil)
+			require.NoError(t, err)
+		}
+		eventually(t, 15*time.Second, "both checkouts closed", func() bool {
+			sub, err := ta.store.SubscriptionByID(ctx, plan.ID)
+			require.NoError(t, err)
+			return whPayment(t, ta, p).Cancelled() && sub.Status == store.SubAbandoned
+		})
+		require.Equal(t, 2, whCount(t, ta, `SELECT count(*) FROM simulator_sessions WHERE id IN ($1, $2) AND status = 'expired'`, session, plan.CheckoutSessionID))
+	}
 }
