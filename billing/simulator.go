@@ -33,6 +33,7 @@ import (
 type Simulator struct {
 	store         *store.Store
 	baseURL       string
+	webhookURL    string // where events are posted (baseURL's /webhooks/stripe unless DeliverTo)
 	webhookSecret string
 	http          *http.Client
 	logger        *slog.Logger
@@ -45,10 +46,20 @@ type Simulator struct {
 	finishing chan struct{}
 }
 
+// DeliverTo makes the simulator post its events to url instead of
+// baseURL's /webhooks/stripe (a worker running it apart from the api posts
+// to the api's address inside the network); "" changes nothing.
+func (s *Simulator) DeliverTo(url string) *Simulator {
+	if url != "" {
+		s.webhookURL = url
+	}
+	return s
+}
+
 // NewSimulator returns a simulator that delivers events to baseURL.
 func NewSimulator(st *store.Store, baseURL, webhookSecret string, logger *slog.Logger) *Simulator {
 	return &Simulator{
-		store: st, baseURL: strings.TrimRight(baseURL, "/"), webhookSecret: webhookSecret,
+		store: st, baseURL: strings.TrimRight(baseURL, "/"), webhookURL: strings.TrimRight(baseURL, "/") + "/webhooks/stripe", webhookSecret: webhookSecret,
 		http: &http.Client{Timeout: 15 * time.Second}, logger: logger,
 		finishing: make(chan struct{}, 1),
 	}
@@ -382,7 +393,7 @@ func (s *Simulator) Emit(ctx context.Context, eventType stripe.EventType, obj an
 		return fmt.Errorf("simulator: build %s: %w", eventType, err)
 	}
 	signed := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: s.webhookSecret, Timestamp: time.Now()})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.baseURL+"/webhooks/stripe", bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.webhookURL, bytes.NewReader(payload))
 	if err != nil {
 		return err
 	}

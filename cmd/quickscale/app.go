@@ -63,7 +63,7 @@ func newApp(ctx context.Context, mode string, cfg Config, logger *slog.Logger, p
 	})
 
 	if cfg.Simulated() {
-		a.gateway = billing.NewSimulator(a.store, cfg.BaseURL, cfg.StripeWebhookSecret, logger)
+		a.gateway = billing.NewSimulator(a.store, cfg.BaseURL, cfg.StripeWebhookSecret, logger).DeliverTo(cfg.SimulatorWebhookURL)
 	} else {
 		a.gateway = billing.NewStripe(billing.StripeConfig{SecretKey: cfg.StripeSecretKey, APIURL: cfg.StripeAPIURL})
 	}

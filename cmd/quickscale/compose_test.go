@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,7 +21,13 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/stretchr/testify/require"
+	"github.com/stripe/stripe-go/v76"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/quickscale/quickscale/billing"
+	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/store/storetest"
 )
 
 // repoRoot is the module root, seen from this package's directory.
@@ -645,4 +652,45 @@ func TestDockerignoreKeepsSecretsAndDevDataOut(t *testing.T) {
 			t.Errorf("DEV_DATA_DIR defaults to %q; .dockerignore excludes .data", v.Default)
 		}
 	}
+}
+
+// In the demo stack the workers run the payments simulator apart from the
+// api (h33): what their simulator sends (a plan's cancellation, say)
+// reaches the api at SIMULATOR_WEBHOOK_URL and passes its signature check,
+// both sharing STRIPE_WEBHOOK_SECRET; before, each process made up its own
+// secret and posted to BASE_URL, the worker's own container.
+func TestComposeWorkersSimulatorReachesTheAPI(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := loadCompose(t)
+	dbURL := storetest.NewDatabase(t)
+	addr := freeAddr(t)
+	apiEnv := env(service(t, p, "api"))
+	apiEnv["DATABASE_URL"], apiEnv["ADDR"], apiEnv["METRICS_ADDR"] = dbURL, addr, "off"
+	apiEnv["BASE_URL"] = "http://" + addr
+	startRun(t, apiEnv, "api")
+	waitHTTP(t, "http://"+addr+"/readyz", http.StatusOK, 30*time.Second)
+
+	workerEnv := env(service(t, p, "worker"))
+	require.Equal(t, "http://api:8080/webhooks/stripe", workerEnv["SIMULATOR_WEBHOOK_URL"])
+	// The api as this test reaches it, in place of compose's "api" host.
+	workerEnv["DATABASE_URL"], workerEnv["METRICS_ADDR"] = dbURL, "off"
+	workerEnv["SIMULATOR_WEBHOOK_URL"] = "http://" + addr + "/webhooks/stripe"
+	cfg, err := loadConfig(envFrom(workerEnv))
+	require.NoError(t, err)
+	pool, err := store.OpenPool(ctx, cfg.DatabaseURL, store.PoolOptions{MaxConns: 2, AppName: "compose-worker"})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	worker, err := newApp(ctx, "worker", cfg, discardLogger(), pool)
+	require.NoError(t, err)
+	sim, ok := worker.gateway.(*billing.Simulator)
+	require.True(t, ok, "compose's worker does not run the simulator")
+	require.NoError(t, sim.Emit(ctx, stripe.EventTypeCustomerSubscriptionDeleted, map[string]any{"id": "sub_compose", "object": "subscription", "status": "canceled"}),
+		"the api refused what the worker's simulator sent")
+
+	// And a worker simulating without a shared secret refuses to start.
+	delete(workerEnv, "STRIPE_WEBHOOK_SECRET")
+	code, _, stderr := runCmd(t, workerEnv, "", "worker")
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "STRIPE_WEBHOOK_SECRET is not set")
 }

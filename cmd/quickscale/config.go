@@ -48,6 +48,8 @@ type Config struct {
 	StripeSecretKey          string // STRIPE_SECRET_KEY ("" selects the payments simulator)
 	StripeWebhookSecret      string // STRIPE_WEBHOOK_SECRET
 	StripeAPIURL             string // STRIPE_API_URL (e.g. stripe-mock)
+	SimulatorWebhookURL      string // SIMULATOR_WEBHOOK_URL: where the simulator posts its events
+	webhookSecretSet         bool   // whether STRIPE_WEBHOOK_SECRET was given (not made up for this process)
 	StripeIgnoreAPIVersion   bool   // STRIPE_WEBHOOK_IGNORE_API_VERSION (dev only)
 	SimulatePayments         bool   // SIMULATE_PAYMENTS: let `api` and `worker` run the simulator
 	ExpireCreditsSchedule    string // EXPIRE_CREDITS_SCHEDULE (cron spec, UTC)
@@ -90,6 +92,7 @@ var envVars = []envVar{
 	{"STRIPE_SECRET_KEY", "", "Stripe secret key; empty selects the local payments simulator."},
 	{"STRIPE_WEBHOOK_SECRET", "(random, simulator only)", "Signing secret of the webhook endpoint; required with STRIPE_SECRET_KEY."},
 	{"STRIPE_API_URL", "", "Override Stripe's API URL (e.g. http://127.0.0.1:12111 for stripe-mock)."},
+	{"SIMULATOR_WEBHOOK_URL", "", "Where the payments simulator posts its events (empty: BASE_URL/webhooks/stripe): a `worker` running it apart from the `api` (SIMULATE_PAYMENTS) posts to the api's address inside your network, e.g. http://api:8080/webhooks/stripe, signed with STRIPE_WEBHOOK_SECRET, which both must then share."},
 	{"STRIPE_WEBHOOK_IGNORE_API_VERSION", "false", "dev only: accept events of another API version (for `stripe listen`)."},
 	{"SIMULATE_PAYMENTS", "false", "Let `api` and `worker` run without STRIPE_SECRET_KEY, on the payments simulator (demos only: anyone can \"pay\"). `dev` always may."},
 	{"EXPIRE_CREDITS_SCHEDULE", "* * * * *", "Cron spec (UTC) of the expired-credit sweep."},
@@ -130,6 +133,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		StripeSecretKey:       get("STRIPE_SECRET_KEY"),
 		StripeWebhookSecret:   strings.TrimSpace(getenv("STRIPE_WEBHOOK_SECRET")),
 		StripeAPIURL:          get("STRIPE_API_URL"),
+		SimulatorWebhookURL:   get("SIMULATOR_WEBHOOK_URL"),
 		ExpireCreditsSchedule: get("EXPIRE_CREDITS_SCHEDULE"),
 		DevDataDir:            get("DEV_DATA_DIR"),
 	}
@@ -225,8 +229,14 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	if c.StripeSecretKey != "" && c.StripeWebhookSecret == "" {
 		errs = append(errs, errors.New("STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set"))
 	}
+	c.webhookSecretSet = c.StripeWebhookSecret != ""
 	if c.StripeWebhookSecret == "" {
 		c.StripeWebhookSecret = simulatorSecret()
+	}
+	if c.SimulatorWebhookURL != "" {
+		if u, err := url.Parse(c.SimulatorWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("SIMULATOR_WEBHOOK_URL", c.SimulatorWebhookURL, "want an absolute http(s) URL, e.g. http://api:8080/webhooks/stripe")
+		}
 	}
 	if c.StripeAPIURL != "" {
 		if u, err := url.Parse(c.StripeAPIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -299,7 +299,7 @@ func TestApiAndWorkerStartThroughRunOnAMigratedDatabase(t *testing.T) {
 	dbURL := storetest.NewDatabase(t)
 	apiAddr, apiMetrics, workerMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
 	stopAPI, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "ADDR": apiAddr, "METRICS_ADDR": apiMetrics, "SIMULATE_PAYMENTS": "true"}, "api")
-	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics, "DEV_MAILBOX": "true", "SIMULATE_PAYMENTS": "true"}, "worker")
+	stopWorker, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": workerMetrics, "DEV_MAILBOX": "true", "SIMULATE_PAYMENTS": "true", "STRIPE_WEBHOOK_SECRET": "whsec_test_shared"}, "worker")
 	waitHTTP(t, "http://"+apiAddr+"/readyz", http.StatusOK, 30*time.Second)
 	waitHTTP(t, "http://"+workerMetrics+"/readyz", http.StatusOK, 30*time.Second)
 	metrics := waitHTTP(t, "http://"+apiMetrics+"/metrics", http.StatusOK, 5*time.Second)
@@ -492,7 +492,7 @@ func TestReadyzSaysShuttingDownWhileAWorkerFinishesItsJobs(t *testing.T) {
 	}()
 	metrics := freeAddr(t)
 	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics, "BASE_URL": "http://quickscale.example",
-		"SMTP_URL": "smtp://" + smtp.Addr().String(), "SHUTDOWN_TIMEOUT": "20s", "SIMULATE_PAYMENTS": "true"}, "worker")
+		"SMTP_URL": "smtp://" + smtp.Addr().String(), "SHUTDOWN_TIMEOUT": "20s", "SIMULATE_PAYMENTS": "true", "STRIPE_WEBHOOK_SECRET": "whsec_test_shared"}, "worker")
 	waitHTTP(t, "http://"+metrics+"/readyz", http.StatusOK, 30*time.Second)
 
 	pool, err := pgxpool.New(ctx, dbURL)
@@ -531,7 +531,7 @@ func TestWorkerStartedBeforeMigrationsWaitsThenWorks(t *testing.T) {
 	t.Parallel()
 	dbURL := emptyDatabase(t)
 	metrics := freeAddr(t)
-	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics, "DEV_MAILBOX": "true", "SIMULATE_PAYMENTS": "true"}, "worker")
+	stop, _ := startRun(t, map[string]string{"DATABASE_URL": dbURL, "METRICS_ADDR": metrics, "DEV_MAILBOX": "true", "SIMULATE_PAYMENTS": "true", "STRIPE_WEBHOOK_SECRET": "whsec_test_shared"}, "worker")
 	body := waitHTTP(t, "http://"+metrics+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
 	require.Contains(t, body, "migrate up")
 	if code, _, stderr := runCmd(t, map[string]string{"DATABASE_URL": dbURL}, "", "migrate", "up"); code != 0 {

@@ -65,6 +65,13 @@ func runServe(ctx context.Context, mode string, args []string, getenv func(strin
 	// without the key those calls would go to the simulator, which knows
 	// nothing of Stripe's subscriptions and reports them ended, while
 	// Stripe goes on billing them.
+	// A worker's simulator posts its events to the api, which checks their
+	// signature: a secret each process made up for itself would not match.
+	if mode == "worker" && cfg.Simulated() && cfg.SimulatePayments && !cfg.webhookSecretSet {
+		return errors.New("configuration: STRIPE_WEBHOOK_SECRET is not set. A worker running the payments simulator signs " +
+			"its events for the api with it: set the same value on the api and the workers (any long random string), " +
+			"and SIMULATOR_WEBHOOK_URL to the api's /webhooks/stripe as the workers reach it")
+	}
 	if mode == "worker" && cfg.Simulated() && !cfg.SimulatePayments {
 		return errors.New("configuration: STRIPE_SECRET_KEY is not set. A worker ends subscriptions and updates customers at Stripe: " +
 			"set it (the same key as the api's), or set SIMULATE_PAYMENTS=true if the api runs the local payments simulator (demos only)")
