@@ -14,6 +14,7 @@ import (
 
 	"github.com/quickscale/quickscale/observability"
 	"github.com/quickscale/quickscale/store"
+	"github.com/quickscale/quickscale/web"
 )
 
 // maxWebhookBody caps a Stripe event; Stripe's are far smaller.
@@ -63,6 +64,13 @@ func (s *server) handleStripeWebhook() http.Handler {
 			// the event is malformed, retrying cannot help.
 			s.logger.WarnContext(ctx, "webhook event refused by the database", "err", err, "event", ev.ID)
 			writeProblem(w, r, http.StatusBadRequest, "invalid_event", "The event contains data we cannot store.")
+			return
+		}
+		if err != nil && web.CutByShutdown(ctx) {
+			// Our process stopping, not a fault: Stripe retries it.
+			s.logger.WarnContext(ctx, "request cut short by shutdown", "err", err, "event", ev.ID, "type", ev.Type)
+			w.Header().Set("Retry-After", "5")
+			writeProblem(w, r, http.StatusServiceUnavailable, "unavailable", "The server is restarting; the event was not stored; please retry.")
 			return
 		}
 		if err != nil {

@@ -131,6 +131,15 @@ func (e *csvExport) row(fields ...string) error {
 // serveCSV answers with the CSV file name that fill writes (after header),
 // or, when fill fails before anything was sent, with the error's page.
 func (s *Site) serveCSV(w http.ResponseWriter, r *http.Request, name string, header []string, fill func(e *csvExport) error) {
+	if r.Method == http.MethodHead {
+		// A monitor's or link checker's HEAD: the headers a download
+		// would have, without reading the database for a body nobody gets.
+		h := w.Header()
+		h.Set("Content-Type", "text/csv; charset=utf-8")
+		h.Set("Content-Disposition", `attachment; filename="`+name+`"`)
+		h.Set("Cache-Control", "no-store")
+		return
+	}
 	ok, end, err := s.exports.begin(r.Context(), CurrentUser(r.Context()).ID)
 	switch {
 	case !ok:

@@ -388,7 +388,7 @@ func renewalSentence(sub store.Subscription, end time.Time, duplicate, endedBefo
 	date := end.Format("2 Jan 2006")
 	switch {
 	case endedBefore:
-		return "This plan had ended before this renewal, so it should not have been charged: we are stopping it again, and you can ask us (Contact, on our site) to refund this payment. Its credits stay yours until " + date + "."
+		return "This plan had ended before this renewal, so it should not have been charged: we are stopping it again, and you can ask us (Contact, on our site) to refund this payment. Its credits are yours until " + date + " unless it is refunded."
 	case duplicate:
 		return "You have another plan running, so this one was stopped at once: it does not renew. Its credits stay yours until " + date + "."
 	case sub.CancelAtPeriodEnd:

@@ -105,6 +105,14 @@ func TestCSVExportsForCustomersAndAccounts(t *testing.T) {
 	require.Equal(t, fmt.Sprint(pay.ID), clawed["payment_id"], "the refund's clawback does not name its payment")
 	require.Less(t, csvInt(t, clawed["credits"]), int64(0))
 
+	// HEAD answers the download's headers, without a body.
+	head, err := http.NewRequest(http.MethodHead, ta.URL+"/dashboard/credits/history.csv", nil)
+	require.NoError(t, err)
+	hr := buyer.do(head)
+	require.Equal(t, http.StatusOK, hr.Status)
+	require.Equal(t, `attachment; filename="credits-all.csv"`, hr.Header.Get("Content-Disposition"))
+	require.Empty(t, hr.Body)
+
 	// A range: days in UTC, both included; a range with nothing is a header.
 	today := time.Now().UTC().Format(time.DateOnly)
 	tomorrow := time.Now().UTC().AddDate(0, 0, 1).Format(time.DateOnly)
