@@ -44,10 +44,7 @@ func deliverDispute(t *testing.T, ta *testApp, typ stripe.EventType, d map[strin
 func TestDisputesAreRecordedAndToldToSupport(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	whPaid(t, ta, p)
-	pay := whPayment(t, ta, p)
+	ta, p, pay := paidPurchase(t)
 	_, admin := whAdmin(t, ta)
 	opened := time.Now().Add(-time.Hour).Truncate(time.Second)
 	dp := whID("dp")
@@ -169,10 +166,7 @@ func TestADisputeWaitsForThePaymentItDisputes(t *testing.T) {
 func TestADisputeLostInTheSecondOfItsReviewIsRecordedLost(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta := newTestApp(t, testAppOpts{})
-	p := whBuy(t, ta)
-	whPaid(t, ta, p)
-	pay := whPayment(t, ta, p)
+	ta, p, pay := paidPurchase(t)
 	opened := time.Now().Add(-time.Hour).Truncate(time.Second)
 	dp := whID("dp")
 	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(dp, p.Intent, p.Amount, "usd", "needs_response", opened), opened)
