@@ -124,6 +124,13 @@ func (s *Site) AdminRefund() http.Handler {
 			render(http.StatusBadRequest)
 			return
 		}
+		// Nothing is asked of the provider while a chargeback is open or
+		// lost — neither a new refund nor one asked again (h34).
+		if page.DisputeBlocks {
+			f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
+			render(http.StatusConflict)
+			return
+		}
 		// A key seen before: the form sent again (twice, or to ask again
 		// after no answer). Whatever the payment's state now, it is
 		// answered as that request, never as a new one.
@@ -151,11 +158,6 @@ func (s *Site) AdminRefund() http.Handler {
 				return
 			}
 		case errors.Is(err, store.ErrNotFound):
-			if page.DisputeBlocks {
-				f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
-				render(http.StatusConflict)
-				return
-			}
 			var ok bool
 			if req, ok = s.newRefundRequest(w, r, page, admin.ID, key, render); !ok {
 				return
@@ -368,7 +370,7 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 		render(http.StatusConflict)
 		return
 	}
-	if !page.PendingStale {
+	if !page.PendingStale && !page.DisputeBlocks {
 		f.Message = "That request can still be asked again safely; ask it again instead."
 		render(http.StatusConflict)
 		return

@@ -223,3 +223,30 @@ func TestADisputedPaymentIsNotRefundedTwice(t *testing.T) {
 	require.NotContains(t, whDetail(ev), "were not taken back")
 	require.Contains(t, admin.get(fmt.Sprintf("/admin/payments/%d/refund", paid.ID)).Doc(t).Find(".payment-dispute").Text(), "take no credits again")
 }
+
+// A refund asked before the chargeback and never answered is not asked
+// again while the chargeback is open (h34: "Ask again" refunded it); the
+// page offers to close the request instead.
+func TestAnUnansweredRefundIsNotAskedAgainWhileDisputed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta := newTestApp(t, testAppOpts{})
+	u, _, pay := simPurchase(t, ta)
+	_, admin := whAdmin(t, ta)
+	path, _, nonce := refundForm(t, admin, pay.ID)
+	_, err := ta.store.RecordRefundRequest(ctx, store.NewRefundRequest{PaymentID: pay.ID, AdminID: u.ID, AmountMinor: pay.AmountMinor,
+		Reason: "asked", Key: store.RefundKey(pay.ID, nonce), Amount: "$20.00"})
+	require.NoError(t, err)
+	opened := time.Now().Add(-time.Minute).Truncate(time.Second)
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(whID("dp"), *pay.PaymentIntentID, pay.AmountMinor, "usd", "needs_response", opened), opened)
+
+	doc := admin.get(path).Doc(t)
+	require.Zero(t, doc.Find("#ask-again-form").Length(), "a disputed payment offers to ask its refund again")
+	require.Contains(t, doc.Find("#close-request-form").Text(), "not asked again while the payment is disputed")
+	r := admin.post(path, url.Values{"nonce": {nonce}, "amount": {"20.00"}, "reason": {"asked"}})
+	require.Equal(t, http.StatusConflict, r.Status)
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`), "the refund was made while the chargeback is open")
+	reqID := doc.Find(`#close-request-form input[name="request"]`).AttrOr("value", "")
+	mustRedirect(t, admin.post(path, url.Values{"action": {"close"}, "request": {reqID}, "reason": {"disputed; not refunded in Stripe"}}), fmt.Sprintf("/admin/users/%d", u.ID))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM refund_requests WHERE payment_id = $1 AND status = 'closed'`, pay.ID))
+}
