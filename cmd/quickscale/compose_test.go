@@ -694,3 +694,18 @@ func TestComposeWorkersSimulatorReachesTheAPI(t *testing.T) {
 	require.Equal(t, 1, code, stderr)
 	require.Contains(t, stderr, "STRIPE_WEBHOOK_SECRET is not set")
 }
+
+// An operator who adds a real Stripe key to the demo stack but not its
+// endpoint's secret is stopped (h34): compose's shared demo secret is
+// public, would let anyone sign events, and Stripe's would be refused.
+func TestComposeWithARealStripeKeyRefusesTheDemoSecret(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t)
+	for _, name := range []string{"api", "worker"} {
+		e := env(service(t, p, name))
+		require.Equal(t, composeDemoWebhookSecret, e["STRIPE_WEBHOOK_SECRET"], "%s: compose's demo secret changed; keep composeDemoWebhookSecret in step", name)
+		e["STRIPE_SECRET_KEY"] = "sk_live_operator_added_only_this"
+		_, err := loadConfig(envFrom(e))
+		require.ErrorContains(t, err, "compose.yaml's demo secret", name)
+	}
+}

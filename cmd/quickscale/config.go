@@ -72,6 +72,10 @@ type envVar struct {
 	Name, Default, Doc string
 }
 
+// composeDemoWebhookSecret is the simulator's shared secret in
+// compose.yaml's demo stack (public: refused with a real Stripe key).
+const composeDemoWebhookSecret = "whsec_compose_demo_simulator_only"
+
 // envVars lists every variable loadConfig reads, with its default.
 var envVars = []envVar{
 	{"DATABASE_URL", "postgres://127.0.0.1:5432/quickscale?sslmode=disable", "PostgreSQL connection string."},
@@ -228,6 +232,11 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.StripeSecretKey != "" && c.StripeWebhookSecret == "" {
 		errs = append(errs, errors.New("STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set"))
+	}
+	// compose.yaml's demo secret is public: with real payments it would let
+	// anyone sign events (h34), and Stripe's own would all be refused.
+	if c.StripeSecretKey != "" && c.StripeWebhookSecret == composeDemoWebhookSecret {
+		errs = append(errs, errors.New("STRIPE_WEBHOOK_SECRET is compose.yaml's demo secret, published with the code: with STRIPE_SECRET_KEY set it to your Stripe endpoint's signing secret"))
 	}
 	c.webhookSecretSet = c.StripeWebhookSecret != ""
 	if c.StripeWebhookSecret == "" {
