@@ -57,7 +57,7 @@ func perCredit(minor, credits int64, currency string) string {
 	// The currency's symbol or code, as money shows it ("€", "KWD ").
 	zero := billing.FormatMoney(0, currency)
 	symbol := zero[:strings.IndexByte(zero, '0')]
-	return fmt.Sprintf("%s%d.%0*d", symbol, hundredths/per, d, hundredths%per)
+	return fmt.Sprintf("%s%s.%0*d", symbol, billing.FormatCredits(hundredths/per), d, hundredths%per)
 }
 
 // relativeTime says how long ago (or until) t is, for people.

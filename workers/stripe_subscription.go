@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -221,7 +222,7 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 		if err != nil || !ok {
 			return store.OutcomeApplied, "already granted", fx, err
 		}
-		return w.invoiceGrantedBefore(ctx, tx, inv, sub, start)
+		return w.invoiceGrantedBefore(ctx, tx, ev, inv, sub, start)
 	}
 	var billed store.BilledPlan
 	var known bool
@@ -358,13 +359,23 @@ func renewsAPlanStoppedHere(ctx context.Context, tx pgx.Tx, sub store.Subscripti
 
 // invoiceGrantedBefore decides an invoice.paid whose invoice was recorded
 // before (re-processed, or delivered again): "already granted", unless it
-// renewed a plan stopped here and its payment is not refunded in full —
-// then it stays failed, and the plan's cancellation is asked again.
-func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
+// renewed a plan stopped here — flagged so when first processed, or found
+// so now — and its money is still the customer's due: then it stays
+// failed, and the plan's cancellation is asked again. A payment refunded in
+// full, or whose money the bank took back in a lost dispute, is settled;
+// one under an open chargeback is to be answered there, not refunded.
+func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
 	var fx effects
-	stopped, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
-	if err != nil || !stopped {
-		return store.OutcomeApplied, "already granted", fx, err
+	if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
+		return store.OutcomeApplied, "already granted", fx, nil
+	}
+	// Flagged when first processed: whether the user's other plan still
+	// runs no longer matters (h34: ending it cleared the flag unrefunded).
+	if ev.Outcome == nil || *ev.Outcome != store.OutcomeFailed {
+		stopped, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
+		if err != nil || !stopped {
+			return store.OutcomeApplied, "already granted", fx, err
+		}
 	}
 	pay, err := store.InvoicePaymentOf(ctx, tx, inv.ID)
 	if err != nil {
@@ -373,11 +384,23 @@ func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx,
 	if pay.Status == store.PaymentRefunded {
 		return store.OutcomeApplied, "already granted; its payment was refunded", fx, nil
 	}
+	disputes, err := store.DisputeStatusesOf(ctx, tx, pay.ID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	if slices.Contains(disputes, "lost") {
+		return store.OutcomeApplied, "already granted; the customer's bank took its money back (a dispute lost): nothing to refund", fx, nil
+	}
 	if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
 		return "", "", fx, err
 	}
+	ended := sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC")
+	if slices.ContainsFunc(disputes, store.DisputeBlocksRefunds) {
+		return store.OutcomeFailed, fmt.Sprintf("already granted; it renewed subscription %d, which ended here on %s: its cancellation is queued again; its payment is disputed — answer the dispute in Stripe's dashboard (no refund while it runs: /admin/payments/%d/refund)",
+			sub.ID, ended, pay.ID), fx, nil
+	}
 	return store.OutcomeFailed, fmt.Sprintf("already granted; it renewed subscription %d, which ended here on %s: its cancellation is queued again, and the payment is still to be refunded (Refund on /admin/payments/%d/refund)",
-		sub.ID, sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC"), pay.ID), fx, nil
+		sub.ID, ended, pay.ID), fx, nil
 }
 
 // renewalSentence says what happens at the end of the period just paid

@@ -238,3 +238,62 @@ func TestAnOlderInvoicesRetryDoesNotHideThisPeriodsOverdue(t *testing.T) {
 	require.Equal(t, 1, doc.Find("#overdue-amount").Length(), "this period's unpaid invoice is no longer shown as owed")
 	require.Contains(t, acctText(doc, "#subscription-past-due"), m1.UTC().Format("2 Jan 2006")+" – "+m2.UTC().Format("2 Jan 2006"))
 }
+
+// flaggedRenewal is a second plan stopped here whose cancellation never
+// reached the provider, and its renewal's event, failed for a refund.
+func flaggedRenewal(t *testing.T) (ta *testApp, u store.User, second store.Subscription, renewal map[string]any, flagged string) {
+	t.Helper()
+	ctx := context.Background()
+	ta, u, second = secondPlanCheckout(t)
+	now := time.Now().Truncate(time.Second)
+	end := now.AddDate(0, 1, 0)
+	stripeSub := whID("sub")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	renewal = subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	renewal["billing_reason"] = "subscription_cycle"
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	return ta, u, second, renewal, ev.ID
+}
+
+// A flagged renewal stays failed when re-processed after the user's other
+// plan ended (h34: it turned applied, unrefunded); and one whose money the
+// bank took back in a lost dispute is settled, not "still to be refunded"
+// on a page that refuses the refund.
+func TestAFlaggedRenewalStaysFlaggedUntilItsMoneyIsBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, second, renewal, flagged := flaggedRenewal(t)
+	_, admin := whAdmin(t, ta)
+	// The user's other plan ends (support: End it now).
+	var firstID int64
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT id FROM subscriptions WHERE user_id = $1 AND id <> $2`, u.ID, second.ID).Scan(&firstID))
+	page := fmt.Sprintf("/admin/users/%d", u.ID)
+	mustRedirect(t, admin.post(page+"/subscription", url.Values{"subscription": {strconv.FormatInt(firstID, 10)}, "action": {"end_now"}, "reason": {"asked by phone"}}), page)
+	eventually(t, 10*time.Second, "the first plan ended", func() bool {
+		s, err := ta.store.SubscriptionByID(ctx, firstID)
+		require.NoError(t, err)
+		return s.Status == store.SubCanceled
+	})
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return strings.Contains(whDetail(e), "processed again") })
+	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "still to be refunded")
+
+	// The bank takes the money back: settled.
+	intent := renewal["payment_intent"].(string)
+	opened := time.Now().Add(-time.Minute).Truncate(time.Second)
+	dp := whID("dp")
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(dp, intent, 3000, "usd", "needs_response", opened), opened)
+	lastRun := *again.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again = whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "answer the dispute")
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeClosed, whDispute(dp, intent, 3000, "usd", "lost", opened), opened.Add(time.Minute))
+	lastRun = *again.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	settled := whRequireOutcome(t, ta, flagged, store.OutcomeApplied)
+	require.Contains(t, whDetail(settled), "nothing to refund")
+}
