@@ -134,11 +134,11 @@ func (s *Store) DisputesOfPayments(ctx context.Context, paymentIDs []int64) (map
 	return out, err
 }
 
-// DisputeStatusesOf lists, in tx, the statuses of a payment's disputes.
-func DisputeStatusesOf(ctx context.Context, tx pgx.Tx, paymentID int64) ([]string, error) {
-	rows, err := tx.Query(ctx, `SELECT status FROM payment_disputes WHERE payment_id = $1 ORDER BY id`, paymentID)
+// DisputesInTx lists, in tx, a payment's disputes, oldest first.
+func DisputesInTx(ctx context.Context, tx pgx.Tx, paymentID int64) ([]Dispute, error) {
+	rows, err := tx.Query(ctx, `SELECT `+disputeColumns+` FROM payment_disputes WHERE payment_id = $1 ORDER BY id`, paymentID)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
+	return pgx.CollectRows(rows, pgx.RowToStructByName[Dispute])
 }

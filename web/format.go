@@ -45,7 +45,7 @@ func perCredit(minor, credits int64, currency string) string {
 	}
 	if strings.EqualFold(currency, "usd") {
 		tenths := (minor*10 + credits/2) / credits
-		return fmt.Sprintf("%d.%d¢", tenths/10, tenths%10)
+		return fmt.Sprintf("%s.%d¢", billing.FormatCredits(tenths/10), tenths%10)
 	}
 	// Hundredths of a minor unit, rounded: the currency's decimals plus two.
 	hundredths := (minor*100 + credits/2) / credits

@@ -202,7 +202,7 @@ func TestPerCreditIsInThePacksCurrency(t *testing.T) {
 		{2000, 500, "usd", "4.0¢"}, {1500, 1000, "usd", "1.5¢"}, {5000, 500, "kwd", "KWD 0.01000"},
 		{3000, 500, "jpy", "JPY 6.00"}, {2000, 500, "eur", "€0.0400"}, {1, 3, "gbp", "£0.0033"}, {100, 0, "usd", "–"},
 		// Thousands grouped as money is (h34).
-		{100000000, 10, "jpy", "JPY 10,000,000.00"}, {99999999, 1, "chf", "CHF 999,999.9900"},
+		{100000000, 10, "jpy", "JPY 10,000,000.00"}, {10000, 10, "usd", "1,000.0¢"}, {99999999, 1, "chf", "CHF 999,999.9900"},
 	} {
 		if got := perCredit(c.minor, c.credits, c.currency); got != c.want {
 			t.Errorf("perCredit(%d, %d, %s) = %q, want %q", c.minor, c.credits, c.currency, got, c.want)

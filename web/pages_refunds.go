@@ -124,13 +124,6 @@ func (s *Site) AdminRefund() http.Handler {
 			render(http.StatusBadRequest)
 			return
 		}
-		// Nothing is asked of the provider while a chargeback is open or
-		// lost — neither a new refund nor one asked again (h34).
-		if page.DisputeBlocks {
-			f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
-			render(http.StatusConflict)
-			return
-		}
 		// A key seen before: the form sent again (twice, or to ask again
 		// after no answer). Whatever the payment's state now, it is
 		// answered as that request, never as a new one.
@@ -152,12 +145,24 @@ func (s *Site) AdminRefund() http.Handler {
 				redirect(w, r, back)
 				return
 			}
+			// Nothing is asked of the provider while a chargeback is open
+			// or lost — neither a new refund nor one asked again (h34); a
+			// form sent again whose request was answered is answered as
+			// that request, above.
+			if page.DisputeBlocks {
+				refuseDisputed(f, render)
+				return
+			}
 			if time.Since(req.CreatedAt) >= store.RefundAskAgainWithin {
 				f.Message = "This request is too old to ask again: " + page.ProviderName + " may have forgotten its key and would refund a second time. Check the payment in " + page.ProviderName + "'s dashboard, then close the request below."
 				render(http.StatusConflict)
 				return
 			}
 		case errors.Is(err, store.ErrNotFound):
+			if page.DisputeBlocks {
+				refuseDisputed(f, render)
+				return
+			}
 			var ok bool
 			if req, ok = s.newRefundRequest(w, r, page, admin.ID, key, render); !ok {
 				return
@@ -360,6 +365,13 @@ func (s *Site) settleRefundFailure(w http.ResponseWriter, r *http.Request, page 
 	redirect(w, r, here)
 }
 
+// refuseDisputed answers a refund asked of a payment under an open or lost
+// chargeback: nothing is asked of the provider.
+func refuseDisputed(f *form, render func(int)) {
+	f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
+	render(http.StatusConflict)
+}
+
 // closeRefundRequest closes the request waiting too long for an answer to
 // be asked again, once support has checked the provider's dashboard.
 func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *adminRefundPage, adminID int64, render func(int), back string) {
@@ -370,7 +382,7 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 		render(http.StatusConflict)
 		return
 	}
-	if !page.PendingStale && !page.DisputeBlocks {
+	if !page.PendingStale {
 		f.Message = "That request can still be asked again safely; ask it again instead."
 		render(http.StatusConflict)
 		return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -358,49 +357,70 @@ func renewsAPlanStoppedHere(ctx context.Context, tx pgx.Tx, sub store.Subscripti
 }
 
 // invoiceGrantedBefore decides an invoice.paid whose invoice was recorded
-// before (re-processed, or delivered again): "already granted", unless it
-// renewed a plan stopped here — flagged so when first processed, or found
-// so now — and its money is still the customer's due: then it stays
-// failed, and the plan's cancellation is asked again. A payment refunded in
-// full, or whose money the bank took back in a lost dispute, is settled;
-// one under an open chargeback is to be answered there, not refunded.
+// before (re-processed, or delivered again): "already granted", unless its
+// money is still the customer's due — it was paid after its buyer deleted
+// the account, or it renewed a plan stopped here (flagged so when first
+// processed, or found so now) — then it stays failed, and a stopped plan's
+// cancellation is asked again. What the payment's refunds and lost
+// disputes gave back counts; under an open chargeback it is to be answered
+// there, not refunded.
 func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
 	var fx effects
-	if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
-		return store.OutcomeApplied, "already granted", fx, nil
+	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
+	if err != nil {
+		return "", "", fx, err
 	}
-	// Flagged when first processed: whether the user's other plan still
-	// runs no longer matters (h34: ending it cleared the flag unrefunded).
-	if ev.Outcome == nil || *ev.Outcome != store.OutcomeFailed {
-		stopped, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
-		if err != nil || !stopped {
-			return store.OutcomeApplied, "already granted", fx, err
+	deleted := email == ""
+	stopped := false
+	if !deleted {
+		if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
+			return store.OutcomeApplied, "already granted", fx, nil
+		}
+		// Flagged when first processed: whether the user's other plan still
+		// runs no longer matters (h34: ending it cleared the flag unrefunded).
+		if stopped = ev.Outcome != nil && *ev.Outcome == store.OutcomeFailed; !stopped {
+			if stopped, err = renewsAPlanStoppedHere(ctx, tx, sub, start); err != nil || !stopped {
+				return store.OutcomeApplied, "already granted", fx, err
+			}
 		}
 	}
 	pay, err := store.InvoicePaymentOf(ctx, tx, inv.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
-	if pay.Status == store.PaymentRefunded {
-		return store.OutcomeApplied, "already granted; its payment was refunded", fx, nil
-	}
-	disputes, err := store.DisputeStatusesOf(ctx, tx, pay.ID)
+	disputes, err := store.DisputesInTx(ctx, tx, pay.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
-	if slices.Contains(disputes, "lost") {
-		return store.OutcomeApplied, "already granted; the customer's bank took its money back (a dispute lost): nothing to refund", fx, nil
+	var lost int64
+	open := false
+	for _, d := range disputes {
+		if d.Status == "lost" {
+			lost += d.AmountMinor
+		}
+		open = open || (store.DisputeBlocksRefunds(d.Status) && d.Status != "lost")
 	}
-	if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
-		return "", "", fx, err
+	due := pay.AmountMinor - pay.AmountRefundedMinor - lost
+	if due <= 0 {
+		return store.OutcomeApplied, "already granted; its money is back with the customer (refunded, or taken back by their bank in a lost dispute)", fx, nil
 	}
-	ended := sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC")
-	if slices.ContainsFunc(disputes, store.DisputeBlocksRefunds) {
-		return store.OutcomeFailed, fmt.Sprintf("already granted; it renewed subscription %d, which ended here on %s: its cancellation is queued again; its payment is disputed — answer the dispute in Stripe's dashboard (no refund while it runs: /admin/payments/%d/refund)",
-			sub.ID, ended, pay.ID), fx, nil
+	what := fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited", sub.UserID)
+	if stopped {
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+			return "", "", fx, err
+		}
+		what = fmt.Sprintf("it renewed subscription %d, which ended here on %s: its cancellation is queued again",
+			sub.ID, sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC"))
 	}
-	return store.OutcomeFailed, fmt.Sprintf("already granted; it renewed subscription %d, which ended here on %s: its cancellation is queued again, and the payment is still to be refunded (Refund on /admin/payments/%d/refund)",
-		sub.ID, ended, pay.ID), fx, nil
+	switch {
+	case open:
+		return store.OutcomeFailed, fmt.Sprintf("already granted; %s; its payment is disputed — answer the dispute in Stripe's dashboard (no refund while it runs: /admin/payments/%d/refund)", what, pay.ID), fx, nil
+	case lost > 0:
+		return store.OutcomeFailed, fmt.Sprintf("already granted; %s; the customer's bank took %s back in a lost dispute, and %s is still theirs: refund it another way (the refund page refuses a disputed payment)",
+			what, billing.FormatMoney(lost, pay.Currency), billing.FormatMoney(due, pay.Currency)), fx, nil
+	}
+	return store.OutcomeFailed, fmt.Sprintf("already granted; %s; the payment is still to be refunded (%s; Refund on /admin/payments/%d/refund)",
+		what, billing.FormatMoney(due, pay.Currency), pay.ID), fx, nil
 }
 
 // renewalSentence says what happens at the end of the period just paid

@@ -295,5 +295,62 @@ func TestAFlaggedRenewalStaysFlaggedUntilItsMoneyIsBack(t *testing.T) {
 	lastRun = *again.ProcessedAt
 	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
 	settled := whRequireOutcome(t, ta, flagged, store.OutcomeApplied)
-	require.Contains(t, whDetail(settled), "nothing to refund")
+	require.Contains(t, whDetail(settled), "its money is back with the customer")
+}
+
+// Only what the bank took back counts (h35): a dispute lost for $10 of a
+// $30 renewal leaves $20 the customer's due, and the event failed.
+func TestAPartlyLostDisputeLeavesTheRestDue(t *testing.T) {
+	t.Parallel()
+	ta, _, _, renewal, flagged := flaggedRenewal(t)
+	_, admin := whAdmin(t, ta)
+	intent := renewal["payment_intent"].(string)
+	opened := time.Now().Add(-time.Minute).Truncate(time.Second)
+	dp := whID("dp")
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeCreated, whDispute(dp, intent, 1000, "usd", "needs_response", opened), opened)
+	deliverDispute(t, ta, stripe.EventTypeChargeDisputeClosed, whDispute(dp, intent, 1000, "usd", "lost", opened), opened.Add(time.Minute))
+	ev, err := ta.store.StripeEventByID(context.Background(), flagged)
+	require.NoError(t, err)
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "took $10.00 back in a lost dispute, and $20.00 is still theirs")
+}
+
+// A deleted account's renewal keeps its own reason when re-processed
+// (h35: it was called a stopped plan's renewal, or, for a period begun
+// before the end and paid late, turned applied unrefunded).
+func TestADeletedAccountsRenewalStaysFailedForItsOwnReason(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		start time.Duration // from the subscription's end here
+	}{{"period from after the end", time.Minute}, {"period begun before the end, paid late", -time.Hour}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			ta, u, b := subscriber(t)
+			sub := simSubscribe(t, ta, b, u.ID, "basic")
+			deleteAccount(t, b)
+			var ended store.Subscription
+			eventually(t, 15*time.Second, "the subscription ended", func() bool {
+				s, err := ta.store.SubscriptionByID(ctx, sub.ID)
+				ended = s
+				return err == nil && s.Status == store.SubCanceled
+			})
+			_, admin := whAdmin(t, ta)
+			start := ended.CanceledAt.Add(tc.start).Truncate(time.Second)
+			inv := subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
+			inv["billing_reason"] = "subscription_cycle"
+			ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
+			require.Equal(t, store.OutcomeFailed, whOutcome(ev))
+			require.Contains(t, whDetail(ev), "deleted the account")
+			lastRun := *ev.ProcessedAt
+			whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+			again := whRequireOutcome(t, ta, ev.ID, store.OutcomeFailed)
+			last := whDetail(again)[strings.LastIndex(whDetail(again), "processed again"):]
+			require.Contains(t, last, "deleted the account")
+			require.NotContains(t, last, "which ended here on")
+		})
+	}
 }
