@@ -134,11 +134,32 @@ func (s *Store) DisputesOfPayments(ctx context.Context, paymentIDs []int64) (map
 	return out, err
 }
 
-// DisputesInTx lists, in tx, a payment's disputes, oldest first.
-func DisputesInTx(ctx context.Context, tx pgx.Tx, paymentID int64) ([]Dispute, error) {
-	rows, err := tx.Query(ctx, `SELECT `+disputeColumns+` FROM payment_disputes WHERE payment_id = $1 ORDER BY id`, paymentID)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowToStructByName[Dispute])
+// MoneyStanding is what became of a payment's money beyond its refunded
+// total: refunds that failed later and are not settled (their money is
+// back with us), disputes lost (the bank took it back) or open, and
+// whether it was paid after its buyer deleted the account.
+type MoneyStanding struct {
+	BuyerDeleted         bool
+	PaidAfterDeletion    bool
+	UnsettledFailedMinor int64
+	LostMinor            int64
+	OpenChargeback       bool
+}
+
+// MoneyStandingOf reads, in tx, a payment's MoneyStanding.
+func MoneyStandingOf(ctx context.Context, tx pgx.Tx, paymentID int64) (MoneyStanding, error) {
+	var m MoneyStanding
+	err := tx.QueryRow(ctx, `
+SELECT u.deleted_at IS NOT NULL,
+       -- Stripe's times are to the second: paid in the second of the
+       -- deletion counts as after it.
+       coalesce(u.deleted_at IS NOT NULL AND p.paid_at >= date_trunc('second', u.deleted_at), false),
+       coalesce((SELECT sum(f.amount_minor) FROM payment_refund_failures f
+                  WHERE f.payment_id = p.id
+                    AND NOT EXISTS (SELECT 1 FROM payment_refund_failure_settlements s WHERE s.failure_id = f.id)), 0)::bigint,
+       coalesce((SELECT sum(d.amount_minor) FROM payment_disputes d WHERE d.payment_id = p.id AND d.status = 'lost'), 0)::bigint,
+       EXISTS (SELECT 1 FROM payment_disputes d WHERE d.payment_id = p.id AND d.status IN ('needs_response', 'under_review'))
+  FROM payments p JOIN users u ON u.id = p.user_id
+ WHERE p.id = $1`, paymentID).Scan(&m.BuyerDeleted, &m.PaidAfterDeletion, &m.UnsettledFailedMinor, &m.LostMinor, &m.OpenChargeback)
+	return m, err
 }

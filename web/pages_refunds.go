@@ -150,7 +150,7 @@ func (s *Site) AdminRefund() http.Handler {
 			// form sent again whose request was answered is answered as
 			// that request, above.
 			if page.DisputeBlocks {
-				refuseDisputed(f, render)
+				refuseDisputed(page, f, render)
 				return
 			}
 			if time.Since(req.CreatedAt) >= store.RefundAskAgainWithin {
@@ -160,7 +160,7 @@ func (s *Site) AdminRefund() http.Handler {
 			}
 		case errors.Is(err, store.ErrNotFound):
 			if page.DisputeBlocks {
-				refuseDisputed(f, render)
+				refuseDisputed(page, f, render)
 				return
 			}
 			var ok bool
@@ -367,8 +367,11 @@ func (s *Site) settleRefundFailure(w http.ResponseWriter, r *http.Request, page 
 
 // refuseDisputed answers a refund asked of a payment under an open or lost
 // chargeback: nothing is asked of the provider.
-func refuseDisputed(f *form, render func(int)) {
-	f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded; answer or accept the dispute in Stripe's dashboard."
+func refuseDisputed(page *adminRefundPage, f *form, render func(int)) {
+	f.Message = "This payment is disputed: the customer's bank has taken the money back (or holds it while the dispute runs), so a refund would pay them twice. Nothing was refunded."
+	if !page.Simulated {
+		f.Message += " Answer or accept the dispute in Stripe's dashboard."
+	}
 	render(http.StatusConflict)
 }
 
@@ -379,6 +382,11 @@ func (s *Site) closeRefundRequest(w http.ResponseWriter, r *http.Request, page *
 	reqID, _ := strconv.ParseInt(f.raw("request"), 10, 64)
 	if page.Pending == nil || page.Pending.ID != reqID {
 		f.Message = "That request is not one of this payment's waiting for an answer; nothing was changed."
+		render(http.StatusConflict)
+		return
+	}
+	if !page.PendingStale && page.DisputeBlocks {
+		f.Message = "That request may still be under way, and is not asked again while the payment is disputed: it can be closed once it is a day old."
 		render(http.StatusConflict)
 		return
 	}

@@ -361,46 +361,40 @@ func renewsAPlanStoppedHere(ctx context.Context, tx pgx.Tx, sub store.Subscripti
 // money is still the customer's due — it was paid after its buyer deleted
 // the account, or it renewed a plan stopped here (flagged so when first
 // processed, or found so now) — then it stays failed, and a stopped plan's
-// cancellation is asked again. What the payment's refunds and lost
-// disputes gave back counts; under an open chargeback it is to be answered
-// there, not refunded.
+// cancellation is asked again. What came back to the customer counts:
+// refunds (less those that failed later and are not settled) and disputes
+// lost; under an open chargeback it is to be answered there, not refunded.
 func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
 	var fx effects
-	email, _, err := store.EmailAndBalance(ctx, tx, sub.UserID)
-	if err != nil {
-		return "", "", fx, err
-	}
-	deleted := email == ""
-	stopped := false
-	if !deleted {
-		if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
-			return store.OutcomeApplied, "already granted", fx, nil
-		}
-		// Flagged when first processed: whether the user's other plan still
-		// runs no longer matters (h34: ending it cleared the flag unrefunded).
-		if stopped = ev.Outcome != nil && *ev.Outcome == store.OutcomeFailed; !stopped {
-			if stopped, err = renewsAPlanStoppedHere(ctx, tx, sub, start); err != nil || !stopped {
-				return store.OutcomeApplied, "already granted", fx, err
-			}
-		}
-	}
 	pay, err := store.InvoicePaymentOf(ctx, tx, inv.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
-	disputes, err := store.DisputesInTx(ctx, tx, pay.ID)
+	m, err := store.MoneyStandingOf(ctx, tx, pay.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
-	var lost int64
-	open := false
-	for _, d := range disputes {
-		if d.Status == "lost" {
-			lost += d.AmountMinor
+	flagged := ev.Outcome != nil && *ev.Outcome == store.OutcomeFailed
+	afterEnd := sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt)
+	// Failed when first processed because its buyer had deleted the
+	// account (one applied then was paid while the account was live): paid
+	// after the deletion by Stripe's time, or for a period begun before the
+	// plan ended (a stopped plan's renewal is neither).
+	afterDeletion := m.BuyerDeleted && flagged && (m.PaidAfterDeletion || !afterEnd)
+	stopped := false
+	if !afterDeletion && afterEnd {
+		// Flagged when first processed: whether the user's other plan still
+		// runs no longer matters (h34: ending it cleared the flag unrefunded).
+		if stopped = flagged; !stopped {
+			if stopped, err = renewsAPlanStoppedHere(ctx, tx, sub, start); err != nil {
+				return "", "", fx, err
+			}
 		}
-		open = open || (store.DisputeBlocksRefunds(d.Status) && d.Status != "lost")
 	}
-	due := pay.AmountMinor - pay.AmountRefundedMinor - lost
+	if !afterDeletion && !stopped {
+		return store.OutcomeApplied, "already granted", fx, nil
+	}
+	due := pay.AmountMinor - pay.AmountRefundedMinor + m.UnsettledFailedMinor - m.LostMinor
 	if due <= 0 {
 		return store.OutcomeApplied, "already granted; its money is back with the customer (refunded, or taken back by their bank in a lost dispute)", fx, nil
 	}
@@ -413,11 +407,11 @@ func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx,
 			sub.ID, sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC"))
 	}
 	switch {
-	case open:
+	case m.OpenChargeback:
 		return store.OutcomeFailed, fmt.Sprintf("already granted; %s; its payment is disputed — answer the dispute in Stripe's dashboard (no refund while it runs: /admin/payments/%d/refund)", what, pay.ID), fx, nil
-	case lost > 0:
+	case m.LostMinor > 0:
 		return store.OutcomeFailed, fmt.Sprintf("already granted; %s; the customer's bank took %s back in a lost dispute, and %s is still theirs: refund it another way (the refund page refuses a disputed payment)",
-			what, billing.FormatMoney(lost, pay.Currency), billing.FormatMoney(due, pay.Currency)), fx, nil
+			what, billing.FormatMoney(m.LostMinor, pay.Currency), billing.FormatMoney(due, pay.Currency)), fx, nil
 	}
 	return store.OutcomeFailed, fmt.Sprintf("already granted; %s; the payment is still to be refunded (%s; Refund on /admin/payments/%d/refund)",
 		what, billing.FormatMoney(due, pay.Currency), pay.ID), fx, nil

@@ -251,6 +251,10 @@ func TestAnUnansweredRefundIsNotAskedAgainWhileDisputed(t *testing.T) {
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM simulator_refunds`), "the refund was made while the chargeback is open")
 	r = admin.post(path, url.Values{"action": {"close"}, "request": {fmt.Sprint(req.ID)}, "reason": {"disputed"}})
 	require.Equal(t, http.StatusConflict, r.Status)
+	msg := r.Doc(t).Find("#pending-disputed .form-message").Text()
+	require.Contains(t, msg, "can be closed once it is a day old")
+	require.NotContains(t, msg, "ask it again", "support is told to do what the page refuses")
+	require.NotContains(t, r.Doc(t).Find("#pending-disputed").Text(), "simulator's dashboard")
 
 	// A refund made before the dispute: its form sent again is answered as
 	// its request, not refused as a new refund.

@@ -245,7 +245,9 @@ func flaggedRenewal(t *testing.T) (ta *testApp, u store.User, second store.Subsc
 	t.Helper()
 	ctx := context.Background()
 	ta, u, second = secondPlanCheckout(t)
-	now := time.Now().Truncate(time.Second)
+	// Stripe's times of its events: a few minutes ago (before anything the
+	// test does next, a deletion say).
+	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
 	end := now.AddDate(0, 1, 0)
 	stripeSub := whID("sub")
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
@@ -353,4 +355,67 @@ func TestADeletedAccountsRenewalStaysFailedForItsOwnReason(t *testing.T) {
 			require.NotContains(t, last, "which ended here on")
 		})
 	}
+}
+
+// Re-processing an invoice paid while the account was live, after the
+// account is deleted, leaves it applied (h36: it turned failed, asking to
+// refund money not owed); a stopped plan's flagged renewal whose buyer is
+// deleted later still asks its cancellation again, as a stopped plan's.
+func TestAReprocessAfterTheDeletionJudgesWhenItWasPaid(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	start := sub.CurrentPeriodEnd.Truncate(time.Second)
+	inv := subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
+	inv["billing_reason"] = "subscription_cycle"
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	deleteAccount(t, b)
+	eventually(t, 15*time.Second, "the subscription ended", func() bool {
+		s, err := ta.store.SubscriptionByID(ctx, sub.ID)
+		return err == nil && s.Status == store.SubCanceled
+	})
+	_, admin := whAdmin(t, ta)
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again := whRequireOutcome(t, ta, ev.ID, store.OutcomeApplied)
+	require.NotContains(t, whDetail(again), "deleted the account")
+
+	ta2, u2, second, _, flagged := flaggedRenewal(t)
+	deleteAccount(t, ta2.signIn(u2.Email))
+	_, err := ta2.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	_, admin2 := whAdmin(t, ta2)
+	fe, err := ta2.store.StripeEventByID(ctx, flagged)
+	require.NoError(t, err)
+	lastRun = *fe.ProcessedAt
+	whReprocess(t, ta2, admin2, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	fe = whRequireOutcome(t, ta2, flagged, store.OutcomeFailed)
+	last := whDetail(fe)[strings.LastIndex(whDetail(fe), "processed again"):]
+	require.Contains(t, last, "which ended here on")
+	require.Equal(t, 1, whCount(t, ta2, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID))
+}
+
+// A refund that failed later gave the customer nothing back (h36): a
+// flagged renewal refunded in full, whose refund then failed, stays due.
+func TestAFailedRefundDoesNotSettleAFlaggedRenewal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, _, _, renewal, flagged := flaggedRenewal(t)
+	_, admin := whAdmin(t, ta)
+	intent := renewal["payment_intent"].(string)
+	refunded := deliverOutcome(t, ta, stripe.EventTypeChargeRefunded, whCharge(t, intent, 3000, 3000), time.Now())
+	require.Equal(t, store.OutcomeApplied, whOutcome(refunded), whDetail(refunded))
+	re := whFixture(t, "refund")
+	re["id"], re["payment_intent"], re["status"], re["amount"], re["currency"] = whID("re"), intent, "failed", 3000, "usd"
+	re["failure_reason"] = "expired_or_canceled_card"
+	failed := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, re, time.Now())
+	require.Equal(t, store.OutcomeFailed, whOutcome(failed), whDetail(failed))
+	ev, err := ta.store.StripeEventByID(ctx, flagged)
+	require.NoError(t, err)
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "still to be refunded ($30.00")
 }
