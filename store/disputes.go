@@ -134,13 +134,14 @@ func (s *Store) DisputesOfPayments(ctx context.Context, paymentIDs []int64) (map
 	return out, err
 }
 
-// MoneyStanding is what became of a payment's money beyond its refunded
-// total: refunds that failed later and are not settled (their money is
-// back with us), disputes lost (the bank took it back) or open, and
-// whether it was paid after its buyer deleted the account.
+// MoneyStanding is why a payment's money is the customer's due, if it is,
+// and what became of it beyond its refunded total: refunds that failed
+// later and are not settled (their money is back with us), and disputes
+// lost (the bank took it back) or open.
 type MoneyStanding struct {
-	BuyerDeleted         bool
-	PaidAfterDeletion    bool
+	// OwedBack is why the payment's money is the customer's due, as
+	// decided when it was recorded (nil: an ordinary payment).
+	OwedBack             *string
 	UnsettledFailedMinor int64
 	LostMinor            int64
 	OpenChargeback       bool
@@ -150,16 +151,13 @@ type MoneyStanding struct {
 func MoneyStandingOf(ctx context.Context, tx pgx.Tx, paymentID int64) (MoneyStanding, error) {
 	var m MoneyStanding
 	err := tx.QueryRow(ctx, `
-SELECT u.deleted_at IS NOT NULL,
-       -- Stripe's times are to the second: paid in the second of the
-       -- deletion counts as after it.
-       coalesce(u.deleted_at IS NOT NULL AND p.paid_at >= date_trunc('second', u.deleted_at), false),
+SELECT p.owed_back,
        coalesce((SELECT sum(f.amount_minor) FROM payment_refund_failures f
                   WHERE f.payment_id = p.id
                     AND NOT EXISTS (SELECT 1 FROM payment_refund_failure_settlements s WHERE s.failure_id = f.id)), 0)::bigint,
        coalesce((SELECT sum(d.amount_minor) FROM payment_disputes d WHERE d.payment_id = p.id AND d.status = 'lost'), 0)::bigint,
        EXISTS (SELECT 1 FROM payment_disputes d WHERE d.payment_id = p.id AND d.status IN ('needs_response', 'under_review'))
-  FROM payments p JOIN users u ON u.id = p.user_id
- WHERE p.id = $1`, paymentID).Scan(&m.BuyerDeleted, &m.PaidAfterDeletion, &m.UnsettledFailedMinor, &m.LostMinor, &m.OpenChargeback)
+  FROM payments p
+ WHERE p.id = $1`, paymentID).Scan(&m.OwedBack, &m.UnsettledFailedMinor, &m.LostMinor, &m.OpenChargeback)
 	return m, err
 }

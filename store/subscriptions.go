@@ -460,6 +460,27 @@ func InvoiceRecorded(ctx context.Context, tx pgx.Tx, invoiceID string) (bool, er
 	return found, err
 }
 
+// StoppedHereAt returns, in tx, when a subscription was ended here at once
+// as a second live plan (nil: it was not).
+func StoppedHereAt(ctx context.Context, tx pgx.Tx, subscriptionID int64) (*time.Time, error) {
+	var at *time.Time
+	err := tx.QueryRow(ctx, `SELECT stopped_here_at FROM subscriptions WHERE id = $1`, subscriptionID).Scan(&at)
+	return at, err
+}
+
+// Why a paid invoice's money is the customer's due (payments.owed_back).
+const (
+	OwedBackDeletedBuyer = "deleted_buyer"
+	OwedBackStoppedPlan  = "stopped_plan"
+)
+
+// MarkOwedBack records, in tx, why a paid invoice's money is the
+// customer's due.
+func MarkOwedBack(ctx context.Context, tx pgx.Tx, paymentID int64, why string) error {
+	_, err := tx.Exec(ctx, `UPDATE payments SET owed_back = $2 WHERE id = $1`, paymentID, why)
+	return err
+}
+
 // InvoicePaymentOf returns the payment recorded for a paid invoice, locked
 // in tx (ErrNotFound: none).
 func InvoicePaymentOf(ctx context.Context, tx pgx.Tx, invoiceID string) (Payment, error) {
@@ -554,7 +575,7 @@ func OtherLiveSubscription(ctx context.Context, tx pgx.Tx, userID, id int64) (bo
 // another live one (two checkouts paid): canceled now, before it could
 // start. It reports whether it changed it.
 func EndDuplicateSubscription(ctx context.Context, tx pgx.Tx, id int64) (bool, error) {
-	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now(), updated_at = now(),
+	tag, err := tx.Exec(ctx, `UPDATE subscriptions SET status = 'canceled', canceled_at = now(), stopped_here_at = now(), updated_at = now(),
        next_plan_code = NULL, next_price_minor = NULL, next_credits_per_period = NULL
  WHERE id = $1 AND status <> 'canceled' AND stripe_subscription_id IS NOT NULL`, id)
 	return tag.RowsAffected() == 1, err

@@ -214,14 +214,13 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	}
 	start, end, ok := invoicePeriod(inv)
 	// Applied before (re-processed, or delivered again): nothing more, even
-	// if the plan has switched since — except that a renewal of a plan
-	// stopped here stays failed, its cancellation asked again, until its
-	// payment is refunded in full.
+	// if the plan has switched since — except that an invoice whose money
+	// is owed back stays failed until it is back (invoiceGrantedBefore).
 	if done, err := store.InvoiceRecorded(ctx, tx, inv.ID); err != nil || done {
-		if err != nil || !ok {
-			return store.OutcomeApplied, "already granted", fx, err
+		if err != nil {
+			return "", "", fx, err
 		}
-		return w.invoiceGrantedBefore(ctx, tx, ev, inv, sub, start)
+		return w.invoiceGrantedBefore(ctx, tx, inv, sub)
 	}
 	var billed store.BilledPlan
 	var known bool
@@ -256,20 +255,20 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
 		}
 	}
-	// A renewal of a second plan stopped here at once while another runs
-	// (endIfDuplicate), whose cancellation never reached the provider (its
-	// job gave up, or was deleted): the provider is still billing it. Its
-	// credits are granted (they were paid for), its cancellation is queued
-	// again, and the event is failed so that support refunds it. (A plan
-	// ended at the provider may still have an invoice of a period begun
-	// before its end paid late; that is not this.)
-	endedHere, err := renewsAPlanStoppedHere(ctx, tx, sub, start)
+	// A renewal of a second plan stopped here at once (endIfDuplicate),
+	// whose cancellation never reached the provider (its job gave up, or
+	// was deleted): the provider is still billing it, whatever the user's
+	// other plan does. Its credits are granted (they were paid for), its
+	// cancellation is queued again, its payment is marked owed back, and
+	// the event is failed so that support refunds it.
+	stoppedAt, err := store.StoppedHereAt(ctx, tx, sub.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
+	endedHere := stoppedAt != nil && !start.Before(*stoppedAt)
 	var endedAt time.Time
 	if endedHere {
-		endedAt = *sub.CanceledAt
+		endedAt = *stoppedAt
 		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
 			return "", "", fx, err
 		}
@@ -302,6 +301,11 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if !g.Created {
 		return store.OutcomeApplied, "already granted", fx, nil
 	}
+	if endedHere {
+		if err := store.MarkOwedBack(ctx, tx, pay.ID, store.OwedBackStoppedPlan); err != nil {
+			return "", "", fx, err
+		}
+	}
 	dupNote := ""
 	if dup {
 		dupNote = fmt.Sprintf("; user %d has another live subscription, so this one was ended at once and is being cancelled at the provider (it will not renew; refund it if asked)", sub.UserID)
@@ -313,10 +317,19 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	}
 	if email == "" {
 		// Renewed after the account was deleted (its cancellation not yet
-		// through): the credits are forfeited, and the invoice is for
-		// someone to refund.
+		// through, or never asked: a plan stopped here before the
+		// deletion): the credits are forfeited, the plan's cancellation is
+		// asked (again), and the invoice is for someone to refund.
 		forfeited, err := store.ForfeitCredits(ctx, tx, sub.UserID)
 		if err != nil {
+			return "", "", fx, err
+		}
+		if !endedHere {
+			if err := store.MarkOwedBack(ctx, tx, pay.ID, store.OwedBackDeletedBuyer); err != nil {
+				return "", "", fx, err
+			}
+		}
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
 			return "", "", fx, err
 		}
 		fx.forfeited = forfeited
@@ -346,65 +359,44 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	return store.OutcomeApplied, fmt.Sprintf("granted %s subscription credits to user %d until %s", billing.FormatCredits(sub.CreditsPerPeriod), sub.UserID, end.Format("2 Jan 2006 15:04 UTC")) + switchNote + dupNote, fx, nil
 }
 
-// renewsAPlanStoppedHere reports whether an invoice of sub for a period
-// from start renews a second plan stopped here at once while another runs
-// (endIfDuplicate): one whose cancellation never reached the provider.
-func renewsAPlanStoppedHere(ctx context.Context, tx pgx.Tx, sub store.Subscription, start time.Time) (bool, error) {
-	if sub.Status != store.SubCanceled || sub.CanceledAt == nil || start.Before(*sub.CanceledAt) {
-		return false, nil
-	}
-	return store.OtherLiveSubscription(ctx, tx, sub.UserID, sub.ID)
-}
-
 // invoiceGrantedBefore decides an invoice.paid whose invoice was recorded
 // before (re-processed, or delivered again): "already granted", unless its
-// money is still the customer's due — it was paid after its buyer deleted
-// the account, or it renewed a plan stopped here (flagged so when first
-// processed, or found so now) — then it stays failed, and a stopped plan's
-// cancellation is asked again. What came back to the customer counts:
-// refunds (less those that failed later and are not settled) and disputes
-// lost; under an open chargeback it is to be answered there, not refunded.
-func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, ev store.StripeEvent, inv stripe.Invoice, sub store.Subscription, start time.Time) (string, string, effects, error) {
+// money was found to be the customer's due when it was recorded
+// (payments.owed_back: paid after its buyer deleted the account, or
+// renewing a plan stopped here) and still is — then it stays failed, and
+// the plan's cancellation is asked again. What came back to the customer
+// counts: refunds (less those that failed later and are not settled) and
+// disputes lost; under an open chargeback it is to be answered there, not
+// refunded.
+func (w *StripeEventWorker) invoiceGrantedBefore(ctx context.Context, tx pgx.Tx, inv stripe.Invoice, sub store.Subscription) (string, string, effects, error) {
 	var fx effects
 	pay, err := store.InvoicePaymentOf(ctx, tx, inv.ID)
 	if err != nil {
 		return "", "", fx, err
 	}
 	m, err := store.MoneyStandingOf(ctx, tx, pay.ID)
-	if err != nil {
-		return "", "", fx, err
-	}
-	flagged := ev.Outcome != nil && *ev.Outcome == store.OutcomeFailed
-	afterEnd := sub.Status == store.SubCanceled && sub.CanceledAt != nil && !start.Before(*sub.CanceledAt)
-	// Failed when first processed because its buyer had deleted the
-	// account (one applied then was paid while the account was live): paid
-	// after the deletion by Stripe's time, or for a period begun before the
-	// plan ended (a stopped plan's renewal is neither).
-	afterDeletion := m.BuyerDeleted && flagged && (m.PaidAfterDeletion || !afterEnd)
-	stopped := false
-	if !afterDeletion && afterEnd {
-		// Flagged when first processed: whether the user's other plan still
-		// runs no longer matters (h34: ending it cleared the flag unrefunded).
-		if stopped = flagged; !stopped {
-			if stopped, err = renewsAPlanStoppedHere(ctx, tx, sub, start); err != nil {
-				return "", "", fx, err
-			}
-		}
-	}
-	if !afterDeletion && !stopped {
-		return store.OutcomeApplied, "already granted", fx, nil
+	if err != nil || m.OwedBack == nil {
+		return store.OutcomeApplied, "already granted", fx, err
 	}
 	due := pay.AmountMinor - pay.AmountRefundedMinor + m.UnsettledFailedMinor - m.LostMinor
 	if due <= 0 {
 		return store.OutcomeApplied, "already granted; its money is back with the customer (refunded, or taken back by their bank in a lost dispute)", fx, nil
 	}
-	what := fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited", sub.UserID)
-	if stopped {
-		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+	// The provider went on billing the plan: asked to end it again.
+	if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+		return "", "", fx, err
+	}
+	what := fmt.Sprintf("paid after its buyer (user %d) deleted the account: the credits were forfeited; the plan's cancellation is queued again", sub.UserID)
+	if *m.OwedBack == store.OwedBackStoppedPlan {
+		stoppedAt, err := store.StoppedHereAt(ctx, tx, sub.ID)
+		if err != nil {
 			return "", "", fx, err
 		}
-		what = fmt.Sprintf("it renewed subscription %d, which ended here on %s: its cancellation is queued again",
-			sub.ID, sub.CanceledAt.UTC().Format("2 Jan 2006 15:04 UTC"))
+		when := "here"
+		if stoppedAt != nil {
+			when = "here on " + stoppedAt.UTC().Format("2 Jan 2006 15:04 UTC")
+		}
+		what = fmt.Sprintf("it renewed subscription %d, which ended %s: its cancellation is queued again", sub.ID, when)
 	}
 	switch {
 	case m.OpenChargeback:

@@ -267,19 +267,10 @@ func flaggedRenewal(t *testing.T) (ta *testApp, u store.User, second store.Subsc
 // on a page that refuses the refund.
 func TestAFlaggedRenewalStaysFlaggedUntilItsMoneyIsBack(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	ta, u, second, renewal, flagged := flaggedRenewal(t)
 	_, admin := whAdmin(t, ta)
 	// The user's other plan ends (support: End it now).
-	var firstID int64
-	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT id FROM subscriptions WHERE user_id = $1 AND id <> $2`, u.ID, second.ID).Scan(&firstID))
-	page := fmt.Sprintf("/admin/users/%d", u.ID)
-	mustRedirect(t, admin.post(page+"/subscription", url.Values{"subscription": {strconv.FormatInt(firstID, 10)}, "action": {"end_now"}, "reason": {"asked by phone"}}), page)
-	eventually(t, 10*time.Second, "the first plan ended", func() bool {
-		s, err := ta.store.SubscriptionByID(ctx, firstID)
-		require.NoError(t, err)
-		return s.Status == store.SubCanceled
-	})
+	endFirstPlan(t, ta, admin, u, second.ID)
 	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return strings.Contains(whDetail(e), "processed again") })
 	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
 	require.Contains(t, whDetail(again), "still to be refunded")
@@ -418,4 +409,167 @@ func TestAFailedRefundDoesNotSettleAFlaggedRenewal(t *testing.T) {
 	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
 	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
 	require.Contains(t, whDetail(again), "still to be refunded ($30.00")
+}
+
+// endFirstPlan has support end the user's other (first) plan now, and
+// waits for it to end.
+func endFirstPlan(t *testing.T, ta *testApp, admin *browser, u store.User, secondID int64) {
+	t.Helper()
+	ctx := context.Background()
+	var firstID int64
+	require.NoError(t, ta.store.Pool().QueryRow(ctx, `SELECT id FROM subscriptions WHERE user_id = $1 AND id <> $2`, u.ID, secondID).Scan(&firstID))
+	page := fmt.Sprintf("/admin/users/%d", u.ID)
+	mustRedirect(t, admin.post(page+"/subscription", url.Values{"subscription": {strconv.FormatInt(firstID, 10)}, "action": {"end_now"}, "reason": {"asked by phone"}}), page)
+	eventually(t, 10*time.Second, "the first plan ended", func() bool {
+		s, err := ta.store.SubscriptionByID(ctx, firstID)
+		require.NoError(t, err)
+		return s.Status == store.SubCanceled
+	})
+}
+
+// H1: a second plan stopped here at once, whose cancellation never reached
+// the provider, renews after the user's other plan has ended: it is the
+// same unwanted renewal (still billed by Stripe), yet it is applied, not
+// flagged, and its cancellation is not queued again.
+func TestAStoppedPlansRenewalAfterTheOtherPlanEndedIsFlagged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, second := secondPlanCheckout(t)
+	_, admin := whAdmin(t, ta)
+	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
+	end := now.AddDate(0, 1, 0)
+	stripeSub := whID("sub")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	// The user's other plan ends (support: End it now) before the stopped
+	// plan's renewal comes.
+	endFirstPlan(t, ta, admin, u, second.ID)
+	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+
+	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	renewal["billing_reason"] = "subscription_cycle"
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
+		"the stopped plan, still billed by Stripe, has no cancellation queued; outcome %s: %s", whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+}
+
+// H2: a flagged renewal settled by a full refund (re-processed: applied),
+// whose refund then fails, is re-processed after the user's other plan
+// ended: the money is the customer's due again, yet it stays applied —
+// the stored outcome "applied" no longer counts as flagged.
+func TestARenewalSettledThenItsRefundFailedIsDueAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, second, renewal, flagged := flaggedRenewal(t)
+	_, admin := whAdmin(t, ta)
+	intent := renewal["payment_intent"].(string)
+	refunded := deliverOutcome(t, ta, stripe.EventTypeChargeRefunded, whCharge(t, intent, 3000, 3000), time.Now())
+	require.Equal(t, store.OutcomeApplied, whOutcome(refunded), whDetail(refunded))
+	ev, err := ta.store.StripeEventByID(ctx, flagged)
+	require.NoError(t, err)
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	ev = whRequireOutcome(t, ta, flagged, store.OutcomeApplied)
+	// The other plan ends; then the refund fails: the $30 is back with us.
+	endFirstPlan(t, ta, admin, u, second.ID)
+	re := whFixture(t, "refund")
+	re["id"], re["payment_intent"], re["status"], re["amount"], re["currency"] = whID("re"), intent, "failed", 3000, "usd"
+	re["failure_reason"] = "expired_or_canceled_card"
+	failed := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, re, time.Now())
+	require.Equal(t, store.OutcomeFailed, whOutcome(failed), whDetail(failed))
+	lastRun = *ev.ProcessedAt
+	whReprocess(t, ta, admin, flagged, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again := whRequireOutcome(t, ta, flagged, store.OutcomeFailed)
+	require.Contains(t, whDetail(again), "still to be refunded ($30.00")
+}
+
+// H3: same as H2 for a deleted account's renewal (no other plan needed):
+// refunded (applied on re-process), the refund fails, re-processed: applied.
+func TestADeletedAccountsSettledRenewalWhoseRefundFailedIsDueAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub := simSubscribe(t, ta, b, u.ID, "basic")
+	deleteAccount(t, b)
+	var ended store.Subscription
+	eventually(t, 15*time.Second, "the subscription ended", func() bool {
+		s, err := ta.store.SubscriptionByID(ctx, sub.ID)
+		ended = s
+		return err == nil && s.Status == store.SubCanceled
+	})
+	_, admin := whAdmin(t, ta)
+	start := ended.CanceledAt.Add(time.Minute).Truncate(time.Second)
+	inv := subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
+	inv["billing_reason"] = "subscription_cycle"
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	intent := inv["payment_intent"].(string)
+	refunded := deliverOutcome(t, ta, stripe.EventTypeChargeRefunded, whCharge(t, intent, sub.PriceMinor, sub.PriceMinor), time.Now())
+	require.Equal(t, store.OutcomeApplied, whOutcome(refunded), whDetail(refunded))
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	ev = whRequireOutcome(t, ta, ev.ID, store.OutcomeApplied)
+	re := whFixture(t, "refund")
+	re["id"], re["payment_intent"], re["status"], re["amount"], re["currency"] = whID("re"), intent, "failed", sub.PriceMinor, "usd"
+	re["failure_reason"] = "expired_or_canceled_card"
+	failed := deliverOutcome(t, ta, stripe.EventTypeChargeRefundUpdated, re, time.Now())
+	require.Equal(t, store.OutcomeFailed, whOutcome(failed), whDetail(failed))
+	lastRun = *ev.ProcessedAt
+	whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	again := whRequireOutcome(t, ta, ev.ID, store.OutcomeFailed)
+	last := whDetail(again)[strings.LastIndex(whDetail(again), "processed again"):]
+	require.Contains(t, last, "deleted the account")
+}
+
+// H4: a stopped plan (canceled here, its cancellation never reached the
+// provider) whose buyer then deletes the account: the deletion cancels
+// only plans not canceled here, so nothing stops it at Stripe; its renewal
+// is failed saying "the subscription is being cancelled", yet no
+// cancellation is queued, on first processing or on re-process.
+func TestADeletedBuyersStoppedPlanRenewalIsCancelledAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, u, second := secondPlanCheckout(t)
+	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
+	end := now.AddDate(0, 1, 0)
+	stripeSub := whID("sub")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID)
+	require.NoError(t, err)
+	deleteAccount(t, ta.signIn(u.Email))
+	eventually(t, 15*time.Second, "the first plan ended", func() bool {
+		return whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status <> 'canceled'`, u.ID) == 0
+	})
+	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID))
+	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	renewal["billing_reason"] = "subscription_cycle"
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, time.Now().Truncate(time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	t.Logf("first processing: %s", whDetail(ev))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
+		"the renewed stopped plan has no cancellation queued though the event says it is being cancelled")
+}
+
+// H5: a second plan's own first invoice (stopped at once as a duplicate),
+// whose period starts a few seconds after our clock's "now" (Stripe's clock
+// ahead of ours): applied when first processed, then re-processed it is
+// judged a renewal after the plan's end here and failed for a refund.
+func TestASecondPlansFirstInvoiceReprocessedIsNotARenewal(t *testing.T) {
+	t.Parallel()
+	ta, _, second := secondPlanCheckout(t)
+	_, admin := whAdmin(t, ta)
+	start := time.Now().Add(3 * time.Second).Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, whID("sub"), whID("in"), 3000, start, start.AddDate(0, 1, 0)), start)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	lastRun := *ev.ProcessedAt
+	whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
+	whRequireOutcome(t, ta, ev.ID, store.OutcomeApplied)
 }
