@@ -233,15 +233,37 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			return "", "", fx, err
 		}
 	}
+	// A renewal of a second plan stopped here at once (endIfDuplicate),
+	// whose cancellation never reached the provider (its job gave up, or
+	// was deleted): the provider is still billing it, whatever the user's
+	// other plan does. Its cancellation is queued again whatever else is
+	// wrong with the invoice; a plan's own first invoice (the provider's
+	// clock may date it a little after the stop) is not a renewal.
+	stoppedAt, err := store.StoppedHereAt(ctx, tx, sub.ID)
+	if err != nil {
+		return "", "", fx, err
+	}
+	endedHere := stoppedAt != nil && inv.BillingReason != stripe.InvoiceBillingReasonSubscriptionCreate && (!ok || !start.Before(*stoppedAt))
+	var endedAt time.Time
+	if endedHere {
+		endedAt = *stoppedAt
+		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
+			return "", "", fx, err
+		}
+	}
+	stoppedNote := ""
+	if endedHere {
+		stoppedNote = fmt.Sprintf("; it bills subscription %d, stopped here on %s, whose cancellation is queued again", sub.ID, endedAt.UTC().Format("2 Jan 2006 15:04 UTC"))
+	}
 	switch {
 	case !ok:
-		return store.OutcomeFailed, "invoice " + inv.ID + " has no period", fx, nil
+		return store.OutcomeFailed, "invoice " + inv.ID + " has no period" + stoppedNote, fx, nil
 	case !known:
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s: amount paid %s is not one month of a plan of this subscription (its %s, or a plan for sale) paid in full: no credits were added; refund it if the customer asks",
-			inv.ID, billing.FormatMoney(inv.AmountPaid, string(inv.Currency)), billing.FormatMoney(sub.PriceMinor, sub.Currency)), fx, nil
+			inv.ID, billing.FormatMoney(inv.AmountPaid, string(inv.Currency)), billing.FormatMoney(sub.PriceMinor, sub.Currency)) + stoppedNote, fx, nil
 	case !end.After(time.Now()):
 		return store.OutcomeFailed, fmt.Sprintf("invoice %s paid for a period that ended at %s, before it was applied: no credits were added; refund it in Stripe if the customer asks",
-			inv.ID, end.Format("2 Jan 2006 15:04 UTC")), fx, nil
+			inv.ID, end.Format("2 Jan 2006 15:04 UTC")) + stoppedNote, fx, nil
 	}
 	switchNote := ""
 	if billed.Code != sub.PlanCode || billed.PriceMinor != sub.PriceMinor {
@@ -255,24 +277,9 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 			switchNote = fmt.Sprintf("; it paid for %s, the plan from now on (was %s)", sub.PlanName, from)
 		}
 	}
-	// A renewal of a second plan stopped here at once (endIfDuplicate),
-	// whose cancellation never reached the provider (its job gave up, or
-	// was deleted): the provider is still billing it, whatever the user's
-	// other plan does. Its credits are granted (they were paid for), its
-	// cancellation is queued again, its payment is marked owed back, and
-	// the event is failed so that support refunds it.
-	stoppedAt, err := store.StoppedHereAt(ctx, tx, sub.ID)
-	if err != nil {
-		return "", "", fx, err
-	}
-	endedHere := stoppedAt != nil && !start.Before(*stoppedAt)
-	var endedAt time.Time
-	if endedHere {
-		endedAt = *stoppedAt
-		if _, err := w.inserter.InsertTx(ctx, tx, jobs.CancelSubscription{SubscriptionID: sub.ID}, nil); err != nil {
-			return "", "", fx, err
-		}
-	}
+	// A stopped plan's renewal (above): its credits are granted (they were
+	// paid for), its payment is marked owed back, and the event is failed
+	// so that support refunds it.
 	dup, err := w.endIfDuplicate(ctx, tx, sub)
 	if err != nil {
 		return "", "", fx, err

@@ -573,3 +573,47 @@ func TestASecondPlansFirstInvoiceReprocessedIsNotARenewal(t *testing.T) {
 	whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
 	whRequireOutcome(t, ta, ev.ID, store.OutcomeApplied)
 }
+
+// A second plan's own first invoice, dated a few seconds after the plan was
+// stopped here (the provider's clock ahead of ours), is not a renewal of a
+// stopped plan, nor owed back (h38): its billing reason says so.
+func TestASecondPlansFirstInvoiceAfterItsStopIsNotARenewal(t *testing.T) {
+	t.Parallel()
+	ta, _, second := secondPlanCheckout(t)
+	stripeSub := whID("sub")
+	now := time.Now().Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionCreated, subObject(t, second, stripeSub, "active", false, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	start := time.Now().Add(3 * time.Second).Truncate(time.Second)
+	inv := subInvoice(t, second, stripeSub, whID("in"), 3000, start, start.AddDate(0, 1, 0)) // billing_reason: subscription_create
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, start)
+	var owed *string
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT owed_back FROM payments WHERE invoice_id = $1`, inv["id"]).Scan(&owed))
+	require.Nil(t, owed, "the plan's first invoice marked owed back")
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+}
+
+// A stopped plan the provider still bills is asked to end again even when
+// its renewal's amount is not one a plan costs (h38: a customer balance
+// applied kept it renewing).
+func TestAStoppedPlansRenewalOfAnOddAmountIsCancelledAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ta, _, second := secondPlanCheckout(t)
+	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
+	end := now.AddDate(0, 1, 0)
+	stripeSub := whID("sub")
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.NoError(t, err)
+	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
+	renewal["billing_reason"] = "subscription_cycle"
+	renewal["amount_paid"], renewal["amount_due"] = 2900, 2900 // $1 of customer balance applied
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
+		"a stopped plan Stripe still bills, not cancelled again: %s", whDetail(ev))
+}
