@@ -243,7 +243,10 @@ func (w *StripeEventWorker) applyInvoicePaid(ctx context.Context, tx pgx.Tx, ev 
 	if err != nil {
 		return "", "", fx, err
 	}
-	endedHere := stoppedAt != nil && inv.BillingReason != stripe.InvoiceBillingReasonSubscriptionCreate && (!ok || !start.Before(*stoppedAt))
+	// (An invoice without a billing reason is not taken for a renewal
+	// either: the field is nullable.)
+	renewal := inv.BillingReason != "" && inv.BillingReason != stripe.InvoiceBillingReasonSubscriptionCreate
+	endedHere := stoppedAt != nil && renewal && (!ok || !start.Before(*stoppedAt))
 	var endedAt time.Time
 	if endedHere {
 		endedAt = *stoppedAt

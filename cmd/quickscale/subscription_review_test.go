@@ -617,3 +617,23 @@ func TestAStoppedPlansRenewalOfAnOddAmountIsCancelledAgain(t *testing.T) {
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
 		"a stopped plan Stripe still bills, not cancelled again: %s", whDetail(ev))
 }
+
+// Stripe's billing_reason is nullable (h39): a second plan's own first
+// invoice that comes without one, dated a few seconds after the plan was
+// stopped here, is not taken for a stopped plan's renewal.
+func TestAFirstInvoiceWithoutBillingReasonIsNotARenewal(t *testing.T) {
+	t.Parallel()
+	ta, _, second := secondPlanCheckout(t)
+	stripeSub := whID("sub")
+	now := time.Now().Truncate(time.Second)
+	ev := deliverOutcome(t, ta, stripe.EventTypeCustomerSubscriptionCreated, subObject(t, second, stripeSub, "active", false, now, now.AddDate(0, 1, 0)), now)
+	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	start := time.Now().Add(3 * time.Second).Truncate(time.Second)
+	inv := subInvoice(t, second, stripeSub, whID("in"), 3000, start, start.AddDate(0, 1, 0))
+	inv["billing_reason"] = nil
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, start)
+	var owed *string
+	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT owed_back FROM payments WHERE invoice_id = $1`, inv["id"]).Scan(&owed))
+	require.Nil(t, owed, "the plan's first invoice (no billing_reason) marked owed back: "+whDetail(ev))
+}
