@@ -321,23 +321,8 @@ func TestADeletedAccountsRenewalStaysFailedForItsOwnReason(t *testing.T) {
 	}{{"period from after the end", time.Minute}, {"period begun before the end, paid late", -time.Hour}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
-			ta, u, b := subscriber(t)
-			sub := simSubscribe(t, ta, b, u.ID, "basic")
-			deleteAccount(t, b)
-			var ended store.Subscription
-			eventually(t, 15*time.Second, "the subscription ended", func() bool {
-				s, err := ta.store.SubscriptionByID(ctx, sub.ID)
-				ended = s
-				return err == nil && s.Status == store.SubCanceled
-			})
+			ta, _, _, ev := deletedBuyersRenewal(t, tc.start)
 			_, admin := whAdmin(t, ta)
-			start := ended.CanceledAt.Add(tc.start).Truncate(time.Second)
-			inv := subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
-			inv["billing_reason"] = "subscription_cycle"
-			ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
-			require.Equal(t, store.OutcomeFailed, whOutcome(ev))
-			require.Contains(t, whDetail(ev), "deleted the account")
 			lastRun := *ev.ProcessedAt
 			whReprocess(t, ta, admin, ev.ID, func(e store.StripeEvent) bool { return e.ProcessedAt != nil && e.ProcessedAt.After(lastRun) })
 			again := whRequireOutcome(t, ta, ev.ID, store.OutcomeFailed)
@@ -492,22 +477,8 @@ func TestARenewalSettledThenItsRefundFailedIsDueAgain(t *testing.T) {
 // refunded (applied on re-process), the refund fails, re-processed: applied.
 func TestADeletedAccountsSettledRenewalWhoseRefundFailedIsDueAgain(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	ta, u, b := subscriber(t)
-	sub := simSubscribe(t, ta, b, u.ID, "basic")
-	deleteAccount(t, b)
-	var ended store.Subscription
-	eventually(t, 15*time.Second, "the subscription ended", func() bool {
-		s, err := ta.store.SubscriptionByID(ctx, sub.ID)
-		ended = s
-		return err == nil && s.Status == store.SubCanceled
-	})
+	ta, sub, inv, ev := deletedBuyersRenewal(t, time.Minute)
 	_, admin := whAdmin(t, ta)
-	start := ended.CanceledAt.Add(time.Minute).Truncate(time.Second)
-	inv := subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
-	inv["billing_reason"] = "subscription_cycle"
-	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
-	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
 	intent := inv["payment_intent"].(string)
 	refunded := deliverOutcome(t, ta, stripe.EventTypeChargeRefunded, whCharge(t, intent, sub.PriceMinor, sub.PriceMinor), time.Now())
 	require.Equal(t, store.OutcomeApplied, whOutcome(refunded), whDetail(refunded))
@@ -636,4 +607,28 @@ func TestAFirstInvoiceWithoutBillingReasonIsNotARenewal(t *testing.T) {
 	var owed *string
 	require.NoError(t, ta.store.Pool().QueryRow(context.Background(), `SELECT owed_back FROM payments WHERE invoice_id = $1`, inv["id"]).Scan(&owed))
 	require.Nil(t, owed, "the plan's first invoice (no billing_reason) marked owed back: "+whDetail(ev))
+}
+
+// deletedBuyersRenewal is a subscriber's plan renewed by the provider
+// after the account was deleted, for a period starting offset from the
+// plan's end (the deletion): its invoice and its failed event.
+func deletedBuyersRenewal(t *testing.T, offset time.Duration) (ta *testApp, sub store.Subscription, inv map[string]any, ev store.StripeEvent) {
+	t.Helper()
+	ctx := context.Background()
+	ta, u, b := subscriber(t)
+	sub = simSubscribe(t, ta, b, u.ID, "basic")
+	deleteAccount(t, b)
+	var ended store.Subscription
+	eventually(t, 15*time.Second, "the subscription ended", func() bool {
+		s, err := ta.store.SubscriptionByID(ctx, sub.ID)
+		ended = s
+		return err == nil && s.Status == store.SubCanceled
+	})
+	start := ended.CanceledAt.Add(offset).Truncate(time.Second)
+	inv = subInvoice(t, sub, *sub.StripeSubscriptionID, whID("in"), sub.PriceMinor, start, start.AddDate(0, 1, 0))
+	inv["billing_reason"] = "subscription_cycle"
+	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, inv, time.Now().Truncate(time.Second))
+	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
+	require.Contains(t, whDetail(ev), "deleted the account")
+	return ta, sub, inv, ev
 }
