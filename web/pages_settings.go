@@ -1,7 +1,6 @@
 package web
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/quickscale/quickscale/billing"
 	"github.com/quickscale/quickscale/jobs"
 	"github.com/quickscale/quickscale/store"
 )
@@ -231,30 +229,18 @@ func (s *Site) DeleteAccount() http.Handler {
 			s.renderSettings(w, r, http.StatusUnprocessableEntity, page)
 			return
 		}
-		// Its checkouts still open, for plans and for packs, are closed at
-		// the provider, so that none is paid for an account that is gone
-		// (one paid all the same, say in that instant, is cancelled or its
-		// credits forfeited by the worker, and refunded by support, as the
-		// event it fails says).
-		open, err := s.store.OpenSubscriptionCheckouts(ctx, u.ID)
-		if err != nil {
-			s.serverError(w, r, err)
-			return
-		}
-		openPacks, err := s.store.OpenCheckoutsOfUser(ctx, u.ID, maxClosedAtDeletion)
-		if err != nil {
-			s.serverError(w, r, err)
-			return
-		}
 		var forfeited int64
-		err = s.store.InTx(ctx, func(tx pgx.Tx) error {
+		err := s.store.InTx(ctx, func(tx pgx.Tx) error {
 			var err error
 			if forfeited, err = store.DeleteUser(ctx, tx, u.ID); err != nil {
 				return err
 			}
-			// Its checkouts still open are closed at the provider by jobs
-			// enqueued with the deletion (retried while the provider cannot
-			// be reached), as well as at once below.
+			// Its checkouts still open, for plans and for packs, are closed
+			// at the provider by jobs enqueued with the deletion (retried
+			// while the provider cannot be reached), so that none is paid
+			// for an account that is gone (one paid all the same, say in
+			// that instant, is cancelled or its credits forfeited by the
+			// worker, and refunded by support, as the event it fails says).
 			packs, plans, err := store.OpenCheckoutsOf(ctx, tx, u.ID)
 			if err != nil {
 				return err
@@ -294,17 +280,6 @@ func (s *Site) DeleteAccount() http.Handler {
 		if forfeited > 0 && s.metrics != nil {
 			s.metrics.CreditsRemoved.WithLabelValues("forfeited").Add(float64(forfeited))
 		}
-		for _, c := range open {
-			err := s.gateway.ExpireCheckoutSession(ctx, c.CheckoutSessionID)
-			if err != nil && !errors.Is(err, billing.ErrCheckoutExpired) && !errors.Is(err, billing.ErrCheckoutNotOpen) {
-				s.logger.WarnContext(ctx, "payment provider: close a deleted account's plan checkout", "subscription", c.ID, "err", err)
-				continue
-			}
-			if err := s.store.AbandonSubscriptionCheckoutNow(ctx, c.ID); err != nil {
-				s.logger.WarnContext(ctx, "close a deleted account's plan checkout", "subscription", c.ID, "err", err)
-			}
-		}
-		s.closePackCheckouts(ctx, openPacks)
 		if err := s.sessions.Destroy(ctx); err != nil {
 			s.serverError(w, r, err)
 			return
@@ -312,43 +287,4 @@ func (s *Site) DeleteAccount() http.Handler {
 		s.sessions.Put(ctx, sessNoticeDeleted, true) // in a new, anonymous session
 		redirect(w, r, "/")
 	})
-}
-
-// maxClosedAtDeletion bounds the open pack checkouts a deletion closes at
-// the provider (one call each); the rest expire with their day, and one
-// paid is failed for a refund like any paid after the deletion.
-const maxClosedAtDeletion = 50
-
-// closePackCheckouts expires a deleted account's open pack checkouts at the
-// provider and records each closed one as cancelled; done whatever
-// happens to the request (the account is gone already). A checkout the
-// provider says is finished was paid or is being paid: its event decides.
-func (s *Site) closePackCheckouts(ctx context.Context, open []store.Payment) {
-	ctx = context.WithoutCancel(ctx)
-	for _, p := range open {
-		err := s.gateway.ExpireCheckoutSession(ctx, p.CheckoutSessionID)
-		accepted := err == nil
-		if errors.Is(err, billing.ErrCheckoutExpired) {
-			err = nil
-		}
-		if errors.Is(err, billing.ErrCheckoutNotOpen) {
-			continue
-		}
-		if err != nil {
-			s.logger.WarnContext(ctx, "payment provider: close a deleted account's pack checkout", "payment", p.ID, "err", err)
-			continue
-		}
-		var counted bool
-		err = s.store.InTx(ctx, func(tx pgx.Tx) (err error) {
-			_, counted, err = store.MarkPaymentCancelled(ctx, tx, p.ID, accepted)
-			return err
-		})
-		if err != nil {
-			s.logger.WarnContext(ctx, "close a deleted account's pack checkout", "payment", p.ID, "err", err)
-			continue
-		}
-		if counted && s.metrics != nil {
-			s.metrics.Payments.WithLabelValues("pack", store.PaymentExpired, p.Currency).Inc()
-		}
-	}
 }

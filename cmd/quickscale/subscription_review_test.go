@@ -99,21 +99,10 @@ func TestASecondPlansReceiptSaysItWasStopped(t *testing.T) {
 func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta, u, second := secondPlanCheckout(t)
-	now := time.Now().Truncate(time.Second)
-	end := now.AddDate(0, 1, 0)
-	stripeSub := whID("sub")
-	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
-	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
 	// Its one cancellation never gets through.
-	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
-	require.NoError(t, err)
-
+	ta, u, second, renewal, now := stoppedPlan(t)
 	before := whBalance(t, ta, u.ID)
-	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
-	renewal["billing_reason"] = "subscription_cycle"
-	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
 	require.Contains(t, whDetail(ev), "which ended here on")
 	require.Contains(t, whDetail(ev), "refund the payment")
@@ -136,7 +125,7 @@ func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 
 	// Re-processed (h33), it stays failed and asks the cancellation again,
 	// until its payment is refunded in full.
-	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
 	require.NoError(t, err)
 	_, admin := whAdmin(t, ta)
 	flagged := ev.ID
@@ -155,7 +144,7 @@ func TestARenewalOfAPlanEndedHereIsFlaggedAndCancelledAgain(t *testing.T) {
 	// late, say) is not a renewal after its end: applied as before.
 	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
 	require.NoError(t, err)
-	late := subInvoice(t, second, stripeSub, whID("in"), 3000, now.Add(-time.Hour), end)
+	late := subInvoice(t, second, renewal["subscription"].(string), whID("in"), 3000, now.Add(-time.Hour), now.AddDate(0, 1, 0))
 	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, late, now.Add(2*time.Minute))
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription'`))
@@ -239,24 +228,33 @@ func TestAnOlderInvoicesRetryDoesNotHideThisPeriodsOverdue(t *testing.T) {
 	require.Contains(t, acctText(doc, "#subscription-past-due"), m1.UTC().Format("2 Jan 2006")+" – "+m2.UTC().Format("2 Jan 2006"))
 }
 
-// flaggedRenewal is a second plan stopped here whose cancellation never
-// reached the provider, and its renewal's event, failed for a refund.
-func flaggedRenewal(t *testing.T) (ta *testApp, u store.User, second store.Subscription, renewal map[string]any, flagged string) {
+// stoppedPlan is a second plan stopped here (its first invoice paid while
+// the user's first plan runs) whose cancellation never reached the
+// provider, and its next renewal's invoice, not yet delivered. now is the
+// base of the provider's times: a few minutes ago, before anything the
+// test does next (a deletion, say).
+func stoppedPlan(t *testing.T) (ta *testApp, u store.User, second store.Subscription, renewal map[string]any, now time.Time) {
 	t.Helper()
-	ctx := context.Background()
 	ta, u, second = secondPlanCheckout(t)
-	// Stripe's times of its events: a few minutes ago (before anything the
-	// test does next, a deletion say).
-	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
+	now = time.Now().Add(-5 * time.Minute).Truncate(time.Second)
 	end := now.AddDate(0, 1, 0)
 	stripeSub := whID("sub")
 	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
 	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
+	_, err := ta.store.Pool().Exec(context.Background(), `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
 	require.NoError(t, err)
 	renewal = subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
 	renewal["billing_reason"] = "subscription_cycle"
-	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	return ta, u, second, renewal, now
+}
+
+// flaggedRenewal is stoppedPlan with its renewal delivered: its event,
+// failed for a refund.
+func flaggedRenewal(t *testing.T) (ta *testApp, u store.User, second store.Subscription, renewal map[string]any, flagged string) {
+	t.Helper()
+	ta, u, second, renewal, now := stoppedPlan(t)
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
 	return ta, u, second, renewal, ev.ID
 }
@@ -419,25 +417,14 @@ func endFirstPlan(t *testing.T, ta *testApp, admin *browser, u store.User, secon
 func TestAStoppedPlansRenewalAfterTheOtherPlanEndedIsFlagged(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ta, u, second := secondPlanCheckout(t)
+	ta, u, second, renewal, now := stoppedPlan(t)
 	_, admin := whAdmin(t, ta)
-	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
-	end := now.AddDate(0, 1, 0)
-	stripeSub := whID("sub")
-	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
-	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
-	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
-	require.NoError(t, err)
 	// The user's other plan ends (support: End it now) before the stopped
 	// plan's renewal comes.
 	endFirstPlan(t, ta, admin, u, second.ID)
-	_, err = ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
+	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
 	require.NoError(t, err)
-
-	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
-	renewal["billing_reason"] = "subscription_cycle"
-	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
 		"the stopped plan, still billed by Stripe, has no cancellation queued; outcome %s: %s", whOutcome(ev), whDetail(ev))
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
@@ -504,24 +491,13 @@ func TestADeletedAccountsSettledRenewalWhoseRefundFailedIsDueAgain(t *testing.T)
 // cancellation is queued, on first processing or on re-process.
 func TestADeletedBuyersStoppedPlanRenewalIsCancelledAgain(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	ta, u, second := secondPlanCheckout(t)
-	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
-	end := now.AddDate(0, 1, 0)
-	stripeSub := whID("sub")
-	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
-	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
-	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID)
-	require.NoError(t, err)
+	ta, u, second, renewal, _ := stoppedPlan(t)
 	deleteAccount(t, ta.signIn(u.Email))
 	eventually(t, 15*time.Second, "the first plan ended", func() bool {
 		return whCount(t, ta, `SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status <> 'canceled'`, u.ID) == 0
 	})
 	require.Zero(t, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID))
-	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
-	renewal["billing_reason"] = "subscription_cycle"
-	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, time.Now().Truncate(time.Second))
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, time.Now().Truncate(time.Second))
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
 	t.Logf("first processing: %s", whDetail(ev))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
@@ -570,20 +546,9 @@ func TestASecondPlansFirstInvoiceAfterItsStopIsNotARenewal(t *testing.T) {
 // applied kept it renewing).
 func TestAStoppedPlansRenewalOfAnOddAmountIsCancelledAgain(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	ta, _, second := secondPlanCheckout(t)
-	now := time.Now().Add(-5 * time.Minute).Truncate(time.Second)
-	end := now.AddDate(0, 1, 0)
-	stripeSub := whID("sub")
-	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, subInvoice(t, second, stripeSub, whID("in"), 3000, now, end), now)
-	require.Equal(t, store.OutcomeApplied, whOutcome(ev), whDetail(ev))
-	require.Equal(t, store.SubCanceled, reload(t, ta, second).Status)
-	_, err := ta.store.Pool().Exec(ctx, `DELETE FROM river_job WHERE kind = 'cancel_subscription'`)
-	require.NoError(t, err)
-	renewal := subInvoice(t, second, stripeSub, whID("in"), 3000, end, end.AddDate(0, 1, 0))
-	renewal["billing_reason"] = "subscription_cycle"
+	ta, _, second, renewal, now := stoppedPlan(t)
 	renewal["amount_paid"], renewal["amount_due"] = 2900, 2900 // $1 of customer balance applied
-	ev = deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
+	ev := deliverOutcome(t, ta, stripe.EventTypeInvoicePaid, renewal, now.Add(time.Minute))
 	require.Equal(t, store.OutcomeFailed, whOutcome(ev), whDetail(ev))
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM river_job WHERE kind = 'cancel_subscription' AND (args->>'subscription_id')::bigint = $1`, second.ID),
 		"a stopped plan Stripe still bills, not cancelled again: %s", whDetail(ev))

@@ -605,10 +605,13 @@ func TestAPlanCheckoutOfADeletedAccountCannotRenew(t *testing.T) {
 	ta, u, b := subscriber(t)
 	open := openSubscriptionCheckout(t, ta, b, u.ID, "basic")
 	deleteAccount(t, b)
+	// Closed by the close_checkout job enqueued with the deletion.
+	eventually(t, 15*time.Second, "the plan checkout closed", func() bool {
+		got, err := ta.store.SubscriptionByID(ctx, open.ID)
+		require.NoError(t, err)
+		return got.Status == store.SubAbandoned
+	})
 	require.Equal(t, 1, whCount(t, ta, `SELECT count(*) FROM simulator_sessions WHERE id = $1 AND status = 'expired'`, open.CheckoutSessionID))
-	got, err := ta.store.SubscriptionByID(ctx, open.ID)
-	require.NoError(t, err)
-	require.Equal(t, store.SubAbandoned, got.Status)
 
 	// Paid anyway (the provider's events for it).
 	stripeSub := whID("sub")
