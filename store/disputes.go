@@ -2,11 +2,9 @@ package store
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Dispute is a payment's dispute (chargeback) as Stripe last told it.
@@ -36,61 +34,32 @@ func DisputeBlocksRefunds(status string) bool {
 	return status == "needs_response" || status == "under_review" || status == "lost"
 }
 
-// Open reports whether a dispute still waits for the merchant's
-// answer or the bank's decision.
-func (d Dispute) Open() bool { return !DisputeClosed(d.Status) }
-
-// DisputeChange is what recording a dispute's event did.
-type DisputeChange int
-
-const (
-	// DisputeNew: first heard of.
-	DisputeNew DisputeChange = iota
-	// DisputeMoved: its status changed.
-	DisputeMoved
-	// DisputeSame: nothing new (the same status again, or an older event).
-	DisputeSame
-)
-
 // RecordDispute stores what an event says of a dispute: a new one, or its
 // status and amount when the event is later than the one that set them
 // (or of the same second and a later stage, disputeStage) and the dispute
 // is not closed (a closed one keeps its outcome; an older
-// event changes nothing). It returns the dispute as it stands and what
-// changed.
-func RecordDispute(ctx context.Context, tx pgx.Tx, d Dispute) (Dispute, DisputeChange, error) {
-	var before *string
-	err := tx.QueryRow(ctx, `SELECT status FROM payment_disputes WHERE stripe_dispute_id = $1 FOR UPDATE`, d.StripeDisputeID).Scan(&before)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return Dispute{}, 0, err
-	}
-	change := DisputeNew
-	if before == nil {
-		_, err = tx.Exec(ctx, `
+// event changes nothing). It returns the dispute as it stands.
+func RecordDispute(ctx context.Context, tx pgx.Tx, d Dispute) (Dispute, error) {
+	// The payment's row, locked by the caller, serialises a dispute's
+	// events: its first is inserted once.
+	_, err := tx.Exec(ctx, `
 INSERT INTO payment_disputes (payment_id, stripe_dispute_id, amount_minor, currency, reason, status, evidence_due_by, opened_at, status_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, greatest($9::timestamptz, $8::timestamptz))`,
-			d.PaymentID, d.StripeDisputeID, d.AmountMinor, d.Currency, d.Reason, d.Status, d.EvidenceDueBy, d.OpenedAt, d.StatusAt)
-	} else {
-		var tag pgconn.CommandTag
-		tag, err = tx.Exec(ctx, `
-UPDATE payment_disputes SET status = $2, amount_minor = $3, reason = $4, evidence_due_by = $5, status_at = $6, updated_at = now()
- WHERE stripe_dispute_id = $1 AND status NOT IN ('won', 'lost', 'warning_closed')
-   AND (status_at < $6 OR (status_at = $6 AND `+disputeStage("$2")+` > `+disputeStage("status")+`))`,
-			d.StripeDisputeID, d.Status, d.AmountMinor, d.Reason, d.EvidenceDueBy, d.StatusAt)
-		change = DisputeSame
-		if err == nil && tag.RowsAffected() == 1 && *before != d.Status {
-			change = DisputeMoved
-		}
-	}
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, greatest($9::timestamptz, $8::timestamptz))
+    ON CONFLICT (stripe_dispute_id) DO UPDATE
+   SET status = EXCLUDED.status, amount_minor = EXCLUDED.amount_minor, reason = EXCLUDED.reason,
+       evidence_due_by = EXCLUDED.evidence_due_by, status_at = EXCLUDED.status_at, updated_at = now()
+ WHERE payment_disputes.status NOT IN ('won', 'lost', 'warning_closed')
+   AND (payment_disputes.status_at < EXCLUDED.status_at
+        OR (payment_disputes.status_at = EXCLUDED.status_at AND `+disputeStage("EXCLUDED.status")+` > `+disputeStage("payment_disputes.status")+`))`,
+		d.PaymentID, d.StripeDisputeID, d.AmountMinor, d.Currency, d.Reason, d.Status, d.EvidenceDueBy, d.OpenedAt, d.StatusAt)
 	if err != nil {
-		return Dispute{}, 0, err
+		return Dispute{}, err
 	}
 	rows, err := tx.Query(ctx, `SELECT `+disputeColumns+` FROM payment_disputes WHERE stripe_dispute_id = $1`, d.StripeDisputeID)
 	if err != nil {
-		return Dispute{}, 0, err
+		return Dispute{}, err
 	}
-	got, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Dispute])
-	return got, change, err
+	return pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Dispute])
 }
 
 // disputeStage ranks a dispute status (an SQL expression) along a

@@ -96,7 +96,7 @@ func (w *StripeEventWorker) applyDispute(ctx context.Context, tx pgx.Tx, ev stor
 		due := time.Unix(d.EvidenceDetails.DueBy, 0).UTC()
 		rec.EvidenceDueBy = &due
 	}
-	got, _, err := store.RecordDispute(ctx, tx, rec)
+	got, err := store.RecordDispute(ctx, tx, rec)
 	if err != nil {
 		return "", "", fx, err
 	}
